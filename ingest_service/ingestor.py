@@ -1,0 +1,119 @@
+"""Ingest domain: verify a provider's request, build the canonical event, queue it durably.
+
+No gRPC or protobuf here: the servicer hands in plain bytes and headers, and the publisher is any object
+with ``async publish(event)`` that returns only once the event is durably queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from edge.providers import Verifier
+from switchboard.config import SourceConfig
+from switchboard.errors import InvalidRequest, PayloadTooLarge, UnknownSource
+from switchboard.events import InboundEvent, new_receipt_id, new_traceparent, now_us, valid_traceparent
+
+log = logging.getLogger(__name__)
+
+# Request headers never stored with an event: transport internals and credentials.
+_DROP_PREFIXES = ("grpc-", "x-envoy-", ":")
+_DROP = frozenset(
+    {
+        "te",
+        "content-type",
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "content-length",
+        "accept-encoding",
+        "user-agent-grpc",
+        "traceparent",
+        "tracestate",
+    }
+)
+MAX_HEADER_VALUE = 4096
+
+
+class EventPublisher(Protocol):
+    async def publish_event(self, event: InboundEvent) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    event_id: str
+    receipt_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    config: SourceConfig
+    verifier: Verifier
+
+
+def select_headers(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
+    """The request headers worth keeping with the event, lowercased; repeated headers joined by ', '."""
+    out: dict[str, str] = {}
+    for key, value in metadata:
+        k = key.lower()
+        if k in _DROP or k.startswith(_DROP_PREFIXES) or k.endswith("-bin") or not isinstance(value, str):
+            continue
+        value = value[:MAX_HEADER_VALUE]
+        out[k] = f"{out[k]}, {value}" if k in out else value
+    return out
+
+
+class Ingestor:
+    def __init__(
+        self, sources: Mapping[str, Source], publisher: EventPublisher, *, default_source: str | None
+    ) -> None:
+        self.sources = dict(sources)
+        self.publisher = publisher
+        self.default_source = default_source
+
+    async def receive(
+        self, source_name: str, metadata: Iterable[tuple[str, str | bytes]], body: bytes, content_type: str
+    ) -> Accepted:
+        received_us = now_us()  # the arrival time: signatures are checked against it, never a later one
+        name = source_name or self.default_source
+        if not name:
+            raise InvalidRequest(
+                "no source in the path and no default source configured", reason="SOURCE_MISSING"
+            )
+        source = self.sources.get(name)
+        if source is None:
+            raise UnknownSource(f"unknown source {name!r}", metadata={"source": name[:64]})
+        if len(body) > source.config.max_body_bytes:
+            raise PayloadTooLarge(
+                f"body of {len(body)} bytes is over the source's limit of {source.config.max_body_bytes}",
+                metadata={"source": name, "limit": str(source.config.max_body_bytes)},
+            )
+        raw_headers: dict[str, str] = {}
+        for key, value in metadata:
+            if isinstance(value, str):
+                raw_headers[key.lower()] = value
+        traceparent = raw_headers.get("traceparent", "")
+        verified = source.verifier.verify(raw_headers, body, received_us / 1_000_000)
+        if not verified.event_id:
+            raise InvalidRequest("the request carries no event id", reason="EVENT_ID_MISSING")
+        if len(verified.event_id) > 255:
+            raise InvalidRequest("event id longer than 255 characters", reason="EVENT_ID_INVALID")
+        event = InboundEvent(
+            source=name,
+            event_id=verified.event_id,
+            event_type=verified.event_type,
+            provider=source.config.scheme,
+            received_us=received_us,
+            body=body,
+            content_type=content_type,
+            headers=select_headers(raw_headers.items()),
+            receipt_id=new_receipt_id(),
+            provider_time_us=int(verified.provider_time * 1_000_000) if verified.provider_time else 0,
+            entity_id=verified.entity_id,
+            entity_version=verified.entity_version,
+            traceparent=traceparent if valid_traceparent(traceparent) else new_traceparent(),
+        )
+        await self.publisher.publish_event(event)
+        return Accepted(event.event_id, event.receipt_id)

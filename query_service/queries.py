@@ -1,0 +1,83 @@
+"""Query domain: read stored events, with opaque page tokens bound to the request they came from."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Protocol
+
+from switchboard.errors import InvalidRequest, NotFound
+from switchboard.events import EventSummary, StoredEvent, now_us
+from switchboard.store import Cursor
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+DEFAULT_RANGE_US = 24 * 3600 * 1_000_000
+
+
+class EventReader(Protocol):
+    async def get(self, source: str, event_id: str) -> StoredEvent | None: ...
+
+    async def list(
+        self, source: str, start_us: int, end_us: int, limit: int, after: Cursor | None
+    ) -> tuple[list[EventSummary], Cursor | None]: ...
+
+
+@dataclass(frozen=True)
+class Page:
+    events: list[EventSummary]
+    next_token: str
+
+
+def encode_token(source: str, start_us: int, end_us: int, cursor: Cursor) -> str:
+    raw = json.dumps({"s": source, "a": start_us, "b": end_us, "c": list(cursor)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> tuple[str, int, int, Cursor]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        bucket, ms, event_id = raw["c"]
+        return str(raw["s"]), int(raw["a"]), int(raw["b"]), (int(bucket), int(ms), str(event_id))
+    except (ValueError, KeyError, TypeError):
+        raise InvalidRequest(
+            "page_token is not a token this service issued", reason="PAGE_TOKEN_INVALID"
+        ) from None
+
+
+class EventQueries:
+    def __init__(self, store: EventReader) -> None:
+        self.store = store
+
+    async def get_event(self, source: str, event_id: str) -> StoredEvent:
+        if not source or not event_id:
+            raise InvalidRequest("source and event_id are required", reason="FIELD_REQUIRED")
+        stored = await self.store.get(source, event_id)
+        if stored is None:
+            raise NotFound(
+                f"no event {event_id!r} from source {source!r}",
+                reason="EVENT_NOT_FOUND",
+                metadata={"source": source, "event_id": event_id},
+            )
+        return stored
+
+    async def list_events(
+        self, source: str, start_us: int | None, end_us: int | None, page_size: int, page_token: str
+    ) -> Page:
+        if not source:
+            raise InvalidRequest("source is required", reason="FIELD_REQUIRED")
+        if page_size < 0 or page_size > MAX_PAGE:
+            raise InvalidRequest(f"page_size must be between 0 and {MAX_PAGE}", reason="PAGE_SIZE_INVALID")
+        end = end_us if end_us else now_us()
+        start = start_us if start_us else end - DEFAULT_RANGE_US
+        if start >= end:
+            raise InvalidRequest("start_time must be before end_time", reason="TIME_RANGE_INVALID")
+        cursor: Cursor | None = None
+        if page_token:
+            t_source, t_start, t_end, cursor = decode_token(page_token)
+            if (t_source, t_start) != (source, start) or (end_us and t_end != end):
+                raise InvalidRequest("page_token belongs to another query", reason="PAGE_TOKEN_MISMATCH")
+            end = t_end  # a default end ("now") is pinned by the first page
+        events, next_cursor = await self.store.list(source, start, end, page_size or DEFAULT_PAGE, cursor)
+        return Page(events, encode_token(source, start, end, next_cursor) if next_cursor else "")

@@ -1,0 +1,74 @@
+"""Switchboard's own error tree.
+
+Adapters (RabbitMQ, Cassandra, HTTP) translate driver exceptions into these at their boundary; one gRPC
+interceptor maps them to status codes (``switchboard.grpc_server``). Every error carries a stable
+``reason`` (UPPER_SNAKE_CASE, sent to clients in ``google.rpc.ErrorInfo``) and optional ``metadata``
+that must never contain secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class SwitchboardError(Exception):
+    """Base of every error Switchboard raises on purpose."""
+
+    reason = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class ConfigError(SwitchboardError):
+    """The configuration is unsafe or invalid; services refuse to start."""
+
+    reason = "INVALID_CONFIG"
+
+
+class InvalidRequest(SwitchboardError):
+    """The request is malformed (400)."""
+
+    reason = "INVALID_REQUEST"
+
+
+class PayloadTooLarge(InvalidRequest):
+    """The body is over the source's limit (413 at the edge)."""
+
+    reason = "PAYLOAD_TOO_LARGE"
+
+
+class SignatureError(SwitchboardError):
+    """The request's signature or timestamp did not verify (401). ``reason`` names the failed check."""
+
+    reason = "SIGNATURE_INVALID"
+
+
+class NotFound(SwitchboardError):
+    """The thing asked for does not exist (404)."""
+
+    reason = "NOT_FOUND"
+
+
+class UnknownSource(NotFound):
+    """No source of that name is configured (404)."""
+
+    reason = "UNKNOWN_SOURCE"
+
+
+class Unavailable(SwitchboardError):
+    """A backend could not do its part in time; the caller should retry (503)."""
+
+    reason = "UNAVAILABLE"
+
+
+class BrokerUnavailable(Unavailable):
+    reason = "BROKER_UNAVAILABLE"
+
+
+class StoreUnavailable(Unavailable):
+    reason = "STORE_UNAVAILABLE"

@@ -1,0 +1,105 @@
+"""The domain model of an event. Free of gRPC, protobuf and drivers; adapters convert at their edges."""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass, field
+
+
+class EventStatus(enum.Enum):
+    RECEIVED = "received"
+    PROCESSED = "processed"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    STALE = "stale"
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class InboundEvent:
+    """A verified event as ingest queued it. Times are integer microseconds since the epoch."""
+
+    source: str
+    event_id: str
+    event_type: str
+    provider: str
+    received_us: int
+    body: bytes
+    content_type: str
+    headers: dict[str, str]
+    receipt_id: str
+    provider_time_us: int = 0
+    entity_id: str = ""
+    entity_version: int = 0
+    traceparent: str = ""
+    replay: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}/{self.event_id}"
+
+
+@dataclass(slots=True)
+class OperationResult:
+    operation: str
+    outcome: Outcome
+    attempt: int
+    duration_us: int
+    finished_us: int
+    error: str = ""
+
+
+@dataclass(slots=True)
+class StoredEvent:
+    event: InboundEvent
+    status: EventStatus
+    results: list[OperationResult] = field(default_factory=list)
+    processed_us: int = 0
+    attempts: int = 0
+    last_error: str = ""
+    duplicates: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EventSummary:
+    source: str
+    event_id: str
+    event_type: str
+    received_us: int
+    status: EventStatus
+    receipt_id: str
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def new_receipt_id() -> str:
+    return os.urandom(12).hex()
+
+
+def new_traceparent() -> str:
+    """A fresh W3C trace context (sampled) for requests that arrive without one."""
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+def valid_traceparent(value: str) -> bool:
+    parts = value.split("-")
+    return (
+        len(parts) == 4
+        and len(parts[0]) == 2
+        and len(parts[1]) == 32
+        and len(parts[2]) == 16
+        and len(parts[3]) == 2
+        and all(c in "0123456789abcdef" for c in value.replace("-", ""))
+        and parts[1] != "0" * 32
+        and parts[2] != "0" * 16
+        and parts[0] != "ff"
+    )
