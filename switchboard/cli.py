@@ -106,8 +106,7 @@ def stack_up(cfg: PlatformConfig, processors: int | None) -> int:
 def _sign(
     cfg: PlatformConfig, source_name: str, event_type: str | None, size: int | None
 ) -> tuple[bytes, dict[str, str]]:
-    import importlib
-
+    from edge.providers import sign
     from edge.samples import sample_event
 
     source = cfg.source(source_name)
@@ -115,11 +114,9 @@ def _sign(
         raise ConfigError(f"no source named {source_name!r} in {cfg.path}")
     body, headers = sample_event(source.scheme, event_type=event_type, size=size)
     secret = source.secrets[0].resolve().reveal()
-    scheme = importlib.import_module(f"edge.providers.{source.scheme}")
-    extra: dict[str, Any] = {}
-    if source.scheme == "hmac":
-        extra["options"] = source.options
-    headers.update(scheme.sign(secret, body, now=time.time(), **extra))
+    headers.update(
+        sign(source.scheme, secret, body, now=time.time(), options=source.options, event_type=event_type)
+    )
     return body, headers
 
 

@@ -1,0 +1,244 @@
+"""End to end on real components: HTTPS → Envoy → ingest → RabbitMQ → processor → Cassandra → Query."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from webhooks.v1 import event_pb2, query_pb2
+
+from edge.providers import sign
+from switchboard.config import PlatformConfig
+from tests.e2e.helpers import edge_client, get_event_code, query_stub, stripe_event, stripe_headers, wait_for_event
+from tests.stack_fixture import HMAC_SECRET, STRIPE_SECRET
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def new_id() -> str:
+    return "evt_" + secrets.token_hex(10)
+
+
+def assert_json_error(resp: object, status: int, reason: str | None = None) -> dict[str, object]:
+    assert resp.status_code == status, resp.text  # type: ignore[attr-defined]
+    assert resp.headers["content-type"].startswith("application/json")  # type: ignore[attr-defined]
+    assert not any(h.lower().startswith("grpc-") for h in resp.headers)  # type: ignore[attr-defined]
+    body = resp.json()  # type: ignore[attr-defined]
+    assert isinstance(body.get("code"), int) and body.get("message"), body
+    if reason is not None:
+        reasons = [d.get("reason") for d in body.get("details", [])]
+        assert reason in reasons, body
+    return body  # type: ignore[no-any-return]
+
+
+def test_stripe_event_round_trip_is_byte_identical(stack: object, stack_config: PlatformConfig) -> None:
+    event_id = new_id()
+    # Odd spacing and non-ASCII: any re-serialisation on the way would change these bytes.
+    body = (
+        '{"id": "%s",  "object":"event", "type":"invoice.paid", "created": %d,'
+        ' "data": {"object": {"id": "in_1", "object": "invoice", "memo": "caf\u00e9 \\u00e9"}}}'
+        % (event_id, int(time.time()))
+    ).encode("utf-8")
+    with edge_client(stack_config) as client:
+        resp = client.post("/webhook/shop?utm=1", content=body, headers=stripe_headers(STRIPE_SECRET, body))
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"status": "success", "event_id": event_id}
+    assert not any(h.lower().startswith("grpc-") for h in resp.headers)
+
+    event = wait_for_event(stack_config, "shop", event_id)
+    assert event.body == body
+    assert event.event_type == "invoice.paid"
+    assert event.provider == "stripe"
+    assert event.content_type == "application/json"
+    assert event.headers["stripe-signature"].startswith("t=")
+    assert event.entity_id == "in_1"
+    assert event.status == event_pb2.EVENT_STATUS_PROCESSED
+    assert [(r.operation, r.outcome) for r in event.results] == [("log", event_pb2.OPERATION_OUTCOME_OK)]
+    assert event.received_at.seconds > 0 and event.processed_at.ToMicroseconds() >= event.received_at.ToMicroseconds()
+    assert len(event.traceparent.split("-")) == 4
+
+
+def test_traceparent_is_carried_to_the_stored_event(stack: object, stack_config: PlatformConfig) -> None:
+    event_id = new_id()
+    body = stripe_event(event_id)
+    traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    with edge_client(stack_config) as client:
+        resp = client.post(
+            "/webhook/shop", content=body, headers={**stripe_headers(STRIPE_SECRET, body), "traceparent": traceparent}
+        )
+    assert resp.status_code == 200, resp.text
+    # Envoy may start its own span under the caller's trace; the trace id must be the caller's.
+    stored = wait_for_event(stack_config, "shop", event_id).traceparent
+    assert stored.split("-")[1] == traceparent.split("-")[1]
+
+
+def test_default_source_route(stack: object, stack_config: PlatformConfig) -> None:
+    event_id = new_id()
+    body = stripe_event(event_id)
+    with edge_client(stack_config) as client:
+        resp = client.post("/webhook", content=body, headers=stripe_headers(STRIPE_SECRET, body))
+    assert resp.status_code == 200, resp.text
+    assert wait_for_event(stack_config, "shop", event_id).source == "shop"
+
+
+def test_generic_hmac_source(stack: object, stack_config: PlatformConfig) -> None:
+    source = stack_config.source("generic")
+    assert source is not None
+    body = b'{"hello": "world"}'
+    headers = sign("hmac", HMAC_SECRET, body, now=time.time(), options=source.options, event_type="thing.happened")
+    event_id = headers["x-event-id"]
+    with edge_client(stack_config) as client:
+        resp = client.post("/webhook/generic", content=body, headers={**headers, "content-type": "application/json"})
+    assert resp.status_code == 200, resp.text
+    event = wait_for_event(stack_config, "generic", event_id)
+    assert (event.body, event.event_type) == (body, "thing.happened")
+
+
+def test_bad_signature_is_401_and_nothing_is_queued(stack: object, stack_config: PlatformConfig) -> None:
+    bad_id, good_id = new_id(), new_id()
+    bad = stripe_event(bad_id)
+    good = stripe_event(good_id)
+    with edge_client(stack_config) as client:
+        resp = client.post("/webhook/shop", content=bad, headers=stripe_headers("whsec_wrong", bad))
+        assert_json_error(resp, 401, "SIGNATURE_MISMATCH")
+        tampered = client.post(
+            "/webhook/shop", content=bad + b" ", headers=stripe_headers(STRIPE_SECRET, bad)
+        )
+        assert_json_error(tampered, 401, "SIGNATURE_MISMATCH")
+        missing = client.post("/webhook/shop", content=bad, headers={"content-type": "application/json"})
+        assert_json_error(missing, 401, "SIGNATURE_HEADER_MISSING")
+        expired = client.post(
+            "/webhook/shop", content=bad, headers=stripe_headers(STRIPE_SECRET, bad, now=time.time() - 3600)
+        )
+        assert_json_error(expired, 401, "TIMESTAMP_EXPIRED")
+        ok = client.post("/webhook/shop", content=good, headers=stripe_headers(STRIPE_SECRET, good))
+        assert ok.status_code == 200, ok.text
+    # The good event was queued after the rejected ones; once it is stored, a queued bad one would be too.
+    wait_for_event(stack_config, "shop", good_id)
+    time.sleep(0.5)
+    assert get_event_code(stack_config, "shop", bad_id) == grpc.StatusCode.NOT_FOUND
+
+
+def test_unknown_source_is_404_json(stack: object, stack_config: PlatformConfig) -> None:
+    body = stripe_event(new_id())
+    with edge_client(stack_config) as client:
+        resp = client.post("/webhook/nope", content=body, headers=stripe_headers(STRIPE_SECRET, body))
+        assert_json_error(resp, 404)
+        other = client.post("/not-a-webhook", content=body)
+        assert_json_error(other, 404)
+
+
+def test_body_over_the_source_limit_is_413_json(stack: object, stack_config: PlatformConfig) -> None:
+    body = stripe_event(new_id(), pad=70_000)  # the "shop" source allows 64 KiB
+    with edge_client(stack_config) as client:
+        resp = client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body))
+    assert_json_error(resp, 413)
+
+
+def test_malformed_body_is_400_json(stack: object, stack_config: PlatformConfig) -> None:
+    body = b"this is not json"
+    with edge_client(stack_config) as client:
+        resp = client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body))
+    assert_json_error(resp, 400, "BODY_NOT_JSON")
+
+
+def test_duplicate_delivery_is_stored_once(stack: object, stack_config: PlatformConfig) -> None:
+    event_id = new_id()
+    body = stripe_event(event_id)
+    start = Timestamp()
+    start.FromMicroseconds(int(time.time() * 1e6) - 1_000_000)
+    with edge_client(stack_config) as client:
+        first = client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body))
+        assert first.status_code == 200, first.text
+        first_event = wait_for_event(stack_config, "shop", event_id)
+        again = client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body))
+        assert again.status_code == 200, again.text  # a duplicate is a success for the provider
+    deadline = time.monotonic() + 20
+    while (event := wait_for_event(stack_config, "shop", event_id)).duplicates < 1:
+        assert time.monotonic() < deadline, "duplicate delivery was never recorded"
+        time.sleep(0.1)
+    assert event.duplicates == 1
+    assert event.receipt_id == first_event.receipt_id  # the first delivery stays the stored one
+    channel, stub = query_stub(stack_config)
+    with channel:
+        listed = stub.ListEvents(query_pb2.ListEventsRequest(source="shop", start_time=start, page_size=1000))
+    assert [e.event_id for e in listed.events].count(event_id) == 1
+
+
+def test_list_events_pages_through_a_time_range(stack: object, stack_config: PlatformConfig) -> None:
+    start = Timestamp()
+    start.FromMicroseconds(int(time.time() * 1e6))
+    sent = []
+    with edge_client(stack_config) as client:
+        for _ in range(7):
+            event_id = new_id()
+            body = stripe_event(event_id)
+            resp = client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body))
+            assert resp.status_code == 200, resp.text
+            sent.append(event_id)
+    for event_id in sent:
+        wait_for_event(stack_config, "shop", event_id)
+    end = Timestamp()
+    end.FromMicroseconds(int(time.time() * 1e6) + 1000)
+    channel, stub = query_stub(stack_config)
+    seen: list[str] = []
+    pages = 0
+    token = ""
+    with channel:
+        while True:
+            page = stub.ListEvents(
+                query_pb2.ListEventsRequest(source="shop", start_time=start, end_time=end, page_size=3, page_token=token)
+            )
+            pages += 1
+            assert len(page.events) <= 3
+            seen.extend(e.event_id for e in page.events)
+            times = [e.received_at.ToMicroseconds() for e in page.events]
+            assert times == sorted(times)
+            token = page.next_page_token
+            if not token:
+                break
+            assert pages < 20
+        with pytest.raises(grpc.RpcError) as bad_token:
+            stub.ListEvents(query_pb2.ListEventsRequest(source="shop", page_token="garbage"))
+        assert bad_token.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [i for i in seen if i in sent] == sent  # every event once, in arrival order
+    assert pages >= 3
+
+
+def test_get_unknown_event_is_not_found(stack: object, stack_config: PlatformConfig) -> None:
+    assert get_event_code(stack_config, "shop", "evt_never_sent") == grpc.StatusCode.NOT_FOUND
+
+
+def test_services_report_health(stack: object, stack_config: PlatformConfig) -> None:
+    for port, service in ((stack_config.ingest.port, "webhooks.v1.Ingest"), (stack_config.query.port, "webhooks.v1.Query")):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_buf_curl_reads_an_event_through_reflection(stack: object, stack_config: PlatformConfig) -> None:
+    buf = REPO / ".tools" / "node" / "node_modules" / ".bin" / "buf"
+    event_id = new_id()
+    body = stripe_event(event_id)
+    with edge_client(stack_config) as client:
+        assert client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body)).status_code == 200
+    wait_for_event(stack_config, "shop", event_id)
+    out = subprocess.run(
+        [
+            str(buf), "curl", "--protocol", "grpc", "--http2-prior-knowledge",
+            "--data", json.dumps({"source": "shop", "event_id": event_id}),
+            f"http://127.0.0.1:{stack_config.query.port}/webhooks.v1.Query/GetEvent",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    event = json.loads(out.stdout)["event"]
+    assert event["eventId"] == event_id and event["status"] == "EVENT_STATUS_PROCESSED"

@@ -1,0 +1,74 @@
+"""Builds a test configuration on free ports and runs the real stack (RabbitMQ, Cassandra, Envoy and the
+services) through the same ``Stack`` that ``switchboard stack up`` uses."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from switchboard.config import PlatformConfig, load_config
+from switchboard.infra.ports import free_port
+
+STRIPE_SECRET = "whsec_" + secrets.token_hex(16)
+HMAC_SECRET = secrets.token_hex(32)
+
+
+def write_test_config(root: Path, *, processors: int = 1, bucket_seconds: int = 60) -> PlatformConfig:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "stripe.secret").write_text(STRIPE_SECRET + "\n")
+    (root / "hmac.secret").write_text(HMAC_SECRET + "\n")
+    os.chmod(root / "stripe.secret", 0o600)
+    suffix = secrets.token_hex(3)
+    text = f"""
+[platform]
+data_dir = "var"
+log_level = "INFO"
+
+[edge]
+https_port = {free_port()}
+admin_port = {free_port()}
+default_source = "shop"
+max_body_bytes = 262144
+
+[ingest]
+port = {free_port()}
+confirm_timeout_seconds = 2.0
+
+[query]
+port = {free_port()}
+
+[processor]
+count = {processors}
+prefetch = 256
+
+[[processor.operations]]
+name = "log"
+call = "processor_service.builtin:log_event"
+
+[rabbitmq]
+port = {free_port()}
+nodename = "sbtest{suffix}"
+queue_prefix = "switchboard"
+
+[cassandra]
+port = {free_port()}
+storage_port = {free_port()}
+heap = "768m"
+bucket_seconds = {bucket_seconds}
+
+[[sources]]
+name = "shop"
+scheme = "stripe"
+secrets = [{{ file = "stripe.secret" }}]
+max_body_bytes = 65536
+
+[[sources]]
+name = "generic"
+scheme = "hmac"
+secrets = [{{ file = "hmac.secret" }}]
+options = {{ header = "X-Signature", prefix = "sha256=", id_header = "X-Event-Id", type_header = "X-Event-Type" }}
+"""
+    path = root / "switchboard.toml"
+    path.write_text(text)
+    return load_config(path)
