@@ -66,9 +66,7 @@ def select_headers(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, str
 
 
 class Ingestor:
-    def __init__(
-        self, sources: Mapping[str, Source], publisher: EventPublisher, *, default_source: str | None
-    ) -> None:
+    def __init__(self, sources: Mapping[str, Source], publisher: EventPublisher, *, default_source: str | None) -> None:
         self.sources = dict(sources)
         self.publisher = publisher
         self.default_source = default_source
@@ -79,9 +77,7 @@ class Ingestor:
         received_us = now_us()  # the arrival time: signatures are checked against it, never a later one
         name = source_name or self.default_source
         if not name:
-            raise InvalidRequest(
-                "no source in the path and no default source configured", reason="SOURCE_MISSING"
-            )
+            raise InvalidRequest("no source in the path and no default source configured", reason="SOURCE_MISSING")
         source = self.sources.get(name)
         if source is None:
             raise UnknownSource(f"unknown source {name!r}", metadata={"source": name[:64]})

@@ -43,11 +43,7 @@ async def run(cfg: PlatformConfig) -> None:
     server = GrpcServer(
         cfg.ingest.host,
         cfg.ingest.port,
-        [
-            Service(
-                "webhooks.v1.Ingest", ingest_pb2_grpc.add_IngestServicer_to_server, IngestServicer(ingestor)
-            )
-        ],
+        [Service("webhooks.v1.Ingest", ingest_pb2_grpc.add_IngestServicer_to_server, IngestServicer(ingestor))],
     )
     await server.start()
     log.info("ingest ready", extra={"sources": sorted(sources), "default_source": cfg.edge.default_source})

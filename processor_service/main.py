@@ -30,9 +30,7 @@ async def run(cfg: PlatformConfig, *, stats_interval: float) -> None:
     await loop.run_in_executor(None, store.ensure_schema)
     await loop.run_in_executor(None, store.prepare)
     worker = Worker(Processor(store, registry))
-    consumer = Consumer(
-        cfg.rabbitmq.amqp_url, Topology(cfg.rabbitmq.queue_prefix), prefetch=cfg.processor.prefetch
-    )
+    consumer = Consumer(cfg.rabbitmq.amqp_url, Topology(cfg.rabbitmq.queue_prefix), prefetch=cfg.processor.prefetch)
     await consumer.start(worker.on_message, stop)
     reporter = asyncio.create_task(worker.report_forever(stats_interval))
     log.info("processor ready", extra={"operations": [op.name for op in registry.operations]})

@@ -52,9 +52,7 @@ class Operation:
             outcome, error = Outcome.FAILED, f"timed out after {self.timeout_seconds:g} s"
         except Exception as exc:
             outcome, error = Outcome.FAILED, f"{type(exc).__name__}: {exc}"[:1000]
-            log.warning(
-                "operation failed", extra={"operation": self.name, "event": event.key, "error": error}
-            )
+            log.warning("operation failed", extra={"operation": self.name, "event": event.key, "error": error})
         finished = now_us()
         return OperationResult(self.name, outcome, attempt, finished - started, finished, error)
 

@@ -41,9 +41,7 @@ def decode_token(token: str) -> tuple[str, int, int, Cursor]:
         bucket, ms, event_id = raw["c"]
         return str(raw["s"]), int(raw["a"]), int(raw["b"]), (int(bucket), int(ms), str(event_id))
     except (ValueError, KeyError, TypeError):
-        raise InvalidRequest(
-            "page_token is not a token this service issued", reason="PAGE_TOKEN_INVALID"
-        ) from None
+        raise InvalidRequest("page_token is not a token this service issued", reason="PAGE_TOKEN_INVALID") from None
 
 
 class EventQueries:

@@ -26,16 +26,12 @@ log = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="switchboard", description="Switchboard webhook platform")
-    parser.add_argument(
-        "--config", type=Path, default=None, help="configuration file (default: switchboard.toml)"
-    )
+    parser.add_argument("--config", type=Path, default=None, help="configuration file (default: switchboard.toml)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     stack = sub.add_parser("stack", help="run the local platform")
     stack_sub = stack.add_subparsers(dest="action", required=True)
-    up = stack_sub.add_parser(
-        "up", help="start RabbitMQ, Cassandra, Envoy and the services; Ctrl-C stops them"
-    )
+    up = stack_sub.add_parser("up", help="start RabbitMQ, Cassandra, Envoy and the services; Ctrl-C stops them")
     up.add_argument("--config", type=Path, default=None, dest="sub_config")
     up.add_argument("--processors", type=int, default=None, help="processor processes (default: from config)")
 
@@ -114,9 +110,7 @@ def _sign(
         raise ConfigError(f"no source named {source_name!r} in {cfg.path}")
     body, headers = sample_event(source.scheme, event_type=event_type, size=size)
     secret = source.secrets[0].resolve().reveal()
-    headers.update(
-        sign(source.scheme, secret, body, now=time.time(), options=source.options, event_type=event_type)
-    )
+    headers.update(sign(source.scheme, secret, body, now=time.time(), options=source.options, event_type=event_type))
     return body, headers
 
 

@@ -113,9 +113,7 @@ def stored_to_pb(s: StoredEvent) -> event_pb2.Event:
                 operation=r.operation,
                 outcome=_OUTCOME[r.outcome],
                 attempt=r.attempt,
-                duration=Duration(
-                    seconds=r.duration_us // 1_000_000, nanos=(r.duration_us % 1_000_000) * 1000
-                ),
+                duration=Duration(seconds=r.duration_us // 1_000_000, nanos=(r.duration_us % 1_000_000) * 1000),
                 finished_at=ts(r.finished_us),
                 error=r.error,
             )

@@ -207,9 +207,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
     )
     q = _table(raw, "query")
     _known(q, "query", {"host", "port"})
-    query = QueryConfig(
-        host=_ip(q.get("host", "127.0.0.1"), "query.host"), port=_port(q, "query.port", 50052)
-    )
+    query = QueryConfig(host=_ip(q.get("host", "127.0.0.1"), "query.host"), port=_port(q, "query.port", 50052))
     p = _table(raw, "processor")
     _known(p, "processor", {"count", "prefetch", "operations"})
     processor = ProcessorConfig(
@@ -269,13 +267,9 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
         ttl_seconds=_pos_int(c, "cassandra.ttl_seconds", 30 * 24 * 3600),
     )
     if cass.ttl_seconds < 24 * 3600:
-        raise ConfigError(
-            "cassandra.ttl_seconds: must be at least one day (events are kept for audit and replay)"
-        )
+        raise ConfigError("cassandra.ttl_seconds: must be at least one day (events are kept for audit and replay)")
 
-    sources = tuple(
-        _source(s, idx, base, edge.max_body_bytes) for idx, s in enumerate(raw.get("sources", []))
-    )
+    sources = tuple(_source(s, idx, base, edge.max_body_bytes) for idx, s in enumerate(raw.get("sources", [])))
     names = [s.name for s in sources]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
@@ -307,9 +301,7 @@ def _source(s: Any, idx: int, base: Path, edge_max: int) -> SourceConfig:
     where = f"source {name!r}"
     scheme = s.get("scheme")
     if scheme not in SCHEMES:
-        raise ConfigError(
-            f"{where}: scheme {scheme!r} is unknown (one of {', '.join(SCHEMES)}); refusing to start"
-        )
+        raise ConfigError(f"{where}: scheme {scheme!r} is unknown (one of {', '.join(SCHEMES)}); refusing to start")
     refs = s.get("secrets")
     if not isinstance(refs, list) or not refs:
         raise ConfigError(f"{where}: no secrets configured; a source is never accepted unverified")
@@ -373,9 +365,7 @@ def _rate_limit(v: Any, where: str) -> RateLimit | None:
     if not isinstance(v, Mapping):
         raise ConfigError(f"{where}: must be a table {{ requests = N, per_seconds = S }}")
     _known(v, where, {"requests", "per_seconds"})
-    return RateLimit(
-        requests=_pos_int(v, f"{where}.requests", 0), per_seconds=_pos_int(v, f"{where}.per_seconds", 1)
-    )
+    return RateLimit(requests=_pos_int(v, f"{where}.requests", 0), per_seconds=_pos_int(v, f"{where}.per_seconds", 1))
 
 
 def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:

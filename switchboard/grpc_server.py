@@ -72,13 +72,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             except errors.SwitchboardError as exc:
                 code = status_code_for(exc)
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
-                    log.warning(
-                        "rpc failed", extra={"method": method, "reason": exc.reason, "error": exc.message}
-                    )
+                    log.warning("rpc failed", extra={"method": method, "reason": exc.reason, "error": exc.message})
                 details = status_details(code, exc.message, exc.reason, exc.metadata)
-                await context.abort(
-                    code, exc.message, trailing_metadata=(("grpc-status-details-bin", details),)
-                )
+                await context.abort(code, exc.message, trailing_metadata=(("grpc-status-details-bin", details),))
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception:
@@ -107,9 +103,7 @@ class Service:
 
 
 class GrpcServer:
-    def __init__(
-        self, host: str, port: int, services: Iterable[Service], *, grace_seconds: float = 5.0
-    ) -> None:
+    def __init__(self, host: str, port: int, services: Iterable[Service], *, grace_seconds: float = 5.0) -> None:
         self.services = list(services)
         self.grace = grace_seconds
         self.server = grpc.aio.server(
@@ -125,9 +119,7 @@ class GrpcServer:
             svc.add(svc.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [s.name for s in self.services]
-        reflection.enable_server_reflection(
-            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
-        )
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         self.address = f"{host}:{port}"
         bound = self.server.add_insecure_port(self.address)
         if bound == 0:
@@ -138,9 +130,7 @@ class GrpcServer:
         for svc in self.services:
             await self.health.set(svc.name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "grpc listening", extra={"address": self.address, "services": [s.name for s in self.services]}
-        )
+        log.info("grpc listening", extra={"address": self.address, "services": [s.name for s in self.services]})
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()

@@ -65,17 +65,11 @@ class Topology:
         }
 
     async def declare(self, channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractQueue:
-        dead_x = await channel.declare_exchange(
-            self.dead_exchange, aio_pika.ExchangeType.DIRECT, durable=True
-        )
-        dead_q = await channel.declare_queue(
-            self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
-        )
+        dead_x = await channel.declare_exchange(self.dead_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+        dead_q = await channel.declare_queue(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
         await dead_q.bind(dead_x, ROUTING_KEY)
         work_x = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
-        work_q = await channel.declare_queue(
-            self.work_queue, durable=True, arguments=self.work_queue_arguments()
-        )
+        work_q = await channel.declare_queue(self.work_queue, durable=True, arguments=self.work_queue_arguments())
         await work_q.bind(work_x, ROUTING_KEY)
         return work_q
 
@@ -87,9 +81,7 @@ async def connect(url: str, *, purpose: str, stop: asyncio.Event | None = None) 
     while True:
         attempt += 1
         try:
-            conn = await aio_pika.connect_robust(
-                url, client_properties={"connection_name": purpose}, timeout=5
-            )
+            conn = await aio_pika.connect_robust(url, client_properties={"connection_name": purpose}, timeout=5)
             log.info("connected to RabbitMQ", extra={"purpose": purpose, "attempt": attempt})
             return conn
         except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
@@ -141,9 +133,7 @@ class Publisher:
             and not self._channel.is_closed
         )
 
-    async def publish(
-        self, body: bytes, *, message_id: str, headers: dict[str, FieldValue], timestamp: float
-    ) -> None:
+    async def publish(self, body: bytes, *, message_id: str, headers: dict[str, FieldValue], timestamp: float) -> None:
         if self._exchange is None or not self.connected:
             raise BrokerUnavailable("message broker is not connected")
         message = aio_pika.Message(

@@ -133,9 +133,7 @@ class Stack:
 
         t0 = time.monotonic()
         if cfg.rabbitmq.managed:
-            self.rabbit = RabbitNode(
-                self.data_dir / "rabbitmq", cfg.rabbitmq.port, nodename=cfg.rabbitmq.nodename
-            )
+            self.rabbit = RabbitNode(self.data_dir / "rabbitmq", cfg.rabbitmq.port, nodename=cfg.rabbitmq.nodename)
             self._start(self.rabbit)
         if cfg.cassandra.managed:
             self.cassandra = CassandraNode(
@@ -147,14 +145,10 @@ class Stack:
             self._start(self.cassandra)
         if self.rabbit:
             self.rabbit.wait_ready(timeout)
-            log.info(
-                "rabbitmq ready", extra={"url": cfg.rabbitmq.amqp_url, "s": round(time.monotonic() - t0, 1)}
-            )
+            log.info("rabbitmq ready", extra={"url": cfg.rabbitmq.amqp_url, "s": round(time.monotonic() - t0, 1)})
         if self.cassandra:
             self.cassandra.wait_ready(timeout)
-            log.info(
-                "cassandra ready", extra={"port": cfg.cassandra.port, "s": round(time.monotonic() - t0, 1)}
-            )
+            log.info("cassandra ready", extra={"port": cfg.cassandra.port, "s": round(time.monotonic() - t0, 1)})
 
         store = CassandraStore.connect(cfg.cassandra, wait_seconds=timeout)
         try:
@@ -246,7 +240,8 @@ class Stack:
             f"  query (gRPC)      {cfg.query.host}:{cfg.query.port}   webhooks.v1.Query (reflection on)",
             f"  envoy admin       http://127.0.0.1:{cfg.edge.admin_port}",
             f"  rabbitmq (AMQP)   {cfg.rabbitmq.amqp_url.replace('guest:guest@', '')}",
-            f"  cassandra (CQL)   {','.join(cfg.cassandra.hosts)}:{cfg.cassandra.port} keyspace {cfg.cassandra.keyspace}",
+            f"  cassandra (CQL)   {','.join(cfg.cassandra.hosts)}:{cfg.cassandra.port}"
+            f"  keyspace {cfg.cassandra.keyspace}",
             f"  processors        {len(self.processor_procs)}",
             f"  data / logs       {self.data_dir} / {self.log_dir}",
         ]
@@ -273,7 +268,5 @@ class Stack:
                 if len(recent) >= 5:
                     raise RuntimeError(f"{proc.name} keeps exiting; see {proc.log_path}")
                 restarts[proc.name] = [*recent, time.monotonic()]
-                log.warning(
-                    "service exited, restarting", extra={"service": proc.name, "log": str(proc.log_path)}
-                )
+                log.warning("service exited, restarting", extra={"service": proc.name, "log": str(proc.log_path)})
                 proc.start()

@@ -44,8 +44,7 @@ def _compaction(release: str) -> str:
     major, minor, *_ = (int(p) for p in [*release.split("-")[0].split("."), "0", "0"][:3])
     if (major, minor) >= (3, 11):
         return (
-            "{'class': 'TimeWindowCompactionStrategy', "
-            "'compaction_window_unit': 'DAYS', 'compaction_window_size': 1}"
+            "{'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'DAYS', 'compaction_window_size': 1}"
         )
     return "{'class': 'SizeTieredCompactionStrategy'}"
 
@@ -139,9 +138,7 @@ class CassandraStore:
             except (NoHostAvailable, DriverException, OSError) as exc:
                 cluster.shutdown()
                 if time.monotonic() > deadline:
-                    raise StoreUnavailable(
-                        f"Cassandra at {cfg.hosts}:{cfg.port} not reachable: {exc}"
-                    ) from None
+                    raise StoreUnavailable(f"Cassandra at {cfg.hosts}:{cfg.port} not reachable: {exc}") from None
                 log.warning(
                     "waiting for Cassandra",
                     extra={
@@ -235,9 +232,7 @@ class CassandraStore:
         same values."""
         e = stored.event
         p = self._prepared
-        batch = BatchStatement(
-            batch_type=BatchType.UNLOGGED, consistency_level=p["insert_event"].consistency_level
-        )
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=p["insert_event"].consistency_level)
         batch.add(
             p["insert_event"],
             (
@@ -359,19 +354,13 @@ class CassandraStore:
                 params: tuple[Any, ...] = (source, bucket, _ts(after[1] * 1000), after[2], want)
                 rows = await self._run(self._prepared["list_after"], params)
             else:
-                rows = await self._run(
-                    self._prepared["list_range"], (source, bucket, _ts(start_us), _ts(end_us), want)
-                )
+                rows = await self._run(self._prepared["list_range"], (source, bucket, _ts(start_us), _ts(end_us), want))
             for row in rows:
                 t_us = _dt_us(row.received_at)
                 if t_us // 1000 >= end_ms:  # only possible after a cursor: the range is exhausted
                     return out, None
                 status = EventStatus(row.status)
-                out.append(
-                    EventSummary(
-                        source, row.event_id, row.event_type or "", t_us, status, row.receipt_id or ""
-                    )
-                )
+                out.append(EventSummary(source, row.event_id, row.event_type or "", t_us, status, row.receipt_id or ""))
             if len(rows) < want:
                 bucket += 1
                 after = None

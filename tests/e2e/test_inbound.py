@@ -16,7 +16,14 @@ from webhooks.v1 import event_pb2, query_pb2
 
 from edge.providers import sign
 from switchboard.config import PlatformConfig
-from tests.e2e.helpers import edge_client, get_event_code, query_stub, stripe_event, stripe_headers, wait_for_event
+from tests.e2e.helpers import (
+    edge_client,
+    get_event_code,
+    query_stub,
+    stripe_event,
+    stripe_headers,
+    wait_for_event,
+)
 from tests.stack_fixture import HMAC_SECRET, STRIPE_SECRET
 
 pytestmark = pytest.mark.integration
@@ -42,11 +49,11 @@ def assert_json_error(resp: object, status: int, reason: str | None = None) -> d
 def test_stripe_event_round_trip_is_byte_identical(stack: object, stack_config: PlatformConfig) -> None:
     event_id = new_id()
     # Odd spacing and non-ASCII: any re-serialisation on the way would change these bytes.
+    created = int(time.time())
     body = (
-        '{"id": "%s",  "object":"event", "type":"invoice.paid", "created": %d,'
+        f'{{"id": "{event_id}",  "object":"event", "type":"invoice.paid", "created": {created},'
         ' "data": {"object": {"id": "in_1", "object": "invoice", "memo": "caf\u00e9 \\u00e9"}}}'
-        % (event_id, int(time.time()))
-    ).encode("utf-8")
+    ).encode()
     with edge_client(stack_config) as client:
         resp = client.post("/webhook/shop?utm=1", content=body, headers=stripe_headers(STRIPE_SECRET, body))
     assert resp.status_code == 200, resp.text
@@ -72,7 +79,9 @@ def test_traceparent_is_carried_to_the_stored_event(stack: object, stack_config:
     traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
     with edge_client(stack_config) as client:
         resp = client.post(
-            "/webhook/shop", content=body, headers={**stripe_headers(STRIPE_SECRET, body), "traceparent": traceparent}
+            "/webhook/shop",
+            content=body,
+            headers={**stripe_headers(STRIPE_SECRET, body), "traceparent": traceparent},
         )
     assert resp.status_code == 200, resp.text
     # Envoy may start its own span under the caller's trace; the trace id must be the caller's.
@@ -109,9 +118,7 @@ def test_bad_signature_is_401_and_nothing_is_queued(stack: object, stack_config:
     with edge_client(stack_config) as client:
         resp = client.post("/webhook/shop", content=bad, headers=stripe_headers("whsec_wrong", bad))
         assert_json_error(resp, 401, "SIGNATURE_MISMATCH")
-        tampered = client.post(
-            "/webhook/shop", content=bad + b" ", headers=stripe_headers(STRIPE_SECRET, bad)
-        )
+        tampered = client.post("/webhook/shop", content=bad + b" ", headers=stripe_headers(STRIPE_SECRET, bad))
         assert_json_error(tampered, 401, "SIGNATURE_MISMATCH")
         missing = client.post("/webhook/shop", content=bad, headers={"content-type": "application/json"})
         assert_json_error(missing, 401, "SIGNATURE_HEADER_MISSING")
@@ -195,7 +202,9 @@ def test_list_events_pages_through_a_time_range(stack: object, stack_config: Pla
     with channel:
         while True:
             page = stub.ListEvents(
-                query_pb2.ListEventsRequest(source="shop", start_time=start, end_time=end, page_size=3, page_token=token)
+                query_pb2.ListEventsRequest(
+                    source="shop", start_time=start, end_time=end, page_size=3, page_token=token
+                )
             )
             pages += 1
             assert len(page.events) <= 3
@@ -218,7 +227,10 @@ def test_get_unknown_event_is_not_found(stack: object, stack_config: PlatformCon
 
 
 def test_services_report_health(stack: object, stack_config: PlatformConfig) -> None:
-    for port, service in ((stack_config.ingest.port, "webhooks.v1.Ingest"), (stack_config.query.port, "webhooks.v1.Query")):
+    for port, service in (
+        (stack_config.ingest.port, "webhooks.v1.Ingest"),
+        (stack_config.query.port, "webhooks.v1.Query"),
+    ):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -229,15 +241,25 @@ def test_buf_curl_reads_an_event_through_reflection(stack: object, stack_config:
     event_id = new_id()
     body = stripe_event(event_id)
     with edge_client(stack_config) as client:
-        assert client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body)).status_code == 200
+        assert (
+            client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body)).status_code == 200
+        )
     wait_for_event(stack_config, "shop", event_id)
     out = subprocess.run(
         [
-            str(buf), "curl", "--protocol", "grpc", "--http2-prior-knowledge",
-            "--data", json.dumps({"source": "shop", "event_id": event_id}),
+            str(buf),
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--data",
+            json.dumps({"source": "shop", "event_id": event_id}),
             f"http://127.0.0.1:{stack_config.query.port}/webhooks.v1.Query/GetEvent",
         ],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     event = json.loads(out.stdout)["event"]

@@ -28,7 +28,8 @@ def test_default_config_file_parses_with_a_demo_source() -> None:
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     cfg = parse_config(
-        base(sources=[{"name": "a", "scheme": "stripe", "secrets": [{"file": "s/a.secret"}]}]), tmp_path / "x.toml"
+        base(sources=[{"name": "a", "scheme": "stripe", "secrets": [{"file": "s/a.secret"}]}]),
+        tmp_path / "x.toml",
     )
     assert cfg.data_dir == tmp_path / "var"
     assert cfg.sources[0].secrets[0].file == tmp_path / "s" / "a.secret"
@@ -37,7 +38,10 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (base(sources=[{"name": "shop", "scheme": "nope", "secrets": [{"env": "X"}]}]), "scheme 'nope' is unknown"),
+        (
+            base(sources=[{"name": "shop", "scheme": "nope", "secrets": [{"env": "X"}]}]),
+            "scheme 'nope' is unknown",
+        ),
         (base(sources=[{"name": "shop", "scheme": "stripe"}]), "never accepted unverified"),
         (base(sources=[{"name": "shop", "scheme": "stripe", "secrets": [{"value": "x"}]}]), "unknown key"),
         (base(sources=[{"name": "Bad Name", "scheme": "stripe", "secrets": [{"env": "X"}]}]), "must match"),

@@ -16,9 +16,18 @@ from switchboard.store import _compaction
 
 def event(**over: object) -> InboundEvent:
     e = InboundEvent(
-        source="shop", event_id="evt_1", event_type="invoice.paid", provider="stripe", received_us=1_700_000_000_123_456,
-        body=b"\x00\xff{}", content_type="application/json", headers={"stripe-signature": "t=1,v1=ab"},
-        receipt_id="r1", provider_time_us=1_700_000_000_000_000, entity_id="in_1", entity_version=7,
+        source="shop",
+        event_id="evt_1",
+        event_type="invoice.paid",
+        provider="stripe",
+        received_us=1_700_000_000_123_456,
+        body=b"\x00\xff{}",
+        content_type="application/json",
+        headers={"stripe-signature": "t=1,v1=ab"},
+        receipt_id="r1",
+        provider_time_us=1_700_000_000_000_000,
+        entity_id="in_1",
+        entity_version=7,
         traceparent=new_traceparent(),
     )
     for k, v in over.items():
@@ -40,9 +49,16 @@ def test_undecodable_queue_message_is_an_invalid_request() -> None:
 def test_select_headers_drops_transport_and_credentials() -> None:
     kept = select_headers(
         [
-            ("Stripe-Signature", "t=1,v1=ab"), ("content-type", "application/grpc"), ("grpc-timeout", "5S"),
-            ("x-envoy-expected-rq-timeout-ms", "1"), (":authority", "x"), ("authorization", "Bearer s3cret"),
-            ("x-forwarded-for", "1.2.3.4"), ("x-custom", "a"), ("x-custom", "b"), ("trace-bin", b"\x00"),
+            ("Stripe-Signature", "t=1,v1=ab"),
+            ("content-type", "application/grpc"),
+            ("grpc-timeout", "5S"),
+            ("x-envoy-expected-rq-timeout-ms", "1"),
+            (":authority", "x"),
+            ("authorization", "Bearer s3cret"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-custom", "a"),
+            ("x-custom", "b"),
+            ("trace-bin", b"\x00"),
         ]
     )
     assert kept == {"stripe-signature": "t=1,v1=ab", "x-forwarded-for": "1.2.3.4", "x-custom": "a, b"}
