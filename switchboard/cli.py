@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -130,7 +131,7 @@ def send_events(
         return 2
     base = url or f"https://{cfg.edge.bind}:{cfg.edge.https_port}"
     ca = cfg.tls_dir / "ca.pem"
-    verify: Any = str(ca) if ca.exists() and not url else True
+    verify: Any = ssl.create_default_context(cafile=ca) if ca.exists() and not url else True
     worst = 0
     with httpx.Client(verify=verify, timeout=10) as client:
         for _ in range(count):

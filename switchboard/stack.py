@@ -268,5 +268,5 @@ class Stack:
                 if len(recent) >= 5:
                     raise RuntimeError(f"{proc.name} keeps exiting; see {proc.log_path}")
                 restarts[proc.name] = [*recent, time.monotonic()]
-                log.warning("service exited, restarting", extra={"service": proc.name, "log": str(proc.log_path)})
+                log.warning("service exited, restarting", extra={"process": proc.name, "log": str(proc.log_path)})
                 proc.start()

@@ -16,6 +16,8 @@ import asyncio
 import json
 import logging
 import secrets
+import signal
+import ssl
 import tempfile
 import time
 from collections import Counter
@@ -121,7 +123,7 @@ async def drive(cfg: PlatformConfig, args: argparse.Namespace) -> tuple[list[Pha
     limits = httpx.Limits(max_connections=args.connections, max_keepalive_connections=args.connections)
     async with httpx.AsyncClient(
         base_url=f"https://127.0.0.1:{cfg.edge.https_port}",
-        verify=str(cfg.tls_dir / "ca.pem"),
+        verify=ssl.create_default_context(cafile=cfg.tls_dir / "ca.pem"),
         limits=limits,
         timeout=30,
     ) as client:
@@ -197,6 +199,10 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)  # so that `finally` stops the stack this script started
     root = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
     cfg = write_test_config(root, processors=args.processors, bucket_seconds=3600)
     stack = Stack(cfg)

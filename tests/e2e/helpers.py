@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from typing import Any
 
@@ -15,9 +16,8 @@ from switchboard.config import PlatformConfig
 
 
 def edge_client(cfg: PlatformConfig) -> httpx.Client:
-    return httpx.Client(
-        base_url=f"https://127.0.0.1:{cfg.edge.https_port}", verify=str(cfg.tls_dir / "ca.pem"), timeout=15
-    )
+    tls = ssl.create_default_context(cafile=cfg.tls_dir / "ca.pem")
+    return httpx.Client(base_url=f"https://127.0.0.1:{cfg.edge.https_port}", verify=tls, timeout=15)
 
 
 def stripe_event(event_id: str, event_type: str = "invoice.paid", pad: int = 0) -> bytes:
