@@ -3,6 +3,7 @@ services) through the same ``Stack`` that ``switchboard stack up`` uses."""
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 from pathlib import Path
@@ -12,6 +13,15 @@ from switchboard.infra.ports import free_port
 
 STRIPE_SECRET = "whsec_" + secrets.token_hex(16)
 HMAC_SECRET = secrets.token_hex(32)
+GITHUB_SECRET = secrets.token_hex(20)
+SHOPIFY_SECRET = secrets.token_hex(24)
+STANDARD_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+# Source name -> (scheme, secret) for the per-provider end-to-end tests.
+PROVIDER_SOURCES = {
+    "gh": ("github", GITHUB_SECRET),
+    "shopify": ("shopify", SHOPIFY_SECRET),
+    "stdhooks": ("standard_webhooks", STANDARD_SECRET),
+}
 
 
 def write_test_config(root: Path, *, processors: int = 1, bucket_seconds: int = 60) -> PlatformConfig:
@@ -19,6 +29,15 @@ def write_test_config(root: Path, *, processors: int = 1, bucket_seconds: int = 
     (root / "stripe.secret").write_text(STRIPE_SECRET + "\n")
     (root / "hmac.secret").write_text(HMAC_SECRET + "\n")
     os.chmod(root / "stripe.secret", 0o600)
+    provider_sources = ""
+    for name, (scheme, secret) in PROVIDER_SOURCES.items():
+        (root / f"{name}.secret").write_text(secret + "\n")
+        provider_sources += f"""
+[[sources]]
+name = "{name}"
+scheme = "{scheme}"
+secrets = [{{ file = "{name}.secret" }}]
+"""
     suffix = secrets.token_hex(3)
     text = f"""
 [platform]
@@ -68,6 +87,7 @@ name = "generic"
 scheme = "hmac"
 secrets = [{{ file = "hmac.secret" }}]
 options = {{ header = "X-Signature", prefix = "sha256=", id_header = "X-Event-Id", type_header = "X-Event-Type" }}
+{provider_sources}
 """
     path = root / "switchboard.toml"
     path.write_text(text)
