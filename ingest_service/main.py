@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import sys
 
 from webhooks.v1 import ingest_pb2_grpc
 
 from edge.providers import build_verifier
 from ingest_service.ingestor import Ingestor, Source
 from ingest_service.servicer import IngestServicer
-from switchboard import runtime
-from switchboard.config import PlatformConfig, load_config
-from switchboard.errors import ConfigError, SwitchboardError
+from switchboard.config import PlatformConfig
+from switchboard.errors import ConfigError
 from switchboard.grpc_server import GrpcServer, Service, install_stop_signals
-from switchboard.logs import setup_logging
 from switchboard.queue import Publisher, Topology
+from switchboard.service import service_main
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +51,4 @@ async def run(cfg: PlatformConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ingest_service")
-    parser.add_argument("--config", default=None, help="configuration file (default: switchboard.toml)")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"ingest: refusing to start: {exc}", file=sys.stderr)
-        return 2
-    setup_logging("ingest", cfg.log_level)
-    try:
-        runtime.run(run(cfg))
-    except ConfigError as exc:
-        log.error("refusing to start", extra={"error": exc.message})
-        return 2
-    except SwitchboardError as exc:
-        log.error("stopped", extra={"error": exc.message, "reason": exc.reason})
-        return 1
-    return 0
+    return service_main("ingest", lambda cfg, _args: run(cfg), argv)

@@ -5,17 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 
 from processor_service.operations import Registry
 from processor_service.processor import Processor
 from processor_service.worker import Worker
-from switchboard import runtime
-from switchboard.config import PlatformConfig, load_config
-from switchboard.errors import ConfigError, SwitchboardError
+from switchboard.config import PlatformConfig
 from switchboard.grpc_server import install_stop_signals
-from switchboard.logs import setup_logging
 from switchboard.queue import Consumer, Topology
+from switchboard.service import service_main
 from switchboard.store import CassandraStore
 
 log = logging.getLogger(__name__)
@@ -45,23 +42,11 @@ async def run(cfg: PlatformConfig, *, stats_interval: float) -> None:
     store.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="processor_service")
-    parser.add_argument("--config", default=None, help="configuration file (default: switchboard.toml)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats-interval", type=float, default=60.0, help="seconds between stats log lines")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"processor: refusing to start: {exc}", file=sys.stderr)
-        return 2
-    setup_logging("processor", cfg.log_level)
-    try:
-        runtime.run(run(cfg, stats_interval=args.stats_interval))
-    except ConfigError as exc:
-        log.error("refusing to start", extra={"error": exc.message})
-        return 2
-    except SwitchboardError as exc:
-        log.error("stopped", extra={"error": exc.message, "reason": exc.reason})
-        return 1
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return service_main(
+        "processor", lambda cfg, args: run(cfg, stats_interval=args.stats_interval), argv, add_arguments=add_arguments
+    )

@@ -32,7 +32,7 @@ def us_of(t: Timestamp) -> int:
     return int(t.seconds) * 1_000_000 + int(t.nanos) // 1000
 
 
-def encode_inbound(e: InboundEvent) -> bytes:
+def _inbound_pb(e: InboundEvent, status: int) -> event_pb2.Event:
     msg = event_pb2.Event(
         source=e.source,
         event_id=e.event_id,
@@ -47,11 +47,15 @@ def encode_inbound(e: InboundEvent) -> bytes:
         entity_version=e.entity_version,
         traceparent=e.traceparent,
         replay=e.replay,
-        status=event_pb2.EVENT_STATUS_RECEIVED,
+        status=status,
     )
     if e.provider_time_us:
         msg.provider_time.CopyFrom(ts(e.provider_time_us))
-    return bytes(msg.SerializeToString())
+    return msg
+
+
+def encode_inbound(e: InboundEvent) -> bytes:
+    return bytes(_inbound_pb(e, event_pb2.EVENT_STATUS_RECEIVED).SerializeToString())
 
 
 def decode_inbound(data: bytes) -> InboundEvent:
@@ -83,28 +87,10 @@ def decode_inbound(data: bytes) -> InboundEvent:
 
 
 def stored_to_pb(s: StoredEvent) -> event_pb2.Event:
-    e = s.event
-    msg = event_pb2.Event(
-        source=e.source,
-        event_id=e.event_id,
-        event_type=e.event_type,
-        provider=e.provider,
-        received_at=ts(e.received_us),
-        content_type=e.content_type,
-        body=e.body,
-        headers=e.headers,
-        receipt_id=e.receipt_id,
-        entity_id=e.entity_id,
-        entity_version=e.entity_version,
-        traceparent=e.traceparent,
-        replay=e.replay,
-        status=_STATUS[s.status],
-        attempts=s.attempts,
-        last_error=s.last_error,
-        duplicates=s.duplicates,
-    )
-    if e.provider_time_us:
-        msg.provider_time.CopyFrom(ts(e.provider_time_us))
+    msg = _inbound_pb(s.event, _STATUS[s.status])
+    msg.attempts = s.attempts
+    msg.last_error = s.last_error
+    msg.duplicates = s.duplicates
     if s.processed_us:
         msg.processed_at.CopyFrom(ts(s.processed_us))
     for r in s.results:
