@@ -82,22 +82,22 @@ def stack_up(cfg: PlatformConfig, processors: int | None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        stack.up()
-    except (RuntimeError, ConfigError) as exc:
-        print(f"switchboard: the stack did not start: {exc}", file=sys.stderr)
-        return 1
-    print(stack.describe(), flush=True)
-    try:
-        stack.supervise(lambda: stopping)
-    except RuntimeError as exc:
-        print(f"switchboard: {exc}", file=sys.stderr)
-        return_code = 1
-    else:
-        return_code = 0
-    print("stopping...", flush=True)
-    stack.down()
-    print("stopped.", flush=True)
-    return return_code
+        try:
+            stack.up()
+        except (RuntimeError, ConfigError) as exc:
+            print(f"switchboard: the stack did not start: {exc}", file=sys.stderr)
+            return 1
+        print(stack.describe(), flush=True)
+        try:
+            stack.supervise(lambda: stopping)
+        except RuntimeError as exc:
+            print(f"switchboard: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    finally:  # whatever happened, stop everything this command started, and nothing else
+        print("stopping...", flush=True)
+        stack.down()
+        print("stopped.", flush=True)
 
 
 def _sign(

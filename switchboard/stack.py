@@ -227,7 +227,7 @@ class Stack:
             try:
                 proc.stop()
             except Exception as exc:  # keep stopping the rest
-                log.warning("stop failed", extra={"process": proc.name, "error": repr(exc)})
+                log.warning("stop failed", extra={"component": proc.name, "error": repr(exc)})
 
     # -- report -----------------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -268,5 +268,5 @@ class Stack:
                 if len(recent) >= 5:
                     raise RuntimeError(f"{proc.name} keeps exiting; see {proc.log_path}")
                 restarts[proc.name] = [*recent, time.monotonic()]
-                log.warning("service exited, restarting", extra={"process": proc.name, "log": str(proc.log_path)})
+                log.warning("service exited, restarting", extra={"component": proc.name, "log": str(proc.log_path)})
                 proc.start()
