@@ -27,7 +27,7 @@ class Stats:
     store_retries: int = 0
     latencies_ms: list[float] = field(default_factory=list)
 
-    def snapshot_and_reset(self) -> dict[str, float | int]:
+    def snapshot(self) -> dict[str, float | int]:
         lat = sorted(self.latencies_ms)
         out: dict[str, float | int] = {
             "processed": self.processed,
@@ -39,7 +39,6 @@ class Stats:
         if lat:
             out["e2e_p50_ms"] = round(lat[len(lat) // 2], 2)
             out["e2e_p99_ms"] = round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2)
-        self.__init__()  # type: ignore[misc]
         return out
 
 
@@ -114,4 +113,5 @@ class Worker:
     async def report_forever(self, interval: float = 60.0) -> None:
         while True:
             await asyncio.sleep(interval)
-            log.info("processor stats", extra={"interval_s": interval, **self.stats.snapshot_and_reset()})
+            stats, self.stats = self.stats, Stats()
+            log.info("processor stats", extra={"interval_s": interval, **stats.snapshot()})

@@ -156,25 +156,12 @@ class Stack:
         finally:
             store.close()
 
-        cfg_path = cfg.path
-        self.query = ServiceProcess(
-            "query",
-            "query_service",
-            cfg_path,
-            self.log_dir,
-            ready=lambda: grpc_serving(cfg.query.host, cfg.query.port, "webhooks.v1.Query"),
-        )
+        self.query = self._grpc_service("query", cfg.query.host, cfg.query.port, "webhooks.v1.Query")
         self._start(self.query)
         n = self.processors or cfg.processor.count
         for i in range(n):
             self.start_processor(i)
-        self.ingest = ServiceProcess(
-            "ingest",
-            "ingest_service",
-            cfg_path,
-            self.log_dir,
-            ready=lambda: grpc_serving(cfg.ingest.host, cfg.ingest.port, "webhooks.v1.Ingest"),
-        )
+        self.ingest = self._grpc_service("ingest", cfg.ingest.host, cfg.ingest.port, "webhooks.v1.Ingest")
         self._start(self.ingest)
 
         envoy_dir = self.data_dir / "envoy"
@@ -195,6 +182,12 @@ class Stack:
         self.wait_processors(timeout)
         self.envoy.wait_ready(timeout)
         log.info("stack ready", extra={"s": round(time.monotonic() - t0, 1)})
+
+    def _grpc_service(self, name: str, host: str, port: int, service: str) -> ServiceProcess:
+        """A gRPC service process (``<name>_service``), ready when its health check says SERVING."""
+        return ServiceProcess(
+            name, f"{name}_service", self.cfg.path, self.log_dir, ready=lambda: grpc_serving(host, port, service)
+        )
 
     def start_processor(self, index: int) -> ServiceProcess:
         proc = ServiceProcess(f"processor-{index}", "processor_service", self.cfg.path, self.log_dir)

@@ -15,6 +15,8 @@ cassandra-driver exceptions never leave this module: they become ``StoreUnavaila
 from __future__ import annotations
 
 import asyncio
+import calendar
+import datetime as dt
 import logging
 import socket
 import time
@@ -86,14 +88,10 @@ def _dt_us(value: Any) -> int:
     """Driver datetimes (naive UTC) to microseconds."""
     if value is None:
         return 0
-    import calendar
-
     return int(calendar.timegm(value.utctimetuple())) * 1_000_000 + int(value.microsecond)
 
 
-def _ts(us: int) -> Any:
-    import datetime as dt
-
+def _ts(us: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(us / 1_000_000, tz=dt.UTC)
 
 
