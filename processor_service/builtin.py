@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from processor_service.operations import OperationContext
 from switchboard.events import InboundEvent
 
 log = logging.getLogger(__name__)
@@ -21,3 +22,10 @@ async def log_event(event: InboundEvent) -> None:
             "traceparent": event.traceparent,
         },
     )
+
+
+async def record_entity(event: InboundEvent, ctx: OperationContext) -> None:
+    """Keeps the latest state of the provider entity the event is about (invoice, payment intent, order, …)
+    in the ``entities`` table: the body of the event with the highest entity version wins, whatever the
+    arrival order. Skipped for events that name no entity. Read it back with ``Query.GetEntity``."""
+    ctx.save_entity_state(event)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
 from processor_service.operations import Registry
 from processor_service.processor import Processor
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 
 async def run(cfg: PlatformConfig, *, stats_interval: float) -> None:
+    sys.path[:0] = [str(d) for d in cfg.processor.python_path]
     registry = Registry.from_config(cfg.processor.operations)
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -26,10 +28,12 @@ async def run(cfg: PlatformConfig, *, stats_interval: float) -> None:
     store = await loop.run_in_executor(None, lambda: CassandraStore.connect(cfg.cassandra))
     await loop.run_in_executor(None, store.ensure_schema)
     await loop.run_in_executor(None, store.prepare)
-    worker = Worker(Processor(store, registry))
-    consumer = Consumer(cfg.rabbitmq.amqp_url, Topology(cfg.rabbitmq.queue_prefix), prefetch=cfg.processor.prefetch)
+    retry = cfg.processor.retry
+    topology = Topology(cfg.rabbitmq.queue_prefix, retry.levels_ms())
+    consumer = Consumer(cfg.rabbitmq.amqp_url, topology, prefetch=cfg.processor.prefetch)
+    worker = Worker(Processor(store, registry, max_attempts=retry.max_attempts), consumer.forwarder, retry)
     await consumer.start(worker.on_message, stop)
-    reporter = asyncio.create_task(worker.report_forever(stats_interval))
+    reporter = asyncio.create_task(worker.report_forever(consumer.depths, stats_interval))
     log.info("processor ready", extra={"operations": [op.name for op in registry.operations]})
     await stop.wait()
     log.info("processor stopping: no new messages, finishing in-flight ones")

@@ -1,8 +1,20 @@
 """The operation registry: which async callables run for which events, with a timeout each.
 
-Operations are plain ``async def op(event: InboundEvent) -> None`` functions named in the configuration
-(``module:function``), so a team adds its own without touching the processor. Raise ``SkipOperation`` to
-record a skip; any other exception (or the timeout) records a failure.
+Operations are plain async functions named in the configuration (``module:function``), so a team adds its
+own without touching the processor::
+
+    async def op(event: InboundEvent) -> None: ...
+    async def op(event: InboundEvent, ctx: OperationContext) -> None: ...
+
+Raise ``SkipOperation`` to record a skip; any other exception (or the timeout) records a failure, and the
+operation runs again on the event's next attempt. An operation that succeeded (or skipped) never runs again
+for that event.
+
+What "applied exactly once" covers: effects staged on ``ctx`` (``ctx.save_entity_state``) are written
+together with the operation's result, so they are applied once however often the message is delivered.
+Effects an operation performs itself (an HTTP call, a write elsewhere) are at-least-once: a processor killed
+after the call and before its commit runs the operation again on redelivery. Such operations should pass
+``ctx.idempotency_key`` to the system they call.
 """
 
 from __future__ import annotations
@@ -13,15 +25,43 @@ import importlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from switchboard.config import OperationConfig
 from switchboard.errors import ConfigError
-from switchboard.events import InboundEvent, OperationResult, Outcome, now_us
+from switchboard.events import Effect, EntitySnapshot, InboundEvent, OperationResult, Outcome, now_us
 
 log = logging.getLogger(__name__)
 
-OperationFn = Callable[[InboundEvent], Awaitable[None]]
+
+@dataclass
+class OperationContext:
+    """What an operation gets besides the event: its attempt number, a key to make external calls
+    idempotent, and the effects it stages for the processor to commit with its result."""
+
+    operation: str
+    attempt: int
+    idempotency_key: str
+    effects: list[Effect] = field(default_factory=list)
+
+    def save_entity_state(self, event: InboundEvent) -> None:
+        """Stage ``event``'s body as the latest state of its entity (ordered by the entity version)."""
+        if not event.entity_id or not event.entity_version:
+            raise SkipOperation("the event names no entity with a version")
+        self.effects.append(
+            EntitySnapshot(
+                source=event.source,
+                entity_id=event.entity_id,
+                version=event.entity_version,
+                event_id=event.event_id,
+                event_type=event.event_type,
+                content_type=event.content_type,
+                body=event.body,
+            )
+        )
+
+
+OperationFn = Callable[..., Awaitable[None]]
 
 
 class SkipOperation(Exception):
@@ -35,17 +75,21 @@ class Operation:
     event_types: tuple[str, ...] = ("*",)
     sources: tuple[str, ...] = ()
     timeout_seconds: float = 10.0
+    takes_context: bool = False
 
     def matches(self, event: InboundEvent) -> bool:
         if self.sources and event.source not in self.sources:
             return False
         return any(fnmatch.fnmatchcase(event.event_type, pattern) for pattern in self.event_types)
 
-    async def run(self, event: InboundEvent, attempt: int) -> OperationResult:
+    async def run(self, event: InboundEvent, attempt: int) -> tuple[OperationResult, list[Effect]]:
+        """Runs once; returns the result and the effects to commit with it (none unless it succeeded)."""
+        ctx = OperationContext(self.name, attempt, f"{event.key}/{self.name}")
         started = now_us()
         outcome, error = Outcome.OK, ""
         try:
-            await asyncio.wait_for(self.fn(event), self.timeout_seconds)
+            call = self.fn(event, ctx) if self.takes_context else self.fn(event)
+            await asyncio.wait_for(call, self.timeout_seconds)
         except SkipOperation as exc:
             outcome, error = Outcome.SKIPPED, str(exc)[:1000]
         except TimeoutError:
@@ -54,7 +98,8 @@ class Operation:
             outcome, error = Outcome.FAILED, f"{type(exc).__name__}: {exc}"[:1000]
             log.warning("operation failed", extra={"operation": self.name, "event": event.key, "error": error})
         finished = now_us()
-        return OperationResult(self.name, outcome, attempt, finished - started, finished, error)
+        effects = ctx.effects if outcome is Outcome.OK else []
+        return OperationResult(self.name, outcome, attempt, finished - started, finished, error), effects
 
 
 def load_operation(cfg: OperationConfig) -> Operation:
@@ -65,7 +110,14 @@ def load_operation(cfg: OperationConfig) -> Operation:
         raise ConfigError(f"operation {cfg.name!r}: cannot load {cfg.call}: {exc}") from None
     if not inspect.iscoroutinefunction(fn):
         raise ConfigError(f"operation {cfg.name!r}: {cfg.call} must be an async function")
-    return Operation(cfg.name, fn, cfg.event_types, cfg.sources, cfg.timeout_seconds)
+    positional = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) not in (1, 2):
+        raise ConfigError(f"operation {cfg.name!r}: {cfg.call} must take (event) or (event, ctx)")
+    return Operation(cfg.name, fn, cfg.event_types, cfg.sources, cfg.timeout_seconds, len(positional) == 2)
 
 
 class Registry:

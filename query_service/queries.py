@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from switchboard.errors import InvalidRequest, NotFound
-from switchboard.events import EventSummary, StoredEvent, now_us
+from switchboard.events import Entity, EventStatus, EventSummary, StoredEvent, now_us
 from switchboard.store import Cursor
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 DEFAULT_RANGE_US = 24 * 3600 * 1_000_000
+# A status-filtered page scans at most this many index rows before it returns (possibly short, with a token).
+MAX_SCAN = 5000
 
 
 class EventReader(Protocol):
@@ -23,6 +25,8 @@ class EventReader(Protocol):
         self, source: str, start_us: int, end_us: int, limit: int, after: Cursor | None
     ) -> tuple[list[EventSummary], Cursor | None]: ...
 
+    async def get_entity(self, source: str, entity_id: str) -> Entity | None: ...
+
 
 @dataclass(frozen=True)
 class Page:
@@ -30,16 +34,18 @@ class Page:
     next_token: str
 
 
-def encode_token(source: str, start_us: int, end_us: int, cursor: Cursor) -> str:
-    raw = json.dumps({"s": source, "a": start_us, "b": end_us, "c": list(cursor)}, separators=(",", ":"))
+def encode_token(source: str, start_us: int, end_us: int, cursor: Cursor, status: str = "") -> str:
+    fields = {"s": source, "a": start_us, "b": end_us, "c": list(cursor), "st": status}
+    raw = json.dumps(fields, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_token(token: str) -> tuple[str, int, int, Cursor]:
+def decode_token(token: str) -> tuple[str, int, int, Cursor, str]:
     try:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         bucket, ms, event_id = raw["c"]
-        return str(raw["s"]), int(raw["a"]), int(raw["b"]), (int(bucket), int(ms), str(event_id))
+        cursor = (int(bucket), int(ms), str(event_id))
+        return str(raw["s"]), int(raw["a"]), int(raw["b"]), cursor, str(raw.get("st", ""))
     except (ValueError, KeyError, TypeError):
         raise InvalidRequest("page_token is not a token this service issued", reason="PAGE_TOKEN_INVALID") from None
 
@@ -60,8 +66,26 @@ class EventQueries:
             )
         return stored
 
+    async def get_entity(self, source: str, entity_id: str) -> Entity:
+        if not source or not entity_id:
+            raise InvalidRequest("source and entity_id are required", reason="FIELD_REQUIRED")
+        entity = await self.store.get_entity(source, entity_id)
+        if entity is None:
+            raise NotFound(
+                f"no entity {entity_id!r} from source {source!r}",
+                reason="ENTITY_NOT_FOUND",
+                metadata={"source": source, "entity_id": entity_id},
+            )
+        return entity
+
     async def list_events(
-        self, source: str, start_us: int | None, end_us: int | None, page_size: int, page_token: str
+        self,
+        source: str,
+        start_us: int | None,
+        end_us: int | None,
+        page_size: int,
+        page_token: str,
+        status: EventStatus | None = None,
     ) -> Page:
         if not source:
             raise InvalidRequest("source is required", reason="FIELD_REQUIRED")
@@ -71,11 +95,23 @@ class EventQueries:
         start = start_us if start_us else end - DEFAULT_RANGE_US
         if start >= end:
             raise InvalidRequest("start_time must be before end_time", reason="TIME_RANGE_INVALID")
+        wanted = status.value if status else ""
         cursor: Cursor | None = None
         if page_token:
-            t_source, t_start, t_end, cursor = decode_token(page_token)
-            if (t_source, t_start) != (source, start) or (end_us and t_end != end):
+            t_source, t_start, t_end, cursor, t_status = decode_token(page_token)
+            if (t_source, t_start, t_status) != (source, start, wanted) or (end_us and t_end != end):
                 raise InvalidRequest("page_token belongs to another query", reason="PAGE_TOKEN_MISMATCH")
             end = t_end  # a default end ("now") is pinned by the first page
-        events, next_cursor = await self.store.list(source, start, end, page_size or DEFAULT_PAGE, cursor)
-        return Page(events, encode_token(source, start, end, next_cursor) if next_cursor else "")
+        limit = page_size or DEFAULT_PAGE
+        if status is None:
+            events, next_cursor = await self.store.list(source, start, end, limit, cursor)
+        else:
+            events, scanned = [], 0
+            while True:  # ask only for what is missing, so the store's cursor stays exact
+                batch, cursor = await self.store.list(source, start, end, limit - len(events), cursor)
+                scanned += len(batch)
+                events += [e for e in batch if e.status is status]
+                if cursor is None or len(events) >= limit or scanned >= MAX_SCAN:
+                    break
+            next_cursor = cursor
+        return Page(events, encode_token(source, start, end, next_cursor, wanted) if next_cursor else "")

@@ -6,7 +6,7 @@ import grpc
 from webhooks.v1 import query_pb2, query_pb2_grpc
 
 from query_service.queries import EventQueries
-from switchboard.codec import stored_to_pb, summary_to_pb, us_of
+from switchboard.codec import entity_to_pb, status_from_pb, stored_to_pb, summary_to_pb, us_of
 
 
 class QueryServicer(query_pb2_grpc.QueryServicer):
@@ -28,7 +28,14 @@ class QueryServicer(query_pb2_grpc.QueryServicer):
             us_of(request.end_time) if request.HasField("end_time") else None,
             request.page_size,
             request.page_token,
+            status_from_pb(request.status),
         )
         return query_pb2.ListEventsResponse(
             events=[summary_to_pb(s) for s in page.events], next_page_token=page.next_token
         )
+
+    async def GetEntity(
+        self, request: query_pb2.GetEntityRequest, context: grpc.aio.ServicerContext
+    ) -> query_pb2.GetEntityResponse:
+        entity = await self.queries.get_entity(request.source, request.entity_id)
+        return query_pb2.GetEntityResponse(entity=entity_to_pb(entity))

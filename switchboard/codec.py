@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from webhooks.v1 import event_pb2, query_pb2
 
 from switchboard.errors import InvalidRequest
-from switchboard.events import EventStatus, EventSummary, InboundEvent, Outcome, StoredEvent
+from switchboard.events import Entity, EventStatus, EventSummary, InboundEvent, Outcome, StoredEvent
 
 _STATUS = {
     EventStatus.RECEIVED: event_pb2.EVENT_STATUS_RECEIVED,
@@ -17,6 +17,7 @@ _STATUS = {
     EventStatus.FAILED: event_pb2.EVENT_STATUS_FAILED,
     EventStatus.STALE: event_pb2.EVENT_STATUS_STALE,
 }
+_STATUS_OF_PB = {v: k for k, v in _STATUS.items()}
 _OUTCOME = {
     Outcome.OK: event_pb2.OPERATION_OUTCOME_OK,
     Outcome.SKIPPED: event_pb2.OPERATION_OUTCOME_SKIPPED,
@@ -115,4 +116,28 @@ def summary_to_pb(s: EventSummary) -> query_pb2.EventSummary:
         received_at=ts(s.received_us),
         status=_STATUS[s.status],
         receipt_id=s.receipt_id,
+    )
+
+
+def status_from_pb(value: int) -> EventStatus | None:
+    """A requested status filter; None for UNSPECIFIED."""
+    if value == event_pb2.EVENT_STATUS_UNSPECIFIED:
+        return None
+    try:
+        return _STATUS_OF_PB[value]
+    except KeyError:
+        raise InvalidRequest(f"unknown event status {value}", reason="STATUS_INVALID") from None
+
+
+def entity_to_pb(e: Entity) -> query_pb2.Entity:
+    return query_pb2.Entity(
+        source=e.source,
+        entity_id=e.entity_id,
+        version=e.version,
+        event_id=e.event_id,
+        event_type=e.event_type,
+        updated_at=ts(e.updated_us),
+        state=e.state,
+        content_type=e.content_type,
+        state_event_id=e.state_event_id,
     )

@@ -86,10 +86,46 @@ class OperationConfig:
 
 
 @dataclass(frozen=True)
+class RetryConfig:
+    """Retries of failed operations: exponential backoff with jitter through delay queues.
+
+    Attempt ``n`` (1-based) that fails waits ``min_backoff * 2**(n-1)`` seconds, capped at ``max_backoff``,
+    jittered down to between half and all of it; attempt ``max_attempts`` that fails marks the event FAILED
+    and dead-letters its message.
+    """
+
+    max_attempts: int = 8
+    min_backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 600.0
+
+    def levels_ms(self) -> tuple[int, ...]:
+        """The delay queues' TTLs: ``min_backoff * 2**k`` up to and including ``max_backoff``."""
+        out: list[int] = []
+        delay = self.min_backoff_seconds
+        while True:
+            ms = round(min(delay, self.max_backoff_seconds) * 1000)
+            if out and ms == out[-1]:
+                break
+            out.append(ms)
+            if delay >= self.max_backoff_seconds:
+                break
+            delay *= 2
+        return tuple(out)
+
+    def level_for(self, attempt: int) -> int:
+        """The delay queue (its TTL in ms) that a message waits in after failed attempt ``attempt``."""
+        levels = self.levels_ms()
+        return levels[min(max(attempt, 1), len(levels)) - 1]
+
+
+@dataclass(frozen=True)
 class ProcessorConfig:
     count: int = 1
     prefetch: int = 256
     operations: tuple[OperationConfig, ...] = ()
+    retry: RetryConfig = RetryConfig()
+    # Directories put in front of sys.path before the operations are imported (a team's own modules).
+    python_path: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +156,8 @@ class CassandraConfig:
     protocol_version: int | None = 3
     # Consistency for reads and writes (ONE locally, LOCAL_QUORUM on a cluster).
     consistency: str = "ONE"
+    # Consistency of the Paxos phase of the idempotency claim (LOCAL_SERIAL on a multi-DC cluster).
+    serial_consistency: str = "SERIAL"
     # Size of the time buckets of the per-source listing table.
     bucket_seconds: int = 3600
     ttl_seconds: int = 30 * 24 * 3600
@@ -209,11 +247,24 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
     _known(q, "query", {"host", "port"})
     query = QueryConfig(host=_ip(q.get("host", "127.0.0.1"), "query.host"), port=_port(q, "query.port", 50052))
     p = _table(raw, "processor")
-    _known(p, "processor", {"count", "prefetch", "operations"})
+    _known(p, "processor", {"count", "prefetch", "operations", "retry", "python_path"})
+    rt = _table(p, "retry")
+    _known(rt, "processor.retry", {"max_attempts", "min_backoff_seconds", "max_backoff_seconds"})
+    retry = RetryConfig(
+        max_attempts=_pos_int(rt, "processor.retry.max_attempts", 8),
+        min_backoff_seconds=_pos_float(rt, "processor.retry.min_backoff_seconds", 1.0),
+        max_backoff_seconds=_pos_float(rt, "processor.retry.max_backoff_seconds", 600.0),
+    )
+    if retry.max_backoff_seconds < retry.min_backoff_seconds:
+        raise ConfigError("processor.retry.max_backoff_seconds must not be less than min_backoff_seconds")
+    if len(retry.levels_ms()) > 24:
+        raise ConfigError("processor.retry: more than 24 delay levels; raise min_backoff_seconds")
     processor = ProcessorConfig(
         count=_pos_int(p, "processor.count", 1),
         prefetch=_pos_int(p, "processor.prefetch", 256),
         operations=tuple(_operation(o, j) for j, o in enumerate(p.get("operations", []))),
+        retry=retry,
+        python_path=tuple(_path(base, d) for d in p.get("python_path", [])),
     )
     op_names = [o.name for o in processor.operations]
     if len(set(op_names)) != len(op_names):
@@ -243,6 +294,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
             "heap",
             "protocol_version",
             "consistency",
+            "serial_consistency",
             "bucket_seconds",
             "ttl_seconds",
         },
@@ -253,6 +305,9 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
     consistency = str(c.get("consistency", "ONE")).upper()
     if consistency not in {"ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "ALL"}:
         raise ConfigError(f"cassandra.consistency: unsupported level {consistency!r}")
+    serial = str(c.get("serial_consistency", "SERIAL")).upper()
+    if serial not in {"SERIAL", "LOCAL_SERIAL"}:
+        raise ConfigError(f"cassandra.serial_consistency: must be SERIAL or LOCAL_SERIAL, got {serial!r}")
     cass = CassandraConfig(
         managed=bool(c.get("managed", True)),
         hosts=tuple(str(h) for h in c.get("hosts", ["127.0.0.1"])),
@@ -263,6 +318,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
         heap=str(c.get("heap", "1g")),
         protocol_version=c.get("protocol_version", 3) or None,
         consistency=consistency,
+        serial_consistency=serial,
         bucket_seconds=_pos_int(c, "cassandra.bucket_seconds", 3600),
         ttl_seconds=_pos_int(c, "cassandra.ttl_seconds", 30 * 24 * 3600),
     )

@@ -48,12 +48,55 @@ class InboundEvent:
 
 @dataclass(slots=True)
 class OperationResult:
+    """One run of one operation. ``run_id`` is unique per run, so the history keeps every run: an
+    operation applied twice would show as two OK results, never as one overwritten row."""
+
     operation: str
     outcome: Outcome
     attempt: int
     duration_us: int
     finished_us: int
     error: str = ""
+    run_id: str = field(default_factory=lambda: os.urandom(6).hex())
+
+
+@dataclass(frozen=True, slots=True)
+class EntitySnapshot:
+    """An effect staged by an operation: the latest state of a provider entity (the body of the event that
+    carried it). Written with the event's commit, ordered by ``version`` whatever the arrival order."""
+
+    source: str
+    entity_id: str
+    version: int
+    event_id: str
+    event_type: str
+    content_type: str
+    body: bytes
+
+
+Effect = EntitySnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingState:
+    """What the store knows about a claimed event before a new processing pass."""
+
+    status: EventStatus | None  # None: claimed, nothing committed yet
+    attempts: int
+    done: frozenset[str]  # operations with an OK or SKIPPED result: never run again for this event
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    source: str
+    entity_id: str
+    version: int
+    event_id: str
+    event_type: str
+    updated_us: int
+    content_type: str = ""
+    state: bytes = b""
+    state_event_id: str = ""
 
 
 @dataclass(slots=True)

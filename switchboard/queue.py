@@ -8,6 +8,10 @@ Topology (all durable; queues are quorum queues):
   ``x-overflow: reject-publish``, which RabbitMQ requires for it to be honoured).
 * ``x-delivery-limit`` on the work queue stops a message that crashes its consumer every time from
   looping forever: after that many redeliveries it is dead-lettered, never dropped.
+* exchange ``<prefix>.retry`` (direct) → one delay queue per backoff level, ``<prefix>.events.retry.<ms>ms``
+  (routing key ``<ms>``), each with that TTL (``x-message-ttl``) and dead-lettering back to the work
+  exchange, as dramatiq's delay queues do. A retried message also carries a jittered ``expiration`` between
+  half and all of its level; messages expire from the head of a queue, so none waits longer than its level.
 
 aio-pika/aiormq exceptions never leave this module: they become ``BrokerUnavailable``.
 """
@@ -37,6 +41,7 @@ DELIVERY_LIMIT = 20
 @dataclass(frozen=True)
 class Topology:
     prefix: str
+    retry_levels_ms: tuple[int, ...] = ()
 
     @property
     def exchange(self) -> str:
@@ -53,6 +58,27 @@ class Topology:
     @property
     def dead_queue(self) -> str:
         return f"{self.prefix}.events.dead"
+
+    @property
+    def retry_exchange(self) -> str:
+        return f"{self.prefix}.retry"
+
+    def retry_queue(self, level_ms: int) -> str:
+        return f"{self.prefix}.events.retry.{level_ms}ms"
+
+    def retry_queue_arguments(self, level_ms: int) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-message-ttl": level_ms,
+            "x-dead-letter-exchange": self.exchange,
+            "x-dead-letter-routing-key": ROUTING_KEY,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    def queues(self) -> list[str]:
+        """Every queue of the topology (work, delay and dead-letter queues)."""
+        return [self.work_queue, *(self.retry_queue(ms) for ms in self.retry_levels_ms), self.dead_queue]
 
     def work_queue_arguments(self) -> dict[str, Any]:
         return {
@@ -71,6 +97,13 @@ class Topology:
         work_x = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
         work_q = await channel.declare_queue(self.work_queue, durable=True, arguments=self.work_queue_arguments())
         await work_q.bind(work_x, ROUTING_KEY)
+        if self.retry_levels_ms:
+            retry_x = await channel.declare_exchange(self.retry_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+            for ms in self.retry_levels_ms:
+                q = await channel.declare_queue(
+                    self.retry_queue(ms), durable=True, arguments=self.retry_queue_arguments(ms)
+                )
+                await q.bind(retry_x, str(ms))
         return work_q
 
 
@@ -174,6 +207,64 @@ class Publisher:
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 
+def _forward_headers(message: AbstractIncomingMessage, extra: dict[str, FieldValue]) -> dict[str, FieldValue]:
+    headers = {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-death")}
+    headers.pop("x-first-death-exchange", None)
+    headers.pop("x-first-death-queue", None)
+    headers.pop("x-first-death-reason", None)
+    headers.update(extra)
+    return headers
+
+
+class Forwarder:
+    """Republishes a consumed message, with publisher confirms, to a delay queue (a retry) or to the
+    dead-letter queue. The caller acks the original only after this returned: a crash in between leaves two
+    copies, which the processor's claim and committed state make harmless."""
+
+    def __init__(self, topology: Topology, *, confirm_timeout: float = 5.0) -> None:
+        self.topology = topology
+        self.confirm_timeout = confirm_timeout
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+
+    async def start(self, conn: AbstractRobustConnection) -> None:
+        self._channel = await conn.channel(publisher_confirms=True)
+
+    async def _publish(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+        if self._channel is None or self._channel.is_closed:
+            raise BrokerUnavailable("message broker is not connected")
+        try:
+            x = await self._channel.get_exchange(exchange, ensure=False)
+            confirmation = await asyncio.wait_for(x.publish(message, routing_key, mandatory=True), self.confirm_timeout)
+        except TimeoutError:
+            raise BrokerUnavailable(f"broker did not confirm within {self.confirm_timeout:g} s") from None
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"broker refused or lost the message: {type(exc).__name__}") from None
+        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            raise BrokerUnavailable(f"broker did not accept the message: {type(confirmation).__name__}")
+
+    def _copy(self, message: AbstractIncomingMessage, headers: dict[str, FieldValue], **kw: Any) -> aio_pika.Message:
+        return aio_pika.Message(
+            message.body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            headers=headers,
+            content_type=message.content_type,
+            type=message.type,
+            timestamp=message.timestamp,
+            **kw,
+        )
+
+    async def retry(self, message: AbstractIncomingMessage, *, level_ms: int, delay_ms: int, attempt: int) -> None:
+        """Parks ``message`` in the delay queue of ``level_ms`` for ``delay_ms`` (<= level_ms)."""
+        headers = _forward_headers(message, {"x-attempt": attempt, "x-retry-delay-ms": delay_ms})
+        copy = self._copy(message, headers, expiration=delay_ms / 1000)
+        await self._publish(self.topology.retry_exchange, str(level_ms), copy)
+
+    async def dead_letter(self, message: AbstractIncomingMessage, *, attempt: int, error: str) -> None:
+        headers = _forward_headers(message, {"x-attempt": attempt, "x-last-error": error[:1000]})
+        await self._publish(self.topology.dead_exchange, ROUTING_KEY, self._copy(message, headers))
+
+
 class Consumer:
     """Consumes the work queue with manual acks and a prefetch window; ``handler`` acks or nacks."""
 
@@ -184,14 +275,30 @@ class Consumer:
         self._conn: AbstractRobustConnection | None = None
         self._queue: aio_pika.abc.AbstractQueue | None = None
         self._tag: str | None = None
+        self.forwarder = Forwarder(topology)
 
     async def start(self, handler: Handler, stop: asyncio.Event | None = None) -> None:
         self._conn = await connect(self.url, purpose="processor-consumer", stop=stop)
         channel = await self._conn.channel()
         await channel.set_qos(prefetch_count=self.prefetch)
         self._queue = await self.topology.declare(channel)
+        await self.forwarder.start(self._conn)
         self._tag = await self._queue.consume(handler, no_ack=False)
         log.info("consuming", extra={"queue": self.topology.work_queue, "prefetch": self.prefetch})
+
+    async def depths(self) -> dict[str, int]:
+        """Messages ready in each queue of the topology (for the stats line)."""
+        if self._conn is None:
+            return {}
+        channel = await self._conn.channel()
+        try:
+            out: dict[str, int] = {}
+            for name in self.topology.queues():
+                q = await channel.declare_queue(name, passive=True)
+                out[name] = int(q.declaration_result.message_count or 0)
+            return out
+        finally:
+            await channel.close()
 
     async def stop_consuming(self) -> None:
         if self._queue is not None and self._tag is not None:

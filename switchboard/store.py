@@ -2,12 +2,18 @@
 
 Tables (every row carries the retention TTL, 30 days by default):
 
+* ``event_claims`` — one row per (source, event_id), inserted with a lightweight transaction (``IF NOT
+  EXISTS``): the receipt that wins it is the one applied; every other receipt of that key is a duplicate,
+  whichever processor sees it first.
 * ``events`` — one row per (source, event_id): the raw event as first accepted and its processing state.
-* ``event_records`` — same partition key, clustered by ``rec``: one row per operation result
-  (``r:<operation>:<attempt>``) and per duplicate delivery (``d:<receipt_id>``). Writing an event and its
-  results is one unlogged batch on one partition key, which Cassandra applies as a single mutation.
+* ``event_records`` — same partition key, clustered by ``rec``: one row per operation run
+  (``r:<operation>:<attempt>:<run id>``) and per duplicate delivery (``d:<receipt_id>``). The event row and
+  its results are one unlogged batch on one partition key, which Cassandra applies as a single mutation.
 * ``events_by_source`` — the listing index, partitioned by (source, time bucket) so that partitions stay
   bounded (``cassandra.bucket_seconds``; one hour by default, minutes at 1 B events/day).
+* ``entities`` — the latest known version of each provider entity (the out-of-order guard) and, where the
+  ``entity`` operation runs, its latest state. Written with the cell timestamp set to the entity version, so
+  the highest version wins whatever order the writes land in.
 
 cassandra-driver exceptions never leave this module: they become ``StoreUnavailable``.
 """
@@ -30,7 +36,17 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from switchboard.config import CassandraConfig
 from switchboard.errors import StoreUnavailable
-from switchboard.events import EventStatus, EventSummary, InboundEvent, OperationResult, Outcome, StoredEvent
+from switchboard.events import (
+    Effect,
+    Entity,
+    EventStatus,
+    EventSummary,
+    InboundEvent,
+    OperationResult,
+    Outcome,
+    ProcessingState,
+    StoredEvent,
+)
 
 try:  # libev is 1.4-2.4x faster than the asyncio reactor; the wheel ships it
     from cassandra.io.libevreactor import LibevConnection as _Connection
@@ -71,6 +87,15 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
             source text, event_id text, rec text, operation text, outcome text, attempt int,
             duration_us bigint, finished_at timestamp, error text, receipt_id text, received_at timestamp,
             PRIMARY KEY ((source, event_id), rec)
+        ) WITH {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.event_claims (
+            source text, event_id text, receipt_id text, claimed_at timestamp,
+            PRIMARY KEY ((source, event_id))
+        ) WITH {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.entities (
+            source text, entity_id text, version bigint, event_id text, event_type text, updated_at timestamp,
+            content_type text, state blob, state_event_id text,
+            PRIMARY KEY ((source, entity_id))
         ) WITH {opts}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_source (
             source text, bucket bigint, received_at timestamp, event_id text, event_type text,
@@ -158,13 +183,24 @@ class CassandraStore:
         """Prepare every statement; waits until the schema exists (another process may be creating it)."""
         ks = self.cfg.keyspace
         cql = {
-            "receipt": f"SELECT receipt_id FROM {ks}.events WHERE source = ? AND event_id = ?",
+            "claim": f"""INSERT INTO {ks}.event_claims (source, event_id, receipt_id, claimed_at)
+                VALUES (?, ?, ?, ?) IF NOT EXISTS USING TTL ?""",
+            "state_event": f"SELECT status, attempts FROM {ks}.events WHERE source = ? AND event_id = ?",
+            "state_records": f"""SELECT rec, operation, outcome FROM {ks}.event_records
+                WHERE source = ? AND event_id = ?""",
+            "entity_version": f"SELECT version FROM {ks}.entities WHERE source = ? AND entity_id = ?",
+            "get_entity": f"SELECT * FROM {ks}.entities WHERE source = ? AND entity_id = ?",
+            "mark_entity": f"""UPDATE {ks}.entities USING TIMESTAMP ? AND TTL ?
+                SET version = ?, event_id = ?, event_type = ?, updated_at = ? WHERE source = ? AND entity_id = ?""",
+            "snapshot_entity": f"""UPDATE {ks}.entities USING TIMESTAMP ? AND TTL ?
+                SET content_type = ?, state = ?, state_event_id = ? WHERE source = ? AND entity_id = ?""",
             "insert_event": f"""INSERT INTO {ks}.events (source, event_id, event_type, provider,
                 received_at, provider_time, content_type, body, headers, receipt_id, entity_id,
                 entity_version, traceparent, replay, status, processed_at, attempts, last_error)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
             "insert_result": f"""INSERT INTO {ks}.event_records (source, event_id, rec, operation, outcome,
-                attempt, duration_us, finished_at, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
+                attempt, duration_us, finished_at, error, receipt_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                USING TTL ?""",
             "insert_duplicate": f"""INSERT INTO {ks}.event_records (source, event_id, rec, receipt_id,
                 received_at) VALUES (?, ?, ?, ?, ?) USING TTL ?""",
             "insert_index": f"""INSERT INTO {ks}.events_by_source (source, bucket, received_at, event_id,
@@ -179,12 +215,15 @@ class CassandraStore:
                 WHERE source = ? AND bucket = ? AND (received_at, event_id) > (?, ?) LIMIT ?""",
         }
         level = getattr(ConsistencyLevel, self.cfg.consistency)
+        serial = getattr(ConsistencyLevel, self.cfg.serial_consistency)
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
                 for name, text in cql.items():
                     stmt = self.session.prepare(text)
                     stmt.consistency_level = level
+                    if name == "claim":
+                        stmt.serial_consistency_level = serial
                     self._prepared[name] = stmt
                 return
             except (NoHostAvailable, DriverException) as exc:
@@ -221,15 +260,79 @@ class CassandraStore:
     def bucket_of(self, received_us: int) -> int:
         return received_us // self.bucket_us
 
-    async def first_receipt(self, source: str, event_id: str) -> str | None:
-        rows = await self._run(self._prepared["receipt"], (source, event_id))
-        return rows[0].receipt_id if rows else None
+    async def claim(self, source: str, event_id: str, receipt_id: str, now_us: int) -> tuple[bool, str]:
+        """Claims (source, event_id) for ``receipt_id`` with a lightweight transaction. Returns (won, the
+        receipt holding the claim): only one receipt ever holds it, however many processors race."""
+        rows = await self._run(self._prepared["claim"], (source, event_id, receipt_id, _ts(now_us), self.ttl))
+        row = rows[0]
+        if row[0]:  # [applied]
+            return True, receipt_id
+        return False, str(row.receipt_id)
 
-    async def save(self, stored: StoredEvent) -> None:
-        """Writes the event, its results and its index row. Idempotent: a redelivered message rewrites the
-        same values."""
+    async def processing_state(self, source: str, event_id: str) -> ProcessingState:
+        rows, records = await asyncio.gather(
+            self._run(self._prepared["state_event"], (source, event_id)),
+            self._run(self._prepared["state_records"], (source, event_id)),
+        )
+        status = EventStatus(rows[0].status) if rows and rows[0].status else None
+        attempts = int(rows[0].attempts or 0) if rows else 0
+        done = frozenset(
+            r.operation
+            for r in records
+            if r.rec.startswith("r:") and r.outcome in (Outcome.OK.value, Outcome.SKIPPED.value)
+        )
+        return ProcessingState(status, attempts, done)
+
+    async def entity_version(self, source: str, entity_id: str) -> int | None:
+        rows = await self._run(self._prepared["entity_version"], (source, entity_id))
+        return int(rows[0].version) if rows and rows[0].version is not None else None
+
+    async def get_entity(self, source: str, entity_id: str) -> Entity | None:
+        rows = await self._run(self._prepared["get_entity"], (source, entity_id))
+        if not rows or rows[0].version is None:
+            return None
+        r = rows[0]
+        return Entity(
+            source=r.source,
+            entity_id=r.entity_id,
+            version=int(r.version),
+            event_id=r.event_id or "",
+            event_type=r.event_type or "",
+            updated_us=_dt_us(r.updated_at),
+            content_type=r.content_type or "",
+            state=r.state or b"",
+            state_event_id=r.state_event_id or "",
+        )
+
+    async def commit(self, stored: StoredEvent, effects: Sequence[Effect] = (), *, mark_entity: bool = False) -> None:
+        """Writes one processing pass. The effects (and the entity's version mark) land first, then the event
+        row with its operation results and the index row: a crash in between leaves effects without the
+        results that say they were applied, so the operations run again and rewrite the same values. Every
+        write is idempotent, so a redelivered message may commit again."""
         e = stored.event
         p = self._prepared
+        if effects or mark_entity:
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=p["mark_entity"].consistency_level)
+            if mark_entity:
+                batch.add(
+                    p["mark_entity"],
+                    (
+                        e.entity_version,
+                        self.ttl,
+                        e.entity_version,
+                        e.event_id,
+                        e.event_type,
+                        _ts(e.entity_version),
+                        e.source,
+                        e.entity_id,
+                    ),
+                )
+            for fx in effects:
+                batch.add(
+                    p["snapshot_entity"],
+                    (fx.version, self.ttl, fx.content_type, fx.body, fx.event_id, fx.source, fx.entity_id),
+                )
+            await self._run(batch)
         batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=p["insert_event"].consistency_level)
         batch.add(
             p["insert_event"],
@@ -261,27 +364,32 @@ class CassandraStore:
                 (
                     e.source,
                     e.event_id,
-                    f"r:{r.operation}:{r.attempt:04d}",
+                    f"r:{r.operation}:{r.attempt:04d}:{r.run_id}",
                     r.operation,
                     r.outcome.value,
                     r.attempt,
                     r.duration_us,
                     _ts(r.finished_us),
                     r.error,
+                    e.receipt_id,
                     self.ttl,
                 ),
             )
+        await asyncio.gather(self._run(batch), self.write_index(e, stored.status))
+
+    async def write_index(self, e: InboundEvent, status: EventStatus) -> None:
+        """The listing row of ``e`` (rewritten with the status of every pass; idempotent)."""
         index = (
             e.source,
             self.bucket_of(e.received_us),
             _ts(e.received_us),
             e.event_id,
             e.event_type,
-            stored.status.value,
+            status.value,
             e.receipt_id,
             self.ttl,
         )
-        await asyncio.gather(self._run(batch), self._run(p["insert_index"], index))
+        await self._run(self._prepared["insert_index"], index)
 
     async def save_duplicate(self, e: InboundEvent) -> None:
         await self._run(
@@ -322,10 +430,12 @@ class CassandraStore:
                 duration_us=x.duration_us or 0,
                 finished_us=_dt_us(x.finished_at),
                 error=x.error or "",
+                run_id=x.rec.rsplit(":", 1)[-1],
             )
             for x in records
             if x.rec.startswith("r:")
         ]
+        results.sort(key=lambda x: (x.finished_us, x.operation))
         duplicates = sum(1 for x in records if x.rec.startswith("d:"))
         return StoredEvent(
             event=event,

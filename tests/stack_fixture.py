@@ -11,6 +11,10 @@ from pathlib import Path
 from switchboard.config import PlatformConfig, load_config
 from switchboard.infra.ports import free_port
 
+REPO = Path(__file__).resolve().parent.parent
+# Retry policy of the test stack: 3 attempts, short delays (levels 200 and 400 ms).
+MAX_ATTEMPTS = 3
+
 STRIPE_SECRET = "whsec_" + secrets.token_hex(16)
 HMAC_SECRET = secrets.token_hex(32)
 GITHUB_SECRET = secrets.token_hex(20)
@@ -60,10 +64,30 @@ port = {free_port()}
 [processor]
 count = {processors}
 prefetch = 256
+python_path = ["{REPO}"]
+
+[processor.retry]
+max_attempts = {MAX_ATTEMPTS}
+min_backoff_seconds = 0.2
+max_backoff_seconds = 0.4
 
 [[processor.operations]]
 name = "log"
 call = "processor_service.builtin:log_event"
+
+[[processor.operations]]
+name = "entity"
+call = "processor_service.builtin:record_entity"
+
+[[processor.operations]]
+name = "flaky"
+call = "tests.e2e.ops:flaky"
+event_types = ["test.flaky"]
+
+[[processor.operations]]
+name = "poison"
+call = "tests.e2e.ops:poison"
+event_types = ["test.poison"]
 
 [rabbitmq]
 port = {free_port()}

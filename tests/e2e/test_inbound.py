@@ -68,7 +68,9 @@ def test_stripe_event_round_trip_is_byte_identical(stack: object, stack_config: 
     assert event.headers["stripe-signature"].startswith("t=")
     assert event.entity_id == "in_1"
     assert event.status == event_pb2.EVENT_STATUS_PROCESSED
-    assert [(r.operation, r.outcome) for r in event.results] == [("log", event_pb2.OPERATION_OUTCOME_OK)]
+    ok = event_pb2.OPERATION_OUTCOME_OK
+    assert sorted((r.operation, r.outcome, r.attempt) for r in event.results) == [("entity", ok, 1), ("log", ok, 1)]
+    assert event.attempts == 1 and event.last_error == ""
     assert event.received_at.seconds > 0 and event.processed_at.ToMicroseconds() >= event.received_at.ToMicroseconds()
     assert len(event.traceparent.split("-")) == 4
 

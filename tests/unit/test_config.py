@@ -52,6 +52,11 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(cassandra={"ttl_seconds": 60}), "at least one day"),
         (base(bogus={}), "unknown key"),
         (base(processor={"operations": [{"name": "x", "call": "no colon"}]}), "module:function"),
+        (base(processor={"retry": {"max_attempts": 0}}), "positive integer"),
+        (base(processor={"retry": {"min_backoff_seconds": 5, "max_backoff_seconds": 1}}), "must not be less"),
+        (base(processor={"retry": {"min_backoff_seconds": 0.001, "max_backoff_seconds": 86400}}), "24 delay"),
+        (base(processor={"retry": {"jitter": True}}), "unknown key"),
+        (base(cassandra={"serial_consistency": "ONE"}), "SERIAL or LOCAL_SERIAL"),
     ],
 )
 def test_unsafe_or_invalid_config_is_refused(raw: dict[str, object], message: str) -> None:
@@ -70,3 +75,12 @@ def test_secret_refs_resolve_without_exposing_the_value(tmp_path: Path, monkeypa
     assert generated.reveal().startswith("whsec_")
     assert (tmp_path / "g.secret").stat().st_mode & 0o777 == 0o600
     assert SecretRef(file=tmp_path / "g.secret", generate="whsec").resolve() == generated  # kept, not rotated
+
+
+def test_retry_policy_parses() -> None:
+    cfg = parse_config(
+        base(processor={"retry": {"max_attempts": 3, "min_backoff_seconds": 0.5, "max_backoff_seconds": 2}}),
+        Path("/tmp/switchboard.toml"),
+    )
+    assert cfg.processor.retry.max_attempts == 3
+    assert cfg.processor.retry.levels_ms() == (500, 1000, 2000)

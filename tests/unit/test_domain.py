@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import random
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from ingest_service.ingestor import select_headers
-from processor_service.operations import Operation, SkipOperation
+from processor_service.operations import Operation, OperationContext, SkipOperation, load_operation
+from processor_service.worker import retry_delay_ms
 from query_service.queries import decode_token, encode_token
 from switchboard import errors
 from switchboard.codec import decode_inbound, encode_inbound
-from switchboard.events import InboundEvent, Outcome, new_traceparent, valid_traceparent
+from switchboard.config import OperationConfig, RetryConfig
+from switchboard.events import EntitySnapshot, InboundEvent, Outcome, new_traceparent, valid_traceparent
 from switchboard.grpc_server import status_code_for, status_details
 from switchboard.store import _compaction
 
@@ -73,7 +77,8 @@ def test_traceparent_validation() -> None:
 
 def test_page_tokens_round_trip_and_reject_garbage() -> None:
     token = encode_token("shop", 1, 2, (5, 123, "evt_9"))
-    assert decode_token(token) == ("shop", 1, 2, (5, 123, "evt_9"))
+    assert decode_token(token) == ("shop", 1, 2, (5, 123, "evt_9"), "")
+    assert decode_token(encode_token("shop", 1, 2, (5, 1, "e"), "failed"))[4] == "failed"
     for bad in ("garbage", "", "e30"):
         with pytest.raises(errors.InvalidRequest):
             decode_token(bad)
@@ -115,10 +120,51 @@ async def test_operations_match_globs_and_record_outcomes() -> None:
     op = Operation("ok", ok, event_types=("invoice.*",), sources=("shop",))
     assert op.matches(event()) and not op.matches(event(event_type="charge.succeeded"))
     assert not op.matches(event(source="other"))
-    assert (await op.run(event(), attempt=1)).outcome is Outcome.OK
-    skipped = await Operation("s", skip).run(event(), attempt=2)
+    assert (await op.run(event(), attempt=1))[0].outcome is Outcome.OK
+    skipped, _ = await Operation("s", skip).run(event(), attempt=2)
     assert (skipped.outcome, skipped.error, skipped.attempt) == (Outcome.SKIPPED, "not interesting", 2)
-    failed = await Operation("b", boom).run(event(), attempt=1)
+    failed, _ = await Operation("b", boom).run(event(), attempt=1)
     assert (failed.outcome, failed.error) == (Outcome.FAILED, "ValueError: nope")
-    timed_out = await Operation("t", slow, timeout_seconds=0.05).run(event(), attempt=1)
+    timed_out, _ = await Operation("t", slow, timeout_seconds=0.05).run(event(), attempt=1)
     assert timed_out.outcome is Outcome.FAILED and "timed out" in timed_out.error
+    first, again = (await op.run(event(), attempt=1))[0], (await op.run(event(), attempt=1))[0]
+    assert first.run_id != again.run_id  # two runs are two records, never one overwritten row
+
+
+async def test_operation_context_stages_effects_only_when_the_operation_succeeds() -> None:
+    async def snapshot_then_fail(e: InboundEvent, ctx: OperationContext) -> None:
+        ctx.save_entity_state(e)
+        if ctx.attempt == 1:
+            raise RuntimeError("downstream down")
+
+    op = load_operation(OperationConfig("snap", "processor_service.builtin:record_entity"))
+    assert op.takes_context
+    result, effects = await op.run(event(), attempt=3)
+    assert result.outcome is Outcome.OK
+    assert effects == [EntitySnapshot("shop", "in_1", 7, "evt_1", "invoice.paid", "application/json", b"\x00\xff{}")]
+    no_entity, effects = await op.run(event(entity_id=""), attempt=1)
+    assert (no_entity.outcome, effects) == (Outcome.SKIPPED, [])
+    flaky = Operation("flaky", snapshot_then_fail, takes_context=True)
+    failed, effects = await flaky.run(event(), attempt=1)
+    assert (failed.outcome, effects) == (Outcome.FAILED, [])  # a failed run's staged effects are dropped
+    ok, effects = await flaky.run(event(), attempt=2)
+    assert ok.outcome is Outcome.OK and len(effects) == 1
+
+
+def test_operations_are_loaded_from_config_and_checked() -> None:
+    assert not load_operation(OperationConfig("log", "processor_service.builtin:log_event")).takes_context
+    with pytest.raises(errors.ConfigError, match="cannot load"):
+        load_operation(OperationConfig("x", "processor_service.builtin:nope"))
+    with pytest.raises(errors.ConfigError, match="async function"):
+        load_operation(OperationConfig("x", "switchboard.events:now_us"))
+
+
+def test_retry_levels_double_up_to_the_cap_and_jitter_stays_within_the_level() -> None:
+    retry = RetryConfig(max_attempts=10, min_backoff_seconds=1, max_backoff_seconds=20)
+    assert retry.levels_ms() == (1000, 2000, 4000, 8000, 16000, 20000)
+    assert [retry.level_for(a) for a in (1, 2, 5, 6, 9)] == [1000, 2000, 16000, 20000, 20000]
+    assert RetryConfig(min_backoff_seconds=0.25, max_backoff_seconds=0.25).levels_ms() == (250,)
+    rng = random.Random(7)
+    delays = [retry_delay_ms(retry, 3, rng) for _ in range(200)]
+    assert all(level == 4000 and 2000 <= d <= 4000 for level, d in delays)
+    assert len({d for _, d in delays}) > 50  # jittered, not one fixed delay

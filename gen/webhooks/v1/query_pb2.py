@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from webhooks.v1 import event_pb2 as webhooks_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17webhooks/v1/query.proto\x12\x0bwebhooks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17webhooks/v1/event.proto\"3\n\x0fGetEventRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"5\n\x10GetEventResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.webhooks.v1.Event\"\xa8\x01\n\x11ListEventsRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\xb3\x01\n\x0c\x45ventSummary\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12/\n\x0breceived_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06status\x18\x05 \x01(\x0e\x32\x18.webhooks.v1.EventStatus\x12\x12\n\nreceipt_id\x18\x06 \x01(\t\"X\n\x12ListEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.webhooks.v1.EventSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9f\x01\n\x05Query\x12G\n\x08GetEvent\x12\x1c.webhooks.v1.GetEventRequest\x1a\x1d.webhooks.v1.GetEventResponse\x12M\n\nListEvents\x12\x1e.webhooks.v1.ListEventsRequest\x1a\x1f.webhooks.v1.ListEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17webhooks/v1/query.proto\x12\x0bwebhooks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17webhooks/v1/event.proto\"3\n\x0fGetEventRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"5\n\x10GetEventResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.webhooks.v1.Event\"\xd2\x01\n\x11ListEventsRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12(\n\x06status\x18\x06 \x01(\x0e\x32\x18.webhooks.v1.EventStatus\"\xb3\x01\n\x0c\x45ventSummary\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12/\n\x0breceived_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06status\x18\x05 \x01(\x0e\x32\x18.webhooks.v1.EventStatus\x12\x12\n\nreceipt_id\x18\x06 \x01(\t\"X\n\x12ListEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.webhooks.v1.EventSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x10GetEntityRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\"\xcf\x01\n\x06\x45ntity\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05state\x18\x07 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x08 \x01(\t\x12\x16\n\x0estate_event_id\x18\t \x01(\t\"8\n\x11GetEntityResponse\x12#\n\x06\x65ntity\x18\x01 \x01(\x0b\x32\x13.webhooks.v1.Entity2\xeb\x01\n\x05Query\x12G\n\x08GetEvent\x12\x1c.webhooks.v1.GetEventRequest\x1a\x1d.webhooks.v1.GetEventResponse\x12M\n\nListEvents\x12\x1e.webhooks.v1.ListEventsRequest\x1a\x1f.webhooks.v1.ListEventsResponse\x12J\n\tGetEntity\x12\x1d.webhooks.v1.GetEntityRequest\x1a\x1e.webhooks.v1.GetEntityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,11 +38,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETEVENTRESPONSE']._serialized_start=151
   _globals['_GETEVENTRESPONSE']._serialized_end=204
   _globals['_LISTEVENTSREQUEST']._serialized_start=207
-  _globals['_LISTEVENTSREQUEST']._serialized_end=375
-  _globals['_EVENTSUMMARY']._serialized_start=378
-  _globals['_EVENTSUMMARY']._serialized_end=557
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=559
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=647
-  _globals['_QUERY']._serialized_start=650
-  _globals['_QUERY']._serialized_end=809
+  _globals['_LISTEVENTSREQUEST']._serialized_end=417
+  _globals['_EVENTSUMMARY']._serialized_start=420
+  _globals['_EVENTSUMMARY']._serialized_end=599
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=601
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=689
+  _globals['_GETENTITYREQUEST']._serialized_start=691
+  _globals['_GETENTITYREQUEST']._serialized_end=744
+  _globals['_ENTITY']._serialized_start=747
+  _globals['_ENTITY']._serialized_end=954
+  _globals['_GETENTITYRESPONSE']._serialized_start=956
+  _globals['_GETENTITYRESPONSE']._serialized_end=1012
+  _globals['_QUERY']._serialized_start=1015
+  _globals['_QUERY']._serialized_end=1250
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,11 @@ class QueryStub:
                 request_serializer=webhooks_dot_v1_dot_query__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=webhooks_dot_v1_dot_query__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.GetEntity = channel.unary_unary(
+                '/webhooks.v1.Query/GetEntity',
+                request_serializer=webhooks_dot_v1_dot_query__pb2.GetEntityRequest.SerializeToString,
+                response_deserializer=webhooks_dot_v1_dot_query__pb2.GetEntityResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServicer:
@@ -59,7 +64,16 @@ class QueryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEvents(self, request, context):
-        """A source's events in a time range, oldest first, one page at a time.
+        """A source's events in a time range, oldest first, one page at a time; optionally only those in one
+        status (for example FAILED: the events whose messages were dead-lettered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEntity(self, request, context):
+        """The latest applied version of a provider entity (invoice, order, ...), and its latest state where the
+        `entity` operation records it. NOT_FOUND if no applied event named it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,6 +91,11 @@ def add_QueryServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=webhooks_dot_v1_dot_query__pb2.ListEventsRequest.FromString,
                     response_serializer=webhooks_dot_v1_dot_query__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'GetEntity': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEntity,
+                    request_deserializer=webhooks_dot_v1_dot_query__pb2.GetEntityRequest.FromString,
+                    response_serializer=webhooks_dot_v1_dot_query__pb2.GetEntityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +153,33 @@ class Query:
             '/webhooks.v1.Query/ListEvents',
             webhooks_dot_v1_dot_query__pb2.ListEventsRequest.SerializeToString,
             webhooks_dot_v1_dot_query__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEntity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/webhooks.v1.Query/GetEntity',
+            webhooks_dot_v1_dot_query__pb2.GetEntityRequest.SerializeToString,
+            webhooks_dot_v1_dot_query__pb2.GetEntityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,21 @@
+"""Operations the end-to-end tests configure (loaded by the processor from ``processor.python_path``).
+
+They decide by event type, so the other tests' events never reach them."""
+
+from __future__ import annotations
+
+from processor_service.operations import OperationContext
+from switchboard.events import InboundEvent
+
+FLAKY_SUCCEEDS_ON = 3
+
+
+async def flaky(event: InboundEvent, ctx: OperationContext) -> None:
+    """Fails the first two attempts of a ``test.flaky`` event, then succeeds."""
+    if ctx.attempt < FLAKY_SUCCEEDS_ON:
+        raise ConnectionError(f"downstream refused attempt {ctx.attempt}")
+
+
+async def poison(event: InboundEvent) -> None:
+    """Always fails: its events exhaust their attempts and are dead-lettered."""
+    raise ValueError("cannot apply this event")

@@ -1,0 +1,216 @@
+"""Processing guarantees through the real stack: retries with backoff through the delay queues, FAILED and
+dead-lettered after the attempt limit, the out-of-order guard, and one application per key when two
+processors race on many receipts of the same events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aio_pika
+import grpc
+import pytest
+from webhooks.v1 import event_pb2, query_pb2
+
+from switchboard.config import PlatformConfig
+from switchboard.queue import Topology
+from tests.e2e.helpers import edge_client, query_stub, stripe_headers, wait_for_event
+from tests.stack_fixture import MAX_ATTEMPTS, STRIPE_SECRET
+
+pytestmark = pytest.mark.integration
+
+OK = event_pb2.OPERATION_OUTCOME_OK
+FAILED = event_pb2.OPERATION_OUTCOME_FAILED
+SKIPPED = event_pb2.OPERATION_OUTCOME_SKIPPED
+
+
+def invoice_event(event_id: str, event_type: str, entity_id: str, created: int) -> bytes:
+    payload = {
+        "id": event_id,
+        "object": "event",
+        "type": event_type,
+        "created": created,
+        "data": {"object": {"id": entity_id, "object": "invoice", "status": event_type.split(".")[-1]}},
+    }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def post(cfg: PlatformConfig, body: bytes) -> None:
+    with edge_client(cfg) as client:
+        resp = client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body))
+    assert resp.status_code == 200, resp.text
+
+
+def wait_for_status(cfg: PlatformConfig, event_id: str, status: int, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        event = wait_for_event(cfg, "shop", event_id, timeout=timeout)
+        if event.status == status:
+            return event
+        assert time.monotonic() < deadline, f"{event_id} stayed {event_pb2.EventStatus.Name(event.status)}"
+        time.sleep(0.1)
+
+
+def ok_runs(event: Any) -> Counter[str]:
+    return Counter(r.operation for r in event.results if r.outcome == OK)
+
+
+def dead_letters(cfg: PlatformConfig) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Every message in the dead-letter queue (read and returned to the queue)."""
+
+    async def browse() -> list[aio_pika.abc.AbstractIncomingMessage]:
+        conn = await aio_pika.connect(cfg.rabbitmq.amqp_url, timeout=5)
+        try:
+            channel = await conn.channel()
+            queue = await channel.get_queue(Topology(cfg.rabbitmq.queue_prefix).dead_queue, ensure=True)
+            out = []
+            while (message := await queue.get(no_ack=False, fail=False)) is not None:
+                out.append(message)
+            for message in out:
+                await message.nack(requeue=True)
+            return out
+        finally:
+            await conn.close()
+
+    return asyncio.run(browse())
+
+
+def test_failed_operation_is_retried_with_backoff_and_done_operations_are_not_rerun(
+    stack: object, stack_config: PlatformConfig
+) -> None:
+    event_id = "evt_flaky_" + secrets.token_hex(6)
+    post(stack_config, invoice_event(event_id, "test.flaky", "in_fl_" + event_id[-12:], int(time.time())))
+    event = wait_for_status(stack_config, event_id, event_pb2.EVENT_STATUS_PROCESSED)
+
+    assert event.attempts == 3 and event.last_error == ""
+    flaky = sorted(
+        (r.attempt, r.outcome, r.finished_at.ToMicroseconds()) for r in event.results if r.operation == "flaky"
+    )
+    assert [(a, o) for a, o, _ in flaky] == [(1, FAILED), (2, FAILED), (3, OK)]
+    # The delay queue held each retry for at least half of its level (200 ms, then 400 ms).
+    assert flaky[1][2] - flaky[0][2] >= 100_000
+    assert flaky[2][2] - flaky[1][2] >= 200_000
+    # log and entity succeeded on attempt 1 and were not run again by the retries.
+    assert ok_runs(event) == Counter({"log": 1, "entity": 1, "flaky": 1})
+    assert {r.attempt for r in event.results if r.operation != "flaky"} == {1}
+
+
+def test_event_failing_every_attempt_is_failed_dead_lettered_and_listed(
+    stack: object, stack_config: PlatformConfig
+) -> None:
+    started = time.time()
+    event_id = "evt_poison_" + secrets.token_hex(6)
+    post(stack_config, invoice_event(event_id, "test.poison", "in_po_" + event_id[-12:], int(time.time())))
+    event = wait_for_status(stack_config, event_id, event_pb2.EVENT_STATUS_FAILED)
+
+    assert event.attempts == MAX_ATTEMPTS
+    assert event.last_error == "poison: ValueError: cannot apply this event"
+    poison = [(r.attempt, r.outcome, r.error) for r in event.results if r.operation == "poison"]
+    assert sorted(poison) == [(a, FAILED, "ValueError: cannot apply this event") for a in range(1, MAX_ATTEMPTS + 1)]
+    assert ok_runs(event) == Counter({"log": 1, "entity": 1})
+
+    # Its message sits in the dead-letter queue with the last error, exactly once.
+    deadline = time.monotonic() + 10
+    while True:
+        mine = [m for m in dead_letters(stack_config) if m.message_id == f"shop/{event_id}"]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(mine) == 1
+    assert mine[0].headers["x-attempt"] == MAX_ATTEMPTS
+    assert mine[0].headers["x-last-error"] == event.last_error
+
+    # Query finds it without knowing its id: ListEvents filtered on FAILED.
+    channel, stub = query_stub(stack_config)
+    try:
+        request = query_pb2.ListEventsRequest(source="shop", status=event_pb2.EVENT_STATUS_FAILED, page_size=50)
+        request.start_time.FromMicroseconds(int((started - 5) * 1_000_000))
+        found: list[Any] = []
+        while True:
+            page = stub.ListEvents(request, timeout=10)
+            found += page.events
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+    finally:
+        channel.close()
+    assert [e.event_id for e in found if e.event_id == event_id] == [event_id]
+    assert all(e.status == event_pb2.EVENT_STATUS_FAILED for e in found)
+
+
+def get_entity(cfg: PlatformConfig, entity_id: str) -> Any:
+    channel, stub = query_stub(cfg)
+    try:
+        return stub.GetEntity(query_pb2.GetEntityRequest(source="shop", entity_id=entity_id), timeout=5).entity
+    finally:
+        channel.close()
+
+
+def test_older_event_arriving_after_a_newer_one_is_stale_and_not_applied(
+    stack: object, stack_config: PlatformConfig
+) -> None:
+    entity_id = "in_ooo_" + secrets.token_hex(6)
+    t = int(time.time())
+    paid_id, created_id = "evt_paid_" + secrets.token_hex(6), "evt_created_" + secrets.token_hex(6)
+    paid = invoice_event(paid_id, "invoice.paid", entity_id, t + 10)
+    post(stack_config, paid)
+    wait_for_status(stack_config, paid_id, event_pb2.EVENT_STATUS_PROCESSED)
+    post(stack_config, invoice_event(created_id, "invoice.created", entity_id, t))
+
+    stale = wait_for_status(stack_config, created_id, event_pb2.EVENT_STATUS_STALE)
+    assert stale.last_error.startswith(f"stale: entity {entity_id} is at version {(t + 10) * 1_000_000}")
+    assert {(r.operation, r.outcome) for r in stale.results} == {("log", SKIPPED), ("entity", SKIPPED)}
+    entity = get_entity(stack_config, entity_id)
+    assert (entity.version, entity.event_id, entity.event_type) == ((t + 10) * 1_000_000, paid_id, "invoice.paid")
+    assert entity.state == paid and entity.state_event_id == paid_id
+
+    # In arrival order, both are applied and the entity ends at the newer one as well.
+    other = "in_ord_" + secrets.token_hex(6)
+    first, second = "evt_c_" + secrets.token_hex(6), "evt_p_" + secrets.token_hex(6)
+    post(stack_config, invoice_event(first, "invoice.created", other, t))
+    wait_for_status(stack_config, first, event_pb2.EVENT_STATUS_PROCESSED)
+    post(stack_config, invoice_event(second, "invoice.paid", other, t + 10))
+    wait_for_status(stack_config, second, event_pb2.EVENT_STATUS_PROCESSED)
+    assert get_entity(stack_config, other).event_id == second
+
+    with pytest.raises(grpc.RpcError) as missing:
+        get_entity(stack_config, "in_never_seen")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_receipts_racing_on_two_processors_apply_each_event_once(stack: Any, stack_config: PlatformConfig) -> None:
+    if len([p for p in stack.processor_procs if p.is_running()]) < 2:
+        stack.start_processor(len(stack.processor_procs))
+        stack.wait_processors(120)
+    events = {"evt_race_" + secrets.token_hex(6): 0 for _ in range(40)}
+    copies = 8
+    bodies = {
+        event_id: invoice_event(event_id, "invoice.paid", "in_race_" + event_id[-12:], int(time.time()))
+        for event_id in events
+    }
+
+    def deliver(event_id: str) -> int:
+        body = bodies[event_id]
+        with edge_client(stack_config) as client:
+            resp = client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body))
+        return resp.status_code
+
+    # Every copy of every event at once, interleaved, so both processors hold receipts of the same keys.
+    jobs = [event_id for _ in range(copies) for event_id in events]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        codes = list(pool.map(deliver, jobs))
+    assert codes == [200] * len(jobs)
+
+    for event_id in events:
+        event = wait_for_status(stack_config, event_id, event_pb2.EVENT_STATUS_PROCESSED)
+        deadline = time.monotonic() + 30
+        while event.duplicates < copies - 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            event = wait_for_event(stack_config, "shop", event_id)
+        assert event.duplicates == copies - 1, event_id
+        assert ok_runs(event) == Counter({"log": 1, "entity": 1}), event_id
