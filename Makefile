@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 BUF    := .tools/node/node_modules/.bin/buf
 CONFIG ?=
 
-.PHONY: setup run test unit proto check-gen lint bench clean
+.PHONY: setup run test unit proto check-gen lint bench bench-claim clean
 
 setup:            ## install everything: venv, Envoy, Cassandra, RabbitMQ (if missing), buf
 	scripts/setup.sh
@@ -33,6 +33,9 @@ lint:             ## buf lint, ruff, mypy
 
 bench:            ## full-path benchmark: HTTPS -> Envoy -> ingest -> RabbitMQ -> processor -> Cassandra
 	$(PY) -m tests.bench.pipeline $(BENCH_ARGS)
+
+bench-claim:      ## cost of the idempotency claim (LWT) against a plain read and write, on its own Cassandra
+	$(PY) -m tests.bench.claim $(BENCH_ARGS)
 
 clean:            ## remove local data (var/); keeps installed tools
 	rm -rf var/

@@ -101,6 +101,7 @@ class Stack:
     query: ServiceProcess | None = None
     processor_procs: list[ServiceProcess] = field(default_factory=list)
     ca_cert: Path | None = None
+    _processors_started: int = field(default=0, init=False)
 
     @property
     def data_dir(self) -> Path:
@@ -159,8 +160,8 @@ class Stack:
         self.query = self._grpc_service("query", cfg.query.host, cfg.query.port, "webhooks.v1.Query")
         self._start(self.query)
         n = self.processors or cfg.processor.count
-        for i in range(n):
-            self.start_processor(i)
+        for _ in range(n):
+            self.start_processor()
         self.ingest = self._grpc_service("ingest", cfg.ingest.host, cfg.ingest.port, "webhooks.v1.Ingest")
         self._start(self.ingest)
 
@@ -189,11 +190,19 @@ class Stack:
             name, f"{name}_service", self.cfg.path, self.log_dir, ready=lambda: grpc_serving(host, port, service)
         )
 
-    def start_processor(self, index: int) -> ServiceProcess:
-        proc = ServiceProcess(f"processor-{index}", "processor_service", self.cfg.path, self.log_dir)
+    def start_processor(self) -> ServiceProcess:
+        """Starts one more processor (``processor-<n>``, logging to ``<n>``'s own file)."""
+        proc = ServiceProcess(f"processor-{self._processors_started}", "processor_service", self.cfg.path, self.log_dir)
+        self._processors_started += 1
         self._start(proc)
         self.processor_procs.append(proc)
         return proc
+
+    def forget_processor(self, proc: ServiceProcess) -> None:
+        """Stops tracking a processor that was killed on purpose (fault tests), so waits ignore it."""
+        self.processor_procs.remove(proc)
+        if proc in self.started:
+            self.started.remove(proc)
 
     def wait_processors(self, timeout: float) -> None:
         """Waits until every live processor consumes the work queue."""

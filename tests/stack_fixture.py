@@ -85,6 +85,11 @@ call = "tests.e2e.ops:flaky"
 event_types = ["test.flaky"]
 
 [[processor.operations]]
+name = "pause"
+call = "tests.e2e.ops:pause"
+event_types = ["test.slow"]
+
+[[processor.operations]]
 name = "poison"
 call = "tests.e2e.ops:poison"
 event_types = ["test.poison"]

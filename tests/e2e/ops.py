@@ -4,6 +4,8 @@ They decide by event type, so the other tests' events never reach them."""
 
 from __future__ import annotations
 
+import asyncio
+
 from processor_service.operations import OperationContext
 from switchboard.events import InboundEvent
 
@@ -19,3 +21,8 @@ async def flaky(event: InboundEvent, ctx: OperationContext) -> None:
 async def poison(event: InboundEvent) -> None:
     """Always fails: its events exhaust their attempts and are dead-lettered."""
     raise ValueError("cannot apply this event")
+
+
+async def pause(event: InboundEvent) -> None:
+    """Takes 300 ms, so that a processor killed mid-stream holds messages in the middle of their operations."""
+    await asyncio.sleep(0.3)

@@ -185,7 +185,7 @@ def test_older_event_arriving_after_a_newer_one_is_stale_and_not_applied(
 
 def test_receipts_racing_on_two_processors_apply_each_event_once(stack: Any, stack_config: PlatformConfig) -> None:
     if len([p for p in stack.processor_procs if p.is_running()]) < 2:
-        stack.start_processor(len(stack.processor_procs))
+        stack.start_processor()
         stack.wait_processors(120)
     events = {"evt_race_" + secrets.token_hex(6): 0 for _ in range(40)}
     copies = 8

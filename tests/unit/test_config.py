@@ -23,7 +23,8 @@ def test_default_config_file_parses_with_a_demo_source() -> None:
     assert cfg.edge.default_source == "demo"
     assert cfg.source("demo") is not None
     assert cfg.data_dir.name == "var"
-    assert [op.name for op in cfg.processor.operations] == ["log"]
+    assert [op.name for op in cfg.processor.operations] == ["log", "entity"]
+    assert cfg.processor.retry.max_attempts == 8 and cfg.processor.retry.levels_ms()[0] == 1000
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
