@@ -3,7 +3,8 @@
 switchboard stack up [--config FILE] [--processors N]   start the whole local platform (Ctrl-C stops it)
 switchboard send [--source NAME] [--type TYPE]          sign and send a realistic sample event
 switchboard events get SOURCE EVENT_ID                  read a stored event through the Query service
-switchboard events list SOURCE [--minutes N]            list a source's recent events
+switchboard events list SOURCE [--minutes N] [--status S]  list a source's recent events (e.g. --status failed)
+switchboard events entity SOURCE ENTITY_ID              the latest applied state of a provider entity
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     lst.add_argument("source")
     lst.add_argument("--minutes", type=int, default=60)
     lst.add_argument("--limit", type=int, default=20)
+    lst.add_argument(
+        "--status", choices=["received", "processed", "retrying", "failed", "stale"], help="only events in it"
+    )
+    ent = ev_sub.add_parser("entity")
+    ent.add_argument("source")
+    ent.add_argument("entity_id")
 
     args = parser.parse_args(argv)
     try:
@@ -155,7 +162,7 @@ def query_events(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
     from google.protobuf.timestamp_pb2 import Timestamp
-    from webhooks.v1 import query_pb2, query_pb2_grpc
+    from webhooks.v1 import event_pb2, query_pb2, query_pb2_grpc
 
     with grpc.insecure_channel(f"{cfg.query.host}:{cfg.query.port}") as channel:
         stub = query_pb2_grpc.QueryStub(channel)
@@ -164,11 +171,18 @@ def query_events(cfg: PlatformConfig, args: argparse.Namespace) -> int:
                 reply: Any = stub.GetEvent(
                     query_pb2.GetEventRequest(source=args.source, event_id=args.event_id), timeout=10
                 )
+            elif args.action == "entity":
+                reply = stub.GetEntity(
+                    query_pb2.GetEntityRequest(source=args.source, entity_id=args.entity_id), timeout=10
+                )
             else:
                 start = Timestamp()
                 start.FromSeconds(int(time.time()) - args.minutes * 60)
+                status = event_pb2.EventStatus.Value(f"EVENT_STATUS_{args.status.upper()}") if args.status else 0
                 reply = stub.ListEvents(
-                    query_pb2.ListEventsRequest(source=args.source, start_time=start, page_size=args.limit),
+                    query_pb2.ListEventsRequest(
+                        source=args.source, start_time=start, page_size=args.limit, status=status
+                    ),
                     timeout=10,
                 )
         except grpc.RpcError as exc:
