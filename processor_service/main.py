@@ -36,7 +36,7 @@ async def run(cfg: PlatformConfig, *, stats_interval: float) -> None:
     reporter = asyncio.create_task(worker.report_forever(consumer.depths, stats_interval))
     log.info("processor ready", extra={"operations": [op.name for op in registry.operations]})
     await stop.wait()
-    log.info("processor stopping: no new messages, finishing in-flight ones")
+    log.info("processor stopping: no new messages, finishing in-flight ones", extra={"in_flight": worker.in_flight})
     worker.stopping.set()
     await consumer.stop_consuming()
     drained = await worker.drain(within=20.0)
