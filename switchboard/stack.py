@@ -198,6 +198,13 @@ class Stack:
         self.processor_procs.append(proc)
         return proc
 
+    def ensure_processors(self, n: int, timeout: float = 120.0) -> list[ServiceProcess]:
+        """Starts processors until ``n`` run, waits until they all consume; returns the running ones."""
+        while len(running := [p for p in self.processor_procs if p.is_running()]) < n:
+            self.start_processor()
+        self.wait_processors(timeout)
+        return running
+
     def forget_processor(self, proc: ServiceProcess) -> None:
         """Stops tracking a processor that was killed on purpose (fault tests), so waits ignore it."""
         self.processor_procs.remove(proc)

@@ -188,9 +188,7 @@ def test_older_event_arriving_after_a_newer_one_is_stale_and_not_applied(
 
 
 def test_receipts_racing_on_two_processors_apply_each_event_once(stack: Any, stack_config: PlatformConfig) -> None:
-    while len([p for p in stack.processor_procs if p.is_running()]) < 2:
-        stack.start_processor()
-    stack.wait_processors(120)
+    stack.ensure_processors(2)
     events = {"evt_race_" + secrets.token_hex(6): 0 for _ in range(40)}
     copies = 8
     bodies = {
@@ -217,9 +215,7 @@ def test_receipts_racing_on_two_processors_apply_each_event_once(stack: Any, sta
 def test_sigterm_stops_a_processor_after_its_in_flight_messages(stack: Any, stack_config: PlatformConfig) -> None:
     """Each event spends 300 ms in an operation; a processor told to stop finishes what it holds and exits 0,
     and every event is applied exactly once."""
-    while len([p for p in stack.processor_procs if p.is_running()]) < 2:
-        stack.start_processor()
-    stack.wait_processors(120)
+    victim = stack.ensure_processors(2)[0]
     events = ["evt_term_" + secrets.token_hex(6) for _ in range(80)]
     with ThreadPoolExecutor(max_workers=16) as pool:
         codes = list(
@@ -231,7 +227,6 @@ def test_sigterm_stops_a_processor_after_its_in_flight_messages(stack: Any, stac
             )
         )
     assert codes == [200] * len(events)
-    victim = next(p for p in stack.processor_procs if p.is_running())
     assert victim.terminate(30) == 0
     stack.forget_processor(victim)
     stack.start_processor()
