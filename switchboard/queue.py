@@ -133,6 +133,21 @@ async def connect(url: str, *, purpose: str, stop: asyncio.Event | None = None) 
             delay = min(delay * 2, 5.0)
 
 
+async def publish_confirmed(
+    exchange: aio_pika.abc.AbstractExchange, routing_key: str, message: aio_pika.Message, confirm_timeout: float
+) -> None:
+    """Publishes ``message`` (mandatory) and returns once the broker confirmed it; ``BrokerUnavailable`` if it
+    did not within ``confirm_timeout``, refused it, or the connection failed."""
+    try:
+        confirmation = await asyncio.wait_for(exchange.publish(message, routing_key, mandatory=True), confirm_timeout)
+    except TimeoutError:
+        raise BrokerUnavailable(f"broker did not confirm within {confirm_timeout:g} s") from None
+    except (aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
+        raise BrokerUnavailable(f"broker refused or lost the message: {type(exc).__name__}") from None
+    if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+        raise BrokerUnavailable(f"broker did not accept the message: {type(confirmation).__name__}")
+
+
 class Publisher:
     """Publishes persistent messages and returns only once the broker confirmed them.
 
@@ -178,16 +193,7 @@ class Publisher:
             type="webhooks.v1.Event",
             timestamp=timestamp,
         )
-        try:
-            confirmation = await asyncio.wait_for(
-                self._exchange.publish(message, ROUTING_KEY, mandatory=True), self.confirm_timeout
-            )
-        except TimeoutError:
-            raise BrokerUnavailable(f"broker did not confirm within {self.confirm_timeout:g} s") from None
-        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
-            raise BrokerUnavailable(f"broker refused or lost the message: {type(exc).__name__}") from None
-        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-            raise BrokerUnavailable(f"broker did not accept the message: {type(confirmation).__name__}")
+        await publish_confirmed(self._exchange, ROUTING_KEY, message, self.confirm_timeout)
 
     async def publish_event(self, event: InboundEvent) -> None:
         """Queues ``event`` (protobuf ``webhooks.v1.Event``), its trace context in the message headers."""
@@ -208,10 +214,8 @@ Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 
 def _forward_headers(message: AbstractIncomingMessage, extra: dict[str, FieldValue]) -> dict[str, FieldValue]:
-    headers = {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-death")}
-    headers.pop("x-first-death-exchange", None)
-    headers.pop("x-first-death-queue", None)
-    headers.pop("x-first-death-reason", None)
+    """The message's headers without the broker's dead-letter history, plus ``extra``."""
+    headers = {k: v for k, v in (message.headers or {}).items() if not k.startswith(("x-death", "x-first-death-"))}
     headers.update(extra)
     return headers
 
@@ -232,15 +236,8 @@ class Forwarder:
     async def _publish(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
         if self._channel is None or self._channel.is_closed:
             raise BrokerUnavailable("message broker is not connected")
-        try:
-            x = await self._channel.get_exchange(exchange, ensure=False)
-            confirmation = await asyncio.wait_for(x.publish(message, routing_key, mandatory=True), self.confirm_timeout)
-        except TimeoutError:
-            raise BrokerUnavailable(f"broker did not confirm within {self.confirm_timeout:g} s") from None
-        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPError, OSError, RuntimeError) as exc:
-            raise BrokerUnavailable(f"broker refused or lost the message: {type(exc).__name__}") from None
-        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-            raise BrokerUnavailable(f"broker did not accept the message: {type(confirmation).__name__}")
+        x = await self._channel.get_exchange(exchange, ensure=False)
+        await publish_confirmed(x, routing_key, message, self.confirm_timeout)
 
     def _copy(self, message: AbstractIncomingMessage, headers: dict[str, FieldValue], **kw: Any) -> aio_pika.Message:
         return aio_pika.Message(
