@@ -25,17 +25,18 @@ proto:            ## regenerate gen/ from proto/
 check-gen:        ## fail if gen/ differs from what proto/ generates
 	scripts/check_gen.sh
 
-lint:             ## buf lint, ruff, mypy
+lint:             ## buf lint, ruff, mypy, architecture contracts (import-linter)
 	$(BUF) lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench:            ## full-path benchmark: HTTPS -> Envoy -> ingest -> RabbitMQ -> processor -> Cassandra
-	$(PY) -m tests.bench.pipeline $(BENCH_ARGS)
+	$(PY) -m bench.pipeline $(BENCH_ARGS)
 
 bench-claim:      ## cost of the idempotency claim (LWT) against a plain read and write, on its own Cassandra
-	$(PY) -m tests.bench.claim $(BENCH_ARGS)
+	$(PY) -m bench.claim $(BENCH_ARGS)
 
 clean:            ## remove local data (var/); keeps installed tools
 	rm -rf var/

@@ -32,14 +32,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from switchboard.config import PlatformConfig, RateLimit, SourceConfig
+from switchboard.errors import ERROR_DOMAIN
+from switchboard.files import atomic_write
 
 JSON = dict[str, Any]
 
@@ -47,7 +47,6 @@ INGEST_SERVICE = "webhooks.v1.Ingest"
 INGEST_CLUSTER = "ingest"
 OTLP_CLUSTER = "otlp_collector"
 LISTENER_NAME = "webhooks_https"
-ERROR_DOMAIN = "switchboard"
 ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
 
 # Filter names. Per-route configuration (``typed_per_filter_config``) is keyed by these names.
@@ -231,16 +230,7 @@ def write_envoy_config(
         access_log=access_log,
         otlp_endpoint=otlp_endpoint,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out, json.dumps(doc, indent=2) + "\n")
     return out
 
 

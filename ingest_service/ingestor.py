@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from edge.providers import Verifier
 from switchboard.config import SourceConfig
 from switchboard.errors import InvalidRequest, PayloadTooLarge, UnknownSource
-from switchboard.events import InboundEvent, new_receipt_id, new_traceparent, now_us, valid_traceparent
+from switchboard.model.events import InboundEvent, new_receipt_id, new_traceparent, now_us, valid_traceparent
+from switchboard.signatures import Verifier
 
 log = logging.getLogger(__name__)
 

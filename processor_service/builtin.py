@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from processor_service.operations import OperationContext
-from switchboard.events import InboundEvent
+from switchboard.model.events import InboundEvent
 
 log = logging.getLogger(__name__)
 

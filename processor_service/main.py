@@ -8,42 +8,46 @@ import logging
 import sys
 
 from processor_service.operations import Registry
+from processor_service.pipeline import EventPipeline
 from processor_service.processor import Processor
-from processor_service.worker import Worker
 from switchboard.config import PlatformConfig
-from switchboard.grpc_server import install_stop_signals
-from switchboard.queue import Consumer, Topology
-from switchboard.service import service_main
-from switchboard.store import CassandraStore
+from switchboard.queue import QueueWorker, StatsHook, WorkerSettings
+from switchboard.runtime.service import serve, service_main
+from switchboard.store import EntityStore, EventStore, open_store
+from switchboard.streams import events_topology
 
 log = logging.getLogger(__name__)
 
+DRAIN_SECONDS = 20.0
 
-async def run(cfg: PlatformConfig, *, stats_interval: float) -> None:
+
+async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
     sys.path[:0] = [str(d) for d in cfg.processor.python_path]
     registry = Registry.from_config(cfg.processor.operations)
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    loop = asyncio.get_running_loop()
-    store = await loop.run_in_executor(None, lambda: CassandraStore.connect(cfg.cassandra))
-    await loop.run_in_executor(None, store.ensure_schema)
-    await loop.run_in_executor(None, store.prepare)
-    retry = cfg.processor.retry
-    topology = Topology(cfg.rabbitmq.queue_prefix, retry.levels_ms())
-    consumer = Consumer(cfg.rabbitmq.amqp_url, topology, prefetch=cfg.processor.prefetch)
-    worker = Worker(Processor(store, registry, max_attempts=retry.max_attempts), consumer.forwarder, retry)
-    await consumer.start(worker.on_message, stop)
-    reporter = asyncio.create_task(worker.report_forever(consumer.depths, stats_interval))
-    log.info("processor ready", extra={"operations": [op.name for op in registry.operations]})
-    await stop.wait()
-    log.info("processor stopping: no new messages, finishing in-flight ones", extra={"in_flight": worker.in_flight})
-    worker.stopping.set()
-    await consumer.stop_consuming()
-    drained = await worker.drain(within=20.0)
-    log.info("processor stopped", extra={"drained": drained, "left_unacked": worker.in_flight})
-    reporter.cancel()
-    await consumer.close()
-    store.close()
+    async with serve() as life:
+        store = await life.enter(open_store(cfg.cassandra, create_schema=True))
+        entities = EntityStore(store)
+        processor = Processor(
+            EventStore(store, entities), entities, registry, max_attempts=cfg.processor.retry.max_attempts
+        )
+        stats = StatsHook()
+        worker = QueueWorker(
+            cfg.rabbitmq.amqp_url,
+            events_topology(cfg),
+            EventPipeline(processor),
+            WorkerSettings(prefetch=cfg.processor.prefetch),
+            purpose="processor-consumer",
+            hooks=[stats],
+        )
+        await worker.start(life.stopping)
+        life.on_close(worker.close)
+        reporter = asyncio.create_task(stats.report_forever(worker, "processor", args.stats_interval))
+        life.push(reporter.cancel)
+        log.info("processor ready", extra={"operations": [op.name for op in registry.operations]})
+        await life.until_stopped()
+        log.info("processor stopping: no new messages, finishing in-flight ones", extra={"in_flight": worker.in_flight})
+        drained = await worker.stop(DRAIN_SECONDS)
+        log.info("processor stopped", extra={"drained": drained, "left_unacked": worker.in_flight})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +55,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return service_main(
-        "processor", lambda cfg, args: run(cfg, stats_interval=args.stats_interval), argv, add_arguments=add_arguments
-    )
+    return service_main("processor", run, argv, add_arguments=add_arguments)

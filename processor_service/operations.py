@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from switchboard.config import OperationConfig
 from switchboard.errors import ConfigError
-from switchboard.events import Effect, EntitySnapshot, InboundEvent, OperationResult, Outcome, now_us
+from switchboard.model.events import Effect, EntitySnapshot, InboundEvent, OperationResult, Outcome, now_us
 
 log = logging.getLogger(__name__)
 

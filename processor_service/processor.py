@@ -12,20 +12,19 @@ At-least-once delivery from the queue becomes "applied once, recorded forever":
   until ``max_attempts``, then FAILED (the worker dead-letters it). The attempt count lives in the store, so
   it survives redeliveries and restarts.
 
-The caller acks only after ``handle`` returned: every outcome is committed before that.
+The caller acks only after ``handle`` returned: every outcome is committed before that. The caller also
+never runs two receipts of one key at the same time in this process (the queue worker orders by key).
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from processor_service.operations import Registry
-from switchboard.events import (
+from switchboard.model.events import (
     Effect,
     EventStatus,
     InboundEvent,
@@ -43,12 +42,15 @@ FRESH = ProcessingState(None, 0, frozenset())
 class EventStore(Protocol):
     async def claim(self, source: str, event_id: str, receipt_id: str, now_us: int) -> tuple[bool, str]: ...
     async def processing_state(self, source: str, event_id: str) -> ProcessingState: ...
-    async def entity_version(self, source: str, entity_id: str) -> int | None: ...
     async def commit(
         self, stored: StoredEvent, effects: Sequence[Effect] = (), *, mark_entity: bool = False
     ) -> None: ...
     async def write_index(self, e: InboundEvent, status: EventStatus) -> None: ...
     async def save_duplicate(self, e: InboundEvent) -> None: ...
+
+
+class EntityVersions(Protocol):
+    async def version(self, source: str, entity_id: str) -> int | None: ...
 
 
 class Disposition(enum.Enum):
@@ -69,52 +71,36 @@ class Handled:
 
 
 class Processor:
-    def __init__(self, store: EventStore, registry: Registry, *, max_attempts: int) -> None:
+    def __init__(self, store: EventStore, entities: EntityVersions, registry: Registry, *, max_attempts: int) -> None:
         self.store = store
+        self.entities = entities
         self.registry = registry
         self.max_attempts = max_attempts
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def _exclusive(self, key: str) -> AsyncIterator[None]:
-        """Serialises deliveries of one key inside this process (two receipts in one prefetch window)."""
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
     async def handle(self, event: InboundEvent) -> Handled:
-        async with self._exclusive(event.key):
-            state = FRESH
-            if event.replay:
-                # A replay is applied again on purpose: no claim, and every operation runs.
-                previous = await self.store.processing_state(event.source, event.event_id)
-                state = ProcessingState(None, previous.attempts, frozenset())
-            else:
-                won, holder = await self.store.claim(event.source, event.event_id, event.receipt_id, now_us())
-                if holder != event.receipt_id:
-                    await self.store.save_duplicate(event)
-                    return Handled(Disposition.DUPLICATE)
-                if not won:
-                    state = await self.store.processing_state(event.source, event.event_id)
-            if state.status in TERMINAL:
-                await self.store.write_index(event, state.status)  # repairs an index row lost to a crash
-                return Handled(Disposition.DONE, state.attempts)
-            return await self._apply(event, state)
+        state = FRESH
+        if event.replay:
+            # A replay is applied again on purpose: no claim, and every operation runs.
+            previous = await self.store.processing_state(event.source, event.event_id)
+            state = ProcessingState(None, previous.attempts, frozenset())
+        else:
+            won, holder = await self.store.claim(event.source, event.event_id, event.receipt_id, now_us())
+            if holder != event.receipt_id:
+                await self.store.save_duplicate(event)
+                return Handled(Disposition.DUPLICATE)
+            if not won:
+                state = await self.store.processing_state(event.source, event.event_id)
+        if state.status in TERMINAL:
+            await self.store.write_index(event, state.status)  # repairs an index row lost to a crash
+            return Handled(Disposition.DONE, state.attempts)
+        return await self._apply(event, state)
 
     async def _apply(self, event: InboundEvent, state: ProcessingState) -> Handled:
         attempt = state.attempts + 1
         ops = [op for op in self.registry.matching(event) if op.name not in state.done]
         guarded = bool(event.entity_id and event.entity_version > 0)
         if guarded:
-            current = await self.store.entity_version(event.source, event.entity_id)
+            current = await self.entities.version(event.source, event.entity_id)
             if current is not None and current > event.entity_version:
                 reason = (
                     f"stale: entity {event.entity_id} is at version {current}, "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 import logging
 
 from webhooks.v1 import query_pb2_grpc
@@ -10,36 +10,28 @@ from webhooks.v1 import query_pb2_grpc
 from query_service.queries import EventQueries
 from query_service.servicer import QueryServicer
 from switchboard.config import PlatformConfig
-from switchboard.grpc_server import GrpcServer, Service, install_stop_signals
-from switchboard.service import service_main
-from switchboard.store import CassandraStore
+from switchboard.rpc.server import GrpcServer, Service
+from switchboard.runtime.service import serve, service_main
+from switchboard.store import EntityStore, EventStore, open_store
 
 log = logging.getLogger(__name__)
 
 
-async def run(cfg: PlatformConfig) -> None:
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    loop = asyncio.get_running_loop()
-    store = await loop.run_in_executor(None, lambda: CassandraStore.connect(cfg.cassandra))
-    await loop.run_in_executor(None, store.prepare)
-    server = GrpcServer(
-        cfg.query.host,
-        cfg.query.port,
-        [
-            Service(
-                "webhooks.v1.Query",
-                query_pb2_grpc.add_QueryServicer_to_server,
-                QueryServicer(EventQueries(store)),
+async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
+    async with serve() as life:
+        store = await life.enter(open_store(cfg.cassandra))
+        entities = EntityStore(store)
+        queries = EventQueries(EventStore(store, entities), entities)
+        await life.enter(
+            GrpcServer(
+                cfg.query.host,
+                cfg.query.port,
+                [Service("webhooks.v1.Query", query_pb2_grpc.add_QueryServicer_to_server, QueryServicer(queries))],
             )
-        ],
-    )
-    await server.start()
-    await stop.wait()
-    log.info("query stopping")
-    await server.stop()
-    store.close()
+        )
+        await life.until_stopped()
+        log.info("query stopping")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return service_main("query", lambda cfg, _args: run(cfg), argv)
+    return service_main("query", run, argv)

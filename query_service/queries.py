@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from switchboard.errors import InvalidRequest, NotFound
-from switchboard.events import Entity, EventStatus, EventSummary, StoredEvent, now_us
-from switchboard.store import Cursor
+from switchboard.model.events import Entity, EventStatus, EventSummary, StoredEvent, now_us
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 DEFAULT_RANGE_US = 24 * 3600 * 1_000_000
 # A status-filtered page scans at most this many index rows before it returns (possibly short, with a token).
 MAX_SCAN = 5000
+
+
+Cursor = tuple[int, int, str]  # the store's position in the listing index (bucket, received_at ms, event_id)
 
 
 class EventReader(Protocol):
@@ -25,7 +27,9 @@ class EventReader(Protocol):
         self, source: str, start_us: int, end_us: int, limit: int, after: Cursor | None
     ) -> tuple[list[EventSummary], Cursor | None]: ...
 
-    async def get_entity(self, source: str, entity_id: str) -> Entity | None: ...
+
+class EntityReader(Protocol):
+    async def get(self, source: str, entity_id: str) -> Entity | None: ...
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,9 @@ def decode_token(token: str) -> tuple[str, int, int, Cursor, str]:
 
 
 class EventQueries:
-    def __init__(self, store: EventReader) -> None:
-        self.store = store
+    def __init__(self, events: EventReader, entities: EntityReader) -> None:
+        self.store = events
+        self.entities = entities
 
     async def get_event(self, source: str, event_id: str) -> StoredEvent:
         if not source or not event_id:
@@ -69,7 +74,7 @@ class EventQueries:
     async def get_entity(self, source: str, entity_id: str) -> Entity:
         if not source or not entity_id:
             raise InvalidRequest("source and entity_id are required", reason="FIELD_REQUIRED")
-        entity = await self.store.get_entity(source, entity_id)
+        entity = await self.entities.get(source, entity_id)
         if entity is None:
             raise NotFound(
                 f"no entity {entity_id!r} from source {source!r}",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import grpc
 from webhooks.v1 import query_pb2, query_pb2_grpc
 
+from query_service.convert import entity_to_pb, status_from_pb, stored_to_pb, summary_to_pb
 from query_service.queries import EventQueries
-from switchboard.codec import entity_to_pb, status_from_pb, stored_to_pb, summary_to_pb, us_of
+from switchboard.wire import us_of
 
 
 class QueryServicer(query_pb2_grpc.QueryServicer):

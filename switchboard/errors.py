@@ -1,14 +1,32 @@
 """Switchboard's own error tree.
 
 Adapters (RabbitMQ, Cassandra, HTTP) translate driver exceptions into these at their boundary; one gRPC
-interceptor maps them to status codes (``switchboard.grpc_server``). Every error carries a stable
-``reason`` (UPPER_SNAKE_CASE, sent to clients in ``google.rpc.ErrorInfo``) and optional ``metadata``
-that must never contain secrets.
+interceptor maps them to status codes (``switchboard.rpc.errors``), and the command line and the local stack
+report them. Every error carries a stable ``reason`` (UPPER_SNAKE_CASE, sent to clients in
+``google.rpc.ErrorInfo`` with ``domain = ERROR_DOMAIN``) and optional ``metadata`` that must never contain
+secrets.
+
+::
+
+    SwitchboardError                  INTERNAL            gRPC INTERNAL
+    ├── ConfigError                   INVALID_CONFIG      FAILED_PRECONDITION; services refuse to start (exit 2)
+    ├── InvalidRequest                INVALID_REQUEST     INVALID_ARGUMENT (400)
+    │   └── PayloadTooLarge           PAYLOAD_TOO_LARGE   INVALID_ARGUMENT (413 at the edge)
+    ├── SignatureError                SIGNATURE_INVALID   UNAUTHENTICATED (401); reason names the check
+    ├── NotFound                      NOT_FOUND           NOT_FOUND (404)
+    │   └── UnknownSource             UNKNOWN_SOURCE
+    ├── Unavailable                   UNAVAILABLE         UNAVAILABLE (503): retry later
+    │   ├── BrokerUnavailable         BROKER_UNAVAILABLE
+    │   └── StoreUnavailable          STORE_UNAVAILABLE
+    └── StackError                    STACK_FAILED        the local stack could not start or keep a component up
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+# The ``domain`` of every google.rpc.ErrorInfo the services and the edge send.
+ERROR_DOMAIN = "switchboard"
 
 
 class SwitchboardError(Exception):
@@ -72,3 +90,9 @@ class BrokerUnavailable(Unavailable):
 
 class StoreUnavailable(Unavailable):
     reason = "STORE_UNAVAILABLE"
+
+
+class StackError(SwitchboardError):
+    """The local stack could not start a component, or one it supervises keeps exiting."""
+
+    reason = "STACK_FAILED"

@@ -19,7 +19,7 @@ def stack_config(tmp_path_factory: pytest.TempPathFactory) -> PlatformConfig:
 @pytest.fixture(scope="session")
 def stack(stack_config: PlatformConfig) -> Iterator[object]:
     """The whole platform, started once per test session by the project's own launcher."""
-    from switchboard.stack import Stack
+    from switchboard_devstack.stack import Stack
 
     logging.basicConfig(level=logging.INFO)
     s = Stack(stack_config)

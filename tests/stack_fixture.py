@@ -9,7 +9,7 @@ import secrets
 from pathlib import Path
 
 from switchboard.config import PlatformConfig, load_config
-from switchboard.infra.ports import free_port
+from switchboard_devstack.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 # Retry policy of the test stack: 3 attempts, short delays (levels 200 and 400 ms).

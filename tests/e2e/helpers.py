@@ -11,8 +11,8 @@ import grpc
 import httpx
 from webhooks.v1 import query_pb2, query_pb2_grpc
 
-from edge.providers import sign
 from switchboard.config import PlatformConfig
+from switchboard.signatures import sign
 
 
 def edge_client(cfg: PlatformConfig) -> httpx.Client:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from processor_service.operations import OperationContext
-from switchboard.events import InboundEvent
+from switchboard.model.events import InboundEvent
 
 FLAKY_SUCCEEDS_ON = 3
 

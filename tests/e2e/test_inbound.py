@@ -14,8 +14,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from webhooks.v1 import event_pb2, query_pb2
 
-from edge.providers import sign
 from switchboard.config import PlatformConfig
+from switchboard.signatures import sign
 from tests.e2e.helpers import (
     edge_client,
     get_event_code,

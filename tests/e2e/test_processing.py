@@ -18,7 +18,7 @@ import pytest
 from webhooks.v1 import event_pb2, query_pb2
 
 from switchboard.config import PlatformConfig
-from switchboard.queue import Topology
+from switchboard.streams import events_topology
 from tests.e2e.helpers import edge_client, query_stub, stripe_headers, wait_for_event
 from tests.stack_fixture import MAX_ATTEMPTS, STRIPE_SECRET
 
@@ -71,7 +71,7 @@ def dead_letters(cfg: PlatformConfig) -> list[aio_pika.abc.AbstractIncomingMessa
         conn = await aio_pika.connect(cfg.rabbitmq.amqp_url, timeout=5)
         try:
             channel = await conn.channel()
-            queue = await channel.get_queue(Topology(cfg.rabbitmq.queue_prefix).dead_queue, ensure=True)
+            queue = await channel.get_queue(events_topology(cfg).dead_queue, ensure=True)
             out = []
             while (message := await queue.get(no_ack=False, fail=False)) is not None:
                 out.append(message)

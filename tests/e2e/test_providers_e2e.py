@@ -8,9 +8,9 @@ import time
 import grpc
 import pytest
 
-from edge.providers import sign
-from edge.samples import sample_event
 from switchboard.config import PlatformConfig
+from switchboard.signatures import sign
+from switchboard_devstack.samples import sample_event
 from tests.e2e.helpers import edge_client, get_event_code, wait_for_event
 from tests.stack_fixture import PROVIDER_SOURCES
 

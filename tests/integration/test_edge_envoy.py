@@ -30,11 +30,11 @@ from webhooks.v1 import ingest_pb2, ingest_pb2_grpc
 
 from edge import envoy_config
 from edge.envoy_config import render_envoy_config, route_timeout_seconds, write_envoy_config
-from switchboard import tls
 from switchboard.config import PlatformConfig, parse_config
-from switchboard.infra.envoy import EnvoyProcess
-from switchboard.infra.ports import free_port
-from switchboard.tls import ensure_local_tls
+from switchboard_devstack import tls
+from switchboard_devstack.envoy import EnvoyProcess
+from switchboard_devstack.ports import free_port
+from switchboard_devstack.tls import ensure_local_tls
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The process launchers of switchboard.infra against the real RabbitMQ, Cassandra and Envoy.
+"""The process launchers of switchboard_devstack against the real RabbitMQ, Cassandra and Envoy.
 
 Every process gets its own tmp_path directory and free ports (and the RabbitMQ node a random name), so two
 runs of this file in parallel do not collide; every process is killed at teardown, pass or fail."""
@@ -18,7 +18,8 @@ from typing import Any, Protocol, TypeVar
 import aio_pika
 import pytest
 
-from switchboard.infra import CassandraNode, EnvoyProcess, ManagedProcess, RabbitNode, free_port, wait_port
+from switchboard.errors import StackError
+from switchboard_devstack import CassandraNode, EnvoyProcess, ManagedProcess, RabbitNode, free_port, wait_port
 
 pytestmark = pytest.mark.integration
 
@@ -102,14 +103,14 @@ class NeverReady(ManagedProcess):
 def test_wait_ready_reports_the_log_when_the_process_dies(tmp_path: Path, track: Track) -> None:
     proc = track(NeverReady("broken", tmp_path, ["sh", "-c", "echo 'config key frobnicate unknown' >&2; exit 3"]))
     proc.start()
-    with pytest.raises(RuntimeError, match=r"(?s)status 3.*frobnicate"):
+    with pytest.raises(StackError, match=r"(?s)status 3.*frobnicate"):
         proc.wait_ready(10)
 
 
 def test_wait_ready_times_out_with_the_log(tmp_path: Path, track: Track) -> None:
     proc = track(NeverReady("slow", tmp_path, ["sh", "-c", "echo still warming up; exec sleep 300"]))
     proc.start()
-    with pytest.raises(RuntimeError, match=r"(?s)not ready after 0.5 s.*still warming up"):
+    with pytest.raises(StackError, match=r"(?s)not ready after 0.5 s.*still warming up"):
         proc.wait_ready(0.5)
     assert proc.is_running()
     proc.terminate(5)
@@ -275,5 +276,5 @@ def test_envoy_bad_config_fails_fast_with_the_reason(tmp_path: Path, track: Trac
     config.write_text(json.dumps({"admin": {"address": {"socket_address": {"port_value": "not-a-port"}}}}))
     envoy = track(EnvoyProcess(config, tmp_path, free_port()))
     envoy.start()
-    with pytest.raises(RuntimeError, match="exited with status"):
+    with pytest.raises(StackError, match="exited with status"):
         envoy.wait_ready(30)

@@ -1,0 +1,65 @@
+"""``[edge]``: the HTTPS listener Envoy serves providers on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from switchboard.config._table import Table
+from switchboard.errors import ConfigError
+
+MiB = 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = MiB
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Token bucket: ``requests`` per ``per_seconds``, bursting to ``requests``."""
+
+    requests: int
+    per_seconds: int = 1
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    bind: str = "127.0.0.1"
+    https_port: int = 8443
+    admin_port: int = 9901
+    # Empty means a local CA and certificate generated under <data_dir>/tls.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    default_source: str | None = None
+    # Per client IP, across all sources.
+    per_ip_rate_limit: RateLimit | None = None
+    # Generous cap before per-source limits.
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+def parse_rate_limit(v: Any, where: str) -> RateLimit | None:
+    if v is None:
+        return None
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{where}: must be a table {{ requests = N, per_seconds = S }}")
+    if "requests" not in v:
+        raise ConfigError(f"{where}.requests is required")
+    t = Table(v, where, RateLimit)
+    return RateLimit(requests=t.pos_int("requests"), per_seconds=t.pos_int("per_seconds"))
+
+
+def parse_edge(raw: Mapping[str, Any], base: Path) -> EdgeConfig:
+    t = Table(raw, "edge", EdgeConfig)
+    edge = EdgeConfig(
+        bind=t.ip("bind"),
+        https_port=t.port("https_port"),
+        admin_port=t.port("admin_port"),
+        tls_cert=t.optional_path("tls_cert", base),
+        tls_key=t.optional_path("tls_key", base),
+        default_source=t.optional_string("default_source"),
+        per_ip_rate_limit=parse_rate_limit(t.get("per_ip_rate_limit"), "edge.per_ip_rate_limit"),
+        max_body_bytes=t.pos_int("max_body_bytes"),
+    )
+    if bool(edge.tls_cert) != bool(edge.tls_key):
+        raise ConfigError("edge.tls_cert and edge.tls_key must be set together")
+    return edge

@@ -1,0 +1,98 @@
+"""The platform configuration: one TOML file, parsed once into frozen value objects, one section each.
+
+Each service's ``main`` loads it and keeps only the part it needs. Relative paths are resolved against
+the directory holding the configuration file. Anything unsafe or unknown raises ``ConfigError`` naming the
+key, so that services refuse to start rather than guess.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from switchboard.config._table import Table, known, table
+from switchboard.config.broker import RabbitConfig, parse_rabbitmq
+from switchboard.config.edge import EdgeConfig, parse_edge
+from switchboard.config.processor import ProcessorConfig, parse_processor
+from switchboard.config.services import IngestConfig, QueryConfig, parse_ingest, parse_query
+from switchboard.config.sources import SourceConfig, parse_sources
+from switchboard.config.store import CassandraConfig, parse_cassandra
+from switchboard.errors import ConfigError
+
+LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR"})
+SECTIONS = ("platform", "edge", "ingest", "query", "processor", "rabbitmq", "cassandra", "sources")
+CONFIG_ENV = "SWITCHBOARD_CONFIG"
+
+
+@dataclass(frozen=True)
+class PlatformSettings:
+    """``[platform]``."""
+
+    data_dir: str = "var"
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    path: Path
+    data_dir: Path
+    log_level: str
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    rabbitmq: RabbitConfig = field(default_factory=RabbitConfig)
+    cassandra: CassandraConfig = field(default_factory=CassandraConfig)
+    sources: tuple[SourceConfig, ...] = ()
+
+    def source(self, name: str) -> SourceConfig | None:
+        for src in self.sources:
+            if src.name == name:
+                return src
+        return None
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+
+def default_config_path() -> Path:
+    """``$SWITCHBOARD_CONFIG``, else ``switchboard.toml`` in the current directory."""
+    return Path(os.environ.get(CONFIG_ENV) or "switchboard.toml")
+
+
+def load_config(path: Path | str | None = None) -> PlatformConfig:
+    cfg_path = Path(path) if path else default_config_path()
+    try:
+        raw = tomllib.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {cfg_path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{cfg_path}: {exc}") from None
+    return parse_config(raw, cfg_path.resolve())
+
+
+def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
+    base = path.parent
+    known(raw, "", SECTIONS)
+    plat = Table(table(raw, "platform"), "platform", PlatformSettings)
+    edge = parse_edge(table(raw, "edge"), base)
+    sources = parse_sources(raw.get("sources", []), base, edge.max_body_bytes)
+    if edge.default_source and edge.default_source not in {s.name for s in sources}:
+        raise ConfigError(f"edge.default_source: no source named {edge.default_source!r}")
+    return PlatformConfig(
+        path=path,
+        data_dir=plat.path("data_dir", base),
+        log_level=plat.string("log_level", choices=LOG_LEVELS, upper=True),
+        edge=edge,
+        ingest=parse_ingest(table(raw, "ingest")),
+        query=parse_query(table(raw, "query")),
+        processor=parse_processor(table(raw, "processor"), base),
+        rabbitmq=parse_rabbitmq(table(raw, "rabbitmq")),
+        cassandra=parse_cassandra(table(raw, "cassandra")),
+        sources=sources,
+    )

@@ -1,0 +1,114 @@
+"""``[processor]``: operations, retries and the consumer's window."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from switchboard.config._table import Table, resolve_path, table
+from switchboard.errors import ConfigError
+
+MAX_DELAY_LEVELS = 24
+
+
+@dataclass(frozen=True)
+class OperationConfig:
+    """An operation the processor runs for matching events: ``call`` is ``module:function``."""
+
+    name: str
+    call: str
+    event_types: tuple[str, ...] = ("*",)
+    sources: tuple[str, ...] = ()  # empty: every source
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """Retries of failed operations: exponential backoff with jitter through delay queues.
+
+    Attempt ``n`` (1-based) that fails waits ``min_backoff * 2**(n-1)`` seconds, capped at ``max_backoff``,
+    jittered down to between half and all of it; attempt ``max_attempts`` that fails marks the event FAILED
+    and dead-letters its message.
+    """
+
+    max_attempts: int = 8
+    min_backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 600.0
+
+    def levels_ms(self) -> tuple[int, ...]:
+        """The delay queues' TTLs: ``min_backoff * 2**k`` up to and including ``max_backoff``."""
+        out: list[int] = []
+        delay = self.min_backoff_seconds
+        while True:
+            ms = round(min(delay, self.max_backoff_seconds) * 1000)
+            if out and ms == out[-1]:
+                break
+            out.append(ms)
+            if delay >= self.max_backoff_seconds:
+                break
+            delay *= 2
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    count: int = 1
+    prefetch: int = 256
+    operations: tuple[OperationConfig, ...] = ()
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    # Directories put in front of sys.path before the operations are imported (a team's own modules).
+    python_path: tuple[Path, ...] = ()
+
+
+def parse_processor(raw: Mapping[str, Any], base: Path) -> ProcessorConfig:
+    t = Table(raw, "processor", ProcessorConfig)
+    operations = raw.get("operations", [])
+    if not isinstance(operations, list):
+        raise ConfigError("processor.operations: must be an array of tables ([[processor.operations]])")
+    processor = ProcessorConfig(
+        count=t.pos_int("count"),
+        prefetch=t.pos_int("prefetch"),
+        operations=tuple(_operation(o, j) for j, o in enumerate(operations)),
+        retry=_retry(table(raw, "retry", "processor")),
+        python_path=tuple(resolve_path(base, p) for p in t.strings("python_path")),
+    )
+    names = [o.name for o in processor.operations]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"processor.operations: duplicate operation names in {names}")
+    return processor
+
+
+def _retry(raw: Mapping[str, Any]) -> RetryConfig:
+    t = Table(raw, "processor.retry", RetryConfig)
+    retry = RetryConfig(
+        max_attempts=t.pos_int("max_attempts"),
+        min_backoff_seconds=t.pos_float("min_backoff_seconds"),
+        max_backoff_seconds=t.pos_float("max_backoff_seconds"),
+    )
+    if retry.max_backoff_seconds < retry.min_backoff_seconds:
+        raise ConfigError("processor.retry.max_backoff_seconds must not be less than min_backoff_seconds")
+    if len(retry.levels_ms()) > MAX_DELAY_LEVELS:
+        raise ConfigError(f"processor.retry: more than {MAX_DELAY_LEVELS} delay levels; raise min_backoff_seconds")
+    return retry
+
+
+def _operation(o: Any, idx: int) -> OperationConfig:
+    where = f"processor.operations[{idx}]"
+    if not isinstance(o, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    t = Table(o, where, OperationConfig)
+    name, call = t.get("name"), t.get("call")
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
+        raise ConfigError(f"{where}.name: {name!r} must be a lower_snake_case name")
+    if not isinstance(call, str) or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", call):
+        raise ConfigError(f"{where}.call: {call!r} must be 'package.module:function'")
+    return OperationConfig(
+        name=name,
+        call=call,
+        event_types=t.strings("event_types"),
+        sources=t.strings("sources"),
+        timeout_seconds=t.pos_float("timeout_seconds"),
+    )

@@ -1,0 +1,62 @@
+"""``[cassandra]``: the store, managed by the local stack or an existing cluster."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from switchboard.config._table import Table
+from switchboard.errors import ConfigError
+
+CONSISTENCY_LEVELS = frozenset({"ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "ALL"})
+SERIAL_LEVELS = frozenset({"SERIAL", "LOCAL_SERIAL"})
+MIN_TTL_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class CassandraConfig:
+    managed: bool = True
+    hosts: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 9142
+    storage_port: int = 7100
+    keyspace: str = "switchboard"
+    replication_factor: int = 1
+    heap: str = "1g"
+    # None: let the driver negotiate; the bundled Cassandra 2.1 needs 3.
+    protocol_version: int | None = 3
+    # Consistency for reads and writes (ONE locally, LOCAL_QUORUM on a cluster).
+    consistency: str = "ONE"
+    # Consistency of the Paxos phase of lightweight transactions (LOCAL_SERIAL on a multi-DC cluster).
+    serial_consistency: str = "SERIAL"
+    # Size of the time buckets of the per-source listing table.
+    bucket_seconds: int = 3600
+    ttl_seconds: int = 30 * 24 * 3600
+
+
+def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
+    t = Table(raw, "cassandra", CassandraConfig)
+    keyspace = t.string("keyspace")
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,47}", keyspace):
+        raise ConfigError(f"cassandra.keyspace: {keyspace!r} is not a valid keyspace name")
+    protocol = t.get("protocol_version")
+    if protocol is not None and (not isinstance(protocol, int) or isinstance(protocol, bool) or protocol < 0):
+        raise ConfigError(f"cassandra.protocol_version: must be a protocol number, got {protocol!r}")
+    cass = CassandraConfig(
+        managed=t.boolean("managed"),
+        hosts=t.strings("hosts"),
+        port=t.port("port"),
+        storage_port=t.port("storage_port"),
+        keyspace=keyspace,
+        replication_factor=t.pos_int("replication_factor"),
+        heap=t.string("heap"),
+        protocol_version=protocol or None,
+        consistency=t.string("consistency", choices=CONSISTENCY_LEVELS, upper=True),
+        serial_consistency=t.string("serial_consistency", choices=SERIAL_LEVELS, upper=True),
+        bucket_seconds=t.pos_int("bucket_seconds"),
+        ttl_seconds=t.pos_int("ttl_seconds"),
+    )
+    if cass.ttl_seconds < MIN_TTL_SECONDS:
+        raise ConfigError("cassandra.ttl_seconds: must be at least one day (events are kept for audit and replay)")
+    return cass

@@ -1,0 +1,1 @@
+"""The domain model: plain dataclasses, free of gRPC, protobuf and drivers."""

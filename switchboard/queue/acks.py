@@ -1,0 +1,58 @@
+"""Acking in delivery-tag order, many messages per frame (``basic.ack`` with ``multiple``).
+
+Delivery tags are per channel and increase with every delivery. A message settled out of order (its batch
+finished first) waits until every earlier delivery of its channel is settled too, then one ``multiple`` ack
+covers them all. If more than ``max_waiting`` settled messages wait behind a slow one, they are acked one by
+one instead, so that a slow message never holds the prefetch window full.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class AckTracker:
+    """The unsettled deliveries of one channel, in delivery order."""
+
+    def __init__(self, max_waiting: int = 64) -> None:
+        self.max_waiting = max_waiting
+        self._outstanding: dict[int, Any] = {}  # delivery tag -> driver message, in delivery order
+        self._settled: set[int] = set()  # settled but not acked yet
+        self.frames = 0  # ack frames sent (for stats)
+
+    def __len__(self) -> int:
+        return len(self._outstanding)
+
+    def delivered(self, tag: int, raw: Any) -> None:
+        self._outstanding[tag] = raw
+
+    def forget(self, tag: int) -> None:
+        """A delivery acked, nacked or rejected elsewhere (it no longer blocks the prefix)."""
+        self._outstanding.pop(tag, None)
+        self._settled.discard(tag)
+
+    async def settle(self, tags: Iterable[int]) -> None:
+        """Marks ``tags`` as ready to ack and acks what can be acked. Raises what the driver raises."""
+        self._settled.update(t for t in tags if t in self._outstanding)
+        last = None
+        for tag in self._outstanding:
+            if tag not in self._settled:
+                break
+            last = tag
+        if last is not None:
+            raw = self._outstanding[last]
+            for tag in [t for t in self._outstanding if t <= last]:
+                del self._outstanding[tag]
+                self._settled.discard(tag)
+            self.frames += 1
+            await raw.ack(multiple=True)
+        if len(self._settled) > self.max_waiting:
+            for tag in sorted(self._settled):
+                raw = self._outstanding.pop(tag)
+                self.frames += 1
+                await raw.ack()
+            self._settled.clear()

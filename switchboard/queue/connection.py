@@ -1,0 +1,58 @@
+"""Connecting to RabbitMQ, waiting (with back-off and a log line per attempt) until it answers, and the one
+publish-with-confirm every publisher uses."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+
+from switchboard.backoff import Backoff
+from switchboard.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+CONNECT_BACKOFF = Backoff(0.5, 5.0)
+# What aio-pika/aiormq raise when the connection or channel fails; they never leave this package.
+DRIVER_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPError, OSError, RuntimeError)
+
+
+async def connect(url: str, *, purpose: str, stop: asyncio.Event | None = None) -> AbstractRobustConnection:
+    """A robust (self-reconnecting) connection, retried until the broker answers or ``stop`` is set."""
+    for attempt, delay in enumerate(CONNECT_BACKOFF.delays(), start=1):
+        try:
+            conn = await aio_pika.connect_robust(url, client_properties={"connection_name": purpose}, timeout=5)
+            log.info("connected to RabbitMQ", extra={"purpose": purpose, "attempt": attempt})
+            return conn
+        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+            log.warning(
+                "waiting for RabbitMQ",
+                extra={
+                    "purpose": purpose,
+                    "attempt": attempt,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "retry_in": delay,
+                },
+            )
+            if stop is not None and stop.is_set():
+                raise BrokerUnavailable("stopped while waiting for RabbitMQ") from None
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def publish_confirmed(
+    exchange: AbstractExchange, routing_key: str, message: aio_pika.Message, confirm_timeout: float
+) -> None:
+    """Publishes ``message`` (mandatory) and returns once the broker confirmed it; ``BrokerUnavailable`` if it
+    did not within ``confirm_timeout``, refused it, or the connection failed."""
+    try:
+        confirmation = await asyncio.wait_for(exchange.publish(message, routing_key, mandatory=True), confirm_timeout)
+    except TimeoutError:
+        raise BrokerUnavailable(f"broker did not confirm within {confirm_timeout:g} s") from None
+    except DRIVER_ERRORS as exc:
+        raise BrokerUnavailable(f"broker refused or lost the message: {type(exc).__name__}") from None
+    if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+        raise BrokerUnavailable(f"broker did not accept the message: {type(confirmation).__name__}")

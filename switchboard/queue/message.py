@@ -1,0 +1,62 @@
+"""What a queue handler sees and what it answers: a consumed message, and its verdict.
+
+Handlers never touch the driver's message class: the worker wraps each delivery in a ``QueueMessage`` and
+acts on the ``Verdict`` the handler returns for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True, eq=False)
+class QueueMessage:
+    body: bytes
+    message_id: str
+    headers: Mapping[str, Any]
+    redelivered: bool
+    queue: str
+    # The driver's message (acks, nacks, the channel it came on); for the worker only.
+    raw: Any = field(repr=False, default=None)
+
+    @property
+    def attempt(self) -> int:
+        """The ``x-attempt`` header of a retried message (attempts made before this delivery), else 0."""
+        value = self.headers.get("x-attempt", 0)
+        return int(value) if isinstance(value, int) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Done: the outcome is committed. ``outcome`` labels it for stats and metrics (``processed``,
+    ``duplicate``, ...); ``latency_ms`` is the end-to-end latency to report, if any."""
+
+    outcome: str = "ok"
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again later: the worker parks a copy in a delay queue, then acks this one. ``attempt`` is the
+    attempt that just failed (1-based). Without ``delay_ms`` the delay is the stream's backoff level for that
+    attempt, jittered; with it, exactly that (capped at the longest level)."""
+
+    attempt: int
+    error: str
+    delay_ms: int | None = None
+    outcome: str = "retried"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Give up: the worker republishes the message to the dead-letter queue with ``x-attempt`` and
+    ``x-last-error``, then acks it."""
+
+    attempt: int
+    error: str
+    outcome: str = "dead_lettered"
+
+
+Verdict = Ack | Retry | DeadLetter

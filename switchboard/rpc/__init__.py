@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by every service: the server bootstrap and the one error interceptor."""

@@ -1,0 +1,64 @@
+"""The ``entities`` table: per provider entity, the version mark of the newest applied event (the
+out-of-order guard) and, where the ``entity`` operation runs, its latest state.
+
+Both are written with the cell timestamp set to the entity version, so the highest version wins whatever
+order the writes land in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from switchboard.model.events import Entity, EntitySnapshot, InboundEvent
+from switchboard.store.session import StoreSession
+from switchboard.store.values import ts, us_of
+
+BoundStatement = tuple[Any, tuple[Any, ...]]
+
+
+class EntityStore:
+    def __init__(self, store: StoreSession) -> None:
+        self.store = store
+        self.ttl = store.cfg.ttl_seconds
+        self.q = store.statements
+
+    async def version(self, source: str, entity_id: str) -> int | None:
+        """The version of the newest applied event of the entity, None if none was applied."""
+        rows = await self.store.execute(self.q.entity_version, (source, entity_id))
+        return int(rows[0].version) if rows and rows[0].version is not None else None
+
+    async def get(self, source: str, entity_id: str) -> Entity | None:
+        rows = await self.store.execute(self.q.get_entity, (source, entity_id))
+        if not rows or rows[0].version is None:
+            return None
+        r = rows[0]
+        return Entity(
+            source=r.source,
+            entity_id=r.entity_id,
+            version=int(r.version),
+            event_id=r.event_id or "",
+            event_type=r.event_type or "",
+            updated_us=us_of(r.updated_at),
+            content_type=r.content_type or "",
+            state=r.state or b"",
+            state_event_id=r.state_event_id or "",
+        )
+
+    def mark(self, e: InboundEvent) -> BoundStatement:
+        """The version mark of ``e`` (which passed the guard)."""
+        params = (
+            e.entity_version,
+            self.ttl,
+            e.entity_version,
+            e.event_id,
+            e.event_type,
+            ts(e.entity_version),
+            e.source,
+            e.entity_id,
+        )
+        return self.q.mark_entity, params
+
+    def snapshot(self, fx: EntitySnapshot) -> BoundStatement:
+        """The state staged by an operation (``ctx.save_entity_state``)."""
+        params = (fx.version, self.ttl, fx.content_type, fx.body, fx.event_id, fx.source, fx.entity_id)
+        return self.q.snapshot_entity, params

@@ -1,0 +1,83 @@
+"""The keyspace and its tables (every row carries the retention TTL, 30 days by default).
+
+* ``event_claims`` — one row per (source, event_id), inserted with a lightweight transaction (``IF NOT
+  EXISTS``): the receipt that wins it is the one applied; every other receipt of that key is a duplicate,
+  whichever processor sees it first.
+* ``events`` — one row per (source, event_id): the raw event as first accepted and its processing state.
+* ``event_records`` — same partition key, clustered by ``rec``: one row per operation run
+  (``r:<operation>:<attempt>:<run id>``) and per duplicate delivery (``d:<receipt_id>``). The event row and
+  its results are one unlogged batch on one partition key, which Cassandra applies as a single mutation.
+* ``events_by_source`` — the listing index, partitioned by (source, time bucket) so that partitions stay
+  bounded (``cassandra.bucket_seconds``; one hour by default, minutes at 1 B events/day).
+* ``entities`` — the latest known version of each provider entity (the out-of-order guard) and, where the
+  ``entity`` operation runs, its latest state. Written with the cell timestamp set to the entity version, so
+  the highest version wins whatever order the writes land in.
+
+Options are picked by server release: TimeWindowCompactionStrategy from 3.11, SizeTiered before (the local
+Cassandra 2.1).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cassandra.cluster import Session
+
+from switchboard.config import CassandraConfig
+
+log = logging.getLogger(__name__)
+
+
+def compaction(release: str) -> str:
+    major, minor, *_ = (int(p) for p in [*release.split("-")[0].split("."), "0", "0"][:3])
+    if (major, minor) >= (3, 11):
+        return (
+            "{'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'DAYS', 'compaction_window_size': 1}"
+        )
+    return "{'class': 'SizeTieredCompactionStrategy'}"
+
+
+def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
+    ks = cfg.keyspace
+    opts = (
+        f"default_time_to_live = {cfg.ttl_seconds} AND gc_grace_seconds = 86400 AND compaction = {compaction(release)}"
+    )
+    return [
+        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
+        f"{{'class': 'SimpleStrategy', 'replication_factor': {cfg.replication_factor}}}",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.events (
+            source text, event_id text, event_type text, provider text,
+            received_at timestamp, provider_time timestamp, content_type text, body blob,
+            headers map<text, text>, receipt_id text, entity_id text, entity_version bigint,
+            traceparent text, replay boolean, status text, processed_at timestamp, attempts int,
+            last_error text,
+            PRIMARY KEY ((source, event_id))
+        ) WITH {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.event_records (
+            source text, event_id text, rec text, operation text, outcome text, attempt int,
+            duration_us bigint, finished_at timestamp, error text, receipt_id text, received_at timestamp,
+            PRIMARY KEY ((source, event_id), rec)
+        ) WITH {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.event_claims (
+            source text, event_id text, receipt_id text, claimed_at timestamp,
+            PRIMARY KEY ((source, event_id))
+        ) WITH {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.entities (
+            source text, entity_id text, version bigint, event_id text, event_type text, updated_at timestamp,
+            content_type text, state blob, state_event_id text,
+            PRIMARY KEY ((source, entity_id))
+        ) WITH {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_source (
+            source text, bucket bigint, received_at timestamp, event_id text, event_type text,
+            status text, receipt_id text,
+            PRIMARY KEY ((source, bucket), received_at, event_id)
+        ) WITH CLUSTERING ORDER BY (received_at ASC, event_id ASC) AND {opts}""",
+    ]
+
+
+def ensure_schema(session: Session, cfg: CassandraConfig) -> None:
+    """Creates the keyspace and tables that do not exist yet (blocking; run at start-up)."""
+    release = session.execute("SELECT release_version FROM system.local").one()[0]
+    for stmt in schema_statements(cfg, release):
+        session.execute(stmt, timeout=60)
+    log.info("schema ready", extra={"keyspace": cfg.keyspace, "cassandra": release})

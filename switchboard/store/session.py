@@ -1,0 +1,169 @@
+"""The Cassandra session: connecting (and waiting for the store), preparing statements, and the bridge
+from the driver's callback threads to asyncio.
+
+cassandra-driver exceptions never leave this package: ``execute`` translates them into
+``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from cassandra import DriverException
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, ResponseFuture, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
+
+from switchboard.backoff import Backoff
+from switchboard.config import CassandraConfig
+from switchboard.errors import StoreUnavailable
+from switchboard.store.schema import ensure_schema
+from switchboard.store.statements import Statements
+
+try:  # libev is 1.4-2.4x faster than the asyncio reactor; the wheel ships it
+    from cassandra.io.libevreactor import LibevConnection as _Connection
+except ImportError:  # pragma: no cover - platform without the libev extension
+    from cassandra.io.asyncorereactor import AsyncoreConnection as _Connection
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StoreSession", "open_store"]
+
+_DRIVER_ERRORS = (NoHostAvailable, DriverException, OSError)
+CONNECT_BACKOFF = Backoff(0.5, 5.0)
+PREPARE_BACKOFF = Backoff(1.0, 1.0)
+REQUEST_TIMEOUT_SECONDS = 10.0
+
+
+def _cluster(cfg: CassandraConfig) -> Cluster:
+    kwargs: dict[str, Any] = {}
+    if cfg.protocol_version:
+        kwargs["protocol_version"] = cfg.protocol_version
+    return Cluster(
+        contact_points=list(cfg.hosts),
+        port=cfg.port,
+        connection_class=_Connection,
+        # Without TCP_NODELAY every synchronous 5 KB write waits ~40 ms for delayed ACKs.
+        sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        execution_profiles={
+            EXEC_PROFILE_DEFAULT: ExecutionProfile(
+                load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+                request_timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+        },
+        reconnection_policy=ExponentialReconnectionPolicy(0.5, 10.0),
+        connect_timeout=5,
+        control_connection_timeout=5,
+        idle_heartbeat_interval=10,
+        **kwargs,
+    )
+
+
+class StoreSession:
+    """One connected session with every statement prepared. Built once per process in ``main``."""
+
+    def __init__(self, cfg: CassandraConfig, cluster: Cluster, session: Session, statements: Statements) -> None:
+        self.cfg = cfg
+        self.cluster = cluster
+        self.session = session
+        self.statements = statements
+
+    @classmethod
+    def connect(cls, cfg: CassandraConfig, *, wait_seconds: float = 300.0, create_schema: bool = False) -> StoreSession:
+        """Connects (blocking), waiting with a log line per attempt until Cassandra answers; creates the schema
+        when asked; prepares every statement, waiting until the schema exists (another process may be
+        creating it). ``StoreUnavailable`` after ``wait_seconds``."""
+        deadline = time.monotonic() + wait_seconds
+        cluster, session = _connect(cfg, deadline)
+        try:
+            if create_schema:
+                ensure_schema(session, cfg)
+            statements = _prepare(session, cfg, deadline)
+        except BaseException:
+            cluster.shutdown()
+            raise
+        return cls(cfg, cluster, session, statements)
+
+    async def execute(self, statement: Any, params: Sequence[Any] | None = None) -> list[Any]:
+        """Runs ``statement`` on the driver's threads and awaits its rows without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+
+        def ok(rows: Any) -> None:
+            loop.call_soon_threadsafe(_resolve, fut, list(rows) if rows is not None else [], None)
+
+        def fail(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(_resolve, fut, None, exc)
+
+        try:
+            rf: ResponseFuture = self.session.execute_async(statement, params, timeout=REQUEST_TIMEOUT_SECONDS)
+        except (*_DRIVER_ERRORS, RuntimeError) as exc:
+            raise _unavailable(exc) from None
+        rf.add_callbacks(ok, fail)
+        try:
+            return await fut
+        except _DRIVER_ERRORS as exc:
+            raise _unavailable(exc) from None
+
+    def close(self) -> None:
+        self.cluster.shutdown()
+
+
+@asynccontextmanager
+async def open_store(cfg: CassandraConfig, *, create_schema: bool = False) -> AsyncIterator[StoreSession]:
+    """``StoreSession.connect`` off the event loop, closed on exit."""
+    store = await asyncio.to_thread(StoreSession.connect, cfg, create_schema=create_schema)
+    try:
+        yield store
+    finally:
+        await asyncio.to_thread(store.close)
+
+
+def _connect(cfg: CassandraConfig, deadline: float) -> tuple[Cluster, Session]:
+    for attempt, delay in enumerate(CONNECT_BACKOFF.delays(), start=1):
+        cluster = _cluster(cfg)
+        try:
+            session = cluster.connect()
+            log.info("connected to Cassandra", extra={"hosts": list(cfg.hosts), "port": cfg.port, "attempt": attempt})
+            return cluster, session
+        except _DRIVER_ERRORS as exc:
+            cluster.shutdown()
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"Cassandra at {cfg.hosts}:{cfg.port} not reachable: {exc}") from None
+            log.warning(
+                "waiting for Cassandra",
+                extra={"hosts": list(cfg.hosts), "port": cfg.port, "attempt": attempt, "error": str(exc)[:300]},
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _prepare(session: Session, cfg: CassandraConfig, deadline: float) -> Statements:
+    for delay in PREPARE_BACKOFF.delays():
+        try:
+            return Statements.prepare(session, cfg)
+        except (NoHostAvailable, DriverException) as exc:
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"cannot prepare statements: {exc}") from None
+            log.warning("waiting for the schema", extra={"error": str(exc)[:200]})
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"Cassandra: {type(exc).__name__}: {exc}"[:300])
+
+
+def _resolve(fut: asyncio.Future[list[Any]], value: list[Any] | None, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        assert value is not None
+        fut.set_result(value)

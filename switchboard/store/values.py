@@ -1,0 +1,19 @@
+"""Conversions between the driver's column values and the model's integer microseconds."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+from typing import Any
+
+
+def ts(us: int) -> dt.datetime:
+    """Microseconds since the epoch as an aware UTC datetime (the driver writes milliseconds)."""
+    return dt.datetime.fromtimestamp(us / 1_000_000, tz=dt.UTC)
+
+
+def us_of(value: Any) -> int:
+    """A driver datetime (naive UTC) as microseconds; 0 for None."""
+    if value is None:
+        return 0
+    return int(calendar.timegm(value.utctimetuple())) * 1_000_000 + int(value.microsecond)

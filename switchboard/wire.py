@@ -1,0 +1,75 @@
+"""The queue's wire format: an ``InboundEvent`` as a protobuf ``webhooks.v1.Event`` (the same message the
+Query API returns, with the processing fields unset), and the timestamp conversions the services share.
+
+With the servicers' conversions, the only place that imports generated code."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from webhooks.v1 import event_pb2
+
+from switchboard.errors import InvalidRequest
+from switchboard.model.events import InboundEvent
+
+
+def ts(us: int) -> Timestamp:
+    return Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
+
+
+def us_of(t: Timestamp) -> int:
+    return int(t.seconds) * 1_000_000 + int(t.nanos) // 1000
+
+
+def event_pb(e: InboundEvent, status: int = event_pb2.EVENT_STATUS_RECEIVED) -> event_pb2.Event:
+    """``e`` as a ``webhooks.v1.Event`` (without processing fields)."""
+    msg = event_pb2.Event(
+        source=e.source,
+        event_id=e.event_id,
+        event_type=e.event_type,
+        provider=e.provider,
+        received_at=ts(e.received_us),
+        content_type=e.content_type,
+        body=e.body,
+        headers=e.headers,
+        receipt_id=e.receipt_id,
+        entity_id=e.entity_id,
+        entity_version=e.entity_version,
+        traceparent=e.traceparent,
+        replay=e.replay,
+        status=status,
+    )
+    if e.provider_time_us:
+        msg.provider_time.CopyFrom(ts(e.provider_time_us))
+    return msg
+
+
+def encode_inbound(e: InboundEvent) -> bytes:
+    return bytes(event_pb(e).SerializeToString())
+
+
+def decode_inbound(data: bytes) -> InboundEvent:
+    msg = event_pb2.Event()
+    try:
+        msg.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError and, on some inputs, others
+        raise InvalidRequest(
+            f"queued message is not a webhooks.v1.Event: {exc}", reason="UNDECODABLE_MESSAGE"
+        ) from None
+    if not msg.source or not msg.event_id:
+        raise InvalidRequest("queued message has no source or event id", reason="UNDECODABLE_MESSAGE")
+    return InboundEvent(
+        source=msg.source,
+        event_id=msg.event_id,
+        event_type=msg.event_type,
+        provider=msg.provider,
+        received_us=us_of(msg.received_at),
+        body=msg.body,
+        content_type=msg.content_type,
+        headers=dict(msg.headers),
+        receipt_id=msg.receipt_id,
+        provider_time_us=us_of(msg.provider_time) if msg.HasField("provider_time") else 0,
+        entity_id=msg.entity_id,
+        entity_version=msg.entity_version,
+        traceparent=msg.traceparent,
+        replay=msg.replay,
+    )

@@ -1,0 +1,197 @@
+"""The ``switchboard`` command.
+
+switchboard stack up [--config FILE] [--processors N]   start the whole local platform (Ctrl-C stops it)
+switchboard send [--source NAME] [--type TYPE]          sign and send a realistic sample event
+switchboard events get SOURCE EVENT_ID                  read a stored event through the Query service
+switchboard events list SOURCE [--minutes N] [--status S]  list a source's recent events (e.g. --status failed)
+switchboard events entity SOURCE ENTITY_ID              the latest applied state of a provider entity
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import ssl
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from switchboard.config import PlatformConfig, load_config
+from switchboard.errors import ConfigError, StackError
+from switchboard.runtime.logs import setup_logging
+from switchboard_devstack.paths import DevPaths
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="switchboard", description="Switchboard webhook platform")
+    parser.add_argument("--config", type=Path, default=None, help="configuration file (default: switchboard.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="run the local platform")
+    stack_sub = stack.add_subparsers(dest="action", required=True)
+    up = stack_sub.add_parser("up", help="start RabbitMQ, Cassandra, Envoy and the services; Ctrl-C stops them")
+    up.add_argument("--config", type=Path, default=None, dest="sub_config")
+    up.add_argument("--processors", type=int, default=None, help="processor processes (default: from config)")
+
+    send = sub.add_parser("send", help="sign and send a sample event for a configured source")
+    send.add_argument("--config", type=Path, default=None, dest="sub_config")
+    send.add_argument("--source", default=None, help="source name (default: the edge's default source)")
+    send.add_argument("--type", dest="event_type", default=None, help="event type (default: a typical one)")
+    send.add_argument("--size", type=int, default=None, help="pad the payload to about this many bytes")
+    send.add_argument("--url", default=None, help="edge base URL (default: from config)")
+    send.add_argument("--count", type=int, default=1, help="how many events to send")
+
+    events = sub.add_parser("events", help="read stored events through the Query service")
+    events.add_argument("--config", type=Path, default=None, dest="sub_config")
+    ev_sub = events.add_subparsers(dest="action", required=True)
+    get = ev_sub.add_parser("get")
+    get.add_argument("source")
+    get.add_argument("event_id")
+    lst = ev_sub.add_parser("list")
+    lst.add_argument("source")
+    lst.add_argument("--minutes", type=int, default=60)
+    lst.add_argument("--limit", type=int, default=20)
+    lst.add_argument(
+        "--status", choices=["received", "processed", "retrying", "failed", "stale"], help="only events in it"
+    )
+    ent = ev_sub.add_parser("entity")
+    ent.add_argument("source")
+    ent.add_argument("entity_id")
+
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(getattr(args, "sub_config", None) or args.config or DevPaths.default().default_config)
+    except ConfigError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "stack":
+        return stack_up(cfg, args.processors)
+    if args.command == "send":
+        return send_events(cfg, args.source, args.event_type, args.size, args.url, args.count)
+    return query_events(cfg, args)
+
+
+def stack_up(cfg: PlatformConfig, processors: int | None) -> int:
+    from switchboard_devstack.stack import Stack
+
+    setup_logging("stack", cfg.log_level)
+    stack = Stack(cfg, processors=processors)
+    stopping = False
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        try:
+            stack.up()
+        except (StackError, ConfigError) as exc:
+            print(f"switchboard: the stack did not start: {exc}", file=sys.stderr)
+            return 1
+        print(stack.describe(), flush=True)
+        try:
+            stack.supervise(lambda: stopping)
+        except StackError as exc:
+            print(f"switchboard: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    finally:  # whatever happened, stop everything this command started, and nothing else
+        print("stopping...", flush=True)
+        stack.down()
+        print("stopped.", flush=True)
+
+
+def _sign(
+    cfg: PlatformConfig, source_name: str, event_type: str | None, size: int | None
+) -> tuple[bytes, dict[str, str]]:
+    from switchboard.signatures import sign
+    from switchboard_devstack.samples import sample_event
+
+    source = cfg.source(source_name)
+    if source is None:
+        raise ConfigError(f"no source named {source_name!r} in {cfg.path}")
+    body, headers = sample_event(source.scheme, event_type=event_type, size=size)
+    secret = source.secrets[0].resolve().reveal()
+    headers.update(sign(source.scheme, secret, body, now=time.time(), options=source.options, event_type=event_type))
+    return body, headers
+
+
+def send_events(
+    cfg: PlatformConfig,
+    source: str | None,
+    event_type: str | None,
+    size: int | None,
+    url: str | None,
+    count: int,
+) -> int:
+    import httpx
+
+    name = source or cfg.edge.default_source or (cfg.sources[0].name if cfg.sources else None)
+    if not name:
+        print("switchboard: no source configured", file=sys.stderr)
+        return 2
+    base = url or f"https://{cfg.edge.bind}:{cfg.edge.https_port}"
+    ca = cfg.tls_dir / "ca.pem"
+    verify: Any = ssl.create_default_context(cafile=ca) if ca.exists() and not url else True
+    worst = 0
+    with httpx.Client(verify=verify, timeout=10) as client:
+        for _ in range(count):
+            try:
+                body, headers = _sign(cfg, name, event_type, size)
+            except ConfigError as exc:
+                print(f"switchboard: {exc}", file=sys.stderr)
+                return 2
+            try:
+                resp = client.post(f"{base}/webhook/{name}", content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                print(f"switchboard: cannot reach {base}: {exc}", file=sys.stderr)
+                return 1
+            print(f"{resp.status_code} {resp.text}")
+            if resp.status_code != 200:
+                worst = 1
+    return worst
+
+
+def query_events(cfg: PlatformConfig, args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from webhooks.v1 import event_pb2, query_pb2, query_pb2_grpc
+
+    with grpc.insecure_channel(f"{cfg.query.host}:{cfg.query.port}") as channel:
+        stub = query_pb2_grpc.QueryStub(channel)
+        try:
+            if args.action == "get":
+                reply: Any = stub.GetEvent(
+                    query_pb2.GetEventRequest(source=args.source, event_id=args.event_id), timeout=10
+                )
+            elif args.action == "entity":
+                reply = stub.GetEntity(
+                    query_pb2.GetEntityRequest(source=args.source, entity_id=args.entity_id), timeout=10
+                )
+            else:
+                start = Timestamp()
+                start.FromSeconds(int(time.time()) - args.minutes * 60)
+                status = event_pb2.EventStatus.Value(f"EVENT_STATUS_{args.status.upper()}") if args.status else 0
+                reply = stub.ListEvents(
+                    query_pb2.ListEventsRequest(
+                        source=args.source, start_time=start, page_size=args.limit, status=status
+                    ),
+                    timeout=10,
+                )
+        except grpc.RpcError as exc:
+            print(f"switchboard: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

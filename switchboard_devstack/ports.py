@@ -1,0 +1,101 @@
+"""Free TCP ports for local components, and waiting for a port to accept connections.
+
+``free_port`` asks the kernel for an unused port (bind to port 0). Because the port is released again before
+the component binds it, two processes asking at the same moment could in principle be handed the same port;
+a short-lived reservation file per port (in the system temporary directory, shared by every process on the
+machine) makes parallel test runs skip ports another run has just been given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+from switchboard.errors import StackError
+
+__all__ = ["free_port", "port_is_free", "reserve_port", "wait_port"]
+
+# How long a port handed out by free_port() stays reserved for the process that asked for it.
+RESERVATION_SECONDS = 300.0
+_RESERVATION_DIR = Path(tempfile.gettempdir()) / "switchboard-ports"
+_handed_out: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on and that no other caller of this function on this
+    machine has been given in the last few minutes."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if reserve_port(port):
+            return port
+    raise StackError(f"could not find a free TCP port on {host}")
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` can be bound on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def reserve_port(port: int) -> bool:
+    """Claims ``port`` for this process for a few minutes; False if this process or another one on the
+    machine already claimed it recently. Best effort: True if the reservation directory is unusable."""
+    if port in _handed_out:
+        return False
+    try:
+        if not _RESERVATION_DIR.is_dir():
+            _RESERVATION_DIR.mkdir(exist_ok=True)
+            with contextlib.suppress(OSError):  # shared by every user, like /tmp itself
+                os.chmod(_RESERVATION_DIR, 0o1777)  # noqa: S103 - sticky, files are only created O_EXCL
+        path = _RESERVATION_DIR / str(port)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                return False
+            if age < RESERVATION_SECONDS:
+                return False
+            os.utime(path)  # stale: take it over
+        else:
+            os.close(fd)
+        _prune_stale()
+    except OSError:
+        pass
+    _handed_out.add(port)
+    return True
+
+
+def _prune_stale() -> None:
+    now = time.time()
+    with contextlib.suppress(OSError), os.scandir(_RESERVATION_DIR) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > 2 * RESERVATION_SECONDS:
+                    os.unlink(entry.path)
+
+
+def wait_port(host: str, port: int, timeout: float) -> None:
+    """Blocks until ``host:port`` accepts a TCP connection; raises TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: OSError | None = None
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{host}:{port} did not accept connections within {timeout:g} s ({last})")
+        time.sleep(0.05)

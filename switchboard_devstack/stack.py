@@ -1,0 +1,276 @@
+"""The local platform: a project-owned RabbitMQ node, Cassandra, Envoy and the services, started in
+order, each waited for until healthy, supervised, and stopped in reverse order.
+
+Used by ``switchboard stack up`` (``make run``) and by the integration tests' session fixture, so that the
+tests exercise exactly what a newcomer runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edge.envoy_config import write_envoy_config
+from switchboard.config import PlatformConfig
+from switchboard.errors import StackError
+from switchboard.store import StoreSession
+from switchboard.streams import events_topology
+from switchboard_devstack.cassandra import CassandraNode
+from switchboard_devstack.envoy import EnvoyProcess
+from switchboard_devstack.paths import DevPaths
+from switchboard_devstack.process import ManagedProcess
+from switchboard_devstack.rabbitmq import RabbitNode
+from switchboard_devstack.tls import ensure_local_tls
+
+log = logging.getLogger(__name__)
+
+
+class ServiceProcess(ManagedProcess):
+    """One of our Python services (``python -m <module> --config FILE``)."""
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        config: Path,
+        base_dir: Path,
+        *extra: str,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
+        super().__init__(
+            name=name,
+            argv=[sys.executable, "-m", module, "--config", str(config), *extra],
+            base_dir=base_dir,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self._ready_check = ready
+
+    def ready(self) -> bool:
+        return self._ready_check() if self._ready_check else self.is_running()
+
+
+def grpc_serving(host: str, port: int, service: str) -> bool:
+    try:
+        with grpc.insecure_channel(f"{host}:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+
+
+def consumer_count(amqp_url: str, queue: str) -> int:
+    """Consumers on ``queue`` (0 if the queue does not exist yet or the broker is unreachable)."""
+    import aio_pika
+
+    async def count() -> int:
+        conn = await aio_pika.connect(amqp_url, timeout=3)
+        try:
+            channel = await conn.channel()
+            q = await channel.declare_queue(queue, passive=True)
+            result = q.declaration_result
+            return int(result.consumer_count or 0)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(count())
+    except Exception:
+        return 0
+
+
+@dataclass
+class Stack:
+    cfg: PlatformConfig
+    processors: int | None = None
+    started: list[ManagedProcess] = field(default_factory=list)
+    rabbit: RabbitNode | None = None
+    cassandra: CassandraNode | None = None
+    envoy: EnvoyProcess | None = None
+    ingest: ServiceProcess | None = None
+    query: ServiceProcess | None = None
+    processor_procs: list[ServiceProcess] = field(default_factory=list)
+    ca_cert: Path | None = None
+    _processors_started: int = field(default=0, init=False)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.cfg.data_dir
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "log"
+
+    # -- start ------------------------------------------------------------------------------------------
+    def up(self, *, timeout: float = 180.0) -> None:
+        """Starts everything not already provided by the configuration; raises (after stopping what it
+        started) if a component does not become healthy in time."""
+        try:
+            self._up(timeout)
+        except BaseException:
+            self.down()
+            raise
+
+    def _up(self, timeout: float) -> None:
+        cfg = self.cfg
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for source in cfg.sources:  # create generated secrets and fail early on missing ones
+            for ref in source.secrets:
+                ref.resolve()
+        if cfg.edge.tls_cert and cfg.edge.tls_key:
+            cert, key = cfg.edge.tls_cert, cfg.edge.tls_key
+        else:
+            self.ca_cert, cert, key = ensure_local_tls(cfg.tls_dir)
+
+        t0 = time.monotonic()
+        if cfg.rabbitmq.managed:
+            self.rabbit = RabbitNode(self.data_dir / "rabbitmq", cfg.rabbitmq.port, nodename=cfg.rabbitmq.nodename)
+            self._start(self.rabbit)
+        if cfg.cassandra.managed:
+            self.cassandra = CassandraNode(
+                self.data_dir / "cassandra",
+                cfg.cassandra.port,
+                cfg.cassandra.storage_port,
+                heap=cfg.cassandra.heap,
+            )
+            self._start(self.cassandra)
+        if self.rabbit:
+            self.rabbit.wait_ready(timeout)
+            log.info("rabbitmq ready", extra={"url": cfg.rabbitmq.amqp_url, "s": round(time.monotonic() - t0, 1)})
+        if self.cassandra:
+            self.cassandra.wait_ready(timeout)
+            log.info("cassandra ready", extra={"port": cfg.cassandra.port, "s": round(time.monotonic() - t0, 1)})
+
+        StoreSession.connect(cfg.cassandra, wait_seconds=timeout, create_schema=True).close()
+
+        self.query = self._grpc_service("query", cfg.query.host, cfg.query.port, "webhooks.v1.Query")
+        self._start(self.query)
+        n = self.processors or cfg.processor.count
+        for _ in range(n):
+            self.start_processor()
+        self.ingest = self._grpc_service("ingest", cfg.ingest.host, cfg.ingest.port, "webhooks.v1.Ingest")
+        self._start(self.ingest)
+
+        envoy_dir = self.data_dir / "envoy"
+        envoy_dir.mkdir(parents=True, exist_ok=True)
+        envoy_cfg = write_envoy_config(
+            cfg,
+            envoy_dir / "envoy.json",
+            descriptor_set=DevPaths.default().descriptor_set,
+            tls_cert=cert,
+            tls_key=key,
+            access_log=self.log_dir / "envoy-access.log",
+        )
+        self.envoy = EnvoyProcess(envoy_cfg, envoy_dir, cfg.edge.admin_port)
+        self._start(self.envoy)
+
+        self.query.wait_ready(timeout)
+        self.ingest.wait_ready(timeout)
+        self.wait_processors(timeout)
+        self.envoy.wait_ready(timeout)
+        log.info("stack ready", extra={"s": round(time.monotonic() - t0, 1)})
+
+    def _grpc_service(self, name: str, host: str, port: int, service: str) -> ServiceProcess:
+        """A gRPC service process (``<name>_service``), ready when its health check says SERVING."""
+        return ServiceProcess(
+            name, f"{name}_service", self.cfg.path, self.log_dir, ready=lambda: grpc_serving(host, port, service)
+        )
+
+    def start_processor(self) -> ServiceProcess:
+        """Starts one more processor (``processor-<n>``, logging to ``<n>``'s own file)."""
+        proc = ServiceProcess(f"processor-{self._processors_started}", "processor_service", self.cfg.path, self.log_dir)
+        self._processors_started += 1
+        self._start(proc)
+        self.processor_procs.append(proc)
+        return proc
+
+    def ensure_processors(self, n: int, timeout: float = 120.0) -> list[ServiceProcess]:
+        """Starts processors until ``n`` run, waits until they all consume; returns the running ones."""
+        while len(running := [p for p in self.processor_procs if p.is_running()]) < n:
+            self.start_processor()
+        self.wait_processors(timeout)
+        return running
+
+    def forget_processor(self, proc: ServiceProcess) -> None:
+        """Stops tracking a processor that was killed on purpose (fault tests), so waits ignore it."""
+        self.processor_procs.remove(proc)
+        if proc in self.started:
+            self.started.remove(proc)
+
+    def wait_processors(self, timeout: float) -> None:
+        """Waits until every live processor consumes the work queue."""
+        queue = events_topology(self.cfg).work_queue
+        deadline = time.monotonic() + timeout
+        want = sum(1 for p in self.processor_procs if p.is_running())
+        while consumer_count(self.cfg.rabbitmq.amqp_url, queue) < want:
+            for p in self.processor_procs:
+                if not p.is_running():
+                    raise StackError(f"{p.name} exited during start-up; see {p.log_path}")
+            if time.monotonic() > deadline:
+                raise StackError(f"processors did not start consuming within {timeout:g} s")
+            time.sleep(0.2)
+
+    def _start(self, proc: ManagedProcess) -> None:
+        proc.start()
+        self.started.append(proc)
+
+    # -- stop -------------------------------------------------------------------------------------------
+    def down(self) -> None:
+        """Stops everything this stack started, newest first, and nothing else."""
+        while self.started:
+            proc = self.started.pop()
+            try:
+                proc.stop()
+            except Exception as exc:  # keep stopping the rest
+                log.warning("stop failed", extra={"component": proc.name, "error": repr(exc)})
+
+    # -- report -----------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        cfg = self.cfg
+        edge = f"https://{cfg.edge.bind}:{cfg.edge.https_port}"
+        lines = [
+            "Switchboard is up.",
+            f"  edge (HTTPS)      {edge}/webhook/<source>   sources: {', '.join(s.name for s in cfg.sources)}",
+            f"  ingest (gRPC)     {cfg.ingest.host}:{cfg.ingest.port}   webhooks.v1.Ingest",
+            f"  query (gRPC)      {cfg.query.host}:{cfg.query.port}   webhooks.v1.Query (reflection on)",
+            f"  envoy admin       http://127.0.0.1:{cfg.edge.admin_port}",
+            f"  rabbitmq (AMQP)   {cfg.rabbitmq.amqp_url.replace('guest:guest@', '')}",
+            f"  cassandra (CQL)   {','.join(cfg.cassandra.hosts)}:{cfg.cassandra.port}"
+            f"  keyspace {cfg.cassandra.keyspace}",
+            f"  processors        {len(self.processor_procs)}",
+            f"  data / logs       {self.data_dir} / {self.log_dir}",
+        ]
+        if self.ca_cert:
+            lines.append(f"  local CA          {self.ca_cert}  (curl --cacert)")
+        lines.append(
+            "Send a first event:  switchboard send"
+            + (f" --config {cfg.path}" if cfg.path.name != "switchboard.toml" else "")
+        )
+        lines.append("Ctrl-C stops everything this command started.")
+        return "\n".join(lines)
+
+    def supervise(self, stop: Callable[[], bool], *, poll: float = 1.0) -> None:
+        """Restarts a service that exits on its own (not the infrastructure: that is reported and fatal)."""
+        restarts: dict[str, list[float]] = {}
+        while not stop():
+            time.sleep(poll)
+            for proc in list(self.started):
+                if proc.is_running() or stop():
+                    continue
+                if not isinstance(proc, ServiceProcess):
+                    raise StackError(f"{proc.name} exited; see {proc.log_path}")
+                recent = [t for t in restarts.get(proc.name, []) if time.monotonic() - t < 60]
+                if len(recent) >= 5:
+                    raise StackError(f"{proc.name} keeps exiting; see {proc.log_path}")
+                restarts[proc.name] = [*recent, time.monotonic()]
+                log.warning("service exited, restarting", extra={"component": proc.name, "log": str(proc.log_path)})
+                proc.start()

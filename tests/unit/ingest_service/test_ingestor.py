@@ -1,0 +1,142 @@
+"""Ingestor decisions against an in-memory publisher (pure logic: verification, source choice, limits)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from ingest_service.ingestor import Ingestor, Source, select_headers
+from switchboard import errors
+from switchboard.config import SourceConfig
+from switchboard.model.events import InboundEvent, valid_traceparent
+from switchboard.secrets import SecretRef
+from switchboard.signatures import build_verifier, sign
+
+SECRET = "whsec_unit_test_secret_value"
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@dataclass
+class RecordingPublisher:
+    """The queue, as the Ingestor sees it: confirms (records) or fails like a broker that is down."""
+
+    published: list[InboundEvent] = field(default_factory=list)
+    down: bool = False
+
+    async def publish_event(self, event: InboundEvent) -> None:
+        if self.down:
+            raise errors.BrokerUnavailable("broker did not confirm within 2 s")
+        self.published.append(event)
+
+
+@pytest.fixture
+def publisher() -> RecordingPublisher:
+    return RecordingPublisher()
+
+
+@pytest.fixture
+def ingestor(publisher: RecordingPublisher, monkeypatch: pytest.MonkeyPatch) -> Ingestor:
+    monkeypatch.setenv("SB_UNIT_SECRET", SECRET)
+    cfg = SourceConfig(name="shop", scheme="stripe", secrets=(SecretRef(env="SB_UNIT_SECRET"),), max_body_bytes=4096)
+    return Ingestor({"shop": Source(cfg, build_verifier(cfg))}, publisher, default_source="shop")
+
+
+def stripe_request(event_id: str = "evt_1", pad: int = 0, secret: str = SECRET) -> tuple[bytes, list[tuple[str, str]]]:
+    body = json.dumps(
+        {
+            "id": event_id,
+            "type": "invoice.paid",
+            "created": 1_700_000_000,
+            "data": {"object": {"id": "in_1", "memo": "x" * pad}},
+        }
+    ).encode()
+    headers = sign("stripe", secret, body, now=time.time())
+    return body, [(k, v) for k, v in headers.items()]
+
+
+async def test_a_verified_request_is_published_with_what_the_signature_vouches_for(
+    ingestor: Ingestor, publisher: RecordingPublisher
+) -> None:
+    body, headers = stripe_request("evt_ok")
+    metadata = [*headers, ("traceparent", TRACEPARENT), ("authorization", "Bearer x"), ("x-request-id", "r1")]
+    accepted = await ingestor.receive("shop", metadata, body, "application/json")
+
+    assert [e.event_id for e in publisher.published] == ["evt_ok"]
+    event = publisher.published[0]
+    assert (accepted.event_id, accepted.receipt_id) == ("evt_ok", event.receipt_id)
+    assert (event.source, event.event_type, event.provider, event.body) == ("shop", "invoice.paid", "stripe", body)
+    assert (event.entity_id, event.entity_version) == ("in_1", 1_700_000_000_000_000)
+    assert event.traceparent == TRACEPARENT
+    assert "authorization" not in event.headers and event.headers["x-request-id"] == "r1"
+
+
+async def test_each_receipt_gets_its_own_receipt_id_and_a_trace_when_the_caller_sent_none(
+    ingestor: Ingestor, publisher: RecordingPublisher
+) -> None:
+    body, headers = stripe_request("evt_twice")
+    await ingestor.receive("", headers, body, "application/json")  # "" is the default source
+    await ingestor.receive("shop", [*headers, ("traceparent", "garbage")], body, "application/json")
+    first, second = publisher.published
+    assert first.receipt_id != second.receipt_id
+    assert valid_traceparent(first.traceparent) and valid_traceparent(second.traceparent)
+    assert second.traceparent != "garbage"
+
+
+@pytest.mark.parametrize(
+    ("source", "body_pad", "secret", "error", "reason"),
+    [
+        ("nope", 0, SECRET, errors.UnknownSource, "UNKNOWN_SOURCE"),
+        ("shop", 5000, SECRET, errors.PayloadTooLarge, "PAYLOAD_TOO_LARGE"),
+        ("shop", 0, "whsec_someone_else", errors.SignatureError, "SIGNATURE_MISMATCH"),
+    ],
+)
+async def test_refused_requests_are_never_published(
+    ingestor: Ingestor,
+    publisher: RecordingPublisher,
+    source: str,
+    body_pad: int,
+    secret: str,
+    error: type[errors.SwitchboardError],
+    reason: str,
+) -> None:
+    body, headers = stripe_request(pad=body_pad, secret=secret)
+    with pytest.raises(error) as raised:
+        await ingestor.receive(source, headers, body, "application/json")
+    assert raised.value.reason == reason
+    assert publisher.published == []
+
+
+async def test_no_source_and_no_default_is_an_invalid_request(publisher: RecordingPublisher) -> None:
+    with pytest.raises(errors.InvalidRequest) as raised:
+        await Ingestor({}, publisher, default_source=None).receive("", [], b"{}", "application/json")
+    assert raised.value.reason == "SOURCE_MISSING"
+
+
+async def test_a_broker_that_does_not_confirm_is_unavailable_not_accepted(
+    ingestor: Ingestor, publisher: RecordingPublisher
+) -> None:
+    publisher.down = True
+    body, headers = stripe_request()
+    with pytest.raises(errors.BrokerUnavailable):
+        await ingestor.receive("shop", headers, body, "application/json")
+
+
+def test_select_headers_drops_transport_and_credentials() -> None:
+    kept = select_headers(
+        [
+            ("Stripe-Signature", "t=1,v1=ab"),
+            ("content-type", "application/grpc"),
+            ("grpc-timeout", "5S"),
+            ("x-envoy-expected-rq-timeout-ms", "1"),
+            (":authority", "x"),
+            ("authorization", "Bearer s3cret"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-custom", "a"),
+            ("x-custom", "b"),
+            ("trace-bin", b"\x00"),
+        ]
+    )
+    assert kept == {"stripe-signature": "t=1,v1=ab", "x-forwarded-for": "1.2.3.4", "x-custom": "a, b"}

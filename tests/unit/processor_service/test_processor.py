@@ -1,0 +1,119 @@
+"""The Processor's decisions (duplicate, redelivery, stale, retry, failed, replay) against in-memory stores."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from processor_service.operations import Operation, OperationContext, Registry
+from processor_service.processor import Disposition, Processor
+from switchboard.model.events import EventStatus, InboundEvent, Outcome
+from tests.unit.factories import event
+from tests.unit.processor_service.fakes import MemoryEvents
+
+
+class Flaky:
+    """An operation that fails until attempt ``ok_from``; counts its calls."""
+
+    def __init__(self, ok_from: int) -> None:
+        self.ok_from = ok_from
+        self.calls = 0
+
+    async def __call__(self, e: InboundEvent, ctx: OperationContext) -> None:
+        self.calls += 1
+        if ctx.attempt < self.ok_from:
+            raise ConnectionError(f"attempt {ctx.attempt} refused")
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, e: InboundEvent, ctx: OperationContext) -> None:
+        self.calls += 1
+        ctx.save_entity_state(e)
+
+
+@pytest.fixture
+def store() -> MemoryEvents:
+    return MemoryEvents()
+
+
+def processor(store: MemoryEvents, *ops: Operation, max_attempts: int = 3) -> Processor:
+    return Processor(store, store, Registry(ops), max_attempts=max_attempts)
+
+
+async def test_first_receipt_is_applied_and_committed(store: MemoryEvents) -> None:
+    entity = Counter()
+    handled = await processor(store, Operation("entity", entity, takes_context=True)).handle(event())
+    assert (handled.disposition, handled.attempt, handled.applied) == (Disposition.PROCESSED, 1, 1)
+    assert store.stored["shop/evt_1"].status is EventStatus.PROCESSED
+    assert store.ok_runs("shop/evt_1") == {"entity": 1}
+    assert [fx.entity_id for fx in store.effects] == ["in_1"]
+    assert store.marks[("shop", "in_1")] == 7
+
+
+async def test_another_receipt_of_a_claimed_event_is_a_duplicate_and_runs_nothing(store: MemoryEvents) -> None:
+    entity = Counter()
+    p = processor(store, Operation("entity", entity, takes_context=True))
+    await p.handle(event(receipt_id="r1"))
+    handled = await p.handle(event(receipt_id="r2"))
+    assert handled.disposition is Disposition.DUPLICATE
+    assert entity.calls == 1 and store.duplicates == {"shop/evt_1": ["r2"]}
+
+
+async def test_a_redelivered_final_receipt_is_done_and_repairs_its_index_row(store: MemoryEvents) -> None:
+    entity = Counter()
+    p = processor(store, Operation("entity", entity, takes_context=True))
+    await p.handle(event())
+    del store.index["shop/evt_1"]  # a crash lost the index write
+    handled = await p.handle(event())
+    assert (handled.disposition, entity.calls) == (Disposition.DONE, 1)
+    assert store.index["shop/evt_1"] is EventStatus.PROCESSED
+
+
+async def test_a_failed_operation_is_retried_and_done_ones_are_not_rerun(store: MemoryEvents) -> None:
+    entity, flaky = Counter(), Flaky(ok_from=3)
+    p = processor(store, Operation("entity", entity, takes_context=True), Operation("flaky", flaky, takes_context=True))
+    first = await p.handle(event())
+    assert (first.disposition, first.attempt) == (Disposition.RETRY, 1)
+    assert first.last_error == "flaky: ConnectionError: attempt 1 refused"
+    assert store.stored["shop/evt_1"].status is EventStatus.RETRYING
+    second, third = await p.handle(event()), await p.handle(event())
+    assert [second.disposition, third.disposition] == [Disposition.RETRY, Disposition.PROCESSED]
+    assert (entity.calls, flaky.calls) == (1, 3)
+    assert store.ok_runs("shop/evt_1") == {"entity": 1, "flaky": 1}
+
+
+async def test_the_last_failed_attempt_is_failed(store: MemoryEvents) -> None:
+    p = processor(store, Operation("flaky", Flaky(ok_from=99), takes_context=True), max_attempts=2)
+    assert (await p.handle(event())).disposition is Disposition.RETRY
+    failed = await p.handle(event())
+    assert (failed.disposition, failed.attempt) == (Disposition.FAILED, 2)
+    assert store.stored["shop/evt_1"].status is EventStatus.FAILED
+    assert (await p.handle(event())).disposition is Disposition.DONE  # a copy of the dead letter is a no-op
+
+
+async def test_an_event_older_than_its_entity_is_stale_and_skipped(store: MemoryEvents) -> None:
+    entity = Counter()
+    p = processor(store, Operation("entity", entity, takes_context=True))
+    await p.handle(event(event_id="evt_new", entity_version=20))
+    stale = await p.handle(event(event_id="evt_old", entity_version=10))
+    assert stale.disposition is Disposition.STALE
+    assert stale.last_error == "stale: entity in_1 is at version 20, this event carries 10"
+    assert [(r.operation, r.outcome) for r in store.stored["shop/evt_old"].results] == [("entity", Outcome.SKIPPED)]
+    assert entity.calls == 1 and store.marks[("shop", "in_1")] == 20
+    equal = await p.handle(event(event_id="evt_same", entity_version=20))
+    assert equal.disposition is Disposition.PROCESSED  # equal versions are applied
+
+
+async def test_a_replay_runs_every_operation_again_without_a_claim(store: MemoryEvents) -> None:
+    entity = Counter()
+    p = processor(store, Operation("entity", entity, takes_context=True))
+    original = event()
+    await p.handle(original)
+    replayed = await p.handle(replace(original, receipt_id="r-replay", replay=True))
+    assert (replayed.disposition, replayed.attempt) == (Disposition.PROCESSED, 2)
+    assert entity.calls == 2 and store.ok_runs("shop/evt_1") == {"entity": 2}
+    assert store.duplicates == {}

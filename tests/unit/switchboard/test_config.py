@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from switchboard.config import load_config, parse_config
+from switchboard.errors import ConfigError
+from switchboard.secrets import SecretRef
+from switchboard_devstack.paths import DevPaths
+
+
+def base(**over: object) -> dict[str, object]:
+    raw: dict[str, object] = {
+        "sources": [{"name": "shop", "scheme": "stripe", "secrets": [{"env": "SHOP_SECRET"}]}],
+    }
+    raw.update(over)
+    return raw
+
+
+def test_default_config_file_parses_with_a_demo_source() -> None:
+    cfg = load_config(DevPaths.default().default_config)
+    assert cfg.edge.https_port == 8443 and cfg.edge.bind == "127.0.0.1"
+    assert cfg.edge.default_source == "demo"
+    assert cfg.source("demo") is not None
+    assert cfg.data_dir.name == "var"
+    assert [op.name for op in cfg.processor.operations] == ["log", "entity"]
+    assert cfg.processor.retry.max_attempts == 8 and cfg.processor.retry.levels_ms()[0] == 1000
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    cfg = parse_config(
+        base(sources=[{"name": "a", "scheme": "stripe", "secrets": [{"file": "s/a.secret"}]}]),
+        tmp_path / "x.toml",
+    )
+    assert cfg.data_dir == tmp_path / "var"
+    assert cfg.sources[0].secrets[0].file == tmp_path / "s" / "a.secret"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            base(sources=[{"name": "shop", "scheme": "nope", "secrets": [{"env": "X"}]}]),
+            "scheme 'nope' is unknown",
+        ),
+        (base(sources=[{"name": "shop", "scheme": "stripe"}]), "never accepted unverified"),
+        (base(sources=[{"name": "shop", "scheme": "stripe", "secrets": [{"value": "x"}]}]), "unknown key"),
+        (base(sources=[{"name": "Bad Name", "scheme": "stripe", "secrets": [{"env": "X"}]}]), "must match"),
+        (base(edge={"default_source": "missing"}), "no source named 'missing'"),
+        (base(edge={"https_port": 70000}), "not a TCP port"),
+        (base(edge={"bind": "localhost:1"}), "not an IP address"),
+        (base(cassandra={"keyspace": "x; DROP"}), "not a valid keyspace"),
+        (base(cassandra={"ttl_seconds": 60}), "at least one day"),
+        (base(bogus={}), "unknown key"),
+        (base(processor={"operations": [{"name": "x", "call": "no colon"}]}), "module:function"),
+        (base(processor={"retry": {"max_attempts": 0}}), "positive integer"),
+        (base(processor={"retry": {"min_backoff_seconds": 5, "max_backoff_seconds": 1}}), "must not be less"),
+        (base(processor={"retry": {"min_backoff_seconds": 0.001, "max_backoff_seconds": 86400}}), "24 delay"),
+        (base(processor={"retry": {"jitter": True}}), "unknown key"),
+        (base(cassandra={"serial_consistency": "ONE"}), "must be one of LOCAL_SERIAL, SERIAL"),
+    ],
+)
+def test_unsafe_or_invalid_config_is_refused(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw, Path("/tmp/switchboard.toml"))
+
+
+def test_secret_refs_resolve_without_exposing_the_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SB_TEST_SECRET", "whsec_topsecret")
+    secret = SecretRef(env="SB_TEST_SECRET").resolve()
+    assert secret.reveal() == "whsec_topsecret"
+    assert "topsecret" not in repr(secret) and "topsecret" not in str(secret)
+    with pytest.raises(ConfigError, match="SB_TEST_MISSING"):
+        SecretRef(env="SB_TEST_MISSING").resolve()
+    generated = SecretRef(file=tmp_path / "g.secret", generate="whsec").resolve()
+    assert generated.reveal().startswith("whsec_")
+    assert (tmp_path / "g.secret").stat().st_mode & 0o777 == 0o600
+    assert SecretRef(file=tmp_path / "g.secret", generate="whsec").resolve() == generated  # kept, not rotated
+
+
+def test_retry_policy_parses() -> None:
+    cfg = parse_config(
+        base(processor={"retry": {"max_attempts": 3, "min_backoff_seconds": 0.5, "max_backoff_seconds": 2}}),
+        Path("/tmp/switchboard.toml"),
+    )
+    assert cfg.processor.retry.max_attempts == 3
+    assert cfg.processor.retry.levels_ms() == (500, 1000, 2000)

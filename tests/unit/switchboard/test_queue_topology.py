@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from switchboard.backoff import Backoff, jittered
+from switchboard.config import RetryConfig
+from switchboard.queue import Topology
+
+
+def test_retry_levels_double_up_to_the_cap_and_jitter_stays_within_the_level() -> None:
+    retry = RetryConfig(max_attempts=10, min_backoff_seconds=1, max_backoff_seconds=20)
+    assert retry.levels_ms() == (1000, 2000, 4000, 8000, 16000, 20000)
+    topology = Topology("sb", "events", retry.levels_ms())
+    assert [topology.level_for_attempt(a) for a in (1, 2, 5, 6, 9)] == [1000, 2000, 16000, 20000, 20000]
+    assert RetryConfig(min_backoff_seconds=0.25, max_backoff_seconds=0.25).levels_ms() == (250,)
+    rng = random.Random(7)
+    delays = [jittered(topology.level_for_attempt(3), rng) for _ in range(200)]
+    assert all(2000 <= d <= 4000 for d in delays)
+    assert len({round(d) for d in delays}) > 50  # jittered, not one fixed delay
+
+
+def test_a_handler_delay_goes_to_the_shortest_level_that_holds_it() -> None:
+    topology = Topology("sb", "deliveries", (5_000, 300_000, 1_800_000))
+    assert [topology.level_for_delay(d) for d in (1, 5_000, 5_001, 299_999, 10**9)] == [
+        5_000,
+        5_000,
+        300_000,
+        300_000,
+        1_800_000,
+    ]
+    with pytest.raises(ValueError, match="no delay queues"):
+        Topology("sb", "events").level_for_delay(1)
+
+
+def test_names_derive_from_the_stream() -> None:
+    t = Topology("sb", "deliveries", (200,))
+    assert (t.exchange, t.work_queue, t.retry_exchange, t.dead_exchange, t.dead_queue) == (
+        "sb.deliveries",
+        "sb.deliveries",
+        "sb.deliveries.retry",
+        "sb.deliveries.dead",
+        "sb.deliveries.dead",
+    )
+    assert t.queues() == ["sb.deliveries", "sb.deliveries.retry.200ms", "sb.deliveries.dead"]
+    assert t.retry_queue_arguments(200)["x-dead-letter-exchange"] == "sb.deliveries"
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    delays = Backoff(0.2, 1.0).delays()
+    assert [next(delays) for _ in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
