@@ -8,23 +8,26 @@ native gRPC, 400 for percent-encoded query names). The HTTP filter chain, in ord
 
 1. ``header_mutation`` strips ``grpc-*`` and ``x-envoy-upstream-*`` from every response (first in the chain,
    so last on the way out: it sees what the transcoder produced);
-2. ``rbac``: each source's ``allow_cidrs`` (per route) on the client address Envoy trusts
+2. ``lua`` turns Envoy's replies to gRPC-typed requests, which Envoy always sends in gRPC form (HTTP 200 and
+   ``grpc-status``), back into their HTTP status and JSON body (see ``_refuse_grpc_route``);
+3. ``rbac``: each source's ``allow_cidrs`` (per route) on the client address Envoy trusts
    (``use_remote_address``, no trusted hops: a forged ``X-Forwarded-For`` changes nothing);
-3. ``local_ratelimit`` twice: ``edge.per_ip_rate_limit`` (one bucket per client address, shared by all
+4. ``local_ratelimit`` twice: ``edge.per_ip_rate_limit`` (one bucket per client address, shared by all
    sources), then each source's ``rate_limit`` (one bucket per source);
-4. ``grpc_json_transcoder`` builds ``ReceiveRequest{source, payload: HttpBody}`` from the raw body, answers
+5. ``grpc_json_transcoder`` builds ``ReceiveRequest{source, payload: HttpBody}`` from the raw body, answers
    413 past the route's ``max_body_bytes`` (per-route transcoder configuration: it counts the body itself,
    exactly, whether it arrives in one HTTP/2 frame or chunked), and turns the gRPC status of the answer
    into an HTTP status and a JSON ``google.rpc.Status`` body;
-5. ``buffer``, whose only job is to lift the stream's buffer limit a little above the transcoder's, so that
+6. ``buffer``, whose only job is to lift the stream's buffer limit a little above the transcoder's, so that
    the gRPC message of a body of exactly the limit (body + framing) is not refused by Envoy itself;
-6. ``router``.
+7. ``router``.
 
 Envoy's own replies (400, 403, 404, 405, 413, 415, 429, 503, 504, ...) are rewritten by
 ``local_reply_config`` into the shape the transcoder gives gRPC errors, so callers see one error format:
 ``{"code": <gRPC code>, "message": "...", "details": [{"@type": ".../google.rpc.ErrorInfo",
-"reason": "...", "domain": "switchboard"}]}``. The transcoder's translation of an upstream error is not a
-local reply and keeps the upstream's ``google.rpc.Status`` (with its details).
+"reason": "...", "domain": "switchboard"}]}``, with the HTTP status Envoy chose, whatever the request's
+content type. The transcoder's translation of an upstream error is not a local reply and keeps the
+upstream's ``google.rpc.Status`` (with its details).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
 
 # Filter names. Per-route configuration (``typed_per_filter_config``) is keyed by these names.
 HEADER_MUTATION = "envoy.filters.http.header_mutation"
+GRPC_LOCAL_REPLY = "envoy.filters.http.lua.grpc_local_reply"
 RBAC = "envoy.filters.http.rbac"
 # Two instances of envoy.filters.http.local_ratelimit (the extension is named by typed_config).
 PER_IP_RATELIMIT = "envoy.filters.http.local_ratelimit.per_ip"
@@ -113,9 +117,49 @@ ENCODED_QUERY_NAME_RE = r"^[^?]*\?([^&]*&)*[^=&]*%.*"
 # ReceiveRequest fields bound from the path; never from the query string.
 PATH_BOUND_FIELDS = ("source",)
 
+# Set by local_reply_config on each of Envoy's own replies to the HTTP status it chose (%RESPONSE_CODE%): a
+# header survives Envoy's rewriting of a local reply into gRPC form, which replaces the status with 200.
+LOCAL_REPLY_STATUS_HEADER = "x-switchboard-local-reply-status"
+
 # Removed from every response: the gRPC status travels as the HTTP status and the JSON body, never as
-# headers, and upstream timing is nobody's business outside.
-STRIPPED_RESPONSE_HEADER_PREFIXES = ("grpc-", "x-envoy-upstream-")
+# headers, and upstream timing is nobody's business outside. (The Lua filter already removes the local
+# reply's status header; it is listed in case it did not run.)
+STRIPPED_RESPONSE_HEADER_PREFIXES = ("grpc-", "x-envoy-upstream-", LOCAL_REPLY_STATUS_HEADER)
+
+# Envoy answers every local reply to a request it classes as gRPC (content type exactly application/grpc
+# or application/grpc+...) in gRPC form: HTTP 200, content-type application/grpc, grpc-status, and the body
+# (here the JSON google.rpc.Status) percent-encoded in grpc-message. On the way out this puts back the HTTP
+# status local_reply_config chose and the body, byte for byte what any other client gets (the JSON
+# formatter's final newline, which Envoy drops from the header, included). Upstream responses carry no
+# LOCAL_REPLY_STATUS_HEADER and pass untouched.
+GRPC_LOCAL_REPLY_LUA = f"""
+local STATUS_HEADER = "{LOCAL_REPLY_STATUS_HEADER}"
+
+local function percent_decode(s)
+  return (s:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end))
+end
+
+function envoy_on_response(response_handle)
+  local headers = response_handle:headers()
+  local status = headers:get(STATUS_HEADER)
+  if status == nil then
+    return
+  end
+  headers:remove(STATUS_HEADER)
+  if headers:get(":status") ~= "200" or headers:get("content-type") ~= "application/grpc" then
+    return
+  end
+  local message = headers:get("grpc-message")
+  headers:replace(":status", status)
+  headers:replace("content-type", "application/json")
+  headers:remove("grpc-status")
+  headers:remove("grpc-message")
+  if message ~= nil then
+    -- Envoy sends no grpc-message (so no body here) for HEAD.
+    response_handle:body(true):setBytes(percent_decode(message) .. "\\n")
+  end
+end
+"""
 
 
 def render_envoy_config(
@@ -282,6 +326,14 @@ def _http_filters(cfg: PlatformConfig, descriptor_set: Path) -> list[JSON]:
             },
         },
         {
+            # Right after header_mutation, so just before it on the way out: it must read grpc-message.
+            "name": GRPC_LOCAL_REPLY,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": GRPC_LOCAL_REPLY_LUA},
+            },
+        },
+        {
             # No rules here: routes of sources with an allowlist carry their own policy.
             "name": RBAC,
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"},
@@ -433,15 +485,26 @@ def _local_reply_config() -> JSON:
     """Envoy's own replies as JSON ``google.rpc.Status`` bodies.
 
     Only local replies pass through here: the transcoder's translation of an upstream gRPC error is an
-    upstream response and keeps its body. (A reply to a native gRPC request is sent in gRPC form by Envoy;
-    this JSON then becomes its ``grpc-message``.)
+    upstream response and keeps its body. Each reply also carries its HTTP status in
+    ``LOCAL_REPLY_STATUS_HEADER``: Envoy then rewrites a reply to a gRPC-typed request into gRPC form (HTTP
+    200, this JSON in ``grpc-message``), and the Lua filter puts the status and the body back.
     """
-    mappers: list[JSON] = [
-        {"filter": _status_filter("EQ", err.http_status), "body_format_override": _error_body(err)}
-        for err in LOCAL_REPLY_ERRORS
-    ]
-    mappers.append({"filter": _status_filter("GE", 400), "body_format_override": _error_body(FALLBACK_LOCAL_REPLY)})
+    mappers: list[JSON] = [_mapper(_status_filter("EQ", err.http_status), err) for err in LOCAL_REPLY_ERRORS]
+    mappers.append(_mapper(_status_filter("GE", 400), FALLBACK_LOCAL_REPLY))
     return {"mappers": mappers}
+
+
+def _mapper(status_filter: JSON, err: LocalReplyError) -> JSON:
+    return {
+        "filter": status_filter,
+        "body_format_override": _error_body(err),
+        "headers_to_add": [
+            {
+                "header": {"key": LOCAL_REPLY_STATUS_HEADER, "value": "%RESPONSE_CODE%"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+    }
 
 
 def _status_filter(op: str, status: int) -> JSON:
@@ -555,11 +618,31 @@ def _source_routes(cfg: PlatformConfig, src: SourceConfig, path: str, descriptor
 
 
 def _refuse_grpc_route() -> JSON:
-    """Native gRPC (and gRPC-Web) is not served at the edge.
+    """Native gRPC (and gRPC-Web) is not served at the edge: 415 with the JSON body, over HTTP/1.1 and HTTP/2.
 
-    Envoy answers a request whose content type is ``application/grpc`` in gRPC form whatever the filter
-    (HTTP 200 with ``grpc-status``), and the transcoder does not translate it. The usual stripping of
-    ``grpc-*`` would leave a bare 200, so this route keeps them: a gRPC client sees a proper error.
+    Why a plain 415 here is not enough: Envoy classes a request as gRPC (content type exactly
+    ``application/grpc`` or ``application/grpc+...``, case-sensitive; not ``application/grpc-web``) once,
+    from the headers as received, at the very start of the connection manager's ``decodeHeaders``
+    (``FilterManager::requestHeadersInitialized`` sets ``is_grpc_request_``), before early header mutation,
+    routing or any filter. Every local reply to such a request (this direct response, but also RBAC,
+    rate-limit, 404, ... replies) goes through ``Http::Utility::sendLocalReply``, which first applies
+    ``local_reply_config`` (its body, headers, even a mapper's ``status_code``) and then, for a gRPC request,
+    overwrites ``:status`` with 200, sets ``content-type: application/grpc`` and ``grpc-status`` (2, UNKNOWN,
+    for 415) and moves the body into ``grpc-message`` (a trailers-only gRPC response). So a 415 direct
+    response, a local_reply_config mapper with ``status_code: 415`` and an ``early_header_mutation`` that
+    rewrites the content type all still answered HTTP 200 (the last one also let the request past this route
+    to the ingest service), and the usual stripping of ``grpc-*`` would have left a bare, empty 200, which a
+    sender takes for "queued".
+
+    What fixes it: encoder filters still see the reply after that rewrite. ``local_reply_config`` tags every
+    local reply with its real status (``LOCAL_REPLY_STATUS_HEADER``, which survives the rewrite), and the Lua
+    filter (``GRPC_LOCAL_REPLY_LUA``) turns a gRPC-form local reply back into that status and the JSON body.
+    header_mutation stays off on this route: should the Lua filter not run, a gRPC client still sees a
+    ``grpc-status`` error rather than a bare 200.
+
+    The request never reaches the ingest service: this route is first and matches any content type starting
+    with ``application/grpc`` (any case), a superset of what Envoy classes as gRPC, on every path, and it
+    answers at once, without reading the body.
     """
     return {
         "name": "refuse_grpc",
