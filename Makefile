@@ -3,14 +3,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 BUF    := .tools/node/node_modules/.bin/buf
 CONFIG ?=
+PROCESSORS ?=
 
-.PHONY: setup run test unit proto check-gen lint bench bench-claim clean
+.PHONY: setup run test unit proto check-gen lint bench clean
 
 setup:            ## install everything: venv, Envoy, Cassandra, RabbitMQ (if missing), buf
 	scripts/setup.sh
 
 run:              ## start the whole platform on the local default (data under var/); Ctrl-C stops it
-	$(VENV)/bin/switchboard stack up $(if $(CONFIG),--config $(CONFIG))
+	$(VENV)/bin/switchboard stack up $(if $(CONFIG),--config $(CONFIG)) $(if $(PROCESSORS),--processors $(PROCESSORS))
 
 test: lint check-gen  ## lint, generated-code check, unit + integration + end-to-end tests
 	$(PY) -m pytest -q
@@ -32,11 +33,8 @@ lint:             ## buf lint, ruff, mypy, architecture contracts (import-linter
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-bench:            ## full-path benchmark: HTTPS -> Envoy -> ingest -> RabbitMQ -> processor -> Cassandra
+bench:            ## full-path benchmark, load from wrk: HTTPS -> Envoy -> ingest -> RabbitMQ -> processor -> Cassandra
 	$(PY) -m bench.pipeline $(BENCH_ARGS)
-
-bench-claim:      ## cost of the idempotency claim (LWT) against a plain read and write, on its own Cassandra
-	$(PY) -m bench.claim $(BENCH_ARGS)
 
 clean:            ## remove local data (var/); keeps installed tools
 	rm -rf var/

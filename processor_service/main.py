@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 
+from processor_service import failpoints
 from processor_service.operations import Registry
 from processor_service.pipeline import EventPipeline
 from processor_service.processor import Processor
@@ -35,23 +36,34 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
             cfg.rabbitmq.amqp_url,
             events_topology(cfg),
             EventPipeline(processor),
-            WorkerSettings(prefetch=cfg.processor.prefetch),
+            WorkerSettings(
+                prefetch=cfg.processor.prefetch,
+                max_batch=cfg.processor.batch,
+                concurrency=cfg.processor.concurrency,
+                member=args.member,
+                redelivery_delay=cfg.processor.redelivery_delay_seconds,
+            ),
             purpose="processor-consumer",
-            hooks=[stats],
+            hooks=[stats, *failpoints.armed()],
         )
         await worker.start(life.stopping)
         life.on_close(worker.close)
-        reporter = asyncio.create_task(stats.report_forever(worker, "processor", args.stats_interval))
+        reporter = asyncio.create_task(stats.report_forever(worker, "processor", cfg.processor.stats_interval_seconds))
         life.push(reporter.cancel)
         log.info("processor ready", extra={"operations": [op.name for op in registry.operations]})
         await life.until_stopped()
         log.info("processor stopping: no new messages, finishing in-flight ones", extra={"in_flight": worker.in_flight})
         drained = await worker.stop(DRAIN_SECONDS)
-        log.info("processor stopped", extra={"drained": drained, "left_unacked": worker.in_flight})
+        log.info("processor stopped", extra={"drained": drained, "left_unacked": worker.running})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stats-interval", type=float, default=60.0, help="seconds between stats log lines")
+    parser.add_argument(
+        "--member",
+        type=int,
+        default=None,
+        help="this processor's index among its peers (0, 1, ...): it prefers every N-th partition from it",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

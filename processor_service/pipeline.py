@@ -4,7 +4,6 @@ ordering by key and store back-off are the worker's (``switchboard.queue.worker`
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -33,26 +32,31 @@ class EventPipeline:
         return message.message_id
 
     async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
-        results = await asyncio.gather(*(self._one(m) for m in batch), return_exceptions=True)
-        # Every pass has finished (none is left running) before a store error makes the worker retry them.
-        verdicts: list[Verdict] = []
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-            verdicts.append(r)
-        return verdicts
-
-    async def _one(self, message: QueueMessage) -> Verdict:
-        try:
-            event = decode_inbound(message.body)
-        except InvalidRequest as exc:
-            # Not ours to fix by retrying: park it in the dead-letter queue for a human.
-            log.error(
-                "undecodable message dead-lettered", extra={"message_id": message.message_id, "error": exc.message}
-            )
-            return DeadLetter(0, exc.message, outcome="undecodable")
-        handled = await self.processor.handle(event)
-        return verdict(event, handled)
+        verdicts: list[Verdict | None] = [None] * len(batch)
+        events: list[tuple[int, InboundEvent]] = []
+        for i, message in enumerate(batch):
+            try:
+                events.append((i, decode_inbound(message.body)))
+            except InvalidRequest as exc:
+                # Not ours to fix by retrying: park it in the dead-letter queue for a human.
+                log.error(
+                    "undecodable message dead-lettered", extra={"message_id": message.message_id, "error": exc.message}
+                )
+                verdicts[i] = DeadLetter(0, exc.message, outcome="undecodable")
+        while events:
+            # One receipt per event at a time (the worker already orders by message id; a message whose id does
+            # not match its body waits for the next round).
+            keys: set[str] = set()
+            now: list[tuple[int, InboundEvent]] = []
+            later: list[tuple[int, InboundEvent]] = []
+            for i, e in events:
+                (later if e.key in keys else now).append((i, e))
+                keys.add(e.key)
+            handled = await self.processor.handle([e for _, e in now])
+            for (i, e), h in zip(now, handled, strict=True):
+                verdicts[i] = verdict(e, h)
+            events = later
+        return [v for v in verdicts if v is not None]
 
 
 def verdict(event: InboundEvent, handled: Handled) -> Verdict:

@@ -1,56 +1,63 @@
-"""Processor domain: claim, guard, run the operations that are not done yet, commit, decide what's next.
+"""Processor domain: decide what each receipt is, guard, run the operations that are not done yet, commit.
 
-At-least-once delivery from the queue becomes "applied once, recorded forever":
+At-least-once delivery from the queue becomes "applied once, recorded forever", for a whole batch of
+receipts at a time (one read of what is stored, one write of every outcome):
 
-* **Idempotency.** The first receipt of a (source, event_id) to win the store's claim (a lightweight
-  transaction) is the one applied; any other receipt is recorded as a duplicate, whichever processor sees it.
-  A redelivery of the winning receipt (a processor died before its ack) reads what was committed and only
-  runs the operations that have no OK or SKIPPED result yet.
+* **Idempotency without a lightweight transaction.** Every receipt of one event (same ``source/event_id``)
+  travels through the same partition of the events stream, which has one active processor at a time, and
+  that processor never handles two receipts of one key at once (the queue worker orders by key). So receipts
+  of one event are decided one after the other, and a plain read decides: nothing stored yet → this receipt
+  is applied; stored under another receipt → a duplicate, recorded and acked; stored under this receipt → a
+  redelivery (the processor died before its ack) or a retry, which resumes from what was committed and only
+  runs the operations with no OK or SKIPPED result yet. Replays (``replay``) are applied again on purpose.
 * **Out-of-order guard.** An event whose entity already holds a higher version is recorded as STALE and its
-  operations are not run. Equal versions are applied.
+  operations are not run; equal versions are applied. Events of one entity in the same batch are guarded in
+  arrival order against each other too.
 * **Attempts.** A pass whose operation failed is RETRYING (the worker schedules it through a delay queue)
   until ``max_attempts``, then FAILED (the worker dead-letters it). The attempt count lives in the store, so
   it survives redeliveries and restarts.
 
-The caller acks only after ``handle`` returned: every outcome is committed before that. The caller also
-never runs two receipts of one key at the same time in this process (the queue worker orders by key).
+The caller acks only after ``handle`` returned: every outcome is committed before that. ``docs/processing.md``
+lists the crash windows and what each leaves behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from processor_service.operations import Registry
+from processor_service.operations import Operation, Registry
 from switchboard.model.events import (
-    Effect,
+    Commit,
     EventStatus,
     InboundEvent,
     OperationResult,
     Outcome,
-    ProcessingState,
+    Prior,
     StoredEvent,
     now_us,
 )
 
 TERMINAL = frozenset({EventStatus.PROCESSED, EventStatus.STALE, EventStatus.FAILED})
-FRESH = ProcessingState(None, 0, frozenset())
 
 
 class EventStore(Protocol):
-    async def claim(self, source: str, event_id: str, receipt_id: str, now_us: int) -> tuple[bool, str]: ...
-    async def processing_state(self, source: str, event_id: str) -> ProcessingState: ...
+    async def priors(self, events: Sequence[InboundEvent]) -> dict[str, Prior]: ...
+    async def done_operations(self, source: str, event_id: str) -> frozenset[str]: ...
     async def commit(
-        self, stored: StoredEvent, effects: Sequence[Effect] = (), *, mark_entity: bool = False
+        self,
+        commits: Sequence[Commit],
+        *,
+        duplicates: Sequence[InboundEvent] = (),
+        reindex: Sequence[tuple[InboundEvent, EventStatus]] = (),
     ) -> None: ...
-    async def write_index(self, e: InboundEvent, status: EventStatus) -> None: ...
-    async def save_duplicate(self, e: InboundEvent) -> None: ...
 
 
 class EntityVersions(Protocol):
-    async def version(self, source: str, entity_id: str) -> int | None: ...
+    async def versions(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]: ...
 
 
 class Disposition(enum.Enum):
@@ -58,7 +65,7 @@ class Disposition(enum.Enum):
     STALE = "stale"  # older than its entity's applied version: ack
     RETRY = "retry"  # an operation failed, attempts left: schedule a retry, then ack
     FAILED = "failed"  # an operation failed on the last attempt: dead-letter, then ack
-    DUPLICATE = "duplicate"  # another receipt of this key holds the claim: ack
+    DUPLICATE = "duplicate"  # another receipt of this event was applied: ack
     DONE = "done"  # this receipt was already committed in a final state (a redelivery): ack
 
 
@@ -70,6 +77,16 @@ class Handled:
     applied: int = 0  # operations that ran and succeeded in this pass
 
 
+@dataclass
+class _Pass:
+    """One receipt to apply: its attempt number and the operations still to run."""
+
+    event: InboundEvent
+    attempt: int
+    ops: list[Operation]
+    guarded: bool
+
+
 class Processor:
     def __init__(self, store: EventStore, entities: EntityVersions, registry: Registry, *, max_attempts: int) -> None:
         self.store = store
@@ -77,56 +94,94 @@ class Processor:
         self.registry = registry
         self.max_attempts = max_attempts
 
-    async def handle(self, event: InboundEvent) -> Handled:
-        state = FRESH
-        if event.replay:
-            # A replay is applied again on purpose: no claim, and every operation runs.
-            previous = await self.store.processing_state(event.source, event.event_id)
-            state = ProcessingState(None, previous.attempts, frozenset())
-        else:
-            won, holder = await self.store.claim(event.source, event.event_id, event.receipt_id, now_us())
-            if holder != event.receipt_id:
-                await self.store.save_duplicate(event)
-                return Handled(Disposition.DUPLICATE)
-            if not won:
-                state = await self.store.processing_state(event.source, event.event_id)
-        if state.status in TERMINAL:
-            await self.store.write_index(event, state.status)  # repairs an index row lost to a crash
-            return Handled(Disposition.DONE, state.attempts)
-        return await self._apply(event, state)
+    async def handle(self, events: Sequence[InboundEvent]) -> list[Handled]:
+        """Decides, applies and commits a batch of receipts with distinct keys; one ``Handled`` each, in order."""
+        assert len({e.key for e in events}) == len(events), "one receipt per event in a batch"
+        priors = await self.store.priors(events)
+        out: list[Handled | None] = [None] * len(events)
+        duplicates: list[InboundEvent] = []
+        reindex: list[tuple[InboundEvent, EventStatus]] = []
+        resumed: list[tuple[int, InboundEvent, Prior]] = []
+        passes: dict[int, _Pass] = {}
+        for i, e in enumerate(events):
+            prior = priors.get(e.key)
+            if e.replay:
+                # A replay is applied again on purpose: every operation runs, as the next attempt.
+                passes[i] = self._pass(e, (prior.attempts if prior else 0) + 1, frozenset())
+            elif prior is None:
+                passes[i] = self._pass(e, 1, frozenset())
+            elif prior.receipt_id != e.receipt_id:
+                duplicates.append(e)
+                out[i] = Handled(Disposition.DUPLICATE)
+            elif prior.status in TERMINAL:
+                reindex.append((e, prior.status))  # repairs an index row lost to a crash
+                out[i] = Handled(Disposition.DONE, prior.attempts)
+            else:
+                resumed.append((i, e, prior))
+        if resumed:  # retries and redeliveries of a non-final pass: skip what is done
+            done = await asyncio.gather(*(self.store.done_operations(e.source, e.event_id) for _, e, _ in resumed))
+            for (i, e, prior), ops_done in zip(resumed, done, strict=True):
+                passes[i] = self._pass(e, prior.attempts + 1, ops_done)
 
-    async def _apply(self, event: InboundEvent, state: ProcessingState) -> Handled:
-        attempt = state.attempts + 1
-        ops = [op for op in self.registry.matching(event) if op.name not in state.done]
-        guarded = bool(event.entity_id and event.entity_version > 0)
-        if guarded:
-            current = await self.entities.version(event.source, event.entity_id)
-            if current is not None and current > event.entity_version:
-                reason = (
-                    f"stale: entity {event.entity_id} is at version {current}, "
-                    f"this event carries {event.entity_version}"
+        commits: dict[int, Commit] = {}
+        stale = await self._guard(events, passes)
+        for i, reason in stale.items():
+            p = passes.pop(i)
+            finished = now_us()
+            skipped = [OperationResult(op.name, Outcome.SKIPPED, p.attempt, 0, finished, reason) for op in p.ops]
+            commits[i] = Commit(StoredEvent(p.event, EventStatus.STALE, skipped, finished, p.attempt, reason))
+            out[i] = Handled(Disposition.STALE, p.attempt, reason)
+        ran = await asyncio.gather(*(self._run(p) for p in passes.values()))
+        for i, (commit, handled) in zip(passes, ran, strict=True):
+            commits[i] = commit
+            out[i] = handled
+        await self.store.commit([commits[i] for i in sorted(commits)], duplicates=duplicates, reindex=reindex)
+        assert all(h is not None for h in out)
+        return [h for h in out if h is not None]
+
+    def _pass(self, event: InboundEvent, attempt: int, done: frozenset[str]) -> _Pass:
+        ops = [op for op in self.registry.matching(event) if op.name not in done]
+        return _Pass(event, attempt, ops, guarded=bool(event.entity_id and event.entity_version > 0))
+
+    async def _guard(self, events: Sequence[InboundEvent], passes: dict[int, _Pass]) -> dict[int, str]:
+        """The passes older than their entity's applied version (index → reason). Passes of one entity in this
+        batch are taken in arrival order, each moving the version for the ones after it."""
+        keys = {(p.event.source, p.event.entity_id) for p in passes.values() if p.guarded}
+        if not keys:
+            return {}
+        versions = await self.entities.versions(keys)
+        stale: dict[int, str] = {}
+        for i in sorted(passes):
+            p = passes[i]
+            if not p.guarded:
+                continue
+            key = (p.event.source, p.event.entity_id)
+            current = versions.get(key)
+            if current is not None and current > p.event.entity_version:
+                stale[i] = (
+                    f"stale: entity {p.event.entity_id} is at version {current}, "
+                    f"this event carries {p.event.entity_version}"
                 )
-                finished = now_us()
-                skipped = [OperationResult(op.name, Outcome.SKIPPED, attempt, 0, finished, reason) for op in ops]
-                stored = StoredEvent(event, EventStatus.STALE, skipped, finished, attempt, reason)
-                await self.store.commit(stored)
-                return Handled(Disposition.STALE, attempt, reason)
+            else:
+                versions[key] = p.event.entity_version
+        return stale
 
+    async def _run(self, p: _Pass) -> tuple[Commit, Handled]:
+        """Runs the pass's operations one after another and builds what to commit."""
         results: list[OperationResult] = []
-        effects: list[Effect] = []
-        for op in ops:
-            result, staged = await op.run(event, attempt)
+        commit = Commit(StoredEvent(p.event, EventStatus.PROCESSED), mark_entity=p.guarded)
+        for op in p.ops:
+            result, staged = await op.run(p.event, p.attempt)
             results.append(result)
-            effects.extend(staged)
+            commit.effects.extend(staged)
         failed = [r for r in results if r.outcome is Outcome.FAILED]
         last_error = "; ".join(f"{r.operation}: {r.error}" for r in failed)[:2000]
         if not failed:
             status, disposition = EventStatus.PROCESSED, Disposition.PROCESSED
-        elif attempt < self.max_attempts:
+        elif p.attempt < self.max_attempts:
             status, disposition = EventStatus.RETRYING, Disposition.RETRY
         else:
             status, disposition = EventStatus.FAILED, Disposition.FAILED
-        stored = StoredEvent(event, status, results, now_us(), attempt, last_error)
-        await self.store.commit(stored, effects, mark_entity=guarded)
+        commit.stored = StoredEvent(p.event, status, results, now_us(), p.attempt, last_error)
         applied = sum(1 for r in results if r.outcome is Outcome.OK)
-        return Handled(disposition, attempt, last_error, applied)
+        return commit, Handled(disposition, p.attempt, last_error, applied)

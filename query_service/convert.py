@@ -60,6 +60,11 @@ def status_from_pb(value: int) -> EventStatus | None:
     """A requested status filter; None for UNSPECIFIED."""
     if value == event_pb2.EVENT_STATUS_UNSPECIFIED:
         return None
+    if value == event_pb2.EVENT_STATUS_RECEIVED:
+        # Only the queue holds RECEIVED events; the store records an event once a processor decided on it.
+        raise InvalidRequest(
+            "RECEIVED is not a stored status: list PROCESSED, RETRYING, FAILED or STALE", reason="STATUS_INVALID"
+        )
     try:
         return _STATUS_OF_PB[value]
     except KeyError:

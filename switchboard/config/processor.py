@@ -12,6 +12,7 @@ from switchboard.config._table import Table, resolve_path, table
 from switchboard.errors import ConfigError
 
 MAX_DELAY_LEVELS = 24
+MAX_PARTITIONS = 100
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,23 @@ class RetryConfig:
 @dataclass(frozen=True)
 class ProcessorConfig:
     count: int = 1
-    prefetch: int = 256
+    # Partitions of the events stream: every receipt of one event goes to the same one, and each has one
+    # active processor at a time. More partitions spread the load over more processors.
+    partitions: int = 8
+    # Unacked messages per partition a processor holds.
+    prefetch: int = 128
+    # Messages handed to the pipeline at once, and how many such batches run together.
+    batch: int = 128
+    concurrency: int = 2
+    # A redelivered event waits this long before it is processed, so that the writes a processor that died had
+    # in flight for it have landed or timed out (Cassandra's write timeout is 2 s).
+    redelivery_delay_seconds: float = 3.0
     operations: tuple[OperationConfig, ...] = ()
     retry: RetryConfig = field(default_factory=RetryConfig)
     # Directories put in front of sys.path before the operations are imported (a team's own modules).
     python_path: tuple[Path, ...] = ()
+    # Seconds between the processor's stats log lines.
+    stats_interval_seconds: float = 60.0
 
 
 def parse_processor(raw: Mapping[str, Any], base: Path) -> ProcessorConfig:
@@ -70,11 +83,18 @@ def parse_processor(raw: Mapping[str, Any], base: Path) -> ProcessorConfig:
         raise ConfigError("processor.operations: must be an array of tables ([[processor.operations]])")
     processor = ProcessorConfig(
         count=t.pos_int("count"),
+        partitions=t.pos_int("partitions"),
         prefetch=t.pos_int("prefetch"),
+        batch=t.pos_int("batch"),
+        concurrency=t.pos_int("concurrency"),
+        redelivery_delay_seconds=t.float_between("redelivery_delay_seconds", 0, 60),
         operations=tuple(_operation(o, j) for j, o in enumerate(operations)),
         retry=_retry(table(raw, "retry", "processor")),
         python_path=tuple(resolve_path(base, p) for p in t.strings("python_path")),
+        stats_interval_seconds=t.pos_float("stats_interval_seconds"),
     )
+    if processor.partitions > MAX_PARTITIONS:
+        raise ConfigError(f"processor.partitions: at most {MAX_PARTITIONS}")
     names = [o.name for o in processor.operations]
     if len(set(names)) != len(names):
         raise ConfigError(f"processor.operations: duplicate operation names in {names}")

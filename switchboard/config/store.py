@@ -11,7 +11,6 @@ from switchboard.config._table import Table
 from switchboard.errors import ConfigError
 
 CONSISTENCY_LEVELS = frozenset({"ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "ALL"})
-SERIAL_LEVELS = frozenset({"SERIAL", "LOCAL_SERIAL"})
 MIN_TTL_SECONDS = 24 * 3600
 
 
@@ -28,8 +27,6 @@ class CassandraConfig:
     protocol_version: int | None = 3
     # Consistency for reads and writes (ONE locally, LOCAL_QUORUM on a cluster).
     consistency: str = "ONE"
-    # Consistency of the Paxos phase of lightweight transactions (LOCAL_SERIAL on a multi-DC cluster).
-    serial_consistency: str = "SERIAL"
     # Size of the time buckets of the per-source listing table.
     bucket_seconds: int = 3600
     ttl_seconds: int = 30 * 24 * 3600
@@ -53,7 +50,6 @@ def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
         heap=t.string("heap"),
         protocol_version=protocol or None,
         consistency=t.string("consistency", choices=CONSISTENCY_LEVELS, upper=True),
-        serial_consistency=t.string("serial_consistency", choices=SERIAL_LEVELS, upper=True),
         bucket_seconds=t.pos_int("bucket_seconds"),
         ttl_seconds=t.pos_int("ttl_seconds"),
     )

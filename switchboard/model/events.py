@@ -78,12 +78,13 @@ Effect = EntitySnapshot
 
 
 @dataclass(frozen=True, slots=True)
-class ProcessingState:
-    """What the store knows about a claimed event before a new processing pass."""
+class Prior:
+    """What the store holds of an event before a new processing pass: the receipt that was applied (the first
+    to be committed), the status of its last pass and the attempts made."""
 
-    status: EventStatus | None  # None: claimed, nothing committed yet
+    receipt_id: str
+    status: EventStatus
     attempts: int
-    done: frozenset[str]  # operations with an OK or SKIPPED result: never run again for this event
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,16 @@ class StoredEvent:
     attempts: int = 0
     last_error: str = ""
     duplicates: int = 0
+
+
+@dataclass(slots=True)
+class Commit:
+    """One processing pass to write: the event with its status and new results, the effects its operations
+    staged, and whether it moves its entity's version mark."""
+
+    stored: StoredEvent
+    effects: list[Effect] = field(default_factory=list)
+    mark_entity: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,11 @@
 """Acking in delivery-tag order, many messages per frame (``basic.ack`` with ``multiple``).
 
-Delivery tags are per channel and increase with every delivery. A message settled out of order (its batch
-finished first) waits until every earlier delivery of its channel is settled too, then one ``multiple`` ack
-covers them all. If more than ``max_waiting`` settled messages wait behind a slow one, they are acked one by
-one instead, so that a slow message never holds the prefetch window full.
+Delivery tags are per channel and increase with every delivery. A ``multiple`` ack settles every unacked
+delivery of the channel up to its tag, so it is only ever sent for a prefix in which every message was
+settled: a message still held (not started, or running) is never acked by another one's frame. A message
+settled out of order (its batch finished first) waits until every earlier delivery of its channel is settled
+too, then one ``multiple`` ack covers them all. If more than ``max_waiting`` settled messages wait behind a
+slow one, they are acked one by one instead, so that a slow message never holds the prefetch window full.
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ class AckTracker:
             self.frames += 1
             await raw.ack(multiple=True)
         if len(self._settled) > self.max_waiting:
-            for tag in sorted(self._settled):
-                raw = self._outstanding.pop(tag)
-                self.frames += 1
-                await raw.ack()
-            self._settled.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Acks every settled message now, one by one (those waiting behind an unsettled one)."""
+        for tag in sorted(self._settled):
+            raw = self._outstanding.pop(tag)
+            self._settled.discard(tag)
+            self.frames += 1
+            await raw.ack()

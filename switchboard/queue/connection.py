@@ -20,11 +20,16 @@ CONNECT_BACKOFF = Backoff(0.5, 5.0)
 DRIVER_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPError, OSError, RuntimeError)
 
 
-async def connect(url: str, *, purpose: str, stop: asyncio.Event | None = None) -> AbstractRobustConnection:
-    """A robust (self-reconnecting) connection, retried until the broker answers or ``stop`` is set."""
+async def connect(
+    url: str, *, purpose: str, stop: asyncio.Event | None = None, heartbeat: int | None = None
+) -> AbstractRobustConnection:
+    """A robust (self-reconnecting) connection, retried until the broker answers or ``stop`` is set.
+    ``heartbeat`` (seconds) bounds how long the broker takes to notice this process frozen or cut off."""
     for attempt, delay in enumerate(CONNECT_BACKOFF.delays(), start=1):
         try:
-            conn = await aio_pika.connect_robust(url, client_properties={"connection_name": purpose}, timeout=5)
+            conn: AbstractRobustConnection = await aio_pika.connect_robust(
+                url, client_properties={"connection_name": purpose}, timeout=5, heartbeat=heartbeat
+            )
             log.info("connected to RabbitMQ", extra={"purpose": purpose, "attempt": attempt})
             return conn
         except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:

@@ -20,6 +20,8 @@ class QueueMessage:
     queue: str
     # The driver's message (acks, nacks, the channel it came on); for the worker only.
     raw: Any = field(repr=False, default=None)
+    # Monotonic time before which the worker does not hand it to the handler (a redelivery, see the worker).
+    not_before: float = 0.0
 
     @property
     def attempt(self) -> int:

@@ -1,18 +1,30 @@
 """The RabbitMQ topology of one stream (``events`` from ingest to the processors; ``deliveries`` next), all
 names derived from the stream's, the way dramatiq derives ``.DQ``/``.XQ`` from a queue name:
 
-* exchange ``<prefix>.<stream>`` (direct) → work queue ``<prefix>.<stream>`` (routing key ``<stream>``).
+* exchange ``<prefix>.<stream>`` (direct): where publishers publish (routing key ``<stream>``).
+* work queue ``<prefix>.<stream>``, or, for a partitioned stream, ``partitions`` queues
+  ``<prefix>.<stream>.p00`` ... behind a consistent-hash exchange ``<prefix>.<stream>.hash`` (bound to the
+  first) that hashes on the ``message_id`` property: every message with the same id (every receipt of one
+  event) lands in the same partition. Partitions are bound in name order, because the broker rebuilds the
+  hash ring from the bindings sorted by queue name after a restart (bound in another order, ids move).
+  With ``single_active`` each work queue has one active consumer at a time (``x-single-active-consumer``);
+  the others wait and take over, with the unacked messages, when it goes. ``<prefix>.<stream>.members``
+  carries no message: every consumer consumes it, so its consumer count is the number of live consumers.
 * exchange ``<prefix>.<stream>.retry`` (direct) → one delay queue per level, ``<prefix>.<stream>.retry.<ms>ms``
-  (routing key ``<ms>``), each with that TTL (``x-message-ttl``) and dead-lettering back to the work
-  exchange. A retried message also carries a jittered ``expiration`` up to its level; messages expire from
-  the head of a queue, so none waits longer than its level.
+  (routing key ``<ms>``), each with that TTL (``x-message-ttl``) and dead-lettering back to the stream's
+  exchange, so a retried message returns to its own partition. A retried message also carries a jittered
+  ``expiration`` up to its level; messages expire from the head of a queue, so none waits longer than its
+  level.
 * exchange ``<prefix>.<stream>.dead`` (direct) → queue ``<prefix>.<stream>.dead``: messages that exhausted
   their attempts or could not be decoded, republished with ``x-attempt`` and ``x-last-error`` headers.
 
 Every queue is a quorum queue; every exchange durable. Dead-lettering is at-least-once
 (``x-dead-letter-strategy`` with ``x-overflow: reject-publish``, without which RabbitMQ silently falls back to
-at-most-once). ``x-delivery-limit`` on the work queue stops a message that crashes its consumer every time
+at-most-once). ``x-delivery-limit`` on the work queues stops a message that crashes its consumer every time
 from looping for ever: after that many deliveries the broker dead-letters it, never drops it.
+
+Declaring a queue or exchange that exists with other arguments (an older layout) fails: ``ConfigError``
+says which, and what to do.
 """
 
 from __future__ import annotations
@@ -22,9 +34,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractQueue
+import aiormq
+from aio_pika.abc import AbstractChannel
+
+from switchboard.errors import ConfigError
 
 DELIVERY_LIMIT = 20
+HASH_EXCHANGE_TYPE = "x-consistent-hash"
 
 _AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 
@@ -34,10 +50,31 @@ class Topology:
     prefix: str
     stream: str = "events"
     retry_levels_ms: tuple[int, ...] = ()
+    partitions: int = 1
+    single_active: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.partitions <= 100:
+            raise ConfigError(f"stream {self.stream}: partitions must be between 1 and 100, not {self.partitions}")
 
     @property
     def name(self) -> str:
         return f"{self.prefix}.{self.stream}"
+
+    @property
+    def partitioned(self) -> bool:
+        return self.partitions > 1
+
+    @property
+    def hash_exchange(self) -> str:
+        return f"{self.name}.hash"
+
+    @property
+    def work_queues(self) -> list[str]:
+        """The queues consumers consume, in name order."""
+        if not self.partitioned:
+            return [self.name]
+        return [f"{self.name}.p{i:02d}" for i in range(self.partitions)]
 
     @property
     def exchange(self) -> str:
@@ -48,8 +85,10 @@ class Topology:
         return self.stream
 
     @property
-    def work_queue(self) -> str:
-        return self.name
+    def members_queue(self) -> str:
+        """A queue nobody publishes to: every consumer of a partitioned stream consumes it too, so its consumer
+        count is the number of live consumers (a single-active-consumer queue counts only the active one)."""
+        return f"{self.name}.members"
 
     @property
     def retry_exchange(self) -> str:
@@ -68,7 +107,7 @@ class Topology:
 
     def queues(self) -> list[str]:
         """Every queue of the stream (work, delay and dead-letter queues)."""
-        return [self.work_queue, *(self.retry_queue(ms) for ms in self.retry_levels_ms), self.dead_queue]
+        return [*self.work_queues, *(self.retry_queue(ms) for ms in self.retry_levels_ms), self.dead_queue]
 
     def level_for_attempt(self, attempt: int) -> int:
         """The delay queue a message waits in after failed attempt ``attempt`` (1-based): level ``attempt``,
@@ -87,13 +126,16 @@ class Topology:
 
     # -- arguments ---------------------------------------------------------------------------------------
     def work_queue_arguments(self) -> dict[str, Any]:
-        return {
+        args: dict[str, Any] = {
             "x-queue-type": "quorum",
             "x-dead-letter-exchange": self.dead_exchange,
             "x-dead-letter-routing-key": self.routing_key,
             "x-delivery-limit": DELIVERY_LIMIT,
             **_AT_LEAST_ONCE,
         }
+        if self.single_active:
+            args["x-single-active-consumer"] = True
+        return args
 
     def retry_queue_arguments(self, level_ms: int) -> dict[str, Any]:
         return {
@@ -104,15 +146,42 @@ class Topology:
             **_AT_LEAST_ONCE,
         }
 
-    async def declare(self, channel: AbstractChannel) -> AbstractQueue:
-        """Declares every exchange, queue and binding (idempotent); returns the work queue."""
+    async def declare(self, channel: AbstractChannel) -> None:
+        """Declares every exchange, queue and binding (idempotent). The partitions are bound before any delay
+        queue exists: a message expiring into a hash exchange without bindings stays stuck for minutes."""
+        try:
+            await self._declare(channel)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise ConfigError(
+                f"the broker holds part of stream {self.name} with other arguments ({exc}): an older layout? "
+                "Drain and delete it (for the local stack: stop it and `make clean`)"
+            ) from None
+        except aiormq.exceptions.ConnectionCommandInvalid as exc:
+            raise ConfigError(
+                f"the broker refused stream {self.name}'s layout ({exc}); a partitioned stream needs the "
+                "rabbitmq_consistent_hash_exchange plugin enabled"
+            ) from None
+
+    async def _declare(self, channel: AbstractChannel) -> None:
         direct = aio_pika.ExchangeType.DIRECT
         dead_x = await channel.declare_exchange(self.dead_exchange, direct, durable=True)
         dead_q = await channel.declare_queue(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
         await dead_q.bind(dead_x, self.routing_key)
-        work_x = await channel.declare_exchange(self.exchange, direct, durable=True)
-        work_q = await channel.declare_queue(self.work_queue, durable=True, arguments=self.work_queue_arguments())
-        await work_q.bind(work_x, self.routing_key)
+        front = await channel.declare_exchange(self.exchange, direct, durable=True)
+        if self.partitioned:
+            ring = await channel.declare_exchange(
+                self.hash_exchange, HASH_EXCHANGE_TYPE, durable=True, arguments={"hash-property": "message_id"}
+            )
+            await ring.bind(front, self.routing_key)
+            target = ring
+            binding = "1"  # each partition's weight on the ring
+        else:
+            target, binding = front, self.routing_key
+        for name in self.work_queues:  # in name order
+            q = await channel.declare_queue(name, durable=True, arguments=self.work_queue_arguments())
+            await q.bind(target, binding)
+        if self.partitioned:
+            await channel.declare_queue(self.members_queue, durable=True, arguments={"x-queue-type": "classic"})
         if self.retry_levels_ms:
             retry_x = await channel.declare_exchange(self.retry_exchange, direct, durable=True)
             for ms in self.retry_levels_ms:
@@ -120,4 +189,3 @@ class Topology:
                     self.retry_queue(ms), durable=True, arguments=self.retry_queue_arguments(ms)
                 )
                 await q.bind(retry_x, str(ms))
-        return work_q

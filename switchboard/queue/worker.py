@@ -19,11 +19,20 @@ The worker owns, so that no handler repeats them:
   the dead-letter queue with ``x-attempt``/``x-last-error``; both with publisher confirms, then ack. A crash
   between the copy and the ack leaves two copies: handlers must be idempotent (they are: they read what was
   committed). If the copy cannot be published, the message is returned to the queue instead.
+* **Redeliveries wait.** With ``redelivery_delay``, a message the broker redelivers (its consumer died or
+  lost its channel) is handed to the handler only that long after it arrived: the dead consumer may have had
+  writes for it in flight, and the handler must read what they did, not race them.
 * **Store back-off.** A handler raising ``Unavailable`` (the store is down) gets the same batch again after a
   back-off, for as long as the worker still holds its messages; if the channel closes meanwhile, the
   messages are abandoned (the broker hands them to another consumer) and never acked.
-* **Drain.** ``stop()`` cancels consumption, lets running batches finish, and leaves the messages it had not
-  started to the broker (unacked, they are redelivered).
+* **Partitions.** A stream may be several single-active-consumer queues (``Topology.partitions``): the
+  worker consumes each on a channel of its own, so the broker keeps one active consumer per partition and
+  fails it over to a waiting one, with the unacked messages, when its process dies. With
+  ``WorkerSettings.member`` set (this process's index among its peers), it subscribes first to its share
+  of the partitions and, ``standby_delay`` later, to the others as a standby; when all its peers are back
+  after a failure it hands the partitions it took over back (``_rebalance``).
+* **Drain.** ``stop()`` starts no new batch, lets running ones finish and acks them, then closes the channels:
+  the messages it had not started go back to the broker unacked (see ``stop`` for why it does not cancel).
 * **Hooks.** ``WorkerHooks`` see every settled message with its verdict, every batch and every store retry:
   the stats line and metrics plug in there, not into handlers.
 """
@@ -35,12 +44,12 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from switchboard.backoff import Backoff, jittered
 from switchboard.errors import BrokerUnavailable, Unavailable
@@ -80,12 +89,58 @@ class WorkerHooks:
     def forward_failed(self, message: QueueMessage, error: BrokerUnavailable) -> None:
         """The retry or dead-letter copy could not be published; the message was returned to the queue."""
 
+    def forwarded(self, message: QueueMessage, verdict: Verdict) -> None:
+        """The copy a Retry or DeadLetter asked for is confirmed; ``message`` is not acked yet."""
+
 
 @dataclass(frozen=True)
 class WorkerSettings:
+    # Unacked messages per work queue (each partition has its own window).
     prefetch: int = 256
     max_batch: int = 32
+    # Batches handled at the same time.
     concurrency: int = 8
+    # This consumer's index among its peers, for the partition preference; None: no preference.
+    member: int | None = None
+    standby_delay: float = 2.0
+    rebalance_interval: float = 5.0
+    # Seconds of silence after which the broker drops the connection (and fails its partitions over).
+    heartbeat: int = 10
+    # A redelivered message waits this long before the handler sees it: long enough for the writes a dead
+    # consumer had in flight for it to land or time out, so that the handler reads what they did.
+    redelivery_delay: float = 0.0
+
+
+async def _ignore(message: AbstractIncomingMessage) -> None:
+    """The members queue carries no message; should one arrive, it is dropped (``no_ack``)."""
+
+
+def _channel_of(raw: AbstractIncomingMessage) -> Any | None:
+    """The channel a message came on, None once it is closed (its unacked messages are back at the broker)."""
+    try:
+        channel = raw.channel
+    except DRIVER_ERRORS:
+        return None
+    return None if channel.is_closed else channel
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("worker task failed", exc_info=task.exception())
+
+
+class _Subscription:
+    """One work queue consumed on a channel of its own."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self.channel: AbstractChannel | None = None
+        self.consumer_tag = ""
+        self.leaving = False  # handing the queue over: take no new message from it
+        self.delivered = 0  # messages received since the last rebalance check
+        self.running = 0  # its messages in batches the handler is working on
+        self.idle = asyncio.Event()  # set while running == 0
+        self.idle.set()
 
 
 class QueueWorker:
@@ -110,60 +165,140 @@ class QueueWorker:
         self.stopping = asyncio.Event()
         self._conn: AbstractRobustConnection | None = None
         self._forward_channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._tag: str | None = None
+        self._subs = {name: _Subscription(name) for name in topology.work_queues}
         self._pending: deque[QueueMessage] = deque()
         self._wakeup = asyncio.Event()
         self._active_keys: set[str] = set()
+        self._by_tag: dict[str, _Subscription] = {}
         self._running = 0  # messages in batches the handler is working on
         self._idle = asyncio.Event()
         self._idle.set()
-        self._trackers: dict[int, AckTracker] = {}
-        self._runners: list[asyncio.Task[None]] = []
+        # One per (consumer tag, underlying channel): delivery tags restart when a channel is reopened.
+        self._trackers: dict[tuple[str, int], AckTracker] = {}
+        self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def start(self, stop: asyncio.Event | None = None) -> None:
-        self._conn = await connect(self.url, purpose=self.purpose, stop=stop)
-        channel = await self._conn.channel()
-        await channel.set_qos(prefetch_count=self.settings.prefetch)
-        self._queue = await self.topology.declare(channel)
+        self._conn = await connect(self.url, purpose=self.purpose, stop=stop, heartbeat=self.settings.heartbeat)
+        declaring = await self._conn.channel()
+        await self.topology.declare(declaring)
+        await declaring.close()
         self._forward_channel = await self._conn.channel(publisher_confirms=True)
-        self._runners = [asyncio.create_task(self._run()) for _ in range(self.settings.concurrency)]
-        self._tag = await self._queue.consume(self._on_message, no_ack=False)
+        members = 1
+        if self.topology.partitioned:
+            members = await self._join()
+        self._tasks = [self._background(self._run()) for _ in range(self.settings.concurrency)]
+        preferred = self.preferred(members)
+        for sub in self._subs.values():
+            if sub.queue in preferred:
+                await self._subscribe(sub)
+        if len(preferred) < len(self._subs):
+            self._tasks.append(self._background(self._subscribe_standby(preferred)))
+        if self.settings.member is not None and self.topology.partitioned:
+            self._tasks.append(self._background(self._rebalance_forever()))
         log.info(
             "consuming",
             extra={
-                "queue": self.topology.work_queue,
+                "queues": sorted(preferred),
+                "standby_for": sorted(set(self._subs) - preferred),
                 "prefetch": self.settings.prefetch,
                 "batch": self.settings.max_batch,
             },
         )
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        task.add_done_callback(_log_failure)
+        return task
+
+    async def _join(self) -> int:
+        """Consumes the stream's members queue (presence only: nothing is ever published there); returns how
+        many consumers are members now, this one included."""
+        assert self._conn is not None
+        channel = await self._conn.channel()
+        queue = await channel.declare_queue(self.topology.members_queue, passive=True)
+        await queue.consume(_ignore, no_ack=True)
+        return await self._members()
+
+    async def _members(self) -> int:
+        ((_, members),) = (await self._declared([self.topology.members_queue])).values()
+        return max(members, 1)
+
+    def preferred(self, members: int) -> set[str]:
+        """The work queues this consumer subscribes to first: every ``members``-th partition from its own
+        index (all of them without an index)."""
+        member = self.settings.member
+        if member is None or members <= 1:
+            return set(self._subs)
+        return {q for i, q in enumerate(self._subs) if i % members == member % members}
+
+    async def _subscribe(self, sub: _Subscription) -> None:
+        assert self._conn is not None
+        channel = await self._conn.channel()
+        await channel.set_qos(prefetch_count=self.settings.prefetch)
+        # Declared (passively) through the robust channel, so that a reconnect consumes it again.
+        queue = await channel.declare_queue(sub.queue, passive=True)
+        sub.channel = channel
+        sub.leaving = False
+        sub.consumer_tag = f"{self.purpose}.{sub.queue}.{self.rng.getrandbits(32):08x}"
+        self._by_tag[sub.consumer_tag] = sub
+        await queue.consume(self._on_message, no_ack=False, consumer_tag=sub.consumer_tag)
+
+    async def _subscribe_standby(self, preferred: set[str]) -> None:
+        await asyncio.sleep(self.settings.standby_delay)
+        for sub in self._subs.values():
+            if sub.queue not in preferred and sub.channel is None and not self.stopping.is_set():
+                await self._subscribe(sub)
 
     @property
     def in_flight(self) -> int:
         """Messages held: started by the handler or waiting to be."""
         return self._running + len(self._pending)
 
+    @property
+    def running(self) -> int:
+        """Messages in batches the handler is working on."""
+        return self._running
+
     async def stop(self, drain_within: float = 20.0) -> bool:
-        """Stops consuming, waits for running batches; True if they all finished in time."""
+        """Stops starting batches, waits until the running ones are committed and acked, then closes the
+        consuming channels: messages held but never started go back to the head of their queue, in order, for
+        another consumer. True if every running batch finished in time.
+
+        Consumption is not cancelled first on purpose: on a single-active-consumer queue a cancel makes the
+        next consumer active at once, while this one still holds messages of the same keys.
+        """
         self.stopping.set()
-        if self._queue is not None and self._tag is not None:
-            try:
-                await self._queue.cancel(self._tag)
-            except DRIVER_ERRORS as exc:  # the channel may already be gone; unacked messages return anyway
-                log.info("cancel failed", extra={"error": repr(exc)})
-            self._tag = None
-        self._pending.clear()  # never started: left unacked, the broker redelivers them
         self._wakeup.set()
         try:
             await asyncio.wait_for(self._idle.wait(), drain_within)
             drained = True
         except TimeoutError:
             drained = False
-        for task in self._runners:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._runners, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sub in self._subs.values():
+            await self._release(sub)
+        self._pending.clear()
         return drained
+
+    async def _release(self, sub: _Subscription) -> None:
+        """Acks what was settled on the queue's channel, then closes it: its unstarted messages return."""
+        channel, sub.channel = sub.channel, None
+        if channel is None:
+            return
+        sub.leaving = True  # from now on its deliveries are not taken (see _on_message)
+        tag = sub.consumer_tag
+        trackers = [key for key in self._trackers if key[0] == tag]
+        try:
+            for key in trackers:
+                await self._trackers.pop(key).flush()
+            await channel.close()
+        except DRIVER_ERRORS as exc:  # already gone: the broker returns its messages anyway
+            log.info("closing a consumer channel failed", extra={"queue": sub.queue, "error": repr(exc)})
+        self._by_tag.pop(tag, None)
+        self._pending = deque(m for m in self._pending if m.raw.consumer_tag != tag)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -171,43 +306,105 @@ class QueueWorker:
 
     async def depths(self) -> dict[str, int]:
         """Messages ready in each queue of the topology (for the stats line and metrics)."""
+        return {name: ready for name, (ready, _) in (await self._declared()).items()}
+
+    async def _declared(self, names: Sequence[str] | None = None) -> dict[str, tuple[int, int]]:
+        """(ready messages, consumers) of each queue, from a passive declare."""
         if self._conn is None:
             return {}
         channel = await self._conn.channel()
         try:
-            out: dict[str, int] = {}
-            for name in self.topology.queues():
-                q = await channel.declare_queue(name, passive=True)
-                out[name] = int(q.declaration_result.message_count or 0)
+            out: dict[str, tuple[int, int]] = {}
+            for name in names or self.topology.queues():
+                result = (await channel.declare_queue(name, passive=True)).declaration_result
+                out[name] = (int(result.message_count or 0), int(result.consumer_count or 0))
             return out
         finally:
             await channel.close()
 
+    # -- rebalancing ------------------------------------------------------------------------------------
+    async def _rebalance_forever(self) -> None:
+        while not self.stopping.is_set():
+            await asyncio.sleep(self.settings.rebalance_interval)
+            try:
+                await self._rebalance()
+            except (*DRIVER_ERRORS, BrokerUnavailable) as exc:
+                log.info("rebalance check failed", extra={"error": repr(exc)})
+
+    async def _rebalance(self) -> None:
+        """Hands back one partition this consumer is active on but another member prefers (members counted on
+        the stream's members queue)."""
+        busy = [sub for sub in self._subs.values() if sub.delivered and sub.channel is not None]
+        for sub in self._subs.values():
+            sub.delivered = 0
+        if not busy:
+            return
+        mine = self.preferred(await self._members())
+        for sub in busy:
+            if sub.queue not in mine and not self.stopping.is_set():
+                await self._hand_over(sub)
+                return
+
+    async def _hand_over(self, sub: _Subscription) -> None:
+        """Lets the next waiting consumer take ``sub``'s queue: finish what was started from it, ack, close the
+        channel (unstarted messages return to the head of the queue), then wait in line again."""
+        log.info("handing a partition over", extra={"queue": sub.queue})
+        sub.leaving = True
+        await sub.idle.wait()
+        await self._release(sub)
+        await self._subscribe(sub)
+
     # -- consuming --------------------------------------------------------------------------------------
+    def _tracker(self, raw: AbstractIncomingMessage) -> AckTracker:
+        key = (raw.consumer_tag or "", id(_channel_of(raw)))
+        tracker = self._trackers.get(key)
+        if tracker is None:
+            tracker = self._trackers[key] = AckTracker(max_waiting=self.settings.prefetch // 4)
+        return tracker
+
     async def _on_message(self, raw: AbstractIncomingMessage) -> None:
-        tracker = self._trackers.setdefault(id(raw.channel), AckTracker(max_waiting=self.settings.prefetch // 4))
-        tracker.delivered(raw.delivery_tag or 0, raw)
+        sub = self._by_tag.get(raw.consumer_tag or "")
+        if sub is None or sub.leaving:
+            # Delivered to a subscription being closed (a hand-over): the broker gets it back unacked with the
+            # channel and gives it to the partition's next consumer. Starting it here would run it twice.
+            return
+        self._tracker(raw).delivered(raw.delivery_tag or 0, raw)
+        sub.delivered += 1
         message = QueueMessage(
             body=raw.body,
             message_id=raw.message_id or "",
             headers=dict(raw.headers or {}),
             redelivered=bool(raw.redelivered),
-            queue=raw.routing_key or "",
+            queue=sub.queue,
             raw=raw,
         )
+        if message.redelivered and self.settings.redelivery_delay > 0:
+            message.not_before = time.monotonic() + self.settings.redelivery_delay
+            asyncio.get_running_loop().call_later(self.settings.redelivery_delay, self._wakeup.set)
         self._pending.append(message)
         self._wakeup.set()
 
     def _take(self) -> list[QueueMessage]:
-        """The next batch: pending messages in arrival order whose key is not being handled; the others stay."""
+        """The next batch: pending messages in arrival order whose key is not being handled, whose queue is not
+        being handed over and whose redelivery delay is over; the others stay (and so do later messages of
+        their keys)."""
         batch: list[QueueMessage] = []
         keys: set[str] = set()
+        held: set[str] = set()
         kept: deque[QueueMessage] = deque()
+        now = time.monotonic()
         while self._pending and len(batch) < self.settings.max_batch:
             message = self._pending.popleft()
             key = self.handler.key(message)
-            if key is not None and (key in self._active_keys or key in keys):
+            sub = self._subs.get(message.queue)
+            if (
+                (key is not None and (key in self._active_keys or key in keys or key in held))
+                or (sub is not None and sub.leaving)
+                or message.not_before > now
+            ):
                 kept.append(message)
+                if key is not None:
+                    held.add(key)
                 continue
             if key is not None:
                 keys.add(key)
@@ -223,25 +420,37 @@ class QueueWorker:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            self._running += len(batch)
-            self._idle.clear()
+            self._started(batch, +1)
             try:
                 await self._process(batch)
             except Exception:  # a bug in a handler must not kill the runner; the messages are redelivered
                 log.exception("batch failed; its messages are left for redelivery", extra={"size": len(batch)})
             finally:
-                self._running -= len(batch)
+                self._started(batch, -1)
                 for message in batch:
                     key = self.handler.key(message)
                     if key is not None:
                         self._active_keys.discard(key)
-                if self._running == 0:
-                    self._idle.set()
                 self._wakeup.set()
+
+    def _started(self, batch: Sequence[QueueMessage], sign: int) -> None:
+        self._running += sign * len(batch)
+        for m in batch:
+            sub = self._subs.get(m.queue)
+            if sub is not None:
+                sub.running += sign
+                if sub.running == 0:
+                    sub.idle.set()
+                else:
+                    sub.idle.clear()
+        if self._running == 0:
+            self._idle.set()
+        else:
+            self._idle.clear()
 
     def _abandoned(self, batch: Sequence[QueueMessage]) -> bool:
         """True once the messages can no longer be acked here: the broker hands them to another consumer."""
-        return any(m.raw.channel.is_closed for m in batch)
+        return any(_channel_of(m.raw) is None for m in batch)
 
     async def _process(self, batch: Sequence[QueueMessage]) -> None:
         started = time.monotonic()
@@ -273,18 +482,21 @@ class QueueWorker:
                 hook.settled(message, verdict)
 
     async def _ack(self, messages: Sequence[QueueMessage]) -> None:
-        by_channel: dict[int, list[int]] = {}
+        by_channel: dict[tuple[str, int], list[int]] = {}
         for m in messages:
-            by_channel.setdefault(id(m.raw.channel), []).append(m.raw.delivery_tag or 0)
-        for channel_id, tags in by_channel.items():
-            tracker = self._trackers.get(channel_id)
+            channel = _channel_of(m.raw)
+            if channel is None:  # gone: the broker redelivers it; handlers make that harmless
+                continue
+            by_channel.setdefault((m.raw.consumer_tag or "", id(channel)), []).append(m.raw.delivery_tag or 0)
+        for key, tags in by_channel.items():
+            tracker = self._trackers.get(key)
             if tracker is None:
                 continue
             try:
                 await tracker.settle(tags)
             except DRIVER_ERRORS as exc:  # channel lost: the broker redelivers; handlers make that harmless
                 log.warning("ack failed", extra={"messages": len(tags), "error": repr(exc)})
-                self._trackers.pop(channel_id, None)
+                self._trackers.pop(key, None)
 
     # -- forwarding -------------------------------------------------------------------------------------
     async def _forward(self, message: QueueMessage, verdict: Verdict) -> bool:
@@ -312,6 +524,8 @@ class QueueWorker:
                 await self._publish(
                     self.topology.dead_exchange, self.topology.routing_key, self._copy(message, headers)
                 )
+            for hook in self.hooks:
+                hook.forwarded(message, verdict)
             return True
         except BrokerUnavailable as exc:
             # The outcome is committed; a redelivery resumes from it once the broker is back.
@@ -322,11 +536,9 @@ class QueueWorker:
                 extra={"message_id": message.message_id, "error": exc.message},
             )
             raw = message.raw
-            if not raw.channel.is_closed:
+            if _channel_of(raw) is not None:
                 await asyncio.sleep(FORWARD_FAILURE_PAUSE)
-                tracker = self._trackers.get(id(raw.channel))
-                if tracker is not None:
-                    tracker.forget(raw.delivery_tag or 0)
+                self._tracker(raw).forget(raw.delivery_tag or 0)
                 try:
                     await raw.nack(requeue=True)
                 except DRIVER_ERRORS as nack_exc:

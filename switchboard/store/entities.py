@@ -7,6 +7,8 @@ order the writes land in.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Collection
 from typing import Any
 
 from switchboard.model.events import Entity, EntitySnapshot, InboundEvent
@@ -22,10 +24,21 @@ class EntityStore:
         self.ttl = store.cfg.ttl_seconds
         self.q = store.statements
 
-    async def version(self, source: str, entity_id: str) -> int | None:
-        """The version of the newest applied event of the entity, None if none was applied."""
-        rows = await self.store.execute(self.q.entity_version, (source, entity_id))
-        return int(rows[0].version) if rows and rows[0].version is not None else None
+    async def versions(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The version of the newest applied event of each (source, entity id) that has one, with one ``IN``
+        read per source."""
+        by_source: dict[str, list[str]] = {}
+        for source, entity_id in keys:
+            by_source.setdefault(source, []).append(entity_id)
+        reads = await asyncio.gather(
+            *(self.store.execute(self.q.entity_versions, (s, sorted(set(ids)))) for s, ids in by_source.items())
+        )
+        return {
+            (source, r.entity_id): int(r.version)
+            for source, rows in zip(by_source, reads, strict=True)
+            for r in rows
+            if r.version is not None
+        }
 
     async def get(self, source: str, entity_id: str) -> Entity | None:
         rows = await self.store.execute(self.q.get_entity, (source, entity_id))

@@ -1,6 +1,7 @@
-"""Events, their operation results and duplicates, the idempotency claim and the per-source listing index.
+"""Events, their operation results and duplicates, and the per-source listing index.
 
-Every write is idempotent, so a redelivered message may commit again.
+Reads and writes work on a processor's whole batch: one ``IN`` read per source, and every write of the batch
+in a few concurrent unlogged batches. Every write is idempotent, so a redelivered message may commit again.
 """
 
 from __future__ import annotations
@@ -12,20 +13,22 @@ from typing import Any
 from cassandra.query import BatchStatement, BatchType
 
 from switchboard.model.events import (
-    Effect,
+    Commit,
     EventStatus,
     EventSummary,
     InboundEvent,
     OperationResult,
     Outcome,
-    ProcessingState,
+    Prior,
     StoredEvent,
 )
-from switchboard.store.entities import EntityStore
+from switchboard.store.entities import BoundStatement, EntityStore
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
 
 Cursor = tuple[int, int, str]  # (bucket, received_at in ms, event_id) of the last row returned
+# Unlogged batches stay under this many bytes of values (Cassandra 4 refuses batches over 50 KB by default).
+BATCH_BYTES = 40_000
 
 
 class EventStore:
@@ -41,46 +44,77 @@ class EventStore:
         return received_us // self.bucket_us
 
     # -- processing -------------------------------------------------------------------------------------
-    async def claim(self, source: str, event_id: str, receipt_id: str, now_us: int) -> tuple[bool, str]:
-        """Claims (source, event_id) for ``receipt_id`` with a lightweight transaction. Returns (won, the
-        receipt holding the claim): only one receipt ever holds it, however many processors race."""
-        rows = await self.store.execute(self.q.claim, (source, event_id, receipt_id, ts(now_us), self.ttl))
-        row = rows[0]
-        if row[0]:  # [applied]
-            return True, receipt_id
-        return False, str(row.receipt_id)
-
-    async def processing_state(self, source: str, event_id: str) -> ProcessingState:
-        rows, records = await asyncio.gather(
-            self.store.execute(self.q.state_event, (source, event_id)),
-            self.store.execute(self.q.state_records, (source, event_id)),
+    async def priors(self, events: Sequence[InboundEvent]) -> dict[str, Prior]:
+        """What is stored of each event (by key), with one ``IN`` read per source; absent keys were never
+        committed."""
+        by_source: dict[str, list[str]] = {}
+        for e in events:
+            ids = by_source.setdefault(e.source, [])
+            if e.event_id not in ids:
+                ids.append(e.event_id)
+        reads = await asyncio.gather(
+            *(self.store.execute(self.q.priors, (source, ids)) for source, ids in by_source.items())
         )
-        status = EventStatus(rows[0].status) if rows and rows[0].status else None
-        attempts = int(rows[0].attempts or 0) if rows else 0
-        done = frozenset(
-            r.operation
-            for r in records
-            if r.rec.startswith("r:") and r.outcome in (Outcome.OK.value, Outcome.SKIPPED.value)
-        )
-        return ProcessingState(status, attempts, done)
+        out: dict[str, Prior] = {}
+        for source, rows in zip(by_source, reads, strict=True):
+            for r in rows:
+                if r.status:
+                    out[f"{source}/{r.event_id}"] = Prior(
+                        r.receipt_id or "", EventStatus(r.status), int(r.attempts or 0)
+                    )
+        return out
 
-    async def commit(self, stored: StoredEvent, effects: Sequence[Effect] = (), *, mark_entity: bool = False) -> None:
-        """Writes one processing pass. The effects (and the entity's version mark) land first, then the event
-        row with its operation results and the index row: a crash in between leaves effects without the
-        results that say they were applied, so the operations run again and rewrite the same values."""
-        e = stored.event
-        if effects or mark_entity:
-            batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=self._level)
-            if mark_entity:
-                batch.add(*self.entities.mark(e))
-            for fx in effects:
-                batch.add(*self.entities.snapshot(fx))
-            await self.store.execute(batch)
-        batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=self._level)
-        batch.add(self.q.insert_event, self._event_params(stored))
-        for r in stored.results:
-            batch.add(self.q.insert_result, self._result_params(e, r))
-        await asyncio.gather(self.store.execute(batch), self.write_index(e, stored.status))
+    async def done_operations(self, source: str, event_id: str) -> frozenset[str]:
+        """Operations of the event with an OK or SKIPPED run: they never run again for it."""
+        rows = await self.store.execute(self.q.run_records, (source, event_id))
+        return frozenset(r.operation for r in rows if r.outcome in (Outcome.OK.value, Outcome.SKIPPED.value))
+
+    async def commit(
+        self,
+        commits: Sequence[Commit],
+        *,
+        duplicates: Sequence[InboundEvent] = (),
+        reindex: Sequence[tuple[InboundEvent, EventStatus]] = (),
+    ) -> None:
+        """Writes processing passes in two phases. First every effect and entity version mark; then the event
+        rows with their operation results (each event's row and results are one partition: one atomic
+        mutation), their index rows, the duplicate records and any index row to repair. A crash between the
+        phases leaves effects without the results that say they were applied: the operations run again and
+        rewrite the same values. Every write is idempotent, so a redelivered message may commit again.
+
+        Statements go out as several unlogged batches at once, each under ``BATCH_BYTES``."""
+        first: list[list[BoundStatement]] = []
+        second: list[list[BoundStatement]] = []
+        for c in commits:
+            e = c.stored.event
+            effects = [self.entities.mark(e)] if c.mark_entity else []
+            effects.extend(self.entities.snapshot(fx) for fx in c.effects)
+            if effects:
+                first.append(effects)
+            row = [(self.q.insert_event, self._event_params(c.stored))]
+            row.extend((self.q.insert_result, self._result_params(e, r)) for r in c.stored.results)
+            second.append([*row, self._index(e, c.stored.status)])
+        for e in duplicates:
+            params = (e.source, e.event_id, f"d:{e.receipt_id}", e.receipt_id, ts(e.received_us), self.ttl)
+            second.append([(self.q.insert_duplicate, params)])
+        second.extend([self._index(e, status)] for e, status in reindex)
+        await self._write(first)
+        await self._write(second)
+
+    async def _write(self, units: Sequence[Sequence[BoundStatement]]) -> None:
+        """Unlogged batches of whole units (an event's row and its results are never split: one partition, one
+        atomic mutation), each under ``BATCH_BYTES`` unless a unit alone is larger, all in flight at once."""
+        batches: list[BatchStatement] = []
+        size = BATCH_BYTES
+        for unit in units:
+            unit_size = sum(len(v) for _, params in unit for v in params if isinstance(v, bytes | str))
+            if size + unit_size > BATCH_BYTES and size > 0:
+                batches.append(BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=self._level))
+                size = 0
+            for stmt, params in unit:
+                batches[-1].add(stmt, params)
+            size += unit_size
+        await asyncio.gather(*(self.store.execute(b) for b in batches))
 
     def _event_params(self, stored: StoredEvent) -> tuple[Any, ...]:
         e = stored.event
@@ -121,7 +155,7 @@ class EventStore:
             self.ttl,
         )
 
-    async def write_index(self, e: InboundEvent, status: EventStatus) -> None:
+    def _index(self, e: InboundEvent, status: EventStatus) -> BoundStatement:
         """The listing row of ``e`` (rewritten with the status of every pass; idempotent)."""
         params = (
             e.source,
@@ -133,11 +167,7 @@ class EventStore:
             e.receipt_id,
             self.ttl,
         )
-        await self.store.execute(self.q.insert_index, params)
-
-    async def save_duplicate(self, e: InboundEvent) -> None:
-        params = (e.source, e.event_id, f"d:{e.receipt_id}", e.receipt_id, ts(e.received_us), self.ttl)
-        await self.store.execute(self.q.insert_duplicate, params)
+        return self.q.insert_index, params
 
     # -- reads ------------------------------------------------------------------------------------------
     async def get(self, source: str, event_id: str) -> StoredEvent | None:

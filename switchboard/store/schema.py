@@ -1,9 +1,7 @@
 """The keyspace and its tables (every row carries the retention TTL, 30 days by default).
 
-* ``event_claims`` — one row per (source, event_id), inserted with a lightweight transaction (``IF NOT
-  EXISTS``): the receipt that wins it is the one applied; every other receipt of that key is a duplicate,
-  whichever processor sees it first.
-* ``events`` — one row per (source, event_id): the raw event as first accepted and its processing state.
+* ``events`` — one row per (source, event_id): the raw event as first applied, the receipt that was applied
+  (``receipt_id``; every other receipt of that key is a duplicate) and its processing state.
 * ``event_records`` — same partition key, clustered by ``rec``: one row per operation run
   (``r:<operation>:<attempt>:<run id>``) and per duplicate delivery (``d:<receipt_id>``). The event row and
   its results are one unlogged batch on one partition key, which Cassandra applies as a single mutation.
@@ -57,10 +55,6 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
             source text, event_id text, rec text, operation text, outcome text, attempt int,
             duration_us bigint, finished_at timestamp, error text, receipt_id text, received_at timestamp,
             PRIMARY KEY ((source, event_id), rec)
-        ) WITH {opts}""",
-        f"""CREATE TABLE IF NOT EXISTS {ks}.event_claims (
-            source text, event_id text, receipt_id text, claimed_at timestamp,
-            PRIMARY KEY ((source, event_id))
         ) WITH {opts}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.entities (
             source text, entity_id text, version bigint, event_id text, event_type text, updated_at timestamp,

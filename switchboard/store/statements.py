@@ -19,12 +19,11 @@ from switchboard.config import CassandraConfig
 
 def _cql(ks: str) -> dict[str, str]:
     return {
-        "claim": f"""INSERT INTO {ks}.event_claims (source, event_id, receipt_id, claimed_at)
-            VALUES (?, ?, ?, ?) IF NOT EXISTS USING TTL ?""",
-        "state_event": f"SELECT status, attempts FROM {ks}.events WHERE source = ? AND event_id = ?",
-        "state_records": f"""SELECT rec, operation, outcome FROM {ks}.event_records
-            WHERE source = ? AND event_id = ?""",
-        "entity_version": f"SELECT version FROM {ks}.entities WHERE source = ? AND entity_id = ?",
+        "priors": f"""SELECT event_id, receipt_id, status, attempts FROM {ks}.events
+            WHERE source = ? AND event_id IN ?""",
+        "run_records": f"""SELECT rec, operation, outcome FROM {ks}.event_records
+            WHERE source = ? AND event_id = ? AND rec >= 'r:' AND rec < 'r;'""",
+        "entity_versions": f"SELECT entity_id, version FROM {ks}.entities WHERE source = ? AND entity_id IN ?",
         "get_entity": f"SELECT * FROM {ks}.entities WHERE source = ? AND entity_id = ?",
         "mark_entity": f"""UPDATE {ks}.entities USING TIMESTAMP ? AND TTL ?
             SET version = ?, event_id = ?, event_type = ?, updated_at = ? WHERE source = ? AND entity_id = ?""",
@@ -54,10 +53,9 @@ def _cql(ks: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Statements:
-    claim: PreparedStatement
-    state_event: PreparedStatement
-    state_records: PreparedStatement
-    entity_version: PreparedStatement
+    priors: PreparedStatement
+    run_records: PreparedStatement
+    entity_versions: PreparedStatement
     get_entity: PreparedStatement
     mark_entity: PreparedStatement
     snapshot_entity: PreparedStatement
@@ -72,17 +70,14 @@ class Statements:
 
     @classmethod
     def prepare(cls, session: Session, cfg: CassandraConfig) -> Statements:
-        """Prepares every statement (blocking) at the configured consistency; the lightweight transactions'
-        Paxos phase at the serial consistency. Raises the driver's errors: the caller retries."""
+        """Prepares every statement (blocking) at the configured consistency. Raises the driver's errors: the
+        caller retries."""
         texts = _cql(cfg.keyspace)
         assert set(texts) == {f.name for f in dataclasses.fields(cls)}, "one CQL text per statement"
         level = getattr(ConsistencyLevel, cfg.consistency)
-        serial = getattr(ConsistencyLevel, cfg.serial_consistency)
         prepared: dict[str, PreparedStatement] = {}
         for name, text in texts.items():
             stmt = session.prepare(text)
             stmt.consistency_level = level
-            if " IF NOT EXISTS" in text or " IF " in text.split("WHERE")[-1]:
-                stmt.serial_consistency_level = serial
             prepared[name] = stmt
         return cls(**prepared)

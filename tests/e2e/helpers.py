@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import secrets
 import ssl
 import time
+from pathlib import Path
 from typing import Any
 
+import aio_pika
 import grpc
 import httpx
 from webhooks.v1 import query_pb2, query_pb2_grpc
 
 from switchboard.config import PlatformConfig
 from switchboard.signatures import sign
+from switchboard.streams import events_topology
 
 
 def edge_client(cfg: PlatformConfig) -> httpx.Client:
@@ -65,3 +70,77 @@ def get_event_code(cfg: PlatformConfig, source: str, event_id: str) -> grpc.Stat
         return exc.code()
     finally:
         channel.close()
+
+
+def log_lines(log: Path, since: int = 0) -> list[dict[str, Any]]:
+    """The JSON lines a service wrote to ``log`` from byte offset ``since``."""
+    with open(log, "rb") as fh:
+        fh.seek(since)
+        text = fh.read().decode("utf-8", "replace")
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def paused_events(log: Path, prefix: str) -> set[str]:
+    """Event ids whose ``pause`` operation (tests/e2e/ops.py) started in the processor that wrote ``log``."""
+    return {
+        str(x["event_id"])
+        for x in log_lines(log)
+        if x.get("msg") == "pause started" and str(x.get("event_id", "")).startswith(prefix)
+    }
+
+
+class EventTap:
+    """A temporary queue bound next to the work queue on the events exchange: it receives a copy of every
+    message ingest publishes from now on, so a test can tell what was queued (not only what got stored)."""
+
+    def __init__(self, cfg: PlatformConfig) -> None:
+        self.cfg = cfg
+        self.topology = events_topology(cfg)
+        self.queue_name = f"test-tap-{secrets.token_hex(4)}"
+
+    def __enter__(self) -> EventTap:
+        asyncio.run(self._declare())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run(self._delete())
+
+    async def _declare(self) -> None:
+        conn = await aio_pika.connect(self.cfg.rabbitmq.amqp_url, timeout=5)
+        try:
+            channel = await conn.channel()
+            queue = await channel.declare_queue(self.queue_name, durable=False, arguments={"x-expires": 600_000})
+            await queue.bind(self.topology.exchange, self.topology.routing_key)
+        finally:
+            await conn.close()
+
+    async def _delete(self) -> None:
+        conn = await aio_pika.connect(self.cfg.rabbitmq.amqp_url, timeout=5)
+        try:
+            channel = await conn.channel()
+            await channel.queue_delete(self.queue_name)
+        finally:
+            await conn.close()
+
+    def message_ids_until(self, wanted: str, timeout: float = 30.0) -> list[str]:
+        """Message ids seen on the tap until ``wanted`` arrives (AssertionError if it does not in time)."""
+
+        async def read() -> list[str]:
+            conn = await aio_pika.connect(self.cfg.rabbitmq.amqp_url, timeout=5)
+            seen: list[str] = []
+            try:
+                channel = await conn.channel()
+                queue = await channel.get_queue(self.queue_name)
+                deadline = time.monotonic() + timeout
+                while wanted not in seen:
+                    assert time.monotonic() < deadline, f"{wanted} never reached the queue; saw {seen[:10]}"
+                    message = await queue.get(no_ack=True, fail=False)
+                    if message is None:
+                        await asyncio.sleep(0.05)
+                    else:
+                        seen.append(message.message_id or "")
+            finally:
+                await conn.close()
+            return seen
+
+        return asyncio.run(read())

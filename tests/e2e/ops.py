@@ -5,9 +5,12 @@ They decide by event type, so the other tests' events never reach them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from processor_service.operations import OperationContext
 from switchboard.model.events import InboundEvent
+
+log = logging.getLogger(__name__)
 
 FLAKY_SUCCEEDS_ON = 3
 
@@ -24,5 +27,15 @@ async def poison(event: InboundEvent) -> None:
 
 
 async def pause(event: InboundEvent) -> None:
-    """Takes 300 ms, so that a processor killed mid-stream holds messages in the middle of their operations."""
+    """Takes 300 ms, so that a processor killed mid-stream holds messages in the middle of their operations.
+    Logs its start, so a test can tell which processors started an event."""
+    log.info("pause started", extra={"event_id": event.event_id})
     await asyncio.sleep(0.3)
+
+
+async def fail_first(event: InboundEvent, ctx: OperationContext) -> None:
+    """Fails attempt 1 of a ``test.crash_after_forward`` event; later attempts succeed slowly (500 ms), so that
+    two copies of its receipt handled at the same time would overlap."""
+    if ctx.attempt == 1:
+        raise ConnectionError("downstream refused the first attempt")
+    await asyncio.sleep(0.5)

@@ -10,6 +10,7 @@ import secrets
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -19,7 +20,8 @@ from webhooks.v1 import event_pb2, query_pb2
 
 from switchboard.config import PlatformConfig
 from switchboard.streams import events_topology
-from tests.e2e.helpers import edge_client, query_stub, stripe_headers, wait_for_event
+from switchboard_devstack.stack import Stack
+from tests.e2e.helpers import edge_client, log_lines, paused_events, query_stub, stripe_headers, wait_for_event
 from tests.stack_fixture import MAX_ATTEMPTS, STRIPE_SECRET
 
 pytestmark = pytest.mark.integration
@@ -85,7 +87,7 @@ def dead_letters(cfg: PlatformConfig) -> list[aio_pika.abc.AbstractIncomingMessa
 
 
 def test_failed_operation_is_retried_with_backoff_and_done_operations_are_not_rerun(
-    stack: object, stack_config: PlatformConfig
+    stack: Stack, stack_config: PlatformConfig
 ) -> None:
     event_id = "evt_flaky_" + secrets.token_hex(6)
     post(stack_config, invoice_event(event_id, "test.flaky", "in_fl_" + event_id[-12:], int(time.time())))
@@ -105,7 +107,7 @@ def test_failed_operation_is_retried_with_backoff_and_done_operations_are_not_re
 
 
 def test_event_failing_every_attempt_is_failed_dead_lettered_and_listed(
-    stack: object, stack_config: PlatformConfig
+    stack: Stack, stack_config: PlatformConfig
 ) -> None:
     started = time.time()
     event_id = "evt_poison_" + secrets.token_hex(6)
@@ -156,7 +158,7 @@ def get_entity(cfg: PlatformConfig, entity_id: str) -> Any:
 
 
 def test_older_event_arriving_after_a_newer_one_is_stale_and_not_applied(
-    stack: object, stack_config: PlatformConfig
+    stack: Stack, stack_config: PlatformConfig
 ) -> None:
     entity_id = "in_ooo_" + secrets.token_hex(6)
     t = int(time.time())
@@ -187,8 +189,17 @@ def test_older_event_arriving_after_a_newer_one_is_stale_and_not_applied(
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_receipts_racing_on_two_processors_apply_each_event_once(stack: Any, stack_config: PlatformConfig) -> None:
-    stack.ensure_processors(2)
+def outcomes_since(logs: dict[Path, int], outcome: str) -> dict[Path, int]:
+    """Per processor log, the ``outcome`` count of the stats lines written after the given offsets."""
+    return {
+        log: sum(int(x.get(outcome, 0)) for x in log_lines(log, offset) if x.get("msg") == "processor stats")
+        for log, offset in logs.items()
+    }
+
+
+def test_receipts_racing_on_two_processors_apply_each_event_once(stack: Stack, stack_config: PlatformConfig) -> None:
+    processors = stack.ensure_processors(2)
+    offsets = {p.log_path: p.log_path.stat().st_size for p in processors}
     events = {"evt_race_" + secrets.token_hex(6): 0 for _ in range(40)}
     copies = 8
     bodies = {
@@ -210,13 +221,23 @@ def test_receipts_racing_on_two_processors_apply_each_event_once(stack: Any, sta
             event = wait_for_event(stack_config, "shop", event_id)
         assert event.duplicates == copies - 1, event_id
         assert ok_runs(event) == Counter({"log": 1, "entity": 1}), event_id
+    # Both processors handled copies (their stats lines, once a second in the test stack), so the race crossed
+    # processes and was not settled by one process's own ordering alone.
+    deadline = time.monotonic() + 10
+    expected = len(events) * (copies - 1)
+    while sum((seen := outcomes_since(offsets, "duplicate")).values()) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert sum(seen.values()) >= expected
+    assert all(n > 0 for n in seen.values()), f"one processor saw no copy: {seen}"
 
 
-def test_sigterm_stops_a_processor_after_its_in_flight_messages(stack: Any, stack_config: PlatformConfig) -> None:
-    """Each event spends 300 ms in an operation; a processor told to stop finishes what it holds and exits 0,
-    and every event is applied exactly once."""
+def test_sigterm_stops_a_processor_after_its_in_flight_messages(stack: Stack, stack_config: PlatformConfig) -> None:
+    """Each event spends 300 ms in an operation; a processor told to stop finishes what it started and exits 0:
+    every event it started is committed and acked by it (none is redone by the other processor), and every
+    event is applied exactly once."""
     victim = stack.ensure_processors(2)[0]
-    events = ["evt_term_" + secrets.token_hex(6) for _ in range(80)]
+    prefix = "evt_term_" + secrets.token_hex(4) + "_"
+    events = [prefix + secrets.token_hex(6) for _ in range(80)]
     with ThreadPoolExecutor(max_workers=16) as pool:
         codes = list(
             pool.map(
@@ -231,11 +252,20 @@ def test_sigterm_stops_a_processor_after_its_in_flight_messages(stack: Any, stac
     stack.forget_processor(victim)
     stack.start_processor()
 
-    lines = [json.loads(line) for line in victim.log_path.read_text().splitlines() if line.startswith("{")]
-    stopping = [x for x in lines if x["msg"].startswith("processor stopping")][-1]
+    lines = log_lines(victim.log_path)
+    stopping = [x for x in lines if str(x["msg"]).startswith("processor stopping")][-1]
     stopped = [x for x in lines if x["msg"] == "processor stopped"][-1]
     assert stopping["in_flight"] > 0, "the processor held nothing when told to stop: the test proved nothing"
     assert (stopped["drained"], stopped["left_unacked"]) == (True, 0)
     for event_id in events:
         event = wait_for_status(stack_config, event_id, event_pb2.EVENT_STATUS_PROCESSED)
         assert ok_runs(event) == Counter({"log": 1, "entity": 1, "pause": 1}), event_id
+    # Drained means acked: had the victim left a started event unacked, the broker would have handed it to the
+    # other processor, which would have started it again.
+    started_by_victim = paused_events(victim.log_path, prefix)
+    started_elsewhere: set[str] = set()
+    for log in stack.log_dir.glob("processor-*.log"):
+        if log != victim.log_path:
+            started_elsewhere |= paused_events(log, prefix)
+    assert started_by_victim, "the victim started none of the events: the test proved nothing"
+    assert not started_by_victim & started_elsewhere, "events the victim started were redone elsewhere"

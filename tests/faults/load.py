@@ -161,12 +161,18 @@ def audit(cfg: PlatformConfig, load: LoadResult, *, prefix: str, timeout: float 
                 if not pending or time.monotonic() > deadline:
                     break
                 time.sleep(1.0)
-            # Duplicates are recorded after the first receipt was applied: read everything once more so
-            # the counts include late duplicate records.
-            time.sleep(2.0)
-            for eid, event in pool.map(lambda eid: (eid, _get(stub, eid)), list(stored)):
-                if event is not None:
-                    stored[eid] = event
+            # Duplicates are recorded after the first receipt was applied: read everything again until every
+            # duplicate the sender sent is counted and the count stops changing (or the deadline passes).
+            previous = -1
+            while time.monotonic() < deadline:
+                for eid, event in pool.map(lambda eid: (eid, _get(stub, eid)), list(stored)):
+                    if event is not None:
+                        stored[eid] = event
+                seen = sum(e.duplicates for e in stored.values())
+                if seen >= load.duplicates_sent and seen == previous:
+                    break
+                previous = seen
+                time.sleep(1.0)
         listed: Counter[str] = Counter()
         request = query_pb2.ListEventsRequest(source=SOURCE, page_size=1000)
         request.start_time.FromMicroseconds(load.started_us - 5_000_000)

@@ -1,47 +1,48 @@
 """Fault tests: a steady stream of signed events through the edge while a real process is killed.
 
-Each test sends ``SWITCHBOARD_FAULT_EVENTS`` events (2,000 by default) at ``SWITCHBOARD_FAULT_RATE`` per
-second (50), injects its fault a third of the way in, waits for the platform to drain, and then requires:
+Each test sends ``SWITCHBOARD_FAULT_EVENTS`` events (3,000 by default) at ``SWITCHBOARD_FAULT_RATE`` per
+second (75), injects its fault a third of the way in, waits for the platform to drain, and then requires:
 
+* evidence that the fault happened and hit work in progress (a test that cannot show it proved nothing);
 * every event that got a 200 is stored, listed exactly once in its source's index, and PROCESSED;
 * each of its operations has exactly one OK run (applied once: no loss, no double application);
 * events that never got a 200 are absent, or stored and applied exactly like the others;
 * the sender, retrying like a provider, eventually got a 200 for every event (the platform recovered).
 
-They print sent / 200 / stored / applied / duplicates seen. They use the session's stack (two processors)
-and run after the end-to-end tests.
+They print sent / 200 / stored / applied / duplicates seen. They share a stack of their own (``own_stack``,
+two processors), so the outages they cause never reach another test.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from webhooks.v1 import event_pb2
 
 from switchboard.config import PlatformConfig
+from switchboard_devstack.stack import Stack
+from tests.e2e.helpers import log_lines, paused_events
 from tests.faults.load import Audit, LoadResult, audit, send_load
 from tests.stack_fixture import STRIPE_SECRET
 
 pytestmark = pytest.mark.integration
 
-EVENTS = int(os.environ.get("SWITCHBOARD_FAULT_EVENTS", "2000"))
-RATE = float(os.environ.get("SWITCHBOARD_FAULT_RATE", "50"))
+EVENTS = int(os.environ.get("SWITCHBOARD_FAULT_EVENTS", "3000"))
+RATE = float(os.environ.get("SWITCHBOARD_FAULT_RATE", "75"))
 PROCESSORS = 2
 # The operations the test stack runs for the streams' event types (see tests/stack_fixture.py).
 APPLIED = {"invoice.paid": {"log": 1, "entity": 1}, "test.slow": {"log": 1, "entity": 1, "pause": 1}}
 
 
 def run_with_fault(
-    stack: Any,
+    stack: Stack,
     cfg: PlatformConfig,
     name: str,
     fault: Callable[[], None],
@@ -96,21 +97,11 @@ def check(load: LoadResult, result: Audit, expected: dict[str, int]) -> None:
     assert result.duplicates_seen <= load.duplicates_sent + load.retries
 
 
-def logged_events(log: Path, prefix: str) -> set[str]:
-    """Event ids whose ``log`` operation ran in the processor that wrote ``log``."""
-    out = set()
-    for line in log.read_text().splitlines():
-        if line.startswith("{") and f'"event_id": "{prefix}_' in line:
-            record = json.loads(line)
-            if record.get("msg") == "event":
-                out.add(record["event_id"])
-    return out
-
-
-def test_sigkill_one_processor(stack: Any, stack_config: PlatformConfig, capsys: pytest.CaptureFixture[str]) -> None:
-    """The stream's events spend 300 ms in an operation after ``log`` ran, so the victim dies in the middle
-    of some: those are redelivered to another processor, run there, and still applied exactly once."""
-    victims: list[Any] = []
+def test_sigkill_one_processor(own_stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    """The stream's events spend 300 ms in an operation, so the victim dies in the middle of some: those are
+    redelivered to another processor, run there, and still applied exactly once."""
+    stack = own_stack
+    victims = []
 
     def fault() -> None:
         victim = stack.ensure_processors(PROCESSORS)[0]
@@ -121,48 +112,74 @@ def test_sigkill_one_processor(stack: Any, stack_config: PlatformConfig, capsys:
         stack.start_processor()
         stack.wait_processors(120)
 
-    load, _ = run_with_fault(stack, stack_config, "kill_processor", fault, capsys, event_type="test.slow")
+    load, _ = run_with_fault(stack, stack.cfg, "kill_processor", fault, capsys, event_type="test.slow")
     prefix = load.sent[0].rsplit("_", 1)[0]
-    by_victim = logged_events(victims[0].log_path, prefix)
+    by_victim = paused_events(victims[0].log_path, prefix + "_")
     elsewhere: set[str] = set()
     for log in stack.log_dir.glob("processor-*.log"):
         if log != victims[0].log_path:
-            elsewhere |= logged_events(log, prefix)
+            elsewhere |= paused_events(log, prefix + "_")
     redone = by_victim & elsewhere
     with capsys.disabled():
         print(f"[kill_processor] started by the victim: {len(by_victim)}, of which redone elsewhere: {len(redone)}")
     assert redone, "the victim held no event in the middle of its operations: the test proved nothing"
 
 
-def test_sigkill_rabbitmq_and_restart(
-    stack: Any, stack_config: PlatformConfig, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_sigkill_rabbitmq_and_restart(own_stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    rabbit = own_stack.rabbit
+    assert rabbit is not None
+    pids: list[int | None] = [rabbit.pid]
+
     def fault() -> None:
-        stack.rabbit.kill()
+        rabbit.kill()
         time.sleep(2)
-        stack.rabbit.start()
-        stack.rabbit.wait_ready(180)
+        rabbit.start()
+        rabbit.wait_ready(180)
+        pids.append(rabbit.pid)
 
-    run_with_fault(stack, stack_config, "kill_rabbitmq", fault, capsys)
+    load, _ = run_with_fault(own_stack, own_stack.cfg, "kill_rabbitmq", fault, capsys)
+    assert pids[0] != pids[1], "the broker was not restarted"
+    # The sender saw the outage: ingest answered 503 while the broker was gone, and the sender retried.
+    assert load.errors["http 503"] > 0 and load.retries > 0, f"no 503 during the outage: {dict(load.errors)}"
 
 
-def test_stop_cassandra_for_20_seconds(
-    stack: Any, stack_config: PlatformConfig, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_stop_cassandra_for_20_seconds(own_stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    cassandra = own_stack.cassandra
+    assert cassandra is not None
+    offsets: dict[Path, int] = {}
+
     def fault() -> None:
-        stack.cassandra.stop()
+        offsets.update({p.log_path: p.log_path.stat().st_size for p in own_stack.processor_procs})
+        cassandra.stop()
         time.sleep(20)
-        stack.cassandra.start()
-        stack.cassandra.wait_ready(240)
+        cassandra.start()
+        cassandra.wait_ready(240)
 
-    run_with_fault(stack, stack_config, "stop_cassandra", fault, capsys)
+    run_with_fault(own_stack, own_stack.cfg, "stop_cassandra", fault, capsys)
+    # The processors held their messages and retried the store while it was down.
+    retries = sum(
+        1
+        for log, offset in offsets.items()
+        for x in log_lines(log, offset)
+        if str(x.get("msg", "")).startswith("store unavailable")
+    )
+    with capsys.disabled():
+        print(f"[stop_cassandra] store-unavailable retries logged by the processors: {retries}")
+    assert retries > 0, "no processor waited for the store: the outage hit no work in progress"
 
 
-def test_sigkill_ingest(stack: Any, stack_config: PlatformConfig, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sigkill_ingest(own_stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    ingest = own_stack.ingest
+    assert ingest is not None
+    pids: list[int | None] = [ingest.pid]
+
     def fault() -> None:
-        stack.ingest.kill()
+        ingest.kill()
         time.sleep(1)
-        stack.ingest.start()
-        stack.ingest.wait_ready(60)
+        ingest.start()
+        ingest.wait_ready(60)
+        pids.append(ingest.pid)
 
-    run_with_fault(stack, stack_config, "kill_ingest", fault, capsys)
+    load, _ = run_with_fault(own_stack, own_stack.cfg, "kill_ingest", fault, capsys)
+    assert pids[0] != pids[1], "ingest was not restarted"
+    assert load.retries > 0, f"no request failed while ingest was down: {dict(load.errors)}"

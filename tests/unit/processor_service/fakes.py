@@ -3,68 +3,73 @@ its decisions; the integration and end-to-end tests run the real Cassandra."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from switchboard.model.events import (
+    Commit,
     Effect,
     EventStatus,
     InboundEvent,
+    OperationResult,
     Outcome,
-    ProcessingState,
+    Prior,
     StoredEvent,
 )
 
 
 @dataclass
 class MemoryEvents:
-    claims: dict[str, str] = field(default_factory=dict)  # key -> receipt id holding the claim
     stored: dict[str, StoredEvent] = field(default_factory=dict)  # key -> the last committed pass
-    results: dict[str, list[object]] = field(default_factory=dict)  # key -> every result ever committed
+    results: dict[str, list[OperationResult]] = field(default_factory=dict)  # key -> every result committed
     effects: list[Effect] = field(default_factory=list)
     marks: dict[tuple[str, str], int] = field(default_factory=dict)
     index: dict[str, EventStatus] = field(default_factory=dict)
     duplicates: dict[str, list[str]] = field(default_factory=dict)
+    reads: int = 0
 
-    async def claim(self, source: str, event_id: str, receipt_id: str, now_us: int) -> tuple[bool, str]:
-        key = f"{source}/{event_id}"
-        if key in self.claims:
-            return False, self.claims[key]
-        self.claims[key] = receipt_id
-        return True, receipt_id
+    async def priors(self, events: Sequence[InboundEvent]) -> dict[str, Prior]:
+        self.reads += 1
+        return {
+            e.key: Prior(s.event.receipt_id, s.status, s.attempts)
+            for e in events
+            if (s := self.stored.get(e.key)) is not None
+        }
 
-    async def processing_state(self, source: str, event_id: str) -> ProcessingState:
-        key = f"{source}/{event_id}"
-        last = self.stored.get(key)
-        done = frozenset(
-            r.operation  # type: ignore[attr-defined]
-            for r in self.results.get(key, [])
-            if r.outcome in (Outcome.OK, Outcome.SKIPPED)  # type: ignore[attr-defined]
+    async def done_operations(self, source: str, event_id: str) -> frozenset[str]:
+        return frozenset(
+            r.operation
+            for r in self.results.get(f"{source}/{event_id}", [])
+            if r.outcome in (Outcome.OK, Outcome.SKIPPED)
         )
-        return ProcessingState(last.status if last else None, last.attempts if last else 0, done)
 
-    async def commit(self, stored: StoredEvent, effects: Sequence[Effect] = (), *, mark_entity: bool = False) -> None:
-        e = stored.event
-        self.effects.extend(effects)
-        if mark_entity:
-            current = self.marks.get((e.source, e.entity_id), 0)
-            self.marks[(e.source, e.entity_id)] = max(current, e.entity_version)
-        self.stored[e.key] = stored
-        self.results.setdefault(e.key, []).extend(stored.results)
-        self.index[e.key] = stored.status
+    async def commit(
+        self,
+        commits: Sequence[Commit],
+        *,
+        duplicates: Sequence[InboundEvent] = (),
+        reindex: Sequence[tuple[InboundEvent, EventStatus]] = (),
+    ) -> None:
+        for c in commits:
+            e = c.stored.event
+            self.effects.extend(c.effects)
+            if c.mark_entity:
+                current = self.marks.get((e.source, e.entity_id), 0)
+                self.marks[(e.source, e.entity_id)] = max(current, e.entity_version)
+            self.stored[e.key] = c.stored
+            self.results.setdefault(e.key, []).extend(c.stored.results)
+            self.index[e.key] = c.stored.status
+        for e in duplicates:
+            self.duplicates.setdefault(e.key, []).append(e.receipt_id)
+        for e, status in reindex:
+            self.index[e.key] = status
 
-    async def write_index(self, e: InboundEvent, status: EventStatus) -> None:
-        self.index[e.key] = status
-
-    async def save_duplicate(self, e: InboundEvent) -> None:
-        self.duplicates.setdefault(e.key, []).append(e.receipt_id)
-
-    async def version(self, source: str, entity_id: str) -> int | None:
-        return self.marks.get((source, entity_id))
+    async def versions(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        return {k: self.marks[k] for k in keys if k in self.marks}
 
     def ok_runs(self, key: str) -> dict[str, int]:
         out: dict[str, int] = {}
         for r in self.results.get(key, []):
-            if r.outcome is Outcome.OK:  # type: ignore[attr-defined]
-                out[r.operation] = out.get(r.operation, 0) + 1  # type: ignore[attr-defined]
+            if r.outcome is Outcome.OK:
+                out[r.operation] = out.get(r.operation, 0) + 1
         return out

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from processor_service.operations import Operation, OperationContext, Registry
-from processor_service.processor import Disposition, Processor
+from processor_service.processor import Disposition, Handled, Processor
 from switchboard.model.events import EventStatus, InboundEvent, Outcome
 from tests.unit.factories import event
 from tests.unit.processor_service.fakes import MemoryEvents
@@ -44,9 +44,15 @@ def processor(store: MemoryEvents, *ops: Operation, max_attempts: int = 3) -> Pr
     return Processor(store, store, Registry(ops), max_attempts=max_attempts)
 
 
+async def one(p: Processor, e: InboundEvent) -> Handled:
+    """A batch of one receipt."""
+    (handled,) = await p.handle([e])
+    return handled
+
+
 async def test_first_receipt_is_applied_and_committed(store: MemoryEvents) -> None:
     entity = Counter()
-    handled = await processor(store, Operation("entity", entity, takes_context=True)).handle(event())
+    handled = await one(processor(store, Operation("entity", entity, takes_context=True)), event())
     assert (handled.disposition, handled.attempt, handled.applied) == (Disposition.PROCESSED, 1, 1)
     assert store.stored["shop/evt_1"].status is EventStatus.PROCESSED
     assert store.ok_runs("shop/evt_1") == {"entity": 1}
@@ -54,11 +60,11 @@ async def test_first_receipt_is_applied_and_committed(store: MemoryEvents) -> No
     assert store.marks[("shop", "in_1")] == 7
 
 
-async def test_another_receipt_of_a_claimed_event_is_a_duplicate_and_runs_nothing(store: MemoryEvents) -> None:
+async def test_another_receipt_of_an_applied_event_is_a_duplicate_and_runs_nothing(store: MemoryEvents) -> None:
     entity = Counter()
     p = processor(store, Operation("entity", entity, takes_context=True))
-    await p.handle(event(receipt_id="r1"))
-    handled = await p.handle(event(receipt_id="r2"))
+    await one(p, event(receipt_id="r1"))
+    handled = await one(p, event(receipt_id="r2"))
     assert handled.disposition is Disposition.DUPLICATE
     assert entity.calls == 1 and store.duplicates == {"shop/evt_1": ["r2"]}
 
@@ -66,9 +72,9 @@ async def test_another_receipt_of_a_claimed_event_is_a_duplicate_and_runs_nothin
 async def test_a_redelivered_final_receipt_is_done_and_repairs_its_index_row(store: MemoryEvents) -> None:
     entity = Counter()
     p = processor(store, Operation("entity", entity, takes_context=True))
-    await p.handle(event())
+    await one(p, event())
     del store.index["shop/evt_1"]  # a crash lost the index write
-    handled = await p.handle(event())
+    handled = await one(p, event())
     assert (handled.disposition, entity.calls) == (Disposition.DONE, 1)
     assert store.index["shop/evt_1"] is EventStatus.PROCESSED
 
@@ -76,11 +82,11 @@ async def test_a_redelivered_final_receipt_is_done_and_repairs_its_index_row(sto
 async def test_a_failed_operation_is_retried_and_done_ones_are_not_rerun(store: MemoryEvents) -> None:
     entity, flaky = Counter(), Flaky(ok_from=3)
     p = processor(store, Operation("entity", entity, takes_context=True), Operation("flaky", flaky, takes_context=True))
-    first = await p.handle(event())
+    first = await one(p, event())
     assert (first.disposition, first.attempt) == (Disposition.RETRY, 1)
     assert first.last_error == "flaky: ConnectionError: attempt 1 refused"
     assert store.stored["shop/evt_1"].status is EventStatus.RETRYING
-    second, third = await p.handle(event()), await p.handle(event())
+    second, third = await one(p, event()), await one(p, event())
     assert [second.disposition, third.disposition] == [Disposition.RETRY, Disposition.PROCESSED]
     assert (entity.calls, flaky.calls) == (1, 3)
     assert store.ok_runs("shop/evt_1") == {"entity": 1, "flaky": 1}
@@ -88,23 +94,23 @@ async def test_a_failed_operation_is_retried_and_done_ones_are_not_rerun(store: 
 
 async def test_the_last_failed_attempt_is_failed(store: MemoryEvents) -> None:
     p = processor(store, Operation("flaky", Flaky(ok_from=99), takes_context=True), max_attempts=2)
-    assert (await p.handle(event())).disposition is Disposition.RETRY
-    failed = await p.handle(event())
+    assert (await one(p, event())).disposition is Disposition.RETRY
+    failed = await one(p, event())
     assert (failed.disposition, failed.attempt) == (Disposition.FAILED, 2)
     assert store.stored["shop/evt_1"].status is EventStatus.FAILED
-    assert (await p.handle(event())).disposition is Disposition.DONE  # a copy of the dead letter is a no-op
+    assert (await one(p, event())).disposition is Disposition.DONE  # a copy of the dead letter is a no-op
 
 
 async def test_an_event_older_than_its_entity_is_stale_and_skipped(store: MemoryEvents) -> None:
     entity = Counter()
     p = processor(store, Operation("entity", entity, takes_context=True))
-    await p.handle(event(event_id="evt_new", entity_version=20))
-    stale = await p.handle(event(event_id="evt_old", entity_version=10))
+    await one(p, event(event_id="evt_new", entity_version=20))
+    stale = await one(p, event(event_id="evt_old", entity_version=10))
     assert stale.disposition is Disposition.STALE
     assert stale.last_error == "stale: entity in_1 is at version 20, this event carries 10"
     assert [(r.operation, r.outcome) for r in store.stored["shop/evt_old"].results] == [("entity", Outcome.SKIPPED)]
     assert entity.calls == 1 and store.marks[("shop", "in_1")] == 20
-    equal = await p.handle(event(event_id="evt_same", entity_version=20))
+    equal = await one(p, event(event_id="evt_same", entity_version=20))
     assert equal.disposition is Disposition.PROCESSED  # equal versions are applied
 
 
@@ -112,8 +118,31 @@ async def test_a_replay_runs_every_operation_again_without_a_claim(store: Memory
     entity = Counter()
     p = processor(store, Operation("entity", entity, takes_context=True))
     original = event()
-    await p.handle(original)
-    replayed = await p.handle(replace(original, receipt_id="r-replay", replay=True))
+    await one(p, original)
+    replayed = await one(p, replace(original, receipt_id="r-replay", replay=True))
     assert (replayed.disposition, replayed.attempt) == (Disposition.PROCESSED, 2)
     assert entity.calls == 2 and store.ok_runs("shop/evt_1") == {"entity": 2}
     assert store.duplicates == {}
+
+
+async def test_a_batch_is_decided_with_one_read_and_guards_one_entity_in_arrival_order(store: MemoryEvents) -> None:
+    entity = Counter()
+    p = processor(store, Operation("entity", entity, takes_context=True))
+    await one(p, event(event_id="evt_seen", receipt_id="r1"))
+    store.reads = 0
+    batch = [
+        event(event_id="evt_new", entity_version=30),  # applied, moves the version for the next one
+        event(event_id="evt_old", entity_version=20),  # older than evt_new of the same batch: stale
+        event(event_id="evt_seen", receipt_id="r2"),  # another receipt of an applied event: duplicate
+        event(event_id="evt_other", entity_id="in_2", entity_version=1),
+    ]
+    handled = await p.handle(batch)
+    assert [h.disposition for h in handled] == [
+        Disposition.PROCESSED,
+        Disposition.STALE,
+        Disposition.DUPLICATE,
+        Disposition.PROCESSED,
+    ]
+    assert store.reads == 1
+    assert store.marks == {("shop", "in_1"): 30, ("shop", "in_2"): 1}
+    assert entity.calls == 3 and store.duplicates == {"shop/evt_seen": ["r2"]}

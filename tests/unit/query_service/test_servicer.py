@@ -104,3 +104,10 @@ async def test_domain_validation_reaches_the_caller_as_invalid_argument(stub: An
         await stub.ListEvents(query_pb2.ListEventsRequest(source="shop", page_size=100_000))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(raised.value).reason == "PAGE_SIZE_INVALID"
+
+
+async def test_received_is_not_a_listable_status(stub: Any) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.ListEvents(query_pb2.ListEventsRequest(source="shop", status=event_pb2.EVENT_STATUS_RECEIVED))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(raised.value).reason == "STATUS_INVALID"

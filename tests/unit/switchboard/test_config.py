@@ -58,7 +58,8 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(processor={"retry": {"min_backoff_seconds": 5, "max_backoff_seconds": 1}}), "must not be less"),
         (base(processor={"retry": {"min_backoff_seconds": 0.001, "max_backoff_seconds": 86400}}), "24 delay"),
         (base(processor={"retry": {"jitter": True}}), "unknown key"),
-        (base(cassandra={"serial_consistency": "ONE"}), "must be one of LOCAL_SERIAL, SERIAL"),
+        (base(cassandra={"consistency": "SERIAL"}), "must be one of"),
+        (base(processor={"partitions": 101}), "at most 100"),
     ],
 )
 def test_unsafe_or_invalid_config_is_refused(raw: dict[str, object], message: str) -> None:

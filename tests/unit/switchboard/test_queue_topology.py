@@ -36,15 +36,26 @@ def test_a_handler_delay_goes_to_the_shortest_level_that_holds_it() -> None:
 
 def test_names_derive_from_the_stream() -> None:
     t = Topology("sb", "deliveries", (200,))
-    assert (t.exchange, t.work_queue, t.retry_exchange, t.dead_exchange, t.dead_queue) == (
+    assert (t.exchange, t.work_queues, t.retry_exchange, t.dead_exchange, t.dead_queue) == (
         "sb.deliveries",
-        "sb.deliveries",
+        ["sb.deliveries"],
         "sb.deliveries.retry",
         "sb.deliveries.dead",
         "sb.deliveries.dead",
     )
     assert t.queues() == ["sb.deliveries", "sb.deliveries.retry.200ms", "sb.deliveries.dead"]
     assert t.retry_queue_arguments(200)["x-dead-letter-exchange"] == "sb.deliveries"
+    assert "x-single-active-consumer" not in t.work_queue_arguments()
+
+
+def test_a_partitioned_stream_has_zero_padded_single_active_partitions_in_name_order() -> None:
+    t = Topology("sb", "events", (200,), partitions=12, single_active=True)
+    assert t.work_queues[:3] == ["sb.events.p00", "sb.events.p01", "sb.events.p02"]
+    assert t.work_queues == sorted(t.work_queues) and len(t.work_queues) == 12
+    assert t.hash_exchange == "sb.events.hash"
+    assert t.work_queue_arguments()["x-single-active-consumer"] is True
+    # A retried message goes back through the stream's exchange, hence to its own partition.
+    assert t.retry_queue_arguments(200)["x-dead-letter-exchange"] == t.exchange
 
 
 def test_backoff_doubles_up_to_its_cap() -> None:

@@ -1,0 +1,110 @@
+"""The shared queue worker on a real RabbitMQ node: a partitioned single-active-consumer stream spread over
+two workers, partitions handed over while messages flow, and a worker's death failing its partitions over;
+every message is handled exactly once while its worker lives, and the two workers never hold one key at the
+same time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import aio_pika
+import pytest
+
+from switchboard.queue import Ack, QueueMessage, QueueWorker, Topology, Verdict, WorkerSettings
+from switchboard_devstack.ports import free_port
+from switchboard_devstack.rabbitmq import RabbitNode
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 6
+
+
+@pytest.fixture(scope="module")
+def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    port = free_port()
+    node = RabbitNode(Path(tmp_path_factory.mktemp("rabbit-worker")), port, nodename=f"sbworker{port}")
+    node.start()
+    try:
+        node.wait_ready(120)
+        yield node
+    finally:
+        node.stop()
+
+
+class Recorder:
+    """Handles batches slowly, recording which worker handled which message and noting any moment when two
+    workers held the same key."""
+
+    holding: ClassVar[dict[str, str]] = {}
+    overlaps: ClassVar[list[str]] = []
+    handled: ClassVar[list[tuple[str, str, bool]]] = []  # (worker, message id, redelivered)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def key(self, message: QueueMessage) -> str:
+        return message.message_id
+
+    async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+        for m in batch:
+            other = Recorder.holding.get(m.message_id)
+            if other is not None and other != self.name:
+                Recorder.overlaps.append(m.message_id)
+            Recorder.holding[m.message_id] = self.name
+        await asyncio.sleep(0.05)
+        for m in batch:
+            Recorder.holding.pop(m.message_id, None)
+            Recorder.handled.append((self.name, m.message_id, m.redelivered))
+        return [Ack() for _ in batch]
+
+
+async def publish(url: str, topology: Topology, ids: Sequence[str], rate: float) -> None:
+    conn = await aio_pika.connect(url)
+    try:
+        channel = await conn.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(topology.exchange)
+        t0 = time.monotonic()
+        for i, message_id in enumerate(ids):
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+            await exchange.publish(aio_pika.Message(b"x", message_id=message_id), topology.routing_key)
+    finally:
+        await conn.close()
+
+
+async def wait_handled(n: int, within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    while len({m for _, m, _ in Recorder.handled}) < n:
+        assert time.monotonic() < deadline, f"handled {len(Recorder.handled)} of {n}"
+        await asyncio.sleep(0.1)
+
+
+def settings(member: int) -> WorkerSettings:
+    return WorkerSettings(
+        prefetch=32, max_batch=16, concurrency=2, member=member, standby_delay=0.5, rebalance_interval=0.5
+    )
+
+
+async def test_partitions_spread_over_two_workers_and_hand_over_without_running_a_key_twice(rabbit: RabbitNode) -> None:
+    topology = Topology(f"t{free_port()}", "events", (200,), partitions=PARTITIONS, single_active=True)
+    first = QueueWorker(rabbit.amqp_url, topology, Recorder("a"), settings(0), purpose="a")
+    await first.start()
+    second = QueueWorker(rabbit.amqp_url, topology, Recorder("b"), settings(1), purpose="b")
+    await second.start()
+    try:
+        ids = [f"k{i:05d}" for i in range(1500)]
+        await publish(rabbit.amqp_url, topology, ids, rate=300)  # 5 s: several rebalance rounds meanwhile
+        await wait_handled(len(ids))
+    finally:
+        for w in (first, second):
+            await w.stop(5)
+            await w.close()
+    by_worker = Counter(worker for worker, _, _ in Recorder.handled)
+    times = Counter(m for _, m, _ in Recorder.handled)
+    assert not Recorder.overlaps, f"two workers held the same key at once: {Recorder.overlaps[:5]}"
+    assert [m for m, n in times.items() if n > 1] == [], "a message was handled twice"
+    assert by_worker["a"] > 0 and by_worker["b"] > 0, f"one worker did all the work: {dict(by_worker)}"
