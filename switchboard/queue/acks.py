@@ -38,27 +38,36 @@ class AckTracker:
         self._settled.discard(tag)
 
     async def settle(self, tags: Iterable[int]) -> None:
-        """Marks ``tags`` as ready to ack and acks what can be acked. Raises what the driver raises."""
+        """Marks ``tags`` as ready to ack and acks what can be acked. Raises what the driver raises.
+
+        The bookkeeping is done before the first ``await``, so concurrent calls (batches finishing together)
+        never send the same delivery twice or lose one."""
         self._settled.update(t for t in tags if t in self._outstanding)
-        last = None
+        prefix: list[int] = []
         for tag in self._outstanding:
             if tag not in self._settled:
                 break
-            last = tag
-        if last is not None:
-            raw = self._outstanding[last]
-            for tag in [t for t in self._outstanding if t <= last]:
-                del self._outstanding[tag]
-                self._settled.discard(tag)
+            prefix.append(tag)
+        multiple = self._outstanding[prefix[-1]] if prefix else None
+        for tag in prefix:
+            del self._outstanding[tag]
+            self._settled.discard(tag)
+        singles = self._take_settled() if len(self._settled) > self.max_waiting else []
+        if multiple is not None:
             self.frames += 1
-            await raw.ack(multiple=True)
-        if len(self._settled) > self.max_waiting:
-            await self.flush()
+            await multiple.ack(multiple=True)
+        await self._ack_each(singles)
 
     async def flush(self) -> None:
         """Acks every settled message now, one by one (those waiting behind an unsettled one)."""
-        for tag in sorted(self._settled):
-            raw = self._outstanding.pop(tag)
-            self._settled.discard(tag)
+        await self._ack_each(self._take_settled())
+
+    def _take_settled(self) -> list[Any]:
+        taken = [self._outstanding.pop(tag) for tag in sorted(self._settled)]
+        self._settled.clear()
+        return taken
+
+    async def _ack_each(self, messages: list[Any]) -> None:
+        for raw in messages:
             self.frames += 1
             await raw.ack()

@@ -65,3 +65,24 @@ async def test_a_forgotten_delivery_no_longer_blocks_the_prefix() -> None:
     t.forget(1)  # nacked elsewhere (returned to the queue)
     await t.settle([2, 3])
     assert channel.frames == [(3, True)]
+
+
+async def test_concurrent_settles_never_ack_a_delivery_twice() -> None:
+    import asyncio
+
+    channel = Channel()
+
+    class SlowRaw(Raw):
+        async def ack(self, multiple: bool = False) -> None:
+            await asyncio.sleep(0)  # the driver yields while it writes the frame
+            await super().ack(multiple)
+
+    t = AckTracker(max_waiting=2)
+    for tag in range(1, 21):
+        t.delivered(tag, SlowRaw(channel, tag))
+    # 1 is held; the others finish in two batches at once: more than max_waiting wait behind 1.
+    await asyncio.gather(t.settle(range(2, 11)), t.settle(range(11, 21)))
+    singles = [tag for tag, multiple in channel.frames if not multiple]
+    assert sorted(singles) == list(range(2, 21)) and len(singles) == len(set(singles))
+    await t.settle([1])
+    assert channel.acked() == set(range(1, 21))
