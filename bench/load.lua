@@ -14,10 +14,16 @@
 --   SB_COUNT     open loop: how many requests to send in all (then the connections stay idle until wrk's
 --                -d runs out). Default: every request of the file.
 --   SB_START     open loop: T0 as CLOCK_MONOTONIC seconds (Python's time.monotonic()), shared by all threads.
---                Default: the first delay() call of each thread.
+--                Default: the first delay() call of each thread. Set it with more than one thread: wrk starts
+--                thread 0 before thread 1 has loaded its slice, so per-thread T0s drift apart (seen: 500/s
+--                asked, 463/s sent with 2 threads). With it, against a trivial local server: 1,000, 2,000 and
+--                4,000/s asked, 999-1,000.5, 1,999-2,000.3, 3,999-4,000.5/s sent, 1 or 2 threads.
 --   SB_OUT       where done() writes its JSON result (it is printed on stdout as one line as well).
 --   SB_IDS_OUT   where done() writes the event id of every 200 answer, one per line (else they are inlined
 --                in the JSON as "ok_ids").
+--
+-- wrk 4.1 calls request() once on thread 0 before the run (to count pipelined requests); that call is not
+-- counted as sent and hands out the request the first real call sends again.
 --
 -- wrk does not tell response() which request it answers, so the ids come from the answers: a 200 carries
 -- {"status":"success","event_id":"..."}. The requests handed out but not answered 200 (refused, failed or
