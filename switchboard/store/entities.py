@@ -8,7 +8,7 @@ order the writes land in.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from switchboard.model.events import Entity, EntitySnapshot, InboundEvent
@@ -22,7 +22,7 @@ class EntityStore:
     def __init__(self, store: StoreSession) -> None:
         self.store = store
         self.ttl = store.cfg.ttl_seconds
-        self.q = store.statements
+        self.q = store.statements.events
 
     async def versions(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """The version of the newest applied event of each (source, entity id) that has one, with one ``IN``
@@ -70,6 +70,32 @@ class EntityStore:
             e.entity_id,
         )
         return self.q.mark_entity, params
+
+    def writes(self, e: InboundEvent, mark: bool, effects: Sequence[EntitySnapshot]) -> list[BoundStatement]:
+        """A pass's entity writes: its version mark (if it passed the guard) and the states its operations
+        staged. The mark and the event's own state (the ``entity`` operation) are one statement: one row, one
+        cell timestamp."""
+        own = [
+            fx for fx in effects if (fx.source, fx.entity_id, fx.version) == (e.source, e.entity_id, e.entity_version)
+        ]
+        if mark and own:
+            fx = own[0]
+            params = (
+                e.entity_version,
+                self.ttl,
+                e.entity_version,
+                e.event_id,
+                e.event_type,
+                ts(e.entity_version),
+                fx.content_type,
+                fx.body,
+                fx.event_id,
+                e.source,
+                e.entity_id,
+            )
+            rest = [x for x in effects if x is not fx]
+            return [(self.q.mark_and_snapshot_entity, params), *(self.snapshot(x) for x in rest)]
+        return [*([self.mark(e)] if mark else []), *(self.snapshot(fx) for fx in effects)]
 
     def snapshot(self, fx: EntitySnapshot) -> BoundStatement:
         """The state staged by an operation (``ctx.save_entity_state``)."""

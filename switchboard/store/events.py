@@ -35,7 +35,7 @@ class EventStore:
     def __init__(self, store: StoreSession, entities: EntityStore) -> None:
         self.store = store
         self.entities = entities
-        self.q = store.statements
+        self.q = store.statements.events
         self.ttl = store.cfg.ttl_seconds
         self.bucket_us = store.cfg.bucket_seconds * 1_000_000
         self._level = self.q.insert_event.consistency_level
@@ -87,8 +87,7 @@ class EventStore:
         second: list[list[BoundStatement]] = []
         for c in commits:
             e = c.stored.event
-            effects = [self.entities.mark(e)] if c.mark_entity else []
-            effects.extend(self.entities.snapshot(fx) for fx in c.effects)
+            effects = self.entities.writes(e, c.mark_entity, c.effects)
             if effects:
                 first.append(effects)
             row = [(self.q.insert_event, self._event_params(c.stored))]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Session
@@ -16,8 +17,10 @@ from cassandra.query import PreparedStatement
 
 from switchboard.config import CassandraConfig
 
+_S = TypeVar("_S")
 
-def _cql(ks: str) -> dict[str, str]:
+
+def _event_cql(ks: str) -> dict[str, str]:
     return {
         "priors": f"""SELECT event_id, receipt_id, status, attempts FROM {ks}.events
             WHERE source = ? AND event_id IN ?""",
@@ -27,6 +30,9 @@ def _cql(ks: str) -> dict[str, str]:
         "get_entity": f"SELECT * FROM {ks}.entities WHERE source = ? AND entity_id = ?",
         "mark_entity": f"""UPDATE {ks}.entities USING TIMESTAMP ? AND TTL ?
             SET version = ?, event_id = ?, event_type = ?, updated_at = ? WHERE source = ? AND entity_id = ?""",
+        "mark_and_snapshot_entity": f"""UPDATE {ks}.entities USING TIMESTAMP ? AND TTL ?
+            SET version = ?, event_id = ?, event_type = ?, updated_at = ?, content_type = ?, state = ?,
+            state_event_id = ? WHERE source = ? AND entity_id = ?""",
         "snapshot_entity": f"""UPDATE {ks}.entities USING TIMESTAMP ? AND TTL ?
             SET content_type = ?, state = ?, state_event_id = ? WHERE source = ? AND entity_id = ?""",
         "insert_event": f"""INSERT INTO {ks}.events (source, event_id, event_type, provider,
@@ -51,13 +57,80 @@ def _cql(ks: str) -> dict[str, str]:
     }
 
 
+def _subscription_cql(ks: str) -> dict[str, str]:
+    columns = (
+        "id, client_id, callback_url, description, sources, event_types, trigger_conditions, retry_delays_ms, "
+        "max_attempts, timeout_ms, rate_limit, tier, public_key, metadata, status, status_reason, secret, "
+        "previous_secret, previous_secret_expires, created_at, updated_at"
+    )
+    marks = ", ".join("?" * len(columns.split(", ")))
+    return {
+        "put": f"INSERT INTO {ks}.subscriptions ({columns}) VALUES ({marks})",
+        "get": f"SELECT * FROM {ks}.subscriptions WHERE id = ?",
+        "all": f"SELECT * FROM {ks}.subscriptions",
+        "delete": f"DELETE FROM {ks}.subscriptions WHERE id = ?",
+        "set_status": f"UPDATE {ks}.subscriptions SET status = ?, status_reason = ?, updated_at = ? WHERE id = ?",
+        "index_put": f"INSERT INTO {ks}.subscriptions_by_client (client_id, id) VALUES (?, ?)",
+        "index_delete": f"DELETE FROM {ks}.subscriptions_by_client WHERE client_id = ? AND id = ?",
+        "index_page": f"SELECT id FROM {ks}.subscriptions_by_client WHERE client_id = ? AND id > ? LIMIT ?",
+        "page_first": f"SELECT * FROM {ks}.subscriptions LIMIT ?",
+        "page_after": f"SELECT * FROM {ks}.subscriptions WHERE token(id) > token(?) LIMIT ?",
+    }
+
+
+def _delivery_cql(ks: str) -> dict[str, str]:
+    attempt_columns = (
+        "started_at, source, event_id, duration_us, http_status, response_headers, response_body, error_class, "
+        "error, outcome"
+    )
+    return {
+        "put": f"""INSERT INTO {ks}.deliveries (id, subscription_id, source, event_id, event_type, status,
+            attempts, last_http_status, last_error, created_at, updated_at, next_attempt_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
+        "get": f"SELECT * FROM {ks}.deliveries WHERE id IN ?",
+        "by_subscription_put": f"""INSERT INTO {ks}.deliveries_by_subscription (subscription_id, day, created_at,
+            id, source, event_id, event_type, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
+        "by_subscription_range": f"""SELECT id FROM {ks}.deliveries_by_subscription
+            WHERE subscription_id = ? AND day = ? AND created_at >= ? AND created_at < ? LIMIT ?""",
+        "by_subscription_after": f"""SELECT id FROM {ks}.deliveries_by_subscription
+            WHERE subscription_id = ? AND day = ? AND created_at >= ? AND (created_at, id) < (?, ?) LIMIT ?""",
+        "by_event_put": f"""INSERT INTO {ks}.deliveries_by_event (source, event_id, subscription_id, id, status)
+            VALUES (?, ?, ?, ?, ?) USING TTL ?""",
+        "by_event": f"SELECT id FROM {ks}.deliveries_by_event WHERE source = ? AND event_id = ?",
+        "attempt_put": f"""INSERT INTO {ks}.delivery_attempts (delivery_id, attempt, run, subscription_id,
+            {attempt_columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
+        "attempts_of": f"SELECT * FROM {ks}.delivery_attempts WHERE delivery_id = ?",
+        "attempt_by_subscription_put": f"""INSERT INTO {ks}.attempts_by_subscription (subscription_id, day,
+            delivery_id, attempt, run, {attempt_columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            USING TTL ?""",
+        "attempts_range": f"""SELECT * FROM {ks}.attempts_by_subscription
+            WHERE subscription_id = ? AND day = ? AND started_at >= ? AND started_at < ? LIMIT ?""",
+        "attempts_after": f"""SELECT * FROM {ks}.attempts_by_subscription
+            WHERE subscription_id = ? AND day = ? AND started_at >= ?
+            AND (started_at, delivery_id, attempt, run) < (?, ?, ?, ?) LIMIT ?""",
+    }
+
+
+def _prepare(session: Session, cfg: CassandraConfig, cls: type[_S], texts: dict[str, str]) -> _S:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    assert set(texts) == names, f"one CQL text per statement of {cls}"
+    level = getattr(ConsistencyLevel, cfg.consistency)
+    prepared: dict[str, PreparedStatement] = {}
+    for name, text in texts.items():
+        stmt = session.prepare(text)
+        stmt.consistency_level = level
+        prepared[name] = stmt
+    return cls(**prepared)
+
+
 @dataclass(frozen=True)
-class Statements:
+class EventStatements:
     priors: PreparedStatement
     run_records: PreparedStatement
     entity_versions: PreparedStatement
     get_entity: PreparedStatement
     mark_entity: PreparedStatement
+    mark_and_snapshot_entity: PreparedStatement
     snapshot_entity: PreparedStatement
     insert_event: PreparedStatement
     insert_result: PreparedStatement
@@ -68,16 +141,50 @@ class Statements:
     list_range: PreparedStatement
     list_after: PreparedStatement
 
+
+@dataclass(frozen=True)
+class SubscriptionStatements:
+    put: PreparedStatement
+    get: PreparedStatement
+    all: PreparedStatement
+    delete: PreparedStatement
+    set_status: PreparedStatement
+    index_put: PreparedStatement
+    index_delete: PreparedStatement
+    index_page: PreparedStatement
+    page_first: PreparedStatement
+    page_after: PreparedStatement
+
+
+@dataclass(frozen=True)
+class DeliveryStatements:
+    put: PreparedStatement
+    get: PreparedStatement
+    by_subscription_put: PreparedStatement
+    by_subscription_range: PreparedStatement
+    by_subscription_after: PreparedStatement
+    by_event_put: PreparedStatement
+    by_event: PreparedStatement
+    attempt_put: PreparedStatement
+    attempts_of: PreparedStatement
+    attempt_by_subscription_put: PreparedStatement
+    attempts_range: PreparedStatement
+    attempts_after: PreparedStatement
+
+
+@dataclass(frozen=True)
+class Statements:
+    events: EventStatements
+    subscriptions: SubscriptionStatements
+    deliveries: DeliveryStatements
+
     @classmethod
     def prepare(cls, session: Session, cfg: CassandraConfig) -> Statements:
         """Prepares every statement (blocking) at the configured consistency. Raises the driver's errors: the
         caller retries."""
-        texts = _cql(cfg.keyspace)
-        assert set(texts) == {f.name for f in dataclasses.fields(cls)}, "one CQL text per statement"
-        level = getattr(ConsistencyLevel, cfg.consistency)
-        prepared: dict[str, PreparedStatement] = {}
-        for name, text in texts.items():
-            stmt = session.prepare(text)
-            stmt.consistency_level = level
-            prepared[name] = stmt
-        return cls(**prepared)
+        ks = cfg.keyspace
+        return cls(
+            events=_prepare(session, cfg, EventStatements, _event_cql(ks)),
+            subscriptions=_prepare(session, cfg, SubscriptionStatements, _subscription_cql(ks)),
+            deliveries=_prepare(session, cfg, DeliveryStatements, _delivery_cql(ks)),
+        )
