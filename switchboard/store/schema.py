@@ -11,6 +11,13 @@
   ``entity`` operation runs, its latest state. Written with the cell timestamp set to the entity version, so
   the highest version wins whatever order the writes land in.
 
+* ``subscriptions`` and ``subscriptions_by_client`` — outbound subscriptions (no TTL: they live until
+  deleted). Signing secrets are stored encrypted (``switchboard.store.subscriptions``).
+* ``deliveries`` (by delivery id), ``deliveries_by_subscription`` (partitioned by subscription and day, newest
+  first) and ``deliveries_by_event`` — the state of each delivery of an event to a subscription.
+* ``delivery_attempts`` (by delivery) and ``attempts_by_subscription`` (by subscription and day, newest
+  first) — every attempt: status, duration, selected response headers, the first 4 KB of the body, error.
+
 Options are picked by server release: TimeWindowCompactionStrategy from 3.11, SizeTiered before (the local
 Cassandra 2.1).
 """
@@ -61,6 +68,42 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
             content_type text, state blob, state_event_id text,
             PRIMARY KEY ((source, entity_id))
         ) WITH {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.subscriptions (
+            id text PRIMARY KEY, client_id text, callback_url text, description text, sources list<text>,
+            event_types list<text>, trigger_conditions text, retry_delays_ms list<bigint>, max_attempts int,
+            timeout_ms int, rate_limit int, tier text, public_key text, metadata map<text, text>, status text,
+            status_reason text, secret blob, previous_secret blob, previous_secret_expires timestamp,
+            created_at timestamp, updated_at timestamp
+        ) WITH compaction = {{'class': 'LeveledCompactionStrategy'}}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.subscriptions_by_client (
+            client_id text, id text, PRIMARY KEY ((client_id), id)
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.deliveries (
+            id text PRIMARY KEY, subscription_id text, source text, event_id text, event_type text, status text,
+            attempts int, last_http_status int, last_error text, created_at timestamp, updated_at timestamp,
+            next_attempt_at timestamp
+        ) WITH {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.deliveries_by_subscription (
+            subscription_id text, day bigint, created_at timestamp, id text, source text, event_id text,
+            event_type text, status text,
+            PRIMARY KEY ((subscription_id, day), created_at, id)
+        ) WITH CLUSTERING ORDER BY (created_at DESC, id DESC) AND {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.deliveries_by_event (
+            source text, event_id text, subscription_id text, id text, status text,
+            PRIMARY KEY ((source, event_id), subscription_id)
+        ) WITH {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.delivery_attempts (
+            delivery_id text, attempt int, run text, subscription_id text, source text, event_id text,
+            started_at timestamp, duration_us bigint, http_status int, response_headers map<text, text>,
+            response_body blob, error_class text, error text, outcome text,
+            PRIMARY KEY ((delivery_id), attempt, run)
+        ) WITH {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.attempts_by_subscription (
+            subscription_id text, day bigint, started_at timestamp, delivery_id text, attempt int, run text,
+            source text, event_id text, duration_us bigint, http_status int, response_headers map<text, text>,
+            response_body blob, error_class text, error text, outcome text,
+            PRIMARY KEY ((subscription_id, day), started_at, delivery_id, attempt, run)
+        ) WITH CLUSTERING ORDER BY (started_at DESC, delivery_id DESC, attempt DESC, run DESC) AND {opts}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_source (
             source text, bucket bigint, received_at timestamp, event_id text, event_type text,
             status text, receipt_id text,
