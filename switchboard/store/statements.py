@@ -93,7 +93,7 @@ def _delivery_cql(ks: str) -> dict[str, str]:
         "by_subscription_range": f"""SELECT id FROM {ks}.deliveries_by_subscription
             WHERE subscription_id = ? AND day = ? AND created_at >= ? AND created_at < ? LIMIT ?""",
         "by_subscription_after": f"""SELECT id FROM {ks}.deliveries_by_subscription
-            WHERE subscription_id = ? AND day = ? AND created_at >= ? AND (created_at, id) < (?, ?) LIMIT ?""",
+            WHERE subscription_id = ? AND day = ? AND (created_at, id) < (?, ?) LIMIT ?""",
         "by_event_put": f"""INSERT INTO {ks}.deliveries_by_event (source, event_id, subscription_id, id, status)
             VALUES (?, ?, ?, ?, ?) USING TTL ?""",
         "by_event": f"SELECT id FROM {ks}.deliveries_by_event WHERE source = ? AND event_id = ?",
@@ -106,8 +106,8 @@ def _delivery_cql(ks: str) -> dict[str, str]:
         "attempts_range": f"""SELECT * FROM {ks}.attempts_by_subscription
             WHERE subscription_id = ? AND day = ? AND started_at >= ? AND started_at < ? LIMIT ?""",
         "attempts_after": f"""SELECT * FROM {ks}.attempts_by_subscription
-            WHERE subscription_id = ? AND day = ? AND started_at >= ?
-            AND (started_at, delivery_id, attempt, run) < (?, ?, ?, ?) LIMIT ?""",
+            WHERE subscription_id = ? AND day = ? AND (started_at, delivery_id, attempt, run) < (?, ?, ?, ?)
+            LIMIT ?""",
     }
 
 
