@@ -7,15 +7,16 @@ import asyncio
 import logging
 import sys
 
-from processor_service import failpoints
+from processor_service import failpoints, fanout
 from processor_service.operations import Registry
 from processor_service.pipeline import EventPipeline
 from processor_service.processor import Processor
 from switchboard.config import PlatformConfig
 from switchboard.queue import QueueWorker, StatsHook, WorkerSettings
 from switchboard.runtime.service import serve, service_main
-from switchboard.store import EntityStore, EventStore, open_store
-from switchboard.streams import events_topology
+from switchboard.store import EntityStore, EventStore, SubscriptionStore, open_store
+from switchboard.streams import DeliveryPublisher, changes_exchange, events_topology
+from switchboard.subscription_cache import SubscriptionCache
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,22 @@ DRAIN_SECONDS = 20.0
 
 async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
     sys.path[:0] = [str(d) for d in cfg.processor.python_path]
-    registry = Registry.from_config(cfg.processor.operations)
+    fan_out = any(op.call == fanout.CALL for op in cfg.processor.operations)
+    box = cfg.delivery.secret_box() if fan_out else None
     async with serve() as life:
         store = await life.enter(open_store(cfg.cassandra, create_schema=True))
+        bound = {}
+        if box is not None:
+            cache = SubscriptionCache(
+                SubscriptionStore(store, box), cfg.rabbitmq.amqp_url, changes_exchange(cfg), purpose="processor-cache"
+            )
+            await cache.start(life.stopping)
+            life.on_close(cache.close)
+            publisher = DeliveryPublisher(cfg, purpose="processor-fanout")
+            await publisher.start(life.stopping)
+            life.on_close(publisher.close)
+            bound[fanout.CALL] = fanout.FanOut(cache, publisher)
+        registry = Registry.from_config(cfg.processor.operations, bound)
         entities = EntityStore(store)
         processor = Processor(
             EventStore(store, entities), entities, registry, max_attempts=cfg.processor.retry.max_attempts

@@ -24,7 +24,7 @@ import fnmatch
 import importlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from switchboard.config import OperationConfig
@@ -102,13 +102,19 @@ class Operation:
         return OperationResult(self.name, outcome, attempt, finished - started, finished, error), effects
 
 
-def load_operation(cfg: OperationConfig) -> Operation:
-    module_name, _, attr = cfg.call.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"operation {cfg.name!r}: cannot load {cfg.call}: {exc}") from None
-    if not inspect.iscoroutinefunction(fn):
+def load_operation(cfg: OperationConfig, bound: Mapping[str, OperationFn] | None = None) -> Operation:
+    """The operation ``cfg`` names: a function imported from ``module:function``, or, for a built-in that needs
+    the process's resources (the fan-out needs the subscriptions and a publisher), the callable ``bound``
+    gives for that name."""
+    if bound is not None and cfg.call in bound:
+        fn = bound[cfg.call]
+    else:
+        module_name, _, attr = cfg.call.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"operation {cfg.name!r}: cannot load {cfg.call}: {exc}") from None
+    if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)):
         raise ConfigError(f"operation {cfg.name!r}: {cfg.call} must be an async function")
     positional = [
         p
@@ -125,8 +131,10 @@ class Registry:
         self.operations = list(operations)
 
     @classmethod
-    def from_config(cls, configs: Iterable[OperationConfig]) -> Registry:
-        return cls(load_operation(c) for c in configs)
+    def from_config(
+        cls, configs: Iterable[OperationConfig], bound: Mapping[str, OperationFn] | None = None
+    ) -> Registry:
+        return cls(load_operation(c, bound) for c in configs)
 
     def matching(self, event: InboundEvent) -> list[Operation]:
         return [op for op in self.operations if op.matches(event)]

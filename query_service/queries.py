@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from dataclasses import dataclass
 from typing import Protocol
 
+from switchboard import pagination
 from switchboard.errors import InvalidRequest, NotFound
 from switchboard.model.events import Entity, EventStatus, EventSummary, StoredEvent, now_us
 
@@ -39,19 +38,17 @@ class Page:
 
 
 def encode_token(source: str, start_us: int, end_us: int, cursor: Cursor, status: str = "") -> str:
-    fields = {"s": source, "a": start_us, "b": end_us, "c": list(cursor), "st": status}
-    raw = json.dumps(fields, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return pagination.encode_token({"s": source, "a": start_us, "b": end_us, "c": list(cursor), "st": status})
 
 
 def decode_token(token: str) -> tuple[str, int, int, Cursor, str]:
+    raw = pagination.decode_token(token)
     try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         bucket, ms, event_id = raw["c"]
         cursor = (int(bucket), int(ms), str(event_id))
         return str(raw["s"]), int(raw["a"]), int(raw["b"]), cursor, str(raw.get("st", ""))
     except (ValueError, KeyError, TypeError):
-        raise InvalidRequest("page_token is not a token this service issued", reason="PAGE_TOKEN_INVALID") from None
+        raise pagination.invalid_token() from None
 
 
 class EventQueries:
@@ -105,7 +102,7 @@ class EventQueries:
         if page_token:
             t_source, t_start, t_end, cursor, t_status = decode_token(page_token)
             if (t_source, t_start, t_status) != (source, start, wanted) or (end_us and t_end != end):
-                raise InvalidRequest("page_token belongs to another query", reason="PAGE_TOKEN_MISMATCH")
+                raise pagination.mismatched_token()
             end = t_end  # a default end ("now") is pinned by the first page
         limit = page_size or DEFAULT_PAGE
         if status is None:

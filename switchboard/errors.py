@@ -13,6 +13,8 @@ secrets.
     ├── InvalidRequest                INVALID_REQUEST     INVALID_ARGUMENT (400)
     │   └── PayloadTooLarge           PAYLOAD_TOO_LARGE   INVALID_ARGUMENT (413 at the edge)
     ├── SignatureError                SIGNATURE_INVALID   UNAUTHENTICATED (401); reason names the check
+    ├── Unauthenticated               UNAUTHENTICATED     UNAUTHENTICATED (401): no verified caller
+    ├── PermissionDenied              PERMISSION_DENIED   PERMISSION_DENIED (403)
     ├── NotFound                      NOT_FOUND           NOT_FOUND (404)
     │   └── UnknownSource             UNKNOWN_SOURCE
     ├── Unavailable                   UNAVAILABLE         UNAVAILABLE (503): retry later
@@ -64,6 +66,18 @@ class SignatureError(SwitchboardError):
     """The request's signature or timestamp did not verify (401). ``reason`` names the failed check."""
 
     reason = "SIGNATURE_INVALID"
+
+
+class Unauthenticated(SwitchboardError):
+    """The caller is not identified (401): a management request without a verified client."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(SwitchboardError):
+    """The caller may not do this (403)."""
+
+    reason = "PERMISSION_DENIED"
 
 
 class NotFound(SwitchboardError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets as _secrets
 from dataclasses import dataclass, field
@@ -54,13 +55,48 @@ class SecretRef:
         return Secret(value, f"file:{self.file}")
 
 
-def generate_secret_file(path: Path, kind: str) -> None:
-    """Write a new random secret (``whsec_`` + base64 of 32 bytes, or hex) readable by the owner only."""
-    import base64
+GENERATED_KINDS = ("whsec", "hex", "fernet")
 
+
+def generate_secret_file(path: Path, kind: str) -> None:
+    """Write a new random secret readable by the owner only: ``whsec_`` + base64 of 32 bytes, 64 hex digits,
+    or a Fernet key (URL-safe base64 of 32 bytes)."""
     raw = _secrets.token_bytes(32)
-    value = "whsec_" + base64.b64encode(raw).decode() if kind == "whsec" else raw.hex()
+    if kind == "whsec":
+        value = "whsec_" + base64.b64encode(raw).decode()
+    elif kind == "fernet":
+        value = base64.urlsafe_b64encode(raw).decode()
+    else:
+        value = raw.hex()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(value + "\n")
+
+
+class SecretBox:
+    """Encrypts small secrets for storage (Fernet: AES-128-CBC with HMAC-SHA256, authenticated) under a key
+    that never leaves the configuration. ``open`` raises ``ConfigError`` when a value was sealed under
+    another key."""
+
+    def __init__(self, key: Secret) -> None:
+        from cryptography.fernet import Fernet
+
+        try:
+            self._fernet = Fernet(key.reveal().encode())
+        except ValueError:
+            raise ConfigError(f"the key from {key.origin} is not a Fernet key (URL-safe base64 of 32 bytes)") from None
+
+    def seal(self, value: str) -> bytes:
+        return bytes(self._fernet.encrypt(value.encode()))
+
+    def open(self, sealed: bytes) -> str:
+        from cryptography.fernet import InvalidToken
+
+        try:
+            return str(self._fernet.decrypt(sealed).decode())
+        except InvalidToken:
+            raise ConfigError("a stored secret does not open with the configured key (was the key replaced?)") from None
+
+    def __repr__(self) -> str:
+        return "<SecretBox>"

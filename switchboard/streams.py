@@ -2,6 +2,11 @@
 
 * ``events``: verified inbound events, from ingest (and replays) to the processors, as ``webhooks.v1.Event``;
   partitioned by event key (``source/event_id``, the message id).
+* ``deliveries``: one event to deliver to one subscription, from the processors' fan-out to the delivery
+  workers, as ``webhooks.v1.DeliveryTask`` (message id: the delivery id). Not partitioned: any worker takes
+  any delivery; its delay queues cover delivery schedules (1 s to 24 h).
+* ``<prefix>.subscriptions.changed`` (fanout exchange, no queue of its own): the id of a subscription that was
+  created, changed or deleted; every process holding a subscription cache binds a queue of its own to it.
 """
 
 from __future__ import annotations
@@ -12,11 +17,16 @@ from aio_pika.abc import FieldValue
 
 from switchboard.config import PlatformConfig
 from switchboard.model.events import InboundEvent
+from switchboard.model.subscriptions import DeliveryTask
 from switchboard.queue import Publisher, Topology
-from switchboard.wire import encode_inbound
+from switchboard.wire import encode_inbound, encode_task
 
 EVENTS = "events"
 EVENT_MESSAGE_TYPE = "webhooks.v1.Event"
+DELIVERIES = "deliveries"
+DELIVERY_MESSAGE_TYPE = "webhooks.v1.DeliveryTask"
+# Delay levels of the deliveries stream: every delay of a schedule waits in the shortest level that holds it.
+DELIVERY_LEVELS_MS = (1_000, 5_000, 30_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 86_400_000)
 
 
 def events_topology(cfg: PlatformConfig) -> Topology:
@@ -29,6 +39,14 @@ def events_topology(cfg: PlatformConfig) -> Topology:
         partitions=cfg.processor.partitions,
         single_active=True,
     )
+
+
+def deliveries_topology(cfg: PlatformConfig) -> Topology:
+    return Topology(cfg.rabbitmq.queue_prefix, DELIVERIES, DELIVERY_LEVELS_MS)
+
+
+def changes_exchange(cfg: PlatformConfig) -> str:
+    return f"{cfg.rabbitmq.queue_prefix}.subscriptions.changed"
 
 
 class EventPublisher:
@@ -61,4 +79,29 @@ class EventPublisher:
             headers=headers,
             timestamp=event.received_us / 1_000_000,
             type=EVENT_MESSAGE_TYPE,
+        )
+
+
+class DeliveryPublisher:
+    """Queues delivery tasks on the ``deliveries`` stream; returns only once the broker confirmed them."""
+
+    def __init__(self, cfg: PlatformConfig, *, purpose: str, confirm_timeout: float = 5.0) -> None:
+        self._publisher = Publisher(
+            cfg.rabbitmq.amqp_url, deliveries_topology(cfg), confirm_timeout=confirm_timeout, purpose=purpose
+        )
+
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        await self._publisher.start(stop)
+
+    async def close(self) -> None:
+        await self._publisher.close()
+
+    async def publish_task(self, task: DeliveryTask) -> None:
+        headers: dict[str, FieldValue] = {"traceparent": task.event.traceparent}
+        await self._publisher.publish(
+            encode_task(task),
+            message_id=task.delivery_id,
+            headers=headers,
+            timestamp=task.created_us / 1_000_000,
+            type=DELIVERY_MESSAGE_TYPE,
         )

@@ -6,10 +6,11 @@ With the servicers' conversions, the only place that imports generated code."""
 from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from webhooks.v1 import event_pb2
+from webhooks.v1 import delivery_pb2, event_pb2
 
 from switchboard.errors import InvalidRequest
 from switchboard.model.events import InboundEvent
+from switchboard.model.subscriptions import DeliveryTask
 
 
 def ts(us: int) -> Timestamp:
@@ -57,6 +58,10 @@ def decode_inbound(data: bytes) -> InboundEvent:
         ) from None
     if not msg.source or not msg.event_id:
         raise InvalidRequest("queued message has no source or event id", reason="UNDECODABLE_MESSAGE")
+    return _inbound(msg)
+
+
+def _inbound(msg: event_pb2.Event) -> InboundEvent:
     return InboundEvent(
         source=msg.source,
         event_id=msg.event_id,
@@ -72,4 +77,34 @@ def decode_inbound(data: bytes) -> InboundEvent:
         entity_version=msg.entity_version,
         traceparent=msg.traceparent,
         replay=msg.replay,
+    )
+
+
+def encode_task(task: DeliveryTask) -> bytes:
+    msg = delivery_pb2.DeliveryTask(
+        delivery_id=task.delivery_id,
+        subscription_id=task.subscription_id,
+        event=event_pb(task.event),
+        created_at=ts(task.created_us),
+        replay_id=task.replay_id,
+    )
+    return bytes(msg.SerializeToString())
+
+
+def decode_task(data: bytes) -> DeliveryTask:
+    msg = delivery_pb2.DeliveryTask()
+    try:
+        msg.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError and, on some inputs, others
+        raise InvalidRequest(
+            f"queued message is not a webhooks.v1.DeliveryTask: {exc}", reason="UNDECODABLE_MESSAGE"
+        ) from None
+    if not msg.delivery_id or not msg.subscription_id or not msg.HasField("event"):
+        raise InvalidRequest("queued delivery task lacks its id, subscription or event", reason="UNDECODABLE_MESSAGE")
+    return DeliveryTask(
+        delivery_id=msg.delivery_id,
+        subscription_id=msg.subscription_id,
+        event=_inbound(msg.event),
+        created_us=us_of(msg.created_at),
+        replay_id=msg.replay_id,
     )

@@ -23,7 +23,7 @@ from edge.envoy_config import write_envoy_config
 from switchboard.config import PlatformConfig
 from switchboard.errors import StackError
 from switchboard.store import StoreSession
-from switchboard.streams import events_topology
+from switchboard.streams import deliveries_topology, events_topology
 from switchboard_devstack.cassandra import CassandraNode
 from switchboard_devstack.envoy import EnvoyProcess
 from switchboard_devstack.paths import DevPaths
@@ -109,8 +109,11 @@ class Stack:
     ingest: ServiceProcess | None = None
     query: ServiceProcess | None = None
     processor_procs: list[ServiceProcess] = field(default_factory=list)
+    control: ServiceProcess | None = None
+    delivery_procs: list[ServiceProcess] = field(default_factory=list)
     ca_cert: Path | None = None
     _processors_started: int = field(default=0, init=False)
+    _deliveries_started: int = field(default=0, init=False)
 
     @property
     def data_dir(self) -> Path:
@@ -136,6 +139,8 @@ class Stack:
         for source in cfg.sources:  # create generated secrets and fail early on missing ones
             for ref in source.secrets:
                 ref.resolve()
+        if cfg.delivery.secrets_key is not None:
+            cfg.delivery.secrets_key.resolve()
         if cfg.edge.tls_cert and cfg.edge.tls_key:
             cert, key = cfg.edge.tls_cert, cfg.edge.tls_key
         else:
@@ -164,6 +169,13 @@ class Stack:
 
         self.query = self._grpc_service("query", cfg.query.host, cfg.query.port, "webhooks.v1.Query")
         self._start(self.query)
+        if cfg.delivery.secrets_key is not None:  # outbound delivery is set up
+            self.control = self._grpc_service(
+                "control", cfg.control.host, cfg.control.port, "webhooks.v1.Subscriptions"
+            )
+            self._start(self.control)
+            for _ in range(cfg.delivery.count):
+                self.start_delivery()
         n = self.processors or cfg.processor.count
         for _ in range(n):
             self.start_processor()
@@ -184,6 +196,9 @@ class Stack:
         self._start(self.envoy)
 
         self.query.wait_ready(timeout)
+        if self.control is not None:
+            self.control.wait_ready(timeout)
+            self.wait_deliveries(timeout)
         self.ingest.wait_ready(timeout)
         self.wait_processors(timeout)
         self.envoy.wait_ready(timeout)
@@ -214,6 +229,36 @@ class Stack:
         self._start(proc)
         self.processor_procs.append(proc)
         return proc
+
+    def start_delivery(self) -> ServiceProcess:
+        """Starts one more delivery worker (``delivery-<n>``)."""
+        proc = ServiceProcess(f"delivery-{self._deliveries_started}", "delivery_service", self.cfg.path, self.log_dir)
+        self._deliveries_started += 1
+        self._start(proc)
+        self.delivery_procs.append(proc)
+        return proc
+
+    def wait_deliveries(self, timeout: float) -> None:
+        """Waits until every live delivery worker consumes the deliveries stream."""
+        queue = deliveries_topology(self.cfg).work_queues[0]
+        want = sum(1 for p in self.delivery_procs if p.is_running())
+        self._wait_consumers(queue, want, self.delivery_procs, timeout)
+
+    def forget_delivery(self, proc: ServiceProcess) -> None:
+        """Stops tracking a delivery worker killed on purpose (fault tests)."""
+        self.delivery_procs.remove(proc)
+        if proc in self.started:
+            self.started.remove(proc)
+
+    def _wait_consumers(self, queue: str, want: int, procs: list[ServiceProcess], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while consumer_counts(self.cfg.rabbitmq.amqp_url, [queue])[queue] < want:
+            for p in procs:
+                if not p.is_running():
+                    raise StackError(f"{p.name} exited during start-up; see {p.log_path}")
+            if time.monotonic() > deadline:
+                raise StackError(f"{queue} has fewer than {want} consumers after {timeout:g} s")
+            time.sleep(0.2)
 
     def ensure_processors(self, n: int, timeout: float = 120.0) -> list[ServiceProcess]:
         """Starts processors until ``n`` run, waits until they all consume; returns the running ones."""
@@ -270,11 +315,16 @@ class Stack:
             f"  edge (HTTPS)      {edge}/webhook/<source>   sources: {', '.join(s.name for s in cfg.sources)}",
             f"  ingest (gRPC)     {cfg.ingest.host}:{cfg.ingest.port}   webhooks.v1.Ingest",
             f"  query (gRPC)      {cfg.query.host}:{cfg.query.port}   webhooks.v1.Query (reflection on)",
+            *(
+                [f"  control (gRPC)    {cfg.control.host}:{cfg.control.port}   webhooks.v1.Subscriptions"]
+                if self.control is not None
+                else []
+            ),
             f"  envoy admin       http://127.0.0.1:{cfg.edge.admin_port}",
             f"  rabbitmq (AMQP)   {cfg.rabbitmq.amqp_url.replace('guest:guest@', '')}",
             f"  cassandra (CQL)   {','.join(cfg.cassandra.hosts)}:{cfg.cassandra.port}"
             f"  keyspace {cfg.cassandra.keyspace}",
-            f"  processors        {len(self.processor_procs)}",
+            f"  processors        {len(self.processor_procs)}   delivery workers {len(self.delivery_procs)}",
             f"  data / logs       {self.data_dir} / {self.log_dir}",
         ]
         if self.ca_cert:

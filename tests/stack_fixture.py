@@ -61,6 +61,16 @@ confirm_timeout_seconds = 2.0
 [query]
 port = {free_port()}
 
+[control]
+port = {free_port()}
+
+[delivery]
+count = 1
+allow_http_hosts = ["127.0.0.1", "localhost"]
+allow_networks = ["127.0.0.0/8", "::1/128"]
+secrets_key = {{ file = "delivery.key", generate = "fernet" }}
+ca_file = "var/tls/ca.pem"
+
 [processor]
 count = {processors}
 python_path = ["{REPO}"]
@@ -78,6 +88,10 @@ call = "processor_service.builtin:log_event"
 [[processor.operations]]
 name = "entity"
 call = "processor_service.builtin:record_entity"
+
+[[processor.operations]]
+name = "deliver"
+call = "processor_service.fanout:deliver"
 
 [[processor.operations]]
 name = "flaky"
@@ -115,6 +129,10 @@ name = "shop"
 scheme = "stripe"
 secrets = [{{ file = "stripe.secret" }}]
 max_body_bytes = 65536
+event_types = [
+    "invoice.created", "invoice.paid", "invoice.payment_failed", "charge.succeeded", "test.flaky", "test.slow",
+    "test.poison", "test.crash_after_forward", "test.delivery",
+]
 
 [[sources]]
 name = "generic"

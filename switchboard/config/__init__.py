@@ -5,6 +5,7 @@ dataclass field, and the parsers read it from there (``switchboard.config._table
 """
 
 from switchboard.config.broker import RabbitConfig
+from switchboard.config.delivery import ControlConfig, DeliveryConfig
 from switchboard.config.edge import EdgeConfig, RateLimit
 from switchboard.config.platform import PlatformConfig, default_config_path, load_config, parse_config
 from switchboard.config.processor import OperationConfig, ProcessorConfig, RetryConfig
@@ -14,6 +15,8 @@ from switchboard.config.store import CassandraConfig
 
 __all__ = [
     "CassandraConfig",
+    "ControlConfig",
+    "DeliveryConfig",
     "EdgeConfig",
     "IngestConfig",
     "OperationConfig",

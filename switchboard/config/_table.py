@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from switchboard.errors import ConfigError
+from switchboard.secrets import GENERATED_KINDS, SecretRef
 
 _MISSING = dataclasses.MISSING
 
@@ -135,3 +136,17 @@ def resolve_path(base: Path, v: Any) -> Path:
     """``v`` as a path; relative paths are relative to ``base`` (the configuration file's directory)."""
     p = Path(str(v)).expanduser()
     return p if p.is_absolute() else (base / p).resolve()
+
+
+def parse_secret_ref(ref: Any, where: str, base: Path) -> SecretRef:
+    """``{ env = "VAR" }`` or ``{ file = "path", generate = "whsec" | "hex" | "fernet" }``; never a literal."""
+    if not isinstance(ref, Mapping):
+        raise ConfigError(f'{where}: a secret is referenced as {{ env = "VAR" }} or {{ file = "path" }}')
+    t = Table(ref, where, SecretRef)
+    if bool(ref.get("env")) == bool(ref.get("file")):
+        raise ConfigError(f"{where}: give exactly one of env or file (literal secrets are not accepted)")
+    if t.get("generate") not in (None, *GENERATED_KINDS):
+        raise ConfigError(f"{where}.generate: must be one of {', '.join(GENERATED_KINDS)}")
+    if ref.get("env"):
+        return SecretRef(env=str(ref["env"]))
+    return SecretRef(file=resolve_path(base, ref["file"]), generate=t.get("generate"))

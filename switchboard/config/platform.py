@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from switchboard.config._table import Table, known, table
 from switchboard.config.broker import RabbitConfig, parse_rabbitmq
+from switchboard.config.delivery import ControlConfig, DeliveryConfig, parse_control, parse_delivery
 from switchboard.config.edge import EdgeConfig, parse_edge
 from switchboard.config.processor import ProcessorConfig, parse_processor
 from switchboard.config.services import IngestConfig, QueryConfig, parse_ingest, parse_query
@@ -24,7 +25,18 @@ from switchboard.config.store import CassandraConfig, parse_cassandra
 from switchboard.errors import ConfigError
 
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR"})
-SECTIONS = ("platform", "edge", "ingest", "query", "processor", "rabbitmq", "cassandra", "sources")
+SECTIONS = (
+    "platform",
+    "edge",
+    "ingest",
+    "query",
+    "control",
+    "processor",
+    "delivery",
+    "rabbitmq",
+    "cassandra",
+    "sources",
+)
 CONFIG_ENV = "SWITCHBOARD_CONFIG"
 
 
@@ -44,7 +56,9 @@ class PlatformConfig:
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     rabbitmq: RabbitConfig = field(default_factory=RabbitConfig)
     cassandra: CassandraConfig = field(default_factory=CassandraConfig)
     sources: tuple[SourceConfig, ...] = ()
@@ -58,6 +72,14 @@ class PlatformConfig:
     @property
     def tls_dir(self) -> Path:
         return self.data_dir / "tls"
+
+    def event_types(self, sources: Sequence[str] = ()) -> tuple[str, ...] | None:
+        """The event types the named sources (all when empty) declare, or None when one of them declares
+        none (then any type is possible)."""
+        chosen = [s for s in self.sources if not sources or s.name in sources]
+        if not chosen or any(not s.event_types for s in chosen):
+            return None
+        return tuple(sorted({t for s in chosen for t in s.event_types}))
 
 
 def default_config_path() -> Path:
@@ -91,7 +113,9 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
         edge=edge,
         ingest=parse_ingest(table(raw, "ingest")),
         query=parse_query(table(raw, "query")),
+        control=parse_control(table(raw, "control")),
         processor=parse_processor(table(raw, "processor"), base),
+        delivery=parse_delivery(table(raw, "delivery"), base),
         rabbitmq=parse_rabbitmq(table(raw, "rabbitmq")),
         cassandra=parse_cassandra(table(raw, "cassandra")),
         sources=sources,

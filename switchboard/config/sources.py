@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from switchboard.config._table import Table, resolve_path
+from switchboard.config._table import Table, parse_secret_ref
 from switchboard.config.edge import DEFAULT_MAX_BODY_BYTES, RateLimit, parse_rate_limit
 from switchboard.errors import ConfigError
 from switchboard.secrets import SecretRef
@@ -30,6 +30,9 @@ class SourceConfig:
     # CIDRs allowed to post to this source; empty means any address.
     allow_cidrs: tuple[str, ...] = ()
     rate_limit: RateLimit | None = None
+    # The event types this source sends (the catalogue subscriptions' type globs are checked against);
+    # empty: not declared, any type is possible.
+    event_types: tuple[str, ...] = ()
 
 
 def parse_sources(raw: Any, base: Path, edge_max_body: int) -> tuple[SourceConfig, ...]:
@@ -70,22 +73,10 @@ def _source(s: Any, idx: int, base: Path, edge_max_body: int) -> SourceConfig:
     return SourceConfig(
         name=name,
         scheme=scheme,
-        secrets=tuple(_secret_ref(ref, f"{where}.secrets[{j}]", base) for j, ref in enumerate(refs)),
+        secrets=tuple(parse_secret_ref(ref, f"{where}.secrets[{j}]", base) for j, ref in enumerate(refs)),
         options=dict(options),
         max_body_bytes=t.pos_int("max_body_bytes") if t.present("max_body_bytes") else edge_max_body,
         allow_cidrs=cidrs,
         rate_limit=parse_rate_limit(t.get("rate_limit"), f"{where}.rate_limit"),
+        event_types=t.strings("event_types"),
     )
-
-
-def _secret_ref(ref: Any, where: str, base: Path) -> SecretRef:
-    if not isinstance(ref, Mapping):
-        raise ConfigError(f'{where}: a secret is referenced as {{ env = "VAR" }} or {{ file = "path" }}')
-    t = Table(ref, where, SecretRef)
-    if bool(ref.get("env")) == bool(ref.get("file")):
-        raise ConfigError(f"{where}: give exactly one of env or file (literal secrets are not accepted)")
-    if t.get("generate") not in (None, "whsec", "hex"):
-        raise ConfigError(f"{where}.generate: must be 'whsec' or 'hex'")
-    if ref.get("env"):
-        return SecretRef(env=str(ref["env"]))
-    return SecretRef(file=resolve_path(base, ref["file"]), generate=t.get("generate"))

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 _CODES: list[tuple[type[errors.SwitchboardError], grpc.StatusCode]] = [
     (errors.SignatureError, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),

@@ -90,9 +90,9 @@ def _delivery_cql(ks: str) -> dict[str, str]:
         "get": f"SELECT * FROM {ks}.deliveries WHERE id IN ?",
         "by_subscription_put": f"""INSERT INTO {ks}.deliveries_by_subscription (subscription_id, day, created_at,
             id, source, event_id, event_type, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
-        "by_subscription_range": f"""SELECT id FROM {ks}.deliveries_by_subscription
+        "by_subscription_range": f"""SELECT created_at, id FROM {ks}.deliveries_by_subscription
             WHERE subscription_id = ? AND day = ? AND created_at >= ? AND created_at < ? LIMIT ?""",
-        "by_subscription_after": f"""SELECT id FROM {ks}.deliveries_by_subscription
+        "by_subscription_after": f"""SELECT created_at, id FROM {ks}.deliveries_by_subscription
             WHERE subscription_id = ? AND day = ? AND (created_at, id) < (?, ?) LIMIT ?""",
         "by_event_put": f"""INSERT INTO {ks}.deliveries_by_event (source, event_id, subscription_id, id, status)
             VALUES (?, ?, ?, ?, ?) USING TTL ?""",

@@ -71,7 +71,11 @@ def test_stripe_event_round_trip_is_byte_identical(stack: Stack, stack_config: P
     assert event.entity_id == "in_1"
     assert event.status == event_pb2.EVENT_STATUS_PROCESSED
     ok = event_pb2.OPERATION_OUTCOME_OK
-    assert sorted((r.operation, r.outcome, r.attempt) for r in event.results) == [("entity", ok, 1), ("log", ok, 1)]
+    assert sorted((r.operation, r.outcome, r.attempt) for r in event.results) == [
+        ("deliver", ok, 1),
+        ("entity", ok, 1),
+        ("log", ok, 1),
+    ]
     assert event.attempts == 1 and event.last_error == ""
     assert event.received_at.seconds > 0 and event.processed_at.ToMicroseconds() >= event.received_at.ToMicroseconds()
     assert len(event.traceparent.split("-")) == 4

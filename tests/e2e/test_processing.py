@@ -102,7 +102,7 @@ def test_failed_operation_is_retried_with_backoff_and_done_operations_are_not_re
     assert flaky[1][2] - flaky[0][2] >= 100_000
     assert flaky[2][2] - flaky[1][2] >= 200_000
     # log and entity succeeded on attempt 1 and were not run again by the retries.
-    assert ok_runs(event) == Counter({"log": 1, "entity": 1, "flaky": 1})
+    assert ok_runs(event) == Counter({"log": 1, "entity": 1, "deliver": 1, "flaky": 1})
     assert {r.attempt for r in event.results if r.operation != "flaky"} == {1}
 
 
@@ -118,7 +118,7 @@ def test_event_failing_every_attempt_is_failed_dead_lettered_and_listed(
     assert event.last_error == "poison: ValueError: cannot apply this event"
     poison = [(r.attempt, r.outcome, r.error) for r in event.results if r.operation == "poison"]
     assert sorted(poison) == [(a, FAILED, "ValueError: cannot apply this event") for a in range(1, MAX_ATTEMPTS + 1)]
-    assert ok_runs(event) == Counter({"log": 1, "entity": 1})
+    assert ok_runs(event) == Counter({"log": 1, "entity": 1, "deliver": 1})
 
     # Its message sits in the dead-letter queue with the last error, exactly once.
     deadline = time.monotonic() + 10
@@ -170,7 +170,11 @@ def test_older_event_arriving_after_a_newer_one_is_stale_and_not_applied(
 
     stale = wait_for_status(stack_config, created_id, event_pb2.EVENT_STATUS_STALE)
     assert stale.last_error.startswith(f"stale: entity {entity_id} is at version {(t + 10) * 1_000_000}")
-    assert {(r.operation, r.outcome) for r in stale.results} == {("log", SKIPPED), ("entity", SKIPPED)}
+    assert {(r.operation, r.outcome) for r in stale.results} == {
+        ("log", SKIPPED),
+        ("entity", SKIPPED),
+        ("deliver", SKIPPED),
+    }
     entity = get_entity(stack_config, entity_id)
     assert (entity.version, entity.event_id, entity.event_type) == ((t + 10) * 1_000_000, paid_id, "invoice.paid")
     assert entity.state == paid and entity.state_event_id == paid_id
@@ -220,7 +224,7 @@ def test_receipts_racing_on_two_processors_apply_each_event_once(stack: Stack, s
             time.sleep(0.1)
             event = wait_for_event(stack_config, "shop", event_id)
         assert event.duplicates == copies - 1, event_id
-        assert ok_runs(event) == Counter({"log": 1, "entity": 1}), event_id
+        assert ok_runs(event) == Counter({"log": 1, "entity": 1, "deliver": 1}), event_id
     # Both processors handled copies (their stats lines, once a second in the test stack), so the race crossed
     # processes and was not settled by one process's own ordering alone.
     deadline = time.monotonic() + 10
@@ -259,7 +263,7 @@ def test_sigterm_stops_a_processor_after_its_in_flight_messages(stack: Stack, st
     assert (stopped["drained"], stopped["left_unacked"]) == (True, 0)
     for event_id in events:
         event = wait_for_status(stack_config, event_id, event_pb2.EVENT_STATUS_PROCESSED)
-        assert ok_runs(event) == Counter({"log": 1, "entity": 1, "pause": 1}), event_id
+        assert ok_runs(event) == Counter({"log": 1, "entity": 1, "deliver": 1, "pause": 1}), event_id
     # Drained means acked: had the victim left a started event unacked, the broker would have handed it to the
     # other processor, which would have started it again.
     started_by_victim = paused_events(victim.log_path, prefix)

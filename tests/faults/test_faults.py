@@ -38,7 +38,10 @@ EVENTS = int(os.environ.get("SWITCHBOARD_FAULT_EVENTS", "3000"))
 RATE = float(os.environ.get("SWITCHBOARD_FAULT_RATE", "75"))
 PROCESSORS = 2
 # The operations the test stack runs for the streams' event types (see tests/stack_fixture.py).
-APPLIED = {"invoice.paid": {"log": 1, "entity": 1}, "test.slow": {"log": 1, "entity": 1, "pause": 1}}
+APPLIED = {
+    "invoice.paid": {"log": 1, "entity": 1, "deliver": 1},
+    "test.slow": {"log": 1, "entity": 1, "deliver": 1, "pause": 1},
+}
 
 
 def run_with_fault(

@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fwebhooks/v1/subscriptions.proto\x12\x0bwebhooks.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12+\n\x08schedule\x18\x02 \x03(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb8\x03\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0f\n\x07sources\x18\x04 \x03(\t\x12\x13\n\x0b\x65vent_types\x18\x05 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x06 \x01(\t\x12.\n\x0cretry_policy\x18\x07 \x01(\x0b\x32\x18.webhooks.v1.RetryPolicy\x12\x1d\n\x15rate_limit_per_second\x18\x08 \x01(\r\x12\x10\n\x08\x64isabled\x18\t \x01(\x08\x12\x17\n\x0f\x64isabled_reason\x18\n \x01(\t\x12\x39\n\x08metadata\x18\x0b \x03(\x0b\x32\'.webhooks.v1.Subscription.MetadataEntry\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x19\x43reateSubscriptionRequest\x12/\n\x0csubscription\x18\x01 \x01(\x0b\x32\x19.webhooks.v1.Subscription\"]\n\x1a\x43reateSubscriptionResponse\x12/\n\x0csubscription\x18\x01 \x01(\x0b\x32\x19.webhooks.v1.Subscription\x12\x0e\n\x06secret\x18\x02 \x01(\t\"$\n\x16GetSubscriptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"J\n\x17GetSubscriptionResponse\x12/\n\x0csubscription\x18\x01 \x01(\x0b\x32\x19.webhooks.v1.Subscription\"A\n\x18ListSubscriptionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x19ListSubscriptionsResponse\x12\x30\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x19.webhooks.v1.Subscription\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"}\n\x19UpdateSubscriptionRequest\x12/\n\x0csubscription\x18\x01 \x01(\x0b\x32\x19.webhooks.v1.Subscription\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"M\n\x1aUpdateSubscriptionResponse\x12/\n\x0csubscription\x18\x01 \x01(\x0b\x32\x19.webhooks.v1.Subscription\"\'\n\x19\x44\x65leteSubscriptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteSubscriptionResponse\"Y\n\x1fRotateSubscriptionSecretRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"2\n RotateSubscriptionSecretResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t\"\xa6\x02\n\x0f\x44\x65liveryAttempt\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bhttp_status\x18\x07 \x01(\x05\x12\x18\n\x10response_excerpt\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12-\n\x07outcome\x18\n \x01(\x0e\x32\x1c.webhooks.v1.DeliveryOutcome\"\x7f\n\x1bListDeliveryAttemptsRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"g\n\x1cListDeliveryAttemptsResponse\x12.\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x1c.webhooks.v1.DeliveryAttempt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8f\x01\n\x0f\x44\x65liveryOutcome\x12 \n\x1c\x44\x45LIVERY_OUTCOME_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45LIVERY_OUTCOME_SUCCEEDED\x10\x01\x12\x1d\n\x19\x44\x45LIVERY_OUTCOME_RETRYING\x10\x02\x12\x1b\n\x17\x44\x45LIVERY_OUTCOME_FAILED\x10\x03\x32\xec\x05\n\rSubscriptions\x12\x65\n\x12\x43reateSubscription\x12&.webhooks.v1.CreateSubscriptionRequest\x1a\'.webhooks.v1.CreateSubscriptionResponse\x12\\\n\x0fGetSubscription\x12#.webhooks.v1.GetSubscriptionRequest\x1a$.webhooks.v1.GetSubscriptionResponse\x12\x62\n\x11ListSubscriptions\x12%.webhooks.v1.ListSubscriptionsRequest\x1a&.webhooks.v1.ListSubscriptionsResponse\x12\x65\n\x12UpdateSubscription\x12&.webhooks.v1.UpdateSubscriptionRequest\x1a\'.webhooks.v1.UpdateSubscriptionResponse\x12\x65\n\x12\x44\x65leteSubscription\x12&.webhooks.v1.DeleteSubscriptionRequest\x1a\'.webhooks.v1.DeleteSubscriptionResponse\x12w\n\x18RotateSubscriptionSecret\x12,.webhooks.v1.RotateSubscriptionSecretRequest\x1a-.webhooks.v1.RotateSubscriptionSecretResponse\x12k\n\x14ListDeliveryAttempts\x12(.webhooks.v1.ListDeliveryAttemptsRequest\x1a).webhooks.v1.ListDeliveryAttemptsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fwebhooks/v1/subscriptions.proto\x12\x0bwebhooks.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12+\n\x08schedule\x18\x02 \x03(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xf2\x04\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61llback_url\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0f\n\x07sources\x18\x04 \x03(\t\x12\x13\n\x0b\x65vent_types\x18\x05 \x03(\t\x12\x1a\n\x12trigger_conditions\x18\x06 \x01(\t\x12.\n\x0cretry_policy\x18\x07 \x01(\x0b\x32\x18.webhooks.v1.RetryPolicy\x12\x1d\n\x15rate_limit_per_second\x18\x08 \x01(\r\x12\x1f\n\x04tier\x18\t \x01(\x0e\x32\x11.webhooks.v1.Tier\x12\x12\n\npublic_key\x18\n \x01(\t\x12\x39\n\x08metadata\x18\x0b \x03(\x0b\x32\'.webhooks.v1.Subscription.MetadataEntry\x12/\n\x06status\x18\x0c \x01(\x0e\x32\x1f.webhooks.v1.SubscriptionStatus\x12\x15\n\rstatus_reason\x18\r \x01(\t\x12\x11\n\tclient_id\x18\x0e \x01(\t\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x1aprevious_secret_expires_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x19\x43reateSubscriptionRequest\x12/\n\x0csubscription\x18\x01 \x01(\x0b\x32\x19.webhooks.v1.Subscription\x12\x17\n\x0f\x63heck_reachable\x18\x02 \x01(\x08\"s\n\x1a\x43reateSubscriptionResponse\x12/\n\x0csubscription\x18\x01 \x01(\x0b\x32\x19.webhooks.v1.Subscription\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x14\n\x0creachability\x18\x03 \x01(\t\"$\n\x16GetSubscriptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"J\n\x17GetSubscriptionResponse\x12/\n\x0csubscription\x18\x01 \x01(\x0b\x32\x19.webhooks.v1.Subscription\"A\n\x18ListSubscriptionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x19ListSubscriptionsResponse\x12\x30\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x19.webhooks.v1.Subscription\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x89\x01\n\x19UpdateSubscriptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x0csubscription\x18\x02 \x01(\x0b\x32\x19.webhooks.v1.Subscription\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"M\n\x1aUpdateSubscriptionResponse\x12/\n\x0csubscription\x18\x01 \x01(\x0b\x32\x19.webhooks.v1.Subscription\"\'\n\x19\x44\x65leteSubscriptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteSubscriptionResponse\"Y\n\x1fRotateSubscriptionSecretRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"r\n RotateSubscriptionSecretResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12>\n\x1aprevious_secret_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe7\x02\n\x08\x44\x65livery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12+\n\x06status\x18\x06 \x01(\x0e\x32\x1b.webhooks.v1.DeliveryStatus\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12\x18\n\x10last_http_status\x18\x08 \x01(\x05\x12\x12\n\nlast_error\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnext_attempt_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x84\x02\n\x15ListDeliveriesRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.webhooks.v1.DeliveryStatus\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x06 \x01(\t\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"\\\n\x16ListDeliveriesResponse\x12)\n\ndeliveries\x18\x01 \x03(\x0b\x32\x15.webhooks.v1.Delivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd2\x03\n\x0f\x44\x65liveryAttempt\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bhttp_status\x18\x08 \x01(\x05\x12K\n\x10response_headers\x18\t \x03(\x0b\x32\x31.webhooks.v1.DeliveryAttempt.ResponseHeadersEntry\x12\x15\n\rresponse_body\x18\n \x01(\x0c\x12\x13\n\x0b\x65rror_class\x18\x0b \x01(\t\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12,\n\x07outcome\x18\r \x01(\x0e\x32\x1b.webhooks.v1.DeliveryStatus\x1a\x36\n\x14ResponseHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd0\x01\n\x1bListDeliveryAttemptsRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65livery_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"g\n\x1cListDeliveryAttemptsResponse\x12.\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x1c.webhooks.v1.DeliveryAttempt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xa3\x01\n\x12SubscriptionStatus\x12#\n\x1fSUBSCRIPTION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSUBSCRIPTION_STATUS_ENABLED\x10\x01\x12 \n\x1cSUBSCRIPTION_STATUS_DISABLED\x10\x02\x12%\n!SUBSCRIPTION_STATUS_AUTO_DISABLED\x10\x03*M\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_HIGH\x10\x01\x12\x11\n\rTIER_STANDARD\x10\x02\x12\r\n\tTIER_BULK\x10\x03*\xc6\x01\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45LIVERY_STATUS_PENDING\x10\x01\x12\x1d\n\x19\x44\x45LIVERY_STATUS_DELIVERED\x10\x02\x12\x1c\n\x18\x44\x45LIVERY_STATUS_RETRYING\x10\x03\x12\x1a\n\x16\x44\x45LIVERY_STATUS_FAILED\x10\x04\x12\x1d\n\x19\x44\x45LIVERY_STATUS_CANCELLED\x10\x05\x32\x8b\t\n\rSubscriptions\x12\x8d\x01\n\x12\x43reateSubscription\x12&.webhooks.v1.CreateSubscriptionRequest\x1a\'.webhooks.v1.CreateSubscriptionResponse\"&\x82\xd3\xe4\x93\x02 \"\x10/api/v1/webhooks:\x0csubscription\x12{\n\x0fGetSubscription\x12#.webhooks.v1.GetSubscriptionRequest\x1a$.webhooks.v1.GetSubscriptionResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/api/v1/webhooks/{id}\x12|\n\x11ListSubscriptions\x12%.webhooks.v1.ListSubscriptionsRequest\x1a&.webhooks.v1.ListSubscriptionsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/webhooks\x12\x87\x01\n\x12UpdateSubscription\x12&.webhooks.v1.UpdateSubscriptionRequest\x1a\'.webhooks.v1.UpdateSubscriptionResponse\" \x82\xd3\xe4\x93\x02\x1a\x32\x15/api/v1/webhooks/{id}:\x01*\x12\x84\x01\n\x12\x44\x65leteSubscription\x12&.webhooks.v1.DeleteSubscriptionRequest\x1a\'.webhooks.v1.DeleteSubscriptionResponse\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/api/v1/webhooks/{id}\x12\xa7\x01\n\x18RotateSubscriptionSecret\x12,.webhooks.v1.RotateSubscriptionSecretRequest\x1a-.webhooks.v1.RotateSubscriptionSecretResponse\".\x82\xd3\xe4\x93\x02(\"#/api/v1/webhooks/{id}/rotate-secret:\x01*\x12\x90\x01\n\x0eListDeliveries\x12\".webhooks.v1.ListDeliveriesRequest\x1a#.webhooks.v1.ListDeliveriesResponse\"5\x82\xd3\xe4\x93\x02/\x12-/api/v1/webhooks/{subscription_id}/deliveries\x12\xa0\x01\n\x14ListDeliveryAttempts\x12(.webhooks.v1.ListDeliveryAttemptsRequest\x1a).webhooks.v1.ListDeliveryAttemptsResponse\"3\x82\xd3\xe4\x93\x02-\x12+/api/v1/webhooks/{subscription_id}/attemptsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,44 +37,74 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBSCRIPTION_METADATAENTRY']._loaded_options = None
   _globals['_SUBSCRIPTION_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_DELIVERYOUTCOME']._serialized_start=2126
-  _globals['_DELIVERYOUTCOME']._serialized_end=2269
-  _globals['_RETRYPOLICY']._serialized_start=147
-  _globals['_RETRYPOLICY']._serialized_end=271
-  _globals['_SUBSCRIPTION']._serialized_start=274
-  _globals['_SUBSCRIPTION']._serialized_end=714
-  _globals['_SUBSCRIPTION_METADATAENTRY']._serialized_start=667
-  _globals['_SUBSCRIPTION_METADATAENTRY']._serialized_end=714
-  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_start=716
-  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_end=792
-  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_start=794
-  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_end=887
-  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_start=889
-  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_end=925
-  _globals['_GETSUBSCRIPTIONRESPONSE']._serialized_start=927
-  _globals['_GETSUBSCRIPTIONRESPONSE']._serialized_end=1001
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1003
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1068
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=1070
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=1172
-  _globals['_UPDATESUBSCRIPTIONREQUEST']._serialized_start=1174
-  _globals['_UPDATESUBSCRIPTIONREQUEST']._serialized_end=1299
-  _globals['_UPDATESUBSCRIPTIONRESPONSE']._serialized_start=1301
-  _globals['_UPDATESUBSCRIPTIONRESPONSE']._serialized_end=1378
-  _globals['_DELETESUBSCRIPTIONREQUEST']._serialized_start=1380
-  _globals['_DELETESUBSCRIPTIONREQUEST']._serialized_end=1419
-  _globals['_DELETESUBSCRIPTIONRESPONSE']._serialized_start=1421
-  _globals['_DELETESUBSCRIPTIONRESPONSE']._serialized_end=1449
-  _globals['_ROTATESUBSCRIPTIONSECRETREQUEST']._serialized_start=1451
-  _globals['_ROTATESUBSCRIPTIONSECRETREQUEST']._serialized_end=1540
-  _globals['_ROTATESUBSCRIPTIONSECRETRESPONSE']._serialized_start=1542
-  _globals['_ROTATESUBSCRIPTIONSECRETRESPONSE']._serialized_end=1592
-  _globals['_DELIVERYATTEMPT']._serialized_start=1595
-  _globals['_DELIVERYATTEMPT']._serialized_end=1889
-  _globals['_LISTDELIVERYATTEMPTSREQUEST']._serialized_start=1891
-  _globals['_LISTDELIVERYATTEMPTSREQUEST']._serialized_end=2018
-  _globals['_LISTDELIVERYATTEMPTSRESPONSE']._serialized_start=2020
-  _globals['_LISTDELIVERYATTEMPTSRESPONSE']._serialized_end=2123
-  _globals['_SUBSCRIPTIONS']._serialized_start=2272
-  _globals['_SUBSCRIPTIONS']._serialized_end=3020
+  _globals['_DELIVERYATTEMPT_RESPONSEHEADERSENTRY']._loaded_options = None
+  _globals['_DELIVERYATTEMPT_RESPONSEHEADERSENTRY']._serialized_options = b'8\001'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['CreateSubscription']._loaded_options = None
+  _globals['_SUBSCRIPTIONS'].methods_by_name['CreateSubscription']._serialized_options = b'\202\323\344\223\002 \"\020/api/v1/webhooks:\014subscription'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['GetSubscription']._loaded_options = None
+  _globals['_SUBSCRIPTIONS'].methods_by_name['GetSubscription']._serialized_options = b'\202\323\344\223\002\027\022\025/api/v1/webhooks/{id}'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['ListSubscriptions']._loaded_options = None
+  _globals['_SUBSCRIPTIONS'].methods_by_name['ListSubscriptions']._serialized_options = b'\202\323\344\223\002\022\022\020/api/v1/webhooks'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['UpdateSubscription']._loaded_options = None
+  _globals['_SUBSCRIPTIONS'].methods_by_name['UpdateSubscription']._serialized_options = b'\202\323\344\223\002\0322\025/api/v1/webhooks/{id}:\001*'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['DeleteSubscription']._loaded_options = None
+  _globals['_SUBSCRIPTIONS'].methods_by_name['DeleteSubscription']._serialized_options = b'\202\323\344\223\002\027*\025/api/v1/webhooks/{id}'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['RotateSubscriptionSecret']._loaded_options = None
+  _globals['_SUBSCRIPTIONS'].methods_by_name['RotateSubscriptionSecret']._serialized_options = b'\202\323\344\223\002(\"#/api/v1/webhooks/{id}/rotate-secret:\001*'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['ListDeliveries']._loaded_options = None
+  _globals['_SUBSCRIPTIONS'].methods_by_name['ListDeliveries']._serialized_options = b'\202\323\344\223\002/\022-/api/v1/webhooks/{subscription_id}/deliveries'
+  _globals['_SUBSCRIPTIONS'].methods_by_name['ListDeliveryAttempts']._loaded_options = None
+  _globals['_SUBSCRIPTIONS'].methods_by_name['ListDeliveryAttempts']._serialized_options = b'\202\323\344\223\002-\022+/api/v1/webhooks/{subscription_id}/attempts'
+  _globals['_SUBSCRIPTIONSTATUS']._serialized_start=3439
+  _globals['_SUBSCRIPTIONSTATUS']._serialized_end=3602
+  _globals['_TIER']._serialized_start=3604
+  _globals['_TIER']._serialized_end=3681
+  _globals['_DELIVERYSTATUS']._serialized_start=3684
+  _globals['_DELIVERYSTATUS']._serialized_end=3882
+  _globals['_RETRYPOLICY']._serialized_start=177
+  _globals['_RETRYPOLICY']._serialized_end=301
+  _globals['_SUBSCRIPTION']._serialized_start=304
+  _globals['_SUBSCRIPTION']._serialized_end=930
+  _globals['_SUBSCRIPTION_METADATAENTRY']._serialized_start=883
+  _globals['_SUBSCRIPTION_METADATAENTRY']._serialized_end=930
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_start=932
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_end=1033
+  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_start=1035
+  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_end=1150
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_start=1152
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_end=1188
+  _globals['_GETSUBSCRIPTIONRESPONSE']._serialized_start=1190
+  _globals['_GETSUBSCRIPTIONRESPONSE']._serialized_end=1264
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=1266
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=1331
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=1333
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=1435
+  _globals['_UPDATESUBSCRIPTIONREQUEST']._serialized_start=1438
+  _globals['_UPDATESUBSCRIPTIONREQUEST']._serialized_end=1575
+  _globals['_UPDATESUBSCRIPTIONRESPONSE']._serialized_start=1577
+  _globals['_UPDATESUBSCRIPTIONRESPONSE']._serialized_end=1654
+  _globals['_DELETESUBSCRIPTIONREQUEST']._serialized_start=1656
+  _globals['_DELETESUBSCRIPTIONREQUEST']._serialized_end=1695
+  _globals['_DELETESUBSCRIPTIONRESPONSE']._serialized_start=1697
+  _globals['_DELETESUBSCRIPTIONRESPONSE']._serialized_end=1725
+  _globals['_ROTATESUBSCRIPTIONSECRETREQUEST']._serialized_start=1727
+  _globals['_ROTATESUBSCRIPTIONSECRETREQUEST']._serialized_end=1816
+  _globals['_ROTATESUBSCRIPTIONSECRETRESPONSE']._serialized_start=1818
+  _globals['_ROTATESUBSCRIPTIONSECRETRESPONSE']._serialized_end=1932
+  _globals['_DELIVERY']._serialized_start=1935
+  _globals['_DELIVERY']._serialized_end=2294
+  _globals['_LISTDELIVERIESREQUEST']._serialized_start=2297
+  _globals['_LISTDELIVERIESREQUEST']._serialized_end=2557
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=2559
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=2651
+  _globals['_DELIVERYATTEMPT']._serialized_start=2654
+  _globals['_DELIVERYATTEMPT']._serialized_end=3120
+  _globals['_DELIVERYATTEMPT_RESPONSEHEADERSENTRY']._serialized_start=3066
+  _globals['_DELIVERYATTEMPT_RESPONSEHEADERSENTRY']._serialized_end=3120
+  _globals['_LISTDELIVERYATTEMPTSREQUEST']._serialized_start=3123
+  _globals['_LISTDELIVERYATTEMPTSREQUEST']._serialized_end=3331
+  _globals['_LISTDELIVERYATTEMPTSRESPONSE']._serialized_start=3333
+  _globals['_LISTDELIVERYATTEMPTSRESPONSE']._serialized_end=3436
+  _globals['_SUBSCRIPTIONS']._serialized_start=3885
+  _globals['_SUBSCRIPTIONS']._serialized_end=5048
 # @@protoc_insertion_point(module_scope)

@@ -26,8 +26,10 @@ if _version_not_supported:
 
 
 class SubscriptionsStub:
-    """Outbound subscriptions: who receives which events, how they are signed and retried, and the record
-    of every delivery attempt.
+    """Outbound subscriptions (webhooks): who receives which events, how they are signed and retried, and the
+    record of every delivery and attempt. Served over gRPC to internal tools and, through Envoy's
+    transcoder, as REST under /api/v1/webhooks to clients holding a JWT: a client sees and changes only its
+    own subscriptions.
     """
 
     def __init__(self, channel):
@@ -66,6 +68,11 @@ class SubscriptionsStub:
                 request_serializer=webhooks_dot_v1_dot_subscriptions__pb2.RotateSubscriptionSecretRequest.SerializeToString,
                 response_deserializer=webhooks_dot_v1_dot_subscriptions__pb2.RotateSubscriptionSecretResponse.FromString,
                 _registered_method=True)
+        self.ListDeliveries = channel.unary_unary(
+                '/webhooks.v1.Subscriptions/ListDeliveries',
+                request_serializer=webhooks_dot_v1_dot_subscriptions__pb2.ListDeliveriesRequest.SerializeToString,
+                response_deserializer=webhooks_dot_v1_dot_subscriptions__pb2.ListDeliveriesResponse.FromString,
+                _registered_method=True)
         self.ListDeliveryAttempts = channel.unary_unary(
                 '/webhooks.v1.Subscriptions/ListDeliveryAttempts',
                 request_serializer=webhooks_dot_v1_dot_subscriptions__pb2.ListDeliveryAttemptsRequest.SerializeToString,
@@ -74,12 +81,14 @@ class SubscriptionsStub:
 
 
 class SubscriptionsServicer:
-    """Outbound subscriptions: who receives which events, how they are signed and retried, and the record
-    of every delivery attempt.
+    """Outbound subscriptions (webhooks): who receives which events, how they are signed and retried, and the
+    record of every delivery and attempt. Served over gRPC to internal tools and, through Envoy's
+    transcoder, as REST under /api/v1/webhooks to clients holding a JWT: a client sees and changes only its
+    own subscriptions.
     """
 
     def CreateSubscription(self, request, context):
-        """Creates a subscription and returns its signing secret once.
+        """Creates a subscription and returns its signing secret, once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,7 +107,8 @@ class SubscriptionsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSubscription(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Changes the fields named in update_mask (all the fields set in the request when it is empty).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -110,14 +120,21 @@ class SubscriptionsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RotateSubscriptionSecret(self, request, context):
-        """Adds a new signing secret; the previous one stays valid for `overlap`.
+        """Creates a new signing secret, returned once; the previous one keeps signing alongside for `overlap`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeliveries(self, request, context):
+        """The deliveries of events to a subscription (one per event and subscription), newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDeliveryAttempts(self, request, context):
-        """Every attempt to deliver events to a subscription, newest first.
+        """Every attempt of a subscription's deliveries (or of one delivery), newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,6 +173,11 @@ def add_SubscriptionsServicer_to_server(servicer, server):
                     request_deserializer=webhooks_dot_v1_dot_subscriptions__pb2.RotateSubscriptionSecretRequest.FromString,
                     response_serializer=webhooks_dot_v1_dot_subscriptions__pb2.RotateSubscriptionSecretResponse.SerializeToString,
             ),
+            'ListDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveries,
+                    request_deserializer=webhooks_dot_v1_dot_subscriptions__pb2.ListDeliveriesRequest.FromString,
+                    response_serializer=webhooks_dot_v1_dot_subscriptions__pb2.ListDeliveriesResponse.SerializeToString,
+            ),
             'ListDeliveryAttempts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeliveryAttempts,
                     request_deserializer=webhooks_dot_v1_dot_subscriptions__pb2.ListDeliveryAttemptsRequest.FromString,
@@ -170,8 +192,10 @@ def add_SubscriptionsServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Subscriptions:
-    """Outbound subscriptions: who receives which events, how they are signed and retried, and the record
-    of every delivery attempt.
+    """Outbound subscriptions (webhooks): who receives which events, how they are signed and retried, and the
+    record of every delivery and attempt. Served over gRPC to internal tools and, through Envoy's
+    transcoder, as REST under /api/v1/webhooks to clients holding a JWT: a client sees and changes only its
+    own subscriptions.
     """
 
     @staticmethod
@@ -326,6 +350,33 @@ class Subscriptions:
             '/webhooks.v1.Subscriptions/RotateSubscriptionSecret',
             webhooks_dot_v1_dot_subscriptions__pb2.RotateSubscriptionSecretRequest.SerializeToString,
             webhooks_dot_v1_dot_subscriptions__pb2.RotateSubscriptionSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/webhooks.v1.Subscriptions/ListDeliveries',
+            webhooks_dot_v1_dot_subscriptions__pb2.ListDeliveriesRequest.SerializeToString,
+            webhooks_dot_v1_dot_subscriptions__pb2.ListDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,8 @@ def test_default_config_file_parses_with_a_demo_source() -> None:
     assert cfg.edge.default_source == "demo"
     assert cfg.source("demo") is not None
     assert cfg.data_dir.name == "var"
-    assert [op.name for op in cfg.processor.operations] == ["log", "entity"]
+    assert [op.name for op in cfg.processor.operations] == ["log", "entity", "deliver"]
+    assert cfg.delivery.secrets_key is not None and "invoice.paid" in (cfg.event_types() or ())
     assert cfg.processor.retry.max_attempts == 8 and cfg.processor.retry.levels_ms()[0] == 1000
 
 

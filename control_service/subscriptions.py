@@ -1,0 +1,473 @@
+"""Subscriptions domain: validate, authorise, store, announce changes. No gRPC or driver here.
+
+Who may do what: a request that came through the edge carries the client id Envoy verified in its JWT; that
+client sees and changes only its own subscriptions, and another client's id is answered NOT_FOUND (never a
+hint that it exists). A request through the edge without a verified client is UNAUTHENTICATED. A request
+that reached the internal gRPC port directly (an internal tool on the platform's own network) acts for every
+client.
+
+Every change is written to the store and then announced (``ChangeNotices``), so the processors' fan-out and
+the delivery workers see it within milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from switchboard import pagination
+from switchboard.delivery.filters import check_event_types, compile_condition
+from switchboard.delivery.policy import RetryPolicy
+from switchboard.delivery.signing import new_secret
+from switchboard.delivery.urls import check_url, resolve_and_check
+from switchboard.errors import InvalidRequest, NotFound, Unauthenticated
+from switchboard.model.events import now_us
+from switchboard.model.subscriptions import (
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    RetrySchedule,
+    Subscription,
+    SubscriptionStatus,
+    Tier,
+)
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+MAX_METADATA = 32
+MAX_DESCRIPTION = 1024
+MAX_RATE = 100_000
+DEFAULT_LISTING_US = 30 * 86_400 * 1_000_000
+# The fields a client may change (UpdateSubscription's mask), with their names in the API.
+MUTABLE = frozenset(
+    {
+        "callback_url",
+        "description",
+        "sources",
+        "event_types",
+        "trigger_conditions",
+        "retry_policy",
+        "rate_limit_per_second",
+        "tier",
+        "public_key",
+        "metadata",
+        "status",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """``client_id`` None: an internal tool on the gRPC port. ``via_edge``: the request came through Envoy."""
+
+    client_id: str | None
+    via_edge: bool = False
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the platform's configuration says about subscriptions."""
+
+    sources: Collection[str]
+    # Event types each source declares; a source mapped to () declares none (any type is possible).
+    event_types: Mapping[str, Collection[str]]
+    allow_http_hosts: tuple[str, ...] = ()
+    allow_networks: tuple[str, ...] = ()
+    default_timeout_ms: int = 10_000
+    secret_overlap_us: int = 86_400 * 1_000_000
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What a client asks for; None leaves a field as it is (on update) or at its default (on create)."""
+
+    callback_url: str | None = None
+    description: str | None = None
+    sources: tuple[str, ...] | None = None
+    event_types: tuple[str, ...] | None = None
+    trigger_conditions: str | None = None
+    retry_schedule_s: tuple[float, ...] | None = None
+    max_attempts: int | None = None
+    timeout_ms: int | None = None
+    retry_set: bool = False
+    rate_limit_per_second: int | None = None
+    tier: str | None = None
+    public_key: str | None = None
+    metadata: Mapping[str, str] | None = None
+    status: SubscriptionStatus | None = None
+    client_id: str | None = None  # internal tools only: whom a subscription is created for
+
+
+class SubscriptionRepository(Protocol):
+    async def put(self, s: Subscription) -> None: ...
+    async def get(self, subscription_id: str) -> Subscription | None: ...
+    async def delete(self, s: Subscription) -> None: ...
+    async def page(self, client_id: str | None, after: str, limit: int) -> tuple[list[Subscription], str]: ...
+
+
+class DeliveryReader(Protocol):
+    async def by_event(self, source: str, event_id: str) -> list[Delivery]: ...
+    async def page(
+        self, subscription_id: str, start_us: int, end_us: int, limit: int, after: tuple[int, int, str] | None
+    ) -> tuple[list[Delivery], tuple[int, int, str] | None]: ...
+    async def attempts_of(self, delivery_id: str) -> list[Attempt]: ...
+    async def attempts_page(
+        self, subscription_id: str, start_us: int, end_us: int, limit: int, after: tuple[int, int, str, int, str] | None
+    ) -> tuple[list[Attempt], tuple[int, int, str, int, str] | None]: ...
+
+
+class Notices(Protocol):
+    async def changed(self, subscription_id: str) -> None: ...
+
+
+class Prober(Protocol):
+    async def probe(self, url: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Created:
+    subscription: Subscription
+    secret: str
+    reachability: str = ""
+
+
+class SubscriptionManager:
+    def __init__(
+        self,
+        rules: Rules,
+        subscriptions: SubscriptionRepository,
+        deliveries: DeliveryReader,
+        notices: Notices,
+        prober: Prober | None = None,
+    ) -> None:
+        self.rules = rules
+        self.subscriptions = subscriptions
+        self.deliveries = deliveries
+        self.notices = notices
+        self.prober = prober
+
+    # -- subscriptions ------------------------------------------------------------------------------------
+    async def create(self, caller: Caller, draft: Draft, *, check_reachable: bool = False) -> Created:
+        owner = self._owner(caller, draft)
+        if not draft.callback_url:
+            raise _field_error("callback_url", "is required")
+        now = now_us()
+        blank = Subscription(id="", client_id=owner, callback_url="", created_us=now, updated_us=now)
+        s = await self._apply(blank, draft, set(MUTABLE))
+        s.id = "sub_" + secrets.token_hex(12)
+        s.secret = new_secret()
+        await self.subscriptions.put(s)
+        await self.notices.changed(s.id)
+        reachability = await self.prober.probe(s.callback_url) if check_reachable and self.prober else ""
+        return Created(s, s.secret, reachability)
+
+    async def get(self, caller: Caller, subscription_id: str) -> Subscription:
+        self._check(caller)
+        s = await self.subscriptions.get(subscription_id) if subscription_id else None
+        if s is None or (caller.client_id is not None and s.client_id != caller.client_id):
+            raise NotFound(
+                f"no subscription {subscription_id!r}",
+                reason="SUBSCRIPTION_NOT_FOUND",
+                metadata={"id": subscription_id[:64]},
+            )
+        return s
+
+    async def list_subscriptions(
+        self, caller: Caller, page_size: int, page_token: str
+    ) -> tuple[list[Subscription], str]:
+        self._check(caller)
+        limit = _page_size(page_size)
+        after = ""
+        if page_token:
+            raw = pagination.decode_token(page_token)
+            if raw.get("c") != (caller.client_id or ""):
+                raise pagination.mismatched_token()
+            after = str(raw.get("a", ""))
+        subs, cursor = await self.subscriptions.page(caller.client_id, after, limit)
+        token = pagination.encode_token({"c": caller.client_id or "", "a": cursor}) if cursor else ""
+        return subs, token
+
+    async def update(self, caller: Caller, subscription_id: str, draft: Draft, mask: Collection[str]) -> Subscription:
+        current = await self.get(caller, subscription_id)
+        fields = set(mask) if mask else _set_fields(draft)
+        unknown = fields - MUTABLE
+        if unknown:
+            raise InvalidRequest(
+                f"update_mask names fields that cannot be changed: {', '.join(sorted(unknown))}",
+                reason="UPDATE_MASK_INVALID",
+                metadata={"field": "update_mask"},
+            )
+        if not fields:
+            raise InvalidRequest("nothing to change", reason="UPDATE_MASK_INVALID", metadata={"field": "update_mask"})
+        updated = await self._apply(replace(current, metadata=dict(current.metadata)), draft, fields)
+        updated.updated_us = now_us()
+        await self.subscriptions.put(updated)
+        await self.notices.changed(updated.id)
+        return updated
+
+    async def delete(self, caller: Caller, subscription_id: str) -> None:
+        s = await self.get(caller, subscription_id)
+        await self.subscriptions.delete(s)
+        await self.notices.changed(s.id)
+
+    async def rotate_secret(self, caller: Caller, subscription_id: str, overlap_us: int | None) -> tuple[str, int]:
+        """A new secret; the current one keeps signing beside it for ``overlap_us`` (the configured default
+        when None). Returns the new secret and when the previous one stops signing."""
+        s = await self.get(caller, subscription_id)
+        overlap = self.rules.secret_overlap_us if overlap_us is None else overlap_us
+        if not 0 <= overlap <= 30 * 86_400 * 1_000_000:
+            raise _field_error("overlap", "must be between 0 and 30 days")
+        now = now_us()
+        s.previous_secret, s.previous_secret_expires_us = s.secret, now + overlap
+        s.secret = new_secret()
+        s.updated_us = now
+        await self.subscriptions.put(s)
+        await self.notices.changed(s.id)
+        return s.secret, s.previous_secret_expires_us
+
+    # -- deliveries ---------------------------------------------------------------------------------------
+    async def list_deliveries(
+        self,
+        caller: Caller,
+        subscription_id: str,
+        *,
+        status: DeliveryStatus | None,
+        start_us: int | None,
+        end_us: int | None,
+        source: str,
+        event_id: str,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[Delivery], str]:
+        s = await self.get(caller, subscription_id)
+        if event_id or source:
+            if not (event_id and source):
+                raise _field_error("event_id", "is given with source, or not at all")
+            found = [d for d in await self.deliveries.by_event(source, event_id) if d.subscription_id == s.id]
+            return [d for d in found if status is None or d.status is status], ""
+        limit = _page_size(page_size)
+        end = end_us or now_us()
+        start = start_us or end - DEFAULT_LISTING_US
+        if start >= end:
+            raise _field_error("start_time", "must be before end_time")
+        query = {"s": s.id, "a": start, "b": end, "st": status.value if status else ""}
+        cursor: tuple[int, int, str] | None = None
+        if page_token:
+            raw = pagination.decode_token(page_token)
+            if {k: raw.get(k) for k in query} != query:
+                raise pagination.mismatched_token()
+            cursor = _cursor3(raw.get("c"))
+        out: list[Delivery] = []
+        scanned = 0
+        while True:  # a status filter scans on until the page is full (at most 5,000 rows per call)
+            batch, cursor = await self.deliveries.page(s.id, start, end, limit - len(out), cursor)
+            scanned += len(batch)
+            out += [d for d in batch if status is None or d.status is status]
+            if cursor is None or len(out) >= limit or scanned >= 5000:
+                break
+        token = pagination.encode_token({**query, "c": list(cursor)}) if cursor else ""
+        return out, token
+
+    async def list_attempts(
+        self,
+        caller: Caller,
+        subscription_id: str,
+        *,
+        delivery_id: str,
+        start_us: int | None,
+        end_us: int | None,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[Attempt], str]:
+        s = await self.get(caller, subscription_id)
+        if delivery_id:
+            return [a for a in await self.deliveries.attempts_of(delivery_id) if a.subscription_id == s.id], ""
+        limit = _page_size(page_size)
+        end = end_us or now_us()
+        start = start_us or end - DEFAULT_LISTING_US
+        query = {"s": s.id, "a": start, "b": end}
+        cursor: tuple[int, int, str, int, str] | None = None
+        if page_token:
+            raw = pagination.decode_token(page_token)
+            if {k: raw.get(k) for k in query} != query:
+                raise pagination.mismatched_token()
+            cursor = _cursor5(raw.get("c"))
+        attempts, cursor = await self.deliveries.attempts_page(s.id, start, end, limit, cursor)
+        token = pagination.encode_token({**query, "c": list(cursor)}) if cursor else ""
+        return attempts, token
+
+    # -- validation ---------------------------------------------------------------------------------------
+    def _check(self, caller: Caller) -> None:
+        if caller.via_edge and not caller.client_id:
+            raise Unauthenticated("no verified client in the request", reason="CLIENT_MISSING")
+
+    def _owner(self, caller: Caller, draft: Draft) -> str:
+        self._check(caller)
+        if caller.client_id is not None:
+            return caller.client_id
+        return draft.client_id or "internal"
+
+    async def _apply(self, s: Subscription, draft: Draft, fields: set[str]) -> Subscription:
+        """``s`` with the draft's values for ``fields``, each validated."""
+        r = self.rules
+        if "callback_url" in fields and draft.callback_url is not None:
+            parsed = check_url(draft.callback_url, allow_http_hosts=r.allow_http_hosts, allow_networks=r.allow_networks)
+            if parsed.ip is None:  # the host must resolve, and every address must be allowed
+                await resolve_and_check(parsed.host, parsed.port, r.allow_networks)
+            s.callback_url = parsed.url
+        if "description" in fields:
+            s.description = _text(draft.description or "", "description", MAX_DESCRIPTION)
+        if "sources" in fields:
+            unknown = sorted(set(draft.sources or ()) - set(r.sources))
+            if unknown:
+                raise InvalidRequest(
+                    f"sources: no source named {unknown[0]!r} is configured",
+                    reason="SOURCE_UNKNOWN",
+                    metadata={"field": "sources"},
+                )
+            s.sources = tuple(draft.sources or ())
+        if "event_types" in fields or "sources" in fields:
+            globs = draft.event_types if "event_types" in fields and draft.event_types else s.event_types
+            s.event_types = check_event_types(globs or ("*",), self._catalogue(s.sources))
+        if "trigger_conditions" in fields:
+            expression = (draft.trigger_conditions or "").strip()
+            if expression:
+                compile_condition(expression)
+            s.trigger_conditions = expression
+        if "retry_policy" in fields and draft.retry_set:
+            s.retry = self._retry(draft)
+        if "rate_limit_per_second" in fields and draft.rate_limit_per_second is not None:
+            if not 0 <= draft.rate_limit_per_second <= MAX_RATE:
+                raise _field_error("rate_limit_per_second", f"must be between 0 and {MAX_RATE}")
+            s.rate_limit_per_second = draft.rate_limit_per_second
+        if "tier" in fields and draft.tier is not None:
+            s.tier = Tier(draft.tier)
+        if "public_key" in fields:
+            s.public_key = check_public_key(draft.public_key or "")
+        if "metadata" in fields:
+            s.metadata = _metadata(draft.metadata or {})
+        if "status" in fields and draft.status is not None:
+            if draft.status is SubscriptionStatus.AUTO_DISABLED:
+                raise _field_error("status", "AUTO_DISABLED is set by the platform only")
+            s.status = draft.status
+            s.status_reason = "" if draft.status is SubscriptionStatus.ENABLED else "disabled by its client"
+        return s
+
+    def _catalogue(self, sources: Sequence[str]) -> tuple[str, ...]:
+        names = sources or tuple(self.rules.sources)
+        declared = [self.rules.event_types.get(n, ()) for n in names]
+        if not declared or any(not types for types in declared):
+            return ()  # some source declares no types: any glob is possible
+        return tuple(sorted({t for types in declared for t in types}))
+
+    def _retry(self, draft: Draft) -> RetrySchedule | None:
+        timeout = draft.timeout_ms or self.rules.default_timeout_ms
+        if not 1_000 <= timeout <= 60_000:
+            raise _field_error("retry_policy", "timeout must be between 1 s and 60 s")
+        policy = RetryPolicy.custom(draft.retry_schedule_s) if draft.retry_schedule_s else RetryPolicy()
+        attempts = draft.max_attempts or policy.max_attempts
+        if not 1 <= attempts <= policy.max_attempts:
+            raise _field_error("retry_policy", f"max_attempts must be between 1 and {policy.max_attempts}")
+        if not draft.retry_schedule_s and not draft.max_attempts and not draft.timeout_ms:
+            return None
+        return RetrySchedule(tuple(round(d * 1000) for d in policy.retry_delays), attempts, timeout)
+
+
+def check_public_key(value: str) -> str:
+    """A PEM public key (RSA of 2048 bits or more, or EC P-256/P-384/P-521) or the same as a JWK; "" passes."""
+    text = value.strip()
+    if not text:
+        return ""
+    if len(text) > 16_384:
+        raise _field_error("public_key", "is too long")
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = _jwk_public_key(json.loads(text)) if text.startswith("{") else load_pem_public_key(text.encode())
+    except (ValueError, TypeError, KeyError):
+        raise _field_error("public_key", "is not a PEM public key or a public JWK") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < 2048:
+            raise _field_error("public_key", f"RSA keys must have at least 2048 bits, not {key.key_size}")
+    elif not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in (
+        "secp256r1",
+        "secp384r1",
+        "secp521r1",
+    ):
+        raise _field_error("public_key", "must be an RSA or an EC (P-256, P-384, P-521) key")
+    return text
+
+
+def _jwk_public_key(jwk: object) -> object:
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if not isinstance(jwk, dict) or "d" in jwk:
+        raise ValueError("not a public JWK")
+
+    def num(name: str) -> int:
+        raw = str(jwk[name])
+        return int.from_bytes(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)), "big")
+
+    if jwk.get("kty") == "RSA":
+        return rsa.RSAPublicNumbers(num("e"), num("n")).public_key()
+    if jwk.get("kty") == "EC":
+        curves = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
+        curve = curves[str(jwk["crv"])]
+        return ec.EllipticCurvePublicNumbers(num("x"), num("y"), curve).public_key()
+    raise ValueError("unsupported kty")
+
+
+def _set_fields(draft: Draft) -> set[str]:
+    fields = {name for name in MUTABLE - {"retry_policy"} if getattr(draft, name) not in (None, "", (), {})}
+    if draft.retry_set:
+        fields.add("retry_policy")
+    return fields
+
+
+def _field_error(field: str, problem: str) -> InvalidRequest:
+    return InvalidRequest(f"{field}: {problem}", reason="FIELD_INVALID", metadata={"field": field})
+
+
+def _text(value: str, field: str, limit: int) -> str:
+    if len(value) > limit:
+        raise _field_error(field, f"is longer than {limit} characters")
+    return value
+
+
+def _metadata(value: Mapping[str, str]) -> dict[str, str]:
+    if len(value) > MAX_METADATA:
+        raise _field_error("metadata", f"at most {MAX_METADATA} entries")
+    for k, v in value.items():
+        if not k or len(k) > 64 or len(v) > 512:
+            raise _field_error("metadata", "keys of 1 to 64 characters, values of at most 512")
+    return dict(value)
+
+
+def _page_size(page_size: int) -> int:
+    if not 0 <= page_size <= MAX_PAGE:
+        raise InvalidRequest(f"page_size must be between 0 and {MAX_PAGE}", reason="PAGE_SIZE_INVALID")
+    return page_size or DEFAULT_PAGE
+
+
+def _cursor3(value: object) -> tuple[int, int, str]:
+    if not isinstance(value, list) or len(value) != 3:
+        raise pagination.invalid_token()
+    try:
+        return int(value[0]), int(value[1]), str(value[2])
+    except (TypeError, ValueError):
+        raise pagination.invalid_token() from None
+
+
+def _cursor5(value: object) -> tuple[int, int, str, int, str]:
+    if not isinstance(value, list) or len(value) != 5:
+        raise pagination.invalid_token()
+    try:
+        return int(value[0]), int(value[1]), str(value[2]), int(value[3]), str(value[4])
+    except (TypeError, ValueError):
+        raise pagination.invalid_token() from None

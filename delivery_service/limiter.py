@@ -1,0 +1,38 @@
+"""Per-subscription rate limits: one token bucket each, in this process (each worker applies the limit on
+its own share; with N workers a subscription sees at most N times its rate in bursts)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Bucket:
+    rate: float
+    tokens: float
+    stamp: float
+
+    def take(self, now: float) -> float:
+        """Takes a token; returns how long to wait for it (0 when one was there)."""
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+class Limiter:
+    def __init__(self) -> None:
+        self._buckets: dict[str, Bucket] = {}
+
+    async def acquire(self, key: str, rate: float) -> float:
+        """Waits until ``key`` may send (``rate`` per second, bursts up to ``rate``); returns the seconds waited."""
+        now = time.monotonic()
+        bucket = self._buckets.get(key)
+        if bucket is None or bucket.rate != rate:
+            bucket = self._buckets[key] = Bucket(rate, rate, now)
+        wait = bucket.take(now)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return wait

@@ -1,0 +1,90 @@
+"""Delivery worker entry point: ``python -m delivery_service --config FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from delivery_service.limiter import Limiter
+from delivery_service.pipeline import Defaults, DeliveryPipeline
+from switchboard.config import PlatformConfig
+from switchboard.delivery.sender import Sender
+from switchboard.model.events import now_us
+from switchboard.model.subscriptions import SubscriptionStatus
+from switchboard.queue import QueueWorker, StatsHook, WorkerSettings
+from switchboard.runtime.service import serve, service_main
+from switchboard.store import DeliveryStore, SubscriptionStore, open_store
+from switchboard.streams import changes_exchange, deliveries_topology
+from switchboard.subscription_cache import ChangeNotices, SubscriptionCache
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 20.0
+
+
+class AutoDisable:
+    """A 410 Gone disables the subscription (with the reason) and announces the change."""
+
+    def __init__(self, subscriptions: SubscriptionStore, cache: SubscriptionCache, notices: ChangeNotices) -> None:
+        self.subscriptions = subscriptions
+        self.cache = cache
+        self.notices = notices
+
+    async def disable(self, subscription_id: str, reason: str) -> None:
+        await self.subscriptions.set_status(subscription_id, SubscriptionStatus.AUTO_DISABLED, reason, now_us())
+        await self.cache.refresh(subscription_id)
+        await self.notices.changed(subscription_id)
+        log.warning("subscription disabled by its endpoint", extra={"subscription": subscription_id, "reason": reason})
+
+
+async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
+    d = cfg.delivery
+    box = d.secret_box()
+    async with serve() as life:
+        store = await life.enter(open_store(cfg.cassandra, create_schema=True))
+        subscriptions = SubscriptionStore(store, box)
+        cache = SubscriptionCache(subscriptions, cfg.rabbitmq.amqp_url, changes_exchange(cfg), purpose="delivery-cache")
+        await cache.start(life.stopping)
+        life.on_close(cache.close)
+        notices = ChangeNotices(cfg.rabbitmq.amqp_url, changes_exchange(cfg), purpose="delivery-notices")
+        await notices.start(life.stopping)
+        life.on_close(notices.close)
+        sender = Sender(
+            allow_http_hosts=d.allow_http_hosts,
+            allow_networks=d.allow_networks,
+            ca_file=d.ca_file,
+            user_agent=d.user_agent,
+        )
+        await sender.start()
+        life.on_close(sender.close)
+        pipeline = DeliveryPipeline(
+            cache,
+            DeliveryStore(store),
+            AutoDisable(subscriptions, cache, notices),
+            sender,
+            Limiter(),
+            Defaults(timeout_ms=round(d.timeout_seconds * 1000), rate_limit_per_second=d.rate_limit_per_second),
+        )
+        stats = StatsHook()
+        worker = QueueWorker(
+            cfg.rabbitmq.amqp_url,
+            deliveries_topology(cfg),
+            pipeline,
+            WorkerSettings(prefetch=d.prefetch, max_batch=d.batch, concurrency=d.concurrency),
+            purpose="delivery-consumer",
+            hooks=[stats],
+        )
+        await worker.start(life.stopping)
+        life.on_close(worker.close)
+        reporter = asyncio.create_task(stats.report_forever(worker, "delivery", cfg.processor.stats_interval_seconds))
+        life.push(reporter.cancel)
+        log.info("delivery ready", extra={"subscriptions": len(cache)})
+        await life.until_stopped()
+        log.info("delivery stopping", extra={"in_flight": worker.in_flight})
+        drained = await worker.stop(DRAIN_SECONDS)
+        log.info("delivery stopped", extra={"drained": drained, "left_unacked": worker.running})
+
+
+def main(argv: list[str] | None = None) -> int:
+    return service_main("delivery", run, argv)

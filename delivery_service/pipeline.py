@@ -1,0 +1,218 @@
+"""The delivery worker as a queue handler: for each delivery task, send it (signed, through the SSRF guard),
+record the attempt, and answer the worker with what follows (``switchboard.delivery.policy`` decides).
+
+* **Once delivered, never again.** The delivery's stored state is read first (one ``IN`` read per batch): a
+  task whose delivery is already final (a republished copy from a processor's redelivery, or the copy left
+  by a worker that died between its retry copy and its ack) is acked without a send.
+* **At least once.** A worker killed after the POST and before it recorded the attempt sends again with the
+  same ``webhook-id`` on redelivery: receivers deduplicate on it (the Standard Webhooks contract).
+* **Attempts** are numbered from the stored count, every one is a row (status, duration, selected response
+  headers, the first 4 KB of the body, error class and message), and the delivery's row says where it
+  stands (delivered, retrying with the next attempt's time, failed, cancelled).
+* **Disabled or deleted subscriptions** get no more sends: the task is recorded CANCELLED and acked. A 410
+  Gone disables the subscription (``AUTO_DISABLED`` with the reason) and the change is announced.
+* **Rate limit** per subscription (``rate_limit_per_second``, default ``delivery.rate_limit_per_second``): a
+  task waits for its token in the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from switchboard.backoff import Backoff
+from switchboard.delivery import policy
+from switchboard.delivery.sender import Response
+from switchboard.delivery.signing import delivery_headers
+from switchboard.errors import InvalidRequest, StoreUnavailable
+from switchboard.model.events import now_us
+from switchboard.model.subscriptions import (
+    FINAL_DELIVERY,
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    DeliveryTask,
+    Subscription,
+    SubscriptionStatus,
+)
+from switchboard.queue import Ack, DeadLetter, QueueMessage, Retry, Verdict
+from switchboard.wire import decode_task
+
+log = logging.getLogger(__name__)
+
+RECORD_BACKOFF = Backoff(0.2, 5.0)
+RECORD_TRIES = 8
+
+
+class Deliveries(Protocol):
+    async def get_many(self, ids: Sequence[str]) -> dict[str, Delivery]: ...
+    async def record(self, d: Delivery, attempt: Attempt | None = None) -> None: ...
+
+
+class Subscriptions(Protocol):
+    def get(self, subscription_id: str) -> Subscription | None: ...
+    async def refresh(self, subscription_id: str) -> Subscription | None: ...
+
+
+class Disabler(Protocol):
+    async def disable(self, subscription_id: str, reason: str) -> None: ...
+
+
+class Sender(Protocol):
+    async def post(self, url: str, body: bytes, headers: dict[str, str], within: float) -> Response: ...
+
+
+class Limiter(Protocol):
+    async def acquire(self, key: str, rate: float) -> float: ...
+
+
+@dataclass(frozen=True)
+class Defaults:
+    timeout_ms: int = 10_000
+    rate_limit_per_second: int = 1000
+
+
+class DeliveryPipeline:
+    def __init__(
+        self,
+        subscriptions: Subscriptions,
+        deliveries: Deliveries,
+        disabler: Disabler,
+        sender: Sender,
+        limiter: Limiter,
+        defaults: Defaults,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.subscriptions = subscriptions
+        self.deliveries = deliveries
+        self.disabler = disabler
+        self.sender = sender
+        self.limiter = limiter
+        self.defaults = defaults
+        self.rng = rng or random.Random()
+
+    def key(self, message: QueueMessage) -> str:
+        """Copies of one delivery never run at the same time here."""
+        return message.message_id
+
+    async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+        tasks: list[DeliveryTask | None] = []
+        for m in batch:
+            try:
+                tasks.append(decode_task(m.body))
+            except InvalidRequest as exc:
+                log.error(
+                    "undecodable delivery task dead-lettered", extra={"message_id": m.message_id, "error": exc.message}
+                )
+                tasks.append(None)
+        known = await self.deliveries.get_many([t.delivery_id for t in tasks if t is not None])
+        verdicts = await asyncio.gather(
+            *(self._one(t, known.get(t.delivery_id)) if t is not None else _undecodable() for t in tasks)
+        )
+        return list(verdicts)
+
+    async def _one(self, task: DeliveryTask, state: Delivery | None) -> Verdict:
+        if state is not None and state.status in FINAL_DELIVERY:
+            return Ack("already_final")
+        sub = self.subscriptions.get(task.subscription_id) or await self.subscriptions.refresh(task.subscription_id)
+        delivery = state or Delivery(
+            id=task.delivery_id,
+            subscription_id=task.subscription_id,
+            source=task.event.source,
+            event_id=task.event.event_id,
+            event_type=task.event.event_type,
+            status=DeliveryStatus.PENDING,
+            created_us=task.created_us,
+        )
+        if sub is None or sub.status is not SubscriptionStatus.ENABLED:
+            delivery.status = DeliveryStatus.CANCELLED
+            delivery.last_error = (
+                "the subscription is deleted" if sub is None else f"the subscription is {sub.status.value}"
+            )
+            delivery.updated_us = now_us()
+            await self._record(delivery, None)
+            return Ack("cancelled")
+
+        attempt_no = delivery.attempts + 1
+        retry = sub.retry
+        schedule = policy.RetryPolicy(tuple(ms / 1000 for ms in retry.delays_ms)) if retry else policy.DEFAULT_POLICY
+        if retry is not None and retry.max_attempts < schedule.max_attempts:
+            schedule = policy.RetryPolicy(schedule.retry_delays[: retry.max_attempts - 1])
+        timeout_ms = retry.timeout_ms if retry and retry.timeout_ms else self.defaults.timeout_ms
+        await self.limiter.acquire(sub.id, sub.rate_limit_per_second or self.defaults.rate_limit_per_second)
+
+        started = now_us()
+        headers = delivery_headers(task.delivery_id, task.event.body, sub.signing_secrets(started), started / 1e6)
+        headers["content-type"] = task.event.content_type or "application/json"
+        response = await self.sender.post(sub.callback_url, task.event.body, headers, timeout_ms / 1000)
+        decision = policy.classify(
+            response.status,
+            response.error_class or None,
+            response.retry_after,
+            time.time(),
+            attempt=attempt_no,
+            policy=schedule,
+            rng=self.rng,
+        )
+        finished = now_us()
+        outcome = {
+            policy.Outcome.DELIVERED: DeliveryStatus.DELIVERED,
+            policy.Outcome.RETRY: DeliveryStatus.RETRYING,
+            policy.Outcome.FAILED: DeliveryStatus.FAILED,
+        }[decision.outcome]
+        error = "" if outcome is DeliveryStatus.DELIVERED else f"{decision.reason}: {decision.detail}"[:1000]
+        delivery.status = outcome
+        delivery.attempts = attempt_no
+        delivery.last_http_status = response.status or 0
+        delivery.last_error = error
+        delivery.updated_us = finished
+        delivery.next_attempt_us = finished + (decision.delay_ms or 0) * 1000 if decision.delay_ms else 0
+        attempt = Attempt(
+            delivery_id=task.delivery_id,
+            subscription_id=sub.id,
+            source=task.event.source,
+            event_id=task.event.event_id,
+            attempt=attempt_no,
+            started_us=started,
+            duration_us=response.duration_us,
+            http_status=response.status or 0,
+            response_headers=response.headers,
+            response_body=response.body,
+            error_class=response.error_class,
+            error=response.error[:1000],
+            outcome=outcome,
+        )
+        await self._record(delivery, attempt)
+        if decision.disable_subscription:
+            await self.disabler.disable(sub.id, f"the endpoint answered {response.status} ({decision.detail})")
+        if outcome is DeliveryStatus.DELIVERED:
+            return Ack("delivered", (finished - task.event.received_us) / 1000)
+        if outcome is DeliveryStatus.RETRYING:
+            assert decision.delay_ms is not None
+            return Retry(attempt_no, error, delay_ms=decision.delay_ms)
+        log.info(
+            "delivery failed",
+            extra={"delivery": task.delivery_id, "subscription": sub.id, "attempts": attempt_no, "error": error[:300]},
+        )
+        return DeadLetter(attempt_no, error, outcome="disabled" if decision.disable_subscription else "failed")
+
+    async def _record(self, delivery: Delivery, attempt: Attempt | None) -> None:
+        """Writes the outcome, retrying the store for a while: giving up would send the delivery again."""
+        for tries, delay in enumerate(RECORD_BACKOFF.delays(), start=1):
+            try:
+                await self.deliveries.record(delivery, attempt)
+                return
+            except StoreUnavailable:
+                if tries >= RECORD_TRIES:
+                    raise
+                await asyncio.sleep(delay)
+
+
+async def _undecodable() -> Verdict:
+    return DeadLetter(0, "not a webhooks.v1.DeliveryTask", outcome="undecodable")

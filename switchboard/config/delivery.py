@@ -1,0 +1,83 @@
+"""``[delivery]`` (the delivery workers and the rules for callback URLs) and ``[control]`` (the service that
+manages subscriptions)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from switchboard.config._table import Table, parse_secret_ref
+from switchboard.errors import ConfigError
+from switchboard.secrets import SecretBox, SecretRef
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    host: str = "127.0.0.1"
+    port: int = 50053
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    count: int = 1
+    prefetch: int = 256
+    batch: int = 64
+    concurrency: int = 4
+    # Per attempt, unless a subscription's retry policy says otherwise.
+    timeout_seconds: float = 10.0
+    rate_limit_per_second: int = 1000
+    # A Retry-After longer than this is cut down to it.
+    max_retry_after_seconds: float = 3600.0
+    # How long a rotated-out signing secret keeps signing beside the new one, unless the rotation says.
+    secret_overlap_seconds: float = 86400.0
+    # Callback URLs: plain HTTP is refused except for these hosts; these networks are allowed although not
+    # public (for local development only: never allow loopback or private networks in production).
+    allow_http_hosts: tuple[str, ...] = ()
+    allow_networks: tuple[str, ...] = ()
+    # The key that encrypts subscriptions' signing secrets at rest (a Fernet key).
+    secrets_key: SecretRef | None = None
+    # Extra CA certificates (PEM) trusted for callback URLs, besides the system's (a local CA in development).
+    ca_file: Path | None = None
+
+    def secret_box(self) -> SecretBox:
+        """The box that seals subscriptions' signing secrets; ``ConfigError`` without a key (services refuse
+        to start rather than store signing keys in clear)."""
+        if self.secrets_key is None:
+            raise ConfigError("delivery.secrets_key is not configured: signing secrets would be stored in clear")
+        return SecretBox(self.secrets_key.resolve())
+
+    user_agent: str = "Switchboard-Webhooks/0.1"
+
+
+def parse_control(raw: Mapping[str, Any]) -> ControlConfig:
+    t = Table(raw, "control", ControlConfig)
+    return ControlConfig(host=t.ip("host"), port=t.port("port"))
+
+
+def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
+    t = Table(raw, "delivery", DeliveryConfig)
+    networks = t.strings("allow_networks")
+    for cidr in networks:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"delivery.allow_networks: {cidr!r} is not a CIDR") from None
+    key = raw.get("secrets_key")
+    return DeliveryConfig(
+        count=t.pos_int("count"),
+        prefetch=t.pos_int("prefetch"),
+        batch=t.pos_int("batch"),
+        concurrency=t.pos_int("concurrency"),
+        timeout_seconds=t.pos_float("timeout_seconds"),
+        rate_limit_per_second=t.pos_int("rate_limit_per_second"),
+        max_retry_after_seconds=t.pos_float("max_retry_after_seconds"),
+        secret_overlap_seconds=t.pos_float("secret_overlap_seconds"),
+        allow_http_hosts=t.strings("allow_http_hosts"),
+        allow_networks=networks,
+        secrets_key=parse_secret_ref(key, "delivery.secrets_key", base) if key is not None else None,
+        user_agent=t.string("user_agent"),
+        ca_file=t.optional_path("ca_file", base),
+    )

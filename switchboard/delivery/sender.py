@@ -1,0 +1,130 @@
+"""Sending a delivery: one pooled aiohttp session behind the SSRF guard.
+
+Contract of ``Sender.post``: it never raises for anything the endpoint or the network does; it returns a
+``Response`` with the HTTP status, or with no status and an error class (``policy.ERROR_*``) that
+``policy.classify`` understands. Every connection goes through ``GuardedResolver`` (each answer vetted, the
+connect uses exactly the vetted addresses: no DNS rebinding between check and connect), IP literals are vetted
+by ``check_url`` first (aiohttp skips the resolver for them), and redirects are never followed. Timeouts:
+``connect_timeout`` for the connection, the caller's total for the whole request, the body read included.
+aiohttp measured here at ~15k requests per CPU-second with 64 in flight (``shared/DELIVERY.md``).
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from switchboard.delivery import policy
+from switchboard.delivery.urls import ForbiddenDestination, GuardedResolver, check_url
+from switchboard.errors import InvalidRequest
+
+BODY_EXCERPT_BYTES = 4096
+# Response headers kept with an attempt (the rest can be large and says little).
+KEPT_HEADERS = ("content-type", "content-length", "retry-after", "location", "server", "date", "x-request-id")
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int | None
+    duration_us: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    error_class: str = ""
+    error: str = ""
+
+    @property
+    def retry_after(self) -> str | None:
+        return self.headers.get("retry-after")
+
+
+class Sender:
+    def __init__(
+        self,
+        *,
+        allow_http_hosts: tuple[str, ...] = (),
+        allow_networks: tuple[str, ...] = (),
+        ca_file: Path | None = None,
+        user_agent: str = "Switchboard-Webhooks",
+        max_connections: int = 512,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.allow_http_hosts = allow_http_hosts
+        self.allow_networks = allow_networks
+        self.user_agent = user_agent
+        self.connect_timeout = connect_timeout
+        self._tls = ssl.create_default_context()
+        if ca_file is not None:
+            self._tls.load_verify_locations(cafile=str(ca_file))
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(self.allow_networks),
+            limit=self._max_connections,
+            limit_per_host=64,
+            ssl=self._tls,
+            ttl_dns_cache=10,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, trust_env=False, headers={"user-agent": self.user_agent}
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str], within: float) -> Response:
+        return await self._request("POST", url, body, headers, within)
+
+    async def head(self, url: str, within: float = 5.0) -> Response:
+        """A reachability probe (reported to whoever created the subscription, never fatal)."""
+        return await self._request("HEAD", url, b"", {}, within)
+
+    async def probe(self, url: str) -> str:
+        """What a HEAD to ``url`` got, in words (for the client that creates a subscription)."""
+        r = await self.head(url)
+        took = f"{r.duration_us / 1000:.0f} ms"
+        return (
+            f"HEAD answered {r.status} in {took}"
+            if r.status is not None
+            else f"unreachable ({r.error_class}: {r.error})"
+        )
+
+    async def _request(self, method: str, url: str, body: bytes, headers: dict[str, str], within: float) -> Response:
+        assert self._session is not None, "start() first"
+        started = time.monotonic()
+
+        def done(**kw: object) -> Response:
+            return Response(duration_us=int((time.monotonic() - started) * 1_000_000), **kw)  # type: ignore[arg-type]
+
+        try:
+            target = check_url(url, allow_http_hosts=self.allow_http_hosts, allow_networks=self.allow_networks)
+        except ForbiddenDestination as exc:
+            return done(status=None, error_class=policy.ERROR_FORBIDDEN_DESTINATION, error=exc.message)
+        except InvalidRequest as exc:
+            return done(status=None, error_class=policy.ERROR_INVALID_URL, error=exc.message)
+        limits = aiohttp.ClientTimeout(total=within, connect=min(self.connect_timeout, within))
+        try:
+            async with self._session.request(
+                method, target.url, data=body or None, headers=headers, allow_redirects=False, timeout=limits
+            ) as resp:
+                excerpt = await resp.content.read(BODY_EXCERPT_BYTES)
+                kept = {k: resp.headers[k] for k in KEPT_HEADERS if k in resp.headers}
+                return done(status=resp.status, headers=kept, body=excerpt)
+        except ForbiddenDestination as exc:
+            return done(status=None, error_class=policy.ERROR_FORBIDDEN_DESTINATION, error=exc.message)
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            return done(status=None, error_class=policy.ERROR_TIMEOUT, error=f"no complete answer within {within:g} s")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return done(status=None, error_class=policy.ERROR_TLS, error=f"certificate: {exc.certificate_error}"[:500])
+        except aiohttp.ClientSSLError as exc:
+            return done(status=None, error_class=policy.ERROR_TLS, error=str(exc)[:500])
+        except aiohttp.ClientConnectorDNSError as exc:
+            return done(status=None, error_class=policy.ERROR_DNS, error=str(exc)[:500])
+        except (aiohttp.ClientError, OSError) as exc:
+            return done(status=None, error_class=policy.ERROR_CONNECTION, error=f"{type(exc).__name__}: {exc}"[:500])

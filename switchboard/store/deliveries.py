@@ -1,0 +1,217 @@
+"""Deliveries (one per event and subscription) and their attempts, each written with the retention TTL.
+
+A delivery's row is rewritten after every attempt, together with its listing rows (by subscription and day,
+newest first; by event) and the attempt's rows (by delivery; by subscription and day, newest first), all in
+flight at once. Every write is idempotent (an attempt row is keyed by its own run id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from switchboard.model.subscriptions import Attempt, Delivery, DeliveryStatus
+from switchboard.store.session import StoreSession
+from switchboard.store.values import ts, us_of
+
+DAY_US = 86_400 * 1_000_000
+# (day, created_at or started_at in ms, id) of the last row returned; attempts add (attempt, run).
+DeliveryCursor = tuple[int, int, str]
+AttemptCursor = tuple[int, int, str, int, str]
+
+
+def day_of(us: int) -> int:
+    return us // DAY_US
+
+
+class DeliveryStore:
+    def __init__(self, store: StoreSession) -> None:
+        self.store = store
+        self.ttl = store.cfg.ttl_seconds
+        self.q = store.statements.deliveries
+
+    async def get_many(self, ids: Sequence[str]) -> dict[str, Delivery]:
+        if not ids:
+            return {}
+        rows = await self.store.execute(self.q.get, (list(dict.fromkeys(ids)),))
+        return {r.id: _delivery(r) for r in rows}
+
+    async def record(self, d: Delivery, attempt: Attempt | None = None) -> None:
+        """Writes the delivery's state (and the attempt that led to it)."""
+        writes = [
+            self.store.execute(
+                self.q.put,
+                (
+                    d.id,
+                    d.subscription_id,
+                    d.source,
+                    d.event_id,
+                    d.event_type,
+                    d.status.value,
+                    d.attempts,
+                    d.last_http_status,
+                    d.last_error,
+                    ts(d.created_us),
+                    ts(d.updated_us),
+                    ts(d.next_attempt_us) if d.next_attempt_us else None,
+                    self.ttl,
+                ),
+            ),
+            self.store.execute(
+                self.q.by_subscription_put,
+                (
+                    d.subscription_id,
+                    day_of(d.created_us),
+                    ts(d.created_us),
+                    d.id,
+                    d.source,
+                    d.event_id,
+                    d.event_type,
+                    d.status.value,
+                    self.ttl,
+                ),
+            ),
+            self.store.execute(
+                self.q.by_event_put, (d.source, d.event_id, d.subscription_id, d.id, d.status.value, self.ttl)
+            ),
+        ]
+        if attempt is not None:
+            run = os.urandom(6).hex()
+            common = (
+                ts(attempt.started_us),
+                attempt.source,
+                attempt.event_id,
+                attempt.duration_us,
+                attempt.http_status,
+                attempt.response_headers,
+                attempt.response_body,
+                attempt.error_class,
+                attempt.error,
+                attempt.outcome.value,
+            )
+            a = attempt
+            writes.append(
+                self.store.execute(
+                    self.q.attempt_put, (a.delivery_id, a.attempt, run, a.subscription_id, *common, self.ttl)
+                )
+            )
+            writes.append(
+                self.store.execute(
+                    self.q.attempt_by_subscription_put,
+                    (a.subscription_id, day_of(a.started_us), a.delivery_id, a.attempt, run, *common, self.ttl),
+                )
+            )
+        await asyncio.gather(*writes)
+
+    async def by_event(self, source: str, event_id: str) -> list[Delivery]:
+        ids = [r.id for r in await self.store.execute(self.q.by_event, (source, event_id))]
+        found = await self.get_many(ids)
+        return [found[i] for i in ids if i in found]
+
+    async def page(
+        self, subscription_id: str, start_us: int, end_us: int, limit: int, after: DeliveryCursor | None
+    ) -> tuple[list[Delivery], DeliveryCursor | None]:
+        """Deliveries of a subscription created in [start, end), newest first; the cursor of the next page."""
+        ids: list[tuple[int, int, str]] = []
+        day = after[0] if after else day_of(max(end_us - 1, start_us))
+        first_day = day_of(start_us)
+        while day >= first_day and len(ids) < limit:
+            want = limit - len(ids)
+            if after is not None and after[0] == day:
+                params: tuple[Any, ...] = (subscription_id, day, ts(after[1] * 1000), after[2], want)
+                rows = await self.store.execute(self.q.by_subscription_after, params)
+            else:
+                params = (subscription_id, day, ts(start_us), ts(end_us), want)
+                rows = await self.store.execute(self.q.by_subscription_range, params)
+            page = [(day, us_of(r.created_at) // 1000, r.id) for r in rows if us_of(r.created_at) >= start_us]
+            ids += page
+            if len(rows) < want or len(page) < len(rows):
+                day -= 1
+                after = None
+                if len(page) < len(rows):
+                    break
+            else:
+                after = ids[-1]
+        found = await self.get_many([i for _, _, i in ids])
+        out = [found[i] for _, _, i in ids if i in found]
+        return out, (ids[-1] if len(ids) >= limit else None)
+
+    async def attempts_of(self, delivery_id: str) -> list[Attempt]:
+        rows = await self.store.execute(self.q.attempts_of, (delivery_id,))
+        return sorted((_attempt(r) for r in rows), key=lambda a: (a.attempt, a.started_us), reverse=True)
+
+    async def attempts_page(
+        self, subscription_id: str, start_us: int, end_us: int, limit: int, after: AttemptCursor | None
+    ) -> tuple[list[Attempt], AttemptCursor | None]:
+        """Attempts of a subscription's deliveries started in [start, end), newest first."""
+        out: list[tuple[AttemptCursor, Attempt]] = []
+        day = after[0] if after else day_of(max(end_us - 1, start_us))
+        first_day = day_of(start_us)
+        while day >= first_day and len(out) < limit:
+            want = limit - len(out)
+            if after is not None and after[0] == day:
+                params: tuple[Any, ...] = (
+                    subscription_id,
+                    day,
+                    ts(after[1] * 1000),
+                    after[2],
+                    after[3],
+                    after[4],
+                    want,
+                )
+                rows = await self.store.execute(self.q.attempts_after, params)
+            else:
+                rows = await self.store.execute(
+                    self.q.attempts_range, (subscription_id, day, ts(start_us), ts(end_us), want)
+                )
+            page = [
+                ((day, us_of(r.started_at) // 1000, r.delivery_id, r.attempt, r.run), _attempt(r))
+                for r in rows
+                if us_of(r.started_at) >= start_us
+            ]
+            out += page
+            if len(rows) < want or len(page) < len(rows):
+                day -= 1
+                after = None
+                if len(page) < len(rows):
+                    break
+            else:
+                after = out[-1][0]
+        return [a for _, a in out], (out[-1][0] if len(out) >= limit else None)
+
+
+def _delivery(r: Any) -> Delivery:
+    return Delivery(
+        id=r.id,
+        subscription_id=r.subscription_id or "",
+        source=r.source or "",
+        event_id=r.event_id or "",
+        event_type=r.event_type or "",
+        status=DeliveryStatus(r.status),
+        attempts=int(r.attempts or 0),
+        last_http_status=int(r.last_http_status or 0),
+        last_error=r.last_error or "",
+        created_us=us_of(r.created_at),
+        updated_us=us_of(r.updated_at),
+        next_attempt_us=us_of(r.next_attempt_at),
+    )
+
+
+def _attempt(r: Any) -> Attempt:
+    return Attempt(
+        delivery_id=r.delivery_id,
+        subscription_id=r.subscription_id or "",
+        source=r.source or "",
+        event_id=r.event_id or "",
+        attempt=int(r.attempt),
+        started_us=us_of(r.started_at),
+        duration_us=int(r.duration_us or 0),
+        http_status=int(r.http_status or 0),
+        response_headers=dict(r.response_headers or {}),
+        response_body=r.response_body or b"",
+        error_class=r.error_class or "",
+        error=r.error or "",
+        outcome=DeliveryStatus(r.outcome),
+    )

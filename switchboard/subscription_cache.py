@@ -1,0 +1,175 @@
+"""Every subscription in memory, for the processors' fan-out and the delivery workers: no per-event read.
+
+The cache loads all subscriptions at start, reloads one when a change notice names it (the control service
+publishes the id of every subscription it creates, changes or deletes on the ``subscriptions.changed``
+fanout exchange; each cache binds an exclusive queue of its own to it), and reloads everything every
+``refresh_seconds`` in case a notice was lost while its queue did not exist (a reconnect). A subscription
+changed elsewhere is therefore seen within milliseconds, and at worst after one refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from switchboard.delivery.filters import Filter
+from switchboard.errors import SwitchboardError
+from switchboard.model.events import InboundEvent
+from switchboard.model.subscriptions import Subscription
+from switchboard.queue import connect, publish_confirmed
+from switchboard.store.subscriptions import SubscriptionStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    subscription: Subscription
+    filter: Filter
+
+
+def _entry(s: Subscription) -> Entry | None:
+    try:
+        return Entry(s, Filter(sources=s.sources, event_types=s.event_types, condition=s.trigger_conditions or None))
+    except SwitchboardError as exc:  # validated at create; a stored one that no longer compiles matches nothing
+        log.error("subscription filter does not compile", extra={"subscription": s.id, "error": exc.message})
+        return None
+
+
+class SubscriptionCache:
+    def __init__(
+        self,
+        store: SubscriptionStore,
+        url: str,
+        exchange: str,
+        *,
+        purpose: str,
+        refresh_seconds: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.url = url
+        self.exchange = exchange
+        self.purpose = purpose
+        self.refresh_seconds = refresh_seconds
+        self._entries: dict[str, Entry] = {}
+        self._conn: AbstractRobustConnection | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        self._conn = await connect(self.url, purpose=self.purpose, stop=stop)
+        channel = await self._conn.channel()
+        exchange = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        await queue.bind(exchange)
+        await queue.consume(self._on_notice, no_ack=True)
+        await self.reload()  # after binding: a change made meanwhile is either loaded now or noticed
+        self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def reload(self) -> None:
+        entries = {}
+        for s in await self.store.all():
+            entry = _entry(s)
+            if entry is not None:
+                entries[s.id] = entry
+        self._entries = entries
+        log.info("subscriptions loaded", extra={"subscriptions": len(entries)})
+
+    async def refresh(self, subscription_id: str) -> Subscription | None:
+        """Reloads one subscription from the store (after a notice, or on a miss)."""
+        s = await self.store.get(subscription_id)
+        entry = _entry(s) if s is not None else None
+        if entry is None:
+            self._entries.pop(subscription_id, None)
+            return None
+        self._entries[subscription_id] = entry
+        return s
+
+    def get(self, subscription_id: str) -> Subscription | None:
+        entry = self._entries.get(subscription_id)
+        return entry.subscription if entry else None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def matching(self, event: InboundEvent) -> list[Subscription]:
+        """The enabled subscriptions whose sources, event type globs and condition match ``event``. The body
+        is parsed as JSON once, and only if a candidate has a condition (an unparsable body matches none)."""
+        candidates = [
+            e
+            for e in self._entries.values()
+            if e.subscription.enabled and e.filter.matches_meta(event.source, event.event_type)
+        ]
+        if not candidates:
+            return []
+        document: Any = None
+        if any(e.filter.condition is not None for e in candidates):
+            try:
+                document = json.loads(event.body)
+            except (ValueError, RecursionError):
+                document = None
+        out = []
+        for e in candidates:
+            if e.filter.condition is None or (isinstance(document, dict) and e.filter.condition.matches(document)):
+                out.append(e.subscription)
+        return out
+
+    async def _on_notice(self, message: AbstractIncomingMessage) -> None:
+        subscription_id = message.body.decode("utf-8", "replace")
+        try:
+            await self.refresh(subscription_id)
+        except SwitchboardError as exc:  # the store is down: the periodic reload catches up
+            log.warning(
+                "could not reload a changed subscription", extra={"subscription": subscription_id, "error": exc.message}
+            )
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            try:
+                await self.reload()
+            except SwitchboardError as exc:
+                log.warning("could not reload the subscriptions", extra={"error": exc.message})
+
+
+class ChangeNotices:
+    """Publishes the id of a subscription that changed, with a publisher confirm (the control service)."""
+
+    def __init__(self, url: str, exchange: str, *, purpose: str, confirm_timeout: float = 5.0) -> None:
+        self.url = url
+        self.exchange_name = exchange
+        self.purpose = purpose
+        self.confirm_timeout = confirm_timeout
+        self._conn: AbstractRobustConnection | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+
+    async def start(self, stop: asyncio.Event | None = None) -> None:
+        self._conn = await connect(self.url, purpose=self.purpose, stop=stop)
+        channel = await self._conn.channel(publisher_confirms=True)
+        self._exchange = await channel.declare_exchange(self.exchange_name, aio_pika.ExchangeType.FANOUT, durable=True)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def changed(self, subscription_id: str) -> None:
+        """Best effort beyond the confirm: a cache that misses it reloads within its refresh interval."""
+        if self._exchange is None:
+            return
+        try:
+            await publish_confirmed(
+                self._exchange, "", aio_pika.Message(subscription_id.encode()), self.confirm_timeout
+            )
+        except SwitchboardError as exc:
+            log.warning("change notice not sent", extra={"subscription": subscription_id, "error": exc.message})

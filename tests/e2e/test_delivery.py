@@ -1,0 +1,311 @@
+"""Outbound delivery through the real stack: a Stripe-signed event comes in, the processor fans it out to the
+matching subscriptions, the delivery workers POST it to real HTTPS receivers, signed (Standard Webhooks),
+retried by the rules, every attempt recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import aio_pika
+import grpc
+import pytest
+import standardwebhooks
+from google.protobuf.duration_pb2 import Duration
+from webhooks.v1 import subscriptions_pb2 as pb
+from webhooks.v1 import subscriptions_pb2_grpc
+
+from switchboard.config import PlatformConfig
+from switchboard.delivery.ids import delivery_id
+from switchboard.model.events import now_us
+from switchboard.model.subscriptions import Subscription
+from switchboard.store import StoreSession, SubscriptionStore
+from switchboard.streams import changes_exchange, deliveries_topology
+from switchboard.subscription_cache import ChangeNotices
+from switchboard_devstack.stack import Stack
+from tests.e2e.helpers import edge_client, stripe_headers, wait_for_event
+from tests.e2e.receivers import Answer, Receiver
+from tests.stack_fixture import STRIPE_SECRET
+
+pytestmark = pytest.mark.integration
+
+
+@contextmanager
+def control(cfg: PlatformConfig) -> Iterator[Any]:
+    channel = grpc.insecure_channel(f"127.0.0.1:{cfg.control.port}")
+    try:
+        yield subscriptions_pb2_grpc.SubscriptionsStub(channel)
+    finally:
+        channel.close()
+
+
+def subscribe(cfg: PlatformConfig, url: str, **fields: Any) -> tuple[Any, str]:
+    retry = fields.pop("retry", None)
+    sub = pb.Subscription(callback_url=url, **fields)
+    if retry is not None:
+        schedule, timeout = retry
+        sub.retry_policy.schedule.extend(Duration(seconds=s) for s in schedule)
+        sub.retry_policy.timeout.FromSeconds(timeout)
+    with control(cfg) as stub:
+        reply = stub.CreateSubscription(pb.CreateSubscriptionRequest(subscription=sub), timeout=10)
+    return reply.subscription, reply.secret
+
+
+def invoice(event_id: str, amount: int, event_type: str = "invoice.paid") -> bytes:
+    payload = {
+        "id": event_id,
+        "object": "event",
+        "type": event_type,
+        "created": int(time.time()),
+        "data": {"object": {"id": "in_" + event_id[-12:], "object": "invoice", "amount_due": amount}},
+    }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def post(cfg: PlatformConfig, body: bytes) -> None:
+    with edge_client(cfg) as client:
+        resp = client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body))
+    assert resp.status_code == 200, resp.text
+
+
+def attempts(cfg: PlatformConfig, subscription_id: str, delivery: str, n: int, timeout: float = 60) -> list[Any]:
+    """The delivery's attempts, oldest first, once there are ``n``."""
+    deadline = time.monotonic() + timeout
+    with control(cfg) as stub:
+        while True:
+            reply = stub.ListDeliveryAttempts(
+                pb.ListDeliveryAttemptsRequest(subscription_id=subscription_id, delivery_id=delivery), timeout=10
+            )
+            if len(reply.attempts) >= n:
+                return sorted(reply.attempts, key=lambda a: a.attempt)
+            assert time.monotonic() < deadline, f"{len(reply.attempts)} of {n} attempts recorded"
+            time.sleep(0.2)
+
+
+def delivery_of(cfg: PlatformConfig, subscription_id: str, event_id: str) -> Any | None:
+    with control(cfg) as stub:
+        reply = stub.ListDeliveries(
+            pb.ListDeliveriesRequest(subscription_id=subscription_id, source="shop", event_id=event_id), timeout=10
+        )
+    return reply.deliveries[0] if reply.deliveries else None
+
+
+def test_an_event_is_fanned_out_to_the_matching_subscriptions_signed_and_recorded(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    cfg = stack_config
+    with Receiver(cfg.tls_dir) as rx:
+        everything, secret_a = subscribe(cfg, rx.url("/a"), event_types=["invoice.*"], sources=["shop"])
+        big, secret_b = subscribe(
+            cfg, rx.url("/b"), event_types=["invoice.paid"], trigger_conditions="event.data.object.amount_due > 1000"
+        )
+        charges, _ = subscribe(cfg, rx.url("/c"), event_types=["charge.*"])
+        huge, _ = subscribe(
+            cfg, rx.url("/d"), event_types=["invoice.*"], trigger_conditions="event.data.object.amount_due > 1000000"
+        )
+        event_id = "evt_fan_" + secrets.token_hex(6)
+        body = invoice(event_id, 4200)
+        post(cfg, body)
+
+        a, b = rx.wait("/a", 1)[0], rx.wait("/b", 1)[0]
+        for got, secret, sub in ((a, secret_a, everything), (b, secret_b, big)):
+            assert got.body == body  # exactly as the provider sent it
+            assert got.headers["Content-Type"] == "application/json"
+            assert got.headers["webhook-id"] == delivery_id("shop", event_id, sub.id)
+            assert standardwebhooks.Webhook(secret).verify(got.body, got.headers) == json.loads(body)
+            assert got.headers["User-Agent"].startswith("Switchboard-Webhooks")
+        event = wait_for_event(cfg, "shop", event_id)
+        assert [r.outcome for r in event.results if r.operation == "deliver"] == [1]  # OK once
+        (attempt,) = attempts(cfg, everything.id, a.headers["webhook-id"], 1)
+        assert (attempt.attempt, attempt.http_status, attempt.outcome) == (1, 200, pb.DELIVERY_STATUS_DELIVERED)
+        assert attempt.response_body == b"ok"
+        delivered = delivery_of(cfg, everything.id, event_id)
+        assert delivered is not None and delivered.status == pb.DELIVERY_STATUS_DELIVERED
+        # Filtered out by type and by condition: no delivery at all.
+        assert delivery_of(cfg, charges.id, event_id) is None and delivery_of(cfg, huge.id, event_id) is None
+        assert rx.on("/c") == [] and rx.on("/d") == []
+        assert len(rx.on("/a")) == 1 and len(rx.on("/b")) == 1
+
+
+def test_a_server_error_is_retried_on_the_schedule_until_delivered(stack: Stack, stack_config: PlatformConfig) -> None:
+    cfg = stack_config
+    script = {"/flaky": [Answer(500), Answer(200)]}
+    with Receiver(cfg.tls_dir, script) as rx:
+        sub, _ = subscribe(cfg, rx.url("/flaky"), event_types=["invoice.*"], retry=([1, 1, 1], 5))
+        event_id = "evt_500_" + secrets.token_hex(6)
+        post(cfg, invoice(event_id, 10))
+        first, second = rx.wait("/flaky", 2)
+        assert first.headers["webhook-id"] == second.headers["webhook-id"]  # stable across retries
+        assert second.at - first.at >= 0.9  # the schedule's 1 s, jittered ±10 %
+        tries = attempts(cfg, sub.id, first.headers["webhook-id"], 2)
+        assert [(t.attempt, t.http_status, t.outcome) for t in tries] == [
+            (1, 500, pb.DELIVERY_STATUS_RETRYING),
+            (2, 200, pb.DELIVERY_STATUS_DELIVERED),
+        ]
+
+
+def test_410_gone_disables_the_subscription(stack: Stack, stack_config: PlatformConfig) -> None:
+    cfg = stack_config
+    with Receiver(cfg.tls_dir, {"/gone": [Answer(410)]}) as rx:
+        sub, _ = subscribe(cfg, rx.url("/gone"), event_types=["invoice.*"], retry=([1, 1, 1], 5))
+        event_id = "evt_410_" + secrets.token_hex(6)
+        post(cfg, invoice(event_id, 10))
+        (got,) = rx.wait("/gone", 1)
+        tries = attempts(cfg, sub.id, got.headers["webhook-id"], 1)
+        assert [(t.http_status, t.outcome) for t in tries] == [(410, pb.DELIVERY_STATUS_FAILED)]
+        with control(cfg) as stub:
+            reply = stub.GetSubscription(pb.GetSubscriptionRequest(id=sub.id), timeout=10)
+        assert reply.subscription.status == pb.SUBSCRIPTION_STATUS_AUTO_DISABLED
+        assert "410" in reply.subscription.status_reason
+        # No retry, and nothing more for a disabled subscription.
+        second = "evt_410b_" + secrets.token_hex(6)
+        post(cfg, invoice(second, 10))
+        wait_for_event(cfg, "shop", second)
+        time.sleep(2.5)
+        assert len(rx.on("/gone")) == 1
+
+
+def dead_letter_ids(cfg: PlatformConfig) -> list[str]:
+    async def browse() -> list[str]:
+        conn = await aio_pika.connect(cfg.rabbitmq.amqp_url, timeout=5)
+        try:
+            channel = await conn.channel()
+            queue = await channel.get_queue(deliveries_topology(cfg).dead_queue)
+            held = []
+            while (m := await queue.get(no_ack=False, fail=False)) is not None:
+                held.append(m)
+            for m in held:
+                await m.nack(requeue=True)
+            return [m.message_id or "" for m in held]
+        finally:
+            await conn.close()
+
+    return asyncio.run(browse())
+
+
+def test_a_client_error_fails_at_once_and_is_dead_lettered(stack: Stack, stack_config: PlatformConfig) -> None:
+    cfg = stack_config
+    with Receiver(cfg.tls_dir, {"/bad": [Answer(400, body=b'{"error":"unknown field"}')]}) as rx:
+        sub, _ = subscribe(cfg, rx.url("/bad"), event_types=["invoice.*"], retry=([1, 1, 1], 5))
+        post(cfg, invoice("evt_400_" + secrets.token_hex(6), 10))
+        (got,) = rx.wait("/bad", 1)
+        (attempt,) = attempts(cfg, sub.id, got.headers["webhook-id"], 1)
+        assert (attempt.http_status, attempt.outcome) == (400, pb.DELIVERY_STATUS_FAILED)
+        assert attempt.response_body == b'{"error":"unknown field"}'
+        deadline = time.monotonic() + 10
+        while got.headers["webhook-id"] not in dead_letter_ids(cfg):
+            assert time.monotonic() < deadline, "the failed delivery is not in the dead-letter queue"
+            time.sleep(0.2)
+        time.sleep(2.5)
+        assert len(rx.on("/bad")) == 1  # not retried
+
+
+def test_a_timeout_is_retried_and_retry_after_is_honoured(stack: Stack, stack_config: PlatformConfig) -> None:
+    cfg = stack_config
+    script = {
+        "/slow": [Answer(200, delay=3.0), Answer(200)],
+        "/busy": [Answer(503, headers={"Retry-After": "3"}), Answer(200)],
+    }
+    with Receiver(cfg.tls_dir, script) as rx:
+        slow, _ = subscribe(cfg, rx.url("/slow"), event_types=["invoice.*"], retry=([1, 1, 1], 1))
+        busy, _ = subscribe(cfg, rx.url("/busy"), event_types=["invoice.*"], retry=([1, 1, 1], 5))
+        post(cfg, invoice("evt_tmo_" + secrets.token_hex(6), 10))
+        s1, _s2 = rx.wait("/slow", 2)
+        b1, b2 = rx.wait("/busy", 2)
+        slow_tries = attempts(cfg, slow.id, s1.headers["webhook-id"], 2)
+        assert [(t.http_status, t.error_class) for t in slow_tries] == [(0, "timeout"), (200, "")]
+        assert b2.at - b1.at >= 3.0 - 0.05  # Retry-After: 3 beats the schedule's 1 s
+        busy_tries = attempts(cfg, busy.id, b1.headers["webhook-id"], 2)
+        assert [t.http_status for t in busy_tries] == [503, 200]
+        assert busy_tries[0].response_headers["retry-after"] == "3"
+
+
+def test_redirects_are_not_followed(stack: Stack, stack_config: PlatformConfig) -> None:
+    cfg = stack_config
+    with Receiver(cfg.tls_dir) as rx:
+        rx.script["/moved"] = [Answer(302, headers={"Location": rx.url("/target")}), Answer(200)]
+        sub, _ = subscribe(cfg, rx.url("/moved"), event_types=["invoice.*"], retry=([1, 1, 1], 5))
+        post(cfg, invoice("evt_302_" + secrets.token_hex(6), 10))
+        first, _second = rx.wait("/moved", 2)
+        tries = attempts(cfg, sub.id, first.headers["webhook-id"], 2)
+        assert [(t.http_status, t.outcome) for t in tries] == [
+            (302, pb.DELIVERY_STATUS_RETRYING),
+            (200, pb.DELIVERY_STATUS_DELIVERED),
+        ]
+        assert rx.on("/target") == []
+
+
+def test_private_callbacks_are_refused_at_create_and_at_delivery(stack: Stack, stack_config: PlatformConfig) -> None:
+    cfg = stack_config
+    with control(cfg) as stub:
+        for url in (
+            "https://10.0.0.7/hook",
+            "https://169.254.169.254/latest",
+            "https://[fd00::1]/x",
+            "http://example.com/",
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.CreateSubscription(
+                    pb.CreateSubscriptionRequest(
+                        subscription=pb.Subscription(callback_url=url, event_types=["invoice.*"])
+                    ),
+                    timeout=10,
+                )
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, url
+    # A subscription whose callback turned private after it was created (written straight to the store, as a
+    # DNS change would make it): the worker refuses to connect, records why, and fails the delivery.
+    session = StoreSession.connect(cfg.cassandra)
+    try:
+        subs = SubscriptionStore(session, cfg.delivery.secret_box())
+        now = now_us()
+        sub = Subscription(
+            id="sub_private_" + secrets.token_hex(6),
+            client_id="internal",
+            callback_url="https://10.0.0.7/hook",
+            event_types=("invoice.*",),
+            secret="whsec_" + "A" * 43 + "=",
+            created_us=now,
+            updated_us=now,
+        )
+        asyncio.run(subs.put(sub))
+    finally:
+        session.close()
+
+    async def announce() -> None:
+        notices = ChangeNotices(cfg.rabbitmq.amqp_url, changes_exchange(cfg), purpose="test")
+        await notices.start()
+        await notices.changed(sub.id)
+        await notices.close()
+
+    asyncio.run(announce())
+    time.sleep(0.5)
+    event_id = "evt_priv_" + secrets.token_hex(6)
+    post(cfg, invoice(event_id, 10))
+    deadline = time.monotonic() + 30
+    while (d := delivery_of(cfg, sub.id, event_id)) is None or d.status != pb.DELIVERY_STATUS_FAILED:
+        assert time.monotonic() < deadline, f"delivery stayed {d}"
+        time.sleep(0.2)
+    (attempt,) = attempts(cfg, sub.id, d.id, 1)
+    assert (attempt.http_status, attempt.error_class) == (0, "forbidden_destination")
+
+
+def test_during_a_rotation_deliveries_carry_both_signatures(stack: Stack, stack_config: PlatformConfig) -> None:
+    cfg = stack_config
+    with Receiver(cfg.tls_dir) as rx:
+        sub, old = subscribe(cfg, rx.url("/rot"), event_types=["invoice.*"])
+        with control(cfg) as stub:
+            reply = stub.RotateSubscriptionSecret(pb.RotateSubscriptionSecretRequest(id=sub.id), timeout=10)
+        new = reply.secret
+        assert new != old and new.startswith("whsec_")
+        time.sleep(0.5)  # the change notice reaches the workers' caches
+        body = invoice("evt_rot_" + secrets.token_hex(6), 10)
+        post(cfg, body)
+        (got,) = rx.wait("/rot", 1)
+        assert len(got.headers["webhook-signature"].split()) == 2
+        for secret in (old, new):
+            assert standardwebhooks.Webhook(secret).verify(got.body, got.headers) == json.loads(body)
