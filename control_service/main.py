@@ -1,20 +1,35 @@
-"""Control service entry point: ``python -m control_service --config FILE``."""
+"""Control service entry point: ``python -m control_service --config FILE``: Subscriptions, Replay and
+DeadLetters over gRPC, and the recorders that write both streams' dead letters to the store."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 
-from webhooks.v1 import subscriptions_pb2_grpc
+from webhooks.v1 import dead_letters_pb2_grpc, replay_pb2_grpc, subscriptions_pb2_grpc
 
+from control_service.dead_letters import DeadLetterManager, DeadLetterRecorder
+from control_service.operations_servicer import DeadLettersServicer, ReplayServicer
+from control_service.replay import Limits, ReplayManager
 from control_service.servicer import SubscriptionsServicer
 from control_service.subscriptions import Rules, SubscriptionManager
 from switchboard.config import PlatformConfig
 from switchboard.delivery.sender import Sender
+from switchboard.model.events import InboundEvent
+from switchboard.model.operations import DeadLetterKind
+from switchboard.model.subscriptions import DeliveryTask
+from switchboard.queue import QueueWorker, WorkerSettings
 from switchboard.rpc.server import GrpcServer, Service
 from switchboard.runtime.service import serve, service_main
-from switchboard.store import DeliveryStore, SubscriptionStore, open_store
-from switchboard.streams import changes_exchange
+from switchboard.store import DeliveryStore, EntityStore, EventStore, OperationsStore, SubscriptionStore, open_store
+from switchboard.streams import (
+    DeliveryPublisher,
+    EventPublisher,
+    changes_exchange,
+    deliveries_topology,
+    events_topology,
+)
 from switchboard.subscription_cache import ChangeNotices
 
 log = logging.getLogger(__name__)
@@ -32,6 +47,28 @@ def rules(cfg: PlatformConfig) -> Rules:
     )
 
 
+class Republisher:
+    """Both streams' publishers, for replays and redrives."""
+
+    def __init__(self, cfg: PlatformConfig) -> None:
+        self.events = EventPublisher(cfg, purpose="control-events", confirm_timeout=5.0)
+        self.deliveries = DeliveryPublisher(cfg, purpose="control-deliveries")
+
+    async def start(self, stop: asyncio.Event) -> None:
+        await self.events.start(stop)
+        await self.deliveries.start(stop)
+
+    async def close(self) -> None:
+        await self.events.close()
+        await self.deliveries.close()
+
+    async def publish_event(self, event: InboundEvent) -> None:
+        await self.events.publish_event(event)
+
+    async def publish_task(self, task: DeliveryTask) -> None:
+        await self.deliveries.publish_task(task)
+
+
 async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
     box = cfg.delivery.secret_box()
     async with serve() as life:
@@ -43,14 +80,50 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
         prober = Sender(allow_http_hosts=d.allow_http_hosts, allow_networks=d.allow_networks, ca_file=d.ca_file)
         await prober.start()
         life.on_close(prober.close)
-        manager = SubscriptionManager(
-            rules(cfg), SubscriptionStore(store, box), DeliveryStore(store), notices, prober=prober
+        subscriptions = SubscriptionStore(store, box)
+        deliveries = DeliveryStore(store)
+        operations = OperationsStore(store)
+        events = EventStore(store, EntityStore(store))
+        manager = SubscriptionManager(rules(cfg), subscriptions, deliveries, notices, prober=prober)
+        publisher = Republisher(cfg)
+        await publisher.start(life.stopping)
+        life.on_close(publisher.close)
+        for kind, topology in (
+            (DeadLetterKind.PROCESSING, events_topology(cfg)),
+            (DeadLetterKind.DELIVERY, deliveries_topology(cfg)),
+        ):
+            recorder = QueueWorker(
+                cfg.rabbitmq.amqp_url,
+                topology,
+                DeadLetterRecorder(operations, kind),
+                WorkerSettings(prefetch=64, max_batch=16, concurrency=1),
+                purpose=f"control-dead-letters-{kind.value}",
+                queues=[topology.dead_queue],
+            )
+            await recorder.start(life.stopping)
+            life.on_close(recorder.close)
+        c = cfg.control
+        limits = Limits(
+            max_range_us=round(c.replay_max_range_hours * 3.6e9),
+            max_events=c.replay_max_events,
+            rate_per_second=c.replay_rate_per_second,
         )
-        servicer = SubscriptionsServicer(manager)
-        add = subscriptions_pb2_grpc.add_SubscriptionsServicer_to_server
-        await life.enter(
-            GrpcServer(cfg.control.host, cfg.control.port, [Service("webhooks.v1.Subscriptions", add, servicer)])
-        )
+        replays = ReplayManager(events, deliveries, subscriptions, operations, publisher, limits)
+        dead_letters = DeadLetterManager(operations, events, publisher)
+        services = [
+            Service(
+                "webhooks.v1.Subscriptions",
+                subscriptions_pb2_grpc.add_SubscriptionsServicer_to_server,
+                SubscriptionsServicer(manager),
+            ),
+            Service("webhooks.v1.Replay", replay_pb2_grpc.add_ReplayServicer_to_server, ReplayServicer(replays)),
+            Service(
+                "webhooks.v1.DeadLetters",
+                dead_letters_pb2_grpc.add_DeadLettersServicer_to_server,
+                DeadLettersServicer(dead_letters),
+            ),
+        ]
+        await life.enter(GrpcServer(c.host, c.port, services))
         log.info("control ready")
         await life.until_stopped()
         log.info("control stopping")

@@ -22,7 +22,19 @@ native gRPC, 400 for percent-encoded query names). The HTTP filter chain, in ord
    the gRPC message of a body of exactly the limit (body + framing) is not refused by Envoy itself;
 7. ``router``.
 
-Envoy's own replies (400, 403, 404, 405, 413, 415, 429, 503, 504, ...) are rewritten by
+With an :class:`ApiEdge` the same listener also serves the REST API of ``webhooks.v1.Subscriptions`` (see
+``_api_route``): ``/api/v1/...`` is transcoded to gRPC on the control service (cluster ``control``) and
+requires a bearer JWT (ES256, verified by ``jwt_authn`` against the inline JWKS). Two filters join the chain:
+
+- ``header_mutation`` (``STRIP_IDENTITY``), right after the Lua filter: removes every request header named
+  ``x-switchboard-*`` (``CLIENT_HEADER``, ``VIA_EDGE_HEADER``) from every request, so that only the edge
+  sets them;
+- ``jwt_authn``, just before the transcoder, required by the API route only (per-route
+  ``requirement_name``; webhook routes carry none and need no token). It reads the token from
+  ``Authorization: Bearer`` only (never ``?access_token=``), removes it before the upstream, and puts the
+  verified ``sub`` into ``CLIENT_HEADER``. The route adds ``VIA_EDGE_HEADER: 1``.
+
+Envoy's own replies (400, 401, 403, 404, 405, 413, 415, 429, 503, 504, ...) are rewritten by
 ``local_reply_config`` into the shape the transcoder gives gRPC errors, so callers see one error format:
 ``{"code": <gRPC code>, "message": "...", "details": [{"@type": ".../google.rpc.ErrorInfo",
 "reason": "...", "domain": "switchboard"}]}``, with the HTTP status Envoy chose, whatever the request's
@@ -48,6 +60,8 @@ JSON = dict[str, Any]
 
 INGEST_SERVICE = "webhooks.v1.Ingest"
 INGEST_CLUSTER = "ingest"
+SUBSCRIPTIONS_SERVICE = "webhooks.v1.Subscriptions"
+CONTROL_CLUSTER = "control"
 OTLP_CLUSTER = "otlp_collector"
 LISTENER_NAME = "webhooks_https"
 ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
@@ -61,6 +75,9 @@ PER_IP_RATELIMIT = "envoy.filters.http.local_ratelimit.per_ip"
 PER_SOURCE_RATELIMIT = "envoy.filters.http.local_ratelimit.per_source"
 BUFFER = "envoy.filters.http.buffer"
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+# Only with an ApiEdge: a second header_mutation (request side) and the JWT filter.
+STRIP_IDENTITY = "envoy.filters.http.header_mutation.strip_identity"
+JWT_AUTHN = "envoy.filters.http.jwt_authn"
 ROUTER = "envoy.filters.http.router"
 
 # Route metadata namespace (the source a route serves).
@@ -83,6 +100,45 @@ TRANSCODER_BODY_HEADROOM = 64 * 1024
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
 OTEL_MIN_FLUSH_SPANS = 512
 
+# The REST API (webhooks.v1.Subscriptions through the transcoder), when render_envoy_config gets an ApiEdge.
+API_PREFIX = "/api/v1/"
+API_MAX_BODY_BYTES = 64 * 1024
+# A CreateSubscription may probe the callback (a HEAD of up to 5 s) besides its writes.
+API_ROUTE_TIMEOUT_SECONDS = 15.0
+# Request fields bound from the API's paths; a query parameter of the same name is ignored, never bound.
+API_PATH_BOUND_FIELDS = ("id", "subscription_id")
+JWT_PROVIDER = "switchboard"
+JWT_REQUIREMENT = "api"
+JWT_CLOCK_SKEW_SECONDS = 30
+# Headers only the edge sets: every request header with this prefix is removed on arrival (before jwt_authn
+# runs), then jwt_authn sets CLIENT_HEADER to the verified token's ``sub`` and the API route VIA_EDGE_HEADER.
+EDGE_HEADER_PREFIX = "x-switchboard-"
+CLIENT_HEADER = "x-switchboard-client"
+VIA_EDGE_HEADER = "x-switchboard-via-edge"
+
+
+@dataclass(frozen=True)
+class ApiEdge:
+    """The REST API at the edge: who signs its bearer tokens, and where the control service listens."""
+
+    jwks_json: str  # the public JWKS (``{"keys": [...]}``) the tokens are verified against
+    issuer: str
+    audience: str
+    control_host: str
+    control_port: int
+
+    def __post_init__(self) -> None:
+        try:
+            keys = json.loads(self.jwks_json)["keys"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError("ApiEdge.jwks_json must be a JWKS: a JSON object with a 'keys' list") from None
+        if not isinstance(keys, list) or not keys:
+            raise ValueError("ApiEdge.jwks_json has no keys")
+        if not self.issuer or not self.audience:
+            raise ValueError("ApiEdge needs an issuer and an audience")
+        if not 0 < self.control_port < 65536:
+            raise ValueError(f"ApiEdge.control_port {self.control_port} is not a port")
+
 
 @dataclass(frozen=True)
 class LocalReplyError:
@@ -94,9 +150,11 @@ class LocalReplyError:
 
 
 # gRPC codes: 3 INVALID_ARGUMENT, 4 DEADLINE_EXCEEDED, 5 NOT_FOUND, 7 PERMISSION_DENIED,
-# 8 RESOURCE_EXHAUSTED, 12 UNIMPLEMENTED, 13 INTERNAL, 14 UNAVAILABLE.
+# 8 RESOURCE_EXHAUSTED, 12 UNIMPLEMENTED, 13 INTERNAL, 14 UNAVAILABLE, 16 UNAUTHENTICATED.
 LOCAL_REPLY_ERRORS: tuple[LocalReplyError, ...] = (
     LocalReplyError(400, 3, "BAD_REQUEST"),
+    # jwt_authn: no token, or one that does not verify (signature, issuer, expiry).
+    LocalReplyError(401, 16, "UNAUTHENTICATED"),
     LocalReplyError(403, 7, "IP_NOT_ALLOWED"),
     LocalReplyError(404, 5, "NOT_FOUND"),
     LocalReplyError(405, 12, "METHOD_NOT_ALLOWED"),
@@ -110,6 +168,9 @@ LOCAL_REPLY_ERRORS: tuple[LocalReplyError, ...] = (
     LocalReplyError(503, 14, "UPSTREAM_UNAVAILABLE"),
     LocalReplyError(504, 4, "TIMEOUT"),
 )
+# A 403 of Envoy's on an API path is jwt_authn's (a valid token not meant for this API: its audience); no
+# RBAC policy applies there. Checked before LOCAL_REPLY_ERRORS.
+API_FORBIDDEN = LocalReplyError(403, 7, "PERMISSION_DENIED")
 # Any other local reply of status 400 or more.
 FALLBACK_LOCAL_REPLY = LocalReplyError(0, 2, "EDGE_ERROR")
 # A query whose parameter names (not values) contain a percent sign.
@@ -170,12 +231,16 @@ def render_envoy_config(
     tls_key: Path,
     access_log: Path | None = None,
     otlp_endpoint: str | None = None,
+    api: ApiEdge | None = None,
 ) -> JSON:
     """Return the Envoy bootstrap (a JSON-serialisable dict) for ``cfg``.
 
     ``otlp_endpoint`` (``host:port`` or ``http://host:port`` of an OTLP/gRPC collector) enables the
     OpenTelemetry tracer; without it Envoy starts no trace of its own but still forwards a caller's
     ``traceparent``/``tracestate`` headers to the ingest service as gRPC metadata, like any header.
+
+    ``api`` adds the REST API of ``webhooks.v1.Subscriptions`` under ``/api/v1/`` (JWT required) on the
+    same listener; without it the edge serves webhooks only, exactly as before.
     """
     hcm: JSON = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
@@ -198,13 +263,15 @@ def render_envoy_config(
             "initial_stream_window_size": 65536,
             "initial_connection_window_size": 1048576,
         },
-        "route_config": _route_config(cfg, descriptor_set),
-        "http_filters": _http_filters(cfg, descriptor_set),
-        "local_reply_config": _local_reply_config(),
+        "route_config": _route_config(cfg, descriptor_set, api),
+        "http_filters": _http_filters(cfg, descriptor_set, api),
+        "local_reply_config": _local_reply_config(api),
     }
     if access_log is not None:
         hcm["access_log"] = [_access_log(access_log)]
     clusters = [_ingest_cluster(cfg)]
+    if api is not None:
+        clusters.append(_control_cluster(api))
     bootstrap: JSON = {
         "node": {"id": "switchboard-edge", "cluster": "switchboard-edge"},
         "admin": {
@@ -263,6 +330,7 @@ def write_envoy_config(
     tls_key: Path,
     access_log: Path | None = None,
     otlp_endpoint: str | None = None,
+    api: ApiEdge | None = None,
 ) -> Path:
     """Render and write the bootstrap as JSON (atomically); default ``<data_dir>/envoy/envoy.json``."""
     out = path if path is not None else cfg.data_dir / "envoy" / "envoy.json"
@@ -273,6 +341,7 @@ def write_envoy_config(
         tls_key=tls_key,
         access_log=access_log,
         otlp_endpoint=otlp_endpoint,
+        api=api,
     )
     atomic_write(out, json.dumps(doc, indent=2) + "\n")
     return out
@@ -313,7 +382,7 @@ def _downstream_tls(cert: Path, key: Path) -> JSON:
     }
 
 
-def _http_filters(cfg: PlatformConfig, descriptor_set: Path) -> list[JSON]:
+def _http_filters(cfg: PlatformConfig, descriptor_set: Path, api: ApiEdge | None) -> list[JSON]:
     return [
         {
             "name": HEADER_MUTATION,
@@ -333,12 +402,14 @@ def _http_filters(cfg: PlatformConfig, descriptor_set: Path) -> list[JSON]:
                 "default_source_code": {"inline_string": GRPC_LOCAL_REPLY_LUA},
             },
         },
+        *([_strip_identity()] if api is not None else []),
         {
             # No rules here: routes of sources with an allowlist carry their own policy.
             "name": RBAC,
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"},
         },
         *_rate_limit_filters(cfg),
+        *([_jwt_authn(api)] if api is not None else []),
         {"name": TRANSCODER, "typed_config": _transcoder(descriptor_set, transcoder_max_body_bytes(cfg))},
         {
             # After the transcoder: it only lifts the stream's buffer limit above the transcoder's own
@@ -356,11 +427,21 @@ def _http_filters(cfg: PlatformConfig, descriptor_set: Path) -> list[JSON]:
     ]
 
 
-def _transcoder(descriptor_set: Path, max_body_bytes: int) -> JSON:
-    return {
+def _transcoder(
+    descriptor_set: Path,
+    max_body_bytes: int,
+    *,
+    service: str = INGEST_SERVICE,
+    path_bound_fields: tuple[str, ...] = PATH_BOUND_FIELDS,
+    strict: bool = False,
+) -> JSON:
+    """The transcoder for ``service``; ``strict`` (the API) refuses (400) a query parameter that names no
+    request field and a body field that repeats one bound from the path (``PATCH /api/v1/webhooks/a`` with
+    ``{"id": "b"}`` would otherwise reach the service as ``b``)."""
+    doc: JSON = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
         "proto_descriptor": str(descriptor_set),
-        "services": [INGEST_SERVICE],
+        "services": [service],
         # Keep the route picked on /webhook/<source>: the transcoded path (/webhooks.v1.Ingest/Receive)
         # must not be routed again.
         "match_incoming_request_route": True,
@@ -368,7 +449,7 @@ def _transcoder(descriptor_set: Path, max_body_bytes: int) -> JSON:
         "ignore_unknown_query_parameters": True,
         # `?source=other` would otherwise replace the source bound from the path, after the allowlist, the
         # rate limit and the body limit of the path's source were applied (see also _odd_query_route).
-        "ignored_query_parameters": list(PATH_BOUND_FIELDS),
+        "ignored_query_parameters": list(path_bound_fields),
         # Else a path or method the API does not map goes upstream untranscoded (503), instead of a 404.
         "request_validation_options": {"reject_unknown_method": True},
         "convert_grpc_status": True,
@@ -379,6 +460,57 @@ def _transcoder(descriptor_set: Path, max_body_bytes: int) -> JSON:
         },
         # The request body (not the gRPC message) above this answers 413.
         "max_request_body_size": max_body_bytes,
+    }
+    if strict:
+        # Without reject_unknown_query_parameters, an unknown parameter would go upstream untranscoded (503).
+        doc["ignore_unknown_query_parameters"] = False
+        doc["request_validation_options"] = {
+            "reject_unknown_method": True,
+            "reject_unknown_query_parameters": True,
+            "reject_binding_body_field_collisions": True,
+        }
+    return doc
+
+
+def _strip_identity() -> JSON:
+    """Request side only: no client may send the headers the edge sets (forged ones never reach upstream).
+
+    A filter of its own (not the response-side header_mutation above, which the gRPC-refusal route turns
+    off), before jwt_authn, which then sets ``CLIENT_HEADER`` from a verified token only."""
+    return {
+        "name": STRIP_IDENTITY,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": [{"remove_on_match": {"key_matcher": {"prefix": EDGE_HEADER_PREFIX}}}]},
+        },
+    }
+
+
+def _jwt_authn(api: ApiEdge) -> JSON:
+    """Bearer tokens for the API, verified against the inline JWKS; required by routes that name
+    ``JWT_REQUIREMENT`` in their per-route configuration (the API route), by nothing else (no ``rules``).
+
+    Failures are local replies (401: missing, bad signature, wrong issuer, expired; 403: wrong audience),
+    presented as JSON by local_reply_config like every other."""
+    provider = {
+        "issuer": api.issuer,
+        "audiences": [api.audience],
+        "local_jwks": {"inline_string": api.jwks_json},
+        # Only here: with from_headers set, Envoy no longer looks at ?access_token= (nor its other defaults).
+        "from_headers": [{"name": "Authorization", "value_prefix": "Bearer "}],
+        # The token stops at the edge: the control service gets the verified subject, not the credential.
+        "forward": False,
+        "require_expiration": True,
+        "clock_skew_seconds": JWT_CLOCK_SKEW_SECONDS,
+        "claim_to_headers": [{"header_name": CLIENT_HEADER, "claim_name": "sub"}],
+    }
+    return {
+        "name": JWT_AUTHN,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {JWT_PROVIDER: provider},
+            "requirement_map": {JWT_REQUIREMENT: {"provider_name": JWT_PROVIDER}},
+        },
     }
 
 
@@ -481,7 +613,7 @@ def _token_bucket(limit: RateLimit) -> JSON:
     }
 
 
-def _local_reply_config() -> JSON:
+def _local_reply_config(api: ApiEdge | None) -> JSON:
     """Envoy's own replies as JSON ``google.rpc.Status`` bodies.
 
     Only local replies pass through here: the transcoder's translation of an upstream gRPC error is an
@@ -489,7 +621,12 @@ def _local_reply_config() -> JSON:
     ``LOCAL_REPLY_STATUS_HEADER``: Envoy then rewrites a reply to a gRPC-typed request into gRPC form (HTTP
     200, this JSON in ``grpc-message``), and the Lua filter puts the status and the body back.
     """
-    mappers: list[JSON] = [_mapper(_status_filter("EQ", err.http_status), err) for err in LOCAL_REPLY_ERRORS]
+    mappers: list[JSON] = []
+    if api is not None:
+        on_api = {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": API_PREFIX}}}}
+        api_forbidden = {"and_filter": {"filters": [_status_filter("EQ", API_FORBIDDEN.http_status), on_api]}}
+        mappers.append(_mapper(api_forbidden, API_FORBIDDEN))
+    mappers += [_mapper(_status_filter("EQ", err.http_status), err) for err in LOCAL_REPLY_ERRORS]
     mappers.append(_mapper(_status_filter("GE", 400), FALLBACK_LOCAL_REPLY))
     return {"mappers": mappers}
 
@@ -557,12 +694,14 @@ def _access_log(path: Path) -> JSON:
 # --- routes ----------------------------------------------------------------------------------------------
 
 
-def _route_config(cfg: PlatformConfig, descriptor_set: Path) -> JSON:
+def _route_config(cfg: PlatformConfig, descriptor_set: Path, api: ApiEdge | None) -> JSON:
     routes: list[JSON] = [_refuse_grpc_route(), _odd_query_route()]
     for src in cfg.sources:
         routes.extend(_source_routes(cfg, src, f"/webhook/{src.name}", descriptor_set))
         if src.name == cfg.edge.default_source:
             routes.extend(_source_routes(cfg, src, "/webhook", descriptor_set))
+    if api is not None:
+        routes.append(_api_route(descriptor_set))
     routes.append(
         {
             "name": "not_found",
@@ -615,6 +754,49 @@ def _source_routes(cfg: PlatformConfig, src: SourceConfig, path: str, descriptor
             "typed_per_filter_config": _direct_response_filters(),
         },
     ]
+
+
+def api_upstream_deadline_ms() -> int:
+    return round((API_ROUTE_TIMEOUT_SECONDS - UPSTREAM_DEADLINE_SLACK_SECONDS) * 1000)
+
+
+def _api_route(descriptor_set: Path) -> JSON:
+    """``/api/v1/...``: a valid bearer token, then the transcoder maps method and path to a
+    ``webhooks.v1.Subscriptions`` RPC on the control service (a path or method it does not map: 404).
+
+    By then the client's own ``x-switchboard-*`` headers are gone (``STRIP_IDENTITY``) and jwt_authn has set
+    ``CLIENT_HEADER``; the route adds ``VIA_EDGE_HEADER`` (the control service tells REST through the edge
+    from internal gRPC calls by it). gRPC-typed requests never get here: ``_refuse_grpc_route`` is first.
+    """
+    return {
+        "name": "api",
+        "match": {"prefix": API_PREFIX},
+        "route": {"cluster": CONTROL_CLUSTER, "timeout": _duration(API_ROUTE_TIMEOUT_SECONDS)},
+        "request_headers_to_add": [
+            {
+                "header": {"key": "grpc-timeout", "value": f"{api_upstream_deadline_ms()}m"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            },
+            {"header": {"key": VIA_EDGE_HEADER, "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+        ],
+        "typed_per_filter_config": {
+            JWT_AUTHN: {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig",
+                "requirement_name": JWT_REQUIREMENT,
+            },
+            TRANSCODER: _transcoder(
+                descriptor_set,
+                API_MAX_BODY_BYTES,
+                service=SUBSCRIPTIONS_SERVICE,
+                path_bound_fields=API_PATH_BOUND_FIELDS,
+                strict=True,
+            ),
+            BUFFER: {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                "buffer": {"max_request_bytes": API_MAX_BODY_BYTES + TRANSCODER_BODY_HEADROOM},
+            },
+        },
+    }
 
 
 def _refuse_grpc_route() -> JSON:
@@ -733,15 +915,32 @@ def _ingest_cluster(cfg: PlatformConfig) -> JSON:
     }
 
 
-def _otlp_cluster(host: str, port: int) -> JSON:
+def _control_cluster(api: ApiEdge) -> JSON:
+    return {
+        "name": CONTROL_CLUSTER,
+        "type": _cluster_type(api.control_host),
+        "connect_timeout": UPSTREAM_CONNECT_TIMEOUT,
+        "lb_policy": "ROUND_ROBIN",
+        "typed_extension_protocol_options": _http2_only(),
+        "load_assignment": {
+            "cluster_name": CONTROL_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(api.control_host, api.control_port)}}]}],
+        },
+    }
+
+
+def _cluster_type(host: str) -> str:
     try:
         ipaddress.ip_address(host)
-        kind = "STATIC"
     except ValueError:
-        kind = "STRICT_DNS"
+        return "STRICT_DNS"
+    return "STATIC"
+
+
+def _otlp_cluster(host: str, port: int) -> JSON:
     return {
         "name": OTLP_CLUSTER,
-        "type": kind,
+        "type": _cluster_type(host),
         "connect_timeout": UPSTREAM_CONNECT_TIMEOUT,
         "lb_policy": "ROUND_ROBIN",
         "typed_extension_protocol_options": _http2_only(),

@@ -32,7 +32,14 @@ class FanOut:
     async def __call__(self, event: InboundEvent, ctx: OperationContext) -> None:
         created = now_us()
         tasks = [
-            DeliveryTask(delivery_id(event.source, event.event_id, s.id), s.id, event, created)
+            DeliveryTask(
+                # A replay delivers anew: its deliveries have ids of their own (the originals may be final).
+                delivery_id(event.source, event.event_id, f"{s.id}#{event.replay_id}" if event.replay_id else s.id),
+                s.id,
+                event,
+                created,
+                event.replay_id,
+            )
             for s in self.subscriptions.matching(event)
         ]
         await asyncio.gather(*(self.publisher.publish_task(t) for t in tasks))

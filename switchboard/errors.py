@@ -15,6 +15,7 @@ secrets.
     ├── SignatureError                SIGNATURE_INVALID   UNAUTHENTICATED (401); reason names the check
     ├── Unauthenticated               UNAUTHENTICATED     UNAUTHENTICATED (401): no verified caller
     ├── PermissionDenied              PERMISSION_DENIED   PERMISSION_DENIED (403)
+    ├── FailedPrecondition            FAILED_PRECONDITION FAILED_PRECONDITION (400): not in a state to do it
     ├── NotFound                      NOT_FOUND           NOT_FOUND (404)
     │   └── UnknownSource             UNKNOWN_SOURCE
     ├── Unavailable                   UNAVAILABLE         UNAVAILABLE (503): retry later
@@ -78,6 +79,12 @@ class PermissionDenied(SwitchboardError):
     """The caller may not do this (403)."""
 
     reason = "PERMISSION_DENIED"
+
+
+class FailedPrecondition(SwitchboardError):
+    """The request is well formed but the system is not in a state to do it (e.g. a purge without confirm)."""
+
+    reason = "FAILED_PRECONDITION"
 
 
 class NotFound(SwitchboardError):

@@ -37,6 +37,7 @@ def event_pb(e: InboundEvent, status: int = event_pb2.EVENT_STATUS_RECEIVED) -> 
         entity_version=e.entity_version,
         traceparent=e.traceparent,
         replay=e.replay,
+        replay_id=e.replay_id,
         status=status,
     )
     if e.provider_time_us:
@@ -77,6 +78,7 @@ def _inbound(msg: event_pb2.Event) -> InboundEvent:
         entity_version=msg.entity_version,
         traceparent=msg.traceparent,
         replay=msg.replay,
+        replay_id=msg.replay_id,
     )
 
 

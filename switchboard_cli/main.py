@@ -5,6 +5,11 @@ switchboard send [--source NAME] [--type TYPE]          sign and send a realisti
 switchboard events get SOURCE EVENT_ID                  read a stored event through the Query service
 switchboard events list SOURCE [--minutes N] [--status S]  list a source's recent events (e.g. --status failed)
 switchboard events entity SOURCE ENTITY_ID              the latest applied state of a provider entity
+switchboard subs create URL [--types G...] [--condition CEL] ...   a subscription; prints its secret once
+switchboard subs list | get ID | delete ID | enable ID | disable ID | rotate ID [--overlap S]
+switchboard deliveries list SUB [--status S] | attempts SUB [--delivery ID]
+switchboard listen [--port N] (--subscribe [--types G...] | --secret whsec_...)   receive deliveries locally
+switchboard token --client ID [--ttl S]                 a development JWT for the REST API
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from switchboard.config import PlatformConfig, load_config
 from switchboard.errors import ConfigError, StackError
 from switchboard.runtime.logs import setup_logging
+from switchboard_cli import listen, subs
 from switchboard_devstack.paths import DevPaths
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     ent.add_argument("source")
     ent.add_argument("entity_id")
 
+    tok = sub.add_parser("token", help="mint a development JWT for the REST API (/api/v1/webhooks)")
+    tok.add_argument("--config", type=Path, default=None, dest="sub_config")
+    tok.add_argument("--client", required=True, dest="client_id", help="client id (the token's subject)")
+    tok.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default: 3600)")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=None, dest="sub_config")
+    subs.add_parsers(sub, common)
+    listen.add_parser(sub, common)
+
     args = parser.parse_args(argv)
     try:
         cfg = load_config(getattr(args, "sub_config", None) or args.config or DevPaths.default().default_config)
@@ -71,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         return stack_up(cfg, args.processors)
     if args.command == "send":
         return send_events(cfg, args.source, args.event_type, args.size, args.url, args.count)
+    if args.command == "token":
+        from switchboard_cli.token import run_token
+
+        return run_token(cfg, args.client_id, args.ttl)
+    if args.command in ("subs", "deliveries"):
+        return subs.run(cfg, args)
+    if args.command == "listen":
+        return listen.run(cfg, args)
     return query_events(cfg, args)
 
 

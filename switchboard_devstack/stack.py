@@ -26,6 +26,7 @@ from switchboard.store import StoreSession
 from switchboard.streams import deliveries_topology, events_topology
 from switchboard_devstack.cassandra import CassandraNode
 from switchboard_devstack.envoy import EnvoyProcess
+from switchboard_devstack.jwt import ensure_local_jwks, jwt_dir, local_api_edge
 from switchboard_devstack.paths import DevPaths
 from switchboard_devstack.process import ManagedProcess
 from switchboard_devstack.rabbitmq import RabbitNode
@@ -191,6 +192,8 @@ class Stack:
             tls_cert=cert,
             tls_key=key,
             access_log=self.log_dir / "envoy-access.log",
+            # The REST API (/api/v1/webhooks, JWT against the local JWKS) when the control service runs.
+            api=local_api_edge(cfg, ensure_local_jwks(jwt_dir(cfg))) if self.control is not None else None,
         )
         self.envoy = EnvoyProcess(envoy_cfg, envoy_dir, cfg.edge.admin_port)
         self._start(self.envoy)
@@ -243,6 +246,13 @@ class Stack:
         queue = deliveries_topology(self.cfg).work_queues[0]
         want = sum(1 for p in self.delivery_procs if p.is_running())
         self._wait_consumers(queue, want, self.delivery_procs, timeout)
+
+    def ensure_deliveries(self, n: int, timeout: float = 120.0) -> list[ServiceProcess]:
+        """Starts delivery workers until ``n`` run, waits until they all consume; returns the running ones."""
+        while len(running := [p for p in self.delivery_procs if p.is_running()]) < n:
+            self.start_delivery()
+        self.wait_deliveries(timeout)
+        return running
 
     def forget_delivery(self, proc: ServiceProcess) -> None:
         """Stops tracking a delivery worker killed on purpose (fault tests)."""

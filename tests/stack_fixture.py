@@ -109,6 +109,11 @@ call = "tests.e2e.ops:fail_first"
 event_types = ["test.crash_after_forward"]
 
 [[processor.operations]]
+name = "gated"
+call = "tests.e2e.ops:gated"
+event_types = ["test.gated"]
+
+[[processor.operations]]
 name = "poison"
 call = "tests.e2e.ops:poison"
 event_types = ["test.poison"]
@@ -131,7 +136,7 @@ secrets = [{{ file = "stripe.secret" }}]
 max_body_bytes = 65536
 event_types = [
     "invoice.created", "invoice.paid", "invoice.payment_failed", "charge.succeeded", "test.flaky", "test.slow",
-    "test.poison", "test.crash_after_forward", "test.delivery",
+    "test.poison", "test.crash_after_forward", "test.delivery", "test.gated",
 ]
 
 [[sources]]

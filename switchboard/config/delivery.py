@@ -18,6 +18,10 @@ from switchboard.secrets import SecretBox, SecretRef
 class ControlConfig:
     host: str = "127.0.0.1"
     port: int = 50053
+    # Replays: the longest range without `force`, the most events per job, the default pace.
+    replay_max_range_hours: float = 168.0
+    replay_max_events: int = 100_000
+    replay_rate_per_second: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,13 @@ class DeliveryConfig:
 
 def parse_control(raw: Mapping[str, Any]) -> ControlConfig:
     t = Table(raw, "control", ControlConfig)
-    return ControlConfig(host=t.ip("host"), port=t.port("port"))
+    return ControlConfig(
+        host=t.ip("host"),
+        port=t.port("port"),
+        replay_max_range_hours=t.pos_float("replay_max_range_hours"),
+        replay_max_events=t.pos_int("replay_max_events"),
+        replay_rate_per_second=t.pos_float("replay_rate_per_second"),
+    )
 
 
 def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:

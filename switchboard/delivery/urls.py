@@ -52,7 +52,7 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
@@ -140,8 +140,10 @@ class ForbiddenDestination(InvalidRequest):
 
     reason = FORBIDDEN
 
-    def __init__(self, message: str, *, address: str | None = None, label: str = "") -> None:
-        super().__init__(message, metadata={"field": FIELD})
+    def __init__(
+        self, message: str, *, address: str | None = None, label: str = "", metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, metadata=metadata if metadata is not None else {"field": FIELD})
         #: The refused address and the name of its range, for logs. Messages about a resolved name leave the
         #: address out (it would tell a subscriber what an internal name resolves to).
         self.address = address

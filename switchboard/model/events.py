@@ -40,6 +40,7 @@ class InboundEvent:
     entity_version: int = 0
     traceparent: str = ""
     replay: bool = False
+    replay_id: str = ""
 
     @property
     def key(self) -> str:

@@ -154,7 +154,10 @@ class QueueWorker:
         purpose: str,
         hooks: Sequence[WorkerHooks] = (),
         rng: random.Random | None = None,
+        queues: Sequence[str] | None = None,
     ) -> None:
+        """``queues``: consume these queues of the topology instead of its work queues (the dead-letter
+        queue, for the recorder that writes dead letters to the store)."""
         self.url = url
         self.topology = topology
         self.handler = handler
@@ -165,7 +168,9 @@ class QueueWorker:
         self.stopping = asyncio.Event()
         self._conn: AbstractRobustConnection | None = None
         self._forward_channel: AbstractChannel | None = None
-        self._subs = {name: _Subscription(name) for name in topology.work_queues}
+        self._subs = {name: _Subscription(name) for name in (queues or topology.work_queues)}
+        # Consuming a partitioned stream's partitions: join its members, prefer a share, hand over.
+        self._partitions = topology.partitioned and list(self._subs) == topology.work_queues
         self._pending: deque[QueueMessage] = deque()
         self._wakeup = asyncio.Event()
         self._active_keys: set[str] = set()
@@ -185,7 +190,7 @@ class QueueWorker:
         await declaring.close()
         self._forward_channel = await self._conn.channel(publisher_confirms=True)
         members = 1
-        if self.topology.partitioned:
+        if self._partitions:
             members = await self._join()
         self._tasks = [self._background(self._run()) for _ in range(self.settings.concurrency)]
         preferred = self.preferred(members)
@@ -194,7 +199,7 @@ class QueueWorker:
                 await self._subscribe(sub)
         if len(preferred) < len(self._subs):
             self._tasks.append(self._background(self._subscribe_standby(preferred)))
-        if self.settings.member is not None and self.topology.partitioned:
+        if self.settings.member is not None and self._partitions:
             self._tasks.append(self._background(self._rebalance_forever()))
         log.info(
             "consuming",
@@ -520,7 +525,12 @@ class QueueWorker:
                 await self._publish(self.topology.retry_exchange, str(level), copy)
             else:
                 assert isinstance(verdict, DeadLetter)
-                headers = {"x-attempt": verdict.attempt, "x-last-error": verdict.error[:MAX_ERROR_HEADER]}
+                headers = {
+                    "x-attempt": verdict.attempt,
+                    "x-last-error": verdict.error[:MAX_ERROR_HEADER],
+                    "x-dead-reason": verdict.outcome,
+                    "x-dead-at": time.time_ns() // 1000,
+                }
                 await self._publish(
                     self.topology.dead_exchange, self.topology.routing_key, self._copy(message, headers)
                 )

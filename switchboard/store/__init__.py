@@ -8,6 +8,7 @@ cassandra-driver exceptions never leave this package: they become ``StoreUnavail
 from switchboard.store.deliveries import DeliveryStore
 from switchboard.store.entities import EntityStore
 from switchboard.store.events import Cursor, EventStore
+from switchboard.store.operations import OperationsStore
 from switchboard.store.session import StoreSession, open_store
 from switchboard.store.subscriptions import SubscriptionStore
 
@@ -16,6 +17,7 @@ __all__ = [
     "DeliveryStore",
     "EntityStore",
     "EventStore",
+    "OperationsStore",
     "StoreSession",
     "SubscriptionStore",
     "open_store",

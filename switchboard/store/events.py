@@ -132,6 +132,7 @@ class EventStore:
             e.entity_version,
             e.traceparent,
             e.replay,
+            e.replay_id,
             stored.status.value,
             ts(stored.processed_us) if stored.processed_us else None,
             stored.attempts,
@@ -168,6 +169,11 @@ class EventStore:
         )
         return self.q.insert_index, params
 
+    async def reset_attempts(self, source: str, event_id: str) -> None:
+        """A FAILED event redriven from the dead letters: RETRYING with a fresh attempt budget (its history of
+        runs stays; the next passes number their attempts from 1 again)."""
+        await self.store.execute(self.q.reset_attempts, (EventStatus.RETRYING.value, source, event_id))
+
     # -- reads ------------------------------------------------------------------------------------------
     async def get(self, source: str, event_id: str) -> StoredEvent | None:
         rows, records = await asyncio.gather(
@@ -192,6 +198,7 @@ class EventStore:
             entity_version=r.entity_version or 0,
             traceparent=r.traceparent or "",
             replay=bool(r.replay),
+            replay_id=r.replay_id or "",
         )
         results = [
             OperationResult(

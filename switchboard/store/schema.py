@@ -15,6 +15,9 @@
   deleted). Signing secrets are stored encrypted (``switchboard.store.subscriptions``).
 * ``deliveries`` (by delivery id), ``deliveries_by_subscription`` (partitioned by subscription and day, newest
   first) and ``deliveries_by_event`` — the state of each delivery of an event to a subscription.
+* ``dead_letters`` (by kind and day, newest first) and ``dead_letters_by_id`` — every message dead-lettered,
+  with its headers and body (what a redrive republishes) and its state (dead, redriven, purged).
+* ``replays`` — each replay job's request and progress.
 * ``delivery_attempts`` (by delivery) and ``attempts_by_subscription`` (by subscription and day, newest
   first) — every attempt: status, duration, selected response headers, the first 4 KB of the body, error.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import logging
 
+from cassandra import InvalidRequest
 from cassandra.cluster import Session
 
 from switchboard.config import CassandraConfig
@@ -54,7 +58,7 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
             source text, event_id text, event_type text, provider text,
             received_at timestamp, provider_time timestamp, content_type text, body blob,
             headers map<text, text>, receipt_id text, entity_id text, entity_version bigint,
-            traceparent text, replay boolean, status text, processed_at timestamp, attempts int,
+            traceparent text, replay boolean, replay_id text, status text, processed_at timestamp, attempts int,
             last_error text,
             PRIMARY KEY ((source, event_id))
         ) WITH {opts}""",
@@ -104,6 +108,19 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
             response_body blob, error_class text, error text, outcome text,
             PRIMARY KEY ((subscription_id, day), started_at, delivery_id, attempt, run)
         ) WITH CLUSTERING ORDER BY (started_at DESC, delivery_id DESC, attempt DESC, run DESC) AND {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.dead_letters (
+            kind text, day bigint, dead_at timestamp, id text, source text, event_id text, event_type text,
+            subscription_id text, delivery_id text, message_id text, attempts int, last_error text, reason text,
+            headers map<text, text>, body blob, message_type text, state text, redriven_at timestamp,
+            PRIMARY KEY ((kind, day), dead_at, id)
+        ) WITH CLUSTERING ORDER BY (dead_at DESC, id DESC) AND {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.dead_letters_by_id (
+            id text PRIMARY KEY, kind text, day bigint, dead_at timestamp
+        ) WITH {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.replays (
+            id text PRIMARY KEY, request text, state text, matched bigint, queued bigint, done bigint,
+            failed bigint, started_at timestamp, finished_at timestamp, message text, dry_run boolean
+        ) WITH {opts}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_source (
             source text, bucket bigint, received_at timestamp, event_id text, event_type text,
             status text, receipt_id text,
@@ -112,9 +129,21 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
     ]
 
 
+def migrations(cfg: CassandraConfig) -> list[str]:
+    """Columns added after a table was first created (a keyspace from an earlier version gains them)."""
+    return [f"ALTER TABLE {cfg.keyspace}.events ADD replay_id text"]
+
+
 def ensure_schema(session: Session, cfg: CassandraConfig) -> None:
-    """Creates the keyspace and tables that do not exist yet (blocking; run at start-up)."""
+    """Creates the keyspace and tables that do not exist yet, and adds columns they lack (blocking; run at
+    start-up)."""
     release = session.execute("SELECT release_version FROM system.local").one()[0]
     for stmt in schema_statements(cfg, release):
         session.execute(stmt, timeout=60)
+    for stmt in migrations(cfg):
+        try:
+            session.execute(stmt, timeout=60)
+        except InvalidRequest as exc:  # the column is there already
+            if "conflicts with an existing column" not in str(exc) and "already exist" not in str(exc):
+                raise
     log.info("schema ready", extra={"keyspace": cfg.keyspace, "cassandra": release})

@@ -37,8 +37,8 @@ def _event_cql(ks: str) -> dict[str, str]:
             SET content_type = ?, state = ?, state_event_id = ? WHERE source = ? AND entity_id = ?""",
         "insert_event": f"""INSERT INTO {ks}.events (source, event_id, event_type, provider,
             received_at, provider_time, content_type, body, headers, receipt_id, entity_id,
-            entity_version, traceparent, replay, status, processed_at, attempts, last_error)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
+            entity_version, traceparent, replay, replay_id, status, processed_at, attempts, last_error)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
         "insert_result": f"""INSERT INTO {ks}.event_records (source, event_id, rec, operation, outcome,
             attempt, duration_us, finished_at, error, receipt_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             USING TTL ?""",
@@ -47,6 +47,7 @@ def _event_cql(ks: str) -> dict[str, str]:
         "insert_index": f"""INSERT INTO {ks}.events_by_source (source, bucket, received_at, event_id,
             event_type, status, receipt_id) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
         "get_event": f"SELECT * FROM {ks}.events WHERE source = ? AND event_id = ?",
+        "reset_attempts": f"UPDATE {ks}.events SET status = ?, attempts = 0 WHERE source = ? AND event_id = ?",
         "get_records": f"SELECT * FROM {ks}.event_records WHERE source = ? AND event_id = ?",
         "list_range": f"""SELECT received_at, event_id, event_type, status, receipt_id
             FROM {ks}.events_by_source
@@ -111,6 +112,32 @@ def _delivery_cql(ks: str) -> dict[str, str]:
     }
 
 
+def _operations_cql(ks: str) -> dict[str, str]:
+    columns = (
+        "kind, day, dead_at, id, source, event_id, event_type, subscription_id, delivery_id, message_id, attempts, "
+        "last_error, reason, headers, body, message_type, state, redriven_at"
+    )
+    marks = ", ".join("?" * len(columns.split(", ")))
+    return {
+        "dead_put": f"INSERT INTO {ks}.dead_letters ({columns}) VALUES ({marks}) USING TTL ?",
+        "dead_by_id_put": f"""INSERT INTO {ks}.dead_letters_by_id (id, kind, day, dead_at) VALUES (?, ?, ?, ?)
+            USING TTL ?""",
+        "dead_by_id": f"SELECT kind, day, dead_at FROM {ks}.dead_letters_by_id WHERE id = ?",
+        "dead_get": f"SELECT * FROM {ks}.dead_letters WHERE kind = ? AND day = ? AND dead_at = ? AND id = ?",
+        "dead_range": f"""SELECT * FROM {ks}.dead_letters
+            WHERE kind = ? AND day = ? AND dead_at >= ? AND dead_at < ? LIMIT ?""",
+        "dead_after": f"""SELECT * FROM {ks}.dead_letters WHERE kind = ? AND day = ? AND (dead_at, id) < (?, ?)
+            LIMIT ?""",
+        "dead_state": f"""UPDATE {ks}.dead_letters USING TTL ? SET state = ?, redriven_at = ?
+            WHERE kind = ? AND day = ? AND dead_at = ? AND id = ?""",
+        "replay_put": f"""INSERT INTO {ks}.replays (id, request, state, matched, queued, done, failed, started_at,
+            finished_at, message, dry_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
+        "replay_get": f"SELECT * FROM {ks}.replays WHERE id = ?",
+        "delivery_reset": f"""UPDATE {ks}.deliveries USING TTL ? SET status = ?, attempts = 0, updated_at = ?
+            WHERE id = ?""",
+    }
+
+
 def _prepare(session: Session, cfg: CassandraConfig, cls: type[_S], texts: dict[str, str]) -> _S:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     assert set(texts) == names, f"one CQL text per statement of {cls}"
@@ -137,6 +164,7 @@ class EventStatements:
     insert_duplicate: PreparedStatement
     insert_index: PreparedStatement
     get_event: PreparedStatement
+    reset_attempts: PreparedStatement
     get_records: PreparedStatement
     list_range: PreparedStatement
     list_after: PreparedStatement
@@ -173,10 +201,27 @@ class DeliveryStatements:
 
 
 @dataclass(frozen=True)
+class OperationStatements:
+    """Dead letters, replays, and the resets a redrive makes."""
+
+    dead_put: PreparedStatement
+    dead_by_id_put: PreparedStatement
+    dead_by_id: PreparedStatement
+    dead_get: PreparedStatement
+    dead_range: PreparedStatement
+    dead_after: PreparedStatement
+    dead_state: PreparedStatement
+    replay_put: PreparedStatement
+    replay_get: PreparedStatement
+    delivery_reset: PreparedStatement
+
+
+@dataclass(frozen=True)
 class Statements:
     events: EventStatements
     subscriptions: SubscriptionStatements
     deliveries: DeliveryStatements
+    operations: OperationStatements
 
     @classmethod
     def prepare(cls, session: Session, cfg: CassandraConfig) -> Statements:
@@ -187,4 +232,5 @@ class Statements:
             events=_prepare(session, cfg, EventStatements, _event_cql(ks)),
             subscriptions=_prepare(session, cfg, SubscriptionStatements, _subscription_cql(ks)),
             deliveries=_prepare(session, cfg, DeliveryStatements, _delivery_cql(ks)),
+            operations=_prepare(session, cfg, OperationStatements, _operations_cql(ks)),
         )

@@ -5,7 +5,9 @@ They decide by event type, so the other tests' events never reach them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from pathlib import Path
 
 from processor_service.operations import OperationContext
 from switchboard.model.events import InboundEvent
@@ -39,3 +41,10 @@ async def fail_first(event: InboundEvent, ctx: OperationContext) -> None:
     if ctx.attempt == 1:
         raise ConnectionError("downstream refused the first attempt")
     await asyncio.sleep(0.5)
+
+
+async def gated(event: InboundEvent) -> None:
+    """Fails until the file named by the event's ``data.object.gate`` exists (a test opens the gate)."""
+    gate = json.loads(event.body)["data"]["object"]["gate"]
+    if not await asyncio.to_thread(Path(gate).exists):
+        raise PermissionError("the gate is closed")

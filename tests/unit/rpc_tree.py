@@ -6,15 +6,18 @@ from __future__ import annotations
 import grpc
 
 from switchboard import errors
+from switchboard.delivery.urls import ForbiddenDestination
 
 EXPECTED: dict[type[errors.SwitchboardError], grpc.StatusCode] = {
     errors.SwitchboardError: grpc.StatusCode.INTERNAL,
     errors.ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.PayloadTooLarge: grpc.StatusCode.INVALID_ARGUMENT,
+    ForbiddenDestination: grpc.StatusCode.INVALID_ARGUMENT,
     errors.SignatureError: grpc.StatusCode.UNAUTHENTICATED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.UnknownSource: grpc.StatusCode.NOT_FOUND,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,

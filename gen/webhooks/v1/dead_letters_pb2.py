@@ -25,33 +25,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ewebhooks/v1/dead_letters.proto\x12\x0bwebhooks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x01\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.webhooks.v1.DeadLetterKind\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x34\n\x10\x64\x65\x61\x64_lettered_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x93\x01\n\x16ListDeadLettersRequest\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.webhooks.v1.DeadLetterKind\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"a\n\x17ListDeadLettersResponse\x12-\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x17.webhooks.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14GetDeadLetterRequest\x12\n\n\x02id\x18\x01 \x01(\t\"E\n\x15GetDeadLetterResponse\x12,\n\x0b\x64\x65\x61\x64_letter\x18\x01 \x01(\x0b\x32\x17.webhooks.v1.DeadLetter\"\x8d\x01\n\x19RedriveDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.webhooks.v1.DeadLetterKind\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x04 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\".\n\x1aRedriveDeadLettersResponse\x12\x10\n\x08redriven\x18\x01 \x01(\x04\"z\n\x17PurgeDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.webhooks.v1.DeadLetterKind\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x04 \x01(\t\"*\n\x18PurgeDeadLettersResponse\x12\x0e\n\x06purged\x18\x01 \x01(\x04*r\n\x0e\x44\x65\x61\x64LetterKind\x12 \n\x1c\x44\x45\x41\x44_LETTER_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44\x45\x41\x44_LETTER_KIND_PROCESSING\x10\x01\x12\x1d\n\x19\x44\x45\x41\x44_LETTER_KIND_DELIVERY\x10\x02\x32\x8b\x03\n\x0b\x44\x65\x61\x64Letters\x12\\\n\x0fListDeadLetters\x12#.webhooks.v1.ListDeadLettersRequest\x1a$.webhooks.v1.ListDeadLettersResponse\x12V\n\rGetDeadLetter\x12!.webhooks.v1.GetDeadLetterRequest\x1a\".webhooks.v1.GetDeadLetterResponse\x12\x65\n\x12RedriveDeadLetters\x12&.webhooks.v1.RedriveDeadLettersRequest\x1a\'.webhooks.v1.RedriveDeadLettersResponse\x12_\n\x10PurgeDeadLetters\x12$.webhooks.v1.PurgeDeadLettersRequest\x1a%.webhooks.v1.PurgeDeadLettersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ewebhooks/v1/dead_letters.proto\x12\x0bwebhooks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x03\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.webhooks.v1.DeadLetterKind\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65livery_id\x18\x07 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\r\x12\x12\n\nlast_error\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x34\n\x10\x64\x65\x61\x64_lettered_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x05state\x18\x0c \x01(\x0e\x32\x1c.webhooks.v1.DeadLetterState\x12\x35\n\x07headers\x18\r \x03(\x0b\x32$.webhooks.v1.DeadLetter.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x0e \x01(\x0c\x12/\n\x0bredriven_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfc\x01\n\x10\x44\x65\x61\x64LetterFilter\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.webhooks.v1.DeadLetterKind\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nall_states\x18\x08 \x01(\x08\"n\n\x16ListDeadLettersRequest\x12-\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1d.webhooks.v1.DeadLetterFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x17ListDeadLettersResponse\x12-\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x17.webhooks.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14GetDeadLetterRequest\x12\n\n\x02id\x18\x01 \x01(\t\"E\n\x15GetDeadLetterResponse\x12,\n\x0b\x64\x65\x61\x64_letter\x18\x01 \x01(\x0b\x32\x17.webhooks.v1.DeadLetter\"u\n\x19RedriveDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12-\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1d.webhooks.v1.DeadLetterFilter\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"n\n\x1aRedriveDeadLettersResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x04\x12\x10\n\x08redriven\x18\x02 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x04\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x0f\n\x07message\x18\x05 \x01(\t\"f\n\x17PurgeDeadLettersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12-\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1d.webhooks.v1.DeadLetterFilter\x12\x0f\n\x07\x63onfirm\x18\x03 \x01(\x08\"*\n\x18PurgeDeadLettersResponse\x12\x0e\n\x06purged\x18\x01 \x01(\x04*r\n\x0e\x44\x65\x61\x64LetterKind\x12 \n\x1c\x44\x45\x41\x44_LETTER_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44\x45\x41\x44_LETTER_KIND_PROCESSING\x10\x01\x12\x1d\n\x19\x44\x45\x41\x44_LETTER_KIND_DELIVERY\x10\x02*\x8e\x01\n\x0f\x44\x65\x61\x64LetterState\x12!\n\x1d\x44\x45\x41\x44_LETTER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45\x41\x44_LETTER_STATE_DEAD\x10\x01\x12\x1e\n\x1a\x44\x45\x41\x44_LETTER_STATE_REDRIVEN\x10\x02\x12\x1c\n\x18\x44\x45\x41\x44_LETTER_STATE_PURGED\x10\x03\x32\x8d\x03\n\x0b\x44\x65\x61\x64Letters\x12\\\n\x0fListDeadLetters\x12#.webhooks.v1.ListDeadLettersRequest\x1a$.webhooks.v1.ListDeadLettersResponse\x12V\n\rGetDeadLetter\x12!.webhooks.v1.GetDeadLetterRequest\x1a\".webhooks.v1.GetDeadLetterResponse\x12g\n\x12RedriveDeadLetters\x12&.webhooks.v1.RedriveDeadLettersRequest\x1a\'.webhooks.v1.RedriveDeadLettersResponse0\x01\x12_\n\x10PurgeDeadLetters\x12$.webhooks.v1.PurgeDeadLettersRequest\x1a%.webhooks.v1.PurgeDeadLettersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'webhooks.v1.dead_letters_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEADLETTERKIND']._serialized_start=1037
-  _globals['_DEADLETTERKIND']._serialized_end=1151
+  _globals['_DEADLETTER_HEADERSENTRY']._loaded_options = None
+  _globals['_DEADLETTER_HEADERSENTRY']._serialized_options = b'8\001'
+  _globals['_DEADLETTERKIND']._serialized_start=1521
+  _globals['_DEADLETTERKIND']._serialized_end=1635
+  _globals['_DEADLETTERSTATE']._serialized_start=1638
+  _globals['_DEADLETTERSTATE']._serialized_end=1780
   _globals['_DEADLETTER']._serialized_start=81
-  _globals['_DEADLETTER']._serialized_end=319
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=322
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=469
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=471
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=568
-  _globals['_GETDEADLETTERREQUEST']._serialized_start=570
-  _globals['_GETDEADLETTERREQUEST']._serialized_end=604
-  _globals['_GETDEADLETTERRESPONSE']._serialized_start=606
-  _globals['_GETDEADLETTERRESPONSE']._serialized_end=675
-  _globals['_REDRIVEDEADLETTERSREQUEST']._serialized_start=678
-  _globals['_REDRIVEDEADLETTERSREQUEST']._serialized_end=819
-  _globals['_REDRIVEDEADLETTERSRESPONSE']._serialized_start=821
-  _globals['_REDRIVEDEADLETTERSRESPONSE']._serialized_end=867
-  _globals['_PURGEDEADLETTERSREQUEST']._serialized_start=869
-  _globals['_PURGEDEADLETTERSREQUEST']._serialized_end=991
-  _globals['_PURGEDEADLETTERSRESPONSE']._serialized_start=993
-  _globals['_PURGEDEADLETTERSRESPONSE']._serialized_end=1035
-  _globals['_DEADLETTERS']._serialized_start=1154
-  _globals['_DEADLETTERS']._serialized_end=1549
+  _globals['_DEADLETTER']._serialized_end=567
+  _globals['_DEADLETTER_HEADERSENTRY']._serialized_start=521
+  _globals['_DEADLETTER_HEADERSENTRY']._serialized_end=567
+  _globals['_DEADLETTERFILTER']._serialized_start=570
+  _globals['_DEADLETTERFILTER']._serialized_end=822
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=824
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=934
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=936
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=1033
+  _globals['_GETDEADLETTERREQUEST']._serialized_start=1035
+  _globals['_GETDEADLETTERREQUEST']._serialized_end=1069
+  _globals['_GETDEADLETTERRESPONSE']._serialized_start=1071
+  _globals['_GETDEADLETTERRESPONSE']._serialized_end=1140
+  _globals['_REDRIVEDEADLETTERSREQUEST']._serialized_start=1142
+  _globals['_REDRIVEDEADLETTERSREQUEST']._serialized_end=1259
+  _globals['_REDRIVEDEADLETTERSRESPONSE']._serialized_start=1261
+  _globals['_REDRIVEDEADLETTERSRESPONSE']._serialized_end=1371
+  _globals['_PURGEDEADLETTERSREQUEST']._serialized_start=1373
+  _globals['_PURGEDEADLETTERSREQUEST']._serialized_end=1475
+  _globals['_PURGEDEADLETTERSRESPONSE']._serialized_start=1477
+  _globals['_PURGEDEADLETTERSRESPONSE']._serialized_end=1519
+  _globals['_DEADLETTERS']._serialized_start=1783
+  _globals['_DEADLETTERS']._serialized_end=2180
 # @@protoc_insertion_point(module_scope)

@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class DeadLettersStub:
-    """Inspects and redrives messages that exhausted their retries, inbound (processing) and outbound
-    (delivery).
+    """Inspects, redrives and purges messages that exhausted their retries, inbound (processing) and outbound
+    (delivery). It reads a table written when a message is dead-lettered: listing never pages through a queue.
+    Nothing here deletes anything from the store.
     """
 
     def __init__(self, channel):
@@ -46,7 +47,7 @@ class DeadLettersStub:
                 request_serializer=webhooks_dot_v1_dot_dead__letters__pb2.GetDeadLetterRequest.SerializeToString,
                 response_deserializer=webhooks_dot_v1_dot_dead__letters__pb2.GetDeadLetterResponse.FromString,
                 _registered_method=True)
-        self.RedriveDeadLetters = channel.unary_unary(
+        self.RedriveDeadLetters = channel.unary_stream(
                 '/webhooks.v1.DeadLetters/RedriveDeadLetters',
                 request_serializer=webhooks_dot_v1_dot_dead__letters__pb2.RedriveDeadLettersRequest.SerializeToString,
                 response_deserializer=webhooks_dot_v1_dot_dead__letters__pb2.RedriveDeadLettersResponse.FromString,
@@ -59,8 +60,9 @@ class DeadLettersStub:
 
 
 class DeadLettersServicer:
-    """Inspects and redrives messages that exhausted their retries, inbound (processing) and outbound
-    (delivery).
+    """Inspects, redrives and purges messages that exhausted their retries, inbound (processing) and outbound
+    (delivery). It reads a table written when a message is dead-lettered: listing never pages through a queue.
+    Nothing here deletes anything from the store.
     """
 
     def ListDeadLetters(self, request, context):
@@ -76,14 +78,14 @@ class DeadLettersServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RedriveDeadLetters(self, request, context):
-        """Moves dead letters back to their work queue with a fresh attempt budget.
+        """Moves dead letters back to their stream with a fresh attempt budget; streams progress.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PurgeDeadLetters(self, request, context):
-        """Drops dead letters for good; the stored events and their history stay.
+        """Marks dead letters purged (hidden from listings, never redriven); the stored events and their history stay.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,7 +104,7 @@ def add_DeadLettersServicer_to_server(servicer, server):
                     request_deserializer=webhooks_dot_v1_dot_dead__letters__pb2.GetDeadLetterRequest.FromString,
                     response_serializer=webhooks_dot_v1_dot_dead__letters__pb2.GetDeadLetterResponse.SerializeToString,
             ),
-            'RedriveDeadLetters': grpc.unary_unary_rpc_method_handler(
+            'RedriveDeadLetters': grpc.unary_stream_rpc_method_handler(
                     servicer.RedriveDeadLetters,
                     request_deserializer=webhooks_dot_v1_dot_dead__letters__pb2.RedriveDeadLettersRequest.FromString,
                     response_serializer=webhooks_dot_v1_dot_dead__letters__pb2.RedriveDeadLettersResponse.SerializeToString,
@@ -121,8 +123,9 @@ def add_DeadLettersServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DeadLetters:
-    """Inspects and redrives messages that exhausted their retries, inbound (processing) and outbound
-    (delivery).
+    """Inspects, redrives and purges messages that exhausted their retries, inbound (processing) and outbound
+    (delivery). It reads a table written when a message is dead-lettered: listing never pages through a queue.
+    Nothing here deletes anything from the store.
     """
 
     @staticmethod
@@ -190,7 +193,7 @@ class DeadLetters:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/webhooks.v1.DeadLetters/RedriveDeadLetters',

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17webhooks/v1/event.proto\x12\x0bwebhooks.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x01\n\x0fOperationResult\x12\x11\n\toperation\x18\x01 \x01(\t\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.webhooks.v1.OperationOutcome\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\xe2\x04\n\x05\x45vent\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12/\n\x0breceived_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rprovider_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63ontent_type\x18\x07 \x01(\t\x12\x0c\n\x04\x62ody\x18\x08 \x01(\x0c\x12\x30\n\x07headers\x18\t \x03(\x0b\x32\x1f.webhooks.v1.Event.HeadersEntry\x12\x12\n\nreceipt_id\x18\n \x01(\t\x12\x11\n\tentity_id\x18\x0b \x01(\t\x12\x16\n\x0e\x65ntity_version\x18\x0c \x01(\x03\x12\x13\n\x0btraceparent\x18\r \x01(\t\x12\x0e\n\x06replay\x18\x0e \x01(\x08\x12(\n\x06status\x18\x0f \x01(\x0e\x32\x18.webhooks.v1.EventStatus\x12-\n\x07results\x18\x10 \x03(\x0b\x32\x1c.webhooks.v1.OperationResult\x12\x30\n\x0cprocessed_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x12 \x01(\r\x12\x12\n\nlast_error\x18\x13 \x01(\t\x12\x12\n\nduplicates\x18\x14 \x01(\r\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xae\x01\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_STATUS_RECEIVED\x10\x01\x12\x1a\n\x16\x45VENT_STATUS_PROCESSED\x10\x02\x12\x19\n\x15\x45VENT_STATUS_RETRYING\x10\x03\x12\x17\n\x13\x45VENT_STATUS_FAILED\x10\x04\x12\x16\n\x12\x45VENT_STATUS_STALE\x10\x05*\x8c\x01\n\x10OperationOutcome\x12!\n\x1dOPERATION_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14OPERATION_OUTCOME_OK\x10\x01\x12\x1d\n\x19OPERATION_OUTCOME_SKIPPED\x10\x02\x12\x1c\n\x18OPERATION_OUTCOME_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17webhooks/v1/event.proto\x12\x0bwebhooks.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x01\n\x0fOperationResult\x12\x11\n\toperation\x18\x01 \x01(\t\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.webhooks.v1.OperationOutcome\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\xf5\x04\n\x05\x45vent\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12/\n\x0breceived_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rprovider_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63ontent_type\x18\x07 \x01(\t\x12\x0c\n\x04\x62ody\x18\x08 \x01(\x0c\x12\x30\n\x07headers\x18\t \x03(\x0b\x32\x1f.webhooks.v1.Event.HeadersEntry\x12\x12\n\nreceipt_id\x18\n \x01(\t\x12\x11\n\tentity_id\x18\x0b \x01(\t\x12\x16\n\x0e\x65ntity_version\x18\x0c \x01(\x03\x12\x13\n\x0btraceparent\x18\r \x01(\t\x12\x0e\n\x06replay\x18\x0e \x01(\x08\x12(\n\x06status\x18\x0f \x01(\x0e\x32\x18.webhooks.v1.EventStatus\x12-\n\x07results\x18\x10 \x03(\x0b\x32\x1c.webhooks.v1.OperationResult\x12\x30\n\x0cprocessed_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x12 \x01(\r\x12\x12\n\nlast_error\x18\x13 \x01(\t\x12\x12\n\nduplicates\x18\x14 \x01(\r\x12\x11\n\treplay_id\x18\x15 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xae\x01\n\x0b\x45ventStatus\x12\x1c\n\x18\x45VENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_STATUS_RECEIVED\x10\x01\x12\x1a\n\x16\x45VENT_STATUS_PROCESSED\x10\x02\x12\x19\n\x15\x45VENT_STATUS_RETRYING\x10\x03\x12\x17\n\x13\x45VENT_STATUS_FAILED\x10\x04\x12\x16\n\x12\x45VENT_STATUS_STALE\x10\x05*\x8c\x01\n\x10OperationOutcome\x12!\n\x1dOPERATION_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14OPERATION_OUTCOME_OK\x10\x01\x12\x1d\n\x19OPERATION_OUTCOME_SKIPPED\x10\x02\x12\x1c\n\x18OPERATION_OUTCOME_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,14 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENT_HEADERSENTRY']._loaded_options = None
   _globals['_EVENT_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTSTATUS']._serialized_start=932
-  _globals['_EVENTSTATUS']._serialized_end=1106
-  _globals['_OPERATIONOUTCOME']._serialized_start=1109
-  _globals['_OPERATIONOUTCOME']._serialized_end=1249
+  _globals['_EVENTSTATUS']._serialized_start=951
+  _globals['_EVENTSTATUS']._serialized_end=1125
+  _globals['_OPERATIONOUTCOME']._serialized_start=1128
+  _globals['_OPERATIONOUTCOME']._serialized_end=1268
   _globals['_OPERATIONRESULT']._serialized_start=106
   _globals['_OPERATIONRESULT']._serialized_end=316
   _globals['_EVENT']._serialized_start=319
-  _globals['_EVENT']._serialized_end=929
-  _globals['_EVENT_HEADERSENTRY']._serialized_start=883
-  _globals['_EVENT_HEADERSENTRY']._serialized_end=929
+  _globals['_EVENT']._serialized_end=948
+  _globals['_EVENT_HEADERSENTRY']._serialized_start=902
+  _globals['_EVENT_HEADERSENTRY']._serialized_end=948
 # @@protoc_insertion_point(module_scope)

@@ -54,7 +54,7 @@ class OperationResult(_message.Message):
     def __init__(self, operation: _Optional[str] = ..., outcome: _Optional[_Union[OperationOutcome, str]] = ..., attempt: _Optional[int] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("source", "event_id", "event_type", "provider", "received_at", "provider_time", "content_type", "body", "headers", "receipt_id", "entity_id", "entity_version", "traceparent", "replay", "status", "results", "processed_at", "attempts", "last_error", "duplicates")
+    __slots__ = ("source", "event_id", "event_type", "provider", "received_at", "provider_time", "content_type", "body", "headers", "receipt_id", "entity_id", "entity_version", "traceparent", "replay", "status", "results", "processed_at", "attempts", "last_error", "duplicates", "replay_id")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class Event(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_ID_FIELD_NUMBER: _ClassVar[int]
     source: str
     event_id: str
     event_type: str
@@ -102,4 +103,5 @@ class Event(_message.Message):
     attempts: int
     last_error: str
     duplicates: int
-    def __init__(self, source: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., provider: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., provider_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., content_type: _Optional[str] = ..., body: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., receipt_id: _Optional[str] = ..., entity_id: _Optional[str] = ..., entity_version: _Optional[int] = ..., traceparent: _Optional[str] = ..., replay: _Optional[bool] = ..., status: _Optional[_Union[EventStatus, str]] = ..., results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., processed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., duplicates: _Optional[int] = ...) -> None: ...
+    replay_id: str
+    def __init__(self, source: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., provider: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., provider_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., content_type: _Optional[str] = ..., body: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., receipt_id: _Optional[str] = ..., entity_id: _Optional[str] = ..., entity_version: _Optional[int] = ..., traceparent: _Optional[str] = ..., replay: _Optional[bool] = ..., status: _Optional[_Union[EventStatus, str]] = ..., results: _Optional[_Iterable[_Union[OperationResult, _Mapping]]] = ..., processed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., duplicates: _Optional[int] = ..., replay_id: _Optional[str] = ...) -> None: ...

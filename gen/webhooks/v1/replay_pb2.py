@@ -23,23 +23,36 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from webhooks.v1 import event_pb2 as webhooks_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18webhooks/v1/replay.proto\x12\x0bwebhooks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"_\n\x12ReplayEventRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"(\n\x13ReplayEventResponse\x12\x11\n\treplay_id\x18\x01 \x01(\t\"\xe6\x01\n\x13ReplayEventsRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12\x17\n\x0fsubscription_id\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x07 \x01(\x08\x12\x12\n\nmax_events\x18\x08 \x01(\r\"L\n\x14ReplayEventsResponse\x12\x11\n\treplay_id\x18\x01 \x01(\t\x12\x0f\n\x07matched\x18\x02 \x01(\x04\x12\x10\n\x08\x65nqueued\x18\x03 \x01(\x04\x32\xaf\x01\n\x06Replay\x12P\n\x0bReplayEvent\x12\x1f.webhooks.v1.ReplayEventRequest\x1a .webhooks.v1.ReplayEventResponse\x12S\n\x0cReplayEvents\x12 .webhooks.v1.ReplayEventsRequest\x1a!.webhooks.v1.ReplayEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18webhooks/v1/replay.proto\x12\x0bwebhooks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17webhooks/v1/event.proto\"_\n\x12ReplayEventRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"(\n\x13ReplayEventResponse\x12\x11\n\treplay_id\x18\x01 \x01(\t\"\xb8\x02\n\x13ReplayEventsRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65vent_types\x18\x04 \x03(\t\x12(\n\x06status\x18\x05 \x01(\x0e\x32\x18.webhooks.v1.EventStatus\x12\x17\n\x0fsubscription_id\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x08 \x01(\x08\x12\x12\n\nmax_events\x18\t \x01(\r\x12\x17\n\x0frate_per_second\x18\n \x01(\x01\x12\r\n\x05\x66orce\x18\x0b \x01(\x08\"\x8e\x02\n\x0eReplayProgress\x12\x11\n\treplay_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.webhooks.v1.ReplayState\x12\x0f\n\x07matched\x18\x03 \x01(\x04\x12\x0e\n\x06queued\x18\x04 \x01(\x04\x12\x0c\n\x04\x64one\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x04\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\t \x01(\t\x12\x0f\n\x07\x64ry_run\x18\n \x01(\x08\"%\n\x10GetReplayRequest\x12\x11\n\treplay_id\x18\x01 \x01(\t\"(\n\x13\x43\x61ncelReplayRequest\x12\x11\n\treplay_id\x18\x01 \x01(\t\"E\n\x14ReplayEventsResponse\x12-\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.webhooks.v1.ReplayProgress\"B\n\x11GetReplayResponse\x12-\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.webhooks.v1.ReplayProgress\"E\n\x14\x43\x61ncelReplayResponse\x12-\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.webhooks.v1.ReplayProgress*\x91\x01\n\x0bReplayState\x12\x1c\n\x18REPLAY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14REPLAY_STATE_RUNNING\x10\x01\x12\x15\n\x11REPLAY_STATE_DONE\x10\x02\x12\x1a\n\x16REPLAY_STATE_CANCELLED\x10\x03\x12\x17\n\x13REPLAY_STATE_FAILED\x10\x04\x32\xd2\x02\n\x06Replay\x12P\n\x0bReplayEvent\x12\x1f.webhooks.v1.ReplayEventRequest\x1a .webhooks.v1.ReplayEventResponse\x12U\n\x0cReplayEvents\x12 .webhooks.v1.ReplayEventsRequest\x1a!.webhooks.v1.ReplayEventsResponse0\x01\x12J\n\tGetReplay\x12\x1d.webhooks.v1.GetReplayRequest\x1a\x1e.webhooks.v1.GetReplayResponse\x12S\n\x0c\x43\x61ncelReplay\x12 .webhooks.v1.CancelReplayRequest\x1a!.webhooks.v1.CancelReplayResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'webhooks.v1.replay_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLAYEVENTREQUEST']._serialized_start=74
-  _globals['_REPLAYEVENTREQUEST']._serialized_end=169
-  _globals['_REPLAYEVENTRESPONSE']._serialized_start=171
-  _globals['_REPLAYEVENTRESPONSE']._serialized_end=211
-  _globals['_REPLAYEVENTSREQUEST']._serialized_start=214
-  _globals['_REPLAYEVENTSREQUEST']._serialized_end=444
-  _globals['_REPLAYEVENTSRESPONSE']._serialized_start=446
-  _globals['_REPLAYEVENTSRESPONSE']._serialized_end=522
-  _globals['_REPLAY']._serialized_start=525
-  _globals['_REPLAY']._serialized_end=700
+  _globals['_REPLAYSTATE']._serialized_start=1118
+  _globals['_REPLAYSTATE']._serialized_end=1263
+  _globals['_REPLAYEVENTREQUEST']._serialized_start=99
+  _globals['_REPLAYEVENTREQUEST']._serialized_end=194
+  _globals['_REPLAYEVENTRESPONSE']._serialized_start=196
+  _globals['_REPLAYEVENTRESPONSE']._serialized_end=236
+  _globals['_REPLAYEVENTSREQUEST']._serialized_start=239
+  _globals['_REPLAYEVENTSREQUEST']._serialized_end=551
+  _globals['_REPLAYPROGRESS']._serialized_start=554
+  _globals['_REPLAYPROGRESS']._serialized_end=824
+  _globals['_GETREPLAYREQUEST']._serialized_start=826
+  _globals['_GETREPLAYREQUEST']._serialized_end=863
+  _globals['_CANCELREPLAYREQUEST']._serialized_start=865
+  _globals['_CANCELREPLAYREQUEST']._serialized_end=905
+  _globals['_REPLAYEVENTSRESPONSE']._serialized_start=907
+  _globals['_REPLAYEVENTSRESPONSE']._serialized_end=976
+  _globals['_GETREPLAYRESPONSE']._serialized_start=978
+  _globals['_GETREPLAYRESPONSE']._serialized_end=1044
+  _globals['_CANCELREPLAYRESPONSE']._serialized_start=1046
+  _globals['_CANCELREPLAYRESPONSE']._serialized_end=1115
+  _globals['_REPLAY']._serialized_start=1266
+  _globals['_REPLAY']._serialized_end=1604
 # @@protoc_insertion_point(module_scope)

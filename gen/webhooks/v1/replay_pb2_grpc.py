@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class ReplayStub:
-    """Re-enqueues stored events for processing (and outbound delivery) again. Replayed events are marked
-    as replays so that idempotency does not swallow them.
+    """Re-enqueues stored events for processing (their operations run again, marked as a replay, never counted
+    as duplicates) or for delivery to one subscription. Every replay has an id, recorded on the events and
+    deliveries it touched.
     """
 
     def __init__(self, channel):
@@ -41,16 +42,27 @@ class ReplayStub:
                 request_serializer=webhooks_dot_v1_dot_replay__pb2.ReplayEventRequest.SerializeToString,
                 response_deserializer=webhooks_dot_v1_dot_replay__pb2.ReplayEventResponse.FromString,
                 _registered_method=True)
-        self.ReplayEvents = channel.unary_unary(
+        self.ReplayEvents = channel.unary_stream(
                 '/webhooks.v1.Replay/ReplayEvents',
                 request_serializer=webhooks_dot_v1_dot_replay__pb2.ReplayEventsRequest.SerializeToString,
                 response_deserializer=webhooks_dot_v1_dot_replay__pb2.ReplayEventsResponse.FromString,
                 _registered_method=True)
+        self.GetReplay = channel.unary_unary(
+                '/webhooks.v1.Replay/GetReplay',
+                request_serializer=webhooks_dot_v1_dot_replay__pb2.GetReplayRequest.SerializeToString,
+                response_deserializer=webhooks_dot_v1_dot_replay__pb2.GetReplayResponse.FromString,
+                _registered_method=True)
+        self.CancelReplay = channel.unary_unary(
+                '/webhooks.v1.Replay/CancelReplay',
+                request_serializer=webhooks_dot_v1_dot_replay__pb2.CancelReplayRequest.SerializeToString,
+                response_deserializer=webhooks_dot_v1_dot_replay__pb2.CancelReplayResponse.FromString,
+                _registered_method=True)
 
 
 class ReplayServicer:
-    """Re-enqueues stored events for processing (and outbound delivery) again. Replayed events are marked
-    as replays so that idempotency does not swallow them.
+    """Re-enqueues stored events for processing (their operations run again, marked as a replay, never counted
+    as duplicates) or for delivery to one subscription. Every replay has an id, recorded on the events and
+    deliveries it touched.
     """
 
     def ReplayEvent(self, request, context):
@@ -61,8 +73,21 @@ class ReplayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReplayEvents(self, request, context):
-        """Replays every stored event of a source in a time range that matches the filter.
+        """Starts a replay job over a selection and streams its progress until it ends (the job goes on if the
+        client stops reading; GetReplay follows it).
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReplay(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelReplay(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -75,10 +100,20 @@ def add_ReplayServicer_to_server(servicer, server):
                     request_deserializer=webhooks_dot_v1_dot_replay__pb2.ReplayEventRequest.FromString,
                     response_serializer=webhooks_dot_v1_dot_replay__pb2.ReplayEventResponse.SerializeToString,
             ),
-            'ReplayEvents': grpc.unary_unary_rpc_method_handler(
+            'ReplayEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.ReplayEvents,
                     request_deserializer=webhooks_dot_v1_dot_replay__pb2.ReplayEventsRequest.FromString,
                     response_serializer=webhooks_dot_v1_dot_replay__pb2.ReplayEventsResponse.SerializeToString,
+            ),
+            'GetReplay': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReplay,
+                    request_deserializer=webhooks_dot_v1_dot_replay__pb2.GetReplayRequest.FromString,
+                    response_serializer=webhooks_dot_v1_dot_replay__pb2.GetReplayResponse.SerializeToString,
+            ),
+            'CancelReplay': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelReplay,
+                    request_deserializer=webhooks_dot_v1_dot_replay__pb2.CancelReplayRequest.FromString,
+                    response_serializer=webhooks_dot_v1_dot_replay__pb2.CancelReplayResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,8 +124,9 @@ def add_ReplayServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Replay:
-    """Re-enqueues stored events for processing (and outbound delivery) again. Replayed events are marked
-    as replays so that idempotency does not swallow them.
+    """Re-enqueues stored events for processing (their operations run again, marked as a replay, never counted
+    as duplicates) or for delivery to one subscription. Every replay has an id, recorded on the events and
+    deliveries it touched.
     """
 
     @staticmethod
@@ -131,12 +167,66 @@ class Replay:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/webhooks.v1.Replay/ReplayEvents',
             webhooks_dot_v1_dot_replay__pb2.ReplayEventsRequest.SerializeToString,
             webhooks_dot_v1_dot_replay__pb2.ReplayEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReplay(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/webhooks.v1.Replay/GetReplay',
+            webhooks_dot_v1_dot_replay__pb2.GetReplayRequest.SerializeToString,
+            webhooks_dot_v1_dot_replay__pb2.GetReplayResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelReplay(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/webhooks.v1.Replay/CancelReplay',
+            webhooks_dot_v1_dot_replay__pb2.CancelReplayRequest.SerializeToString,
+            webhooks_dot_v1_dot_replay__pb2.CancelReplayResponse.FromString,
             options,
             channel_credentials,
             insecure,

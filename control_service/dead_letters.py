@@ -1,0 +1,294 @@
+"""Dead letters: recorded when they happen, listed from the store, redriven with a fresh attempt budget,
+purged (marked, never deleted).
+
+* **Recording.** The control service consumes both streams' dead-letter queues (``switchboard.events.dead``,
+  ``switchboard.deliveries.dead``) with the shared queue worker and writes one row per message (its headers
+  and body, the attempts, the last error, why). The row's id is derived from the message id and the moment it
+  was dead-lettered, so a recorder that dies before its ack writes the same row again, not a second one.
+  Listing therefore never pages through a queue.
+* **Redrive.** An event: its stored status goes back to RETRYING with its attempts at 0, and its message is
+  published to the events stream again; the processor resumes it like a retry (operations already OK are not
+  run again). A delivery: its state goes back to PENDING with 0 attempts and its task is published to the
+  deliveries stream. The row is marked REDRIVEN. A message that could not be decoded cannot be redriven.
+* **Purge** marks rows PURGED (hidden from listings, never redriven); it needs a filter or ids and
+  ``confirm``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from switchboard import pagination
+from switchboard.errors import FailedPrecondition, InvalidRequest, NotFound
+from switchboard.model.events import InboundEvent, now_us
+from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState
+from switchboard.model.subscriptions import DeliveryTask
+from switchboard.queue import Ack, QueueMessage, Verdict
+from switchboard.wire import decode_inbound, decode_task
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+MAX_SCAN = 5000
+DEFAULT_RANGE_US = 30 * 86_400 * 1_000_000
+
+
+class DeadLetterStore(Protocol):
+    async def put_dead_letter(self, d: DeadLetter) -> None: ...
+    async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None: ...
+    async def set_dead_letter_state(self, d: DeadLetter, state: DeadLetterState, at_us: int) -> None: ...
+    async def dead_letters(
+        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: tuple[str, int, int, str] | None
+    ) -> tuple[list[DeadLetter], tuple[str, int, int, str] | None]: ...
+    async def reset_delivery(self, delivery_id: str, now_us: int) -> None: ...
+
+
+class EventResetter(Protocol):
+    async def reset_attempts(self, source: str, event_id: str) -> None: ...
+
+
+class Republisher(Protocol):
+    async def publish_event(self, event: InboundEvent) -> None: ...
+    async def publish_task(self, task: DeliveryTask) -> None: ...
+
+
+@dataclass(frozen=True)
+class Filter:
+    kind: DeadLetterKind | None = None
+    source: str = ""
+    subscription_id: str = ""
+    event_type: str = ""  # a glob
+    reason: str = ""
+    start_us: int | None = None
+    end_us: int | None = None
+    all_states: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.kind
+            or self.source
+            or self.subscription_id
+            or self.event_type
+            or self.reason
+            or self.start_us
+            or self.end_us
+        )
+
+    def matches(self, d: DeadLetter) -> bool:
+        return (
+            (self.all_states or d.state is DeadLetterState.DEAD)
+            and (not self.source or d.source == self.source)
+            and (not self.subscription_id or d.subscription_id == self.subscription_id)
+            and (not self.event_type or fnmatch.fnmatchcase(d.event_type, self.event_type))
+            and (not self.reason or d.reason == self.reason)
+        )
+
+
+@dataclass(frozen=True)
+class RedriveProgress:
+    matched: int
+    redriven: int
+    failed: int
+    done: bool
+    message: str = ""
+
+
+def dead_letter_id(message_id: str, dead_at: str) -> str:
+    return "dl_" + hashlib.sha256(f"{message_id}\0{dead_at}".encode()).hexdigest()[:24]
+
+
+class DeadLetterRecorder:
+    """A queue handler on a dead-letter queue: one row per message, then ack."""
+
+    def __init__(self, store: DeadLetterStore, kind: DeadLetterKind) -> None:
+        self.store = store
+        self.kind = kind
+
+    def key(self, message: QueueMessage) -> str | None:
+        return None
+
+    async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+        for m in batch:
+            await self.store.put_dead_letter(self.record(m))
+        return [Ack("recorded") for _ in batch]
+
+    def record(self, m: QueueMessage) -> DeadLetter:
+        headers = {k: _text(v) for k, v in m.headers.items() if not k.startswith("x-death")}
+        death = _first_death(m.headers)
+        dead_at = m.headers.get("x-dead-at") or (death.get("time") if death else None)
+        dead_us = _us(dead_at) or now_us()
+        if "x-last-error" in m.headers:
+            reason = "UNDECODABLE" if m.headers.get("x-dead-reason") == "undecodable" else "FAILED"
+            error = str(m.headers.get("x-last-error", ""))
+        else:  # dead-lettered by the broker itself
+            reason = str(death.get("reason", "")).upper() if death else "UNKNOWN"
+            error = f"dead-lettered by the broker ({reason.lower()}): its consumer kept failing on it"
+        d = DeadLetter(
+            id=dead_letter_id(m.message_id, str(dead_at or m.message_id)),
+            kind=self.kind,
+            dead_us=dead_us,
+            message_id=m.message_id,
+            attempts=int(m.headers.get("x-attempt", 0) or 0) if isinstance(m.headers.get("x-attempt", 0), int) else 0,
+            last_error=error[:2000],
+            reason=reason,
+            headers=headers,
+            body=m.body,
+            message_type=str(m.raw.type or "") if m.raw is not None else "",
+        )
+        try:
+            if self.kind is DeadLetterKind.PROCESSING:
+                e = decode_inbound(m.body)
+                d.source, d.event_id, d.event_type = e.source, e.event_id, e.event_type
+            else:
+                t = decode_task(m.body)
+                d.source, d.event_id, d.event_type = t.event.source, t.event.event_id, t.event.event_type
+                d.subscription_id, d.delivery_id = t.subscription_id, t.delivery_id
+        except InvalidRequest:
+            d.reason = "UNDECODABLE"
+        return d
+
+
+class DeadLetterManager:
+    def __init__(self, store: DeadLetterStore, events: EventResetter, publisher: Republisher) -> None:
+        self.store = store
+        self.events = events
+        self.publisher = publisher
+
+    async def get(self, dead_letter_id: str) -> DeadLetter:
+        d = await self.store.get_dead_letter(dead_letter_id) if dead_letter_id else None
+        if d is None:
+            raise NotFound(f"no dead letter {dead_letter_id!r}", reason="DEAD_LETTER_NOT_FOUND")
+        return d
+
+    async def list_dead_letters(self, f: Filter, page_size: int, page_token: str) -> tuple[list[DeadLetter], str]:
+        if not 0 <= page_size <= MAX_PAGE:
+            raise InvalidRequest(f"page_size must be between 0 and {MAX_PAGE}", reason="PAGE_SIZE_INVALID")
+        limit = page_size or DEFAULT_PAGE
+        end = f.end_us or now_us()
+        start = f.start_us or end - DEFAULT_RANGE_US
+        kinds = [f.kind] if f.kind else [DeadLetterKind.PROCESSING, DeadLetterKind.DELIVERY]
+        query = _query(f, start, end)
+        index, cursor = 0, None
+        if page_token:
+            raw = pagination.decode_token(page_token)
+            if raw.get("q") != query:
+                raise pagination.mismatched_token()
+            index, cursor = int(raw.get("k", 0)), _cursor(raw.get("c"))
+        out: list[DeadLetter] = []
+        scanned = 0
+        while index < len(kinds) and len(out) < limit and scanned < MAX_SCAN:
+            batch, cursor = await self.store.dead_letters(kinds[index], start, end, limit - len(out), cursor)
+            scanned += len(batch)
+            out += [d for d in batch if f.matches(d)]
+            if cursor is None:
+                index += 1
+        more = index < len(kinds)
+        token = pagination.encode_token({"q": query, "k": index, "c": list(cursor) if cursor else None}) if more else ""
+        return out, token
+
+    async def selection(self, ids: Sequence[str], f: Filter, everything: bool) -> list[DeadLetter]:
+        if ids:
+            return [await self.get(i) for i in ids]
+        if f.empty and not everything:
+            raise FailedPrecondition(
+                "name dead letters by id, give a filter, or ask for all of them", reason="SELECTION_MISSING"
+            )
+        out: list[DeadLetter] = []
+        token = ""
+        while True:
+            page, token = await self.list_dead_letters(f, MAX_PAGE, token)
+            out += page
+            if not token:
+                return out
+
+    async def redrive(
+        self, ids: Sequence[str], f: Filter, *, everything: bool, dry_run: bool
+    ) -> AsyncIterator[RedriveProgress]:
+        chosen = [d for d in await self.selection(ids, f, everything) if d.state is DeadLetterState.DEAD]
+        redriven = failed = 0
+        yield RedriveProgress(len(chosen), 0, 0, False, "dry run" if dry_run else "")
+        if dry_run:
+            yield RedriveProgress(len(chosen), 0, 0, True, "dry run: nothing redriven")
+            return
+        for n, d in enumerate(chosen, start=1):
+            try:
+                await self._redrive_one(d)
+                redriven += 1
+            except (InvalidRequest, FailedPrecondition) as exc:
+                failed += 1
+                log.warning("dead letter not redriven", extra={"dead_letter": d.id, "error": exc.message})
+            if n % 50 == 0:
+                yield RedriveProgress(len(chosen), redriven, failed, False)
+        yield RedriveProgress(len(chosen), redriven, failed, True)
+
+    async def _redrive_one(self, d: DeadLetter) -> None:
+        if d.reason == "UNDECODABLE":
+            raise FailedPrecondition("an undecodable message cannot be redriven", reason="UNDECODABLE")
+        if d.kind is DeadLetterKind.PROCESSING:
+            event = decode_inbound(d.body)
+            await self.events.reset_attempts(event.source, event.event_id)
+            await self.publisher.publish_event(event)
+        else:
+            task = decode_task(d.body)
+            await self.store.reset_delivery(task.delivery_id, now_us())
+            await self.publisher.publish_task(task)
+        await self.store.set_dead_letter_state(d, DeadLetterState.REDRIVEN, now_us())
+
+    async def purge(self, ids: Sequence[str], f: Filter, *, confirm: bool) -> int:
+        if not confirm:
+            raise FailedPrecondition("a purge needs confirm = true", reason="CONFIRMATION_MISSING")
+        chosen = await self.selection(ids, f, everything=False)
+        now = now_us()
+        for d in chosen:
+            await self.store.set_dead_letter_state(d, DeadLetterState.PURGED, now)
+        return len(chosen)
+
+
+def _query(f: Filter, start: int, end: int) -> dict[str, Any]:
+    return {
+        "k": f.kind.value if f.kind else "",
+        "s": f.source,
+        "u": f.subscription_id,
+        "t": f.event_type,
+        "r": f.reason,
+        "a": start,
+        "b": end,
+        "x": f.all_states,
+    }
+
+
+def _cursor(value: object) -> tuple[str, int, int, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 4:
+        raise pagination.invalid_token()
+    try:
+        return str(value[0]), int(value[1]), int(value[2]), str(value[3])
+    except (TypeError, ValueError):
+        raise pagination.invalid_token() from None
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _first_death(headers: Any) -> dict[str, Any] | None:
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        return deaths[0]
+    return None
+
+
+def _us(value: object) -> int:
+    if isinstance(value, int):
+        return value
+    if hasattr(value, "timestamp"):
+        return int(value.timestamp() * 1_000_000)
+    return 0

@@ -1,0 +1,312 @@
+"""Replays: stored events processed again on purpose, or delivered again to one subscription.
+
+A replayed event travels as a new receipt (its own receipt id) with ``replay = true`` and the replay's id:
+the processor applies it again (every operation runs, as the event's next attempt; never a duplicate), its
+fan-out delivers it anew (delivery ids of its own), and the stored event records the replay id. Replaying to
+one subscription publishes one delivery task straight to the deliveries stream.
+
+A selection is a job: events of one source in a closed time range (at most ``max_range`` unless ``force``),
+optionally by type globs and status, at most ``max_events``, enqueued at ``rate`` events per second at most
+so that a replay never starves live traffic. The job runs in the control service whoever watches it; its
+progress (matched, queued, done, failed) is kept in the store and streamed to callers; it can be cancelled.
+A job interrupted by a restart of the control service stays RUNNING in the store with its last counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from switchboard.delivery.ids import delivery_id
+from switchboard.errors import InvalidRequest, NotFound, SwitchboardError
+from switchboard.model.events import EventStatus, EventSummary, InboundEvent, Prior, StoredEvent, new_receipt_id, now_us
+from switchboard.model.operations import ReplayJob, ReplayState
+from switchboard.model.subscriptions import FINAL_DELIVERY, Delivery, DeliveryTask, Subscription
+
+log = logging.getLogger(__name__)
+
+TERMINAL = frozenset({EventStatus.PROCESSED, EventStatus.STALE, EventStatus.FAILED})
+PAGE = 500
+PROGRESS_EVERY = 1.0
+
+
+class Events(Protocol):
+    async def get(self, source: str, event_id: str) -> StoredEvent | None: ...
+    async def list(
+        self, source: str, start_us: int, end_us: int, limit: int, after: tuple[int, int, str] | None
+    ) -> tuple[list[EventSummary], tuple[int, int, str] | None]: ...
+    async def priors(self, events: Sequence[InboundEvent]) -> dict[str, Prior]: ...
+
+
+class Deliveries(Protocol):
+    async def get_many(self, ids: Sequence[str]) -> dict[str, Delivery]: ...
+
+
+class Subscriptions(Protocol):
+    async def get(self, subscription_id: str) -> Subscription | None: ...
+
+
+class Jobs(Protocol):
+    async def put_replay(self, job: ReplayJob) -> None: ...
+    async def get_replay(self, replay_id: str) -> ReplayJob | None: ...
+
+
+class Publisher(Protocol):
+    async def publish_event(self, event: InboundEvent) -> None: ...
+    async def publish_task(self, task: DeliveryTask) -> None: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_range_us: int = 7 * 86_400 * 1_000_000
+    max_events: int = 100_000
+    rate_per_second: float = 100.0
+
+
+@dataclass(frozen=True)
+class Selection:
+    source: str
+    start_us: int | None
+    end_us: int | None
+    event_types: tuple[str, ...] = ()
+    status: EventStatus | None = None
+    subscription_id: str = ""
+    reason: str = ""
+    dry_run: bool = False
+    max_events: int = 0
+    rate_per_second: float = 0.0
+    force: bool = False
+
+
+class ReplayManager:
+    def __init__(
+        self,
+        events: Events,
+        deliveries: Deliveries,
+        subscriptions: Subscriptions,
+        jobs: Jobs,
+        publisher: Publisher,
+        limits: Limits,
+    ) -> None:
+        self.events = events
+        self.deliveries = deliveries
+        self.subscriptions = subscriptions
+        self.jobs = jobs
+        self.publisher = publisher
+        self.limits = limits
+        self._running: dict[str, tuple[ReplayJob, asyncio.Task[None], asyncio.Event]] = {}
+
+    async def replay_event(self, source: str, event_id: str, subscription_id: str, reason: str) -> str:
+        stored = await self.events.get(source, event_id) if source and event_id else None
+        if stored is None:
+            raise NotFound(
+                f"no event {event_id!r} from source {source!r}",
+                reason="EVENT_NOT_FOUND",
+                metadata={"source": source[:64], "event_id": event_id[:255]},
+            )
+        if subscription_id:
+            await self._subscription(subscription_id)
+        replay_id = _new_id()
+        now = now_us()
+        job = ReplayJob(
+            replay_id,
+            json.dumps({"source": source, "event_id": event_id, "subscription_id": subscription_id, "reason": reason}),
+            started_us=now,
+        )
+        await self._enqueue(stored.event, replay_id, subscription_id)
+        job.matched = job.queued = 1
+        job.state, job.finished_us = ReplayState.DONE, now_us()
+        await self.jobs.put_replay(job)
+        log.info("event replayed", extra={"replay": replay_id, "event": stored.event.key, "reason": reason[:200]})
+        return replay_id
+
+    async def start(self, sel: Selection) -> ReplayJob:
+        """Validates the selection and starts the job; returns it (RUNNING, or DONE for a dry run)."""
+        if not sel.source:
+            raise InvalidRequest("source is required", reason="FIELD_REQUIRED", metadata={"field": "source"})
+        if not sel.start_us or not sel.end_us:
+            raise InvalidRequest(
+                "a replay needs start_time and end_time (a closed range)",
+                reason="TIME_RANGE_INVALID",
+                metadata={"field": "end_time"},
+            )
+        if sel.start_us >= sel.end_us:
+            raise InvalidRequest("start_time must be before end_time", reason="TIME_RANGE_INVALID")
+        if sel.end_us - sel.start_us > self.limits.max_range_us and not sel.force:
+            hours = self.limits.max_range_us / 3.6e9
+            raise InvalidRequest(
+                f"the range is longer than {hours:g} h: narrow it or ask with force",
+                reason="TIME_RANGE_TOO_LARGE",
+                metadata={"field": "end_time"},
+            )
+        if sel.max_events > self.limits.max_events and not sel.force:
+            raise InvalidRequest(f"max_events is above {self.limits.max_events}", reason="TOO_MANY_EVENTS")
+        if sel.rate_per_second < 0:
+            raise InvalidRequest("rate_per_second must not be negative", reason="FIELD_INVALID")
+        if sel.subscription_id:
+            await self._subscription(sel.subscription_id)
+        request = json.dumps({k: v.value if isinstance(v, EventStatus) else v for k, v in sel.__dict__.items()})
+        job = ReplayJob(_new_id(), request, started_us=now_us(), dry_run=sel.dry_run)
+        await self.jobs.put_replay(job)
+        cancel = asyncio.Event()
+        task = asyncio.create_task(self._run(job, sel, cancel))
+        self._running[job.id] = (job, task, cancel)
+        task.add_done_callback(lambda _t: self._running.pop(job.id, None))
+        return job
+
+    async def follow(self, job: ReplayJob) -> AsyncIterator[ReplayJob]:
+        """The job's progress, once a second, until it ends."""
+        while True:
+            running = self._running.get(job.id)
+            current = running[0] if running else await self.get(job.id)
+            yield replace(current)
+            if current.state is not ReplayState.RUNNING:
+                return
+            if running is None:
+                return  # running in an earlier life of this service: no more news to wait for
+            await asyncio.sleep(PROGRESS_EVERY)
+
+    async def get(self, replay_id: str) -> ReplayJob:
+        running = self._running.get(replay_id)
+        if running is not None:
+            return running[0]
+        job = await self.jobs.get_replay(replay_id) if replay_id else None
+        if job is None:
+            raise NotFound(f"no replay {replay_id!r}", reason="REPLAY_NOT_FOUND")
+        return job
+
+    async def cancel(self, replay_id: str) -> ReplayJob:
+        running = self._running.get(replay_id)
+        if running is None:
+            return await self.get(replay_id)  # over already: cancelling changes nothing
+        job, task, cancel = running
+        cancel.set()
+        await asyncio.wait({task}, timeout=10)
+        return job
+
+    # -- the job ------------------------------------------------------------------------------------------
+    async def _run(self, job: ReplayJob, sel: Selection, cancel: asyncio.Event) -> None:
+        try:
+            queued = await self._select_and_enqueue(job, sel, cancel)
+            if not cancel.is_set() and not sel.dry_run:
+                await self._wait_done(job, sel, queued, cancel)
+            job.state = ReplayState.CANCELLED if cancel.is_set() else ReplayState.DONE
+        except SwitchboardError as exc:
+            job.state, job.message = ReplayState.FAILED, exc.message
+            log.warning("replay failed", extra={"replay": job.id, "error": exc.message})
+        finally:
+            job.finished_us = now_us()
+            await self.jobs.put_replay(job)
+
+    async def _select_and_enqueue(self, job: ReplayJob, sel: Selection, cancel: asyncio.Event) -> list[InboundEvent]:
+        """Lists the selection, enqueues it at the pace, and returns what it enqueued."""
+        assert sel.start_us is not None and sel.end_us is not None
+        limit = min(sel.max_events or self.limits.max_events, self.limits.max_events if not sel.force else 10**9)
+        rate = sel.rate_per_second or self.limits.rate_per_second
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        queued: list[InboundEvent] = []
+        cursor: tuple[int, int, str] | None = None
+        last_save = t0
+        while not cancel.is_set() and job.matched < limit:
+            page, cursor = await self.events.list(sel.source, sel.start_us, sel.end_us, PAGE, cursor)
+            for summary in page:
+                if job.matched >= limit or cancel.is_set():
+                    break
+                if sel.event_types and not any(fnmatch.fnmatchcase(summary.event_type, g) for g in sel.event_types):
+                    continue
+                if sel.status is not None and summary.status is not sel.status:
+                    continue
+                job.matched += 1
+                if sel.dry_run:
+                    continue
+                due = t0 + job.queued / rate
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+                stored = await self.events.get(summary.source, summary.event_id)
+                if stored is None:
+                    job.failed += 1
+                    continue
+                queued.append(await self._enqueue(stored.event, job.id, sel.subscription_id))
+                job.queued += 1
+                if loop.time() - last_save > 5:
+                    await self.jobs.put_replay(job)
+                    last_save = loop.time()
+            if cursor is None:
+                break
+        return queued
+
+    async def _enqueue(self, original: InboundEvent, replay_id: str, subscription_id: str) -> InboundEvent:
+        event = replace(
+            original, receipt_id=new_receipt_id(), replay=True, replay_id=replay_id, received_us=original.received_us
+        )
+        if subscription_id:
+            task = DeliveryTask(
+                delivery_id(event.source, event.event_id, f"{subscription_id}#{replay_id}"),
+                subscription_id,
+                event,
+                now_us(),
+                replay_id,
+            )
+            await self.publisher.publish_task(task)
+        else:
+            await self.publisher.publish_event(event)
+        return event
+
+    async def _wait_done(
+        self, job: ReplayJob, sel: Selection, queued: list[InboundEvent], cancel: asyncio.Event
+    ) -> None:
+        """Counts the replayed events processed (or delivered) until all are, or nothing moves for a minute."""
+        pending = list(queued)
+        idle_since = asyncio.get_running_loop().time()
+        while pending and not cancel.is_set():
+            if sel.subscription_id:
+                ids = [delivery_id(e.source, e.event_id, f"{sel.subscription_id}#{job.id}") for e in pending]
+                states = await self.deliveries.get_many(ids)
+                finished = {
+                    e.key
+                    for e, i in zip(pending, ids, strict=True)
+                    if i in states and states[i].status in FINAL_DELIVERY
+                }
+                failed = {
+                    e.key
+                    for e, i in zip(pending, ids, strict=True)
+                    if i in states and states[i].status.value == "failed"
+                }
+            else:
+                priors = await self.events.priors(pending)
+                finished = {
+                    e.key
+                    for e in pending
+                    if (p := priors.get(e.key)) and p.receipt_id == e.receipt_id and p.status in TERMINAL
+                }
+                failed = {
+                    e.key
+                    for e in pending
+                    if (p := priors.get(e.key)) and p.receipt_id == e.receipt_id and p.status is EventStatus.FAILED
+                }
+            if finished:
+                idle_since = asyncio.get_running_loop().time()
+            job.done += len(finished - failed)
+            job.failed += len(failed)
+            pending = [e for e in pending if e.key not in finished]
+            if asyncio.get_running_loop().time() - idle_since > 60:
+                job.message = f"{len(pending)} replayed events not finished after a minute without progress"
+                return
+            await asyncio.sleep(0.5)
+
+    async def _subscription(self, subscription_id: str) -> Subscription:
+        s = await self.subscriptions.get(subscription_id)
+        if s is None:
+            raise NotFound(f"no subscription {subscription_id!r}", reason="SUBSCRIPTION_NOT_FOUND")
+        return s
+
+
+def _new_id() -> str:
+    return "rp_" + secrets.token_hex(10)

@@ -1,0 +1,157 @@
+"""Dead letters and replay jobs (written with the retention TTL; never deleted by the operating tools: a purge
+marks a dead letter purged)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState, ReplayJob, ReplayState
+from switchboard.store.deliveries import DAY_US, day_of
+from switchboard.store.session import StoreSession
+from switchboard.store.values import ts, us_of
+
+DeadCursor = tuple[str, int, int, str]  # (kind, day, dead_at in ms, id) of the last row returned
+
+
+class OperationsStore:
+    def __init__(self, store: StoreSession) -> None:
+        self.store = store
+        self.ttl = store.cfg.ttl_seconds
+        self.q = store.statements.operations
+
+    # -- dead letters -------------------------------------------------------------------------------------
+    async def put_dead_letter(self, d: DeadLetter) -> None:
+        day = day_of(d.dead_us)
+        params = (
+            d.kind.value,
+            day,
+            ts(d.dead_us),
+            d.id,
+            d.source,
+            d.event_id,
+            d.event_type,
+            d.subscription_id,
+            d.delivery_id,
+            d.message_id,
+            d.attempts,
+            d.last_error,
+            d.reason,
+            d.headers,
+            d.body,
+            d.message_type,
+            d.state.value,
+            ts(d.redriven_us) if d.redriven_us else None,
+            self.ttl,
+        )
+        await asyncio.gather(
+            self.store.execute(self.q.dead_put, params),
+            self.store.execute(self.q.dead_by_id_put, (d.id, d.kind.value, day, ts(d.dead_us), self.ttl)),
+        )
+
+    async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
+        rows = await self.store.execute(self.q.dead_by_id, (dead_letter_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        found = await self.store.execute(self.q.dead_get, (r.kind, r.day, r.dead_at, dead_letter_id))
+        return _dead_letter(found[0]) if found else None
+
+    async def set_dead_letter_state(self, d: DeadLetter, state: DeadLetterState, at_us: int) -> None:
+        params = (self.ttl, state.value, ts(at_us), d.kind.value, day_of(d.dead_us), ts(d.dead_us), d.id)
+        await self.store.execute(self.q.dead_state, params)
+
+    async def dead_letters(
+        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: DeadCursor | None
+    ) -> tuple[list[DeadLetter], DeadCursor | None]:
+        """Dead letters of ``kind`` in [start, end), newest first; the cursor of the next page."""
+        out: list[DeadLetter] = []
+        day = after[1] if after else day_of(max(end_us - 1, start_us))
+        first_day = day_of(start_us)
+        while day >= first_day and len(out) < limit:
+            want = limit - len(out)
+            if after is not None and after[1] == day:
+                params: tuple[Any, ...] = (kind.value, day, ts(after[2] * 1000), after[3], want)
+                rows = await self.store.execute(self.q.dead_after, params)
+            else:
+                rows = await self.store.execute(self.q.dead_range, (kind.value, day, ts(start_us), ts(end_us), want))
+            page = [_dead_letter(r) for r in rows if us_of(r.dead_at) >= start_us]
+            out += page
+            if len(rows) < want or len(page) < len(rows):
+                day -= 1
+                after = None
+                if len(page) < len(rows):
+                    break
+            else:
+                last = out[-1]
+                after = (kind.value, day, last.dead_us // 1000, last.id)
+        if len(out) >= limit:
+            last = out[-1]
+            return out, (kind.value, day_of(last.dead_us), last.dead_us // 1000, last.id)
+        return out, None
+
+    # -- replays ------------------------------------------------------------------------------------------
+    async def put_replay(self, job: ReplayJob) -> None:
+        params = (
+            job.id,
+            job.request,
+            job.state.value,
+            job.matched,
+            job.queued,
+            job.done,
+            job.failed,
+            ts(job.started_us),
+            ts(job.finished_us) if job.finished_us else None,
+            job.message,
+            job.dry_run,
+            self.ttl,
+        )
+        await self.store.execute(self.q.replay_put, params)
+
+    async def get_replay(self, replay_id: str) -> ReplayJob | None:
+        rows = await self.store.execute(self.q.replay_get, (replay_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return ReplayJob(
+            id=r.id,
+            request=r.request or "",
+            state=ReplayState(r.state),
+            matched=int(r.matched or 0),
+            queued=int(r.queued or 0),
+            done=int(r.done or 0),
+            failed=int(r.failed or 0),
+            started_us=us_of(r.started_at),
+            finished_us=us_of(r.finished_at),
+            message=r.message or "",
+            dry_run=bool(r.dry_run),
+        )
+
+    async def reset_delivery(self, delivery_id: str, now_us: int) -> None:
+        """A FAILED delivery redriven from the dead letters: PENDING with a fresh attempt budget."""
+        await self.store.execute(self.q.delivery_reset, (self.ttl, "pending", ts(now_us), delivery_id))
+
+
+def _dead_letter(r: Any) -> DeadLetter:
+    return DeadLetter(
+        id=r.id,
+        kind=DeadLetterKind(r.kind),
+        dead_us=us_of(r.dead_at),
+        source=r.source or "",
+        event_id=r.event_id or "",
+        event_type=r.event_type or "",
+        subscription_id=r.subscription_id or "",
+        delivery_id=r.delivery_id or "",
+        message_id=r.message_id or "",
+        attempts=int(r.attempts or 0),
+        last_error=r.last_error or "",
+        reason=r.reason or "",
+        headers=dict(r.headers or {}),
+        body=r.body or b"",
+        message_type=r.message_type or "",
+        state=DeadLetterState(r.state) if r.state else DeadLetterState.DEAD,
+        redriven_us=us_of(r.redriven_at),
+    )
+
+
+__all__ = ["DAY_US", "DeadCursor", "OperationsStore"]

@@ -1,0 +1,210 @@
+"""The operating tools through the real stack: dead letters recorded when they happen, listed, inspected,
+redriven with a fresh attempt budget and purged (marked, never deleted); replays of one event, of a
+selection (a job streaming its progress) and to one subscription."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from webhooks.v1 import dead_letters_pb2 as dl
+from webhooks.v1 import dead_letters_pb2_grpc, event_pb2, replay_pb2, replay_pb2_grpc
+
+from switchboard.config import PlatformConfig
+from switchboard_devstack.stack import Stack
+from tests.e2e.helpers import edge_client, stripe_headers, wait_for_event
+from tests.e2e.receivers import Receiver
+from tests.e2e.test_delivery import subscribe
+from tests.stack_fixture import MAX_ATTEMPTS, STRIPE_SECRET
+
+pytestmark = pytest.mark.integration
+
+OK = event_pb2.OPERATION_OUTCOME_OK
+FAILED = event_pb2.OPERATION_OUTCOME_FAILED
+
+
+@contextmanager
+def stubs(cfg: PlatformConfig) -> Iterator[tuple[Any, Any]]:
+    channel = grpc.insecure_channel(f"127.0.0.1:{cfg.control.port}")
+    try:
+        yield dead_letters_pb2_grpc.DeadLettersStub(channel), replay_pb2_grpc.ReplayStub(channel)
+    finally:
+        channel.close()
+
+
+def post(cfg: PlatformConfig, event_id: str, event_type: str, **obj: Any) -> None:
+    body = json.dumps(
+        {
+            "id": event_id,
+            "object": "event",
+            "type": event_type,
+            "created": int(time.time()),
+            "data": {"object": {"id": "in_" + event_id[-12:], "object": "invoice", **obj}},
+        },
+        separators=(",", ":"),
+    ).encode()
+    with edge_client(cfg) as client:
+        resp = client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body))
+    assert resp.status_code == 200, resp.text
+
+
+def wait_status(cfg: PlatformConfig, event_id: str, status: int, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while (event := wait_for_event(cfg, "shop", event_id, timeout=timeout)).status != status:
+        assert time.monotonic() < deadline, f"{event_id} stayed {event_pb2.EventStatus.Name(event.status)}"
+        time.sleep(0.2)
+    return event
+
+
+def dead_letters_of(cfg: PlatformConfig, event_id: str, *, all_states: bool = False) -> list[Any]:
+    with stubs(cfg) as (dead, _):
+        f = dl.DeadLetterFilter(kind=dl.DEAD_LETTER_KIND_PROCESSING, source="shop", all_states=all_states)
+        reply = dead.ListDeadLetters(dl.ListDeadLettersRequest(filter=f, page_size=1000), timeout=10)
+    return [d for d in reply.dead_letters if d.event_id == event_id]
+
+
+def wait_dead_letter(cfg: PlatformConfig, event_id: str, count: int = 1) -> list[Any]:
+    deadline = time.monotonic() + 30
+    while len(found := dead_letters_of(cfg, event_id, all_states=True)) < count:
+        assert time.monotonic() < deadline, f"{len(found)} of {count} dead letters recorded for {event_id}"
+        time.sleep(0.2)
+    return found
+
+
+def test_a_dead_letter_is_recorded_inspected_and_redriven_with_a_fresh_budget(
+    stack: Stack, stack_config: PlatformConfig, tmp_path: Path
+) -> None:
+    cfg = stack_config
+    gate = tmp_path / "gate"
+    event_id = "evt_gated_" + secrets.token_hex(6)
+    post(cfg, event_id, "test.gated", gate=str(gate))
+    wait_status(cfg, event_id, event_pb2.EVENT_STATUS_FAILED)
+    (dead,) = wait_dead_letter(cfg, event_id)
+    assert (dead.reason, dead.attempts, dead.state) == ("FAILED", MAX_ATTEMPTS, dl.DEAD_LETTER_STATE_DEAD)
+    assert dead.last_error == "gated: PermissionError: the gate is closed"
+    with stubs(cfg) as (dead_letters, _):
+        got = dead_letters.GetDeadLetter(dl.GetDeadLetterRequest(id=dead.id), timeout=10).dead_letter
+        assert got.body and got.headers["x-attempt"] == str(MAX_ATTEMPTS) and got.kind == dl.DEAD_LETTER_KIND_PROCESSING
+        # Not redriven while the cause is still there? It would just fail again: open the gate first.
+        gate.write_text("open")
+        progress = list(dead_letters.RedriveDeadLetters(dl.RedriveDeadLettersRequest(ids=[dead.id]), timeout=30))
+    assert (progress[-1].matched, progress[-1].redriven, progress[-1].done) == (1, 1, True)
+    event = wait_status(cfg, event_id, event_pb2.EVENT_STATUS_PROCESSED)
+    gated_runs = sorted((r.attempt, r.outcome) for r in event.results if r.operation == "gated")
+    # Three failed attempts, then a fresh budget: attempt 1 again, OK. Operations already OK did not run again.
+    assert gated_runs == [(1, OK), (1, FAILED), (2, FAILED), (3, FAILED)]
+    assert Counter(r.operation for r in event.results if r.outcome == OK) == Counter(
+        {"log": 1, "entity": 1, "deliver": 1, "gated": 1}
+    )
+    assert dead_letters_of(cfg, event_id) == []  # no longer listed as dead
+    (redriven,) = dead_letters_of(cfg, event_id, all_states=True)
+    assert redriven.state == dl.DEAD_LETTER_STATE_REDRIVEN
+
+
+def test_purge_needs_confirmation_and_only_marks(stack: Stack, stack_config: PlatformConfig) -> None:
+    cfg = stack_config
+    event_id = "evt_purge_" + secrets.token_hex(6)
+    post(cfg, event_id, "test.poison")
+    (dead,) = wait_dead_letter(cfg, event_id)
+    with stubs(cfg) as (dead_letters, _):
+        with pytest.raises(grpc.RpcError) as refused:
+            dead_letters.PurgeDeadLetters(dl.PurgeDeadLettersRequest(ids=[dead.id]), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(grpc.RpcError) as unbounded:
+            dead_letters.PurgeDeadLetters(dl.PurgeDeadLettersRequest(confirm=True), timeout=10)
+        assert unbounded.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        purged = dead_letters.PurgeDeadLetters(dl.PurgeDeadLettersRequest(ids=[dead.id], confirm=True), timeout=10)
+        assert purged.purged == 1
+        with pytest.raises(grpc.RpcError) as missing:
+            list(dead_letters.RedriveDeadLetters(dl.RedriveDeadLettersRequest(ids=["dl_nope"]), timeout=10))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert dead_letters_of(cfg, event_id) == []
+    assert [d.state for d in dead_letters_of(cfg, event_id, all_states=True)] == [dl.DEAD_LETTER_STATE_PURGED]
+    assert wait_for_event(cfg, "shop", event_id).status == event_pb2.EVENT_STATUS_FAILED  # the event stays
+
+
+def test_replay_one_event_applies_it_again_as_a_replay(stack: Stack, stack_config: PlatformConfig) -> None:
+    cfg = stack_config
+    event_id = "evt_replay_" + secrets.token_hex(6)
+    post(cfg, event_id, "invoice.paid", amount_due=10)
+    first = wait_status(cfg, event_id, event_pb2.EVENT_STATUS_PROCESSED)
+    with stubs(cfg) as (_, replay):
+        replay_id = replay.ReplayEvent(
+            replay_pb2.ReplayEventRequest(source="shop", event_id=event_id, reason="test"), timeout=10
+        ).replay_id
+        with pytest.raises(grpc.RpcError) as missing:
+            replay.ReplayEvent(replay_pb2.ReplayEventRequest(source="shop", event_id="evt_nope"), timeout=10)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    deadline = time.monotonic() + 30
+    while (event := wait_for_event(cfg, "shop", event_id)).replay_id != replay_id:
+        assert time.monotonic() < deadline, "the replay was not processed"
+        time.sleep(0.2)
+    assert event.replay and event.duplicates == first.duplicates == 0  # a replay is not a duplicate
+    assert Counter(r.operation for r in event.results if r.outcome == OK) == Counter(
+        {"log": 2, "entity": 2, "deliver": 2}
+    )
+
+
+def test_a_replay_job_streams_its_progress_and_can_target_one_subscription(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    cfg = stack_config
+    started = time.time() - 1
+    marker = "evt_job_" + secrets.token_hex(4)
+    ids = [f"{marker}_{i}" for i in range(6)]
+    for event_id in ids:
+        post(cfg, event_id, "invoice.created" if event_id.endswith(("0", "1")) else "invoice.paid", amount_due=1)
+    for event_id in ids:
+        wait_status(cfg, event_id, event_pb2.EVENT_STATUS_PROCESSED)
+    window = {"start_time": None, "end_time": None}
+    request = replay_pb2.ReplayEventsRequest(source="shop", event_types=["invoice.created"], rate_per_second=50)
+    request.start_time.FromSeconds(int(started))
+    request.end_time.FromSeconds(int(time.time()) + 1)
+    del window
+    with Receiver(cfg.tls_dir) as rx, stubs(cfg) as (_, replay):
+        sub, _ = subscribe(cfg, rx.url("/replayed"), event_types=["invoice.*"])
+        dry = list(replay.ReplayEvents(_with(request, dry_run=True), timeout=30))
+        assert dry[-1].progress.state == replay_pb2.REPLAY_STATE_DONE and dry[-1].progress.queued == 0
+        matched = dry[-1].progress.matched
+        assert matched >= 2  # ours, and any invoice.created of other tests in the window
+        progress = [p.progress for p in replay.ReplayEvents(_with(request, subscription_id=sub.id), timeout=60)]
+        last = progress[-1]
+        assert (last.state, last.queued, last.done, last.failed) == (replay_pb2.REPLAY_STATE_DONE, matched, matched, 0)
+        assert (
+            replay.GetReplay(replay_pb2.GetReplayRequest(replay_id=last.replay_id), timeout=10).progress.done == matched
+        )
+        got = rx.wait("/replayed", matched)
+        bodies = {json.loads(r.body)["id"] for r in got}
+        assert {ids[0], ids[1]} <= bodies and not bodies & set(ids[2:])
+        # Bad selections are refused before anything runs.
+        for bad, code in (
+            (replay_pb2.ReplayEventsRequest(source="shop"), grpc.StatusCode.INVALID_ARGUMENT),
+            (_with(request, max_events=10**9), grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                list(replay.ReplayEvents(bad, timeout=10))
+            assert refused.value.code() == code
+        wide = replay_pb2.ReplayEventsRequest(source="shop", dry_run=True)
+        wide.start_time.FromSeconds(int(time.time()) - 30 * 86400)
+        wide.end_time.FromSeconds(int(time.time()))
+        with pytest.raises(grpc.RpcError) as too_wide:
+            list(replay.ReplayEvents(wide, timeout=10))
+        assert too_wide.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        wide.force = True
+        assert list(replay.ReplayEvents(wide, timeout=60))[-1].progress.state == replay_pb2.REPLAY_STATE_DONE
+
+
+def _with(request: Any, **fields: Any) -> Any:
+    copy = type(request)()
+    copy.CopyFrom(request)
+    for k, v in fields.items():
+        setattr(copy, k, v)
+    return copy

@@ -1,0 +1,157 @@
+"""SubscriptionManager decisions against in-memory stores: who sees what, validation of every field, and
+that every change is announced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from control_service.subscriptions import Caller, Draft, Rules, SubscriptionManager
+from switchboard import errors
+from switchboard.model.subscriptions import Attempt, Delivery, Subscription, SubscriptionStatus
+
+RULES = Rules(
+    sources=["shop", "gh"],
+    event_types={"shop": ["invoice.paid", "invoice.created", "charge.succeeded"], "gh": []},
+    allow_networks=("127.0.0.0/8",),
+    allow_http_hosts=("127.0.0.1",),
+)
+URL = "https://127.0.0.1:9999/hook"
+ALICE, BOB = Caller("alice", via_edge=True), Caller("bob", via_edge=True)
+INTERNAL = Caller(None)
+
+
+@dataclass
+class Memory:
+    subs: dict[str, Subscription] = field(default_factory=dict)
+    changed: list[str] = field(default_factory=list)
+
+    async def put(self, s: Subscription) -> None:
+        self.subs[s.id] = s
+
+    async def get(self, subscription_id: str) -> Subscription | None:
+        return self.subs.get(subscription_id)
+
+    async def delete(self, s: Subscription) -> None:
+        self.subs.pop(s.id, None)
+
+    async def page(self, client_id: str | None, after: str, limit: int) -> tuple[list[Subscription], str]:
+        mine = sorted(
+            (s for s in self.subs.values() if client_id is None or s.client_id == client_id), key=lambda s: s.id
+        )
+        page = [s for s in mine if s.id > after][:limit]
+        return page, page[-1].id if len(page) == limit else ""
+
+
+class Notices:
+    def __init__(self, memory: Memory) -> None:
+        self.memory = memory
+
+    async def changed(self, subscription_id: str) -> None:
+        self.memory.changed.append(subscription_id)
+
+
+class NoDeliveries:
+    async def by_event(self, source: str, event_id: str) -> list[Delivery]:
+        return []
+
+    async def page(self, *args: object) -> tuple[list[Delivery], None]:
+        return [], None
+
+    async def attempts_of(self, delivery_id: str) -> list[Attempt]:
+        return []
+
+    async def attempts_page(self, *args: object) -> tuple[list[Attempt], None]:
+        return [], None
+
+
+@pytest.fixture
+def memory() -> Memory:
+    return Memory()
+
+
+@pytest.fixture
+def manager(memory: Memory) -> SubscriptionManager:
+    return SubscriptionManager(RULES, memory, NoDeliveries(), Notices(memory))
+
+
+async def test_a_client_creates_and_sees_only_its_own(manager: SubscriptionManager, memory: Memory) -> None:
+    created = await manager.create(ALICE, Draft(callback_url=URL, event_types=("invoice.*",), sources=("shop",)))
+    s = created.subscription
+    assert (s.client_id, s.event_types, s.status) == ("alice", ("invoice.*",), SubscriptionStatus.ENABLED)
+    assert created.secret.startswith("whsec_") and s.secret == created.secret
+    assert memory.changed == [s.id]
+    assert (await manager.get(ALICE, s.id)).id == s.id
+    with pytest.raises(errors.NotFound) as other:
+        await manager.get(BOB, s.id)
+    assert other.value.reason == "SUBSCRIPTION_NOT_FOUND"  # not PERMISSION_DENIED: no hint that it exists
+    with pytest.raises(errors.NotFound):
+        await manager.delete(BOB, s.id)
+    assert (await manager.list_subscriptions(BOB, 10, ""))[0] == []
+    assert [x.id for x in (await manager.list_subscriptions(INTERNAL, 10, ""))[0]] == [s.id]
+
+
+async def test_through_the_edge_without_a_client_is_unauthenticated(manager: SubscriptionManager) -> None:
+    with pytest.raises(errors.Unauthenticated):
+        await manager.create(Caller(None, via_edge=True), Draft(callback_url=URL))
+    with pytest.raises(errors.Unauthenticated):
+        await manager.list_subscriptions(Caller("", via_edge=True), 10, "")
+
+
+@pytest.mark.parametrize(
+    ("draft", "reason"),
+    [
+        (Draft(callback_url="http://example.com/x"), "CALLBACK_URL_INVALID"),
+        (Draft(callback_url="https://10.1.2.3/x"), "CALLBACK_URL_FORBIDDEN"),
+        (Draft(callback_url="https://169.254.169.254/latest"), "CALLBACK_URL_FORBIDDEN"),
+        (Draft(callback_url=URL, sources=("nope",)), "SOURCE_UNKNOWN"),
+        (Draft(callback_url=URL, sources=("shop",), event_types=("customer.*",)), "EVENT_TYPE_UNKNOWN"),
+        (Draft(callback_url=URL, trigger_conditions="event.data.object.amount >"), "TRIGGER_CONDITION_INVALID"),
+        (Draft(callback_url=URL, trigger_conditions="other.amount > 1"), "TRIGGER_CONDITION_INVALID"),
+        (Draft(callback_url=URL, retry_set=True, retry_schedule_s=(0.1,)), "RETRY_POLICY_INVALID"),
+        (Draft(callback_url=URL, rate_limit_per_second=10**7), "FIELD_INVALID"),
+        (Draft(callback_url=URL, public_key="not a key"), "FIELD_INVALID"),
+        (Draft(callback_url=URL, metadata={f"k{i}": "v" for i in range(40)}), "FIELD_INVALID"),
+        (Draft(), "FIELD_INVALID"),
+    ],
+)
+async def test_bad_fields_are_invalid_arguments_naming_the_field(
+    manager: SubscriptionManager, memory: Memory, draft: Draft, reason: str
+) -> None:
+    with pytest.raises(errors.InvalidRequest) as bad:
+        await manager.create(ALICE, draft)
+    assert bad.value.reason == reason
+    assert "field" in bad.value.metadata
+    assert memory.subs == {} and memory.changed == []
+
+
+async def test_a_source_that_declares_no_types_accepts_any_glob(manager: SubscriptionManager) -> None:
+    created = await manager.create(ALICE, Draft(callback_url=URL, sources=("gh",), event_types=("push", "pull_*")))
+    assert created.subscription.event_types == ("push", "pull_*")
+
+
+async def test_update_changes_only_the_named_fields_and_is_announced(
+    manager: SubscriptionManager, memory: Memory
+) -> None:
+    s = (await manager.create(ALICE, Draft(callback_url=URL, description="first"))).subscription
+    memory.changed.clear()
+    updated = await manager.update(ALICE, s.id, Draft(description="second", callback_url="ignored"), ["description"])
+    assert (updated.description, updated.callback_url) == ("second", URL)
+    assert memory.changed == [s.id]
+    with pytest.raises(errors.InvalidRequest) as bad:
+        await manager.update(ALICE, s.id, Draft(), ["client_id"])
+    assert bad.value.reason == "UPDATE_MASK_INVALID"
+    with pytest.raises(errors.InvalidRequest):
+        await manager.update(ALICE, s.id, Draft(status=SubscriptionStatus.AUTO_DISABLED), ["status"])
+    disabled = await manager.update(ALICE, s.id, Draft(status=SubscriptionStatus.DISABLED), [])
+    assert disabled.status is SubscriptionStatus.DISABLED and not disabled.enabled
+
+
+async def test_rotation_keeps_the_previous_secret_signing_for_the_overlap(manager: SubscriptionManager) -> None:
+    created = await manager.create(ALICE, Draft(callback_url=URL))
+    new, until = await manager.rotate_secret(ALICE, created.subscription.id, 60_000_000)
+    s = await manager.get(ALICE, created.subscription.id)
+    assert new != created.secret and s.secret == new and s.previous_secret == created.secret
+    assert s.signing_secrets(until - 1) == [new, created.secret]
+    assert s.signing_secrets(until) == [new]
