@@ -13,7 +13,7 @@ from typing import Any
 import aio_pika
 import grpc
 import httpx
-from webhooks.v1 import query_pb2, query_pb2_grpc
+from webhooks.v1 import dead_letters_pb2, dead_letters_pb2_grpc, query_pb2, query_pb2_grpc
 
 from switchboard.config import PlatformConfig
 from switchboard.signatures import sign
@@ -68,6 +68,31 @@ def get_event_code(cfg: PlatformConfig, source: str, event_id: str) -> grpc.Stat
         return grpc.StatusCode.OK
     except grpc.RpcError as exc:
         return exc.code()
+    finally:
+        channel.close()
+
+
+def wait_for_dead_letters(
+    cfg: PlatformConfig, kind: int, match: dict[str, str], count: int = 1, timeout: float = 30.0
+) -> list[Any]:
+    """Polls DeadLetters.ListDeadLetters until `count` records of `kind` carry every field in `match`.
+
+    The control service's recorders drain the dead-letter queues into the store, so this is the
+    one place a dead letter can be seen; the records are returned (any state).
+    """
+    channel = grpc.insecure_channel(f"127.0.0.1:{cfg.control.port}")
+    stub = dead_letters_pb2_grpc.DeadLettersStub(channel)
+    request = dead_letters_pb2.ListDeadLettersRequest(
+        filter=dead_letters_pb2.DeadLetterFilter(kind=kind, all_states=True), page_size=1000
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            records = stub.ListDeadLetters(request, timeout=10).dead_letters
+            mine = [d for d in records if all(getattr(d, k) == v for k, v in match.items())]
+            if len(mine) >= count or time.monotonic() > deadline:
+                return mine
+            time.sleep(0.2)
     finally:
         channel.close()
 

@@ -12,23 +12,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import aio_pika
 import grpc
 import pytest
 import standardwebhooks
 from google.protobuf.duration_pb2 import Duration
 from webhooks.v1 import subscriptions_pb2 as pb
 from webhooks.v1 import subscriptions_pb2_grpc
+from webhooks.v1.dead_letters_pb2 import DEAD_LETTER_KIND_DELIVERY
 
 from switchboard.config import PlatformConfig
 from switchboard.delivery.ids import delivery_id
 from switchboard.model.events import now_us
 from switchboard.model.subscriptions import Subscription
 from switchboard.store import StoreSession, SubscriptionStore
-from switchboard.streams import changes_exchange, deliveries_topology
+from switchboard.streams import changes_exchange
 from switchboard.subscription_cache import ChangeNotices
 from switchboard_devstack.stack import Stack
-from tests.e2e.helpers import edge_client, stripe_headers, wait_for_event
+from tests.e2e.helpers import edge_client, stripe_headers, wait_for_dead_letters, wait_for_event
 from tests.e2e.receivers import Answer, Receiver
 from tests.stack_fixture import STRIPE_SECRET
 
@@ -170,24 +170,6 @@ def test_410_gone_disables_the_subscription(stack: Stack, stack_config: Platform
         assert len(rx.on("/gone")) == 1
 
 
-def dead_letter_ids(cfg: PlatformConfig) -> list[str]:
-    async def browse() -> list[str]:
-        conn = await aio_pika.connect(cfg.rabbitmq.amqp_url, timeout=5)
-        try:
-            channel = await conn.channel()
-            queue = await channel.get_queue(deliveries_topology(cfg).dead_queue)
-            held = []
-            while (m := await queue.get(no_ack=False, fail=False)) is not None:
-                held.append(m)
-            for m in held:
-                await m.nack(requeue=True)
-            return [m.message_id or "" for m in held]
-        finally:
-            await conn.close()
-
-    return asyncio.run(browse())
-
-
 def test_a_client_error_fails_at_once_and_is_dead_lettered(stack: Stack, stack_config: PlatformConfig) -> None:
     cfg = stack_config
     with Receiver(cfg.tls_dir, {"/bad": [Answer(400, body=b'{"error":"unknown field"}')]}) as rx:
@@ -197,10 +179,10 @@ def test_a_client_error_fails_at_once_and_is_dead_lettered(stack: Stack, stack_c
         (attempt,) = attempts(cfg, sub.id, got.headers["webhook-id"], 1)
         assert (attempt.http_status, attempt.outcome) == (400, pb.DELIVERY_STATUS_FAILED)
         assert attempt.response_body == b'{"error":"unknown field"}'
-        deadline = time.monotonic() + 10
-        while got.headers["webhook-id"] not in dead_letter_ids(cfg):
-            assert time.monotonic() < deadline, "the failed delivery is not in the dead-letter queue"
-            time.sleep(0.2)
+        match = {"subscription_id": sub.id, "delivery_id": got.headers["webhook-id"]}
+        (dead,) = wait_for_dead_letters(cfg, DEAD_LETTER_KIND_DELIVERY, match)
+        assert (dead.reason, dead.attempts) == ("FAILED", 1)
+        assert "400" in dead.last_error
         time.sleep(2.5)
         assert len(rx.on("/bad")) == 1  # not retried
 
