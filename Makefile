@@ -26,12 +26,14 @@ proto:            ## regenerate gen/ from proto/
 check-gen:        ## fail if gen/ differs from what proto/ generates
 	scripts/check_gen.sh
 
-lint:             ## buf lint, ruff, mypy, architecture contracts (import-linter)
+lint:             ## buf lint, ruff, mypy, architecture contracts (import-linter), Prometheus rules (promtool)
 	$(BUF) lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	promtool check rules prometheus/rules.yml
+	promtool test rules prometheus/rules_test.yml
 
 bench:            ## full-path benchmark, load from wrk: HTTPS -> Envoy -> ingest -> RabbitMQ -> processor -> Cassandra
 	$(PY) -m bench.pipeline $(BENCH_ARGS)

@@ -19,6 +19,7 @@ from switchboard.delivery.sender import Sender
 from switchboard.model.events import InboundEvent
 from switchboard.model.operations import DeadLetterKind
 from switchboard.model.subscriptions import DeliveryTask
+from switchboard.observability.hooks import DeadLetterMetrics, metrics_endpoint
 from switchboard.queue import QueueWorker, WorkerSettings
 from switchboard.rpc.server import GrpcServer, Service
 from switchboard.runtime.service import serve, service_main
@@ -72,6 +73,7 @@ class Republisher:
 async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
     box = cfg.delivery.secret_box()
     async with serve() as life:
+        await life.enter(metrics_endpoint(cfg.metrics, "control"))
         store = await life.enter(open_store(cfg.cassandra, create_schema=True))
         notices = ChangeNotices(cfg.rabbitmq.amqp_url, changes_exchange(cfg), purpose="control-notices")
         await notices.start(life.stopping)
@@ -99,6 +101,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
                 WorkerSettings(prefetch=64, max_batch=16, concurrency=1),
                 purpose=f"control-dead-letters-{kind.value}",
                 queues=[topology.dead_queue],
+                hooks=[DeadLetterMetrics(topology.stream)],
             )
             await recorder.start(life.stopping)
             life.on_close(recorder.close)

@@ -12,6 +12,8 @@ from switchboard.config import PlatformConfig
 from switchboard.delivery.sender import Sender
 from switchboard.model.events import now_us
 from switchboard.model.subscriptions import SubscriptionStatus
+from switchboard.observability import hooks as metrics
+from switchboard.observability.metrics import DELIVERIES, DELIVERY_LATENCY
 from switchboard.queue import QueueWorker, StatsHook, WorkerSettings
 from switchboard.runtime.service import serve, service_main
 from switchboard.store import DeliveryStore, SubscriptionStore, open_store
@@ -42,6 +44,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
     d = cfg.delivery
     box = d.secret_box()
     async with serve() as life:
+        await life.enter(metrics.metrics_endpoint(cfg.metrics, "delivery"))
         store = await life.enter(open_store(cfg.cassandra, create_schema=True))
         subscriptions = SubscriptionStore(store, box)
         cache = SubscriptionCache(subscriptions, cfg.rabbitmq.amqp_url, changes_exchange(cfg), purpose="delivery-cache")
@@ -67,18 +70,22 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
             Defaults(timeout_ms=round(d.timeout_seconds * 1000), rate_limit_per_second=d.rate_limit_per_second),
         )
         stats = StatsHook()
+        meter = metrics.WorkerMetrics("delivery", DELIVERIES, DELIVERY_LATENCY, metrics.DELIVERY_OUTCOMES)
         worker = QueueWorker(
             cfg.rabbitmq.amqp_url,
             deliveries_topology(cfg),
             pipeline,
             WorkerSettings(prefetch=d.prefetch, max_batch=d.batch, concurrency=d.concurrency),
             purpose="delivery-consumer",
-            hooks=[stats],
+            hooks=[stats, meter],
         )
         await worker.start(life.stopping)
         life.on_close(worker.close)
         reporter = asyncio.create_task(stats.report_forever(worker, "delivery", cfg.processor.stats_interval_seconds))
         life.push(reporter.cancel)
+        meter.watch(worker)
+        depths = asyncio.create_task(metrics.poll_depths(worker))
+        life.push(depths.cancel)
         log.info("delivery ready", extra={"subscriptions": len(cache)})
         await life.until_stopped()
         log.info("delivery stopping", extra={"in_flight": worker.in_flight})

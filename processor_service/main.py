@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 
 from processor_service import failpoints, fanout
-from processor_service.operations import Registry
+from processor_service.operations import Registry, SkipOperation
 from processor_service.pipeline import EventPipeline
 from processor_service.processor import Processor
 from switchboard.config import PlatformConfig
+from switchboard.observability import hooks as metrics
+from switchboard.observability.metrics import E2E_LATENCY, PROCESSOR_EVENTS
 from switchboard.queue import QueueWorker, StatsHook, WorkerSettings
 from switchboard.runtime.service import serve, service_main
 from switchboard.store import EntityStore, EventStore, SubscriptionStore, open_store
@@ -28,6 +31,7 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
     fan_out = any(op.call == fanout.CALL for op in cfg.processor.operations)
     box = cfg.delivery.secret_box() if fan_out else None
     async with serve() as life:
+        await life.enter(metrics.metrics_endpoint(cfg.metrics, "processor", args.member or 0))
         store = await life.enter(open_store(cfg.cassandra, create_schema=True))
         bound = {}
         if box is not None:
@@ -41,11 +45,16 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
             life.on_close(publisher.close)
             bound[fanout.CALL] = fanout.FanOut(cache, publisher)
         registry = Registry.from_config(cfg.processor.operations, bound)
+        registry.operations = [
+            dataclasses.replace(op, fn=metrics.timed_operation(op.name, op.fn, SkipOperation))
+            for op in registry.operations
+        ]
         entities = EntityStore(store)
         processor = Processor(
             EventStore(store, entities), entities, registry, max_attempts=cfg.processor.retry.max_attempts
         )
         stats = StatsHook()
+        meter = metrics.WorkerMetrics("processor", PROCESSOR_EVENTS, E2E_LATENCY, metrics.PROCESSOR_OUTCOMES)
         worker = QueueWorker(
             cfg.rabbitmq.amqp_url,
             events_topology(cfg),
@@ -58,12 +67,15 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
                 redelivery_delay=cfg.processor.redelivery_delay_seconds,
             ),
             purpose="processor-consumer",
-            hooks=[stats, *failpoints.armed()],
+            hooks=[stats, meter, *failpoints.armed()],
         )
         await worker.start(life.stopping)
         life.on_close(worker.close)
         reporter = asyncio.create_task(stats.report_forever(worker, "processor", cfg.processor.stats_interval_seconds))
         life.push(reporter.cancel)
+        meter.watch(worker)
+        depths = asyncio.create_task(metrics.poll_depths(worker))
+        life.push(depths.cancel)
         log.info("processor ready", extra={"operations": [op.name for op in registry.operations]})
         await life.until_stopped()
         log.info("processor stopping: no new messages, finishing in-flight ones", extra={"in_flight": worker.in_flight})

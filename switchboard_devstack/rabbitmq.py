@@ -32,12 +32,15 @@ __all__ = ["RABBITMQ_BIN", "RabbitNode"]
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 HOST = "127.0.0.1"
-# Partitioned streams hash messages onto their queues with the consistent-hash exchange (ships with 3.10).
-PLUGINS = ("rabbitmq_consistent_hash_exchange",)
+# Partitioned streams hash messages onto their queues with the consistent-hash exchange (ships with 3.10);
+# rabbitmq_prometheus serves the broker's metrics (GET /metrics) on a port of the node's own.
+PLUGINS = ("rabbitmq_consistent_hash_exchange", "rabbitmq_prometheus")
 
 
 class RabbitNode(ManagedProcess):
-    """``RabbitNode(base_dir, port, nodename="switchboard")``: AMQP on ``127.0.0.1:port``."""
+    """``RabbitNode(base_dir, port, nodename="switchboard")``: AMQP on ``127.0.0.1:port``, Prometheus metrics on
+    ``127.0.0.1:prometheus_port`` (default: AMQP port + 10000 if free, else any free port; never the plugin's
+    15692, which a system broker may hold)."""
 
     def __init__(
         self,
@@ -50,6 +53,7 @@ class RabbitNode(ManagedProcess):
         user: str = "guest",
         password: str = "guest",  # noqa: S107 - RabbitMQ's default user, only allowed from loopback
         plugins: tuple[str, ...] = PLUGINS,
+        prometheus_port: int | None = None,
     ) -> None:
         super().__init__("rabbitmq", base_dir)
         if not nodename or "@" in nodename:
@@ -62,6 +66,7 @@ class RabbitNode(ManagedProcess):
         self.user = user
         self.password = password
         self.plugins = plugins
+        self.prometheus_port = prometheus_port or _default_prometheus_port(port)
 
     # -- paths ----------------------------------------------------------------------------------------
     @property
@@ -128,6 +133,11 @@ class RabbitNode(ManagedProcess):
                     "log.console = true",
                     "log.console.level = info",
                     "log.console.use_colors = off",
+                    *(
+                        [f"prometheus.tcp.ip = {HOST}", f"prometheus.tcp.port = {self.prometheus_port}"]
+                        if "rabbitmq_prometheus" in self.plugins
+                        else []
+                    ),
                     "",
                 ]
             )
@@ -189,6 +199,13 @@ class RabbitNode(ManagedProcess):
             timeout=timeout,
             check=True,
         )
+
+
+def _default_prometheus_port(port: int) -> int:
+    candidate = port + 10000
+    if candidate < 65536 and port_is_free(candidate) and reserve_port(candidate):
+        return candidate
+    return free_port()
 
 
 def _default_dist_port(port: int) -> int:

@@ -22,13 +22,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from edge.envoy_config import write_envoy_config
 from switchboard.config import PlatformConfig
 from switchboard.errors import StackError
+from switchboard.observability.hooks import PORT_ENV
 from switchboard.store import StoreSession
 from switchboard.streams import deliveries_topology, events_topology
 from switchboard_devstack.cassandra import CassandraNode
 from switchboard_devstack.envoy import EnvoyProcess
 from switchboard_devstack.jwt import ensure_local_jwks, jwt_dir, local_api_edge
 from switchboard_devstack.paths import DevPaths
+from switchboard_devstack.ports import free_port
 from switchboard_devstack.process import ManagedProcess
+from switchboard_devstack.prometheus import PrometheusProcess, write_targets
 from switchboard_devstack.rabbitmq import RabbitNode
 from switchboard_devstack.tls import ensure_local_tls
 
@@ -48,15 +51,18 @@ class ServiceProcess(ManagedProcess):
         ready: Callable[[], bool] | None = None,
         member: int | None = None,
         env: dict[str, str] | None = None,
+        metrics_port: int | None = None,
     ) -> None:
+        metrics_env = {PORT_ENV: str(metrics_port)} if metrics_port else {}
         super().__init__(
             name=name,
             argv=[sys.executable, "-m", module, "--config", str(config), *extra],
             base_dir=base_dir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **metrics_env, **(env or {})},
         )
         self._ready_check = ready
         self.member = member
+        self.metrics_port = metrics_port
 
     def ready(self) -> bool:
         return self._ready_check() if self._ready_check else self.is_running()
@@ -103,6 +109,10 @@ def consumer_counts(amqp_url: str, queues: list[str]) -> dict[str, int]:
 class Stack:
     cfg: PlatformConfig
     processors: int | None = None
+    # Also run Prometheus (scraping every process, Envoy and RabbitMQ; alert rules from ``prometheus_rules``,
+    # default prometheus/rules.yml).
+    with_prometheus: bool = False
+    prometheus_rules: Path | None = None
     started: list[ManagedProcess] = field(default_factory=list)
     rabbit: RabbitNode | None = None
     cassandra: CassandraNode | None = None
@@ -112,6 +122,7 @@ class Stack:
     processor_procs: list[ServiceProcess] = field(default_factory=list)
     control: ServiceProcess | None = None
     delivery_procs: list[ServiceProcess] = field(default_factory=list)
+    prometheus: PrometheusProcess | None = None
     ca_cert: Path | None = None
     _processors_started: int = field(default=0, init=False)
     _deliveries_started: int = field(default=0, init=False)
@@ -149,7 +160,12 @@ class Stack:
 
         t0 = time.monotonic()
         if cfg.rabbitmq.managed:
-            self.rabbit = RabbitNode(self.data_dir / "rabbitmq", cfg.rabbitmq.port, nodename=cfg.rabbitmq.nodename)
+            self.rabbit = RabbitNode(
+                self.data_dir / "rabbitmq",
+                cfg.rabbitmq.port,
+                nodename=cfg.rabbitmq.nodename,
+                prometheus_port=cfg.metrics.rabbitmq_port or None,
+            )
             self._start(self.rabbit)
         if cfg.cassandra.managed:
             self.cassandra = CassandraNode(
@@ -197,6 +213,17 @@ class Stack:
         )
         self.envoy = EnvoyProcess(envoy_cfg, envoy_dir, cfg.edge.admin_port)
         self._start(self.envoy)
+        if self.with_prometheus:
+            self.prometheus = PrometheusProcess(
+                self.data_dir / "prometheus",
+                cfg.metrics.prometheus_port or free_port(),
+                targets_dir=self.metrics_dir,
+                rules=self.prometheus_rules,
+                envoy_admin_port=cfg.edge.admin_port,
+                rabbitmq_port=self.rabbit.prometheus_port if self.rabbit else None,
+                interval_seconds=cfg.metrics.scrape_interval_seconds,
+            )
+            self._start(self.prometheus)
 
         self.query.wait_ready(timeout)
         if self.control is not None:
@@ -205,13 +232,38 @@ class Stack:
         self.ingest.wait_ready(timeout)
         self.wait_processors(timeout)
         self.envoy.wait_ready(timeout)
+        if self.prometheus is not None:
+            self.prometheus.wait_ready(timeout)
         log.info("stack ready", extra={"s": round(time.monotonic() - t0, 1)})
 
     def _grpc_service(self, name: str, host: str, port: int, service: str) -> ServiceProcess:
         """A gRPC service process (``<name>_service``), ready when its health check says SERVING."""
         return ServiceProcess(
-            name, f"{name}_service", self.cfg.path, self.log_dir, ready=lambda: grpc_serving(host, port, service)
+            name,
+            f"{name}_service",
+            self.cfg.path,
+            self.log_dir,
+            ready=lambda: grpc_serving(host, port, service),
+            metrics_port=self._metrics_port(name),
         )
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where each process serves its metrics (Prometheus file discovery; read by ``switchboard status``)."""
+        return self.data_dir / "metrics"
+
+    def _metrics_port(self, service: str, index: int = 0) -> int | None:
+        """The metrics port of a new ``service`` process: the configured one (+ ``index``), else a free one."""
+        m = self.cfg.metrics
+        return (m.port(service, index) or free_port(m.host)) if m.enabled else None
+
+    def _write_targets(self) -> None:
+        targets: dict[str, list[tuple[str, str]]] = {}
+        for p in self.started:
+            if isinstance(p, ServiceProcess) and p.metrics_port:
+                job = p.name.split("-")[0]
+                targets.setdefault(job, []).append((p.name, f"{self.cfg.metrics.host}:{p.metrics_port}"))
+        write_targets(self.metrics_dir, targets)
 
     def start_processor(self, env: dict[str, str] | None = None) -> ServiceProcess:
         """Starts one more processor (``processor-<n>``, logging to ``<n>``'s own file). Its member index, which
@@ -227,6 +279,7 @@ class Stack:
             str(member),
             member=member,
             env=env,
+            metrics_port=self._metrics_port("processor", member),
         )
         self._processors_started += 1
         self._start(proc)
@@ -235,7 +288,15 @@ class Stack:
 
     def start_delivery(self) -> ServiceProcess:
         """Starts one more delivery worker (``delivery-<n>``)."""
-        proc = ServiceProcess(f"delivery-{self._deliveries_started}", "delivery_service", self.cfg.path, self.log_dir)
+        taken = {p.metrics_port for p in self.delivery_procs if p.is_running()}
+        index = min(i for i in range(len(taken) + 1) if self.cfg.metrics.port("delivery", i) not in taken)
+        proc = ServiceProcess(
+            f"delivery-{self._deliveries_started}",
+            "delivery_service",
+            self.cfg.path,
+            self.log_dir,
+            metrics_port=self._metrics_port("delivery", index),
+        )
         self._deliveries_started += 1
         self._start(proc)
         self.delivery_procs.append(proc)
@@ -305,6 +366,8 @@ class Stack:
     def _start(self, proc: ManagedProcess) -> None:
         proc.start()
         self.started.append(proc)
+        if isinstance(proc, ServiceProcess) and proc.metrics_port:
+            self._write_targets()
 
     # -- stop -------------------------------------------------------------------------------------------
     def down(self) -> None:
@@ -336,6 +399,11 @@ class Stack:
             f"  keyspace {cfg.cassandra.keyspace}",
             f"  processors        {len(self.processor_procs)}   delivery workers {len(self.delivery_procs)}",
             f"  data / logs       {self.data_dir} / {self.log_dir}",
+            *(
+                [f"  prometheus        {self.prometheus.url}   alerts: {self.prometheus.url}/alerts"]
+                if self.prometheus
+                else []
+            ),
         ]
         if self.ca_cert:
             lines.append(f"  local CA          {self.ca_cert}  (curl --cacert)")

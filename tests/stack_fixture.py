@@ -28,7 +28,12 @@ PROVIDER_SOURCES = {
 }
 
 
-def write_test_config(root: Path, *, processors: int = 1, bucket_seconds: int = 60) -> PlatformConfig:
+def write_test_config(
+    root: Path, *, processors: int = 1, bucket_seconds: int = 60, scrape_interval: float = 5.0
+) -> PlatformConfig:
+    """A configuration on free ports under ``root``. Metrics: every process on a free port the stack picks (port
+    0), RabbitMQ's on a free port of its own, Prometheus (when the test asks for it) scraping every
+    ``scrape_interval`` seconds."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "stripe.secret").write_text(STRIPE_SECRET + "\n")
     (root / "hmac.secret").write_text(HMAC_SECRET + "\n")
@@ -122,6 +127,10 @@ event_types = ["test.poison"]
 port = {free_port()}
 nodename = "sbtest{suffix}"
 queue_prefix = "switchboard"
+
+[metrics]
+rabbitmq_port = {free_port()}
+scrape_interval_seconds = {scrape_interval}
 
 [cassandra]
 port = {free_port()}

@@ -7,6 +7,7 @@ dataclass field, and the parsers read it from there (``switchboard.config._table
 from switchboard.config.broker import RabbitConfig
 from switchboard.config.delivery import ControlConfig, DeliveryConfig
 from switchboard.config.edge import EdgeConfig, RateLimit
+from switchboard.config.metrics import MetricsConfig
 from switchboard.config.platform import PlatformConfig, default_config_path, load_config, parse_config
 from switchboard.config.processor import OperationConfig, ProcessorConfig, RetryConfig
 from switchboard.config.services import IngestConfig, QueryConfig
@@ -19,6 +20,7 @@ __all__ = [
     "DeliveryConfig",
     "EdgeConfig",
     "IngestConfig",
+    "MetricsConfig",
     "OperationConfig",
     "PlatformConfig",
     "ProcessorConfig",

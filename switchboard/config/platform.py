@@ -18,6 +18,7 @@ from switchboard.config._table import Table, known, table
 from switchboard.config.broker import RabbitConfig, parse_rabbitmq
 from switchboard.config.delivery import ControlConfig, DeliveryConfig, parse_control, parse_delivery
 from switchboard.config.edge import EdgeConfig, parse_edge
+from switchboard.config.metrics import MetricsConfig, parse_metrics
 from switchboard.config.processor import ProcessorConfig, parse_processor
 from switchboard.config.services import IngestConfig, QueryConfig, parse_ingest, parse_query
 from switchboard.config.sources import SourceConfig, parse_sources
@@ -35,6 +36,7 @@ SECTIONS = (
     "delivery",
     "rabbitmq",
     "cassandra",
+    "metrics",
     "sources",
 )
 CONFIG_ENV = "SWITCHBOARD_CONFIG"
@@ -61,6 +63,7 @@ class PlatformConfig:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     rabbitmq: RabbitConfig = field(default_factory=RabbitConfig)
     cassandra: CassandraConfig = field(default_factory=CassandraConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     sources: tuple[SourceConfig, ...] = ()
 
     def source(self, name: str) -> SourceConfig | None:
@@ -118,5 +121,6 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
         delivery=parse_delivery(table(raw, "delivery"), base),
         rabbitmq=parse_rabbitmq(table(raw, "rabbitmq")),
         cassandra=parse_cassandra(table(raw, "cassandra")),
+        metrics=parse_metrics(table(raw, "metrics")),
         sources=sources,
     )

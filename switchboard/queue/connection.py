@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import aio_pika
 import aiormq
@@ -12,6 +13,7 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
 from switchboard.backoff import Backoff
 from switchboard.errors import BrokerUnavailable
+from switchboard.observability.metrics import BROKER_PUBLISH_FAILURES, confirm_timer
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +54,18 @@ async def publish_confirmed(
     exchange: AbstractExchange, routing_key: str, message: aio_pika.Message, confirm_timeout: float
 ) -> None:
     """Publishes ``message`` (mandatory) and returns once the broker confirmed it; ``BrokerUnavailable`` if it
-    did not within ``confirm_timeout``, refused it, or the connection failed."""
+    did not within ``confirm_timeout``, refused it, or the connection failed. The time to the confirm goes to
+    ``switchboard_broker_confirm_seconds``, failures to ``switchboard_broker_publish_failures_total``."""
+    started = time.perf_counter()
     try:
         confirmation = await asyncio.wait_for(exchange.publish(message, routing_key, mandatory=True), confirm_timeout)
     except TimeoutError:
+        BROKER_PUBLISH_FAILURES.labels(exchange.name).inc()
         raise BrokerUnavailable(f"broker did not confirm within {confirm_timeout:g} s") from None
     except DRIVER_ERRORS as exc:
+        BROKER_PUBLISH_FAILURES.labels(exchange.name).inc()
         raise BrokerUnavailable(f"broker refused or lost the message: {type(exc).__name__}") from None
     if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+        BROKER_PUBLISH_FAILURES.labels(exchange.name).inc()
         raise BrokerUnavailable(f"broker did not accept the message: {type(confirmation).__name__}")
+    confirm_timer(exchange.name).observe(time.perf_counter() - started)

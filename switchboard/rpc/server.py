@@ -1,5 +1,6 @@
 """The gRPC server every service runs: its servicers behind the one error interceptor
-(``switchboard.rpc.errors``), health checking and server reflection (so grpcurl and ``buf curl`` work)."""
+(``switchboard.rpc.errors``) and the metrics interceptor (``switchboard.observability.rpc``), health checking
+and server reflection (so grpcurl and ``buf curl`` work)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from switchboard import errors
+from switchboard.observability.rpc import MetricsInterceptor
 from switchboard.rpc.errors import ErrorInterceptor
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,11 @@ class GrpcServer:
     def __init__(self, host: str, port: int, services: Iterable[Service], *, grace_seconds: float = 5.0) -> None:
         self.services = list(services)
         self.grace = grace_seconds
+        metrics = MetricsInterceptor()
+        metrics.expect(s.name for s in self.services)
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            # The metrics interceptor is outermost: it sees the status the error interceptor chose.
+            interceptors=[metrics, ErrorInterceptor()],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),

@@ -22,6 +22,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionP
 from switchboard.backoff import Backoff
 from switchboard.config import CassandraConfig
 from switchboard.errors import StoreUnavailable
+from switchboard.observability.metrics import name_statements, statement_timer
 from switchboard.store.schema import ensure_schema
 from switchboard.store.statements import Statements
 
@@ -72,6 +73,7 @@ class StoreSession:
         self.cluster = cluster
         self.session = session
         self.statements = statements
+        name_statements(statements)  # labels switchboard_store_statement_seconds by statement name
 
     @classmethod
     def connect(cls, cfg: CassandraConfig, *, wait_seconds: float = 300.0, create_schema: bool = False) -> StoreSession:
@@ -90,7 +92,9 @@ class StoreSession:
         return cls(cfg, cluster, session, statements)
 
     async def execute(self, statement: Any, params: Sequence[Any] | None = None) -> list[Any]:
-        """Runs ``statement`` on the driver's threads and awaits its rows without blocking the loop."""
+        """Runs ``statement`` on the driver's threads and awaits its rows without blocking the loop (timed into
+        ``switchboard_store_statement_seconds``)."""
+        started = time.perf_counter()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
 
@@ -109,6 +113,8 @@ class StoreSession:
             return await fut
         except _DRIVER_ERRORS as exc:
             raise _unavailable(exc) from None
+        finally:
+            statement_timer(statement).observe(time.perf_counter() - started)
 
     def close(self) -> None:
         self.cluster.shutdown()

@@ -1,0 +1,88 @@
+"""The ``switchboard`` command against the running stack: subscriptions, deliveries, dead letters, replays,
+tokens, and ``listen`` receiving a real delivery and verifying its signature."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+
+import pytest
+
+from switchboard.config import PlatformConfig
+from switchboard_cli.main import main
+from switchboard_devstack.ports import free_port
+from switchboard_devstack.stack import Stack
+from tests.e2e.test_operations import post
+
+pytestmark = pytest.mark.integration
+
+
+def cli(cfg: PlatformConfig, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    capsys.readouterr()
+    assert main([*args[:1], "--config", str(cfg.path), *args[1:]]) == 0
+    return capsys.readouterr().out
+
+
+def test_subscriptions_deliveries_dead_letters_and_replays_from_the_command_line(
+    stack: Stack, stack_config: PlatformConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = stack_config
+    created = json.loads(cli(cfg, capsys, "subs", "create", "https://127.0.0.1:9/x", "--types", "invoice.*"))
+    sub_id = created["subscription"]["id"]
+    assert created["secret"].startswith("whsec_")
+    assert sub_id in cli(cfg, capsys, "subs", "list")
+    assert (
+        json.loads(cli(cfg, capsys, "subs", "disable", sub_id))["subscription"]["status"]
+        == "SUBSCRIPTION_STATUS_DISABLED"
+    )
+    assert json.loads(cli(cfg, capsys, "deliveries", "list", sub_id)) == {}
+    assert cli(cfg, capsys, "dlq", "list", "--kind", "processing").startswith("id ")
+    dry = cli(cfg, capsys, "replay", "range", "shop", "--minutes", "5", "--dry-run")
+    assert "replay rp_" in dry and '"state": "REPLAY_STATE_DONE"' in dry
+    token = cli(cfg, capsys, "token", "--client", "cli-test").strip()
+    assert token.count(".") == 2
+    cli(cfg, capsys, "subs", "delete", sub_id)
+
+
+def test_listen_receives_a_delivery_and_verifies_its_signature(stack: Stack, stack_config: PlatformConfig) -> None:
+    cfg = stack_config
+    port = free_port()
+    listener = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "switchboard_cli.main",
+            "listen",
+            "--config",
+            str(cfg.path),
+            "--port",
+            str(port),
+            "--subscribe",
+            "--types",
+            "invoice.paid",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert listener.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        while not any("listening on" in line for line in lines):
+            assert time.monotonic() < deadline and listener.poll() is None, lines
+            lines.append(listener.stdout.readline())
+        time.sleep(0.5)  # the new subscription reaches the processors' caches
+        event_id = "evt_listen_" + secrets.token_hex(6)
+        post(cfg, event_id, "invoice.paid", amount_due=1)
+        while not any(event_id in line for line in lines):
+            assert time.monotonic() < deadline + 30, lines
+            lines.append(listener.stdout.readline())
+        assert any("signature ok" in line for line in lines), lines
+    finally:
+        listener.terminate()
+        out, _ = listener.communicate(timeout=30)
+    assert "deleted" in out  # the listener's own subscription is removed when it stops
