@@ -27,7 +27,7 @@ import pytest
 from webhooks.v1 import event_pb2
 
 from switchboard.config import PlatformConfig
-from switchboard_devstack.stack import Stack
+from switchboard_devstack.stack import ServiceProcess, Stack
 from tests.e2e.helpers import log_lines, paused_events
 from tests.faults.load import Audit, LoadResult, audit, send_load
 from tests.stack_fixture import STRIPE_SECRET
@@ -100,6 +100,25 @@ def check(load: LoadResult, result: Audit, expected: dict[str, int]) -> None:
     assert result.duplicates_seen <= load.duplicates_sent + load.retries
 
 
+def busy_processor(stack: Stack, timeout: float = 20.0) -> ServiceProcess:
+    """The first processor seen starting a ``pause`` operation (300 ms) from now on: killed at once, it dies
+    in the middle of that event. (Picking one blindly could pick one that holds no partition just then.)"""
+    processors = stack.ensure_processors(PROCESSORS)
+    offsets = {p.log_path: p.log_path.stat().st_size for p in processors}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        for p in processors:
+            with open(p.log_path, "rb") as fh:
+                fh.seek(offsets[p.log_path])
+                chunk = fh.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            offsets[p.log_path] += len(complete)
+            if b'"pause started"' in complete:
+                return p
+    raise AssertionError(f"no processor started an operation within {timeout:g} s")
+
+
 def test_sigkill_one_processor(own_stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     """The stream's events spend 300 ms in an operation, so the victim dies in the middle of some: those are
     redelivered to another processor, run there, and still applied exactly once."""
@@ -107,7 +126,7 @@ def test_sigkill_one_processor(own_stack: Stack, capsys: pytest.CaptureFixture[s
     victims = []
 
     def fault() -> None:
-        victim = stack.ensure_processors(PROCESSORS)[0]
+        victim = busy_processor(stack)
         victims.append(victim)
         victim.kill()
         stack.forget_processor(victim)
