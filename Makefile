@@ -5,7 +5,7 @@ BUF    := .tools/node/node_modules/.bin/buf
 CONFIG ?=
 PROCESSORS ?=
 
-.PHONY: setup run test unit proto check-gen lint bench clean
+.PHONY: setup run test unit proto check-gen lint bench bench-delivery clean
 
 setup:            ## install everything: venv, Envoy, Cassandra, RabbitMQ (if missing), buf
 	scripts/setup.sh
@@ -37,6 +37,9 @@ lint:             ## buf lint, ruff, mypy, architecture contracts (import-linter
 
 bench:            ## full-path benchmark, load from wrk: HTTPS -> Envoy -> ingest -> RabbitMQ -> processor -> Cassandra
 	$(PY) -m bench.pipeline $(BENCH_ARGS)
+
+bench-delivery:   ## outbound benchmark: fan-out 1, 3, 10 at 200 events/s to a native HTTPS receiver (a second Envoy)
+	$(PY) -m bench.delivery $(BENCH_ARGS)
 
 clean:            ## remove local data (var/); keeps installed tools
 	rm -rf var/

@@ -30,7 +30,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 
 # Display order; anything else follows.
-ORDER = ("envoy", "ingest", "rabbitmq", "processor", "cassandra", "query", "wrk", "bench")
+ORDER = ("envoy", "ingest", "rabbitmq", "processor", "cassandra", "query", "control", "delivery", "wrk", "bench")
 
 
 def _proc_stat(pid: str) -> tuple[int, int] | None:
@@ -145,7 +145,8 @@ class CpuMeter:
 
     @classmethod
     def for_stack(cls, stack: Any) -> CpuMeter:
-        """Envoy, ingest, query, every processor (one component), RabbitMQ and Cassandra of a ``Stack``."""
+        """Envoy, ingest, query, control, every processor (one component), every delivery worker (one component),
+        RabbitMQ and Cassandra of a ``Stack``."""
         groups: dict[str, list[int]] = {}
         for name, proc in (
             ("envoy", stack.envoy),
@@ -153,10 +154,12 @@ class CpuMeter:
             ("rabbitmq", stack.rabbit),
             ("cassandra", stack.cassandra),
             ("query", stack.query),
+            ("control", stack.control),
         ):
             if proc is not None and proc.pid is not None:
                 groups[name] = [proc.pid]
         groups["processor"] = [p.pid for p in stack.processor_procs if p.pid is not None]
+        groups["delivery"] = [p.pid for p in stack.delivery_procs if p.pid is not None]
         return cls(groups)
 
     def sample(self) -> Sample:

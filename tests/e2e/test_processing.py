@@ -186,8 +186,28 @@ def outcomes_since(logs: dict[Path, int], outcome: str) -> dict[Path, int]:
     }
 
 
+def share_partitions(cfg: PlatformConfig, logs: list[Path], timeout: float = 90.0) -> None:
+    """Sends rounds of 20 fresh events until every processor took at least 4 of a round (a processor that just
+    joined gets partitions handed over one per rebalance tick, only while there is traffic)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        offsets = {log: log.stat().st_size for log in logs}
+        ids = ["evt_share_" + secrets.token_hex(6) for _ in range(20)]
+        for event_id in ids:
+            post(cfg, invoice_event(event_id, "invoice.paid", "in_share_" + event_id[-12:], int(time.time())))
+        for event_id in ids:
+            wait_for_status(cfg, event_id, event_pb2.EVENT_STATUS_PROCESSED)
+        time.sleep(1.5)  # the processors' stats lines come once a second
+        seen = outcomes_since(offsets, "processed")
+        if min(seen.values()) >= 4:
+            return
+        assert time.monotonic() < deadline, f"the processors did not share the partitions: {seen}"
+        time.sleep(1.0)
+
+
 def test_receipts_racing_on_two_processors_apply_each_event_once(stack: Stack, stack_config: PlatformConfig) -> None:
     processors = stack.ensure_processors(2)
+    share_partitions(stack_config, [p.log_path for p in processors])
     offsets = {p.log_path: p.log_path.stat().st_size for p in processors}
     events = {"evt_race_" + secrets.token_hex(6): 0 for _ in range(40)}
     copies = 8
