@@ -56,7 +56,7 @@ from webhooks.v1 import subscriptions_pb2_grpc
 from bench.cpu import CpuMeter, Usage
 from bench.pipeline import SOURCE, Bench, BenchError, Phase, QueueDepth, git_rev, pct
 from bench.receiver import ReceiverEnvoy
-from switchboard.config import PlatformConfig
+from switchboard.config import PlatformConfig, TracingConfig
 from switchboard.delivery.ids import delivery_id
 from switchboard_devstack.stack import Stack
 from tests.stack_fixture import write_test_config
@@ -363,6 +363,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tail", type=float, default=3.0, help="seconds wrk waits for answers after the last request")
     p.add_argument("--size", type=int, default=5000, help="approximate event size in bytes")
     p.add_argument("--sample", type=int, default=20, help="deliveries per round looked up via ListDeliveries")
+    p.add_argument(
+        "--trace-percent", type=float, default=TracingConfig().sample_percent,
+        help="share of requests Envoy traces (the services follow; spans go to the stack's local receiver)",
+    )  # fmt: skip
     p.add_argument("--wrk", default=None, help="the wrk binary (default: wrk on PATH)")
     p.add_argument("--drain-timeout", type=float, default=900.0, help="seconds to wait for inbound processing")
     p.add_argument("--stall-seconds", type=float, default=60.0, help="give up when no delivery arrives this long")
@@ -398,10 +402,14 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "var" / "bench" / f"delivery-{stamp}-{rev}.json"
     root = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    cfg = write_test_config(root, processors=args.processors, bucket_seconds=3600)
+    cfg = write_test_config(root, processors=args.processors, bucket_seconds=3600, trace_percent=args.trace_percent)
     stack = Stack(cfg)
     receiver = ReceiverEnvoy(root / "receiver", cfg.tls_dir)
-    print(f"starting the stack in {root} ({args.processors} processor(s), {args.delivery_workers} delivery worker(s))")
+    print(
+        f"starting the stack in {root} ({args.processors} processor(s), {args.delivery_workers} delivery worker(s),"
+        f" {args.trace_percent:g}% of requests traced)",
+        flush=True,
+    )
     bench: DeliveryBench | None = None
     failed: BaseException | None = None
     try:

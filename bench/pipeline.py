@@ -80,7 +80,7 @@ from typing import Any
 
 from bench.cpu import CpuMeter, Sample, Usage
 from bench.presign import Presigned, presign
-from switchboard.config import PlatformConfig
+from switchboard.config import PlatformConfig, TracingConfig
 from switchboard.store import StoreSession
 from switchboard.streams import events_topology
 from switchboard_devstack.stack import Stack
@@ -746,6 +746,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=5000, help="approximate event size in bytes")
     p.add_argument("--dup-share", type=float, default=0.02, help="share of requests that re-send an earlier event")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1 keeps a core for the stack)")
+    p.add_argument(
+        "--trace-percent", type=float, default=TracingConfig().sample_percent,
+        help="share of requests Envoy traces (the services follow; spans go to the stack's local receiver)",
+    )  # fmt: skip
     p.add_argument("--wrk", default=None, help="the wrk binary (default: wrk on PATH)")
     p.add_argument("--drain-timeout", type=float, default=900.0, help="seconds to wait for a backlog to drain")
     p.add_argument("--stall-seconds", type=float, default=60.0, help="give up when a backlog stops shrinking this long")
@@ -783,9 +787,13 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "var" / "bench" / f"pipeline-{stamp}-{rev}.json"
     root = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    cfg = write_test_config(root, processors=args.processors, bucket_seconds=3600)
+    cfg = write_test_config(root, processors=args.processors, bucket_seconds=3600, trace_percent=args.trace_percent)
     stack = Stack(cfg)
-    print(f"starting the stack in {root} ({args.processors} processor(s)) ...", flush=True)
+    print(
+        f"starting the stack in {root} ({args.processors} processor(s), {args.trace_percent:g}% of requests traced)"
+        " ...",
+        flush=True,
+    )
     bench: Bench | None = None
     failed: BaseException | None = None
     try:

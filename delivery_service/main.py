@@ -14,6 +14,7 @@ from switchboard.model.events import now_us
 from switchboard.model.subscriptions import SubscriptionStatus
 from switchboard.observability import hooks as metrics
 from switchboard.observability.metrics import DELIVERIES, DELIVERY_LATENCY
+from switchboard.observability.tracing import setup_tracing
 from switchboard.queue import QueueWorker, StatsHook, WorkerSettings
 from switchboard.runtime.service import serve, service_main
 from switchboard.store import DeliveryStore, SubscriptionStore, open_store
@@ -44,6 +45,8 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
     d = cfg.delivery
     box = d.secret_box()
     async with serve() as life:
+        tracer, flush_spans = setup_tracing("switchboard-delivery", cfg.tracing)
+        life.push(flush_spans)  # last: after the worker drained
         await life.enter(metrics.metrics_endpoint(cfg.metrics, "delivery"))
         store = await life.enter(open_store(cfg.cassandra, create_schema=True))
         subscriptions = SubscriptionStore(store, box)
@@ -68,6 +71,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
             sender,
             Limiter(),
             Defaults(timeout_ms=round(d.timeout_seconds * 1000), rate_limit_per_second=d.rate_limit_per_second),
+            tracer=tracer,
         )
         stats = StatsHook()
         meter = metrics.WorkerMetrics("delivery", DELIVERIES, DELIVERY_LATENCY, metrics.DELIVERY_OUTCOMES)

@@ -13,6 +13,9 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
   Gone disables the subscription (``AUTO_DISABLED`` with the reason) and the change is announced.
 * **Rate limit** per subscription (``rate_limit_per_second``, default ``delivery.rate_limit_per_second``): a
   task waits for its token in the worker.
+* **Traces.** A task whose event Envoy sampled gets a ``deliver`` span (in the event's trace, so every retry
+  and redrive of it is there too) with the POST (status code, the callback's host; never the URL's path or
+  query, which may hold a token) and the Cassandra write of the attempt under it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from switchboard.backoff import Backoff
 from switchboard.delivery import policy
@@ -40,6 +44,7 @@ from switchboard.model.subscriptions import (
     Subscription,
     SubscriptionStatus,
 )
+from switchboard.observability.tracing import NO_TRACER, Tracer
 from switchboard.queue import Ack, DeadLetter, QueueMessage, Retry, Verdict
 from switchboard.wire import decode_task
 
@@ -88,6 +93,7 @@ class DeliveryPipeline:
         defaults: Defaults,
         *,
         rng: random.Random | None = None,
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self.subscriptions = subscriptions
         self.deliveries = deliveries
@@ -96,6 +102,7 @@ class DeliveryPipeline:
         self.limiter = limiter
         self.defaults = defaults
         self.rng = rng or random.Random()
+        self.tracer = tracer
 
     def key(self, message: QueueMessage) -> str:
         """Copies of one delivery never run at the same time here."""
@@ -118,6 +125,20 @@ class DeliveryPipeline:
         return list(verdicts)
 
     async def _one(self, task: DeliveryTask, state: Delivery | None) -> Verdict:
+        attributes = {
+            "switchboard.delivery_id": task.delivery_id,
+            "switchboard.subscription_id": task.subscription_id,
+            "switchboard.event_id": task.event.event_id,
+        }
+        with self.tracer.span("deliver", task.event.traceparent, kind="consumer", attributes=attributes) as span:
+            verdict = await self._deliver(task, state, span.traceparent if span else "")
+            if span is not None:
+                span.set("switchboard.verdict", type(verdict).__name__.lower())
+                span.set("switchboard.outcome", getattr(verdict, "outcome", "") or "")
+            return verdict
+
+    async def _deliver(self, task: DeliveryTask, state: Delivery | None, trace: str) -> Verdict:
+        """One task; ``trace`` is the parent of its spans ("" when its event is not traced)."""
         if state is not None and state.status in FINAL_DELIVERY:
             return Ack("already_final")
         sub = self.subscriptions.get(task.subscription_id) or await self.subscriptions.refresh(task.subscription_id)
@@ -136,7 +157,7 @@ class DeliveryPipeline:
                 "the subscription is deleted" if sub is None else f"the subscription is {sub.status.value}"
             )
             delivery.updated_us = now_us()
-            await self._record(delivery, None)
+            await self._record(delivery, None, trace)
             return Ack("cancelled")
 
         attempt_no = delivery.attempts + 1
@@ -161,6 +182,21 @@ class DeliveryPipeline:
             rng=self.rng,
         )
         finished = now_us()
+        self.tracer.record(
+            "POST",
+            trace,
+            started * 1000,
+            (started + response.duration_us) * 1000,
+            kind="client",
+            attributes={
+                "http.request.method": "POST",
+                "server.address": urlsplit(sub.callback_url).hostname or "",
+                "http.response.status_code": response.status or 0,
+                "switchboard.attempt": attempt_no,
+                "http.request.body.size": len(task.event.body),
+            },
+            error=response.error_class or ("" if 200 <= (response.status or 0) < 300 else f"HTTP {response.status}"),
+        )
         outcome = {
             policy.Outcome.DELIVERED: DeliveryStatus.DELIVERED,
             policy.Outcome.RETRY: DeliveryStatus.RETRYING,
@@ -188,7 +224,7 @@ class DeliveryPipeline:
             error=response.error[:1000],
             outcome=outcome,
         )
-        await self._record(delivery, attempt)
+        await self._record(delivery, attempt, trace)
         if decision.disable_subscription:
             await self.disabler.disable(sub.id, f"the endpoint answered {response.status} ({decision.detail})")
         if outcome is DeliveryStatus.DELIVERED:
@@ -202,7 +238,11 @@ class DeliveryPipeline:
         )
         return DeadLetter(attempt_no, error, outcome="disabled" if decision.disable_subscription else "failed")
 
-    async def _record(self, delivery: Delivery, attempt: Attempt | None) -> None:
+    async def _record(self, delivery: Delivery, attempt: Attempt | None, trace: str) -> None:
+        with self.tracer.span("cassandra record", trace, kind="client", attributes={"db.system.name": "cassandra"}):
+            await self._record_retrying(delivery, attempt)
+
+    async def _record_retrying(self, delivery: Delivery, attempt: Attempt | None) -> None:
         """Writes the outcome, retrying the store for a while: giving up would send the delivery again."""
         for tries, delay in enumerate(RECORD_BACKOFF.delays(), start=1):
             try:

@@ -99,6 +99,9 @@ UPSTREAM_DEADLINE_SLACK_SECONDS = 0.5
 TRANSCODER_BODY_HEADROOM = 64 * 1024
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
 OTEL_MIN_FLUSH_SPANS = 512
+OTEL_FLUSH_INTERVAL_MS = 1000
+# Trace context a caller may send; removed at the edge (``_strip_caller_trace_context``).
+CALLER_TRACE_HEADERS = ("traceparent", "tracestate", "x-client-trace-id", "b3", "x-b3-traceid", "x-b3-sampled")
 
 # The REST API (webhooks.v1.Subscriptions through the transcoder), when render_envoy_config gets an ApiEdge.
 API_PREFIX = "/api/v1/"
@@ -236,8 +239,10 @@ def render_envoy_config(
     """Return the Envoy bootstrap (a JSON-serialisable dict) for ``cfg``.
 
     ``otlp_endpoint`` (``host:port`` or ``http://host:port`` of an OTLP/gRPC collector) enables the
-    OpenTelemetry tracer; without it Envoy starts no trace of its own but still forwards a caller's
-    ``traceparent``/``tracestate`` headers to the ingest service as gRPC metadata, like any header.
+    OpenTelemetry tracer: Envoy traces ``cfg.tracing.sample_percent`` of the requests (a new trace each) and
+    hands the context to the ingest service as ``traceparent`` metadata. A caller's own trace context
+    (``traceparent``, ``tracestate``, ``x-client-trace-id``) is removed before anything looks at it, with or
+    without a tracer (``_strip_caller_trace_context``).
 
     ``api`` adds the REST API of ``webhooks.v1.Subscriptions`` under ``/api/v1/`` (JWT required) on the
     same listener; without it the edge serves webhooks only, exactly as before.
@@ -263,6 +268,7 @@ def render_envoy_config(
             "initial_stream_window_size": 65536,
             "initial_connection_window_size": 1048576,
         },
+        "early_header_mutation_extensions": [_strip_caller_trace_context()],
         "route_config": _route_config(cfg, descriptor_set, api),
         "http_filters": _http_filters(cfg, descriptor_set, api),
         "local_reply_config": _local_reply_config(api),
@@ -308,13 +314,17 @@ def render_envoy_config(
     if otlp_endpoint is not None:
         host, port = _parse_otlp_endpoint(otlp_endpoint)
         clusters.append(_otlp_cluster(host, port))
-        hcm["tracing"] = _tracing()
+        hcm["tracing"] = _tracing(cfg.tracing.sample_percent)
         bootstrap["layered_runtime"] = {
             "layers": [
                 {
                     "name": "static",
-                    # The default (5) flushes a batch every few spans and costs a quarter of the throughput.
-                    "static_layer": {"tracing.opentelemetry.min_flush_spans": OTEL_MIN_FLUSH_SPANS},
+                    "static_layer": {
+                        # The default (5) flushes a batch every few spans and costs a quarter of the throughput;
+                        # a batch still leaves at least once per flush interval (default 5 s).
+                        "tracing.opentelemetry.min_flush_spans": OTEL_MIN_FLUSH_SPANS,
+                        "tracing.opentelemetry.flush_interval_ms": OTEL_FLUSH_INTERVAL_MS,
+                    },
                 }
             ]
         }
@@ -951,9 +961,28 @@ def _otlp_cluster(host: str, port: int) -> JSON:
     }
 
 
-def _tracing() -> JSON:
+def _strip_caller_trace_context() -> JSON:
+    """Removes the caller's trace context before routing, sampling or any filter.
+
+    Why not continue a provider's trace: its trace ids mean nothing in our collector, and its sampled flag
+    would decide for us: ``-01`` on every request would trace (and export ~20 spans for) all of a flood, ``-00``
+    would hide a request from tracing. So the sampling decision is Envoy's alone (``random_sampling``), every
+    trace starts here, and ``client_sampling`` (``x-client-trace-id`` forcing a trace) is 0 as well.
+    """
     return {
-        "random_sampling": {"value": 100},
+        "name": "envoy.http.early_header_mutation.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3"
+            ".HeaderMutation",
+            "mutations": [{"remove": name} for name in CALLER_TRACE_HEADERS],
+        },
+    }
+
+
+def _tracing(sample_percent: float) -> JSON:
+    return {
+        "random_sampling": {"value": sample_percent},
+        "client_sampling": {"value": 0},
         "spawn_upstream_span": True,
         "provider": {
             "name": "envoy.tracers.opentelemetry",

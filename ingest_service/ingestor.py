@@ -14,6 +14,7 @@ from typing import Protocol
 from switchboard.config import SourceConfig
 from switchboard.errors import InvalidRequest, PayloadTooLarge, UnknownSource
 from switchboard.model.events import InboundEvent, new_receipt_id, new_traceparent, now_us, valid_traceparent
+from switchboard.observability.tracing import NO_TRACER, Attributes, Tracer
 from switchboard.signatures import Verifier
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,51 @@ def select_headers(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, str
 
 
 class Ingestor:
-    def __init__(self, sources: Mapping[str, Source], publisher: EventPublisher, *, default_source: str | None) -> None:
+    """Verifies, builds and queues one request's event. With a ``tracer``, a request Envoy traced gets a server
+    span with a verify and a publish span under it, and the event carries the publish span's traceparent (so
+    the processors' spans hang under it); an untraced request costs one string test."""
+
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        publisher: EventPublisher,
+        *,
+        default_source: str | None,
+        tracer: Tracer = NO_TRACER,
+    ) -> None:
         self.sources = dict(sources)
         self.publisher = publisher
         self.default_source = default_source
+        self.tracer = tracer
 
     async def receive(
         self, source_name: str, metadata: Iterable[tuple[str, str | bytes]], body: bytes, content_type: str
     ) -> Accepted:
         received_us = now_us()  # the arrival time: signatures are checked against it, never a later one
+        metadata = tuple(metadata)
+        parent = next((v for k, v in metadata if k == "traceparent" and isinstance(v, str)), "")
+        attributes: Attributes = {
+            "switchboard.source": source_name or self.default_source or "",
+            "http.request.body.size": len(body),
+        }
+        with self.tracer.span("webhooks.v1.Ingest/Receive", parent, kind="server", attributes=attributes) as span:
+            accepted = await self._receive(
+                received_us, source_name, metadata, body, content_type, span.traceparent if span else parent
+            )
+            if span is not None:
+                span.set("switchboard.event_id", accepted.event_id)
+                span.set("switchboard.receipt_id", accepted.receipt_id)
+            return accepted
+
+    async def _receive(
+        self,
+        received_us: int,
+        source_name: str,
+        metadata: tuple[tuple[str, str | bytes], ...],
+        body: bytes,
+        content_type: str,
+        parent: str,
+    ) -> Accepted:
         name = source_name or self.default_source
         if not name:
             raise InvalidRequest("no source in the path and no default source configured", reason="SOURCE_MISSING")
@@ -90,26 +127,33 @@ class Ingestor:
         for key, value in metadata:
             if isinstance(value, str):
                 raw_headers[key.lower()] = value
-        traceparent = raw_headers.get("traceparent", "")
-        verified = source.verifier.verify(raw_headers, body, received_us / 1_000_000)
+        with self.tracer.span(f"verify {source.config.scheme}", parent):
+            verified = source.verifier.verify(raw_headers, body, received_us / 1_000_000)
         if not verified.event_id:
             raise InvalidRequest("the request carries no event id", reason="EVENT_ID_MISSING")
         if len(verified.event_id) > 255:
             raise InvalidRequest("event id longer than 255 characters", reason="EVENT_ID_INVALID")
-        event = InboundEvent(
-            source=name,
-            event_id=verified.event_id,
-            event_type=verified.event_type,
-            provider=source.config.scheme,
-            received_us=received_us,
-            body=body,
-            content_type=content_type,
-            headers=select_headers(raw_headers.items()),
-            receipt_id=new_receipt_id(),
-            provider_time_us=int(verified.provider_time * 1_000_000) if verified.provider_time else 0,
-            entity_id=verified.entity_id,
-            entity_version=verified.entity_version,
-            traceparent=traceparent if valid_traceparent(traceparent) else new_traceparent(),
-        )
-        await self.publisher.publish_event(event)
+        with self.tracer.span("publish events", parent, kind="producer") as publish:
+            event = InboundEvent(
+                source=name,
+                event_id=verified.event_id,
+                event_type=verified.event_type,
+                provider=source.config.scheme,
+                received_us=received_us,
+                body=body,
+                content_type=content_type,
+                headers=select_headers(raw_headers.items()),
+                receipt_id=new_receipt_id(),
+                provider_time_us=int(verified.provider_time * 1_000_000) if verified.provider_time else 0,
+                entity_id=verified.entity_id,
+                entity_version=verified.entity_version,
+                # the publish span's context when traced (the processors' spans hang under it), else Envoy's
+                traceparent=(
+                    publish.traceparent if publish else parent if valid_traceparent(parent) else new_traceparent()
+                ),
+            )
+            if publish is not None:
+                publish.set("messaging.message.id", event.receipt_id)
+                publish.set("switchboard.event_id", event.event_id)
+            await self.publisher.publish_event(event)
         return Accepted(event.event_id, event.receipt_id)

@@ -14,6 +14,7 @@ from ingest_service.servicer import IngestServicer
 from switchboard.config import PlatformConfig
 from switchboard.errors import ConfigError
 from switchboard.observability.hooks import IngestMetrics, metrics_endpoint
+from switchboard.observability.tracing import setup_tracing
 from switchboard.rpc.server import GrpcServer, Service
 from switchboard.runtime.service import serve, service_main
 from switchboard.signatures import build_verifier
@@ -51,6 +52,8 @@ class MeteredIngestor(Ingestor):
 async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
     sources = build_sources(cfg)
     async with serve() as life:
+        tracer, flush_spans = setup_tracing("switchboard-ingest", cfg.tracing)
+        life.push(flush_spans)  # last: after the server and the publisher stopped
         await life.enter(metrics_endpoint(cfg.metrics, "ingest"))
         publisher = EventPublisher(cfg, purpose="ingest-publisher", confirm_timeout=cfg.ingest.confirm_timeout_seconds)
         await publisher.start(life.stopping)
@@ -60,6 +63,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
             publisher,
             default_source=cfg.edge.default_source,
             metrics=IngestMetrics(sources, cfg.edge.default_source),
+            tracer=tracer,
         )
         servicer = IngestServicer(ingestor)
         await life.enter(

@@ -15,6 +15,7 @@ from processor_service.processor import Processor
 from switchboard.config import PlatformConfig
 from switchboard.observability import hooks as metrics
 from switchboard.observability.metrics import E2E_LATENCY, PROCESSOR_EVENTS
+from switchboard.observability.tracing import setup_tracing
 from switchboard.queue import QueueWorker, StatsHook, WorkerSettings
 from switchboard.runtime.service import serve, service_main
 from switchboard.store import EntityStore, EventStore, SubscriptionStore, open_store
@@ -31,6 +32,8 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
     fan_out = any(op.call == fanout.CALL for op in cfg.processor.operations)
     box = cfg.delivery.secret_box() if fan_out else None
     async with serve() as life:
+        tracer, flush_spans = setup_tracing("switchboard-processor", cfg.tracing)
+        life.push(flush_spans)  # last: after the worker drained
         await life.enter(metrics.metrics_endpoint(cfg.metrics, "processor", args.member or 0))
         store = await life.enter(open_store(cfg.cassandra, create_schema=True))
         bound = {}
@@ -51,7 +54,11 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
         ]
         entities = EntityStore(store)
         processor = Processor(
-            EventStore(store, entities), entities, registry, max_attempts=cfg.processor.retry.max_attempts
+            EventStore(store, entities),
+            entities,
+            registry,
+            max_attempts=cfg.processor.retry.max_attempts,
+            tracer=tracer,
         )
         stats = StatsHook()
         meter = metrics.WorkerMetrics("processor", PROCESSOR_EVENTS, E2E_LATENCY, metrics.PROCESSOR_OUTCOMES)

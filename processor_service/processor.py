@@ -19,12 +19,19 @@ receipts at a time (one read of what is stored, one write of every outcome):
 
 The caller acks only after ``handle`` returned: every outcome is committed before that. ``docs/processing.md``
 lists the crash windows and what each leaves behind.
+
+**Traces.** With a ``tracer``, each receipt whose traceparent Envoy sampled gets, once its batch is committed,
+a ``process`` span (consumer; attempt, disposition, batch size) with the batch's Cassandra read, each operation
+this pass ran (its own start and duration) and the batch's Cassandra commit under it. Spans are recorded
+after the commit with the times measured during the batch, so untraced receipts cost two clock reads per
+batch, and a crash before the commit leaves no span (the redelivery's pass records its own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,6 +47,7 @@ from switchboard.model.events import (
     StoredEvent,
     now_us,
 )
+from switchboard.observability.tracing import NO_TRACER, Attributes, Tracer, sampled
 
 TERMINAL = frozenset({EventStatus.PROCESSED, EventStatus.STALE, EventStatus.FAILED})
 
@@ -88,16 +96,27 @@ class _Pass:
 
 
 class Processor:
-    def __init__(self, store: EventStore, entities: EntityVersions, registry: Registry, *, max_attempts: int) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        entities: EntityVersions,
+        registry: Registry,
+        *,
+        max_attempts: int,
+        tracer: Tracer = NO_TRACER,
+    ) -> None:
         self.store = store
         self.entities = entities
         self.registry = registry
         self.max_attempts = max_attempts
+        self.tracer = tracer
 
     async def handle(self, events: Sequence[InboundEvent]) -> list[Handled]:
         """Decides, applies and commits a batch of receipts with distinct keys; one ``Handled`` each, in order."""
         assert len({e.key for e in events}) == len(events), "one receipt per event in a batch"
+        started_ns = time.time_ns()
         priors = await self.store.priors(events)
+        read_ns = time.time_ns()
         out: list[Handled | None] = [None] * len(events)
         duplicates: list[InboundEvent] = []
         reindex: list[tuple[InboundEvent, EventStatus]] = []
@@ -125,6 +144,7 @@ class Processor:
 
         commits: dict[int, Commit] = {}
         stale = await self._guard(events, passes)
+        guarded_ns = time.time_ns()
         for i, reason in stale.items():
             p = passes.pop(i)
             finished = now_us()
@@ -135,9 +155,81 @@ class Processor:
         for i, (commit, handled) in zip(passes, ran, strict=True):
             commits[i] = commit
             out[i] = handled
+        commit_ns = time.time_ns()
         await self.store.commit([commits[i] for i in sorted(commits)], duplicates=duplicates, reindex=reindex)
-        assert all(h is not None for h in out)
-        return [h for h in out if h is not None]
+        answers = [h for h in out if h is not None]
+        assert len(answers) == len(events)
+        if self.tracer.enabled:
+            self._trace(events, answers, commits, (started_ns, read_ns, guarded_ns, commit_ns, time.time_ns()))
+        return answers
+
+    def _trace(
+        self,
+        events: Sequence[InboundEvent],
+        handled: Sequence[Handled],
+        commits: dict[int, Commit],
+        times: tuple[int, int, int, int, int],
+    ) -> None:
+        """The spans of the batch's sampled receipts (see the module docstring)."""
+        started, read, guarded, commit_start, committed = times
+        for i, e in enumerate(events):
+            if not sampled(e.traceparent):
+                continue
+            h = handled[i]
+            failed = h.disposition in (Disposition.RETRY, Disposition.FAILED)
+            parent = self.tracer.record(
+                f"process {e.event_type or 'event'}",
+                e.traceparent,
+                started,
+                committed,
+                kind="consumer",
+                attributes={
+                    "switchboard.event_id": e.event_id,
+                    "switchboard.source": e.source,
+                    "messaging.message.id": e.receipt_id,
+                    "switchboard.attempt": h.attempt,
+                    "switchboard.disposition": h.disposition.value,
+                    "switchboard.replay": bool(e.replay),
+                    "messaging.batch.message_count": len(events),
+                },
+                error=h.last_error if failed else "",
+            )
+            db: Attributes = {"db.system.name": "cassandra", "messaging.batch.message_count": len(events)}
+            self.tracer.record(
+                "cassandra read", parent, started, read, kind="client", attributes={**db, "db.operation.name": "priors"}
+            )
+            passed = h.disposition not in (Disposition.DUPLICATE, Disposition.DONE)
+            if passed and e.entity_id and e.entity_version > 0:  # the out-of-order guard read its entity's version
+                self.tracer.record(
+                    "cassandra read versions",
+                    parent,
+                    read,
+                    guarded,
+                    kind="client",
+                    attributes={**db, "db.operation.name": "entity versions"},
+                )
+            commit = commits.get(i)
+            for r in commit.stored.results if commit is not None else ():
+                self.tracer.record(
+                    f"operation {r.operation}",
+                    parent,
+                    (r.finished_us - r.duration_us) * 1000,
+                    r.finished_us * 1000,
+                    attributes={
+                        "switchboard.operation": r.operation,
+                        "switchboard.outcome": r.outcome.value,
+                        "switchboard.attempt": r.attempt,
+                    },
+                    error=r.error if r.outcome is Outcome.FAILED else "",
+                )
+            self.tracer.record(
+                "cassandra commit",
+                parent,
+                commit_start,
+                committed,
+                kind="client",
+                attributes={**db, "db.operation.name": "commit", "switchboard.commits": len(commits)},
+            )
 
     def _pass(self, event: InboundEvent, attempt: int, done: frozenset[str]) -> _Pass:
         ops = [op for op in self.registry.matching(event) if op.name not in done]

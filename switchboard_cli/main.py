@@ -13,6 +13,7 @@ switchboard listen [--port N] (--subscribe [--types G...] | --secret whsec_...) 
 switchboard token --client ID [--ttl S]                 a development JWT for the REST API
 switchboard replay event SOURCE ID [--subscription S] | range SOURCE --minutes N [...] | get ID | cancel ID
 switchboard dlq list [filters] | show ID | redrive [IDS] [filters|--all] | purge [IDS] [filters] --yes
+switchboard trace EVENT_ID [--source S] | --trace-id ID   the event's spans, Envoy to Cassandra, as a tree
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 from switchboard.config import PlatformConfig, load_config
 from switchboard.errors import ConfigError, StackError
 from switchboard.runtime.logs import setup_logging
-from switchboard_cli import listen, operations, status, subs
+from switchboard_cli import listen, operations, status, subs, trace
 from switchboard_devstack.paths import DevPaths
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     listen.add_parser(sub, common)
     operations.add_parsers(sub, common)
     status.add_parser(sub, common)
+    trace.add_parser(sub, common)
 
     args = parser.parse_args(argv)
     try:
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return operations.run(cfg, args)
     if args.command == "status":
         return status.run(cfg, args)
+    if args.command == "trace":
+        return trace.run(cfg, args)
     return query_events(cfg, args)
 
 

@@ -34,6 +34,7 @@ from switchboard_devstack.process import ManagedProcess
 from switchboard_devstack.prometheus import PrometheusProcess, write_targets
 from switchboard_devstack.rabbitmq import RabbitNode
 from switchboard_devstack.tls import ensure_local_tls
+from switchboard_devstack.traces import SERVICE as TRACE_SERVICE
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class Stack:
     control: ServiceProcess | None = None
     delivery_procs: list[ServiceProcess] = field(default_factory=list)
     prometheus: PrometheusProcess | None = None
+    trace_sink: ServiceProcess | None = None
     ca_cert: Path | None = None
     _processors_started: int = field(default=0, init=False)
     _deliveries_started: int = field(default=0, init=False)
@@ -159,6 +161,16 @@ class Stack:
             self.ca_cert, cert, key = ensure_local_tls(cfg.tls_dir)
 
         t0 = time.monotonic()
+        if cfg.tracing.local:  # the OTLP receiver Envoy and the services export spans to
+            port = cfg.tracing.local_port
+            self.trace_sink = ServiceProcess(
+                "traces",
+                "switchboard_devstack.traces",
+                cfg.path,
+                self.log_dir,
+                ready=lambda: grpc_serving("127.0.0.1", port, TRACE_SERVICE),
+            )
+            self._start(self.trace_sink)
         if cfg.rabbitmq.managed:
             self.rabbit = RabbitNode(
                 self.data_dir / "rabbitmq",
@@ -181,6 +193,8 @@ class Stack:
         if self.cassandra:
             self.cassandra.wait_ready(timeout)
             log.info("cassandra ready", extra={"port": cfg.cassandra.port, "s": round(time.monotonic() - t0, 1)})
+        if self.trace_sink:
+            self.trace_sink.wait_ready(timeout)
 
         StoreSession.connect(cfg.cassandra, wait_seconds=timeout, create_schema=True).close()
 
@@ -208,6 +222,7 @@ class Stack:
             tls_cert=cert,
             tls_key=key,
             access_log=self.log_dir / "envoy-access.log",
+            otlp_endpoint=cfg.tracing.target(),
             # The REST API (/api/v1/webhooks, JWT against the local JWKS) when the control service runs.
             api=local_api_edge(cfg, ensure_local_jwks(jwt_dir(cfg))) if self.control is not None else None,
         )
@@ -405,6 +420,13 @@ class Stack:
                 else []
             ),
         ]
+        if self.trace_sink:
+            lines.append(
+                f"  traces            {cfg.tracing.sample_percent:g}% of requests, spans in {cfg.traces_db}"
+                "  (switchboard trace EVENT_ID)"
+            )
+        elif cfg.tracing.enabled:
+            lines.append(f"  traces            {cfg.tracing.sample_percent:g}% of requests, to {cfg.tracing.target()}")
         if self.ca_cert:
             lines.append(f"  local CA          {self.ca_cert}  (curl --cacert)")
         lines.append(

@@ -29,11 +29,17 @@ PROVIDER_SOURCES = {
 
 
 def write_test_config(
-    root: Path, *, processors: int = 1, bucket_seconds: int = 60, scrape_interval: float = 5.0
+    root: Path,
+    *,
+    processors: int = 1,
+    bucket_seconds: int = 60,
+    scrape_interval: float = 5.0,
+    trace_percent: float = 100.0,
 ) -> PlatformConfig:
     """A configuration on free ports under ``root``. Metrics: every process on a free port the stack picks (port
     0), RabbitMQ's on a free port of its own, Prometheus (when the test asks for it) scraping every
-    ``scrape_interval`` seconds."""
+    ``scrape_interval`` seconds. Traces: the local receiver on a free port, ``trace_percent`` of the requests
+    traced (all by default, so that a test can look at any event's trace)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "stripe.secret").write_text(STRIPE_SECRET + "\n")
     (root / "hmac.secret").write_text(HMAC_SECRET + "\n")
@@ -131,6 +137,11 @@ queue_prefix = "switchboard"
 [metrics]
 rabbitmq_port = {free_port()}
 scrape_interval_seconds = {scrape_interval}
+
+[tracing]
+endpoint = "local"
+local_port = {free_port()}
+sample_percent = {trace_percent}
 
 [cassandra]
 port = {free_port()}

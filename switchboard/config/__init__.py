@@ -13,6 +13,7 @@ from switchboard.config.processor import OperationConfig, ProcessorConfig, Retry
 from switchboard.config.services import IngestConfig, QueryConfig
 from switchboard.config.sources import SourceConfig
 from switchboard.config.store import CassandraConfig
+from switchboard.config.tracing import TracingConfig
 
 __all__ = [
     "CassandraConfig",
@@ -29,6 +30,7 @@ __all__ = [
     "RateLimit",
     "RetryConfig",
     "SourceConfig",
+    "TracingConfig",
     "default_config_path",
     "load_config",
     "parse_config",

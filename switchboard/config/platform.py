@@ -23,6 +23,7 @@ from switchboard.config.processor import ProcessorConfig, parse_processor
 from switchboard.config.services import IngestConfig, QueryConfig, parse_ingest, parse_query
 from switchboard.config.sources import SourceConfig, parse_sources
 from switchboard.config.store import CassandraConfig, parse_cassandra
+from switchboard.config.tracing import TracingConfig, parse_tracing
 from switchboard.errors import ConfigError
 
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR"})
@@ -37,6 +38,7 @@ SECTIONS = (
     "rabbitmq",
     "cassandra",
     "metrics",
+    "tracing",
     "sources",
 )
 CONFIG_ENV = "SWITCHBOARD_CONFIG"
@@ -64,6 +66,7 @@ class PlatformConfig:
     rabbitmq: RabbitConfig = field(default_factory=RabbitConfig)
     cassandra: CassandraConfig = field(default_factory=CassandraConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     sources: tuple[SourceConfig, ...] = ()
 
     def source(self, name: str) -> SourceConfig | None:
@@ -75,6 +78,11 @@ class PlatformConfig:
     @property
     def tls_dir(self) -> Path:
         return self.data_dir / "tls"
+
+    @property
+    def traces_db(self) -> Path:
+        """Where the local trace receiver keeps spans (``[tracing] endpoint = "local"``)."""
+        return self.data_dir / "traces" / "spans.db"
 
     def event_types(self, sources: Sequence[str] = ()) -> tuple[str, ...] | None:
         """The event types the named sources (all when empty) declare, or None when one of them declares
@@ -122,5 +130,6 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
         rabbitmq=parse_rabbitmq(table(raw, "rabbitmq")),
         cassandra=parse_cassandra(table(raw, "cassandra")),
         metrics=parse_metrics(table(raw, "metrics")),
+        tracing=parse_tracing(table(raw, "tracing")),
         sources=sources,
     )

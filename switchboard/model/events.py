@@ -141,8 +141,10 @@ def new_receipt_id() -> str:
 
 
 def new_traceparent() -> str:
-    """A fresh W3C trace context (sampled) for requests that arrive without one."""
-    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+    """A fresh W3C trace context for a request that arrived without one (tracing is off at the edge): not
+    sampled, so the trace id correlates logs and metrics but no service records spans for it (sampling is
+    decided at Envoy only)."""
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-00"
 
 
 def valid_traceparent(value: str) -> bool:

@@ -125,7 +125,11 @@ class Edge:
 
 
 def edge_config(
-    tmp: Path, *, extra_edge: dict[str, Any] | None = None, sources: list[dict[str, Any]]
+    tmp: Path,
+    *,
+    extra_edge: dict[str, Any] | None = None,
+    sources: list[dict[str, Any]],
+    tracing: dict[str, Any] | None = None,
 ) -> PlatformConfig:
     secret = [{"env": "SWITCHBOARD_TEST_EDGE_SECRET"}]  # never resolved by the edge
     raw = {
@@ -133,11 +137,12 @@ def edge_config(
         "edge": {"https_port": free_port(), "admin_port": free_port(), **(extra_edge or {})},
         "ingest": {"port": free_port(), "confirm_timeout_seconds": 0.5},
         "sources": [{"scheme": "github", "secrets": secret, **s} for s in sources],
+        "tracing": tracing or {},
     }
     return parse_config(raw, tmp / "switchboard.toml")
 
 
-async def start_edge(cfg: PlatformConfig) -> Edge:
+async def start_edge(cfg: PlatformConfig, *, otlp_endpoint: str | None = None) -> Edge:
     ingest = FakeIngest()
     server = grpc.aio.server()
     ingest_pb2_grpc.add_IngestServicer_to_server(ingest, server)
@@ -152,6 +157,7 @@ async def start_edge(cfg: PlatformConfig) -> Edge:
         tls_cert=cert,
         tls_key=key,
         access_log=cfg.data_dir / "envoy-access.log",
+        otlp_endpoint=otlp_endpoint,
     )
     envoy = EnvoyProcess(path, envoy_dir, cfg.edge.admin_port)
     envoy.start()
@@ -329,16 +335,41 @@ async def test_bare_webhook_goes_to_the_default_source(edge: Edge) -> None:
     assert edge.ingest.by_test_id(test_id).source == ""
 
 
-async def test_traceparent_passes_through_as_metadata(edge: Edge) -> None:
-    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    test_id, headers = tagged(traceparent=traceparent, tracestate="vendor=1")
+CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CALLER_CONTEXT = {"tracestate": "vendor=1", "x-client-trace-id": "force-me", "b3": "80f198ee56343ba864fe8b2a57d3eff7-1"}
+
+
+async def test_a_callers_trace_context_never_reaches_ingest(edge: Edge) -> None:
+    test_id, headers = tagged(traceparent=f"00-{CALLER_TRACE}-b7ad6b7169203331-01", **CALLER_CONTEXT)
     async with edge.client() as client:
         resp = await client.post("/webhook/alpha", content=b"t", headers=headers)
     assert resp.status_code == 200
     md = edge.ingest.by_test_id(test_id).metadata
-    # No tracer configured: Envoy forwards the caller's trace context unchanged, like any header.
-    assert md["traceparent"] == traceparent
-    assert md["tracestate"] == "vendor=1"
+    # No tracer on this edge: nothing of the caller's trace context is passed on (ingest makes an unsampled one).
+    assert not {"traceparent", *CALLER_CONTEXT} & set(md), md
+
+
+@pytest.mark.parametrize("percent", [100, 0])
+async def test_envoy_alone_decides_what_is_traced(tmp_path: Path, percent: int) -> None:
+    """Whatever the caller's flags say (-00: do not trace, -01: trace), Envoy starts a trace of its own and
+    samples it at ``sample_percent``; the ingest service gets Envoy's context, never the caller's."""
+    cfg = edge_config(tmp_path, sources=[{"name": "alpha"}], tracing={"sample_percent": percent})
+    # The tracer exports to a port nobody listens on: the spans are dropped, the decision is still made.
+    e = await start_edge(cfg, otlp_endpoint=f"127.0.0.1:{free_port()}")
+    try:
+        async with e.client() as client:
+            for caller_flags in ("00", "01"):
+                test_id, headers = tagged(traceparent=f"00-{CALLER_TRACE}-b7ad6b7169203331-{caller_flags}")
+                resp = await client.post("/webhook/alpha", content=b"t", headers=headers)
+                assert resp.status_code == 200
+                got = e.ingest.by_test_id(test_id).metadata["traceparent"]
+                assert isinstance(got, str)
+                version, trace_id, parent, flags = got.split("-")
+                assert (version, len(trace_id), len(parent)) == ("00", 32, 16), got
+                assert trace_id != CALLER_TRACE
+                assert int(flags, 16) & 1 == (1 if percent == 100 else 0), (caller_flags, got)
+    finally:
+        await stop_edge(e)
 
 
 async def test_access_log_is_json_without_query_strings(edge: Edge) -> None:
