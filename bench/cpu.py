@@ -30,7 +30,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 
 # Display order; anything else follows.
-ORDER = ("envoy", "ingest", "rabbitmq", "processor", "cassandra", "query", "control", "delivery", "wrk", "bench")
+ORDER = (
+    "envoy", "ingest", "rabbitmq", "processor", "cassandra", "query", "control", "delivery", "traces", "wrk", "bench",
+)  # fmt: skip
 
 
 def _proc_stat(pid: str) -> tuple[int, int] | None:
@@ -146,7 +148,7 @@ class CpuMeter:
     @classmethod
     def for_stack(cls, stack: Any) -> CpuMeter:
         """Envoy, ingest, query, control, every processor (one component), every delivery worker (one component),
-        RabbitMQ and Cassandra of a ``Stack``."""
+        the local trace receiver, RabbitMQ and Cassandra of a ``Stack``."""
         groups: dict[str, list[int]] = {}
         for name, proc in (
             ("envoy", stack.envoy),
@@ -155,6 +157,7 @@ class CpuMeter:
             ("cassandra", stack.cassandra),
             ("query", stack.query),
             ("control", stack.control),
+            ("traces", stack.trace_sink),
         ):
             if proc is not None and proc.pid is not None:
                 groups[name] = [proc.pid]
