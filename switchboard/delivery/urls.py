@@ -334,8 +334,8 @@ def check_url(
         authority = parsed.raw_authority
         fragment = parsed.raw_fragment
         canonical = str(parsed)
-    except (ValueError, TypeError, UnicodeError) as exc:
-        raise _invalid(f"cannot be parsed: {exc}") from None
+    except (ValueError, TypeError, UnicodeError, IndexError) as exc:  # yarl raises IndexError on '0://[]@'
+        raise _invalid(f"cannot be parsed: {exc or type(exc).__name__}") from None
 
     if scheme not in ("https", "http"):
         raise _invalid(f"the scheme must be https, not {scheme!r}" if scheme else "must be an absolute https URL")
