@@ -22,6 +22,11 @@ native gRPC, 400 for percent-encoded query names). The HTTP filter chain, in ord
    the gRPC message of a body of exactly the limit (body + framing) is not refused by Envoy itself;
 7. ``router``.
 
+With tracing on (``otlp_endpoint``), a first Lua filter (``WEBHOOK_QUERY_STRIP``) drops the query string of
+``/webhook`` requests, which ingest never reads and which may carry a token: Envoy's span tags the request's
+final URL. Before any filter, an early header mutation removes a caller's trace context (always, tracing on or
+off; ``_strip_caller_trace_context``).
+
 With an :class:`ApiEdge` the same listener also serves the REST API of ``webhooks.v1.Subscriptions`` (see
 ``_api_route``): ``/api/v1/...`` is transcoded to gRPC on the control service (cluster ``control``) and
 requires a bearer JWT (ES256, verified by ``jwt_authn`` against the inline JWKS). Two filters join the chain:
@@ -69,6 +74,20 @@ ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
 # Filter names. Per-route configuration (``typed_per_filter_config``) is keyed by these names.
 HEADER_MUTATION = "envoy.filters.http.header_mutation"
 GRPC_LOCAL_REPLY = "envoy.filters.http.lua.grpc_local_reply"
+WEBHOOK_QUERY_STRIP = "envoy.filters.http.lua.strip_webhook_query"
+# First filter when tracing is on: a webhook's query string never reaches a span (Envoy's ``http.url`` tag is
+# built from the request's final :path). Only /webhook paths: the API's list calls need their page tokens.
+WEBHOOK_QUERY_STRIP_LUA = """
+function envoy_on_request(handle)
+  local path = handle:headers():get(":path")
+  if path ~= nil and string.sub(path, 1, 8) == "/webhook" then
+    local q = string.find(path, "?", 1, true)
+    if q ~= nil then
+      handle:headers():replace(":path", string.sub(path, 1, q - 1))
+    end
+  end
+end
+"""
 RBAC = "envoy.filters.http.rbac"
 # Two instances of envoy.filters.http.local_ratelimit (the extension is named by typed_config).
 PER_IP_RATELIMIT = "envoy.filters.http.local_ratelimit.per_ip"
@@ -315,6 +334,17 @@ def render_envoy_config(
         host, port = _parse_otlp_endpoint(otlp_endpoint)
         clusters.append(_otlp_cluster(host, port))
         hcm["tracing"] = _tracing(cfg.tracing.sample_percent)
+        # Query strings may carry tokens (the access log leaves them out too); ingest never reads them.
+        hcm["http_filters"].insert(
+            0,
+            {
+                "name": WEBHOOK_QUERY_STRIP,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                    "default_source_code": {"inline_string": WEBHOOK_QUERY_STRIP_LUA},
+                },
+            },
+        )
         bootstrap["layered_runtime"] = {
             "layers": [
                 {

@@ -34,7 +34,10 @@ from switchboard.config import PlatformConfig, parse_config
 from switchboard_devstack import tls
 from switchboard_devstack.envoy import EnvoyProcess
 from switchboard_devstack.ports import free_port
+from switchboard_devstack.stack import ServiceProcess, grpc_serving
 from switchboard_devstack.tls import ensure_local_tls
+from switchboard_devstack.traces import SERVICE as TRACE_SERVICE
+from switchboard_devstack.traces import read_trace
 
 pytestmark = pytest.mark.integration
 
@@ -639,6 +642,44 @@ async def test_rate_limits_per_ip_and_per_source(tmp_path: Path) -> None:
         await stop_edge(e)
 
 
+async def test_a_webhooks_query_string_never_reaches_a_span(tmp_path: Path) -> None:
+    """Envoy's own span tags the request's URL; a token in a webhook's query string must not end up there (the
+    access log leaves queries out for the same reason)."""
+    cfg = edge_config(tmp_path, sources=[{"name": "alpha"}], tracing={"sample_percent": 100})
+    port = free_port()
+    (tmp_path / "traces.toml").write_text(f'[platform]\ndata_dir = "var"\n\n[tracing]\nlocal_port = {port}\n')
+    receiver = ServiceProcess(
+        "traces",
+        "switchboard_devstack.traces",
+        tmp_path / "traces.toml",
+        tmp_path,
+        ready=lambda: grpc_serving("127.0.0.1", port, TRACE_SERVICE),
+    )
+    receiver.start()
+    e = None
+    try:
+        await asyncio.to_thread(receiver.wait_ready, 30)
+        e = await start_edge(cfg, otlp_endpoint=f"127.0.0.1:{port}")
+        test_id, headers = tagged()
+        async with e.client() as client:
+            resp = await client.post("/webhook/alpha?token=s3cr3t-in-query&x=1", content=b"t", headers=headers)
+        assert resp.status_code == 200
+        trace_id = str(e.ingest.by_test_id(test_id).metadata["traceparent"]).split("-")[1]
+        db = tmp_path / "var" / "traces" / "spans.db"
+        for _ in range(100):  # Envoy flushes its spans at least once a second
+            spans = read_trace(db, trace_id)
+            if any(s.name == "ingress" for s in spans):
+                break
+            await asyncio.sleep(0.1)
+        (ingress,) = [s for s in spans if s.name == "ingress"]
+        assert str(ingress.attributes["http.url"]).endswith("/webhook/alpha")
+        assert "s3cr3t" not in json.dumps([s.attributes for s in spans])
+    finally:
+        if e is not None:
+            await stop_edge(e)
+        await asyncio.to_thread(receiver.stop)
+
+
 # -- rendering and TLS, without Envoy ---------------------------------------------------------------------
 def test_rendered_filter_chain_order(tmp_path: Path) -> None:
     cfg = edge_config(
@@ -668,6 +709,11 @@ def test_rendered_filter_chain_order(tmp_path: Path) -> None:
     )  # fmt: skip
     thcm = traced["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert thcm["tracing"]["provider"]["name"] == "envoy.tracers.opentelemetry"
+    assert thcm["tracing"]["client_sampling"] == {"value": 0}
+    assert [f["name"] for f in thcm["http_filters"]][:2] == [
+        envoy_config.WEBHOOK_QUERY_STRIP,
+        envoy_config.HEADER_MUTATION,
+    ]
     layer = traced["layered_runtime"]["layers"][0]["static_layer"]
     assert layer["tracing.opentelemetry.min_flush_spans"] > 5
 
