@@ -10,7 +10,8 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
   headers, the first 4 KB of the body, error class and message), and the delivery's row says where it
   stands (delivered, retrying with the next attempt's time, failed, cancelled).
 * **Disabled or deleted subscriptions** get no more sends: the task is recorded CANCELLED and acked. A 410
-  Gone disables the subscription (``AUTO_DISABLED`` with the reason) and the change is announced.
+  Gone disables the subscription (``AUTO_DISABLED`` with the reason; written before the attempt, so that a
+  crash between the two cannot leave the subscription enabled) and the change is announced.
 * **Rate limit** per subscription (``rate_limit_per_second``, default ``delivery.rate_limit_per_second``): a
   task waits for its token in the worker.
 * **Traces.** A task whose event Envoy sampled gets a ``deliver`` span (in the event's trace, so every retry
@@ -224,9 +225,12 @@ class DeliveryPipeline:
             error=response.error[:1000],
             outcome=outcome,
         )
-        await self._record(delivery, attempt, trace)
         if decision.disable_subscription:
+            # Before the attempt is recorded: a worker killed between the two leaves a FAILED delivery that its
+            # redelivery acks without a send, so disabling after the record could be lost. This way round, the
+            # redelivery finds the subscription disabled and records the task CANCELLED.
             await self.disabler.disable(sub.id, f"the endpoint answered {response.status} ({decision.detail})")
+        await self._record(delivery, attempt, trace)
         if outcome is DeliveryStatus.DELIVERED:
             return Ack("delivered", (finished - task.event.received_us) / 1000)
         if outcome is DeliveryStatus.RETRYING:
