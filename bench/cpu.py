@@ -192,3 +192,16 @@ class CpuMeter:
                 if st is not None and st[0] in pgids:
                     used += st[1]
         return used / CLK_TCK
+
+
+def reference_ms(rounds: int = 5) -> float:
+    """Milliseconds this machine takes, at best of ``rounds``, for a fixed pure-Python loop (``sum`` over ten
+    million integers, one core): a yardstick for comparing benchmark runs made on different days or machines.
+    It says how fast one core is while the box idles, not how the box behaves with both cores busy: on a
+    shared host the CPU per event can move while this figure does not."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        sum(range(10_000_000))
+        best = min(best, time.perf_counter() - started)
+    return best * 1000

@@ -78,12 +78,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cpu import CpuMeter, Sample, Usage
+from bench import stages
+from bench.cpu import CpuMeter, Sample, Usage, reference_ms
 from bench.presign import Presigned, presign
 from switchboard.config import PlatformConfig, TracingConfig
 from switchboard.store import StoreSession
 from switchboard.streams import events_topology
-from switchboard_devstack.stack import Stack
+from switchboard_devstack.stack import ServiceProcess, Stack
 from tests.stack_fixture import STRIPE_SECRET, write_test_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,6 +148,8 @@ class Phase:
     e2e_ms: list[float] = field(default_factory=list)
     last_processed: float | None = None
     rate_result: float | None = None
+    # the services' own histograms over the phase's CPU window (bench/stages.py)
+    stages: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     @property
     def status(self) -> dict[str, int]:
@@ -247,6 +250,10 @@ class Bench:
         self.wrk_proc: asyncio.subprocess.Process | None = None
         self.paused = False
         self.verification: dict[str, Any] = {}
+
+    def scrape(self) -> stages.Snapshot:
+        ports = [p.metrics_port for p in self.stack.started if isinstance(p, ServiceProcess) and p.metrics_port]
+        return stages.scrape(ports)
 
     # -- processors ----------------------------------------------------------------------------------------
     def pause_processors(self) -> None:
@@ -383,7 +390,9 @@ class Bench:
             if now > deadline:
                 raise BenchError(f"the backlog did not drain within {limit:g} s (work {work}, retry {retry})")
 
-    async def settle(self, phase: Phase | None, ids: list[str], before: Sample | None = None) -> None:
+    async def settle(
+        self, phase: Phase | None, ids: list[str], before: Sample | None = None, scraped: stages.Snapshot | None = None
+    ) -> None:
         """Waits until idle (then takes the CPU sample that ends the phase's window, if ``before`` is given), then
         until every id in ``ids`` has a processed_at in Cassandra; records the phase's end-to-end latencies
         and its last processed_at."""
@@ -392,6 +401,8 @@ class Bench:
             phase.idle_wall = idle
             if before is not None:
                 phase.cpu = self.meter.sample().minus(before)
+            if scraped is not None:
+                phase.stages = stages.summary(stages.difference(self.scrape(), scraped))
         pending = sorted(set(ids))
         done: dict[str, tuple[float, float]] = {}
         deadline = time.monotonic() + self.args.drain_timeout
@@ -420,10 +431,11 @@ class Bench:
             self.args.open_connections, planned,
         )  # fmt: skip
         phase.file = self.presign(name, planned, seconds)
+        scraped = self.scrape()
         before = self.meter.sample()
         await self.run_wrk(phase)
         phase.cpu_requests = phase.ok
-        await self.settle(phase, phase.ok_ids, before)
+        await self.settle(phase, phase.ok_ids, before, scraped)
         return phase
 
     async def ingest_phase(self) -> Phase:
@@ -432,9 +444,11 @@ class Bench:
         phase = Phase("ingest", f"closed {a.connections} conn", "closed", 0, a.ingest_seconds, a.connections, count)
         phase.file = self.presign("ingest", count, a.ingest_seconds)
         self.pause_processors()
+        scraped = self.scrape()
         before = self.meter.sample()
         await self.run_wrk(phase)
         phase.cpu = self.meter.sample().minus(before)
+        phase.stages = stages.summary(stages.difference(self.scrape(), scraped))
         phase.cpu_requests = phase.ok
         return phase
 
@@ -444,10 +458,11 @@ class Bench:
         phase.backlog_ids = sorted(set(ingest.ok_ids))
         phase.backlog_receipts = ingest.ok
         phase.cpu_requests = ingest.ok
+        scraped = self.scrape()
         before = self.meter.sample()
         phase.start_wall = time.time()
         self.resume_processors()
-        await self.settle(phase, phase.backlog_ids, before)
+        await self.settle(phase, phase.backlog_ids, before, scraped)
         phase.end_wall = phase.idle_wall or time.time()
         if phase.last_processed is not None and phase.last_processed > phase.start_wall:
             phase.rate_result = len(phase.backlog_ids) / (phase.last_processed - phase.start_wall)
@@ -636,6 +651,8 @@ class Bench:
             print("\n" + self.header(), flush=True)
             self._header_done = True
         print(self.row(ph), flush=True)
+        if ph.stages:
+            print(f"        stages p50/p99: {stages.line(ph.stages)}", flush=True)
 
     def ceilings(self) -> tuple[float | None, float | None]:
         ingest = next((p for p in self.phases if p.name == "ingest"), None)
@@ -668,6 +685,7 @@ class Bench:
             "cpu": ph.cpu.as_dict(ph.cpu_requests) if ph.cpu else None,
             "queue_depth": ph.depth,
             "unfinished_after_wait": ph.unfinished_after_wait,
+            "stages": ph.stages,
         }
         if ph.kind == "closed" and wrk.get("duration_s"):
             d["accepted_per_s"] = ph.ok / wrk["duration_s"]
@@ -788,6 +806,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO / "var" / "bench" / f"pipeline-{stamp}-{rev}.json"
     root = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
     cfg = write_test_config(root, processors=args.processors, bucket_seconds=3600, trace_percent=args.trace_percent)
+    reference = [reference_ms()]
+    print(f"CPU reference (bench/cpu.py reference_ms, one idle core): {reference[0]:.0f} ms", flush=True)
     stack = Stack(cfg)
     print(
         f"starting the stack in {root} ({args.processors} processor(s), {args.trace_percent:g}% of requests traced)"
@@ -811,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.resume_processors()
         protocols = edge_protocols(stack) if stack.envoy is not None else {}
         stack.down()
+        reference.append(reference_ms())
     if bench is None or not bench.phases:
         print(f"no result ({failed!r}); logs in {root}", file=sys.stderr)
         return 2
@@ -859,13 +880,18 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(shared)
             + "; the figures above are lower than on an otherwise idle machine"
         )
+    for ph in bench.phases:
+        if ph.stages:
+            print(f"stages {ph.name} (p50/p99 from the services' histograms): {stages.line(ph.stages)}")
     print(f"edge protocols (Envoy access log tail): {protocols}")
+    print(f"CPU reference before / after the run: {reference[0]:.0f} / {reference[-1]:.0f} ms (lower is faster)")
     result = {
         "meta": {
             "date": dt.datetime.now().isoformat(timespec="seconds"),
             "git": rev,
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "cores": os.cpu_count(),
+            "cpu_reference_ms": reference,
             "wrk": wrk,
             "root": str(root),
             "error": repr(failed) if failed else None,

@@ -1,0 +1,150 @@
+"""Where a phase's time went, from the services' own Prometheus histograms: a scrape of every service process
+of the stack (``ServiceProcess.metrics_port``) before and after the phase, the difference of each histogram's
+buckets, and its quantiles interpolated inside the buckets (as PromQL's ``histogram_quantile`` does).
+
+Stages (name → family and labels, summed over the processes that export it):
+
+* ``ingest rpc``: ``grpc_server_handling_seconds`` of ``Ingest/Receive``: the ingest service's own time for a
+  request, from the RPC's start to its status (verify, publish, confirm). HTTP p99 minus this is Envoy, the
+  network and waiting to be scheduled.
+* ``confirm``: ``switchboard_broker_confirm_seconds``, exchange ``<prefix>.events*``: publish → RabbitMQ's
+  confirm (the quorum queue's fsync and replication) inside that.
+* ``batch``: ``switchboard_worker_batch_seconds`` of the processors: deciding a batch (reads, operations,
+  commit).
+* ``cql read`` / ``cql commit``: ``switchboard_store_statement_seconds`` of the processors' statements: every
+  prepared read, and the batches (``batch``) that commit.
+* ``e2e``: ``switchboard_processor_e2e_latency_seconds``: arrival at ingest → outcome committed.
+
+Buckets are coarse past 50 ms (0.05, 0.1, 0.25, 0.5 s), so a p99 reads as "in this bucket", not to the
+millisecond; the count says how many observations a quantile rests on.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+# (histogram family, predicate on its labels)
+Selector = tuple[str, Callable[[dict[str, str]], bool]]
+
+STAGES: dict[str, Selector] = {
+    "ingest rpc": ("grpc_server_handling_seconds", lambda lb: lb.get("grpc_method") == "Receive"),
+    "confirm": ("switchboard_broker_confirm_seconds", lambda lb: ".events" in lb.get("exchange", "")),
+    "batch": ("switchboard_worker_batch_seconds", lambda lb: lb.get("worker", "").startswith("processor")),
+    "cql read": ("switchboard_store_statement_seconds", lambda lb: lb.get("statement", "") not in ("batch", "other")),
+    "cql commit": ("switchboard_store_statement_seconds", lambda lb: lb.get("statement") == "batch"),
+    "e2e": ("switchboard_processor_e2e_latency_seconds", lambda lb: True),
+}
+
+
+@dataclass
+class Histogram:
+    """Cumulative bucket counts by upper bound (``le``), and the sum of observations."""
+
+    buckets: dict[float, float] = field(default_factory=dict)
+    total: float = 0.0
+
+    @property
+    def count(self) -> float:
+        return self.buckets.get(float("inf"), 0.0)
+
+    def add(self, other: Histogram, sign: float = 1.0) -> None:
+        for le, n in other.buckets.items():
+            self.buckets[le] = self.buckets.get(le, 0.0) + sign * n
+        self.total += sign * other.total
+
+    def quantile(self, q: float) -> float | None:
+        """Linear interpolation inside the bucket that holds rank ``q * count``; the largest finite bound when
+        the rank falls in ``+Inf``; None without observations."""
+        n = self.count
+        if n <= 0:
+            return None
+        rank = q * n
+        lower, below = 0.0, 0.0
+        for le in sorted(self.buckets):
+            cum = self.buckets[le]
+            if cum >= rank:
+                if le == float("inf"):
+                    return lower
+                inside = cum - below
+                return lower + (le - lower) * ((rank - below) / inside if inside > 0 else 1.0)
+            lower, below = le, cum
+        return lower
+
+
+Snapshot = dict[str, Histogram]
+
+
+def parse(text: str) -> Snapshot:
+    """The text exposition of one process → a histogram per stage (stages it does not export are absent)."""
+    out: Snapshot = {}
+    families = {f.name: f for f in text_string_to_metric_families(text) if f.type == "histogram"}
+    for stage, (name, match) in STAGES.items():
+        fam = families.get(name)
+        if fam is None:
+            continue
+        h = out.setdefault(stage, Histogram())
+        for s in fam.samples:
+            labels = {k: v for k, v in s.labels.items() if k != "le"}
+            if not match(labels):
+                continue
+            if s.name.endswith("_bucket"):
+                le = float(s.labels["le"])
+                h.buckets[le] = h.buckets.get(le, 0.0) + s.value
+            elif s.name.endswith("_sum"):
+                h.total += s.value
+    return out
+
+
+def scrape(ports: Iterable[int], timeout: float = 2.0) -> Snapshot:
+    """Every stage summed over the processes at ``ports`` (a process that does not answer is skipped)."""
+    total: Snapshot = {}
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+                text = r.read().decode()
+        except OSError:
+            continue
+        for stage, h in parse(text).items():
+            total.setdefault(stage, Histogram()).add(h)
+    return total
+
+
+def difference(after: Snapshot, before: Snapshot) -> Snapshot:
+    out: Snapshot = {}
+    for stage, h in after.items():
+        d = Histogram()
+        d.add(h)
+        if stage in before:
+            d.add(before[stage], -1.0)
+        out[stage] = d
+    return out
+
+
+def summary(window: Snapshot) -> dict[str, dict[str, float | None]]:
+    """Per stage: observations, mean, p50 and p99 in ms."""
+    out: dict[str, dict[str, float | None]] = {}
+    for stage in STAGES:
+        h = window.get(stage)
+        if h is None or h.count <= 0:
+            continue
+        p50, p99 = h.quantile(0.5), h.quantile(0.99)
+        out[stage] = {
+            "count": h.count,
+            "mean_ms": 1000 * h.total / h.count,
+            "p50_ms": None if p50 is None else 1000 * p50,
+            "p99_ms": None if p99 is None else 1000 * p99,
+        }
+    return out
+
+
+def line(stages: dict[str, dict[str, float | None]]) -> str:
+    """``ingest rpc 3/41 ms (n=48000) | confirm ...``: p50/p99 per stage."""
+    parts = []
+    for stage, s in stages.items():
+        p50, p99 = s["p50_ms"], s["p99_ms"]
+        parts.append(f"{stage} {p50 or 0:.0f}/{p99 or 0:.0f} ms (n={s['count']:.0f})")
+    return " | ".join(parts)

@@ -1,0 +1,66 @@
+"""bench/stages.py: histograms from the text exposition, differences between scrapes, quantiles."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from bench import stages
+
+BUCKETS = (0.001, 0.01, 0.1, 1.0)
+
+
+def exposition(rpc: list[float], confirm: list[float], other_method: tuple[float, ...] | list[float] = ()) -> str:
+    reg = CollectorRegistry()
+    h = Histogram("grpc_server_handling_seconds", "", ["grpc_service", "grpc_method"], buckets=BUCKETS, registry=reg)
+    for v in rpc:
+        h.labels("webhooks.v1.Ingest", "Receive").observe(v)
+    for v in other_method:
+        h.labels("grpc.health.v1.Health", "Check").observe(v)
+    c = Histogram("switchboard_broker_confirm_seconds", "", ["exchange"], buckets=BUCKETS, registry=reg)
+    for v in confirm:
+        c.labels("switchboard.events").observe(v)
+    return generate_latest(reg).decode()
+
+
+def test_parse_selects_by_label_and_sums_buckets() -> None:
+    snap = stages.parse(exposition([0.005] * 3, [0.05], other_method=[0.5] * 10))
+    rpc = snap["ingest rpc"]
+    assert rpc.count == 3  # Health/Check is not the ingest stage
+    assert rpc.buckets[0.01] == 3 and rpc.buckets[0.001] == 0
+    assert rpc.total == pytest.approx(0.015)
+    assert snap["confirm"].count == 1
+    assert "batch" not in snap
+
+
+def test_difference_is_the_window_between_two_scrapes() -> None:
+    before = stages.parse(exposition([0.005] * 4, []))
+    after = stages.parse(exposition([0.005] * 4 + [0.5] * 6, []))
+    window = stages.difference(after, before)["ingest rpc"]
+    assert window.count == 6
+    assert window.buckets[0.1] == 0 and window.buckets[1.0] == 6
+    assert window.total == pytest.approx(3.0)
+
+
+def test_quantile_interpolates_inside_the_bucket() -> None:
+    h = stages.Histogram({0.01: 50.0, 0.1: 100.0, float("inf"): 100.0})
+    assert h.quantile(0.5) == pytest.approx(0.01)
+    assert h.quantile(0.75) == pytest.approx(0.01 + 0.09 * 0.5)
+    assert h.quantile(0.25) == pytest.approx(0.005)
+
+
+def test_quantile_in_inf_bucket_is_the_largest_bound_and_empty_is_none() -> None:
+    h = stages.Histogram({0.1: 1.0, 1.0: 1.0, float("inf"): 10.0})
+    assert h.quantile(0.99) == 1.0
+    assert stages.Histogram().quantile(0.5) is None
+
+
+def test_summary_and_line() -> None:
+    window = stages.parse(exposition([0.005] * 90 + [0.5] * 10, [0.002] * 10))
+    s = stages.summary(window)
+    assert list(s) == ["ingest rpc", "confirm"]
+    assert s["ingest rpc"]["count"] == 100
+    assert 1.0 <= (s["ingest rpc"]["p50_ms"] or 0) <= 10.0
+    assert 100.0 < (s["ingest rpc"]["p99_ms"] or 0) <= 1000.0  # the slowest tenth is in the (0.1, 1] bucket
+    assert s["ingest rpc"]["mean_ms"] == pytest.approx(54.5)
+    assert "ingest rpc" in stages.line(s) and "(n=100)" in stages.line(s)
