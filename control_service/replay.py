@@ -9,7 +9,15 @@ A selection is a job: events of one source in a closed time range (at most ``max
 optionally by type globs and status, at most ``max_events``, enqueued at ``rate`` events per second at most
 so that a replay never starves live traffic. The job runs in the control service whoever watches it; its
 progress (matched, queued, done, failed) is kept in the store and streamed to callers; it can be cancelled.
-A job interrupted by a restart of the control service stays RUNNING in the store with its last counts.
+
+**Interrupted jobs.** While a job runs, its control service writes it every ``heartbeat`` (its progress and
+``updated_us``). A job still RUNNING in the store with no write for ``stale_after`` lost its runner (the
+service was killed, or stopped before it could record the end): the next read of it (GetReplay, a watcher,
+any replica) records it FAILED with what it had enqueued, so that nobody waits on it forever. A service
+stopped gracefully records its running jobs FAILED itself. An interrupted job is never resumed: its events
+may have been enqueued in part, and a replay applies them again, so a second run is the caller's decision.
+A runner alive but unable to write to the store for longer than ``stale_after`` is reported FAILED meanwhile,
+and its next write (a heartbeat or the end) replaces that with what it really did.
 """
 
 from __future__ import annotations
@@ -67,6 +75,20 @@ class Limits:
     max_range_us: int = 7 * 86_400 * 1_000_000
     max_events: int = 100_000
     rate_per_second: float = 100.0
+    # A RUNNING job not written for this long has lost its runner; runners write every sixth of it.
+    stale_after_us: int = 60 * 1_000_000
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return self.stale_after_us / 6e6
+
+
+def interrupted(job: ReplayJob, now: int, stale_after_us: int) -> bool:
+    """True if ``job`` (as read from the store) says RUNNING but nothing wrote it for ``stale_after_us``: the
+    service that ran it is gone. Jobs written before heartbeats existed count from their start."""
+    if job.state is not ReplayState.RUNNING:
+        return False
+    return now - (job.updated_us or job.started_us) > stale_after_us
 
 
 @dataclass(frozen=True)
@@ -153,7 +175,7 @@ class ReplayManager:
             await self._subscription(sel.subscription_id)
         request = json.dumps({k: v.value if isinstance(v, EventStatus) else v for k, v in sel.__dict__.items()})
         job = ReplayJob(_new_id(), request, started_us=now_us(), dry_run=sel.dry_run)
-        await self.jobs.put_replay(job)
+        await self._put(job)
         cancel = asyncio.Event()
         task = asyncio.create_task(self._run(job, sel, cancel))
         self._running[job.id] = (job, task, cancel)
@@ -168,8 +190,8 @@ class ReplayManager:
             yield replace(current)
             if current.state is not ReplayState.RUNNING:
                 return
-            if running is None:
-                return  # running in an earlier life of this service: no more news to wait for
+            # Not ours: another replica runs it (its heartbeats move the counts), or nobody does any more
+            # (get() then records it FAILED once it is stale), so polling the store ends either way.
             await asyncio.sleep(PROGRESS_EVERY)
 
     async def get(self, replay_id: str) -> ReplayJob:
@@ -179,7 +201,24 @@ class ReplayManager:
         job = await self.jobs.get_replay(replay_id) if replay_id else None
         if job is None:
             raise NotFound(f"no replay {replay_id!r}", reason="REPLAY_NOT_FOUND")
+        now = now_us()
+        if interrupted(job, now, self.limits.stale_after_us):
+            silent = (now - (job.updated_us or job.started_us)) / 1e6
+            job.state, job.finished_us = ReplayState.FAILED, now
+            job.message = (
+                f"interrupted: its control service stopped (nothing recorded for {silent:.0f} s); {job.queued} of"
+                f" {job.matched} matched events had been enqueued; start a new replay for the rest"
+            )
+            await self._put(job)
+            log.warning("replay interrupted", extra={"replay": job.id, "queued": job.queued, "matched": job.matched})
         return job
+
+    async def close(self) -> None:
+        """Stops the jobs this service runs; each records itself FAILED (interrupted) before the store closes."""
+        tasks = [task for _, task, _ in self._running.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def cancel(self, replay_id: str) -> ReplayJob:
         running = self._running.get(replay_id)
@@ -192,6 +231,7 @@ class ReplayManager:
 
     # -- the job ------------------------------------------------------------------------------------------
     async def _run(self, job: ReplayJob, sel: Selection, cancel: asyncio.Event) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(job))
         try:
             queued = await self._select_and_enqueue(job, sel, cancel)
             if not cancel.is_set() and not sel.dry_run:
@@ -200,9 +240,32 @@ class ReplayManager:
         except SwitchboardError as exc:
             job.state, job.message = ReplayState.FAILED, exc.message
             log.warning("replay failed", extra={"replay": job.id, "error": exc.message})
+        except asyncio.CancelledError:  # the service is stopping
+            job.state = ReplayState.FAILED
+            job.message = (
+                f"interrupted: its control service stopped; {job.queued} of {job.matched} matched events had been"
+                " enqueued; start a new replay for the rest"
+            )
+            raise
         finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
             job.finished_us = now_us()
-            await self.jobs.put_replay(job)
+            await self._put(job)
+
+    async def _heartbeat(self, job: ReplayJob) -> None:
+        """Writes the running job (its progress) every ``heartbeat_seconds``, so that readers can tell a job
+        that runs from one whose runner is gone. A failed write is retried at the next beat."""
+        while True:
+            await asyncio.sleep(self.limits.heartbeat_seconds)
+            try:
+                await self._put(job)
+            except SwitchboardError as exc:
+                log.warning("replay progress not recorded", extra={"replay": job.id, "error": exc.message})
+
+    async def _put(self, job: ReplayJob) -> None:
+        job.updated_us = now_us()
+        await self.jobs.put_replay(job)
 
     async def _select_and_enqueue(self, job: ReplayJob, sel: Selection, cancel: asyncio.Event) -> list[InboundEvent]:
         """Lists the selection, enqueues it at the pace, and returns what it enqueued."""
@@ -213,7 +276,6 @@ class ReplayManager:
         t0 = loop.time()
         queued: list[InboundEvent] = []
         cursor: tuple[int, int, str] | None = None
-        last_save = t0
         while not cancel.is_set() and job.matched < limit:
             page, cursor = await self.events.list(sel.source, sel.start_us, sel.end_us, PAGE, cursor)
             for summary in page:
@@ -235,9 +297,6 @@ class ReplayManager:
                     continue
                 queued.append(await self._enqueue(stored.event, job.id, sel.subscription_id))
                 job.queued += 1
-                if loop.time() - last_save > 5:
-                    await self.jobs.put_replay(job)
-                    last_save = loop.time()
             if cursor is None:
                 break
         return queued

@@ -22,6 +22,8 @@ class ControlConfig:
     replay_max_range_hours: float = 168.0
     replay_max_events: int = 100_000
     replay_rate_per_second: float = 100.0
+    # A RUNNING replay job its control service has not written for this long is recorded FAILED (interrupted).
+    replay_stale_after_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ def parse_control(raw: Mapping[str, Any]) -> ControlConfig:
         replay_max_range_hours=t.pos_float("replay_max_range_hours"),
         replay_max_events=t.pos_int("replay_max_events"),
         replay_rate_per_second=t.pos_float("replay_rate_per_second"),
+        replay_stale_after_seconds=t.pos_float("replay_stale_after_seconds"),
     )
 
 

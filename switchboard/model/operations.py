@@ -58,3 +58,4 @@ class ReplayJob:
     finished_us: int = 0
     message: str = ""
     dry_run: bool = False
+    updated_us: int = 0  # the last write of the job: its runner's heartbeat while RUNNING

@@ -104,6 +104,7 @@ class OperationsStore:
             ts(job.finished_us) if job.finished_us else None,
             job.message,
             job.dry_run,
+            ts(job.updated_us) if job.updated_us else None,
             self.ttl,
         )
         await self.store.execute(self.q.replay_put, params)
@@ -125,6 +126,7 @@ class OperationsStore:
             finished_us=us_of(r.finished_at),
             message=r.message or "",
             dry_run=bool(r.dry_run),
+            updated_us=us_of(r.updated_at),
         )
 
     async def reset_delivery(self, delivery_id: str, now_us: int) -> None:

@@ -119,7 +119,8 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
         ) WITH {opts}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.replays (
             id text PRIMARY KEY, request text, state text, matched bigint, queued bigint, done bigint,
-            failed bigint, started_at timestamp, finished_at timestamp, message text, dry_run boolean
+            failed bigint, started_at timestamp, finished_at timestamp, message text, dry_run boolean,
+            updated_at timestamp
         ) WITH {opts}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_source (
             source text, bucket bigint, received_at timestamp, event_id text, event_type text,
@@ -131,7 +132,10 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
 
 def migrations(cfg: CassandraConfig) -> list[str]:
     """Columns added after a table was first created (a keyspace from an earlier version gains them)."""
-    return [f"ALTER TABLE {cfg.keyspace}.events ADD replay_id text"]
+    return [
+        f"ALTER TABLE {cfg.keyspace}.events ADD replay_id text",
+        f"ALTER TABLE {cfg.keyspace}.replays ADD updated_at timestamp",
+    ]
 
 
 def ensure_schema(session: Session, cfg: CassandraConfig) -> None:

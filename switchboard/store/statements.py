@@ -131,7 +131,7 @@ def _operations_cql(ks: str) -> dict[str, str]:
         "dead_state": f"""UPDATE {ks}.dead_letters USING TTL ? SET state = ?, redriven_at = ?
             WHERE kind = ? AND day = ? AND dead_at = ? AND id = ?""",
         "replay_put": f"""INSERT INTO {ks}.replays (id, request, state, matched, queued, done, failed, started_at,
-            finished_at, message, dry_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
+            finished_at, message, dry_run, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
         "replay_get": f"SELECT * FROM {ks}.replays WHERE id = ?",
         "delivery_reset": f"""UPDATE {ks}.deliveries USING TTL ? SET status = ?, attempts = 0, updated_at = ?
             WHERE id = ?""",
