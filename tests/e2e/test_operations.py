@@ -164,11 +164,9 @@ def test_a_replay_job_streams_its_progress_and_can_target_one_subscription(
         post(cfg, event_id, "invoice.created" if event_id.endswith(("0", "1")) else "invoice.paid", amount_due=1)
     for event_id in ids:
         wait_status(cfg, event_id, event_pb2.EVENT_STATUS_PROCESSED)
-    window = {"start_time": None, "end_time": None}
     request = replay_pb2.ReplayEventsRequest(source="shop", event_types=["invoice.created"], rate_per_second=50)
     request.start_time.FromSeconds(int(started))
     request.end_time.FromSeconds(int(time.time()) + 1)
-    del window
     with Receiver(cfg.tls_dir) as rx, stubs(cfg) as (_, replay):
         sub, _ = subscribe(cfg, rx.url("/replayed"), event_types=["invoice.*"])
         dry = list(replay.ReplayEvents(_with(request, dry_run=True), timeout=30))
