@@ -34,6 +34,11 @@ script) comes from /proc (``bench/cpu.py``); "box" is the whole machine, so what
 as the difference (a note says when they used more than 20% of a core). Windows: ``ingest`` the load;
 ``drain`` resume → idle; ``steady``/``spike`` load start → idle (so processing those events is included).
 
+Each phase also gets a ``stages`` line: p50/p99 of the services' own Prometheus histograms over the phase's
+window (ingest RPC, broker confirm, processor batch, Cassandra reads and commits, e2e; ``bench/stages.py``),
+which says where the HTTP and e2e latency went. A CPU reference (``bench/cpu.reference_ms``: one idle core's
+speed) is printed before and after the run, to compare runs made on different days.
+
 Then every accepted event (the ids the 200 answers carried) is read back from Cassandra (``events`` and
 ``event_records``): lost = accepted but not stored; applied twice = an event with more than one OK run of the
 same operation (``r:`` records; index rows are not looked at); duplicates seen (``d:`` records) against
@@ -250,9 +255,16 @@ class Bench:
         self.wrk_proc: asyncio.subprocess.Process | None = None
         self.paused = False
         self.verification: dict[str, Any] = {}
+        self.after_ingest: stages.Scrape = {}
 
-    def scrape(self) -> stages.Snapshot:
-        ports = [p.metrics_port for p in self.stack.started if isinstance(p, ServiceProcess) and p.metrics_port]
+    def scrape(self) -> stages.Scrape:
+        """The services' histograms (bench/stages.py); paused processors are not asked (they cannot answer)."""
+        paused = {p.metrics_port for p in self.stack.processor_procs} if self.paused else set()
+        ports = [
+            p.metrics_port
+            for p in self.stack.started
+            if isinstance(p, ServiceProcess) and p.metrics_port and p.metrics_port not in paused
+        ]
         return stages.scrape(ports)
 
     # -- processors ----------------------------------------------------------------------------------------
@@ -391,7 +403,7 @@ class Bench:
                 raise BenchError(f"the backlog did not drain within {limit:g} s (work {work}, retry {retry})")
 
     async def settle(
-        self, phase: Phase | None, ids: list[str], before: Sample | None = None, scraped: stages.Snapshot | None = None
+        self, phase: Phase | None, ids: list[str], before: Sample | None = None, scraped: stages.Scrape | None = None
     ) -> None:
         """Waits until idle (then takes the CPU sample that ends the phase's window, if ``before`` is given), then
         until every id in ``ids`` has a processed_at in Cassandra; records the phase's end-to-end latencies
@@ -443,12 +455,14 @@ class Bench:
         count = max(1000, math.ceil(a.ingest_max_rate * a.ingest_seconds))
         phase = Phase("ingest", f"closed {a.connections} conn", "closed", 0, a.ingest_seconds, a.connections, count)
         phase.file = self.presign("ingest", count, a.ingest_seconds)
+        scraped = self.scrape()  # before the pause: the processors' counts are the drain's starting point
         self.pause_processors()
-        scraped = self.scrape()
         before = self.meter.sample()
         await self.run_wrk(phase)
         phase.cpu = self.meter.sample().minus(before)
-        phase.stages = stages.summary(stages.difference(self.scrape(), scraped))
+        self.after_ingest = self.scrape()
+        phase.stages = stages.summary(stages.difference(self.after_ingest, scraped))
+        self.after_ingest = {**scraped, **self.after_ingest}  # paused processors: as before the pause
         phase.cpu_requests = phase.ok
         return phase
 
@@ -458,7 +472,7 @@ class Bench:
         phase.backlog_ids = sorted(set(ingest.ok_ids))
         phase.backlog_receipts = ingest.ok
         phase.cpu_requests = ingest.ok
-        scraped = self.scrape()
+        scraped = self.after_ingest
         before = self.meter.sample()
         phase.start_wall = time.time()
         self.resume_processors()

@@ -99,28 +99,32 @@ def parse(text: str) -> Snapshot:
     return out
 
 
-def scrape(ports: Iterable[int], timeout: float = 2.0) -> Snapshot:
-    """Every stage summed over the processes at ``ports`` (a process that does not answer is skipped)."""
-    total: Snapshot = {}
+Scrape = dict[int, Snapshot]  # by metrics port
+
+
+def scrape(ports: Iterable[int], timeout: float = 2.0) -> Scrape:
+    """Every stage of each process at ``ports``; a process that does not answer (stopped, paused) is left out."""
+    out: Scrape = {}
     for port in ports:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
                 text = r.read().decode()
         except OSError:
             continue
-        for stage, h in parse(text).items():
-            total.setdefault(stage, Histogram()).add(h)
-    return total
+        out[port] = parse(text)
+    return out
 
 
-def difference(after: Snapshot, before: Snapshot) -> Snapshot:
+def difference(after: Scrape, before: Scrape) -> Snapshot:
+    """What every process in ``after`` observed since ``before``, summed (a process absent from ``before`` counts
+    with all it observed)."""
     out: Snapshot = {}
-    for stage, h in after.items():
-        d = Histogram()
-        d.add(h)
-        if stage in before:
-            d.add(before[stage], -1.0)
-        out[stage] = d
+    for port, snap in after.items():
+        for stage, h in snap.items():
+            d = out.setdefault(stage, Histogram())
+            d.add(h)
+            if stage in before.get(port, {}):
+                d.add(before[port][stage], -1.0)
     return out
 
 

@@ -33,13 +33,23 @@ def test_parse_selects_by_label_and_sums_buckets() -> None:
     assert "batch" not in snap
 
 
-def test_difference_is_the_window_between_two_scrapes() -> None:
-    before = stages.parse(exposition([0.005] * 4, []))
-    after = stages.parse(exposition([0.005] * 4 + [0.5] * 6, []))
+def test_difference_is_the_window_between_two_scrapes_per_process() -> None:
+    before = {1: stages.parse(exposition([0.005] * 4, [])), 2: stages.parse(exposition([0.005] * 50, []))}
+    after = {
+        1: stages.parse(exposition([0.005] * 4 + [0.5] * 6, [])),
+        2: stages.parse(exposition([0.005] * 51, [])),
+        3: stages.parse(exposition([0.05] * 2, [])),  # started since: all it observed counts
+    }
     window = stages.difference(after, before)["ingest rpc"]
-    assert window.count == 6
-    assert window.buckets[0.1] == 0 and window.buckets[1.0] == 6
-    assert window.total == pytest.approx(3.0)
+    assert window.count == 6 + 1 + 2
+    assert window.buckets[0.01] == 1 and window.buckets[0.1] == 3 and window.buckets[1.0] == 9
+    assert window.total == pytest.approx(3.0 + 0.005 + 0.1)
+
+
+def test_a_process_missing_from_the_later_scrape_is_left_out() -> None:
+    before = {1: stages.parse(exposition([0.005], [])), 2: stages.parse(exposition([0.5] * 9, []))}
+    after = {1: stages.parse(exposition([0.005] * 3, []))}  # 2 was paused: it did not answer
+    assert stages.difference(after, before)["ingest rpc"].count == 2
 
 
 def test_quantile_interpolates_inside_the_bucket() -> None:
@@ -56,7 +66,7 @@ def test_quantile_in_inf_bucket_is_the_largest_bound_and_empty_is_none() -> None
 
 
 def test_summary_and_line() -> None:
-    window = stages.parse(exposition([0.005] * 90 + [0.5] * 10, [0.002] * 10))
+    window = stages.difference({1: stages.parse(exposition([0.005] * 90 + [0.5] * 10, [0.002] * 10))}, {})
     s = stages.summary(window)
     assert list(s) == ["ingest rpc", "confirm"]
     assert s["ingest rpc"]["count"] == 100
