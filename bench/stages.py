@@ -7,12 +7,13 @@ Stages (name → family and labels, summed over the processes that export it):
 * ``ingest rpc``: ``grpc_server_handling_seconds`` of ``Ingest/Receive``: the ingest service's own time for a
   request, from the RPC's start to its status (verify, publish, confirm). HTTP p99 minus this is Envoy, the
   network and waiting to be scheduled.
-* ``confirm``: ``switchboard_broker_confirm_seconds``, exchange ``<prefix>.events*``: publish → RabbitMQ's
-  confirm (the quorum queue's fsync and replication) inside that.
+* ``confirm``: ``switchboard_broker_confirm_seconds``, exchanges ``<prefix>.events*``: publish → RabbitMQ's
+  confirm (the quorum queue's fsync and replication), inside the ingest RPC (the processors' retry copies to
+  the same stream count too; the bench sends none that fail).
 * ``batch``: ``switchboard_worker_batch_seconds`` of the processors: deciding a batch (reads, operations,
   commit).
-* ``cql read`` / ``cql commit``: ``switchboard_store_statement_seconds`` of the processors' statements: every
-  prepared read, and the batches (``batch``) that commit.
+* ``cql read`` / ``cql commit``: ``switchboard_store_statement_seconds``: every prepared statement, and the
+  batches (``batch``) that commit, of every service (under the bench's load nearly all the processors').
 * ``e2e``: ``switchboard_processor_e2e_latency_seconds``: arrival at ingest → outcome committed.
 
 Buckets are coarse past 50 ms (0.05, 0.1, 0.25, 0.5 s), so a p99 reads as "in this bucket", not to the
