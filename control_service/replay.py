@@ -83,12 +83,24 @@ class Limits:
         return self.stale_after_us / 6e6
 
 
+def silent_us(job: ReplayJob, now: int) -> int:
+    """How long nothing wrote ``job``; jobs written before heartbeats existed count from their start."""
+    return now - (job.updated_us or job.started_us)
+
+
 def interrupted(job: ReplayJob, now: int, stale_after_us: int) -> bool:
     """True if ``job`` (as read from the store) says RUNNING but nothing wrote it for ``stale_after_us``: the
-    service that ran it is gone. Jobs written before heartbeats existed count from their start."""
-    if job.state is not ReplayState.RUNNING:
-        return False
-    return now - (job.updated_us or job.started_us) > stale_after_us
+    service that ran it is gone."""
+    return job.state is ReplayState.RUNNING and silent_us(job, now) > stale_after_us
+
+
+def _mark_interrupted(job: ReplayJob, detail: str = "") -> None:
+    """``job`` FAILED, its message saying how much it had enqueued (``detail`` follows "stopped")."""
+    job.state = ReplayState.FAILED
+    job.message = (
+        f"interrupted: its control service stopped{detail}; {job.queued} of {job.matched} matched events had"
+        " been enqueued; start a new replay for the rest"
+    )
 
 
 @dataclass(frozen=True)
@@ -203,12 +215,8 @@ class ReplayManager:
             raise NotFound(f"no replay {replay_id!r}", reason="REPLAY_NOT_FOUND")
         now = now_us()
         if interrupted(job, now, self.limits.stale_after_us):
-            silent = (now - (job.updated_us or job.started_us)) / 1e6
-            job.state, job.finished_us = ReplayState.FAILED, now
-            job.message = (
-                f"interrupted: its control service stopped (nothing recorded for {silent:.0f} s); {job.queued} of"
-                f" {job.matched} matched events had been enqueued; start a new replay for the rest"
-            )
+            _mark_interrupted(job, f" (nothing recorded for {silent_us(job, now) / 1e6:.0f} s)")
+            job.finished_us = now
             await self._put(job)
             log.warning("replay interrupted", extra={"replay": job.id, "queued": job.queued, "matched": job.matched})
         return job
@@ -241,11 +249,7 @@ class ReplayManager:
             job.state, job.message = ReplayState.FAILED, exc.message
             log.warning("replay failed", extra={"replay": job.id, "error": exc.message})
         except asyncio.CancelledError:  # the service is stopping
-            job.state = ReplayState.FAILED
-            job.message = (
-                f"interrupted: its control service stopped; {job.queued} of {job.matched} matched events had been"
-                " enqueued; start a new replay for the rest"
-            )
+            _mark_interrupted(job)
             raise
         finally:
             heartbeat.cancel()

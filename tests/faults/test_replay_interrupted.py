@@ -84,13 +84,12 @@ def test_a_job_whose_control_service_is_killed_is_recorded_failed_once_stale(
     cfg = replay_stack.cfg
     replay_id = start_slow_job(cfg, window)
     restart_control(replay_stack, "kill")
-    seen = [progress(cfg, replay_id)]
+    last = progress(cfg, replay_id)
     deadline = time.monotonic() + STALE_SECONDS + 30
-    while seen[-1].state == replay_pb2.REPLAY_STATE_RUNNING:
-        assert time.monotonic() < deadline, f"still RUNNING long after its runner died: {seen[-1]}"
+    while last.state == replay_pb2.REPLAY_STATE_RUNNING:
+        assert time.monotonic() < deadline, f"still RUNNING long after its runner died: {last}"
         time.sleep(0.5)
-        seen.append(progress(cfg, replay_id))
-    last = seen[-1]
+        last = progress(cfg, replay_id)
     assert last.state == replay_pb2.REPLAY_STATE_FAILED, last
     assert last.message.startswith("interrupted: its control service stopped (nothing recorded for"), last.message
     assert 1 <= last.queued < EVENTS and last.matched >= last.queued, last  # enqueued in part, never resumed
