@@ -240,9 +240,10 @@ def test_a_killed_processor_raises_its_alert(metrics_stack: Stack) -> None:
         "SwitchboardProcessorDown firing",
         timeout=30,
     )
-    # The other processor keeps working and no other component is reported down.
-    assert {a["labels"]["alertname"] for a in api(metrics_stack, "/api/v1/alerts")["alerts"]} <= {
-        "SwitchboardProcessorDown",
-        "SwitchboardDeadLettersGrowing",
-    }
+    # The other processor keeps working and no other component is reported down. (Warnings such as the
+    # end-to-end latency alert may fire on a busy test box: the earlier tests' retried events count.)
+    down = [a for a in api(metrics_stack, "/api/v1/alerts")["alerts"] if a["labels"]["alertname"].endswith("Down")]
+    assert down and {(a["labels"]["alertname"], a["labels"]["instance"]) for a in down} == {
+        ("SwitchboardProcessorDown", address)
+    }, down
     metrics_stack.forget_processor(victim)
