@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 
+from delivery_service import failpoints
 from delivery_service.limiter import Limiter
 from delivery_service.pipeline import Defaults, DeliveryPipeline
 from switchboard.config import PlatformConfig
@@ -67,7 +68,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
         pipeline = DeliveryPipeline(
             cache,
             DeliveryStore(store),
-            AutoDisable(subscriptions, cache, notices),
+            failpoints.armed(AutoDisable(subscriptions, cache, notices)),
             sender,
             Limiter(),
             Defaults(timeout_ms=round(d.timeout_seconds * 1000), rate_limit_per_second=d.rate_limit_per_second),

@@ -301,8 +301,8 @@ class Stack:
         self.processor_procs.append(proc)
         return proc
 
-    def start_delivery(self) -> ServiceProcess:
-        """Starts one more delivery worker (``delivery-<n>``)."""
+    def start_delivery(self, env: dict[str, str] | None = None) -> ServiceProcess:
+        """Starts one more delivery worker (``delivery-<n>``), with ``env`` added to its environment."""
         taken = {p.metrics_port for p in self.delivery_procs if p.is_running()}
         index = min(i for i in range(len(taken) + 1) if self.cfg.metrics.port("delivery", i) not in taken)
         proc = ServiceProcess(
@@ -310,6 +310,7 @@ class Stack:
             "delivery_service",
             self.cfg.path,
             self.log_dir,
+            env=env,
             metrics_port=self._metrics_port("delivery", index),
         )
         self._deliveries_started += 1

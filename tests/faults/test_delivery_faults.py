@@ -1,6 +1,7 @@
 """A delivery worker SIGKILLed while it holds deliveries in flight: every delivery still reaches its
 receiver, at least once, with the same ``webhook-id`` when it is sent again (receivers deduplicate on it);
-the sends that were repeated are counted and printed. On a stack of the test's own, two delivery workers."""
+the sends that were repeated are counted and printed. On a stack of the test's own, two delivery workers.
+And the window between a 410's disable and the record of its attempt (a failpoint crashes the worker there)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import secrets
 import time
 
 import pytest
+from webhooks.v1 import subscriptions_pb2 as pb
 
 from switchboard.delivery.ids import delivery_id
 from switchboard_devstack.stack import Stack
 from tests.e2e.receivers import Answer, Receiver
-from tests.e2e.test_delivery import subscribe
+from tests.e2e.test_delivery import control, delivery_of, invoice, post, subscribe
 from tests.faults.load import LoadResult, send_load
 from tests.stack_fixture import STRIPE_SECRET
 
@@ -62,3 +64,48 @@ def test_sigkill_a_delivery_worker_loses_no_delivery(own_stack: Stack, capsys: p
         assert set(ids) == expected  # nothing lost, nothing foreign
         assert victims[0].returncode == -9
         assert repeated, "no delivery was in flight in the victim: the test proved nothing"
+
+
+def test_a_worker_killed_between_a_410_disable_and_its_record_sends_nothing_more(own_stack: Stack) -> None:
+    """``delivery_service.failpoints.exit_after_disable``: the worker that got a 410 disabled the subscription
+    and died before recording the attempt. The redelivered task finds the subscription disabled: the delivery
+    is recorded CANCELLED and nothing is sent again; the 410 attempt itself is the window's loss."""
+    cfg = own_stack.cfg
+    for proc in list(own_stack.delivery_procs):  # only the armed worker may take the task
+        proc.terminate()
+        own_stack.forget_delivery(proc)
+    victim = own_stack.start_delivery(env={"SWITCHBOARD_FAILPOINTS": "exit_after_disable"})
+    own_stack.wait_deliveries(120)
+    with Receiver(cfg.tls_dir, {"/gone": [Answer(410)]}) as rx:
+        sub, _ = subscribe(cfg, rx.url("/gone"), event_types=["invoice.*"], retry=([1, 1, 1], 5))
+        event_id = "evt_410kill_" + secrets.token_hex(6)
+        post(cfg, invoice(event_id, 10))
+        (got,) = rx.wait("/gone", 1)
+        deadline = time.monotonic() + 30
+        while victim.is_running():
+            assert time.monotonic() < deadline, "the armed worker did not crash after the 410"
+            time.sleep(0.1)
+        assert victim.returncode == 137
+        own_stack.forget_delivery(victim)
+
+        with control(cfg) as stub:
+            reply = stub.GetSubscription(pb.GetSubscriptionRequest(id=sub.id), timeout=10)
+        assert reply.subscription.status == pb.SUBSCRIPTION_STATUS_AUTO_DISABLED
+        assert "410" in reply.subscription.status_reason
+        before = delivery_of(cfg, sub.id, event_id)
+        assert before is None or before.status != pb.DELIVERY_STATUS_CANCELLED  # the victim recorded nothing final
+
+        own_stack.ensure_deliveries(1)  # an unarmed worker gets the redelivered task
+        deadline = time.monotonic() + 60
+        while (d := delivery_of(cfg, sub.id, event_id)) is None or d.status != pb.DELIVERY_STATUS_CANCELLED:
+            assert time.monotonic() < deadline, f"delivery not cancelled: {d}"
+            time.sleep(0.2)
+        assert d.id == got.headers["webhook-id"]
+        assert d.last_error == "the subscription is auto_disabled"
+        with control(cfg) as stub:
+            tries = stub.ListDeliveryAttempts(
+                pb.ListDeliveryAttemptsRequest(subscription_id=sub.id, delivery_id=d.id), timeout=10
+            )
+        assert list(tries.attempts) == []
+        time.sleep(2.0)
+        assert len(rx.on("/gone")) == 1
