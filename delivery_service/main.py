@@ -10,6 +10,7 @@ from delivery_service import failpoints
 from delivery_service.limiter import Limiter
 from delivery_service.pipeline import Defaults, DeliveryPipeline
 from switchboard.config import PlatformConfig
+from switchboard.delivery.breaker import Breakers, BreakerSettings
 from switchboard.delivery.sender import Sender
 from switchboard.model.events import now_us
 from switchboard.model.subscriptions import SubscriptionStatus
@@ -73,6 +74,9 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
             Limiter(),
             Defaults(timeout_ms=round(d.timeout_seconds * 1000), rate_limit_per_second=d.rate_limit_per_second),
             tracer=tracer,
+            breakers=Breakers(
+                BreakerSettings(d.breaker_failures, d.breaker_cooldown_seconds, d.breaker_max_cooldown_seconds)
+            ),
         )
         stats = StatsHook()
         meter = metrics.WorkerMetrics("delivery", DELIVERIES, DELIVERY_LATENCY, metrics.DELIVERY_OUTCOMES)

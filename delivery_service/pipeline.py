@@ -12,6 +12,10 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
 * **Disabled or deleted subscriptions** get no more sends: the task is recorded CANCELLED and acked. A 410
   Gone disables the subscription (``AUTO_DISABLED`` with the reason; written before the attempt, so that a
   crash between the two cannot leave the subscription enabled) and the change is announced.
+* **Circuit breaker** per subscription (``switchboard.delivery.breaker``): after ``delivery.breaker_failures``
+  failures in a row that say the endpoint is unavailable, its tasks are deferred (parked in a delay queue
+  until the cool-down ends, no attempt counted, nothing sent) and then one probe decides. A delivery first
+  deferred before any attempt is recorded PENDING with the reason, so that it shows in the listings.
 * **Rate limit** per subscription (``rate_limit_per_second``, default ``delivery.rate_limit_per_second``): a
   task waits for its token in the worker.
 * **Traces.** A task whose event Envoy sampled gets a ``deliver`` span (in the event's trace, so every retry
@@ -32,6 +36,7 @@ from urllib.parse import urlsplit
 
 from switchboard.backoff import Backoff
 from switchboard.delivery import policy
+from switchboard.delivery.breaker import Breakers, State
 from switchboard.delivery.sender import Response
 from switchboard.delivery.signing import delivery_headers
 from switchboard.errors import InvalidRequest, StoreUnavailable
@@ -95,6 +100,7 @@ class DeliveryPipeline:
         *,
         rng: random.Random | None = None,
         tracer: Tracer = NO_TRACER,
+        breakers: Breakers | None = None,
     ) -> None:
         self.subscriptions = subscriptions
         self.deliveries = deliveries
@@ -104,6 +110,7 @@ class DeliveryPipeline:
         self.defaults = defaults
         self.rng = rng or random.Random()
         self.tracer = tracer
+        self.breakers = breakers if breakers is not None else Breakers()
 
     def key(self, message: QueueMessage) -> str:
         """Copies of one delivery never run at the same time here."""
@@ -153,6 +160,7 @@ class DeliveryPipeline:
             created_us=task.created_us,
         )
         if sub is None or sub.status is not SubscriptionStatus.ENABLED:
+            self.breakers.forget(task.subscription_id)
             delivery.status = DeliveryStatus.CANCELLED
             delivery.last_error = (
                 "the subscription is deleted" if sub is None else f"the subscription is {sub.status.value}"
@@ -167,6 +175,9 @@ class DeliveryPipeline:
         if retry is not None and retry.max_attempts < schedule.max_attempts:
             schedule = policy.RetryPolicy(schedule.retry_delays[: retry.max_attempts - 1])
         timeout_ms = retry.timeout_ms if retry and retry.timeout_ms else self.defaults.timeout_ms
+        hold = self.breakers.wait(sub.id, time.monotonic())
+        if hold > 0:
+            return await self._defer(delivery, state is None, hold, trace)
         await self.limiter.acquire(sub.id, sub.rate_limit_per_second or self.defaults.rate_limit_per_second)
 
         started = now_us()
@@ -225,7 +236,16 @@ class DeliveryPipeline:
             error=response.error[:1000],
             outcome=outcome,
         )
+        change = self.breakers.record(sub.id, failed=policy.endpoint_unavailable(decision), now=time.monotonic())
+        if change is not None and change.state is State.OPEN:
+            log.warning(
+                "circuit opened: sends to the subscription's endpoint held back",
+                extra={"subscription": sub.id, "cooldown_s": change.cooldown_seconds, "error": error[:300]},
+            )
+        elif change is not None:
+            log.info("circuit closed: the endpoint answered", extra={"subscription": sub.id})
         if decision.disable_subscription:
+            self.breakers.forget(sub.id)
             # Before the attempt is recorded: a worker killed between the two leaves a FAILED delivery that its
             # redelivery acks without a send, so disabling after the record could be lost. This way round, the
             # redelivery finds the subscription disabled and records the task CANCELLED.
@@ -241,6 +261,19 @@ class DeliveryPipeline:
             extra={"delivery": task.delivery_id, "subscription": sub.id, "attempts": attempt_no, "error": error[:300]},
         )
         return DeadLetter(attempt_no, error, outcome="disabled" if decision.disable_subscription else "failed")
+
+    async def _defer(self, delivery: Delivery, new: bool, hold: float, trace: str) -> Verdict:
+        """Parks a task while its subscription's circuit is open: no send, no attempt. A delivery never tried
+        yet is recorded PENDING with the reason (once: later deferrals of it write nothing)."""
+        reason = f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
+        if new:
+            delivery.last_error = reason
+            delivery.updated_us = now_us()
+            delivery.next_attempt_us = delivery.updated_us + round(hold * 1_000_000)
+            await self._record(delivery, None, trace)
+        # No jitter: the task waits in the shortest delay queue that holds ``hold`` (a cool-down of 30 s in the
+        # 30 s one), and when they all come back the half-open circuit lets one through and defers the rest 1 s.
+        return Retry(delivery.attempts, reason, delay_ms=max(1, round(hold * 1000)), outcome="deferred")
 
     async def _record(self, delivery: Delivery, attempt: Attempt | None, trace: str) -> None:
         with self.tracer.span("cassandra record", trace, kind="client", attributes={"db.system.name": "cassandra"}):

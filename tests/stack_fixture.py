@@ -77,6 +77,8 @@ port = {free_port()}
 
 [delivery]
 count = 1
+breaker_failures = 4
+breaker_cooldown_seconds = 5
 allow_http_hosts = ["127.0.0.1", "localhost"]
 allow_networks = ["127.0.0.0/8", "::1/128"]
 secrets_key = {{ file = "delivery.key", generate = "fernet" }}

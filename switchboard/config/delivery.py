@@ -37,6 +37,11 @@ class DeliveryConfig:
     rate_limit_per_second: int = 1000
     # A Retry-After longer than this is cut down to it.
     max_retry_after_seconds: float = 3600.0
+    # Circuit breaker per subscription (per worker): this many failures in a row that say the endpoint is
+    # unavailable hold its sends back for the cool-down (doubled after each failed probe, up to the max).
+    breaker_failures: int = 20
+    breaker_cooldown_seconds: float = 30.0
+    breaker_max_cooldown_seconds: float = 600.0
     # How long a rotated-out signing secret keeps signing beside the new one, unless the rotation says.
     secret_overlap_seconds: float = 86400.0
     # Callback URLs: plain HTTP is refused except for these hosts; these networks are allowed although not
@@ -78,6 +83,9 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise ConfigError(f"delivery.allow_networks: {cidr!r} is not a CIDR") from None
+    cooldown, max_cooldown = t.pos_float("breaker_cooldown_seconds"), t.pos_float("breaker_max_cooldown_seconds")
+    if cooldown > max_cooldown:
+        raise ConfigError("delivery.breaker_cooldown_seconds is above delivery.breaker_max_cooldown_seconds")
     key = raw.get("secrets_key")
     return DeliveryConfig(
         count=t.pos_int("count"),
@@ -87,6 +95,9 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
         timeout_seconds=t.pos_float("timeout_seconds"),
         rate_limit_per_second=t.pos_int("rate_limit_per_second"),
         max_retry_after_seconds=t.pos_float("max_retry_after_seconds"),
+        breaker_failures=t.pos_int("breaker_failures"),
+        breaker_cooldown_seconds=cooldown,
+        breaker_max_cooldown_seconds=max_cooldown,
         secret_overlap_seconds=t.pos_float("secret_overlap_seconds"),
         allow_http_hosts=t.strings("allow_http_hosts"),
         allow_networks=networks,

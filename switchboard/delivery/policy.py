@@ -104,6 +104,11 @@ _FINAL_ERRORS: Final = {
     ERROR_INVALID_URL: "INVALID_URL",
 }
 _THROTTLE_STATUSES: Final = frozenset({408, 429, 502, 503, 504})
+# Reasons that say the endpoint is unavailable (what the circuit breaker counts); DELIVERED says it is fine;
+# the others (redirects, 410, other 4xx, odd statuses, refused destinations) are the request's own matter.
+UNAVAILABLE_REASONS: Final = frozenset(
+    {"THROTTLED", "SERVER_ERROR", "TIMEOUT", "CONNECTION_ERROR", "TLS_ERROR", "DNS_ERROR", "UNKNOWN_ERROR"}
+)
 _DELTA_SECONDS = re.compile(r"[0-9]+")
 
 
@@ -258,3 +263,11 @@ def classify(
         return Decision(Outcome.FAILED, _FINAL_ERRORS[error], detail=f"{error} (not retried)")
     reason = _RETRYABLE_ERRORS.get(error or "", "UNKNOWN_ERROR")
     return _retry(policy, attempt, rng, reason, error or "no status and no error class")
+
+
+def endpoint_unavailable(decision: Decision) -> bool | None:
+    """For the circuit breaker: True if the attempt says the endpoint is unavailable, False if it answered
+    well, None if it says neither (``UNAVAILABLE_REASONS``)."""
+    if decision.outcome is Outcome.DELIVERED:
+        return False
+    return True if decision.reason in UNAVAILABLE_REASONS else None

@@ -33,7 +33,9 @@ PORT_ENV = "SWITCHBOARD_METRICS_PORT"
 DEPTH_INTERVAL_SECONDS = 5.0
 
 PROCESSOR_OUTCOMES = ("processed", "duplicate", "stale", "redelivered", "retried", "failed", "undecodable")
-DELIVERY_OUTCOMES = ("delivered", "retried", "failed", "disabled", "cancelled", "already_final", "undecodable")
+DELIVERY_OUTCOMES = (
+    "delivered", "retried", "deferred", "failed", "disabled", "cancelled", "already_final", "undecodable",
+)  # fmt: skip
 DEAD_REASONS = ("failed", "undecodable", "disabled")
 
 

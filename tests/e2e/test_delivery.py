@@ -170,6 +170,42 @@ def test_410_gone_disables_the_subscription(stack: Stack, stack_config: Platform
         assert len(rx.on("/gone")) == 1
 
 
+def test_an_endpoint_that_keeps_failing_gets_no_sends_while_its_circuit_is_open(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    """The test stack's breaker: 4 failures in a row open a subscription's circuit for 5 s."""
+    cfg = stack_config
+    # Down for four requests, then back; but nothing may be sent to it while its circuit is open.
+    with Receiver(cfg.tls_dir, {"/down": [Answer(503)] * 4 + [Answer(200)]}) as rx:
+        sub, _ = subscribe(cfg, rx.url("/down"), event_types=["invoice.*"], retry=([1] * 8, 5))
+        first = "evt_cb1_" + secrets.token_hex(6)
+        post(cfg, invoice(first, 10))
+        tries = rx.wait("/down", 4)  # attempts 1-4 of the first delivery, ~1 s apart: the circuit opens
+        second = "evt_cb2_" + secrets.token_hex(6)
+        post(cfg, invoice(second, 10))
+        deadline = time.monotonic() + 4
+        while (waiting := delivery_of(cfg, sub.id, second)) is None:
+            assert time.monotonic() < deadline, "the second delivery was not recorded as deferred"
+            time.sleep(0.1)
+        assert waiting.status == pb.DELIVERY_STATUS_PENDING and waiting.attempts == 0
+        assert waiting.last_error.startswith("deferred: the endpoint's circuit is open")
+        assert len(rx.on("/down")) == 4
+
+        got = rx.wait("/down", 6, timeout=60)
+        assert got[4].at - tries[3].at >= 5.0 - 0.2  # the cool-down, then one probe and the rest
+        assert {r.headers["webhook-id"] for r in got} == {
+            tries[0].headers["webhook-id"],
+            waiting.id,
+        }
+        first_tries = attempts(cfg, sub.id, tries[0].headers["webhook-id"], 5)
+        assert [(t.attempt, t.http_status) for t in first_tries] == [(1, 503), (2, 503), (3, 503), (4, 503), (5, 200)]
+        # The deferral counted no attempt: the second delivery's only attempt is its first.
+        (only,) = attempts(cfg, sub.id, waiting.id, 1)
+        assert (only.attempt, only.http_status, only.outcome) == (1, 200, pb.DELIVERY_STATUS_DELIVERED)
+        time.sleep(1.5)
+        assert len(rx.on("/down")) == 6
+
+
 def test_a_client_error_fails_at_once_and_is_dead_lettered(stack: Stack, stack_config: PlatformConfig) -> None:
     cfg = stack_config
     with Receiver(cfg.tls_dir, {"/bad": [Answer(400, body=b'{"error":"unknown field"}')]}) as rx:

@@ -1,0 +1,131 @@
+"""A circuit breaker per subscription: an endpoint that keeps failing stops getting sends for a while.
+
+Without one, a receiver that is down takes every delivery worker's sends (each waiting for its timeout or
+refused at once), and every delivery for it burns an attempt of its retry schedule while the endpoint is
+known to be down. With one:
+
+* **Closed** (normal): every send goes out. ``failure_threshold`` failures in a row that say the endpoint is
+  unavailable (5xx, 408, 429, timeouts, connection and TLS errors: what the retry policy retries) open it.
+  A success resets the count; answers that are the request's fault (other 4xx) and 410 count neither way.
+* **Open** for a cool-down (``cooldown_seconds``, doubled each time a probe fails, up to
+  ``max_cooldown_seconds``): nothing is sent. A task that comes meanwhile is deferred to the end of the
+  cool-down, without an attempt (its retry schedule does not move): the caller parks it in a delay queue.
+* **Half-open** after the cool-down: one send goes out as a probe, the others are deferred a little. The
+  probe's success closes the circuit; its failure opens it again, for twice as long.
+
+State lives in the worker's memory, one breaker per subscription: each delivery worker learns on its own (with
+N workers an endpoint takes up to N times the threshold of failing sends before all of them hold off), and a restarted
+worker starts closed. Pure logic: the caller passes the clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+# How long tasks wait while another one is the half-open probe.
+PROBE_WAIT_SECONDS = 1.0
+# A probe not recorded within this long (its worker lost it: cancelled, crashed) lets another one go.
+PROBE_TIMEOUT_SECONDS = 120.0
+
+
+class State(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    failure_threshold: int = 20
+    cooldown_seconds: float = 30.0
+    max_cooldown_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1:
+            raise ValueError("failure_threshold must be at least 1")
+        if not 0 < self.cooldown_seconds <= self.max_cooldown_seconds:
+            raise ValueError("cooldown_seconds must be positive and at most max_cooldown_seconds")
+
+
+@dataclass
+class _Circuit:
+    failures: int = 0
+    state: State = State.CLOSED
+    open_until: float = 0.0
+    cooldown: float = 0.0
+    probing: bool = False
+    probe_started: float = 0.0
+
+
+@dataclass(frozen=True)
+class Change:
+    """A circuit changed state (for the caller's log line and metrics)."""
+
+    key: str
+    state: State
+    cooldown_seconds: float = 0.0
+
+
+@dataclass
+class Breakers:
+    settings: BreakerSettings = field(default_factory=BreakerSettings)
+    _circuits: dict[str, _Circuit] = field(default_factory=dict)
+
+    def state(self, key: str) -> State:
+        circuit = self._circuits.get(key)
+        return circuit.state if circuit is not None else State.CLOSED
+
+    def wait(self, key: str, now: float) -> float:
+        """Seconds to hold a send to ``key`` back; 0 means send now (a half-open circuit's probe included).
+        Every 0 must be followed by ``record`` for that send."""
+        circuit = self._circuits.get(key)
+        if circuit is None or circuit.state is State.CLOSED:
+            return 0.0
+        if circuit.state is State.OPEN:
+            if now < circuit.open_until:
+                return circuit.open_until - now
+            circuit.state = State.HALF_OPEN
+        if circuit.probing and now - circuit.probe_started < PROBE_TIMEOUT_SECONDS:
+            return PROBE_WAIT_SECONDS
+        circuit.probing = True
+        circuit.probe_started = now
+        return 0.0
+
+    def record(self, key: str, *, failed: bool | None, now: float) -> Change | None:
+        """The outcome of a send ``wait`` allowed: ``failed`` True (the endpoint is unavailable), False (it
+        answered well), None (neither: the request's own fault). Returns the state change, if any."""
+        circuit = self._circuits.get(key)
+        if circuit is None:
+            if not failed:
+                return None
+            circuit = self._circuits[key] = _Circuit()
+        probe = circuit.state is State.HALF_OPEN and circuit.probing
+        if probe:
+            circuit.probing = False
+        if failed is None:
+            return None
+        if not failed:
+            del self._circuits[key]  # closed, count reset
+            return Change(key, State.CLOSED) if probe else None
+        if probe:
+            circuit.cooldown = min(circuit.cooldown * 2, self.settings.max_cooldown_seconds)
+            return self._open(key, circuit, now)
+        if circuit.state is not State.CLOSED:
+            return None  # a send that was already in flight when the circuit opened
+        circuit.failures += 1
+        if circuit.failures < self.settings.failure_threshold:
+            return None
+        circuit.cooldown = self.settings.cooldown_seconds
+        return self._open(key, circuit, now)
+
+    def forget(self, key: str) -> None:
+        """Drops the circuit of a subscription that is gone or disabled."""
+        self._circuits.pop(key, None)
+
+    @staticmethod
+    def _open(key: str, circuit: _Circuit, now: float) -> Change:
+        circuit.state = State.OPEN
+        circuit.open_until = now + circuit.cooldown
+        circuit.failures = 0
+        return Change(key, State.OPEN, circuit.cooldown)

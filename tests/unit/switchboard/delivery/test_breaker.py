@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import pytest
+
+from switchboard.delivery import policy
+from switchboard.delivery.breaker import (
+    PROBE_TIMEOUT_SECONDS,
+    PROBE_WAIT_SECONDS,
+    Breakers,
+    BreakerSettings,
+    State,
+)
+
+SETTINGS = BreakerSettings(failure_threshold=3, cooldown_seconds=10.0, max_cooldown_seconds=25.0)
+
+
+def fail(b: Breakers, n: int, now: float, key: str = "sub") -> None:
+    for _ in range(n):
+        assert b.wait(key, now) == 0.0
+        b.record(key, failed=True, now=now)
+
+
+def test_it_opens_after_the_threshold_of_failures_in_a_row_and_holds_sends_for_the_cooldown() -> None:
+    b = Breakers(SETTINGS)
+    fail(b, 2, now=0.0)
+    assert b.state("sub") is State.CLOSED
+    assert b.wait("sub", 0.0) == 0.0
+    change = b.record("sub", failed=True, now=1.0)
+    assert change is not None and (change.state, change.cooldown_seconds) == (State.OPEN, 10.0)
+    assert b.wait("sub", 4.0) == pytest.approx(7.0)
+    assert b.wait("other", 4.0) == 0.0  # one circuit per subscription
+
+
+def test_a_success_or_an_answer_that_is_the_requests_fault_resets_or_keeps_the_count() -> None:
+    b = Breakers(SETTINGS)
+    fail(b, 2, now=0.0)
+    assert b.record("sub", failed=False, now=0.0) is None  # success: count reset
+    fail(b, 2, now=0.0)
+    assert b.record("sub", failed=None, now=0.0) is None  # a 400: neither way
+    assert b.state("sub") is State.CLOSED
+    fail(b, 1, now=0.0)
+    assert b.state("sub") is State.OPEN
+
+
+def test_after_the_cooldown_one_probe_goes_and_the_others_wait() -> None:
+    b = Breakers(SETTINGS)
+    fail(b, 3, now=0.0)
+    assert b.wait("sub", 10.0) == 0.0  # the probe
+    assert b.state("sub") is State.HALF_OPEN
+    assert b.wait("sub", 10.5) == PROBE_WAIT_SECONDS
+    change = b.record("sub", failed=False, now=11.0)
+    assert change is not None and change.state is State.CLOSED
+    assert b.wait("sub", 11.0) == 0.0 and b.state("sub") is State.CLOSED
+
+
+def test_a_failed_probe_opens_it_again_for_twice_as_long_up_to_the_max() -> None:
+    b = Breakers(SETTINGS)
+    fail(b, 3, now=0.0)
+    cooldowns = []
+    now = 10.0
+    for _ in range(3):
+        assert b.wait("sub", now) == 0.0
+        change = b.record("sub", failed=True, now=now)
+        assert change is not None and change.state is State.OPEN
+        cooldowns.append(change.cooldown_seconds)
+        assert b.wait("sub", now) == pytest.approx(change.cooldown_seconds)
+        now += change.cooldown_seconds
+    assert cooldowns == [20.0, 25.0, 25.0]
+
+
+def test_a_probe_never_recorded_lets_another_go_after_the_probe_timeout() -> None:
+    b = Breakers(SETTINGS)
+    fail(b, 3, now=0.0)
+    assert b.wait("sub", 10.0) == 0.0  # its worker loses it
+    assert b.wait("sub", 10.0 + PROBE_TIMEOUT_SECONDS - 1) == PROBE_WAIT_SECONDS
+    assert b.wait("sub", 10.0 + PROBE_TIMEOUT_SECONDS) == 0.0
+
+
+def test_sends_in_flight_when_it_opened_do_not_extend_it_and_forget_closes_it() -> None:
+    b = Breakers(SETTINGS)
+    for _ in range(5):  # five sends allowed while closed, all fail afterwards
+        assert b.wait("sub", 0.0) == 0.0
+    for _ in range(5):
+        b.record("sub", failed=True, now=1.0)
+    assert b.wait("sub", 1.0) == pytest.approx(10.0)  # opened once, at the third
+    b.forget("sub")
+    assert b.state("sub") is State.CLOSED and b.wait("sub", 1.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "unavailable"),
+    [
+        (200, None, False),
+        (503, None, True),
+        (500, None, True),
+        (429, None, True),
+        (None, "timeout", True),
+        (None, "connection", True),
+        (400, None, None),
+        (410, None, None),
+        (302, None, None),
+        (None, "forbidden_destination", None),
+    ],
+)
+def test_what_the_breaker_counts(status: int | None, error: str | None, unavailable: bool | None) -> None:
+    decision = policy.classify(status, error, None, 0.0, attempt=1)
+    assert policy.endpoint_unavailable(decision) is unavailable
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError):
+        BreakerSettings(failure_threshold=0)
+    with pytest.raises(ValueError):
+        BreakerSettings(cooldown_seconds=700.0, max_cooldown_seconds=600.0)
