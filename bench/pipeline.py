@@ -788,6 +788,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--out", type=Path, default=None, help="JSON result file (default var/bench/pipeline-<date>-<rev>.json)"
     )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
+        help="a configuration value for the bench's stack, as a TOML literal (repeatable), e.g. "
+        "--set processor.concurrency=2; recorded in the JSON result",
+    )  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the temp dir (stack data, logs, wrk output)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -819,7 +824,13 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "var" / "bench" / f"pipeline-{stamp}-{rev}.json"
     root = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    cfg = write_test_config(root, processors=args.processors, bucket_seconds=3600, trace_percent=args.trace_percent)
+    cfg = write_test_config(
+        root,
+        processors=args.processors,
+        bucket_seconds=3600,
+        trace_percent=args.trace_percent,
+        overrides=args.overrides,
+    )
     reference = [reference_ms()]
     print(f"CPU reference (bench/cpu.py reference_ms, one idle core): {reference[0]:.0f} ms", flush=True)
     stack = Stack(cfg)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
+import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 from switchboard.config import PlatformConfig, load_config
@@ -35,6 +38,7 @@ def write_test_config(
     bucket_seconds: int = 60,
     scrape_interval: float = 5.0,
     trace_percent: float = 100.0,
+    overrides: Sequence[str] = (),
 ) -> PlatformConfig:
     """A configuration on free ports under ``root``. Metrics: every process on a free port the stack picks (port
     0), RabbitMQ's on a free port of its own, Prometheus (when the test asks for it) scraping every
@@ -169,5 +173,32 @@ options = {{ header = "X-Signature", prefix = "sha256=", id_header = "X-Event-Id
 {provider_sources}
 """
     path = root / "switchboard.toml"
-    path.write_text(text)
+    path.write_text(override_toml(text, overrides))
     return load_config(path)
+
+
+def override_toml(text: str, overrides: Sequence[str]) -> str:
+    """``text`` with each ``table.key=value`` (``value`` a TOML literal) set: the key's line in that table is
+    replaced, or the key added at the table's top; a table ``text`` lacks is appended. Keys whose value spans
+    several lines cannot be replaced. ``ValueError`` for a malformed item or a result that is not TOML."""
+    lines = text.split("\n")
+    for item in overrides:
+        name, eq, value = item.partition("=")
+        table, dot, key = name.strip().rpartition(".")
+        if not eq or not dot or not table or not key or not value.strip():
+            raise ValueError(f"{item!r}: expected table.key=value")
+        line = f"{key} = {value.strip()}"
+        start = next((i for i, text_line in enumerate(lines) if text_line.strip() == f"[{table}]"), None)
+        if start is None:
+            lines += ["", f"[{table}]", line]
+            continue
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        same_key = re.compile(rf"\s*{re.escape(key)}\s*=")
+        lines = [text_line for i, text_line in enumerate(lines) if not (start < i < end and same_key.match(text_line))]
+        lines.insert(start + 1, line)
+    out = "\n".join(lines)
+    try:
+        tomllib.loads(out)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{list(overrides)}: the configuration is no longer TOML ({exc})") from None
+    return out
