@@ -147,6 +147,83 @@ def test_sigkill_one_processor(own_stack: Stack, capsys: pytest.CaptureFixture[s
     assert redone, "the victim held no event in the middle of its operations: the test proved nothing"
 
 
+def socket_ports(pid: int) -> set[int]:
+    """The local TCP ports of ``pid``'s sockets (from ``/proc``)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_a_live_processor_cut_off_from_the_broker(own_stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    """The broker closes every connection of a processor that is in the middle of an operation (as a network
+    cut would, once heartbeats time out), while the process lives on and can still reach Cassandra. Its
+    partitions fail over to the other processor at once; the victim commits the batch it started, its acks
+    fail, and the other processor gets those receipts redelivered (after the redelivery delay) and finds them
+    committed. The victim reconnects and keeps working. (The remaining window, a commit landing after the
+    next processor's read, is narrower than the redelivery delay: see docs/processing.md.)"""
+    stack = own_stack
+    rabbit = stack.rabbit
+    assert rabbit is not None
+    victims: list[ServiceProcess] = []
+    closed: list[str] = []
+    offsets: dict[Path, int] = {}
+
+    def fault() -> None:
+        offsets.update({p.log_path: p.log_path.stat().st_size for p in stack.processor_procs})
+        victim = busy_processor(stack)
+        victims.append(victim)
+        assert victim.pid is not None
+        for conn in connections_of(victim):
+            rabbit.rabbitmqctl("close_connection", conn, "fault test: processor cut off")
+            closed.append(conn)
+        time.sleep(5)
+
+    def connections_of(proc: ServiceProcess) -> list[str]:
+        """The broker's connections (their Erlang pids) whose client port is one of ``proc``'s sockets."""
+        assert proc.pid is not None and rabbit is not None
+        ports = socket_ports(proc.pid)
+        listing = rabbit.rabbitmqctl("list_connections", "pid", "peer_port", "--no-table-headers", "--quiet")
+        conns = []
+        for line in listing.stdout.splitlines():
+            conn, _, port = line.strip().rpartition("\t")
+            if port.isdigit() and int(port) in ports:
+                conns.append(conn)
+        return conns
+
+    run_with_fault(stack, stack.cfg, "cut_processor", fault, capsys, event_type="test.slow")
+    victim = victims[0]
+    redelivered = sum(
+        int(x.get("redelivered", 0))
+        for log, offset in offsets.items()
+        for x in log_lines(log, offset)
+        if x.get("msg") == "processor stats"
+    )
+    reconnected = [c for c in connections_of(victim) if c not in closed] if victim.is_running() else []
+    with capsys.disabled():
+        print(
+            f"[cut_processor] connections closed: {len(closed)}, reopened since: {len(reconnected)};"
+            f" receipts found committed on redelivery: {redelivered}"
+        )
+    assert closed, "no connection of the victim was found at the broker"
+    assert victim.is_running(), "the victim died: this was meant to cut it off, not to kill it"
+    assert len(reconnected) >= len(closed), "the victim did not reconnect"
+    assert redelivered > 0, "no receipt the victim held came back: the cut hit no work in progress"
+
+
 def test_sigkill_rabbitmq_and_restart(own_stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     rabbit = own_stack.rabbit
     assert rabbit is not None
