@@ -64,10 +64,10 @@ class ProcessorConfig:
     prefetch: int = 128
     # Messages handed to the pipeline at once, and how many such batches run together. One batch at a time
     # is the default: a batch takes what queued while the previous one ran, so batches grow with the load,
-    # and fewer requests reach Cassandra at once. At 400 events/s on 2 cores (bench.pipeline, 2026-12-03)
-    # 2 batches at a time gave HTTP p50/p99 109-160/527-713 ms and e2e 121-176/845-984 ms, 1 gave
-    # 34-36/433-480 and 64-69/544-627, with the same drain rate. More helps operations that wait long on
-    # something outside (a batch's operations run concurrently, but the next batch waits for the slowest).
+    # and fewer requests reach Cassandra at once. At 400 events/s on 2 cores (bench.pipeline, 2026-12-03,
+    # three runs each) 2 batches at a time gave HTTP p50/p99 93-160/527-713 ms and e2e 121-176/758-984 ms,
+    # 1 gave 34-57/433-480 and 64-99/544-742, with no lower drain rate. More helps operations that wait long
+    # on something outside (a batch's operations run concurrently, but the next batch waits for the slowest).
     batch: int = 128
     concurrency: int = 1
     # A redelivered event waits this long before it is processed, so that the writes a processor that died had
