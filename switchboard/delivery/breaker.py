@@ -106,8 +106,8 @@ class Breakers:
         if failed is None:
             return None
         if not failed:
-            del self._circuits[key]  # closed, count reset
-            return Change(key, State.CLOSED) if probe else None
+            del self._circuits[key]  # closed, count reset (a send from before it opened closes it too)
+            return Change(key, State.CLOSED) if circuit.state is not State.CLOSED else None
         if probe:
             circuit.cooldown = min(circuit.cooldown * 2, self.settings.max_cooldown_seconds)
             return self._open(key, circuit, now)

@@ -87,6 +87,15 @@ def test_sends_in_flight_when_it_opened_do_not_extend_it_and_forget_closes_it() 
     assert b.state("sub") is State.CLOSED and b.wait("sub", 1.0) == 0.0
 
 
+def test_a_success_of_a_send_from_before_it_opened_closes_it() -> None:
+    b = Breakers(SETTINGS)
+    assert b.wait("sub", 0.0) == 0.0  # in flight while the next three fail
+    fail(b, 3, now=0.0)
+    change = b.record("sub", failed=False, now=2.0)
+    assert change is not None and change.state is State.CLOSED
+    assert b.wait("sub", 2.0) == 0.0
+
+
 @pytest.mark.parametrize(
     ("status", "error", "unavailable"),
     [
