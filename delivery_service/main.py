@@ -15,7 +15,7 @@ from switchboard.delivery.sender import Sender
 from switchboard.model.events import now_us
 from switchboard.model.subscriptions import SubscriptionStatus
 from switchboard.observability import hooks as metrics
-from switchboard.observability.metrics import DELIVERIES, DELIVERY_LATENCY
+from switchboard.observability.metrics import DELIVERIES, DELIVERY_LATENCY, OPEN_CIRCUITS
 from switchboard.observability.tracing import setup_tracing
 from switchboard.queue import QueueWorker, StatsHook, WorkerSettings
 from switchboard.runtime.service import serve, service_main
@@ -66,6 +66,10 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
         )
         await sender.start()
         life.on_close(sender.close)
+        breakers = Breakers(
+            BreakerSettings(d.breaker_failures, d.breaker_cooldown_seconds, d.breaker_max_cooldown_seconds)
+        )
+        OPEN_CIRCUITS.set_function(breakers.open_count)
         pipeline = DeliveryPipeline(
             cache,
             DeliveryStore(store),
@@ -74,9 +78,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
             Limiter(),
             Defaults(timeout_ms=round(d.timeout_seconds * 1000), rate_limit_per_second=d.rate_limit_per_second),
             tracer=tracer,
-            breakers=Breakers(
-                BreakerSettings(d.breaker_failures, d.breaker_cooldown_seconds, d.breaker_max_cooldown_seconds)
-            ),
+            breakers=breakers,
         )
         stats = StatsHook()
         meter = metrics.WorkerMetrics("delivery", DELIVERIES, DELIVERY_LATENCY, metrics.DELIVERY_OUTCOMES)

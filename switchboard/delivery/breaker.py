@@ -119,6 +119,10 @@ class Breakers:
         circuit.cooldown = self.settings.cooldown_seconds
         return self._open(key, circuit, now)
 
+    def open_count(self) -> int:
+        """Circuits that hold sends back (open or half-open)."""
+        return sum(1 for c in self._circuits.values() if c.state is not State.CLOSED)
+
     def forget(self, key: str) -> None:
         """Drops the circuit of a subscription that is gone or disabled."""
         self._circuits.pop(key, None)

@@ -28,6 +28,7 @@ __all__ = [
     "INGEST_ACCEPTED",
     "INGEST_REJECTED",
     "IN_FLIGHT",
+    "OPEN_CIRCUITS",
     "OPERATION_SECONDS",
     "PROCESSOR_EVENTS",
     "QUEUE_MESSAGES",
@@ -91,9 +92,13 @@ OPERATION_SECONDS = Histogram(
 )
 DELIVERIES = Counter(
     "switchboard_delivery_deliveries",
-    "Delivery tasks settled by the delivery workers, by outcome: delivered, retried, failed, disabled, "
-    "cancelled, already_final, undecodable.",
+    "Delivery tasks settled by the delivery workers, by outcome: delivered, retried, deferred (circuit open), "
+    "failed, disabled, cancelled, already_final, undecodable.",
     ["outcome"],
+)
+OPEN_CIRCUITS = Gauge(
+    "switchboard_delivery_open_circuits",
+    "Subscriptions whose circuit breaker is open or half-open in this delivery worker (their sends held back).",
 )
 DELIVERY_LATENCY = Histogram(
     "switchboard_delivery_latency_seconds",

@@ -8,6 +8,7 @@ import asyncio
 import json
 import secrets
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +17,7 @@ import grpc
 import pytest
 import standardwebhooks
 from google.protobuf.duration_pb2 import Duration
+from prometheus_client.parser import text_string_to_metric_families
 from webhooks.v1 import subscriptions_pb2 as pb
 from webhooks.v1 import subscriptions_pb2_grpc
 from webhooks.v1.dead_letters_pb2 import DEAD_LETTER_KIND_DELIVERY
@@ -170,6 +172,20 @@ def test_410_gone_disables_the_subscription(stack: Stack, stack_config: Platform
         assert len(rx.on("/gone")) == 1
 
 
+def open_circuits(stack: Stack) -> float:
+    """``switchboard_delivery_open_circuits`` summed over the running delivery workers."""
+    total = 0.0
+    for proc in stack.delivery_procs:
+        if proc.is_running() and proc.metrics_port:
+            url = f"http://{stack.cfg.metrics.host}:{proc.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                text = resp.read().decode()
+            for family in text_string_to_metric_families(text):
+                if family.name == "switchboard_delivery_open_circuits":
+                    total += sum(sample.value for sample in family.samples)
+    return total
+
+
 def test_an_endpoint_that_keeps_failing_gets_no_sends_while_its_circuit_is_open(
     stack: Stack, stack_config: PlatformConfig
 ) -> None:
@@ -190,6 +206,8 @@ def test_an_endpoint_that_keeps_failing_gets_no_sends_while_its_circuit_is_open(
         assert waiting.status == pb.DELIVERY_STATUS_PENDING and waiting.attempts == 0
         assert waiting.last_error.startswith("deferred: the endpoint's circuit is open")
         assert len(rx.on("/down")) == 4
+        held = open_circuits(stack)
+        assert held >= 1
 
         got = rx.wait("/down", 6, timeout=60)
         assert got[4].at - tries[3].at >= 5.0 - 0.2  # the cool-down, then one probe and the rest
@@ -204,6 +222,7 @@ def test_an_endpoint_that_keeps_failing_gets_no_sends_while_its_circuit_is_open(
         assert (only.attempt, only.http_status, only.outcome) == (1, 200, pb.DELIVERY_STATUS_DELIVERED)
         time.sleep(1.5)
         assert len(rx.on("/down")) == 6
+        assert open_circuits(stack) == held - 1  # the probe's 200 closed it
 
 
 def test_a_client_error_fails_at_once_and_is_dead_lettered(stack: Stack, stack_config: PlatformConfig) -> None:

@@ -25,10 +25,12 @@ def test_it_opens_after_the_threshold_of_failures_in_a_row_and_holds_sends_for_t
     fail(b, 2, now=0.0)
     assert b.state("sub") is State.CLOSED
     assert b.wait("sub", 0.0) == 0.0
+    assert b.open_count() == 0
     change = b.record("sub", failed=True, now=1.0)
     assert change is not None and (change.state, change.cooldown_seconds) == (State.OPEN, 10.0)
     assert b.wait("sub", 4.0) == pytest.approx(7.0)
     assert b.wait("other", 4.0) == 0.0  # one circuit per subscription
+    assert b.open_count() == 1
 
 
 def test_a_success_or_an_answer_that_is_the_requests_fault_resets_or_keeps_the_count() -> None:
