@@ -173,8 +173,9 @@ def test_a_live_processor_cut_off_from_the_broker(own_stack: Stack, capsys: pyte
     cut would, once heartbeats time out), while the process lives on and can still reach Cassandra. Its
     partitions fail over to the other processor at once; the victim commits the batch it started, its acks
     fail, and the other processor gets those receipts redelivered (after the redelivery delay) and finds them
-    committed. The victim reconnects and keeps working. (The remaining window, a commit landing after the
-    next processor's read, is narrower than the redelivery delay: see docs/processing.md.)"""
+    committed (any processor's ``redelivered`` outcome counts). The victim reconnects. (The remaining window,
+    a commit landing after the next processor's read, needs a commit slower than the redelivery delay: see
+    docs/processing.md.)"""
     stack = own_stack
     rabbit = stack.rabbit
     assert rabbit is not None
