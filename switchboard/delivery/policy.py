@@ -106,9 +106,7 @@ _FINAL_ERRORS: Final = {
 _THROTTLE_STATUSES: Final = frozenset({408, 429, 502, 503, 504})
 # Reasons that say the endpoint is unavailable (what the circuit breaker counts); DELIVERED says it is fine;
 # the others (redirects, 410, other 4xx, odd statuses, refused destinations) are the request's own matter.
-UNAVAILABLE_REASONS: Final = frozenset(
-    {"THROTTLED", "SERVER_ERROR", "TIMEOUT", "CONNECTION_ERROR", "TLS_ERROR", "DNS_ERROR", "UNKNOWN_ERROR"}
-)
+UNAVAILABLE_REASONS: Final = frozenset({"THROTTLED", "SERVER_ERROR", "UNKNOWN_ERROR", *_RETRYABLE_ERRORS.values()})
 _DELTA_SECONDS = re.compile(r"[0-9]+")
 
 

@@ -8,7 +8,6 @@ import asyncio
 import json
 import secrets
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,7 +16,6 @@ import grpc
 import pytest
 import standardwebhooks
 from google.protobuf.duration_pb2 import Duration
-from prometheus_client.parser import text_string_to_metric_families
 from webhooks.v1 import subscriptions_pb2 as pb
 from webhooks.v1 import subscriptions_pb2_grpc
 from webhooks.v1.dead_letters_pb2 import DEAD_LETTER_KIND_DELIVERY
@@ -29,6 +27,7 @@ from switchboard.model.subscriptions import Subscription
 from switchboard.store import StoreSession, SubscriptionStore
 from switchboard.streams import changes_exchange
 from switchboard.subscription_cache import ChangeNotices
+from switchboard_cli import status
 from switchboard_devstack.stack import Stack
 from tests.e2e.helpers import edge_client, stripe_headers, wait_for_dead_letters, wait_for_event
 from tests.e2e.receivers import Answer, Receiver
@@ -174,16 +173,13 @@ def test_410_gone_disables_the_subscription(stack: Stack, stack_config: Platform
 
 def open_circuits(stack: Stack) -> float:
     """``switchboard_delivery_open_circuits`` summed over the running delivery workers."""
-    total = 0.0
+    samples = status.Samples()
     for proc in stack.delivery_procs:
         if proc.is_running() and proc.metrics_port:
-            url = f"http://{stack.cfg.metrics.host}:{proc.metrics_port}/metrics"
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                text = resp.read().decode()
-            for family in text_string_to_metric_families(text):
-                if family.name == "switchboard_delivery_open_circuits":
-                    total += sum(sample.value for sample in family.samples)
-    return total
+            text = status.scrape(f"{stack.cfg.metrics.host}:{proc.metrics_port}")
+            assert text is not None, f"{proc.name}'s metrics endpoint did not answer"
+            samples.add(text, proc.name)
+    return samples.total("switchboard_delivery_open_circuits")
 
 
 def test_an_endpoint_that_keeps_failing_gets_no_sends_while_its_circuit_is_open(
