@@ -21,8 +21,9 @@ The caller acks only after ``handle`` returned: every outcome is committed befor
 lists the crash windows and what each leaves behind.
 
 **Traces.** With a ``tracer``, each receipt whose traceparent Envoy sampled gets, once its batch is committed,
-a ``process`` span (consumer; attempt, disposition, batch size) with the batch's Cassandra read, each operation
-this pass ran (its own start and duration) and the batch's Cassandra commit under it. Spans are recorded
+a ``process`` span (consumer; attempt, disposition, batch size) with the batch's Cassandra reads (what is
+stored and, for a versioned entity, the guard's versions, both sent at once), each operation this pass ran
+(its own start and duration) and the batch's Cassandra commit under it. Spans are recorded
 after the commit with the times measured during the batch, so untraced receipts cost two clock reads per
 batch, and a crash before the commit leaves no span (the redelivery's pass records its own).
 """
@@ -115,7 +116,12 @@ class Processor:
         """Decides, applies and commits a batch of receipts with distinct keys; one ``Handled`` each, in order."""
         assert len({e.key for e in events}) == len(events), "one receipt per event in a batch"
         started_ns = time.time_ns()
-        priors = await self.store.priors(events)
+        # The entity versions are read together with the priors, for every event that names a versioned
+        # entity (a duplicate's or redelivery's key is read for nothing: cheaper than a second round trip).
+        entity_keys = {(e.source, e.entity_id) for e in events if _guarded(e)}
+        priors, versions = await asyncio.gather(
+            self.store.priors(events), self.entities.versions(entity_keys) if entity_keys else _no_versions()
+        )
         read_ns = time.time_ns()
         out: list[Handled | None] = [None] * len(events)
         duplicates: list[InboundEvent] = []
@@ -143,8 +149,7 @@ class Processor:
                 passes[i] = self._pass(e, prior.attempts + 1, ops_done)
 
         commits: dict[int, Commit] = {}
-        stale = await self._guard(events, passes)
-        guarded_ns = time.time_ns()
+        stale = _guard(passes, versions)
         for i, reason in stale.items():
             p = passes.pop(i)
             finished = now_us()
@@ -160,7 +165,7 @@ class Processor:
         answers = [h for h in out if h is not None]
         assert len(answers) == len(events)
         if self.tracer.enabled:
-            self._trace(events, answers, commits, (started_ns, read_ns, guarded_ns, commit_ns, time.time_ns()))
+            self._trace(events, answers, commits, (started_ns, read_ns, commit_ns, time.time_ns()))
         return answers
 
     def _trace(
@@ -168,10 +173,10 @@ class Processor:
         events: Sequence[InboundEvent],
         handled: Sequence[Handled],
         commits: dict[int, Commit],
-        times: tuple[int, int, int, int, int],
+        times: tuple[int, int, int, int],
     ) -> None:
         """The spans of the batch's sampled receipts (see the module docstring)."""
-        started, read, guarded, commit_start, committed = times
+        started, read, commit_start, committed = times
         for i, e in enumerate(events):
             if not sampled(e.traceparent):
                 continue
@@ -199,12 +204,12 @@ class Processor:
                 "cassandra read", parent, started, read, kind="client", attributes={**db, "db.operation.name": "priors"}
             )
             passed = h.disposition not in (Disposition.DUPLICATE, Disposition.DONE)
-            if passed and e.entity_id and e.entity_version > 0:  # the out-of-order guard read its entity's version
+            if passed and _guarded(e):  # the out-of-order guard read its entity's version, with the priors
                 self.tracer.record(
                     "cassandra read versions",
                     parent,
+                    started,
                     read,
-                    guarded,
                     kind="client",
                     attributes={**db, "db.operation.name": "entity versions"},
                 )
@@ -233,30 +238,7 @@ class Processor:
 
     def _pass(self, event: InboundEvent, attempt: int, done: frozenset[str]) -> _Pass:
         ops = [op for op in self.registry.matching(event) if op.name not in done]
-        return _Pass(event, attempt, ops, guarded=bool(event.entity_id and event.entity_version > 0))
-
-    async def _guard(self, events: Sequence[InboundEvent], passes: dict[int, _Pass]) -> dict[int, str]:
-        """The passes older than their entity's applied version (index → reason). Passes of one entity in this
-        batch are taken in arrival order, each moving the version for the ones after it."""
-        keys = {(p.event.source, p.event.entity_id) for p in passes.values() if p.guarded}
-        if not keys:
-            return {}
-        versions = await self.entities.versions(keys)
-        stale: dict[int, str] = {}
-        for i in sorted(passes):
-            p = passes[i]
-            if not p.guarded:
-                continue
-            key = (p.event.source, p.event.entity_id)
-            current = versions.get(key)
-            if current is not None and current > p.event.entity_version:
-                stale[i] = (
-                    f"stale: entity {p.event.entity_id} is at version {current}, "
-                    f"this event carries {p.event.entity_version}"
-                )
-            else:
-                versions[key] = p.event.entity_version
-        return stale
+        return _Pass(event, attempt, ops, guarded=_guarded(event))
 
     async def _run(self, p: _Pass) -> tuple[Commit, Handled]:
         """Runs the pass's operations one after another and builds what to commit."""
@@ -277,3 +259,32 @@ class Processor:
         commit.stored = StoredEvent(p.event, status, results, now_us(), p.attempt, last_error)
         applied = sum(1 for r in results if r.outcome is Outcome.OK)
         return commit, Handled(disposition, p.attempt, last_error, applied)
+
+
+def _guarded(event: InboundEvent) -> bool:
+    """The out-of-order guard applies: the event names an entity and carries a version."""
+    return bool(event.entity_id and event.entity_version > 0)
+
+
+async def _no_versions() -> dict[tuple[str, str], int]:
+    return {}
+
+
+def _guard(passes: dict[int, _Pass], versions: dict[tuple[str, str], int]) -> dict[int, str]:
+    """The passes older than their entity's applied version (index → reason). Passes of one entity in this
+    batch are taken in arrival order, each moving the version for the ones after it (``versions`` is updated)."""
+    stale: dict[int, str] = {}
+    for i in sorted(passes):
+        p = passes[i]
+        if not p.guarded:
+            continue
+        key = (p.event.source, p.event.entity_id)
+        current = versions.get(key)
+        if current is not None and current > p.event.entity_version:
+            stale[i] = (
+                f"stale: entity {p.event.entity_id} is at version {current}, "
+                f"this event carries {p.event.entity_version}"
+            )
+        else:
+            versions[key] = p.event.entity_version
+    return stale

@@ -3,6 +3,7 @@ its decisions; the integration and end-to-end tests run the real Cassandra."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -27,9 +28,19 @@ class MemoryEvents:
     index: dict[str, EventStatus] = field(default_factory=dict)
     duplicates: dict[str, list[str]] = field(default_factory=dict)
     reads: int = 0
+    reading: int = 0  # reads in flight
+    most_reading: int = 0  # the most reads ever in flight at once
+
+    async def _read(self) -> None:
+        """Stands for a round trip: yields to the loop with the read counted as in flight."""
+        self.reading += 1
+        self.most_reading = max(self.most_reading, self.reading)
+        await asyncio.sleep(0)
+        self.reading -= 1
 
     async def priors(self, events: Sequence[InboundEvent]) -> dict[str, Prior]:
         self.reads += 1
+        await self._read()
         return {
             e.key: Prior(s.event.receipt_id, s.status, s.attempts)
             for e in events
@@ -65,6 +76,7 @@ class MemoryEvents:
             self.index[e.key] = status
 
     async def versions(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        await self._read()
         return {k: self.marks[k] for k in keys if k in self.marks}
 
     def ok_runs(self, key: str) -> dict[str, int]:

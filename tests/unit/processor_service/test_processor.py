@@ -144,5 +144,6 @@ async def test_a_batch_is_decided_with_one_read_and_guards_one_entity_in_arrival
         Disposition.PROCESSED,
     ]
     assert store.reads == 1
+    assert store.most_reading == 2  # the guard's versions went out with the priors: one round trip
     assert store.marks == {("shop", "in_1"): 30, ("shop", "in_2"): 1}
     assert entity.calls == 3 and store.duplicates == {"shop/evt_seen": ["r2"]}
