@@ -54,7 +54,7 @@ from webhooks.v1 import subscriptions_pb2 as pb
 from webhooks.v1 import subscriptions_pb2_grpc
 
 from bench.cpu import CpuMeter, Usage
-from bench.pipeline import SOURCE, Bench, BenchError, Phase, QueueDepth, git_rev, pct
+from bench.pipeline import SOURCE, Bench, BenchError, Phase, QueueDepth, add_overrides, git_rev, pct
 from bench.receiver import ReceiverEnvoy
 from switchboard.config import PlatformConfig, TracingConfig
 from switchboard.delivery.ids import delivery_id
@@ -371,6 +371,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=900.0, help="seconds to wait for inbound processing")
     p.add_argument("--stall-seconds", type=float, default=60.0, help="give up when no delivery arrives this long")
     p.add_argument("--out", type=Path, default=None, help="JSON result (default var/bench/delivery-<date>-<rev>.json)")
+    add_overrides(p)
     p.add_argument("--keep", action="store_true", help="keep the temp dir (stack data, logs)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -402,7 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "var" / "bench" / f"delivery-{stamp}-{rev}.json"
     root = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    cfg = write_test_config(root, processors=args.processors, bucket_seconds=3600, trace_percent=args.trace_percent)
+    cfg = write_test_config(
+        root,
+        processors=args.processors,
+        bucket_seconds=3600,
+        trace_percent=args.trace_percent,
+        overrides=args.overrides,
+    )
     stack = Stack(cfg)
     receiver = ReceiverEnvoy(root / "receiver", cfg.tls_dir)
     print(

@@ -788,11 +788,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--out", type=Path, default=None, help="JSON result file (default var/bench/pipeline-<date>-<rev>.json)"
     )
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
-        help="a configuration value for the bench's stack, as a TOML literal (repeatable), e.g. "
-        "--set processor.concurrency=2; recorded in the JSON result",
-    )  # fmt: skip
+    add_overrides(p)
     p.add_argument("--keep", action="store_true", help="keep the temp dir (stack data, logs, wrk output)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -804,6 +800,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--phases: drain measures the backlog the ingest phase leaves; add ingest")
     args.phase_list = phases
     return args
+
+
+def add_overrides(p: argparse.ArgumentParser) -> None:
+    """``--set table.key=value`` (repeatable): a configuration value for the bench's stack, for A/B runs."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
+        help="a configuration value for the bench's stack, as a TOML literal (repeatable), e.g. "
+        "--set processor.concurrency=2; recorded in the JSON result",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

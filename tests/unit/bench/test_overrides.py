@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import tomllib
 
 import pytest
@@ -35,3 +36,11 @@ def test_a_missing_key_or_table_is_added() -> None:
 def test_malformed_items_are_refused(item: str) -> None:
     with pytest.raises(ValueError):
         override_toml(TEXT, [item])
+
+
+@pytest.mark.parametrize("module", ["bench.pipeline", "bench.delivery"])
+def test_both_benchmarks_take_repeated_set_options(module: str) -> None:
+    parse_args = importlib.import_module(module).parse_args
+    args = parse_args(["--set", "processor.concurrency=2", "--set", "delivery.breaker_failures=7"])
+    assert args.overrides == ["processor.concurrency=2", "delivery.breaker_failures=7"]
+    assert parse_args([]).overrides == []
