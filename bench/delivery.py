@@ -42,7 +42,6 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,12 +53,21 @@ from webhooks.v1 import subscriptions_pb2 as pb
 from webhooks.v1 import subscriptions_pb2_grpc
 
 from bench.cpu import CpuMeter, Usage
-from bench.pipeline import SOURCE, Bench, BenchError, Phase, QueueDepth, add_overrides, git_rev, pct
+from bench.pipeline import (
+    SOURCE,
+    Bench,
+    BenchError,
+    Phase,
+    QueueDepth,
+    add_overrides,
+    bench_stack_config,
+    git_rev,
+    pct,
+)
 from bench.receiver import ReceiverEnvoy
 from switchboard.config import PlatformConfig, TracingConfig
 from switchboard.delivery.ids import delivery_id
 from switchboard_devstack.stack import Stack
-from tests.stack_fixture import write_test_config
 
 REPO = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench")
@@ -402,14 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     rev = git_rev()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "var" / "bench" / f"delivery-{stamp}-{rev}.json"
-    root = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    cfg = write_test_config(
-        root,
-        processors=args.processors,
-        bucket_seconds=3600,
-        trace_percent=args.trace_percent,
-        overrides=args.overrides,
-    )
+    root, cfg = bench_stack_config(args)
     stack = Stack(cfg)
     receiver = ReceiverEnvoy(root / "receiver", cfg.tls_dir)
     print(

@@ -811,6 +811,20 @@ def add_overrides(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def bench_stack_config(args: argparse.Namespace) -> tuple[Path, PlatformConfig]:
+    """A temporary directory and the bench's stack configuration in it: ``args.processors``, hour buckets,
+    ``args.trace_percent`` traced, every ``--set`` applied."""
+    root = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
+    cfg = write_test_config(
+        root,
+        processors=args.processors,
+        bucket_seconds=3600,
+        trace_percent=args.trace_percent,
+        overrides=args.overrides,
+    )
+    return root, cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -828,14 +842,7 @@ def main(argv: list[str] | None = None) -> int:
     rev = git_rev()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "var" / "bench" / f"pipeline-{stamp}-{rev}.json"
-    root = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    cfg = write_test_config(
-        root,
-        processors=args.processors,
-        bucket_seconds=3600,
-        trace_percent=args.trace_percent,
-        overrides=args.overrides,
-    )
+    root, cfg = bench_stack_config(args)
     reference = [reference_ms()]
     print(f"CPU reference (bench/cpu.py reference_ms, one idle core): {reference[0]:.0f} ms", flush=True)
     stack = Stack(cfg)
