@@ -1,6 +1,6 @@
 """Cassandra adapter, one module per concern: ``session`` (connect, prepare, the driver-to-asyncio bridge),
-``schema`` (DDL), ``statements`` (every prepared statement, by name), ``events``, ``entities``,
-``subscriptions``, ``deliveries``.
+``schema`` (DDL), ``statements`` (every prepared statement, by name), ``batches`` (unlogged batches and the
+group commit), ``events``, ``entities``, ``subscriptions``, ``deliveries``.
 
 cassandra-driver exceptions never leave this package: they become ``StoreUnavailable``.
 """

@@ -1,18 +1,19 @@
 """Deliveries (one per event and subscription) and their attempts, each written with the retention TTL.
 
 A delivery's row is rewritten after every attempt, together with its listing rows (by subscription and day,
-newest first; by event) and the attempt's rows (by delivery; by subscription and day, newest first), all in
-flight at once. Every write is idempotent (an attempt row is keyed by its own run id).
+newest first; by event) and the attempt's rows (by delivery; by subscription and day, newest first): one
+unlogged batch, shared with the records of other deliveries that finish meanwhile (``GroupCommit``). Every
+write is idempotent (an attempt row is keyed by its own run id).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from switchboard.model.subscriptions import Attempt, Delivery, DeliveryStatus
+from switchboard.store.batches import BoundStatement, GroupCommit
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
 
@@ -31,6 +32,7 @@ class DeliveryStore:
         self.store = store
         self.ttl = store.cfg.ttl_seconds
         self.q = store.statements.deliveries
+        self.group = GroupCommit(store, self.q.put.consistency_level)
 
     async def get_many(self, ids: Sequence[str]) -> dict[str, Delivery]:
         if not ids:
@@ -39,9 +41,10 @@ class DeliveryStore:
         return {r.id: _delivery(r) for r in rows}
 
     async def record(self, d: Delivery, attempt: Attempt | None = None) -> None:
-        """Writes the delivery's state (and the attempt that led to it)."""
-        writes = [
-            self.store.execute(
+        """Writes the delivery's state (and the attempt that led to it): five rows, one unit of the group
+        commit, so that the records of a worker's concurrent deliveries share requests."""
+        unit: list[BoundStatement] = [
+            (
                 self.q.put,
                 (
                     d.id,
@@ -59,7 +62,7 @@ class DeliveryStore:
                     self.ttl,
                 ),
             ),
-            self.store.execute(
+            (
                 self.q.by_subscription_put,
                 (
                     d.subscription_id,
@@ -73,9 +76,7 @@ class DeliveryStore:
                     self.ttl,
                 ),
             ),
-            self.store.execute(
-                self.q.by_event_put, (d.source, d.event_id, d.subscription_id, d.id, d.status.value, self.ttl)
-            ),
+            (self.q.by_event_put, (d.source, d.event_id, d.subscription_id, d.id, d.status.value, self.ttl)),
         ]
         if attempt is not None:
             run = os.urandom(6).hex()
@@ -92,18 +93,14 @@ class DeliveryStore:
                 attempt.outcome.value,
             )
             a = attempt
-            writes.append(
-                self.store.execute(
-                    self.q.attempt_put, (a.delivery_id, a.attempt, run, a.subscription_id, *common, self.ttl)
-                )
-            )
-            writes.append(
-                self.store.execute(
+            unit.append((self.q.attempt_put, (a.delivery_id, a.attempt, run, a.subscription_id, *common, self.ttl)))
+            unit.append(
+                (
                     self.q.attempt_by_subscription_put,
                     (a.subscription_id, day_of(a.started_us), a.delivery_id, a.attempt, run, *common, self.ttl),
                 )
             )
-        await asyncio.gather(*writes)
+        await self.group.write(unit)
 
     async def by_event(self, source: str, event_id: str) -> list[Delivery]:
         ids = [r.id for r in await self.store.execute(self.q.by_event, (source, event_id))]

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Sequence
-from typing import Any
 
 from switchboard.model.events import Entity, EntitySnapshot, InboundEvent
+from switchboard.store.batches import BoundStatement
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
-
-BoundStatement = tuple[Any, tuple[Any, ...]]
 
 
 class EntityStore:

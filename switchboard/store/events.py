@@ -10,8 +10,6 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from cassandra.query import BatchStatement, BatchType
-
 from switchboard.model.events import (
     Commit,
     EventStatus,
@@ -22,13 +20,12 @@ from switchboard.model.events import (
     Prior,
     StoredEvent,
 )
-from switchboard.store.entities import BoundStatement, EntityStore
+from switchboard.store.batches import BoundStatement, write_all
+from switchboard.store.entities import EntityStore
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
 
 Cursor = tuple[int, int, str]  # (bucket, received_at in ms, event_id) of the last row returned
-# Unlogged batches stay under this many bytes of values (Cassandra 4 refuses batches over 50 KB by default).
-BATCH_BYTES = 40_000
 
 
 class EventStore:
@@ -82,7 +79,8 @@ class EventStore:
         phases leaves effects without the results that say they were applied: the operations run again and
         rewrite the same values. Every write is idempotent, so a redelivered message may commit again.
 
-        Statements go out as several unlogged batches at once, each under ``BATCH_BYTES``."""
+        Each phase goes out as unlogged batches of whole units (an event's row and its results are never
+        split: one partition, one atomic mutation), all in flight at once (``switchboard.store.batches``)."""
         first: list[list[BoundStatement]] = []
         second: list[list[BoundStatement]] = []
         for c in commits:
@@ -97,23 +95,8 @@ class EventStore:
             params = (e.source, e.event_id, f"d:{e.receipt_id}", e.receipt_id, ts(e.received_us), self.ttl)
             second.append([(self.q.insert_duplicate, params)])
         second.extend([self._index(e, status)] for e, status in reindex)
-        await self._write(first)
-        await self._write(second)
-
-    async def _write(self, units: Sequence[Sequence[BoundStatement]]) -> None:
-        """Unlogged batches of whole units (an event's row and its results are never split: one partition, one
-        atomic mutation), each under ``BATCH_BYTES`` unless a unit alone is larger, all in flight at once."""
-        batches: list[BatchStatement] = []
-        size = BATCH_BYTES
-        for unit in units:
-            unit_size = sum(len(v) for _, params in unit for v in params if isinstance(v, bytes | str))
-            if size + unit_size > BATCH_BYTES and size > 0:
-                batches.append(BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=self._level))
-                size = 0
-            for stmt, params in unit:
-                batches[-1].add(stmt, params)
-            size += unit_size
-        await asyncio.gather(*(self.store.execute(b) for b in batches))
+        await write_all(self.store, first, self._level)
+        await write_all(self.store, second, self._level)
 
     def _event_params(self, stored: StoredEvent) -> tuple[Any, ...]:
         e = stored.event

@@ -23,8 +23,8 @@ from webhooks.v1.dead_letters_pb2 import DEAD_LETTER_KIND_DELIVERY
 from switchboard.config import PlatformConfig
 from switchboard.delivery.ids import delivery_id
 from switchboard.model.events import now_us
-from switchboard.model.subscriptions import Subscription
-from switchboard.store import StoreSession, SubscriptionStore
+from switchboard.model.subscriptions import Attempt, Delivery, DeliveryStatus, Subscription
+from switchboard.store import DeliveryStore, StoreSession, SubscriptionStore
 from switchboard.streams import changes_exchange
 from switchboard.subscription_cache import ChangeNotices
 from switchboard_cli import status
@@ -342,3 +342,71 @@ def test_during_a_rotation_deliveries_carry_both_signatures(stack: Stack, stack_
         assert len(got.headers["webhook-signature"].split()) == 2
         for secret in (old, new):
             assert standardwebhooks.Webhook(secret).verify(got.body, got.headers) == json.loads(body)
+
+
+def test_concurrent_records_share_requests_and_all_land(stack: Stack, stack_config: PlatformConfig) -> None:
+    """The delivery store's group commit against the real Cassandra: 60 deliveries recorded at once (each
+    with its attempt) go out in a handful of batches, and every row of every one is there to read."""
+    session = StoreSession.connect(stack_config.cassandra)
+    store = DeliveryStore(session)
+    run = secrets.token_hex(4)
+    now = now_us()
+    deliveries = [
+        Delivery(
+            id=f"dlv_group_{run}_{i}",
+            subscription_id=f"sub_group_{run}",
+            source="stripe",
+            event_id=f"evt_group_{run}_{i}",
+            event_type="invoice.paid",
+            status=DeliveryStatus.DELIVERED,
+            attempts=1,
+            last_http_status=200,
+            created_us=now + i,
+            updated_us=now + i,
+        )
+        for i in range(60)
+    ]
+
+    async def record_all() -> None:
+        await asyncio.gather(
+            *(
+                store.record(
+                    d,
+                    Attempt(
+                        d.id,
+                        d.subscription_id,
+                        d.source,
+                        d.event_id,
+                        1,
+                        d.created_us,
+                        900,
+                        200,
+                        {"x-seen": d.id},
+                        b"ok",
+                        outcome=DeliveryStatus.DELIVERED,
+                    ),
+                )
+                for d in deliveries
+            )
+        )
+
+    async def read_back() -> tuple[dict[str, Delivery], list[list[Attempt]], list[Delivery]]:
+        found = await store.get_many([d.id for d in deliveries])
+        attempts = await asyncio.gather(*(store.attempts_of(d.id) for d in deliveries))
+        listed, _ = await store.page(f"sub_group_{run}", now - 1_000_000, now + 1_000_000, 100, None)
+        return found, list(attempts), listed
+
+    try:
+        asyncio.run(record_all())
+        found, attempts, listed = asyncio.run(read_back())
+    finally:
+        session.close()
+    assert store.group.units == 60
+    assert store.group.requests <= 6, store.group.requests  # 2 alone, then the 58 that waited, in ~40 KB batches
+    assert {i: (d.status, d.attempts) for i, d in found.items()} == {
+        d.id: (DeliveryStatus.DELIVERED, 1) for d in deliveries
+    }
+    assert [[(a.attempt, a.http_status, a.response_headers, a.response_body) for a in x] for x in attempts] == [
+        [(1, 200, {"x-seen": d.id}, b"ok")] for d in deliveries
+    ]
+    assert sorted(d.id for d in listed) == sorted(d.id for d in deliveries)

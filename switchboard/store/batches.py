@@ -1,0 +1,116 @@
+"""Writes in as few requests as possible: unlogged batches of whole write units, and a group commit that
+lets concurrent writers share them.
+
+Cassandra's CPU on this 2-core box goes with the requests it serves more than with the cells they carry
+(README, benchmark section), so every hot write path sends batches. An unlogged batch is not atomic across
+partitions; it only saves requests. Writes to one partition in one batch are one atomic mutation, so a unit
+is never split (an event's row and its results, for one).
+
+``GroupCommit`` is for writers that finish their work at different moments (delivery tasks whose POSTs come
+back one by one): a unit handed in while fewer than ``in_flight`` requests are out goes at once, alone; while
+they are all out, units wait and leave together in the next request. Under light load nothing waits; under
+heavy load requests carry many units. Every writer learns the outcome of the request that carried its unit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from cassandra import ConsistencyLevel
+from cassandra.query import BatchStatement, BatchType
+
+from switchboard.store.session import StoreSession
+
+BoundStatement = tuple[Any, tuple[Any, ...]]  # a prepared statement and its values
+Unit = Sequence[BoundStatement]  # statements that travel in one batch
+
+# Batches stay under this many bytes of values unless one unit alone is larger (Cassandra 4 refuses batches
+# over 50 KB by default).
+BATCH_BYTES = 40_000
+
+
+def unit_bytes(unit: Unit) -> int:
+    return sum(len(v) for _, params in unit for v in params if isinstance(v, bytes | str))
+
+
+def pack(units: Sequence[Unit], limit: int = BATCH_BYTES) -> list[list[Unit]]:
+    """Whole units, in order, into groups of at most ``limit`` bytes of values each (a larger unit alone)."""
+    groups: list[list[Unit]] = []
+    size = limit
+    for unit in units:
+        n = unit_bytes(unit)
+        if size + n > limit and size > 0:
+            groups.append([])
+            size = 0
+        groups[-1].append(unit)
+        size += n
+    return groups
+
+
+def unlogged(units: Sequence[Unit], level: ConsistencyLevel) -> BatchStatement:
+    batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=level)
+    for unit in units:
+        for statement, params in unit:
+            batch.add(statement, params)
+    return batch
+
+
+async def write_all(store: StoreSession, units: Sequence[Unit], level: ConsistencyLevel) -> None:
+    """Every unit, in batches under ``BATCH_BYTES``, all in flight at once."""
+    await asyncio.gather(*(store.execute(unlogged(group, level)) for group in pack(units)))
+
+
+class GroupCommit:
+    """Units from concurrent callers, sent with at most ``in_flight`` requests out at a time (see the module
+    docstring). ``write`` returns once the request carrying the unit succeeded and raises what it raised
+    (``StoreUnavailable`` from the session): the caller retries its own unit, which must be idempotent."""
+
+    def __init__(self, store: StoreSession, level: ConsistencyLevel, in_flight: int = 2) -> None:
+        if in_flight < 1:
+            raise ValueError("in_flight must be at least 1")
+        self.store = store
+        self.level = level
+        self.in_flight = in_flight
+        self._waiting: list[tuple[Unit, asyncio.Future[None]]] = []
+        self._out: set[asyncio.Task[None]] = set()
+        self.requests = 0  # requests sent, for tests and stats
+        self.units = 0  # units written
+
+    async def write(self, unit: Unit) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((unit, fut))
+        self._pump()
+        await fut
+
+    def _pump(self) -> None:
+        while self._waiting and len(self._out) < self.in_flight:
+            # One batch's worth per free slot: what waits beyond it takes the next slot or the next request.
+            first = pack([u for u, _ in self._waiting])[0]
+            taken, self._waiting = self._waiting[: len(first)], self._waiting[len(first) :]
+            task = asyncio.get_running_loop().create_task(self._send(taken))
+            self._out.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._out.discard(task)
+        self._pump()
+
+    async def _send(self, taken: list[tuple[Unit, asyncio.Future[None]]]) -> None:
+        self.requests += 1
+        self.units += len(taken)
+        try:
+            await self.store.execute(unlogged([u for u, _ in taken], self.level))
+        except asyncio.CancelledError:  # shutting down: the writers are told, nothing is retried here
+            for _, fut in taken:
+                fut.cancel()
+            raise
+        except Exception as exc:  # every writer of the request gets its failure, whatever it was
+            for _, fut in taken:
+                if not fut.done():
+                    fut.set_exception(exc)
+        else:
+            for _, fut in taken:
+                if not fut.done():
+                    fut.set_result(None)

@@ -1,0 +1,133 @@
+"""Packing whole units into batches, and the group commit's scheduling (``switchboard.store.batches``).
+
+The group commit is driven here by a session whose requests the test finishes by hand; writing through a real
+Cassandra is in ``tests/e2e/test_delivery.py``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+from cassandra import ConsistencyLevel
+from cassandra.query import BatchStatement
+
+from switchboard.errors import StoreUnavailable
+from switchboard.store.batches import BATCH_BYTES, GroupCommit, pack, unit_bytes, unlogged
+from switchboard.store.session import StoreSession
+
+QUORUM = ConsistencyLevel.LOCAL_QUORUM
+
+
+def unit(tag: str, size: int = 10) -> list[tuple[Any, tuple[Any, ...]]]:
+    # A plain CQL string (the driver binds its values into the text) instead of a prepared statement.
+    return [("%s,%s,%s", (tag, b"x" * size, 7))]
+
+
+def tags_of(batch: BatchStatement) -> list[str]:
+    return [query.split(",")[0].strip("'") for _, query, _ in batch._statements_and_parameters]
+
+
+def test_units_are_packed_whole_and_in_order_under_the_limit() -> None:
+    units = [unit("a", 400), unit("b", 400), unit("c", 400), unit("d", 1500), unit("e", 10)]
+    assert unit_bytes(units[0]) == 401  # str and bytes values count, numbers do not
+    groups = pack(units, limit=1000)
+    assert [[u[0][1][0] for u in g] for g in groups] == [["a", "b"], ["c"], ["d"], ["e"]]
+    assert pack([]) == []
+    assert len(pack([unit(str(i), 1000) for i in range(100)])) == -(-100 * 1001 // BATCH_BYTES)
+
+
+class HandDriven:
+    """Stands in for ``StoreSession.execute``: every request waits until the test answers it."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[list[str], asyncio.Future[list[Any]]]] = []
+
+    async def execute(self, statement: Any, params: Any = None) -> list[Any]:
+        assert isinstance(statement, BatchStatement) and params is None
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.requests.append((tags_of(statement), fut))
+        return await fut
+
+
+def group_of(session: HandDriven, in_flight: int) -> GroupCommit:
+    return GroupCommit(cast(StoreSession, session), QUORUM, in_flight=in_flight)
+
+
+async def finished(*writes: asyncio.Task[None]) -> None:
+    """The writes complete (a scheduling bug fails the test instead of hanging it)."""
+    await asyncio.wait_for(asyncio.gather(*writes), 5)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_units_go_alone_while_slots_are_free_then_wait_and_leave_together() -> None:
+    session = HandDriven()
+    group = group_of(session, in_flight=2)
+    first = asyncio.create_task(group.write(unit("a")))
+    await settle()
+    assert [tags for tags, _ in session.requests] == [["a"]]  # light load: no wait, no company
+    second = asyncio.create_task(group.write(unit("b")))
+    waiting = [asyncio.create_task(group.write(unit(t))) for t in "cdef"]
+    await settle()
+    assert [tags for tags, _ in session.requests] == [["a"], ["b"]]  # both slots out: c-f wait
+    session.requests[0][1].set_result([])
+    await settle()
+    assert first.done() and not second.done()
+    assert [tags for tags, _ in session.requests][2:] == [["c", "d", "e", "f"]]  # one request for all four
+    session.requests[1][1].set_result([])
+    session.requests[2][1].set_result([])
+    await finished(second, *waiting)
+    assert (group.requests, group.units) == (3, 6)
+
+
+async def test_a_failed_request_fails_only_the_units_it_carried() -> None:
+    session = HandDriven()
+    group = group_of(session, in_flight=1)
+    a = asyncio.create_task(group.write(unit("a")))
+    await settle()
+    b, c = asyncio.create_task(group.write(unit("b"))), asyncio.create_task(group.write(unit("c")))
+    await settle()
+    session.requests[0][1].set_exception(StoreUnavailable("Cassandra: OperationTimedOut"))
+    await settle()
+    with pytest.raises(StoreUnavailable, match="OperationTimedOut"):
+        await finished(a)
+    assert [tags for tags, _ in session.requests][1] == ["b", "c"]  # the failure does not hold the others
+    session.requests[1][1].set_result([])
+    await finished(b, c)
+    # The failed writer retries its own unit (the caller's job); it goes like any other.
+    retry = asyncio.create_task(group.write(unit("a")))
+    await settle()
+    session.requests[2][1].set_result([])
+    await finished(retry)
+    assert [tags for tags, _ in session.requests][2] == ["a"]
+
+
+async def test_a_writer_that_gives_up_does_not_break_the_request_of_the_others() -> None:
+    session = HandDriven()
+    group = group_of(session, in_flight=1)
+    blocker = asyncio.create_task(group.write(unit("a")))
+    await settle()
+    quitter, stayer = asyncio.create_task(group.write(unit("b"))), asyncio.create_task(group.write(unit("c")))
+    await settle()
+    quitter.cancel()
+    session.requests[0][1].set_result([])
+    await settle()
+    session.requests[1][1].set_result([])
+    await finished(blocker, stayer)
+    assert quitter.cancelled()
+    assert [tags for tags, _ in session.requests] == [["a"], ["b", "c"]]  # b was already handed in
+
+
+def test_in_flight_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        GroupCommit(cast(StoreSession, HandDriven()), QUORUM, in_flight=0)
+
+
+def test_a_batch_carries_every_statement_of_its_units_at_the_given_level() -> None:
+    batch = unlogged([unit("a"), unit("b") + unit("c")], QUORUM)
+    assert batch.consistency_level == QUORUM
+    assert tags_of(batch) == ["a", "b", "c"]
