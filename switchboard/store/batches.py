@@ -38,10 +38,10 @@ def unit_bytes(unit: Unit) -> int:
 def pack(units: Sequence[Unit], limit: int = BATCH_BYTES) -> list[list[Unit]]:
     """Whole units, in order, into groups of at most ``limit`` bytes of values each (a larger unit alone)."""
     groups: list[list[Unit]] = []
-    size = limit
+    size = 0
     for unit in units:
         n = unit_bytes(unit)
-        if size + n > limit and size > 0:
+        if not groups or (size + n > limit and size > 0):
             groups.append([])
             size = 0
         groups[-1].append(unit)

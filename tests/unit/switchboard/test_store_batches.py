@@ -34,6 +34,8 @@ def test_units_are_packed_whole_and_in_order_under_the_limit() -> None:
     groups = pack(units, limit=1000)
     assert [[u[0][1][0] for u in g] for g in groups] == [["a", "b"], ["c"], ["d"], ["e"]]
     assert pack([]) == []
+    numbers_only = [("%s", (1,))]  # no str or bytes value: counts 0 bytes, still packed
+    assert pack([numbers_only, numbers_only]) == [[numbers_only, numbers_only]]
     assert len(pack([unit(str(i), 1000) for i in range(100)])) == -(-100 * 1001 // BATCH_BYTES)
 
 
