@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cassandra import ConsistencyLevel
-from cassandra.query import BatchStatement, BatchType
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from switchboard.store.session import StoreSession
 
@@ -65,7 +65,8 @@ async def write_all(store: StoreSession, units: Sequence[Unit], level: Consisten
 class GroupCommit:
     """Units from concurrent callers, sent with at most ``in_flight`` requests out at a time (see the module
     docstring). ``write`` returns once the request carrying the unit succeeded and raises what it raised
-    (``StoreUnavailable`` from the session): the caller retries its own unit, which must be idempotent."""
+    (``StoreUnavailable`` from the session): the caller retries its own unit, which must be idempotent. Values
+    are bound in ``write``, so a unit that does not bind fails its own caller, never the units sent with it."""
 
     def __init__(self, store: StoreSession, level: ConsistencyLevel, in_flight: int = 2) -> None:
         if in_flight < 1:
@@ -73,21 +74,22 @@ class GroupCommit:
         self.store = store
         self.level = level
         self.in_flight = in_flight
-        self._waiting: list[tuple[Unit, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[Unit, Unit, asyncio.Future[None]]] = []  # (as handed in, bound, outcome)
         self._out: set[asyncio.Task[None]] = set()
         self.requests = 0  # requests sent, for tests and stats
         self.units = 0  # units written
 
     async def write(self, unit: Unit) -> None:
+        bound = [(s.bind(p), ()) if isinstance(s, PreparedStatement) else (s, p) for s, p in unit]
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((unit, fut))
+        self._waiting.append((unit, bound, fut))
         self._pump()
         await fut
 
     def _pump(self) -> None:
         while self._waiting and len(self._out) < self.in_flight:
             # One batch's worth per free slot: what waits beyond it takes the next slot or the next request.
-            first = pack([u for u, _ in self._waiting])[0]
+            first = pack([u for u, _, _ in self._waiting])[0]
             taken, self._waiting = self._waiting[: len(first)], self._waiting[len(first) :]
             task = asyncio.get_running_loop().create_task(self._send(taken))
             self._out.add(task)
@@ -97,20 +99,20 @@ class GroupCommit:
         self._out.discard(task)
         self._pump()
 
-    async def _send(self, taken: list[tuple[Unit, asyncio.Future[None]]]) -> None:
+    async def _send(self, taken: list[tuple[Unit, Unit, asyncio.Future[None]]]) -> None:
         self.requests += 1
         self.units += len(taken)
         try:
-            await self.store.execute(unlogged([u for u, _ in taken], self.level))
+            await self.store.execute(unlogged([b for _, b, _ in taken], self.level))
         except asyncio.CancelledError:  # shutting down: the writers are told, nothing is retried here
-            for _, fut in taken:
+            for _, _, fut in taken:
                 fut.cancel()
             raise
         except Exception as exc:  # every writer of the request gets its failure, whatever it was
-            for _, fut in taken:
+            for _, _, fut in taken:
                 if not fut.done():
                     fut.set_exception(exc)
         else:
-            for _, fut in taken:
+            for _, _, fut in taken:
                 if not fut.done():
                     fut.set_result(None)

@@ -5,12 +5,13 @@ retried by the rules, every attempt recorded."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -390,6 +391,14 @@ def test_concurrent_records_share_requests_and_all_land(stack: Stack, stack_conf
             )
         )
 
+    async def with_a_bad_one() -> BaseException | None:
+        bad = dataclasses.replace(deliveries[0], id=f"dlv_group_{run}_bad", attempts=cast(int, "one"))
+        # Two good ones take both slots; the bad one waits with three more, to share their request.
+        writes = [store.record(d) for d in deliveries[:2]] + [store.record(bad)]
+        results = await asyncio.gather(*writes, *(store.record(d) for d in deliveries[2:5]), return_exceptions=True)
+        assert results[:2] + results[3:] == [None] * 5  # a unit that does not bind fails only its own writer
+        return results[2] if isinstance(results[2], BaseException) else None
+
     async def read_back() -> tuple[dict[str, Delivery], list[list[Attempt]], list[Delivery]]:
         found = await store.get_many([d.id for d in deliveries])
         attempts = await asyncio.gather(*(store.attempts_of(d.id) for d in deliveries))
@@ -398,11 +407,14 @@ def test_concurrent_records_share_requests_and_all_land(stack: Stack, stack_conf
 
     try:
         asyncio.run(record_all())
+        shared = store.group.requests
+        refused = asyncio.run(with_a_bad_one())
         found, attempts, listed = asyncio.run(read_back())
     finally:
         session.close()
-    assert store.group.units == 60
-    assert store.group.requests <= 6, store.group.requests  # 2 alone, then the 58 that waited, in ~40 KB batches
+    assert isinstance(refused, TypeError) and "attempts" in str(refused), refused
+    assert store.group.units == 65
+    assert shared <= 6, shared  # 2 alone, then the 58 that waited, in ~40 KB batches
     assert {i: (d.status, d.attempts) for i, d in found.items()} == {
         d.id: (DeliveryStatus.DELIVERED, 1) for d in deliveries
     }
