@@ -159,12 +159,13 @@ class EventStore:
 
     # -- reads ------------------------------------------------------------------------------------------
     async def get(self, source: str, event_id: str) -> StoredEvent | None:
-        rows, records = await asyncio.gather(
-            self.store.execute(self.q.get_event, (source, event_id)),
-            self.store.execute(self.q.get_records, (source, event_id)),
-        )
+        """The event with its runs and duplicates. The row is read first and its records after it, not both at
+        once: a pass commits both in one batch, and two concurrent reads could straddle that write and return
+        the new status with the runs from before it (a PROCESSED event without its OK run)."""
+        rows = await self.store.execute(self.q.get_event, (source, event_id))
         if not rows:
             return None
+        records = await self.store.execute(self.q.get_records, (source, event_id))
         r = rows[0]
         event = InboundEvent(
             source=r.source,
