@@ -8,8 +8,10 @@ is never split (an event's row and its results, for one).
 
 ``GroupCommit`` is for writers that finish their work at different moments (delivery tasks whose POSTs come
 back one by one): a unit handed in while fewer than ``in_flight`` requests are out goes at once, alone; while
-they are all out, units wait and leave together in the next request. Under light load nothing waits; under
-heavy load requests carry many units. Every writer learns the outcome of the request that carried its unit.
+they are all out, units wait and leave together in the next request, and as soon as a full batch's worth
+waits it goes without waiting for a slot. Under light load nothing waits; under heavy load requests carry
+many units, and the rate is never capped by the slots. Every writer learns the outcome of the request that
+carried its unit.
 """
 
 from __future__ import annotations
@@ -87,10 +89,15 @@ class GroupCommit:
         await fut
 
     def _pump(self) -> None:
-        while self._waiting and len(self._out) < self.in_flight:
-            # One batch's worth per free slot: what waits beyond it takes the next slot or the next request.
-            first = pack([u for u, _, _ in self._waiting])[0]
-            taken, self._waiting = self._waiting[: len(first)], self._waiting[len(first) :]
+        """Sends what waits: every full batch at once (the slots are there to make batches, not to cap the
+        rate), and the last, partial one only if a slot is free (else it waits for more company)."""
+        if not self._waiting:
+            return
+        groups = pack([u for u, _, _ in self._waiting])
+        for i, group in enumerate(groups):
+            if i == len(groups) - 1 and len(self._out) >= self.in_flight:
+                break
+            taken, self._waiting = self._waiting[: len(group)], self._waiting[len(group) :]
             task = asyncio.get_running_loop().create_task(self._send(taken))
             self._out.add(task)
             task.add_done_callback(self._sent)

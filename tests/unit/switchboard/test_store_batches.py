@@ -133,3 +133,20 @@ def test_a_batch_carries_every_statement_of_its_units_at_the_given_level() -> No
     batch = unlogged([unit("a"), unit("b") + unit("c")], QUORUM)
     assert batch.consistency_level == QUORUM
     assert tags_of(batch) == ["a", "b", "c"]
+
+
+async def test_a_full_batch_goes_at_once_even_with_every_slot_taken() -> None:
+    session = HandDriven()
+    group = group_of(session, in_flight=1)
+    blocker = asyncio.create_task(group.write(unit("a")))
+    await settle()
+    # ~12 KB each: three fill a batch (under 40 KB), the fourth would not fit.
+    big = [asyncio.create_task(group.write(unit(f"b{i}", 12_000))) for i in range(7)]
+    await settle()
+    assert [tags for tags, _ in session.requests] == [["a"], ["b0", "b1", "b2"], ["b3", "b4", "b5"]]
+    for _, fut in session.requests:
+        fut.set_result([])
+    await settle()
+    assert [tags for tags, _ in session.requests][3:] == [["b6"]]  # the partial one waited for a slot
+    session.requests[3][1].set_result([])
+    await finished(blocker, *big)
