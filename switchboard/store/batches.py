@@ -37,17 +37,27 @@ def unit_bytes(unit: Unit) -> int:
     return sum(len(v) for _, params in unit for v in params if isinstance(v, bytes | str))
 
 
+def group_lengths(sizes: Sequence[int], limit: int = BATCH_BYTES) -> list[int]:
+    """How many consecutive items of these sizes go in each group of at most ``limit`` bytes (an item larger
+    than ``limit`` alone)."""
+    lengths: list[int] = []
+    size = 0
+    for n in sizes:
+        if not lengths or (size + n > limit and size > 0):
+            lengths.append(0)
+            size = 0
+        lengths[-1] += 1
+        size += n
+    return lengths
+
+
 def pack(units: Sequence[Unit], limit: int = BATCH_BYTES) -> list[list[Unit]]:
     """Whole units, in order, into groups of at most ``limit`` bytes of values each (a larger unit alone)."""
     groups: list[list[Unit]] = []
-    size = 0
-    for unit in units:
-        n = unit_bytes(unit)
-        if not groups or (size + n > limit and size > 0):
-            groups.append([])
-            size = 0
-        groups[-1].append(unit)
-        size += n
+    start = 0
+    for n in group_lengths([unit_bytes(u) for u in units], limit):
+        groups.append(list(units[start : start + n]))
+        start += n
     return groups
 
 
@@ -76,7 +86,7 @@ class GroupCommit:
         self.store = store
         self.level = level
         self.in_flight = in_flight
-        self._waiting: list[tuple[Unit, Unit, asyncio.Future[None]]] = []  # (as handed in, bound, outcome)
+        self._waiting: list[tuple[int, Unit, asyncio.Future[None]]] = []  # (bytes of values, bound, outcome)
         self._out: set[asyncio.Task[None]] = set()
         self.requests = 0  # requests sent, for tests and stats
         self.units = 0  # units written
@@ -84,7 +94,7 @@ class GroupCommit:
     async def write(self, unit: Unit) -> None:
         bound = [(s.bind(p), ()) if isinstance(s, PreparedStatement) else (s, p) for s, p in unit]
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((unit, bound, fut))
+        self._waiting.append((unit_bytes(unit), bound, fut))
         self._pump()
         await fut
 
@@ -93,11 +103,11 @@ class GroupCommit:
         rate), and the last, partial one only if a slot is free (else it waits for more company)."""
         if not self._waiting:
             return
-        groups = pack([u for u, _, _ in self._waiting])
-        for i, group in enumerate(groups):
-            if i == len(groups) - 1 and len(self._out) >= self.in_flight:
+        lengths = group_lengths([size for size, _, _ in self._waiting])
+        for i, n in enumerate(lengths):
+            if i == len(lengths) - 1 and len(self._out) >= self.in_flight:
                 break
-            taken, self._waiting = self._waiting[: len(group)], self._waiting[len(group) :]
+            taken, self._waiting = self._waiting[:n], self._waiting[n:]
             task = asyncio.get_running_loop().create_task(self._send(taken))
             self._out.add(task)
             task.add_done_callback(self._sent)
@@ -106,7 +116,7 @@ class GroupCommit:
         self._out.discard(task)
         self._pump()
 
-    async def _send(self, taken: list[tuple[Unit, Unit, asyncio.Future[None]]]) -> None:
+    async def _send(self, taken: list[tuple[int, Unit, asyncio.Future[None]]]) -> None:
         self.requests += 1
         self.units += len(taken)
         try:
