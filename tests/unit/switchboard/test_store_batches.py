@@ -56,6 +56,11 @@ def group_of(session: HandDriven, in_flight: int) -> GroupCommit:
     return GroupCommit(cast(StoreSession, session), QUORUM, in_flight=in_flight)
 
 
+def writing(group: GroupCommit, *tags: str, size: int = 10) -> list[asyncio.Task[None]]:
+    """One write per tag, started (each runs up to its first wait once the test yields)."""
+    return [asyncio.create_task(group.write(unit(t, size))) for t in tags]
+
+
 async def finished(*writes: asyncio.Task[None]) -> None:
     """The writes complete (a scheduling bug fails the test instead of hanging it)."""
     await asyncio.wait_for(asyncio.gather(*writes), 5)
@@ -69,11 +74,11 @@ async def settle() -> None:
 async def test_units_go_alone_while_slots_are_free_then_wait_and_leave_together() -> None:
     session = HandDriven()
     group = group_of(session, in_flight=2)
-    first = asyncio.create_task(group.write(unit("a")))
+    (first,) = writing(group, "a")
     await settle()
     assert [tags for tags, _ in session.requests] == [["a"]]  # light load: no wait, no company
-    second = asyncio.create_task(group.write(unit("b")))
-    waiting = [asyncio.create_task(group.write(unit(t))) for t in "cdef"]
+    (second,) = writing(group, "b")
+    waiting = writing(group, *"cdef")
     await settle()
     assert [tags for tags, _ in session.requests] == [["a"], ["b"]]  # both slots out: c-f wait
     session.requests[0][1].set_result([])
@@ -89,9 +94,9 @@ async def test_units_go_alone_while_slots_are_free_then_wait_and_leave_together(
 async def test_a_failed_request_fails_only_the_units_it_carried() -> None:
     session = HandDriven()
     group = group_of(session, in_flight=1)
-    a = asyncio.create_task(group.write(unit("a")))
+    (a,) = writing(group, "a")
     await settle()
-    b, c = asyncio.create_task(group.write(unit("b"))), asyncio.create_task(group.write(unit("c")))
+    b, c = writing(group, "b", "c")
     await settle()
     session.requests[0][1].set_exception(StoreUnavailable("Cassandra: OperationTimedOut"))
     await settle()
@@ -101,7 +106,7 @@ async def test_a_failed_request_fails_only_the_units_it_carried() -> None:
     session.requests[1][1].set_result([])
     await finished(b, c)
     # The failed writer retries its own unit (the caller's job); it goes like any other.
-    retry = asyncio.create_task(group.write(unit("a")))
+    (retry,) = writing(group, "a")
     await settle()
     session.requests[2][1].set_result([])
     await finished(retry)
@@ -111,9 +116,9 @@ async def test_a_failed_request_fails_only_the_units_it_carried() -> None:
 async def test_a_writer_that_gives_up_does_not_break_the_request_of_the_others() -> None:
     session = HandDriven()
     group = group_of(session, in_flight=1)
-    blocker = asyncio.create_task(group.write(unit("a")))
+    (blocker,) = writing(group, "a")
     await settle()
-    quitter, stayer = asyncio.create_task(group.write(unit("b"))), asyncio.create_task(group.write(unit("c")))
+    quitter, stayer = writing(group, "b", "c")
     await settle()
     quitter.cancel()
     session.requests[0][1].set_result([])
@@ -138,10 +143,10 @@ def test_a_batch_carries_every_statement_of_its_units_at_the_given_level() -> No
 async def test_a_full_batch_goes_at_once_even_with_every_slot_taken() -> None:
     session = HandDriven()
     group = group_of(session, in_flight=1)
-    blocker = asyncio.create_task(group.write(unit("a")))
+    (blocker,) = writing(group, "a")
     await settle()
     # ~12 KB each: three fill a batch (under 40 KB), the fourth would not fit.
-    big = [asyncio.create_task(group.write(unit(f"b{i}", 12_000))) for i in range(7)]
+    big = writing(group, *(f"b{i}" for i in range(7)), size=12_000)
     await settle()
     assert [tags for tags, _ in session.requests] == [["a"], ["b0", "b1", "b2"], ["b3", "b4", "b5"]]
     for _, fut in session.requests:
