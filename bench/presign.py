@@ -1,6 +1,6 @@
-"""Pre-signed requests for ``bench/load.lua`` (wrk): N Stripe-style ~5 KB events, each a complete HTTP/1.1
-request (request line, headers, body), signed the way Stripe signs, written to one file wrk's LuaJIT loads
-with two reads per request.
+"""Pre-signed requests for ``bench/load.lua`` (wrk): N Stripe-style ~5 KB events (invoices with random line
+items), each a complete HTTP/1.1 request (request line, headers, body), signed the way Stripe signs, written
+to one file wrk's LuaJIT loads with two reads per request.
 
 A share of the requests (``dup_share``, 2% by default) are re-sends of an earlier event of the same file: the
 same body and id with a freshly computed signature, as a provider retrying a delivery would send. They create
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import secrets
 import time
 from collections import deque
@@ -53,22 +54,96 @@ class Presigned:
         return sum(self.resend)
 
 
+_PRODUCTS = (
+    "Starter plan",
+    "Growth plan",
+    "Enterprise seat",
+    "Extra storage (100 GB)",
+    "API calls overage",
+    "Priority support",
+    "SMS credits",
+    "Analytics add-on",
+)
+_LINES = '"__lines__"'
+
+
 def make_body(size: int, now: float, tag: str) -> tuple[str, bytes]:
-    """A Stripe ``invoice.paid`` event of about ``size`` bytes with a unique event id and a unique entity
-    (invoice) id, so that no event is ever stale against another."""
+    """A Stripe ``invoice.paid`` event of about ``size`` bytes (never less than one line item, ~1.3 KB) with a
+    unique event id and a unique entity (invoice) id, so that no event is ever stale against another.
+
+    The invoice has as many line items as fit, each with its own random ids, quantity and price, so that a
+    body compresses about as well as a real one (zstd or zlib: ~3.8x at 5 KB) and not like padding would
+    (~50x): what the platform stores, and how much that costs, depends on it."""
+    rnd = random.Random(secrets.randbits(64))
+
+    def hexid(prefix: str, n: int) -> str:
+        return f"{prefix}{rnd.getrandbits(4 * n):0{n}x}"
+
     event_id = f"evt_{tag}{secrets.token_hex(10)}"
-    pad = max(0, size - 300)
-    body = json.dumps(
-        {
-            "id": event_id,
-            "object": "event",
-            "type": "invoice.paid",
-            "created": int(now),
-            "data": {"object": {"id": "in_" + secrets.token_hex(8), "object": "invoice", "memo": "x" * pad}},
+    created = int(now)
+    start = created - 30 * 86_400
+    sub = hexid("sub_", 24)
+    lines: list[str] = []
+    total = 0
+    used = 1000  # the envelope and invoice fields around the line items
+    while not lines or used < size:
+        qty = rnd.randint(1, 20)
+        unit = rnd.choice((500, 1200, 2900, 4900, 9900, 19900))
+        total += qty * unit
+        product = rnd.choice(_PRODUCTS)
+        lines.append(
+            f'{{"id":"{hexid("il_", 24)}","object":"line_item","amount":{qty * unit},"currency":"usd",'
+            f'"description":"{qty} \\u00d7 {product} (at ${unit / 100:.2f} / month)","discountable":true,'
+            f'"livemode":false,"period":{{"start":{start},"end":{created}}},"price":{{"id":"{hexid("price_", 24)}",'
+            f'"object":"price","active":true,"currency":"usd","product":"{hexid("prod_", 14)}",'
+            f'"recurring":{{"interval":"month","interval_count":1}},"type":"recurring","unit_amount":{unit}}},'
+            f'"proration":false,"quantity":{qty},"subscription":"{sub}","subscription_item":"{hexid("si_", 14)}",'
+            f'"type":"subscription"}}'
+        )
+        used += len(lines[-1]) + 1
+    invoice_id = hexid("in_", 24)
+    envelope = {
+        "id": event_id,
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": created,
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": hexid("req_", 14), "idempotency_key": hexid("", 32)},
+        "type": "invoice.paid",
+        "data": {
+            "object": {
+                "id": invoice_id,
+                "object": "invoice",
+                "account_country": "US",
+                "amount_due": total,
+                "amount_paid": total,
+                "amount_remaining": 0,
+                "billing_reason": "subscription_cycle",
+                "collection_method": "charge_automatically",
+                "currency": "usd",
+                "customer": hexid("cus_", 14),
+                "customer_email": f"billing+{hexid('', 8)}@example.com",
+                "hosted_invoice_url": f"https://invoice.example.com/i/{hexid('acct_', 16)}/{hexid('', 32)}",
+                "lines": {
+                    "object": "list",
+                    "data": "__lines__",
+                    "has_more": False,
+                    "url": f"/v1/invoices/{invoice_id}/lines",
+                },
+                "metadata": {"order_ref": hexid("", 12)},
+                "number": f"{hexid('', 8).upper()}-{rnd.randint(1, 9999):04d}",
+                "paid": True,
+                "period_end": created,
+                "period_start": start,
+                "status": "paid",
+                "subscription": sub,
+                "total": total,
+            }
         },
-        separators=(",", ":"),
-    ).encode()
-    return event_id, body
+    }
+    body = json.dumps(envelope, separators=(",", ":")).replace(_LINES, "[" + ",".join(lines) + "]", 1)
+    return event_id, body.encode()
 
 
 def _request(host: str, body: bytes, signature: str) -> bytes:
