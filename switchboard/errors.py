@@ -21,6 +21,7 @@ secrets.
     ├── Unavailable                   UNAVAILABLE         UNAVAILABLE (503): retry later
     │   ├── BrokerUnavailable         BROKER_UNAVAILABLE
     │   └── StoreUnavailable          STORE_UNAVAILABLE
+    ├── CorruptData                   DATA_CORRUPT        INTERNAL: a stored value that cannot be decoded
     └── StackError                    STACK_FAILED        the local stack could not start or keep a component up
 """
 
@@ -111,6 +112,12 @@ class BrokerUnavailable(Unavailable):
 
 class StoreUnavailable(Unavailable):
     reason = "STORE_UNAVAILABLE"
+
+
+class CorruptData(SwitchboardError):
+    """A stored value cannot be decoded (a damaged row, or one written by a newer version)."""
+
+    reason = "DATA_CORRUPT"
 
 
 class StackError(SwitchboardError):

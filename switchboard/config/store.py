@@ -30,6 +30,9 @@ class CassandraConfig:
     # Size of the time buckets of the per-source listing table.
     bucket_seconds: int = 3600
     ttl_seconds: int = 30 * 24 * 3600
+    # Event bodies and entity states stored zstd-compressed where that pays (switchboard.store.payloads);
+    # every reader decodes both forms, so this can change at any time.
+    compress_payloads: bool = True
 
 
 def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
@@ -52,6 +55,7 @@ def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
         consistency=t.string("consistency", choices=CONSISTENCY_LEVELS, upper=True),
         bucket_seconds=t.pos_int("bucket_seconds"),
         ttl_seconds=t.pos_int("ttl_seconds"),
+        compress_payloads=t.boolean("compress_payloads"),
     )
     if cass.ttl_seconds < MIN_TTL_SECONDS:
         raise ConfigError("cassandra.ttl_seconds: must be at least one day (events are kept for audit and replay)")

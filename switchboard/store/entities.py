@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Sequence
+from typing import Any
 
 from switchboard.model.events import Entity, EntitySnapshot, InboundEvent
 from switchboard.store.batches import BoundStatement
+from switchboard.store.payloads import Encoder, decode
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
 
@@ -51,7 +53,7 @@ class EntityStore:
             event_type=r.event_type or "",
             updated_us=us_of(r.updated_at),
             content_type=r.content_type or "",
-            state=r.state or b"",
+            state=_state(r),
             state_event_id=r.state_event_id or "",
         )
 
@@ -69,7 +71,9 @@ class EntityStore:
         )
         return self.q.mark_entity, params
 
-    def writes(self, e: InboundEvent, mark: bool, effects: Sequence[EntitySnapshot]) -> list[BoundStatement]:
+    def writes(
+        self, e: InboundEvent, mark: bool, effects: Sequence[EntitySnapshot], encode: Encoder
+    ) -> list[BoundStatement]:
         """A pass's entity writes: its version mark (if it passed the guard) and the states its operations
         staged. The mark and the event's own state (the ``entity`` operation) are one statement: one row, one
         cell timestamp."""
@@ -86,16 +90,25 @@ class EntityStore:
                 e.event_type,
                 ts(e.entity_version),
                 fx.content_type,
-                fx.body,
+                encode(fx.body),
                 fx.event_id,
                 e.source,
                 e.entity_id,
             )
             rest = [x for x in effects if x is not fx]
-            return [(self.q.mark_and_snapshot_entity, params), *(self.snapshot(x) for x in rest)]
-        return [*([self.mark(e)] if mark else []), *(self.snapshot(fx) for fx in effects)]
+            return [(self.q.mark_and_snapshot_entity, params), *(self.snapshot(x, encode) for x in rest)]
+        return [*([self.mark(e)] if mark else []), *(self.snapshot(fx, encode) for fx in effects)]
 
-    def snapshot(self, fx: EntitySnapshot) -> BoundStatement:
+    def snapshot(self, fx: EntitySnapshot, encode: Encoder) -> BoundStatement:
         """The state staged by an operation (``ctx.save_entity_state``)."""
-        params = (fx.version, self.ttl, fx.content_type, fx.body, fx.event_id, fx.source, fx.entity_id)
+        params = (fx.version, self.ttl, fx.content_type, encode(fx.body), fx.event_id, fx.source, fx.entity_id)
         return self.q.snapshot_entity, params
+
+
+def _state(r: Any) -> bytes:
+    """The entity's state: the encoded column, unless the row's old column (``state``, as received, from
+    before payloads were encoded) holds a newer version's state. Both are written with the version as cell
+    timestamp, so the newer write is the one with the higher write time."""
+    if r.state_encoded is not None and (r.state is None or r.state_encoded_written >= r.state_written):
+        return decode(r.state_encoded)
+    return bytes(r.state or b"")

@@ -22,6 +22,7 @@ from switchboard.model.events import (
 )
 from switchboard.store.batches import BoundStatement, write_all
 from switchboard.store.entities import EntityStore
+from switchboard.store.payloads import Encoder, decode_or
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
 
@@ -83,12 +84,13 @@ class EventStore:
         split: one partition, one atomic mutation), all in flight at once (``switchboard.store.batches``)."""
         first: list[list[BoundStatement]] = []
         second: list[list[BoundStatement]] = []
+        encode = Encoder(compress=self.store.cfg.compress_payloads)  # a body kept as its entity's state: once
         for c in commits:
             e = c.stored.event
-            effects = self.entities.writes(e, c.mark_entity, c.effects)
+            effects = self.entities.writes(e, c.mark_entity, c.effects, encode)
             if effects:
                 first.append(effects)
-            row = [(self.q.insert_event, self._event_params(c.stored))]
+            row = [(self.q.insert_event, self._event_params(c.stored, encode))]
             row.extend((self.q.insert_result, self._result_params(e, r)) for r in c.stored.results)
             second.append([*row, self._index(e, c.stored.status)])
         for e in duplicates:
@@ -98,7 +100,7 @@ class EventStore:
         await write_all(self.store, first, self._level)
         await write_all(self.store, second, self._level)
 
-    def _event_params(self, stored: StoredEvent) -> tuple[Any, ...]:
+    def _event_params(self, stored: StoredEvent, encode: Encoder) -> tuple[Any, ...]:
         e = stored.event
         return (
             e.source,
@@ -108,7 +110,7 @@ class EventStore:
             ts(e.received_us),
             ts(e.provider_time_us) if e.provider_time_us else None,
             e.content_type,
-            e.body,
+            encode(e.body),
             e.headers,
             e.receipt_id,
             e.entity_id,
@@ -173,7 +175,7 @@ class EventStore:
             event_type=r.event_type or "",
             provider=r.provider or "",
             received_us=us_of(r.received_at),
-            body=r.body or b"",
+            body=decode_or(r.body_encoded, r.body),
             content_type=r.content_type or "",
             headers=dict(r.headers or {}),
             receipt_id=r.receipt_id or "",

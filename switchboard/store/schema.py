@@ -1,15 +1,18 @@
 """The keyspace and its tables (every row carries the retention TTL, 30 days by default).
 
-* ``events`` — one row per (source, event_id): the raw event as first applied, the receipt that was applied
-  (``receipt_id``; every other receipt of that key is a duplicate) and its processing state.
+* ``events`` — one row per (source, event_id): the raw event as first applied (its body in ``body_encoded``,
+  compressed when that pays: ``switchboard.store.payloads``; rows from before that have it in ``body``), the
+  receipt that was applied (``receipt_id``; every other receipt of that key is a duplicate) and its
+  processing state.
 * ``event_records`` — same partition key, clustered by ``rec``: one row per operation run
   (``r:<operation>:<attempt>:<run id>``) and per duplicate delivery (``d:<receipt_id>``). The event row and
   its results are one unlogged batch on one partition key, which Cassandra applies as a single mutation.
 * ``events_by_source`` — the listing index, partitioned by (source, time bucket) so that partitions stay
   bounded (``cassandra.bucket_seconds``; one hour by default, minutes at 1 B events/day).
 * ``entities`` — the latest known version of each provider entity (the out-of-order guard) and, where the
-  ``entity`` operation runs, its latest state. Written with the cell timestamp set to the entity version, so
-  the highest version wins whatever order the writes land in.
+  ``entity`` operation runs, its latest state (``state_encoded``, like an event's body; ``state`` in rows
+  from before). Written with the cell timestamp set to the entity version, so the highest version wins
+  whatever order the writes land in.
 
 * ``subscriptions`` and ``subscriptions_by_client`` — outbound subscriptions (no TTL: they live until
   deleted). Signing secrets are stored encrypted (``switchboard.store.subscriptions``).
@@ -56,7 +59,7 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
         f"{{'class': 'SimpleStrategy', 'replication_factor': {cfg.replication_factor}}}",
         f"""CREATE TABLE IF NOT EXISTS {ks}.events (
             source text, event_id text, event_type text, provider text,
-            received_at timestamp, provider_time timestamp, content_type text, body blob,
+            received_at timestamp, provider_time timestamp, content_type text, body blob, body_encoded blob,
             headers map<text, text>, receipt_id text, entity_id text, entity_version bigint,
             traceparent text, replay boolean, replay_id text, status text, processed_at timestamp, attempts int,
             last_error text,
@@ -69,7 +72,7 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
         ) WITH {opts}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.entities (
             source text, entity_id text, version bigint, event_id text, event_type text, updated_at timestamp,
-            content_type text, state blob, state_event_id text,
+            content_type text, state blob, state_encoded blob, state_event_id text,
             PRIMARY KEY ((source, entity_id))
         ) WITH {opts}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.subscriptions (
@@ -135,6 +138,8 @@ def migrations(cfg: CassandraConfig) -> list[str]:
     return [
         f"ALTER TABLE {cfg.keyspace}.events ADD replay_id text",
         f"ALTER TABLE {cfg.keyspace}.replays ADD updated_at timestamp",
+        f"ALTER TABLE {cfg.keyspace}.events ADD body_encoded blob",
+        f"ALTER TABLE {cfg.keyspace}.entities ADD state_encoded blob",
     ]
 
 

@@ -27,16 +27,18 @@ def _event_cql(ks: str) -> dict[str, str]:
         "run_records": f"""SELECT rec, operation, outcome FROM {ks}.event_records
             WHERE source = ? AND event_id = ? AND rec >= 'r:' AND rec < 'r;'""",
         "entity_versions": f"SELECT entity_id, version FROM {ks}.entities WHERE source = ? AND entity_id IN ?",
-        "get_entity": f"SELECT * FROM {ks}.entities WHERE source = ? AND entity_id = ?",
+        "get_entity": f"""SELECT source, entity_id, version, event_id, event_type, updated_at, content_type,
+            state_event_id, state, WRITETIME(state) AS state_written, state_encoded,
+            WRITETIME(state_encoded) AS state_encoded_written FROM {ks}.entities WHERE source = ? AND entity_id = ?""",
         "mark_entity": f"""UPDATE {ks}.entities USING TIMESTAMP ? AND TTL ?
             SET version = ?, event_id = ?, event_type = ?, updated_at = ? WHERE source = ? AND entity_id = ?""",
         "mark_and_snapshot_entity": f"""UPDATE {ks}.entities USING TIMESTAMP ? AND TTL ?
-            SET version = ?, event_id = ?, event_type = ?, updated_at = ?, content_type = ?, state = ?,
+            SET version = ?, event_id = ?, event_type = ?, updated_at = ?, content_type = ?, state_encoded = ?,
             state_event_id = ? WHERE source = ? AND entity_id = ?""",
         "snapshot_entity": f"""UPDATE {ks}.entities USING TIMESTAMP ? AND TTL ?
-            SET content_type = ?, state = ?, state_event_id = ? WHERE source = ? AND entity_id = ?""",
+            SET content_type = ?, state_encoded = ?, state_event_id = ? WHERE source = ? AND entity_id = ?""",
         "insert_event": f"""INSERT INTO {ks}.events (source, event_id, event_type, provider,
-            received_at, provider_time, content_type, body, headers, receipt_id, entity_id,
+            received_at, provider_time, content_type, body_encoded, headers, receipt_id, entity_id,
             entity_version, traceparent, replay, replay_id, status, processed_at, attempts, last_error)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
         "insert_result": f"""INSERT INTO {ks}.event_records (source, event_id, rec, operation, outcome,

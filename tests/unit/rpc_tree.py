@@ -23,6 +23,7 @@ EXPECTED: dict[type[errors.SwitchboardError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.BrokerUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.CorruptData: grpc.StatusCode.INTERNAL,
     errors.StackError: grpc.StatusCode.INTERNAL,
 }
 

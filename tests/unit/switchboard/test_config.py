@@ -27,6 +27,13 @@ def test_default_config_file_parses_with_a_demo_source() -> None:
     assert [op.name for op in cfg.processor.operations] == ["log", "entity", "deliver"]
     assert cfg.delivery.secrets_key is not None and "invoice.paid" in (cfg.event_types() or ())
     assert cfg.processor.retry.max_attempts == 8 and cfg.processor.retry.levels_ms()[0] == 1000
+    assert cfg.cassandra.compress_payloads
+
+
+def test_payload_compression_can_be_turned_off() -> None:
+    assert not parse_config(
+        base(cassandra={"compress_payloads": False}), Path("/tmp/s.toml")
+    ).cassandra.compress_payloads
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
@@ -61,6 +68,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(processor={"retry": {"jitter": True}}), "unknown key"),
         (base(cassandra={"consistency": "SERIAL"}), "must be one of"),
         (base(processor={"partitions": 101}), "at most 100"),
+        (base(cassandra={"compress_payloads": "yes"}), "compress_payloads"),
     ],
 )
 def test_unsafe_or_invalid_config_is_refused(raw: dict[str, object], message: str) -> None:
