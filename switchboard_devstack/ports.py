@@ -1,15 +1,19 @@
 """Free TCP ports for local components, and waiting for a port to accept connections.
 
-``free_port`` asks the kernel for an unused port (bind to port 0). Because the port is released again before
-the component binds it, two processes asking at the same moment could in principle be handed the same port;
-a short-lived reservation file per port (in the system temporary directory, shared by every process on the
-machine) makes parallel test runs skip ports another run has just been given.
+``free_port`` picks an unused port below the kernel's ephemeral range (``net.ipv4.ip_local_port_range``,
+32768-60999 by default). A port from that range (what binding to port 0 returns) can be handed to any
+outgoing connection on the machine between the moment it is chosen and the moment the component binds it:
+a full test run once lost a RabbitMQ node to ``eaddrinuse`` that way. Ports below the range are never given
+to outgoing connections, so only another listener can take them, and that is checked. A short-lived
+reservation file per port (in the system temporary directory, shared by every process on the machine) makes
+parallel test runs skip ports another run has just been given.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import tempfile
 import time
@@ -17,7 +21,7 @@ from pathlib import Path
 
 from switchboard.errors import StackError
 
-__all__ = ["free_port", "port_is_free", "reserve_port", "wait_port"]
+__all__ = ["ephemeral_range", "free_port", "port_is_free", "reserve_port", "wait_port"]
 
 # How long a port handed out by free_port() stays reserved for the process that asked for it.
 RESERVATION_SECONDS = 300.0
@@ -25,13 +29,35 @@ _RESERVATION_DIR = Path(tempfile.gettempdir()) / "switchboard-ports"
 _handed_out: set[int] = set()
 
 
+# Where free_port() looks when the ephemeral range leaves room below it: at most this many ports under it.
+SPAN = 12_000
+_LOWEST = 10_000
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; the usual default elsewhere)."""
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on and that no other caller of this function on this
-    machine has been given in the last few minutes."""
+    """A TCP port on ``host`` that nothing listens on, outside the kernel's ephemeral range (no outgoing
+    connection can take it before the component binds it), and that no other caller of this function on
+    this machine has been given in the last few minutes."""
+    low, _ = ephemeral_range()
+    start = max(_LOWEST, low - SPAN)
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
+        if low - start >= 1000:
+            port = random.randrange(start, low)
+            if not port_is_free(port, host):
+                continue
+        else:  # no room below the range (an unusual kernel setting): let the kernel choose
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
         if reserve_port(port):
             return port
     raise StackError(f"could not find a free TCP port on {host}")

@@ -20,6 +20,7 @@ import pytest
 
 from switchboard.errors import StackError
 from switchboard_devstack import CassandraNode, EnvoyProcess, ManagedProcess, RabbitNode, free_port, wait_port
+from switchboard_devstack.ports import ephemeral_range
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +66,8 @@ def _start(proc: ManagedProcess, timeout: float) -> float:
 def test_free_port_never_repeats_and_wait_port() -> None:
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == len(ports)
+    low, _ = ephemeral_range()
+    assert all(p < low for p in ports)  # no outgoing connection can be given one of them
     with socket.socket() as server:
         server.bind(("127.0.0.1", ports[0]))
         server.listen()
