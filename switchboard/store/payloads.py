@@ -13,7 +13,8 @@ value is always whole. Turning compression on or off is therefore safe at any ti
 
 Rows written before payloads were encoded keep their bytes, as received, in the columns they were written to
 (``events.body``, ``entities.state``); the encoded columns are ``events.body_encoded`` and
-``entities.state_encoded``, and readers fall back to the old column when the new one is empty.
+``entities.state_encoded``. Readers use the old column where the new one is empty and, for an entity's state,
+where the old one was written later (by a newer version of the entity: ``switchboard.store.entities``).
 
 Why: Cassandra's write path costs in proportion to the bytes (commit log serialisation and checksum, memtable
 copy, flush, compaction, the request itself), and an event's body is most of them, twice when the ``entity``

@@ -5,6 +5,7 @@ still read."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import time
@@ -21,7 +22,9 @@ from switchboard.config import PlatformConfig
 from switchboard.model.events import EntitySnapshot
 from switchboard.store.batches import write_all
 from switchboard.store.entities import EntityStore
+from switchboard.store.events import EventStore
 from switchboard.store.payloads import ZSTD, Encoder
+from switchboard.store.schema import schema_statements
 from switchboard.store.session import StoreSession
 from switchboard_devstack.stack import Stack
 from tests.e2e.helpers import edge_client, query_stub, stripe_headers, wait_for_event
@@ -146,3 +149,68 @@ def test_a_stored_payload_that_does_not_decode_is_an_internal_error_naming_it(
     status = status_pb2.Status.FromString(dict(info.value.trailing_metadata())["grpc-status-details-bin"])
     reason = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(reason) and reason.reason == "DATA_CORRUPT"
+
+
+def test_a_keyspace_from_before_gains_the_encoded_columns_and_keeps_its_rows(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    """A keyspace whose ``events`` and ``entities`` tables were created by the previous version (no encoded
+    columns) is upgraded in place when a service starts (``create_schema``): the columns are added, the old
+    rows read as they were, and new writes go to the encoded columns."""
+    cfg = dataclasses.replace(stack_config.cassandra, keyspace=f"sb_upgrade_{secrets.token_hex(4)}")
+    old_body = b'{"id":"evt_before_upgrade","note":"' + b"stored by the previous version " * 8 + b'"}'
+    admin = StoreSession.connect(stack_config.cassandra)  # the stack's keyspace; creates the old tables
+    try:
+        cql = admin.session
+        release = cql.execute("SELECT release_version FROM system.local").one()[0]
+        for stmt in schema_statements(cfg, release):  # the previous version's: without the encoded columns
+            cql.execute(stmt.replace(" body_encoded blob,", "").replace(" state_encoded blob,", ""), timeout=60)
+        admin.cluster.refresh_table_metadata(cfg.keyspace, "events")
+        assert "body_encoded" not in admin.cluster.metadata.keyspaces[cfg.keyspace].tables["events"].columns
+        cql.set_keyspace(cfg.keyspace)
+        cql.execute(
+            "INSERT INTO events (source, event_id, event_type, body, status, received_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            ("shop", "evt_before_upgrade", "invoice.paid", old_body, "processed", int(time.time() * 1000)),
+        )
+    finally:
+        admin.close()
+
+    upgraded = StoreSession.connect(cfg, create_schema=True)  # what every service does at start
+    try:
+        upgraded.session.set_keyspace(cfg.keyspace)  # for the plain CQL below (the store's statements name it)
+        events = EventStore(upgraded, EntityStore(upgraded))
+
+        async def read_and_write() -> tuple[bytes, bytes]:
+            before = await events.get("shop", "evt_before_upgrade")
+            assert before is not None
+            fx = EntitySnapshot(
+                source="shop",
+                entity_id="in_after_upgrade",
+                version=5,
+                event_id="evt_after_upgrade",
+                event_type="invoice.paid",
+                content_type="application/json",
+                body=old_body,
+            )
+            await write_all(
+                upgraded, [[EntityStore(upgraded).snapshot(fx, Encoder(compress=True))]], ConsistencyLevel.ONE
+            )
+            upgraded.session.execute(  # the version mark the processor writes with it (GetEntity needs one)
+                "UPDATE entities USING TIMESTAMP 5 SET version = 5 WHERE source = %s AND entity_id = %s",
+                ("shop", "in_after_upgrade"),
+            )
+            after = await EntityStore(upgraded).get("shop", "in_after_upgrade")
+            assert after is not None
+            return before.event.body, after.state
+
+        before_body, new_state = asyncio.run(read_and_write())
+        assert before_body == old_body and new_state == old_body
+        row = upgraded.session.execute(
+            "SELECT state, state_encoded FROM entities WHERE source = %s AND entity_id = %s",
+            ("shop", "in_after_upgrade"),
+        ).one()
+        assert row.state is None and row.state_encoded[0] == ZSTD
+    finally:
+        upgraded.session.execute(f"DROP KEYSPACE {cfg.keyspace}", timeout=60)
+        upgraded.close()
