@@ -61,6 +61,15 @@ def wait_for_event(cfg: PlatformConfig, source: str, event_id: str, timeout: flo
         channel.close()
 
 
+def get_entity(cfg: PlatformConfig, entity_id: str, source: str = "shop") -> Any:
+    """Query.GetEntity's entity."""
+    channel, stub = query_stub(cfg)
+    try:
+        return stub.GetEntity(query_pb2.GetEntityRequest(source=source, entity_id=entity_id), timeout=5).entity
+    finally:
+        channel.close()
+
+
 def get_event_code(cfg: PlatformConfig, source: str, event_id: str) -> grpc.StatusCode:
     channel, stub = query_stub(cfg)
     try:

@@ -21,6 +21,7 @@ from switchboard.config import PlatformConfig
 from switchboard_devstack.stack import Stack
 from tests.e2e.helpers import (
     edge_client,
+    get_entity,
     log_lines,
     paused_events,
     query_stub,
@@ -132,14 +133,6 @@ def test_event_failing_every_attempt_is_failed_dead_lettered_and_listed(
         channel.close()
     assert [e.event_id for e in found if e.event_id == event_id] == [event_id]
     assert all(e.status == event_pb2.EVENT_STATUS_FAILED for e in found)
-
-
-def get_entity(cfg: PlatformConfig, entity_id: str) -> Any:
-    channel, stub = query_stub(cfg)
-    try:
-        return stub.GetEntity(query_pb2.GetEntityRequest(source="shop", entity_id=entity_id), timeout=5).entity
-    finally:
-        channel.close()
 
 
 def test_older_event_arriving_after_a_newer_one_is_stale_and_not_applied(

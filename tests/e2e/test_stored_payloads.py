@@ -9,7 +9,6 @@ import dataclasses
 import json
 import secrets
 import time
-from typing import Any
 
 import grpc
 import pytest
@@ -27,18 +26,10 @@ from switchboard.store.payloads import ZSTD, Encoder
 from switchboard.store.schema import schema_statements
 from switchboard.store.session import StoreSession
 from switchboard_devstack.stack import Stack
-from tests.e2e.helpers import edge_client, query_stub, stripe_headers, wait_for_event
+from tests.e2e.helpers import edge_client, get_entity, query_stub, stripe_headers, wait_for_event
 from tests.stack_fixture import STRIPE_SECRET
 
 pytestmark = pytest.mark.integration
-
-
-def get_entity(cfg: PlatformConfig, entity_id: str) -> Any:
-    channel, stub = query_stub(cfg)
-    try:
-        return stub.GetEntity(query_pb2.GetEntityRequest(source="shop", entity_id=entity_id), timeout=5).entity
-    finally:
-        channel.close()
 
 
 def test_a_received_event_is_stored_compressed_and_returned_byte_for_byte(
