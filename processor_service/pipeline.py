@@ -5,7 +5,7 @@ ordering by key and store back-off are the worker's (``switchboard.queue.worker`
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from processor_service.processor import Disposition, Handled, Processor
 from switchboard.errors import InvalidRequest
@@ -20,6 +20,7 @@ _OUTCOME = {
     Disposition.STALE: "stale",
     Disposition.DUPLICATE: "duplicate",
     Disposition.DONE: "redelivered",
+    Disposition.ABANDONED: "abandoned",
 }
 
 
@@ -52,11 +53,16 @@ class EventPipeline:
             for i, e in events:
                 (later if e.key in keys else now).append((i, e))
                 keys.add(e.key)
-            handled = await self.processor.handle([e for _, e in now])
+            handled = await self.processor.handle([e for _, e in now], held=_held([batch[i] for i, _ in now]))
             for (i, e), h in zip(now, handled, strict=True):
                 verdicts[i] = verdict(e, h)
             events = later
         return [v for v in verdicts if v is not None]
+
+
+def _held(messages: Sequence[QueueMessage]) -> Callable[[int], bool]:
+    """Whether the i-th message is still this consumer's, asked by the processor right before its commit."""
+    return lambda i: messages[i].held
 
 
 def verdict(event: InboundEvent, handled: Handled) -> Verdict:

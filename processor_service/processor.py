@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,6 +76,7 @@ class Disposition(enum.Enum):
     FAILED = "failed"  # an operation failed on the last attempt: dead-letter, then ack
     DUPLICATE = "duplicate"  # another receipt of this event was applied: ack
     DONE = "done"  # this receipt was already committed in a final state (a redelivery): ack
+    ABANDONED = "abandoned"  # no longer held when the batch was about to commit: nothing committed, no ack
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,13 @@ class Processor:
         self.max_attempts = max_attempts
         self.tracer = tracer
 
-    async def handle(self, events: Sequence[InboundEvent]) -> list[Handled]:
-        """Decides, applies and commits a batch of receipts with distinct keys; one ``Handled`` each, in order."""
+    async def handle(self, events: Sequence[InboundEvent], held: Callable[[int], bool] | None = None) -> list[Handled]:
+        """Decides, applies and commits a batch of receipts with distinct keys; one ``Handled`` each, in order.
+
+        ``held(i)`` says whether ``events[i]`` is still this processor's to decide; it is asked right before
+        the commit. A receipt no longer held (its queue channel closed while the batch ran, so the broker
+        hands it to the partition's next processor) is left out of the commit and answered ``ABANDONED``:
+        committing it would race that processor's read (see "Windows that remain", docs/processing.md)."""
         assert len({e.key for e in events}) == len(events), "one receipt per event in a batch"
         started_ns = time.time_ns()
         # The entity versions are read together with the priors, for every event that names a versioned
@@ -160,6 +166,15 @@ class Processor:
         for i, (commit, handled) in zip(passes, ran, strict=True):
             commits[i] = commit
             out[i] = handled
+        if held is not None:
+            lost = {i for i in range(len(events)) if not held(i)}
+            if lost:
+                lost_keys = {events[i].key for i in lost}
+                for i in lost:
+                    commits.pop(i, None)
+                    out[i] = Handled(Disposition.ABANDONED)
+                duplicates = [e for e in duplicates if e.key not in lost_keys]
+                reindex = [(e, s) for e, s in reindex if e.key not in lost_keys]
         commit_ns = time.time_ns()
         await self.store.commit([commits[i] for i in sorted(commits)], duplicates=duplicates, reindex=reindex)
         answers = [h for h in out if h is not None]

@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 PORT_ENV = "SWITCHBOARD_METRICS_PORT"
 DEPTH_INTERVAL_SECONDS = 5.0
 
-PROCESSOR_OUTCOMES = ("processed", "duplicate", "stale", "redelivered", "retried", "failed", "undecodable")
+PROCESSOR_OUTCOMES = (
+    "processed", "duplicate", "stale", "redelivered", "retried", "failed", "undecodable", "abandoned",
+)  # fmt: skip
 DELIVERY_OUTCOMES = (
     "delivered", "retried", "deferred", "failed", "disabled", "cancelled", "already_final", "undecodable",
 )  # fmt: skip

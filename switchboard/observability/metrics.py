@@ -76,7 +76,8 @@ INGEST_REJECTED = Counter(
 PROCESSOR_EVENTS = Counter(
     "switchboard_processor_events",
     "Receipts settled by the processors, by outcome: processed, duplicate, stale, redelivered, retried, failed "
-    "(dead-lettered after the last attempt), undecodable.",
+    "(dead-lettered after the last attempt), undecodable, abandoned (its channel closed before the commit: "
+    "nothing committed, left to the next consumer).",
     ["outcome"],
 )
 E2E_LATENCY = Histogram(

@@ -22,6 +22,11 @@ The worker owns, so that no handler repeats them:
 * **Redeliveries wait.** With ``redelivery_delay``, a message the broker redelivers (its consumer died or
   lost its channel) is handed to the handler only that long after it arrived: the dead consumer may have had
   writes for it in flight, and the handler must read what they did, not race them.
+* **A lost channel drops what it delivered.** When a consuming channel closes (the connection dropped, or
+  missed heartbeats while the process was stopped), the broker takes its unacked messages back and hands
+  them to the queue's next consumer. Those still waiting here are never started (found with a benchmark's
+  three processors resumed after SIGSTOP: a stale copy and its redelivery ran at the same moment on two
+  processors). A batch already started when the channel closed runs on; see ``Redeliveries wait``.
 * **Store back-off.** A handler raising ``Unavailable`` (the store is down) gets the same batch again after a
   back-off, for as long as the worker still holds its messages; if the channel closes meanwhile, the
   messages are abandoned (the broker hands them to another consumer) and never acked.
@@ -55,7 +60,7 @@ from switchboard.backoff import Backoff, jittered
 from switchboard.errors import BrokerUnavailable, Unavailable
 from switchboard.queue.acks import AckTracker
 from switchboard.queue.connection import DRIVER_ERRORS, connect, publish_confirmed
-from switchboard.queue.message import Ack, DeadLetter, QueueMessage, Retry, Verdict
+from switchboard.queue.message import Ack, DeadLetter, QueueMessage, Retry, Verdict, channel_of
 from switchboard.queue.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -113,15 +118,6 @@ class WorkerSettings:
 
 async def _ignore(message: AbstractIncomingMessage) -> None:
     """The members queue carries no message; should one arrive, it is dropped (``no_ack``)."""
-
-
-def _channel_of(raw: AbstractIncomingMessage) -> Any | None:
-    """The channel a message came on, None once it is closed (its unacked messages are back at the broker)."""
-    try:
-        channel = raw.channel
-    except DRIVER_ERRORS:
-        return None
-    return None if channel.is_closed else channel
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -361,7 +357,7 @@ class QueueWorker:
 
     # -- consuming --------------------------------------------------------------------------------------
     def _tracker(self, raw: AbstractIncomingMessage) -> AckTracker:
-        key = (raw.consumer_tag or "", id(_channel_of(raw)))
+        key = (raw.consumer_tag or "", id(channel_of(raw)))
         tracker = self._trackers.get(key)
         if tracker is None:
             tracker = self._trackers[key] = AckTracker(max_waiting=self.settings.prefetch // 4)
@@ -392,14 +388,20 @@ class QueueWorker:
     def _take(self) -> list[QueueMessage]:
         """The next batch: pending messages in arrival order whose key is not being handled, whose queue is not
         being handed over and whose redelivery delay is over; the others stay (and so do later messages of
-        their keys)."""
+        their keys). Messages whose channel has closed are dropped: they are the broker's again."""
         batch: list[QueueMessage] = []
         keys: set[str] = set()
         held: set[str] = set()
         kept: deque[QueueMessage] = deque()
         now = time.monotonic()
+        dropped = 0
         while self._pending and len(batch) < self.settings.max_batch:
             message = self._pending.popleft()
+            if not message.held:
+                # Its channel closed before it was started (connection lost, heartbeats missed): the broker
+                # has it back and gives it to the partition's next consumer. Started here, it would run twice.
+                dropped += 1
+                continue
             key = self.handler.key(message)
             sub = self._subs.get(message.queue)
             if (
@@ -416,6 +418,8 @@ class QueueWorker:
             batch.append(message)
         self._pending.extendleft(reversed(kept))
         self._active_keys |= keys
+        if dropped:
+            log.info("dropped messages whose channel closed before they started", extra={"dropped": dropped})
         return batch
 
     async def _run(self) -> None:
@@ -455,7 +459,7 @@ class QueueWorker:
 
     def _abandoned(self, batch: Sequence[QueueMessage]) -> bool:
         """True once the messages can no longer be acked here: the broker hands them to another consumer."""
-        return any(_channel_of(m.raw) is None for m in batch)
+        return not all(m.held for m in batch)
 
     async def _process(self, batch: Sequence[QueueMessage]) -> None:
         started = time.monotonic()
@@ -489,7 +493,7 @@ class QueueWorker:
     async def _ack(self, messages: Sequence[QueueMessage]) -> None:
         by_channel: dict[tuple[str, int], list[int]] = {}
         for m in messages:
-            channel = _channel_of(m.raw)
+            channel = channel_of(m.raw)
             if channel is None:  # gone: the broker redelivers it; handlers make that harmless
                 continue
             by_channel.setdefault((m.raw.consumer_tag or "", id(channel)), []).append(m.raw.delivery_tag or 0)
@@ -546,7 +550,7 @@ class QueueWorker:
                 extra={"message_id": message.message_id, "error": exc.message},
             )
             raw = message.raw
-            if _channel_of(raw) is not None:
+            if channel_of(raw) is not None:
                 await asyncio.sleep(FORWARD_FAILURE_PAUSE)
                 self._tracker(raw).forget(raw.delivery_tag or 0)
                 try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -108,3 +108,60 @@ async def test_partitions_spread_over_two_workers_and_hand_over_without_running_
     assert not Recorder.overlaps, f"two workers held the same key at once: {Recorder.overlaps[:5]}"
     assert [m for m, n in times.items() if n > 1] == [], "a message was handled twice"
     assert by_worker["a"] > 0 and by_worker["b"] > 0, f"one worker did all the work: {dict(by_worker)}"
+
+
+class Blocking:
+    """Holds its first batch until released; records every message it handles with its redelivered flag."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.first: list[str] = []
+        self.handled: list[tuple[str, bool]] = []
+
+    def key(self, message: QueueMessage) -> str:
+        return message.message_id
+
+    async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+        if not self.first:
+            self.first = [m.message_id for m in batch]
+            await self.release.wait()
+        self.handled.extend((m.message_id, m.redelivered) for m in batch)
+        return [Ack() for _ in batch]
+
+
+async def wait_for(condition: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_messages_waiting_when_the_channel_closes_are_left_to_the_broker(rabbit: RabbitNode) -> None:
+    """The broker drops the worker's connection while one batch is running and more messages wait in the
+    worker. The broker takes every unacked message back and redelivers it on the new connection; of the old
+    copies, only the batch that had started is handled (it cannot be recalled): the waiting ones are dropped,
+    not run a second time next to their redeliveries."""
+    topology = Topology(f"t{free_port()}", "events", (200,))
+    handler = Blocking()
+    worker = QueueWorker(
+        rabbit.amqp_url, topology, handler, WorkerSettings(prefetch=50, max_batch=10, concurrency=1), purpose="c"
+    )
+    await worker.start()
+    try:
+        ids = [f"c{i:03d}" for i in range(50)]
+        await publish(rabbit.amqp_url, topology, ids, rate=1000)
+        await wait_for(lambda: bool(handler.first) and worker.in_flight == 50, "50 messages held")
+        rabbit.rabbitmqctl("close_all_connections", "test: connection lost")
+        # The robust connection comes back and the broker redelivers all 50 (the 10 running ones included).
+        await wait_for(lambda: worker.in_flight == 100, "the redeliveries")
+        handler.release.set()
+        await wait_for(lambda: sum(r for _, r in handler.handled) == 50, "the redeliveries handled")
+        await wait_for(lambda: worker.in_flight == 0, "the worker idle")
+        depths = await worker.depths()
+    finally:
+        await worker.stop(5)
+        await worker.close()
+    first_copies = [m for m, redelivered in handler.handled if not redelivered]
+    assert sorted(first_copies) == sorted(handler.first), "only the batch that had started ran from the lost channel"
+    assert sorted(m for m, redelivered in handler.handled if redelivered) == ids
+    assert depths[topology.work_queues[0]] == 0

@@ -147,3 +147,28 @@ async def test_a_batch_is_decided_with_one_read_and_guards_one_entity_in_arrival
     assert store.most_reading == 2  # the guard's versions went out with the priors: one round trip
     assert store.marks == {("shop", "in_1"): 30, ("shop", "in_2"): 1}
     assert entity.calls == 3 and store.duplicates == {"shop/evt_seen": ["r2"]}
+
+
+async def test_a_receipt_no_longer_held_at_commit_time_is_left_out_of_the_commit(store: MemoryEvents) -> None:
+    entity = Counter()
+    p = processor(store, Operation("entity", entity, takes_context=True))
+    await one(p, event(event_id="evt_seen", receipt_id="r1"))
+    asked: list[int] = []
+
+    def held(i: int) -> bool:  # the queue channel of batch[1] and batch[2] closed while the batch ran
+        asked.append(i)
+        return i == 0
+
+    batch = [
+        event(event_id="evt_a"),
+        event(event_id="evt_b", entity_id="in_2"),
+        event(event_id="evt_seen", receipt_id="r2"),  # a duplicate
+    ]
+    handled = await p.handle(batch, held=held)
+    assert [h.disposition for h in handled] == [Disposition.PROCESSED, Disposition.ABANDONED, Disposition.ABANDONED]
+    assert sorted(set(asked)) == [0, 1, 2]
+    assert "shop/evt_a" in store.stored and "shop/evt_b" not in store.stored
+    assert ("shop", "in_2") not in store.marks  # nor its effects: the next consumer applies it
+    assert store.duplicates == {}  # evt_seen's second receipt (a duplicate) was not recorded either
+    again = await one(p, event(event_id="evt_b", entity_id="in_2"))  # that consumer finds nothing committed
+    assert (again.disposition, again.attempt) == (Disposition.PROCESSED, 1)
