@@ -13,6 +13,11 @@ receipts at a time (one read of what is stored, one write of every outcome):
 * **Out-of-order guard.** An event whose entity already holds a higher version is recorded as STALE and its
   operations are not run; equal versions are applied. Events of one entity in the same batch are guarded in
   arrival order against each other too.
+  Batches running at the same time in one processor (``processor.concurrency`` > 1) are guarded against each
+  other too: the processor remembers the versions it decided to apply (the latest ``DECIDED_VERSIONS``
+  entities) and takes the higher of that and what it read, so a batch whose read came before another batch's
+  commit still sees that batch's version. Versions only go up and every decided mark is committed (or the
+  pass is retried or redelivered and applied), so the memory never holds a version the entity will not reach.
 * **Attempts.** A pass whose operation failed is RETRYING (the worker schedules it through a delay queue)
   until ``max_attempts``, then FAILED (the worker dead-letters it). The attempt count lives in the store, so
   it survives redeliveries and restarts.
@@ -51,6 +56,8 @@ from switchboard.model.events import (
 from switchboard.observability.tracing import NO_TRACER, Attributes, Tracer, sampled
 
 TERMINAL = frozenset({EventStatus.PROCESSED, EventStatus.STALE, EventStatus.FAILED})
+# Entities whose decided version the processor remembers for the guard (least recently decided dropped first).
+DECIDED_VERSIONS = 50_000
 
 
 class EventStore(Protocol):
@@ -112,6 +119,7 @@ class Processor:
         self.registry = registry
         self.max_attempts = max_attempts
         self.tracer = tracer
+        self._decided: dict[tuple[str, str], int] = {}  # (source, entity id) → the highest version decided here
 
     async def handle(self, events: Sequence[InboundEvent], held: Callable[[int], bool] | None = None) -> list[Handled]:
         """Decides, applies and commits a batch of receipts with distinct keys; one ``Handled`` each, in order.
@@ -155,7 +163,8 @@ class Processor:
                 passes[i] = self._pass(e, prior.attempts + 1, ops_done)
 
         commits: dict[int, Commit] = {}
-        stale = _guard(passes, versions)
+        # No await from here to the end of _decide: batches running concurrently decide one after the other.
+        stale = self._decide(passes, versions)
         for i, reason in stale.items():
             p = passes.pop(i)
             finished = now_us()
@@ -250,6 +259,23 @@ class Processor:
                 kind="client",
                 attributes={**db, "db.operation.name": "commit", "switchboard.commits": len(commits)},
             )
+
+    def _decide(self, passes: dict[int, _Pass], versions: dict[tuple[str, str], int]) -> dict[int, str]:
+        """``_guard`` against what was read and what this processor decided in batches not yet committed (or
+        committed after this batch's read); remembers the versions decided now."""
+        for key in {(p.event.source, p.event.entity_id) for p in passes.values() if p.guarded}:
+            decided = self._decided.get(key)
+            if decided is not None and decided > versions.get(key, -1):
+                versions[key] = decided
+        stale = _guard(passes, versions)
+        for i, p in passes.items():
+            if p.guarded and i not in stale:
+                key = (p.event.source, p.event.entity_id)
+                self._decided.pop(key, None)  # re-inserted last: the oldest decisions are dropped first
+                self._decided[key] = versions[key]
+        while len(self._decided) > DECIDED_VERSIONS:
+            del self._decided[next(iter(self._decided))]
+        return stale
 
     def _pass(self, event: InboundEvent, attempt: int, done: frozenset[str]) -> _Pass:
         ops = [op for op in self.registry.matching(event) if op.name not in done]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Collection
 from dataclasses import replace
 
 import pytest
 
+import processor_service.processor as processor_module
 from processor_service.operations import Operation, OperationContext, Registry
 from processor_service.processor import Disposition, Handled, Processor
 from switchboard.model.events import EventStatus, InboundEvent, Outcome
@@ -172,3 +175,38 @@ async def test_a_receipt_no_longer_held_at_commit_time_is_left_out_of_the_commit
     assert store.duplicates == {}  # evt_seen's second receipt (a duplicate) was not recorded either
     again = await one(p, event(event_id="evt_b", entity_id="in_2"))  # that consumer finds nothing committed
     assert (again.disposition, again.attempt) == (Disposition.PROCESSED, 1)
+
+
+class ReadBeforeCommit(MemoryEvents):
+    """Entity versions as they were when the read was sent, answered a little later: a batch running at the
+    same time commits in between."""
+
+    async def versions(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        sent = {k: self.marks[k] for k in keys if k in self.marks}
+        await asyncio.sleep(0.01)
+        return sent
+
+
+async def test_batches_running_at_once_are_guarded_against_each_other() -> None:
+    store = ReadBeforeCommit()
+    entity = Counter()
+    p = processor(store, Operation("entity", entity, takes_context=True))
+
+    async def later(e: InboundEvent) -> Handled:
+        await asyncio.sleep(0.001)  # its read goes out after the first batch's, before that batch commits
+        return await one(p, e)
+
+    newer, older = await asyncio.gather(
+        one(p, event(event_id="evt_new", entity_version=30)), later(event(event_id="evt_old", entity_version=20))
+    )
+    assert (newer.disposition, older.disposition) == (Disposition.PROCESSED, Disposition.STALE)
+    assert older.last_error == "stale: entity in_1 is at version 30, this event carries 20"
+    assert entity.calls == 1 and store.marks[("shop", "in_1")] == 30
+
+
+async def test_the_memory_of_decided_versions_is_bounded(store: MemoryEvents, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(processor_module, "DECIDED_VERSIONS", 2)
+    p = processor(store, Operation("entity", Counter(), takes_context=True))
+    for n in (1, 2, 3, 1):
+        await one(p, event(event_id=f"evt_{n}_{len(store.stored)}", entity_id=f"in_{n}", entity_version=5))
+    assert list(p._decided) == [("shop", "in_3"), ("shop", "in_1")]  # in_2, least recently decided, dropped
