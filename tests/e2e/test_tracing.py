@@ -92,7 +92,12 @@ def test_one_trace_from_envoy_to_cassandra_and_the_delivery(stack: Stack, stack_
         names = {(s.service, s.name) for s in spans}
         deliver = mine(spans)
         return (
-            {("switchboard-edge", "ingress"), ("switchboard-processor", "cassandra commit")} <= names
+            {
+                ("switchboard-edge", "ingress"),
+                ("switchboard-ingest", "webhooks.v1.Ingest/Receive"),  # each service exports on its own
+                ("switchboard-processor", "cassandra commit"),
+            }
+            <= names
             and deliver is not None
             and len(children(spans, deliver)) == 2
         )
