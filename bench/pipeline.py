@@ -18,6 +18,10 @@ Phases (``--phases``, default all, in this order), after a warm-up (``--warmup``
   ``--ingest-max-rate`` x seconds requests (3000/s); past those it starts over (counted as re-sends).
 * ``drain``: the processing ceiling. The processors resume (SIGCONT) and drain the backlog of ``ingest``
   with no load: events/s = backlog events / (last ``processed_at`` in Cassandra - resume time). Needs ``ingest``.
+  The summary adds the rate between the moments 10% and 90% of the backlog was processed (``mid_rate``): the
+  same drain without its start-up and its tail.
+  The bench's processors get a broker heartbeat longer than the pause (``bench_stack_config``), so that the
+  broker keeps their connections through it.
 * ``steady``: open loop at ``--rate`` (800/s) for ``--steady`` seconds (60): the share accepted at that rate,
   HTTP p50/p99, and the seconds after the end of the load until the backlog was processed.
 * ``spike``: open loop at ``--spike-rate`` (300/s: 5x the 60/s seed level) for ``--spike-seconds`` (10).
@@ -111,6 +115,17 @@ def pct(values: list[float], p: float) -> float | None:
     return s[min(len(s) - 1, int(len(s) * p))]
 
 
+def mid_rate(times: list[float], low: float = 0.1, high: float = 0.9) -> float | None:
+    """Events per second between the moments the ``low`` and ``high`` shares of them were done (``times``:
+    when each was done): a drain's rate without its start (processes and JIT warming up, the broker still
+    writing the backlog to disk) and its tail (partitions finishing one by one). None for fewer than 100."""
+    if len(times) < 100:
+        return None
+    s = sorted(times)
+    a, b = int(len(s) * low), int(len(s) * high)
+    return (b - a) / (s[b] - s[a]) if s[b] > s[a] else None
+
+
 def wall_of(mono: float) -> float:
     """A time.monotonic() value as wall-clock seconds."""
     return time.time() - (time.monotonic() - mono)
@@ -153,6 +168,8 @@ class Phase:
     e2e_ms: list[float] = field(default_factory=list)
     last_processed: float | None = None
     rate_result: float | None = None
+    mid_rate: float | None = None  # drain: events/s from 10% to 90% of the backlog processed
+    per_second: list[int] = field(default_factory=list)  # drain: events processed in each second from resume
     # the services' own histograms over the phase's CPU window (bench/stages.py)
     stages: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
@@ -553,15 +570,20 @@ class Bench:
         statuses = Counter(v[2] for v in events.values())
         for ph in self.phases:
             mine = set(ph.ok_ids) if ph.kind != "drain" else set(ph.backlog_ids)
-            e2e, last = [], None
+            e2e, done = [], []
             for i in mine:
                 rec, proc, _ = events.get(i, (None, None, None))
                 if rec is not None and proc is not None:
                     e2e.append((proc - rec) * 1000)
-                    last = proc if last is None else max(last, proc)
+                    done.append(proc)
+            last = max(done, default=None)
             ph.e2e_ms, ph.last_processed = e2e, last
             if ph.kind == "drain" and last is not None and last > ph.start_wall:
                 ph.rate_result = len(mine) / (last - ph.start_wall)
+                ph.mid_rate = mid_rate(done)
+                ph.per_second = [0] * (int(last - ph.start_wall) + 1)
+                for t in done:
+                    ph.per_second[max(0, int(t - ph.start_wall))] += 1
         resends_sent = sum(ph.resends_sent for ph in self.phases)
         extra_accepted = sum(n - 1 for n in accepted_receipts.values())
         return {
@@ -715,6 +737,8 @@ class Bench:
             d["backlog_events"] = len(ph.backlog_ids)
             d["backlog_receipts"] = ph.backlog_receipts
             d["events_per_s"] = ph.rate_result
+            d["events_per_s_mid80"] = ph.mid_rate
+            d["processed_per_second"] = ph.per_second
         if ph.e2e_ms:
             d["e2e_ms"] = {
                 "p50": pct(ph.e2e_ms, 0.5),
@@ -813,14 +837,21 @@ def add_overrides(p: argparse.ArgumentParser) -> None:
 
 def bench_stack_config(args: argparse.Namespace) -> tuple[Path, PlatformConfig]:
     """A temporary directory and the bench's stack configuration in it: ``args.processors``, hour buckets,
-    ``args.trace_percent`` traced, every ``--set`` applied."""
+    ``args.trace_percent`` traced, every ``--set`` applied.
+
+    The processors' broker heartbeat outlasts the ingest phase's pause: with the default 10 s the broker drops
+    the connections of the paused processors, takes their prefetched messages back and redelivers them on
+    resume, where they wait the redelivery delay (3 s) with every prefetch window full. The drain then began
+    with ~3 s in which nothing was processed (seen in its queue depth), which is the pause's doing, not the
+    processors' speed. A ``--set processor.heartbeat_seconds=…`` still wins."""
     root = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
+    heartbeat = min(3600, max(60, math.ceil(4 * args.ingest_seconds)))
     cfg = write_test_config(
         root,
         processors=args.processors,
         bucket_seconds=3600,
         trace_percent=args.trace_percent,
-        overrides=args.overrides,
+        overrides=[f"processor.heartbeat_seconds={heartbeat}", *args.overrides],
     )
     return root, cfg
 
@@ -895,6 +926,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest ceiling      {ic:8.0f} accepted/s  ({args.connections} connections, processors paused)")
     if pc is not None:
         print(f"processing ceiling  {pc:8.0f} events/s    ({args.processors} processor(s), backlog drain)")
+        drain = next((p for p in bench.phases if p.kind == "drain"), None)
+        if drain is not None and drain.mid_rate is not None:
+            print(f"                    {drain.mid_rate:8.0f} events/s    from 10% to 90% of the backlog processed")
     if ic and pc:
         print(f"ratio processing / ingest = {pc / ic:.2f}")
     for ph in bench.phases:

@@ -72,6 +72,7 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
                 concurrency=cfg.processor.concurrency,
                 member=args.member,
                 redelivery_delay=cfg.processor.redelivery_delay_seconds,
+                heartbeat=cfg.processor.heartbeat_seconds,
             ),
             purpose="processor-consumer",
             hooks=[stats, meter, *failpoints.armed()],

@@ -106,6 +106,12 @@ class Table:
             raise self.error(name, f"must be a positive integer, got {v!r}")
         return v
 
+    def int_between(self, name: str, low: int, high: int) -> int:
+        v = self.get(name)
+        if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+            raise self.error(name, f"must be an integer between {low} and {high}, got {v!r}")
+        return v
+
     def pos_float(self, name: str) -> float:
         v = self.get(name)
         if not isinstance(v, int | float) or isinstance(v, bool) or v <= 0:

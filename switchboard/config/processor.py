@@ -73,6 +73,10 @@ class ProcessorConfig:
     # A redelivered event waits this long before it is processed, so that the writes a processor that died had
     # in flight for it have landed or timed out (Cassandra's write timeout is 2 s).
     redelivery_delay_seconds: float = 3.0
+    # Seconds of silence after which the broker drops a processor's connection and fails its partitions over
+    # to another processor (its unacked messages are redelivered to that one). Short, so that a frozen or
+    # cut-off processor is replaced quickly; the benchmark raises it for processors it pauses on purpose.
+    heartbeat_seconds: int = 10
     operations: tuple[OperationConfig, ...] = ()
     retry: RetryConfig = field(default_factory=RetryConfig)
     # Directories put in front of sys.path before the operations are imported (a team's own modules).
@@ -93,6 +97,7 @@ def parse_processor(raw: Mapping[str, Any], base: Path) -> ProcessorConfig:
         batch=t.pos_int("batch"),
         concurrency=t.pos_int("concurrency"),
         redelivery_delay_seconds=t.float_between("redelivery_delay_seconds", 0, 60),
+        heartbeat_seconds=t.int_between("heartbeat_seconds", 1, 3600),
         operations=tuple(_operation(o, j) for j, o in enumerate(operations)),
         retry=_retry(table(raw, "retry", "processor")),
         python_path=tuple(resolve_path(base, p) for p in t.strings("python_path")),

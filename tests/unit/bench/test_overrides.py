@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 import tomllib
 
 import pytest
@@ -44,3 +45,27 @@ def test_both_benchmarks_take_repeated_set_options(module: str) -> None:
     args = parse_args(["--set", "processor.concurrency=2", "--set", "delivery.breaker_failures=7"])
     assert args.overrides == ["processor.concurrency=2", "delivery.breaker_failures=7"]
     assert parse_args([]).overrides == []
+
+
+def test_the_pipeline_bench_gives_its_paused_processors_a_heartbeat_that_outlasts_the_pause() -> None:
+    from bench.pipeline import bench_stack_config, parse_args
+
+    for argv, expected in (
+        (["--ingest-seconds", "30"], 120),
+        (["--ingest-seconds", "5"], 60),
+        (["--ingest-seconds", "30", "--set", "processor.heartbeat_seconds=15"], 15),  # the user's --set wins
+    ):
+        root, cfg = bench_stack_config(parse_args(argv))
+        shutil.rmtree(root)
+        assert cfg.processor.heartbeat_seconds == expected, argv
+
+
+def test_the_drain_rate_between_10_and_90_percent_leaves_out_the_start_and_the_tail() -> None:
+    from bench.pipeline import mid_rate
+
+    # 1,000 events: none in the first 3 s (a stall), then 100/s for 9 s, then a slow tail of 100 over 10 s.
+    times = [3.0 + i / 100 for i in range(900)] + [12.0 + i / 10 for i in range(100)]
+    assert mid_rate(times) == 800 / (times[900] - times[100])  # 10% at 4.0 s, 90% at 12.0 s
+    assert mid_rate(times) == 100.0
+    assert mid_rate(times[:99]) is None
+    assert mid_rate([5.0] * 200) is None  # no time passed

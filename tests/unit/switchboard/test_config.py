@@ -27,6 +27,7 @@ def test_default_config_file_parses_with_a_demo_source() -> None:
     assert [op.name for op in cfg.processor.operations] == ["log", "entity", "deliver"]
     assert cfg.delivery.secrets_key is not None and "invoice.paid" in (cfg.event_types() or ())
     assert cfg.processor.retry.max_attempts == 8 and cfg.processor.retry.levels_ms()[0] == 1000
+    assert cfg.processor.heartbeat_seconds == 10
     assert cfg.cassandra.compress_payloads
 
 
@@ -68,6 +69,8 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(processor={"retry": {"jitter": True}}), "unknown key"),
         (base(cassandra={"consistency": "SERIAL"}), "must be one of"),
         (base(processor={"partitions": 101}), "at most 100"),
+        (base(processor={"heartbeat_seconds": 0}), "between 1 and 3600"),
+        (base(processor={"heartbeat_seconds": 2.5}), "between 1 and 3600"),
         (base(cassandra={"compress_payloads": "yes"}), "compress_payloads"),
     ],
 )
