@@ -26,7 +26,9 @@ The worker owns, so that no handler repeats them:
   missed heartbeats while the process was stopped), the broker takes its unacked messages back and hands
   them to the queue's next consumer. Those still waiting here are never started (found with a benchmark's
   three processors resumed after SIGSTOP: a stale copy and its redelivery ran at the same moment on two
-  processors). A batch already started when the channel closed runs on; see ``Redeliveries wait``.
+  processors). A batch already started when the channel closed runs on: a handler asks ``QueueMessage.held``
+  before it commits (the processor leaves such receipts out), and ``Redeliveries wait`` covers a commit
+  already in flight.
 * **Store back-off.** A handler raising ``Unavailable`` (the store is down) gets the same batch again after a
   back-off, for as long as the worker still holds its messages; if the channel closes meanwhile, the
   messages are abandoned (the broker hands them to another consumer) and never acked.
