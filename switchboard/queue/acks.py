@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 class AckTracker:
     """The unsettled deliveries of one channel, in delivery order."""
 
-    def __init__(self, max_waiting: int = 64) -> None:
+    def __init__(self, max_waiting: int = 64, channel: Any = None) -> None:
         self.max_waiting = max_waiting
+        self.channel = channel  # the driver's channel it tracks (the worker drops the tracker once it closed)
         self._outstanding: dict[int, Any] = {}  # delivery tag -> driver message, in delivery order
         self._settled: set[int] = set()  # settled but not acked yet
         self.frames = 0  # ack frames sent (for stats)

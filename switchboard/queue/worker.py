@@ -24,11 +24,12 @@ The worker owns, so that no handler repeats them:
   writes for it in flight, and the handler must read what they did, not race them.
 * **A lost channel drops what it delivered.** When a consuming channel closes (the connection dropped, or
   missed heartbeats while the process was stopped), the broker takes its unacked messages back and hands
-  them to the queue's next consumer. Those still waiting here are never started (found with a benchmark's
-  three processors resumed after SIGSTOP: a stale copy and its redelivery ran at the same moment on two
-  processors). A batch already started when the channel closed runs on: a handler asks ``QueueMessage.held``
-  before it commits (the processor leaves such receipts out), and ``Redeliveries wait`` covers a commit
-  already in flight.
+  them to the queue's next consumer. Those still waiting here are never started (a benchmark's three
+  processors resumed after SIGSTOP ran a stale copy and its redelivery at the same moment on two
+  processors), and the closed channel's ack tracker, with every message it still holds, is dropped when
+  the next channel opens. A batch already started when the channel closed runs on: a handler asks
+  ``QueueMessage.held`` before it commits (the processor leaves such receipts out), and ``Redeliveries
+  wait`` covers a commit already in flight.
 * **Store back-off.** A handler raising ``Unavailable`` (the store is down) gets the same batch again after a
   back-off, for as long as the worker still holds its messages; if the channel closes meanwhile, the
   messages are abandoned (the broker hands them to another consumer) and never acked.
@@ -120,6 +121,11 @@ class WorkerSettings:
 
 async def _ignore(message: AbstractIncomingMessage) -> None:
     """The members queue carries no message; should one arrive, it is dropped (``no_ack``)."""
+
+
+def _open(tracker: AckTracker) -> bool:
+    """The channel the ack tracker follows is still open."""
+    return tracker.channel is not None and not tracker.channel.is_closed
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -358,12 +364,26 @@ class QueueWorker:
         await self._subscribe(sub)
 
     # -- consuming --------------------------------------------------------------------------------------
-    def _tracker(self, raw: AbstractIncomingMessage) -> AckTracker:
-        key = (raw.consumer_tag or "", id(channel_of(raw)))
+    def _tracker(self, raw: AbstractIncomingMessage) -> AckTracker | None:
+        """The ack tracker of the channel ``raw`` came on; None once that channel is closed. A new channel's
+        tracker replaces those of closed ones: what they still held is the broker's again (never acked here),
+        and keeping them would keep every such message, body included, for the life of the process."""
+        channel = channel_of(raw)
+        if channel is None:
+            return None
+        key = (raw.consumer_tag or "", id(channel))
         tracker = self._trackers.get(key)
         if tracker is None:
-            tracker = self._trackers[key] = AckTracker(max_waiting=self.settings.prefetch // 4)
+            for old in [k for k, t in self._trackers.items() if not _open(t)]:
+                del self._trackers[old]
+            tracker = self._trackers[key] = AckTracker(max_waiting=self.settings.prefetch // 4, channel=channel)
         return tracker
+
+    @property
+    def unacked(self) -> int:
+        """Deliveries received on open channels and not acked yet (started, waiting, or settled and waiting
+        for an earlier one)."""
+        return sum(len(t) for t in self._trackers.values() if _open(t))
 
     async def _on_message(self, raw: AbstractIncomingMessage) -> None:
         sub = self._by_tag.get(raw.consumer_tag or "")
@@ -371,7 +391,10 @@ class QueueWorker:
             # Delivered to a subscription being closed (a hand-over): the broker gets it back unacked with the
             # channel and gives it to the partition's next consumer. Starting it here would run it twice.
             return
-        self._tracker(raw).delivered(raw.delivery_tag or 0, raw)
+        tracker = self._tracker(raw)
+        if tracker is None:  # its channel closed already: the broker has it back
+            return
+        tracker.delivered(raw.delivery_tag or 0, raw)
         sub.delivered += 1
         message = QueueMessage(
             body=raw.body,
@@ -554,11 +577,13 @@ class QueueWorker:
             raw = message.raw
             if channel_of(raw) is not None:
                 await asyncio.sleep(FORWARD_FAILURE_PAUSE)
-                self._tracker(raw).forget(raw.delivery_tag or 0)
-                try:
-                    await raw.nack(requeue=True)
-                except DRIVER_ERRORS as nack_exc:
-                    log.info("nack failed", extra={"message_id": message.message_id, "error": repr(nack_exc)})
+                tracker = self._tracker(raw)
+                if tracker is not None:  # else the channel closed meanwhile: the broker has it back
+                    tracker.forget(raw.delivery_tag or 0)
+                    try:
+                        await raw.nack(requeue=True)
+                    except DRIVER_ERRORS as nack_exc:
+                        log.info("nack failed", extra={"message_id": message.message_id, "error": repr(nack_exc)})
             return False
 
     async def _publish(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:

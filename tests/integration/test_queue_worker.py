@@ -158,6 +158,8 @@ async def test_messages_waiting_when_the_channel_closes_are_left_to_the_broker(r
         await wait_for(lambda: sum(r for _, r in handler.handled) == 50, "the redeliveries handled")
         await wait_for(lambda: worker.in_flight == 0, "the worker idle")
         depths = await worker.depths()
+        unacked = worker.unacked
+        trackers = len(worker._trackers)
     finally:
         await worker.stop(5)
         await worker.close()
@@ -165,3 +167,5 @@ async def test_messages_waiting_when_the_channel_closes_are_left_to_the_broker(r
     assert sorted(first_copies) == sorted(handler.first), "only the batch that had started ran from the lost channel"
     assert sorted(m for m, redelivered in handler.handled if redelivered) == ids
     assert depths[topology.work_queues[0]] == 0
+    # The closed channel's tracker was dropped with the 50 messages it still held, never to be acked.
+    assert (unacked, trackers) == (0, 1)
