@@ -27,6 +27,11 @@ class AckTracker:
         self._settled: set[int] = set()  # settled but not acked yet
         self.frames = 0  # ack frames sent (for stats)
 
+    @property
+    def channel_open(self) -> bool:
+        """The channel it tracks is still open (False without one)."""
+        return self.channel is not None and not self.channel.is_closed
+
     def __len__(self) -> int:
         return len(self._outstanding)
 

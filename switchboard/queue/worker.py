@@ -123,11 +123,6 @@ async def _ignore(message: AbstractIncomingMessage) -> None:
     """The members queue carries no message; should one arrive, it is dropped (``no_ack``)."""
 
 
-def _open(tracker: AckTracker) -> bool:
-    """The channel the ack tracker follows is still open."""
-    return tracker.channel is not None and not tracker.channel.is_closed
-
-
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("worker task failed", exc_info=task.exception())
@@ -374,7 +369,7 @@ class QueueWorker:
         key = (raw.consumer_tag or "", id(channel))
         tracker = self._trackers.get(key)
         if tracker is None:
-            for old in [k for k, t in self._trackers.items() if not _open(t)]:
+            for old in [k for k, t in self._trackers.items() if not t.channel_open]:
                 del self._trackers[old]
             tracker = self._trackers[key] = AckTracker(max_waiting=self.settings.prefetch // 4, channel=channel)
         return tracker
@@ -383,7 +378,7 @@ class QueueWorker:
     def unacked(self) -> int:
         """Deliveries received on open channels and not acked yet (started, waiting, or settled and waiting
         for an earlier one)."""
-        return sum(len(t) for t in self._trackers.values() if _open(t))
+        return sum(len(t) for t in self._trackers.values() if t.channel_open)
 
     async def _on_message(self, raw: AbstractIncomingMessage) -> None:
         sub = self._by_tag.get(raw.consumer_tag or "")
