@@ -38,10 +38,11 @@ script) comes from /proc (``bench/cpu.py``); "box" is the whole machine, so what
 as the difference (a note says when they used more than 20% of a core). Windows: ``ingest`` the load;
 ``drain`` resume → idle; ``steady``/``spike`` load start → idle (so processing those events is included).
 
-Each phase also gets a ``stages`` line: p50/p99 of the services' own Prometheus histograms over the phase's
-window (ingest RPC, broker confirm, processor batch, Cassandra reads and commits, e2e; ``bench/stages.py``),
-which says where the HTTP and e2e latency went. A CPU reference (``bench/cpu.reference_ms``: one idle core's
-speed) is printed before and after the run, to compare runs made on different days.
+Each phase also gets a ``stages`` line: p50/p99 of the services' and Envoy's own Prometheus histograms over
+the phase's window (Envoy's request and its call to ingest, ingest RPC, broker confirm, processor batch,
+Cassandra reads and commits, e2e; ``bench/stages.py``), which says where the HTTP and e2e latency went. A CPU
+reference (``bench/cpu.reference_ms``: one idle core's speed) is printed before and after the run, to compare
+runs made on different days.
 
 Then every accepted event (the ids the 200 answers carried) is read back from Cassandra (``events`` and
 ``event_records``): lost = accepted but not stored; applied twice = an event with more than one OK run of the
@@ -277,12 +278,14 @@ class Bench:
     def scrape(self) -> stages.Scrape:
         """The services' histograms (bench/stages.py); paused processors are not asked (they cannot answer)."""
         paused = {p.metrics_port for p in self.stack.processor_procs} if self.paused else set()
-        ports = [
-            p.metrics_port
+        targets = [
+            (p.metrics_port, stages.METRICS)
             for p in self.stack.started
             if isinstance(p, ServiceProcess) and p.metrics_port and p.metrics_port not in paused
         ]
-        return stages.scrape(ports)
+        if self.stack.envoy is not None:
+            targets.append((self.stack.envoy.admin_port, stages.ENVOY_METRICS))
+        return stages.scrape(targets)
 
     # -- processors ----------------------------------------------------------------------------------------
     def pause_processors(self) -> None:

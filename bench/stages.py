@@ -4,6 +4,11 @@ buckets, and its quantiles interpolated inside the buckets (as PromQL's ``histog
 
 Stages (name → family and labels, summed over the processes that export it):
 
+* ``edge``: Envoy's ``envoy_http_downstream_rq_time`` of the public listener (``webhooks``): from a request's
+  first byte to its answer's last, TLS and transcoding included, as Envoy sees it (its admin endpoint,
+  ``/stats/prometheus``, in milliseconds). HTTP p99 minus this is the client (wrk) and the kernel.
+* ``upstream``: Envoy's ``envoy_cluster_upstream_rq_time`` of the ``ingest`` cluster: the gRPC call to ingest.
+  Minus ``ingest rpc``: gRPC's transport and ingest's event loop before and after the handler.
 * ``ingest rpc``: ``grpc_server_handling_seconds`` of ``Ingest/Receive``: the ingest service's own time for a
   request, from the RPC's start to its status (verify, publish, confirm). HTTP p99 minus this is Envoy, the
   network and waiting to be scheduled.
@@ -16,8 +21,9 @@ Stages (name → family and labels, summed over the processes that export it):
   batches (``batch``) that commit, of every service (under the bench's load nearly all the processors').
 * ``e2e``: ``switchboard_processor_e2e_latency_seconds``: arrival at ingest → outcome committed.
 
-Buckets are coarse past 50 ms (0.05, 0.1, 0.25, 0.5 s), so a p99 reads as "in this bucket", not to the
-millisecond; the count says how many observations a quantile rests on.
+Buckets are coarse past 50 ms (the services': 0.05, 0.1, 0.25, 0.5 s; Envoy's: 5, 10, 25, 50, 100, 250, 500 ms), so
+a p99 reads as "in this bucket", not to the millisecond; the count says how many observations a quantile rests
+on.
 """
 
 from __future__ import annotations
@@ -28,16 +34,23 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-# (histogram family, predicate on its labels)
-Selector = tuple[str, Callable[[dict[str, str]], bool]]
+# (histogram family, predicate on its labels, seconds per unit of the family)
+Selector = tuple[str, Callable[[dict[str, str]], bool], float]
+MS = 0.001  # Envoy's histograms are in milliseconds
 
 STAGES: dict[str, Selector] = {
-    "ingest rpc": ("grpc_server_handling_seconds", lambda lb: lb.get("grpc_method") == "Receive"),
-    "confirm": ("switchboard_broker_confirm_seconds", lambda lb: ".events" in lb.get("exchange", "")),
-    "batch": ("switchboard_worker_batch_seconds", lambda lb: lb.get("worker", "").startswith("processor")),
-    "cql read": ("switchboard_store_statement_seconds", lambda lb: lb.get("statement", "") not in ("batch", "other")),
-    "cql commit": ("switchboard_store_statement_seconds", lambda lb: lb.get("statement") == "batch"),
-    "e2e": ("switchboard_processor_e2e_latency_seconds", lambda lb: True),
+    "edge": ("envoy_http_downstream_rq_time", lambda lb: lb.get("envoy_http_conn_manager_prefix") == "webhooks", MS),
+    "upstream": ("envoy_cluster_upstream_rq_time", lambda lb: lb.get("envoy_cluster_name") == "ingest", MS),
+    "ingest rpc": ("grpc_server_handling_seconds", lambda lb: lb.get("grpc_method") == "Receive", 1.0),
+    "confirm": ("switchboard_broker_confirm_seconds", lambda lb: ".events" in lb.get("exchange", ""), 1.0),
+    "batch": ("switchboard_worker_batch_seconds", lambda lb: lb.get("worker", "").startswith("processor"), 1.0),
+    "cql read": (
+        "switchboard_store_statement_seconds",
+        lambda lb: lb.get("statement", "") not in ("batch", "other"),
+        1.0,
+    ),
+    "cql commit": ("switchboard_store_statement_seconds", lambda lb: lb.get("statement") == "batch", 1.0),
+    "e2e": ("switchboard_processor_e2e_latency_seconds", lambda lb: True, 1.0),
 }
 
 
@@ -83,7 +96,7 @@ def parse(text: str) -> Snapshot:
     """The text exposition of one process → a histogram per stage (stages it does not export are absent)."""
     out: Snapshot = {}
     families = {f.name: f for f in text_string_to_metric_families(text) if f.type == "histogram"}
-    for stage, (name, match) in STAGES.items():
+    for stage, (name, match, unit) in STAGES.items():
         fam = families.get(name)
         if fam is None:
             continue
@@ -93,22 +106,25 @@ def parse(text: str) -> Snapshot:
             if not match(labels):
                 continue
             if s.name.endswith("_bucket"):
-                le = float(s.labels["le"])
+                le = float(s.labels["le"]) * unit
                 h.buckets[le] = h.buckets.get(le, 0.0) + s.value
             elif s.name.endswith("_sum"):
-                h.total += s.value
+                h.total += s.value * unit
     return out
 
 
-Scrape = dict[int, Snapshot]  # by metrics port
+Scrape = dict[int, Snapshot]  # by the port scraped
+METRICS = "/metrics"  # the services'
+ENVOY_METRICS = "/stats/prometheus"  # Envoy's admin endpoint
 
 
-def scrape(ports: Iterable[int], timeout: float = 2.0) -> Scrape:
-    """Every stage of each process at ``ports``; a process that does not answer (stopped, paused) is left out."""
+def scrape(targets: Iterable[tuple[int, str]], timeout: float = 2.0) -> Scrape:
+    """Every stage of each process at ``(port, path)`` on localhost (a service's ``/metrics``, Envoy's
+    ``/stats/prometheus``); a process that does not answer (stopped, paused) is left out."""
     out: Scrape = {}
-    for port in ports:
+    for port, path in targets:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
                 text = r.read().decode()
         except OSError:
             continue

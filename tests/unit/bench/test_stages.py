@@ -74,3 +74,38 @@ def test_summary_and_line() -> None:
     assert 100.0 < (s["ingest rpc"]["p99_ms"] or 0) <= 1000.0  # the slowest tenth is in the (0.1, 1] bucket
     assert s["ingest rpc"]["mean_ms"] == pytest.approx(54.5)
     assert "ingest rpc" in stages.line(s) and "(n=100)" in stages.line(s)
+
+
+ENVOY = """\
+# TYPE envoy_http_downstream_rq_time histogram
+envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix="admin",le="5"} 7
+envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix="admin",le="+Inf"} 7
+envoy_http_downstream_rq_time_sum{envoy_http_conn_manager_prefix="admin"} 14
+envoy_http_downstream_rq_time_count{envoy_http_conn_manager_prefix="admin"} 7
+envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix="webhooks",le="5"} 90
+envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix="webhooks",le="250"} 100
+envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix="webhooks",le="+Inf"} 100
+envoy_http_downstream_rq_time_sum{envoy_http_conn_manager_prefix="webhooks"} 1500
+envoy_http_downstream_rq_time_count{envoy_http_conn_manager_prefix="webhooks"} 100
+# TYPE envoy_cluster_upstream_rq_time histogram
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="otlp_collector",le="5"} 3
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="otlp_collector",le="+Inf"} 3
+envoy_cluster_upstream_rq_time_sum{envoy_cluster_name="otlp_collector"} 6
+envoy_cluster_upstream_rq_time_count{envoy_cluster_name="otlp_collector"} 3
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="ingest",le="5"} 95
+envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="ingest",le="+Inf"} 100
+envoy_cluster_upstream_rq_time_sum{envoy_cluster_name="ingest"} 800
+envoy_cluster_upstream_rq_time_count{envoy_cluster_name="ingest"} 100
+"""
+
+
+def test_envoy_histograms_are_read_in_milliseconds_for_the_public_listener_and_the_ingest_cluster() -> None:
+    snap = stages.parse(ENVOY)
+    edge, upstream = snap["edge"], snap["upstream"]
+    assert edge.count == 100  # the admin listener's requests are not the edge's
+    assert edge.buckets[0.005] == 90 and edge.buckets[0.25] == 100  # bounds converted to seconds
+    assert edge.total == pytest.approx(1.5)
+    assert upstream.count == 100 and upstream.total == pytest.approx(0.8)  # the collector's calls left out
+    s = stages.summary(stages.difference({9901: snap}, {}))
+    assert list(s) == ["edge", "upstream"]
+    assert 5.0 < (s["edge"]["p99_ms"] or 0) <= 250.0
