@@ -6,7 +6,9 @@ Stages (name → family and labels, summed over the processes that export it):
 
 * ``edge``: Envoy's ``envoy_http_downstream_rq_time`` of the public listener (``webhooks``): from a request's
   first byte to its answer's last, TLS and transcoding included, as Envoy sees it (its admin endpoint,
-  ``/stats/prometheus``, in milliseconds). HTTP p99 minus this is the client (wrk) and the kernel.
+  ``/stats/prometheus``, in milliseconds). HTTP p99 minus this is the client (wrk) and the kernel. Envoy merges
+  its histograms at each stats flush (every 5 s by default), so the last seconds of a phase may count in the
+  next phase's line (after a 20 s ingest ceiling, ~700 of its requests showed in the drain's).
 * ``upstream``: Envoy's ``envoy_cluster_upstream_rq_time`` of the ``ingest`` cluster: the gRPC call to ingest.
   Minus ``ingest rpc``: gRPC's transport and ingest's event loop before and after the handler.
 * ``ingest rpc``: ``grpc_server_handling_seconds`` of ``Ingest/Receive``: the ingest service's own time for a
