@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 
 import aio_pika
 import aiormq
@@ -56,16 +57,22 @@ async def publish_confirmed(
     """Publishes ``message`` (mandatory) and returns once the broker confirmed it; ``BrokerUnavailable`` if it
     did not within ``confirm_timeout``, refused it, or the connection failed. The time to the confirm goes to
     ``switchboard_broker_confirm_seconds``, failures to ``switchboard_broker_publish_failures_total``."""
+    await confirmed(exchange.name, exchange.publish(message, routing_key, mandatory=True), confirm_timeout)
+
+
+async def confirmed(exchange: str, publishing: Awaitable[object], confirm_timeout: float) -> None:
+    """Awaits ``publishing`` (a mandatory publish on a channel with publisher confirms, to ``exchange``) as
+    ``publish_confirmed`` describes: only a ``Basic.Ack`` within ``confirm_timeout`` returns."""
     started = time.perf_counter()
     try:
-        confirmation = await asyncio.wait_for(exchange.publish(message, routing_key, mandatory=True), confirm_timeout)
+        confirmation = await asyncio.wait_for(publishing, confirm_timeout)
     except TimeoutError:
-        BROKER_PUBLISH_FAILURES.labels(exchange.name).inc()
+        BROKER_PUBLISH_FAILURES.labels(exchange).inc()
         raise BrokerUnavailable(f"broker did not confirm within {confirm_timeout:g} s") from None
     except DRIVER_ERRORS as exc:
-        BROKER_PUBLISH_FAILURES.labels(exchange.name).inc()
+        BROKER_PUBLISH_FAILURES.labels(exchange).inc()
         raise BrokerUnavailable(f"broker refused or lost the message: {type(exc).__name__}") from None
     if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-        BROKER_PUBLISH_FAILURES.labels(exchange.name).inc()
+        BROKER_PUBLISH_FAILURES.labels(exchange).inc()
         raise BrokerUnavailable(f"broker did not accept the message: {type(confirmation).__name__}")
-    confirm_timer(exchange.name).observe(time.perf_counter() - started)
+    confirm_timer(exchange).observe(time.perf_counter() - started)

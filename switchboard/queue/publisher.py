@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
-import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection, FieldValue
+import aiormq
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, FieldValue
 
 from switchboard.errors import BrokerUnavailable
-from switchboard.queue.connection import connect, publish_confirmed
+from switchboard.queue.connection import confirmed, connect
 from switchboard.queue.topology import Topology
 
 
@@ -20,6 +21,11 @@ class Publisher:
     them in batches (``multiple`` acks) instead of one round trip after another. A call that is not
     confirmed within ``confirm_timeout`` raises ``BrokerUnavailable``; while the connection is down every
     call fails at once instead of queueing up behind a dead socket.
+
+    It publishes on aio-pika's underlying aiormq channel with the properties aio-pika would build (aio-pika
+    keeps the connection and the channel alive): without an ``aio_pika.Message`` and an exchange object per
+    call, a confirmed 5 KB publish cost ~50 µs less of the publishing process's CPU (500-538 against
+    519-612 µs per call, gRPC included, three rounds each; README, Benchmark).
     """
 
     def __init__(self, url: str, topology: Topology, *, confirm_timeout: float, purpose: str) -> None:
@@ -29,13 +35,11 @@ class Publisher:
         self.purpose = purpose
         self._conn: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
-        self._exchange: AbstractExchange | None = None
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
         self._conn = await connect(self.url, purpose=self.purpose, stop=stop)
         self._channel = await self._conn.channel(publisher_confirms=True)
         await self.topology.declare(self._channel)
-        self._exchange = await self._channel.get_exchange(self.topology.exchange)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -66,15 +70,27 @@ class Publisher:
         timestamp: float,
         type: str,
     ) -> None:
-        if self._exchange is None or not self.connected:
+        channel = self._channel
+        if channel is None or not self.connected:
             raise BrokerUnavailable("message broker is not connected")
-        message = aio_pika.Message(
-            body,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message_id,
-            headers=dict(headers),
+        properties = aiormq.spec.Basic.Properties(
             content_type="application/x-protobuf",
-            type=type,
-            timestamp=timestamp,
+            delivery_mode=2,  # persistent
+            headers=dict(headers),
+            message_id=message_id,
+            message_type=type,
+            timestamp=datetime.fromtimestamp(timestamp, tz=UTC),
         )
-        await publish_confirmed(self._exchange, self.topology.routing_key, message, self.confirm_timeout)
+        await confirmed(self.topology.exchange, self._publish(channel, body, properties), self.confirm_timeout)
+
+    async def _publish(
+        self, channel: AbstractRobustChannel, body: bytes, properties: aiormq.spec.Basic.Properties
+    ) -> object:
+        underlay = await channel.get_underlay_channel()
+        return await underlay.basic_publish(
+            body,
+            exchange=self.topology.exchange,
+            routing_key=self.topology.routing_key,
+            properties=properties,
+            mandatory=True,
+        )

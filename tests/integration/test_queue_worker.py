@@ -15,7 +15,9 @@ from typing import ClassVar
 import aio_pika
 import pytest
 
+from switchboard.errors import BrokerUnavailable
 from switchboard.queue import Ack, QueueMessage, QueueWorker, Topology, Verdict, WorkerSettings
+from switchboard.queue.publisher import Publisher
 from switchboard_devstack.ports import free_port
 from switchboard_devstack.rabbitmq import RabbitNode
 
@@ -169,3 +171,42 @@ async def test_messages_waiting_when_the_channel_closes_are_left_to_the_broker(r
     assert depths[topology.work_queues[0]] == 0
     # The closed channel's tracker was dropped with the 50 messages it still held, never to be acked.
     assert (unacked, trackers) == (0, 1)
+
+
+async def test_the_publisher_queues_persistent_messages_and_refuses_what_the_broker_cannot_route(
+    rabbit: RabbitNode,
+) -> None:
+    # no single active consumer: basic.get, which reads the message back, is refused on such quorum queues
+    topology = Topology(f"p{free_port()}", "events", (200,), partitions=2, single_active=False)
+    publisher = Publisher(rabbit.amqp_url, topology, confirm_timeout=5.0, purpose="publisher-test")
+    await publisher.start()
+    conn = await aio_pika.connect(rabbit.amqp_url)
+    try:
+        headers = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "receipt-id": "r1"}
+        await publisher.publish(
+            b"event bytes", message_id="demo/evt_1", headers=headers, timestamp=1_700_000_000.0, type="inbound"
+        )
+        channel = await conn.channel()
+        got = []
+        for name in topology.work_queues:
+            queue = await channel.declare_queue(name, passive=True)
+            message = await queue.get(no_ack=True, fail=False)
+            if message is not None:
+                got.append(message)
+        assert len(got) == 1
+        m = got[0]
+        assert m.body == b"event bytes" and m.message_id == "demo/evt_1" and m.type == "inbound"
+        assert m.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        assert m.content_type == "application/x-protobuf"
+        assert {k: v for k, v in m.headers.items() if k != "x-delivery-count"} == headers  # the broker adds that
+        assert m.timestamp is not None and m.timestamp.timestamp() == 1_700_000_000
+
+        for name in topology.work_queues:  # nothing is bound to the exchange any more: unroutable
+            await channel.queue_delete(name)
+        with pytest.raises(BrokerUnavailable, match="did not accept"):
+            await publisher.publish(b"x", message_id="demo/evt_2", headers={}, timestamp=1.0, type="inbound")
+    finally:
+        await conn.close()
+        await publisher.close()
+    with pytest.raises(BrokerUnavailable, match="not connected"):
+        await publisher.publish(b"x", message_id="demo/evt_3", headers={}, timestamp=1.0, type="inbound")
