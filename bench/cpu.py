@@ -49,6 +49,14 @@ def _proc_stat(pid: str) -> tuple[int, int] | None:
     return int(fields[2]), int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds ``pid`` (and its reaped children) used so far; ``ProcessLookupError`` if it is gone."""
+    st = _proc_stat(str(pid))
+    if st is None:
+        raise ProcessLookupError(pid)
+    return st[1] / CLK_TCK
+
+
 def machine_busy_ticks() -> tuple[int, int]:
     """(busy, total) clock ticks of all CPUs since boot, from the ``cpu`` line of ``/proc/stat``."""
     with open("/proc/stat") as f:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import threading
@@ -31,17 +30,12 @@ from typing import Any
 
 import grpc
 
+from bench.cpu import cpu_seconds
 from switchboard_devstack.ports import free_port
 
 SERVICE, METHOD = "bench.v1.Echo", "Echo"
 VARIANTS = ("aio", "aio-chain", "aio-loop", "sync", "sync-bridge")
 HEADERS = tuple((f"x-bench-{i}", "v" * 20) for i in range(15))
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- servers (run in a child process: python -m bench.grpc_server --serve VARIANT PORT WORKERS) ----------------
@@ -112,9 +106,9 @@ def measure(variant: str, args: argparse.Namespace) -> tuple[float, float]:
     try:
         body = b"x" * args.size
         asyncio.run(_load(port, args.calls // 10, args.concurrency, body))  # warm-up (and waits for the server)
-        cpu, started = _cpu_seconds(server.pid), time.monotonic()
+        cpu, started = cpu_seconds(server.pid), time.monotonic()
         asyncio.run(_load(port, args.calls, args.concurrency, body))
-        cpu, elapsed = _cpu_seconds(server.pid) - cpu, time.monotonic() - started
+        cpu, elapsed = cpu_seconds(server.pid) - cpu, time.monotonic() - started
     finally:
         server.kill()
         server.wait()
