@@ -33,6 +33,9 @@ class CassandraConfig:
     # Event bodies and entity states stored zstd-compressed where that pays (switchboard.store.payloads);
     # every reader decodes both forms, so this can change at any time.
     compress_payloads: bool = True
+    # Write units (an event's rows, an entity's writes) per request of a processor's commit, besides the
+    # 40 KB limit (switchboard.store.batches).
+    batch_units: int = 32
 
 
 def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
@@ -56,6 +59,7 @@ def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
         bucket_seconds=t.pos_int("bucket_seconds"),
         ttl_seconds=t.pos_int("ttl_seconds"),
         compress_payloads=t.boolean("compress_payloads"),
+        batch_units=t.pos_int("batch_units"),
     )
     if cass.ttl_seconds < MIN_TTL_SECONDS:
         raise ConfigError("cassandra.ttl_seconds: must be at least one day (events are kept for audit and replay)")

@@ -6,6 +6,13 @@ Cassandra's CPU on this 2-core box goes with the requests it serves more than wi
 partitions; it only saves requests. Writes to one partition in one batch are one atomic mutation, so a unit
 is never split (an event's row and its results, for one).
 
+A processor's commit also caps the units per request (``cassandra.batch_units``, 32): with the entity state
+stored as a reference, a batch's entity writes are ~100 bytes each, and under the byte limit alone the
+first phase of a 250-event batch went out as one request of 250 rows; draining a backlog then took 590-660
+events/s against 906-1,004 with the cap, commit p99 468-483 against 333-380 ms (README, Benchmark). One
+request's rows are apparently applied one after another, each waiting for the commit log's sync (batch
+mode), so fewer, larger requests wait longer; not verified in Cassandra's source.
+
 ``GroupCommit`` is for writers that finish their work at different moments (delivery tasks whose POSTs come
 back one by one): a unit handed in while fewer than ``in_flight`` requests are out goes at once, alone; while
 they are all out, units wait and leave together in the next request, and as soon as a full batch's worth
@@ -37,13 +44,13 @@ def unit_bytes(unit: Unit) -> int:
     return sum(len(v) for _, params in unit for v in params if isinstance(v, bytes | str))
 
 
-def group_lengths(sizes: Sequence[int], limit: int = BATCH_BYTES) -> list[int]:
+def group_lengths(sizes: Sequence[int], limit: int = BATCH_BYTES, max_items: int | None = None) -> list[int]:
     """How many consecutive items of these sizes go in each group of at most ``limit`` bytes (an item larger
-    than ``limit`` alone)."""
+    than ``limit`` alone) and, with ``max_items``, at most that many items."""
     lengths: list[int] = []
     size = 0
     for n in sizes:
-        if not lengths or (size + n > limit and size > 0):
+        if not lengths or (size + n > limit and size > 0) or (max_items is not None and lengths[-1] >= max_items):
             lengths.append(0)
             size = 0
         lengths[-1] += 1
@@ -51,11 +58,12 @@ def group_lengths(sizes: Sequence[int], limit: int = BATCH_BYTES) -> list[int]:
     return lengths
 
 
-def pack(units: Sequence[Unit], limit: int = BATCH_BYTES) -> list[list[Unit]]:
-    """Whole units, in order, into groups of at most ``limit`` bytes of values each (a larger unit alone)."""
+def pack(units: Sequence[Unit], limit: int = BATCH_BYTES, max_units: int | None = None) -> list[list[Unit]]:
+    """Whole units, in order, into groups of at most ``limit`` bytes of values each (a larger unit alone) and
+    at most ``max_units`` units."""
     groups: list[list[Unit]] = []
     start = 0
-    for n in group_lengths([unit_bytes(u) for u in units], limit):
+    for n in group_lengths([unit_bytes(u) for u in units], limit, max_units):
         groups.append(list(units[start : start + n]))
         start += n
     return groups
@@ -69,9 +77,11 @@ def unlogged(units: Sequence[Unit], level: ConsistencyLevel) -> BatchStatement:
     return batch
 
 
-async def write_all(store: StoreSession, units: Sequence[Unit], level: ConsistencyLevel) -> None:
-    """Every unit, in batches under ``BATCH_BYTES``, all in flight at once."""
-    await asyncio.gather(*(store.execute(unlogged(group, level)) for group in pack(units)))
+async def write_all(
+    store: StoreSession, units: Sequence[Unit], level: ConsistencyLevel, max_units: int | None = None
+) -> None:
+    """Every unit, in batches under ``BATCH_BYTES`` and of at most ``max_units`` units, all in flight at once."""
+    await asyncio.gather(*(store.execute(unlogged(group, level)) for group in pack(units, max_units=max_units)))
 
 
 class GroupCommit:

@@ -97,8 +97,9 @@ class EventStore:
             params = (e.source, e.event_id, f"d:{e.receipt_id}", e.receipt_id, ts(e.received_us), self.ttl)
             second.append([(self.q.insert_duplicate, params)])
         second.extend([self._index(e, status)] for e, status in reindex)
-        await write_all(self.store, first, self._level)
-        await write_all(self.store, second, self._level)
+        units = self.store.cfg.batch_units
+        await write_all(self.store, first, self._level, units)
+        await write_all(self.store, second, self._level, units)
 
     def _event_params(self, stored: StoredEvent, encode: Encoder) -> tuple[Any, ...]:
         e = stored.event

@@ -17,9 +17,9 @@ Rows written before payloads were encoded keep their bytes, as received, in the 
 where the old one was written later (by a newer version of the entity: ``switchboard.store.entities``).
 
 Why: Cassandra's write path costs in proportion to the bytes (commit log serialisation and checksum, memtable
-copy, flush, compaction, the request itself), and an event's body is most of them, twice when the ``entity``
-operation keeps it as the entity's state. A ~5 KB JSON event shrinks ~3.8x in ~12 µs of the processor's CPU
-(README, benchmark section, for what it saves on Cassandra).
+copy, flush, compaction, the request itself), and an event's body is most of them (once: the ``entity``
+operation's state refers to it, ``switchboard.store.entities``). A ~5 KB JSON event shrinks ~3.8x in ~12 µs
+of the processor's CPU (README, benchmark section, for what it saves on Cassandra).
 """
 
 from __future__ import annotations
@@ -86,9 +86,9 @@ def decode_or(value: bytes | None, legacy: bytes | None) -> bytes:
 
 
 class Encoder:
-    """Encodes the payloads of one write (a commit): each distinct bytes object once, so that an event's body
-    and the entity state it became (the same object) are compressed once. Keeps what it encoded until it
-    is dropped: make one per write."""
+    """Encodes the payloads of one write (a commit): each distinct bytes object once, so that a body staged
+    twice in one commit (an event's body as another entity's state, say) is compressed once. Keeps what it
+    encoded until it is dropped: make one per write."""
 
     def __init__(self, *, compress: bool) -> None:
         self.compress = compress

@@ -28,13 +28,17 @@ def _event_cql(ks: str) -> dict[str, str]:
             WHERE source = ? AND event_id = ? AND rec >= 'r:' AND rec < 'r;'""",
         "entity_versions": f"SELECT entity_id, version FROM {ks}.entities WHERE source = ? AND entity_id IN ?",
         "get_entity": f"""SELECT source, entity_id, version, event_id, event_type, updated_at, content_type,
-            state_event_id, state, WRITETIME(state) AS state_written, state_encoded,
-            WRITETIME(state_encoded) AS state_encoded_written FROM {ks}.entities WHERE source = ? AND entity_id = ?""",
+            state_event_id, WRITETIME(state_event_id) AS state_event_written, state,
+            WRITETIME(state) AS state_written, state_encoded, WRITETIME(state_encoded) AS state_encoded_written
+            FROM {ks}.entities WHERE source = ? AND entity_id = ?""",
         "mark_entity": f"""UPDATE {ks}.entities USING TIMESTAMP ? AND TTL ?
             SET version = ?, event_id = ?, event_type = ?, updated_at = ? WHERE source = ? AND entity_id = ?""",
         "mark_and_snapshot_entity": f"""UPDATE {ks}.entities USING TIMESTAMP ? AND TTL ?
             SET version = ?, event_id = ?, event_type = ?, updated_at = ?, content_type = ?, state_encoded = ?,
             state_event_id = ? WHERE source = ? AND entity_id = ?""",
+        "mark_and_reference_entity": f"""UPDATE {ks}.entities USING TIMESTAMP ? AND TTL ?
+            SET version = ?, event_id = ?, event_type = ?, updated_at = ?, content_type = ?, state_event_id = ?
+            WHERE source = ? AND entity_id = ?""",
         "snapshot_entity": f"""UPDATE {ks}.entities USING TIMESTAMP ? AND TTL ?
             SET content_type = ?, state_encoded = ?, state_event_id = ? WHERE source = ? AND entity_id = ?""",
         "insert_event": f"""INSERT INTO {ks}.events (source, event_id, event_type, provider,
@@ -49,6 +53,7 @@ def _event_cql(ks: str) -> dict[str, str]:
         "insert_index": f"""INSERT INTO {ks}.events_by_source (source, bucket, received_at, event_id,
             event_type, status, receipt_id) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
         "get_event": f"SELECT * FROM {ks}.events WHERE source = ? AND event_id = ?",
+        "event_body": f"SELECT body, body_encoded FROM {ks}.events WHERE source = ? AND event_id = ?",
         "reset_attempts": f"UPDATE {ks}.events SET status = ?, attempts = 0 WHERE source = ? AND event_id = ?",
         "get_records": f"SELECT * FROM {ks}.event_records WHERE source = ? AND event_id = ?",
         "list_range": f"""SELECT received_at, event_id, event_type, status, receipt_id
@@ -160,12 +165,14 @@ class EventStatements:
     get_entity: PreparedStatement
     mark_entity: PreparedStatement
     mark_and_snapshot_entity: PreparedStatement
+    mark_and_reference_entity: PreparedStatement
     snapshot_entity: PreparedStatement
     insert_event: PreparedStatement
     insert_result: PreparedStatement
     insert_duplicate: PreparedStatement
     insert_index: PreparedStatement
     get_event: PreparedStatement
+    event_body: PreparedStatement
     reset_attempts: PreparedStatement
     get_records: PreparedStatement
     list_range: PreparedStatement

@@ -1,6 +1,6 @@
 """Event bodies and entity states stored compressed (``switchboard.store.payloads``) on the real Cassandra:
-what a provider sent is what Query returns, byte for byte, and rows written before payloads were encoded
-still read."""
+what a provider sent is what Query returns, byte for byte, an entity's state that is its event's body is
+stored once (a reference to the event's row), and rows written before either change still read."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from webhooks.v1 import query_pb2
 
 from bench.presign import make_body
 from switchboard.config import PlatformConfig
-from switchboard.model.events import EntitySnapshot
-from switchboard.store.batches import write_all
+from switchboard.model.events import Commit, EntitySnapshot, EventStatus, InboundEvent, StoredEvent
+from switchboard.store.batches import BoundStatement, write_all
 from switchboard.store.entities import EntityStore
 from switchboard.store.events import EventStore
 from switchboard.store.payloads import ZSTD, Encoder
@@ -55,9 +55,11 @@ def test_a_received_event_is_stored_compressed_and_returned_byte_for_byte(
         assert row.body is None  # nothing written to the old column
         assert row.body_encoded[0] == ZSTD and len(row.body_encoded) < len(body) / 3
         ent = cql.execute(
-            "SELECT state, state_encoded FROM entities WHERE source = %s AND entity_id = %s", ("shop", entity_id)
+            "SELECT state, state_encoded, state_event_id FROM entities WHERE source = %s AND entity_id = %s",
+            ("shop", entity_id),
         ).one()
-        assert ent.state is None and ent.state_encoded == row.body_encoded  # the body, as stored with the event
+        # the body is stored once, with the event: the entity's row names the event
+        assert (ent.state, ent.state_encoded, ent.state_event_id) == (None, None, event_id)
     finally:
         session.close()
 
@@ -115,6 +117,68 @@ def test_rows_written_before_payloads_were_encoded_still_read(stack: Stack, stac
         session.close()
 
 
+def _status_reason(error: grpc.RpcError) -> str:
+    status = status_pb2.Status.FromString(dict(error.trailing_metadata())["grpc-status-details-bin"])
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return str(info.reason)
+
+
+def test_an_entity_state_by_reference_reads_its_event_and_gives_way_to_newer_versions(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    """The processor's own-event state is a reference: until the event's row exists (a processor that died
+    between its two commit phases) GetEntity answers UNAVAILABLE ``ENTITY_STATE_PENDING``; then the event's
+    body. An older version's state written later does not replace it; a newer one, stored in the row, does."""
+    run = secrets.token_hex(5)
+    event_id, entity_id = f"evt_ref_{run}", f"in_ref_{run}"
+    body = b'{"id":"' + event_id.encode() + b'","note":"' + b"the entity's state is this body " * 8 + b'"}'
+    event = InboundEvent(
+        source="shop",
+        event_id=event_id,
+        event_type="invoice.paid",
+        provider="stripe",
+        received_us=int(time.time() * 1_000_000),
+        body=body,
+        content_type="application/json",
+        headers={},
+        receipt_id=f"rcpt_{run}",
+        entity_id=entity_id,
+        entity_version=20,
+    )
+    own = EntitySnapshot("shop", entity_id, 20, event_id, "invoice.paid", "application/json", body)
+    session = StoreSession.connect(stack_config.cassandra)
+    entities = EntityStore(session)
+    events = EventStore(session, entities)
+
+    def write(*units: list[BoundStatement]) -> None:
+        asyncio.run(write_all(session, list(units), ConsistencyLevel.ONE))
+
+    def snapshot(version: int, state: bytes) -> None:
+        fx = EntitySnapshot("shop", entity_id, version, f"evt_v{version}", "invoice.updated", "text/plain", state)
+        write([entities.snapshot(fx, Encoder(compress=True))])
+
+    try:
+        write(entities.writes(event, True, [own], Encoder(compress=True)))  # the commit's first phase only
+        with pytest.raises(grpc.RpcError) as info:
+            get_entity(stack_config, entity_id)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and event_id in info.value.details()
+        assert _status_reason(info.value) == "ENTITY_STATE_PENDING"
+
+        asyncio.run(events.commit([Commit(StoredEvent(event, EventStatus.PROCESSED), mark_entity=True)]))
+        got = get_entity(stack_config, entity_id)
+        assert (got.version, got.state, got.state_event_id) == (20, body, event_id)
+
+        snapshot(19, b"an older version's state")  # lands later, loses to the reference's timestamp
+        got = get_entity(stack_config, entity_id)
+        assert (got.state, got.state_event_id) == (body, event_id)
+        snapshot(21, b"a newer version's state")  # stored in the row, newer than the reference
+        got = get_entity(stack_config, entity_id)
+        assert (got.state, got.state_event_id) == (b"a newer version's state", "evt_v21")
+    finally:
+        session.close()
+
+
 def test_a_stored_payload_that_does_not_decode_is_an_internal_error_naming_it(
     stack: Stack, stack_config: PlatformConfig
 ) -> None:
@@ -137,9 +201,7 @@ def test_a_stored_payload_that_does_not_decode_is_an_internal_error_naming_it(
         channel.close()
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert "does not decompress" in info.value.details()
-    status = status_pb2.Status.FromString(dict(info.value.trailing_metadata())["grpc-status-details-bin"])
-    reason = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(reason) and reason.reason == "DATA_CORRUPT"
+    assert _status_reason(info.value) == "DATA_CORRUPT"
 
 
 def test_a_keyspace_from_before_gains_the_encoded_columns_and_keeps_its_rows(

@@ -73,7 +73,9 @@ class QueryServicer:
 
     def GetEntity(self, request, context):
         """The latest applied version of a provider entity (invoice, order, ...), and its latest state where the
-        `entity` operation records it. NOT_FOUND if no applied event named it.
+        `entity` operation records it. NOT_FOUND if no applied event named it. UNAVAILABLE with reason
+        ENTITY_STATE_PENDING if the state is the body of an event whose processor stopped before storing it:
+        its redelivery stores it within seconds; retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,6 +39,14 @@ def test_units_are_packed_whole_and_in_order_under_the_limit() -> None:
     assert len(pack([unit(str(i), 1000) for i in range(100)])) == -(-100 * 1001 // BATCH_BYTES)
 
 
+def test_a_unit_cap_splits_batches_that_the_byte_limit_would_keep_whole() -> None:
+    small = [unit(str(i), 10) for i in range(10)]
+    assert len(pack(small)) == 1
+    assert [len(g) for g in pack(small, max_units=4)] == [4, 4, 2]
+    big = [unit(str(i), 600) for i in range(6)]  # the byte limit binds first: 1 unit each at 1000 bytes
+    assert [len(g) for g in pack(big, limit=1000, max_units=4)] == [1] * 6
+
+
 class HandDriven:
     """Stands in for ``StoreSession.execute``: every request waits until the test answers it."""
 
