@@ -24,6 +24,7 @@ carried its unit.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,11 +70,68 @@ def pack(units: Sequence[Unit], limit: int = BATCH_BYTES, max_units: int | None 
     return groups
 
 
+class _Plan:
+    """How to bind one prepared statement's values: its columns' serializers, as ``BoundStatement.bind`` uses
+    them, without the column descriptor that method builds for every value (for column encryption, which
+    this project does not use): ~40 instead of ~90 µs for one event's commit statements (README, Benchmark).
+    """
+
+    __slots__ = ("columns", "keyspace", "protocol", "query_id", "routing")
+
+    def __init__(self, statement: PreparedStatement) -> None:
+        meta = statement.column_metadata
+        self.query_id = statement.query_id
+        self.keyspace = meta[0].keyspace_name if meta else None
+        self.protocol = statement.protocol_version
+        self.columns = [(c.name, c.type.serialize) for c in meta]
+        self.routing: tuple[int, ...] = tuple(statement.routing_key_indexes or ())
+
+    def values(self, params: Sequence[Any]) -> list[bytes | None]:
+        if len(params) != len(self.columns):
+            raise ValueError(f"{len(params)} values for a statement of {len(self.columns)}")
+        out: list[bytes | None] = []
+        for value, (name, serialize) in zip(params, self.columns, strict=True):
+            if value is None:
+                out.append(None)
+                continue
+            try:
+                out.append(serialize(value, self.protocol))
+            except (TypeError, struct.error) as exc:
+                raise TypeError(f"value of invalid type for column {name!r}: {type(value).__name__} ({exc})") from exc
+        return out
+
+    def routing_key(self, values: list[bytes | None]) -> bytes | None:
+        """The partition key's bytes, as the driver computes it for a bound statement (token-aware routing)."""
+        if not self.routing or any(values[i] is None for i in self.routing):
+            return None
+        if len(self.routing) == 1:
+            return values[self.routing[0]]
+        parts = [values[i] for i in self.routing]
+        return b"".join(struct.pack(f">H{len(p)}sB", len(p), p, 0) for p in parts if p is not None)
+
+
+_PLANS: dict[PreparedStatement, _Plan] = {}  # the services prepare their statements once, at start-up
+
+
 def unlogged(units: Sequence[Unit], level: ConsistencyLevel) -> BatchStatement:
+    """One unlogged batch of the units' statements. Prepared statements are bound by ``_Plan`` and appended to
+    the driver's own list of the batch's statements (what ``BatchStatement.add`` does after its binding; a
+    unit test checks both give the same values and routing key); anything else goes through ``add``."""
     batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=level)
+    rows = batch._statements_and_parameters
     for unit in units:
         for statement, params in unit:
-            batch.add(statement, params)
+            if not isinstance(statement, PreparedStatement) or statement.column_encryption_policy is not None:
+                batch.add(statement, params)
+                continue
+            plan = _PLANS.get(statement)
+            if plan is None:
+                plan = _PLANS[statement] = _Plan(statement)
+            values = plan.values(params)
+            if batch.routing_key is None and plan.keyspace:
+                batch.routing_key = plan.routing_key(values)
+                batch.keyspace = plan.keyspace
+            rows.append((True, plan.query_id, values))
     return batch
 
 

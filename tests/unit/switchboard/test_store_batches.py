@@ -6,14 +6,17 @@ Cassandra is in ``tests/e2e/test_delivery.py``."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+from collections import namedtuple
 from typing import Any, cast
 
 import pytest
 from cassandra import ConsistencyLevel
-from cassandra.query import BatchStatement
+from cassandra import cqltypes as t
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from switchboard.errors import StoreUnavailable
-from switchboard.store.batches import BATCH_BYTES, GroupCommit, pack, unit_bytes, unlogged
+from switchboard.store.batches import BATCH_BYTES, BoundStatement, GroupCommit, pack, unit_bytes, unlogged
 from switchboard.store.session import StoreSession
 
 QUORUM = ConsistencyLevel.LOCAL_QUORUM
@@ -45,6 +48,55 @@ def test_a_unit_cap_splits_batches_that_the_byte_limit_would_keep_whole() -> Non
     assert [len(g) for g in pack(small, max_units=4)] == [4, 4, 2]
     big = [unit(str(i), 600) for i in range(6)]  # the byte limit binds first: 1 unit each at 1000 bytes
     assert [len(g) for g in pack(big, limit=1000, max_units=4)] == [1] * 6
+
+
+Column = namedtuple("Column", "keyspace_name table_name name type")
+
+
+def prepared(types: list[Any], routing: list[int] | None, query_id: bytes) -> PreparedStatement:
+    """A prepared statement as the driver builds it from Cassandra's answer (protocol 3)."""
+    columns = [Column("ks", "tbl", f"c{i}", ty) for i, ty in enumerate(types)]
+    return PreparedStatement(columns, query_id, routing, "a statement", "ks", 3, [], None)
+
+
+def test_prepared_statements_are_bound_as_the_driver_binds_them() -> None:
+    """``unlogged`` binds prepared statements itself; the values, their order and the batch's routing key are
+    what ``BatchStatement.add`` (the driver's binding) gives."""
+    text_map = t.MapType.apply_parameters([t.UTF8Type, t.UTF8Type])
+    now = dt.datetime(2026, 12, 6, 1, 2, 3, 456000, tzinfo=dt.UTC)
+    row = prepared(
+        [t.UTF8Type, t.UTF8Type, t.BytesType, t.DateType, t.Int32Type, t.LongType, t.BooleanType, text_map],
+        [0, 1],  # a composite partition key: (source, event_id)
+        b"row",
+    )
+    index = prepared([t.LongType, t.Int32Type, t.UTF8Type, t.UTF8Type], [3], b"idx")
+    units: list[list[BoundStatement]] = [
+        [(index, (1_796_517_130_000_000, 2_592_000, "", "in_1"))],
+        [
+            (row, ("shop", "evt_1", b"\x01body", now, 7, 2**40, True, {"a": "b"})),
+            (row, ("shop", "evt_2", b"", now, 0, 0, False, None)),  # None: a null cell
+        ],
+    ]
+    ours = unlogged(units, QUORUM)
+    theirs = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=QUORUM)
+    for unit in units:
+        for statement, params in unit:
+            theirs.add(statement, params)
+    assert ours._statements_and_parameters == theirs._statements_and_parameters
+    assert len(ours._statements_and_parameters) == 3
+    assert (ours.routing_key, ours.keyspace) == (theirs.routing_key, theirs.keyspace) == (b"in_1", "ks")
+    composite = unlogged(units[1:], QUORUM)
+    reference = BatchStatement()
+    reference.add(row, units[1][0][1])
+    assert composite.routing_key == reference.routing_key and composite.routing_key.startswith(b"\x00\x04shop\x00")
+
+
+def test_a_value_of_the_wrong_type_names_its_column() -> None:
+    statement = prepared([t.UTF8Type, t.Int32Type], [0], b"q")
+    with pytest.raises(TypeError, match="'c1'"):
+        unlogged([[(statement, ("shop", "not a number"))]], QUORUM)
+    with pytest.raises(ValueError, match="3 values for a statement of 2"):
+        unlogged([[(statement, ("shop", 1, 2))]], QUORUM)
 
 
 class HandDriven:
