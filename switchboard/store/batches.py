@@ -73,7 +73,7 @@ def pack(units: Sequence[Unit], limit: int = BATCH_BYTES, max_units: int | None 
 class _Plan:
     """How to bind one prepared statement's values: its columns' serializers, as ``BoundStatement.bind`` uses
     them, without the column descriptor that method builds for every value (for column encryption, which
-    this project does not use): ~40 instead of ~90 µs for one event's commit statements (README, Benchmark).
+    this project does not use): ~50 instead of ~90 µs for one event's commit statements (README, Benchmark).
     """
 
     __slots__ = ("columns", "keyspace", "protocol", "query_id", "routing")
