@@ -76,11 +76,10 @@ class _Plan:
     this project does not use): ~50 instead of ~90 µs for one event's commit statements (README, Benchmark).
     """
 
-    __slots__ = ("columns", "keyspace", "protocol", "query_id", "routing")
+    __slots__ = ("columns", "keyspace", "protocol", "routing")
 
     def __init__(self, statement: PreparedStatement) -> None:
         meta = statement.column_metadata
-        self.query_id = statement.query_id
         self.keyspace = meta[0].keyspace_name if meta else None
         self.protocol = statement.protocol_version
         self.columns = [(c.name, c.type.serialize) for c in meta]
@@ -128,10 +127,12 @@ def unlogged(units: Sequence[Unit], level: ConsistencyLevel) -> BatchStatement:
             if plan is None:
                 plan = _PLANS[statement] = _Plan(statement)
             values = plan.values(params)
-            if batch.routing_key is None and plan.keyspace:
-                batch.routing_key = plan.routing_key(values)
-                batch.keyspace = plan.keyspace
-            rows.append((True, plan.query_id, values))
+            if batch.routing_key is None and plan.keyspace:  # the first statement with a key routes the batch
+                key = plan.routing_key(values)
+                if key is not None:
+                    batch.routing_key = key
+                    batch.keyspace = plan.keyspace
+            rows.append((True, statement.query_id, values))
     return batch
 
 
