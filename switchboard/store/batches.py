@@ -99,14 +99,13 @@ class _Plan:
                 raise TypeError(f"value of invalid type for column {name!r}: {type(value).__name__} ({exc})") from exc
         return out
 
-    def routing_key(self, values: list[bytes | None]) -> bytes | None:
-        """The partition key's bytes, as the driver computes it for a bound statement (token-aware routing)."""
-        if not self.routing or any(values[i] is None for i in self.routing):
-            return None
-        if len(self.routing) == 1:
-            return values[self.routing[0]]
+    def routing_parts(self, values: list[bytes | None]) -> list[bytes] | None:
+        """The partition key's bound values, which the batch's ``routing_key`` setter packs as the driver does for
+        a bound statement (token-aware routing); None if the statement has no key or a part is null."""
         parts = [values[i] for i in self.routing]
-        return b"".join(struct.pack(f">H{len(p)}sB", len(p), p, 0) for p in parts if p is not None)
+        if not parts or any(p is None for p in parts):
+            return None
+        return [p for p in parts if p is not None]
 
 
 _PLANS: dict[PreparedStatement, _Plan] = {}  # the services prepare their statements once, at start-up
@@ -128,9 +127,9 @@ def unlogged(units: Sequence[Unit], level: ConsistencyLevel) -> BatchStatement:
                 plan = _PLANS[statement] = _Plan(statement)
             values = plan.values(params)
             if batch.routing_key is None and plan.keyspace:  # the first statement with a key routes the batch
-                key = plan.routing_key(values)
-                if key is not None:
-                    batch.routing_key = key
+                parts = plan.routing_parts(values)
+                if parts is not None:
+                    batch.routing_key = parts  # the driver's setter packs a composite key
                     batch.keyspace = plan.keyspace
             rows.append((True, statement.query_id, values))
     return batch
