@@ -77,17 +77,12 @@ class EntityStore:
 
     def mark(self, e: InboundEvent) -> BoundStatement:
         """The version mark of ``e`` (which passed the guard)."""
-        params = (
-            e.entity_version,
-            self.ttl,
-            e.entity_version,
-            e.event_id,
-            e.event_type,
-            ts(e.entity_version),
-            e.source,
-            e.entity_id,
-        )
-        return self.q.mark_entity, params
+        return self.q.mark_entity, (*self._mark_values(e), e.source, e.entity_id)
+
+    def _mark_values(self, e: InboundEvent) -> tuple[Any, ...]:
+        """The leading values of every statement that writes ``e``'s version mark: the cell timestamp, the TTL,
+        then version, event id, type and update time."""
+        return (e.entity_version, self.ttl, e.entity_version, e.event_id, e.event_type, ts(e.entity_version))
 
     def writes(
         self, e: InboundEvent, mark: bool, effects: Sequence[EntitySnapshot], encode: Encoder
@@ -101,7 +96,7 @@ class EntityStore:
         if mark and own:
             fx = own[0]
             rest = [x for x in effects if x is not fx]
-            head = (e.entity_version, self.ttl, e.entity_version, e.event_id, e.event_type, ts(e.entity_version))
+            head = self._mark_values(e)
             params: tuple[Any, ...]
             if fx.event_id == e.event_id and (fx.body is e.body or fx.body == e.body):
                 params = (*head, fx.content_type, e.event_id, e.source, e.entity_id)
