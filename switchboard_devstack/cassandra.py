@@ -6,6 +6,15 @@ JSON, which YAML parsers accept), a ``logback.xml``, the data, commit log and sa
 ``base_dir``: a restart with the same ``base_dir`` keeps the data. With ``commitlog_batch`` (the default) every
 acknowledged write is synced to the commit log first, so it survives a SIGKILL of the JVM; the stock
 ``periodic`` mode (10 s) loses acknowledged writes on a crash.
+
+In batch mode Cassandra 2.1.0 syncs the commit log every ``commitlog_window_ms`` (its
+``commitlog_sync_batch_window_in_ms``), and a write waits for the next sync. A request's mutations (one per
+partition it writes) are applied one after another in the request's own thread, so a batch of N partitions
+takes about N sync intervals; requests in flight at once share each sync. Read in the 2.1.0 bytecode
+(``javap -c``): ``StorageProxy.insertLocal`` runs the mutation through ``SEPExecutor.maybeExecuteImmediately``
+(in the caller's thread while a write permit is free), and ``BatchCommitLogService.maybeWaitForSync`` only
+waits (``awaitDiskSync``; it does not wake the sync thread). Hence a 1 ms window, the smallest: the value is
+truncated to whole milliseconds and 0 would make the sync thread spin.
 """
 
 from __future__ import annotations
@@ -79,6 +88,7 @@ class CassandraNode(ManagedProcess):
         home: Path = DEFAULT_HOME,
         heap: str = "1g",
         commitlog_batch: bool = True,
+        commitlog_window_ms: int = 1,
         java: str | None = None,
         ssl_storage_port: int | None = None,
         cluster_name: str = "Test Cluster",
@@ -92,6 +102,14 @@ class CassandraNode(ManagedProcess):
         self.home = Path(home).absolute()
         self.heap = heap
         self.commitlog_batch = commitlog_batch
+        if commitlog_window_ms < 1:
+            raise ValueError(
+                f"commitlog_window_ms must be at least 1 (0 makes the sync thread spin), not {commitlog_window_ms}"
+            )
+        # 1 instead of 2 (bench.pipeline, alternating pairs, 2026-12-06): drain 1,606 and 1,604 events/s against
+        # 1,310 and 1,073, Cassandra 0.65-0.73 ms of CPU per event against 0.77-0.92; at 300/s e2e p99 112 and
+        # 214 ms against 240 and 348, commit p50 3 ms against 5 (README, Benchmark).
+        self.commitlog_window_ms = commitlog_window_ms
         self.java = java or _find_java()
         # Not bound while internode encryption is off, but keep two nodes on one machine apart anyway.
         self.ssl_storage_port = ssl_storage_port if ssl_storage_port is not None else free_port()
@@ -159,7 +177,7 @@ class CassandraNode(ManagedProcess):
         )
         if self.commitlog_batch:
             cfg["commitlog_sync"] = "batch"
-            cfg["commitlog_sync_batch_window_in_ms"] = 2
+            cfg["commitlog_sync_batch_window_in_ms"] = self.commitlog_window_ms
             cfg.pop("commitlog_sync_period_in_ms", None)  # 2.1 refuses both together
         return cfg
 

@@ -9,9 +9,10 @@ is never split (an event's row and its results, for one).
 A processor's commit also caps the units per request (``cassandra.batch_units``, 32): with the entity state
 stored as a reference, a batch's entity writes are ~100 bytes each, and under the byte limit alone the
 first phase of a 250-event batch went out as one request of 250 rows; draining a backlog then took 590-660
-events/s against 906-1,004 with the cap, commit p99 468-483 against 333-380 ms (README, Benchmark). One
-request's rows are apparently applied one after another, each waiting for the commit log's sync (batch
-mode), so fewer, larger requests wait longer; not verified in Cassandra's source.
+events/s against 906-1,004 with the cap, commit p99 468-483 against 333-380 ms (README, Benchmark). Cassandra
+2.1 applies one request's mutations (one per partition) one after another, each waiting for the commit log's
+next sync in batch mode (read in its bytecode; ``switchboard_devstack.cassandra``), so fewer, larger requests
+wait longer.
 
 ``GroupCommit`` is for writers that finish their work at different moments (delivery tasks whose POSTs come
 back one by one): a unit handed in while fewer than ``in_flight`` requests are out goes at once, alone; while
