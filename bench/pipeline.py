@@ -838,23 +838,27 @@ def add_overrides(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def bench_stack_config(args: argparse.Namespace) -> tuple[Path, PlatformConfig]:
+def bench_stack_config(args: argparse.Namespace, *, paused_seconds: float = 0.0) -> tuple[Path, PlatformConfig]:
     """A temporary directory and the bench's stack configuration in it: ``args.processors``, hour buckets,
-    ``args.trace_percent`` traced, every ``--set`` applied.
+    ``args.trace_percent`` traced, every ``--set`` applied (``bench.delivery`` uses it too).
 
-    The processors' broker heartbeat outlasts the ingest phase's pause: with the default 10 s the broker drops
-    the connections of the paused processors, takes their prefetched messages back and redelivers them on
-    resume, where they wait the redelivery delay (3 s) with every prefetch window full. The drain then began
-    with ~3 s in which nothing was processed (seen in its queue depth), which is the pause's doing, not the
-    processors' speed. A ``--set processor.heartbeat_seconds=…`` still wins."""
+    With ``paused_seconds`` (the pipeline bench's ingest phase, during which its processors are stopped), the
+    processors' broker heartbeat outlasts the pause: with the default 10 s the broker drops the connections of
+    the paused processors, takes their prefetched messages back and redelivers them on resume, where they wait
+    the redelivery delay (3 s) with every prefetch window full. The drain then began with ~3 s in which nothing
+    was processed (seen in its queue depth), which is the pause's doing, not the processors' speed. A
+    ``--set processor.heartbeat_seconds=…`` still wins."""
     root = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    heartbeat = min(3600, max(60, math.ceil(4 * args.ingest_seconds)))
+    overrides = list(args.overrides)
+    if paused_seconds > 0:
+        heartbeat = min(3600, max(60, math.ceil(4 * paused_seconds)))
+        overrides.insert(0, f"processor.heartbeat_seconds={heartbeat}")
     cfg = write_test_config(
         root,
         processors=args.processors,
         bucket_seconds=3600,
         trace_percent=args.trace_percent,
-        overrides=[f"processor.heartbeat_seconds={heartbeat}", *args.overrides],
+        overrides=overrides,
     )
     return root, cfg
 
@@ -876,7 +880,7 @@ def main(argv: list[str] | None = None) -> int:
     rev = git_rev()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "var" / "bench" / f"pipeline-{stamp}-{rev}.json"
-    root, cfg = bench_stack_config(args)
+    root, cfg = bench_stack_config(args, paused_seconds=args.ingest_seconds)
     reference = [reference_ms()]
     print(f"CPU reference (bench/cpu.py reference_ms, one idle core): {reference[0]:.0f} ms", flush=True)
     stack = Stack(cfg)

@@ -55,9 +55,22 @@ def test_the_pipeline_bench_gives_its_paused_processors_a_heartbeat_that_outlast
         (["--ingest-seconds", "5"], 60),
         (["--ingest-seconds", "30", "--set", "processor.heartbeat_seconds=15"], 15),  # the user's --set wins
     ):
-        root, cfg = bench_stack_config(parse_args(argv))
+        args = parse_args(argv)
+        root, cfg = bench_stack_config(args, paused_seconds=args.ingest_seconds)
         shutil.rmtree(root)
         assert cfg.processor.heartbeat_seconds == expected, argv
+
+
+def test_the_delivery_bench_builds_its_stack_config_with_the_default_heartbeat() -> None:
+    # bench.delivery pauses nothing and has no --ingest-seconds; its stack config once failed on that.
+    from bench.delivery import parse_args
+    from bench.pipeline import bench_stack_config
+    from switchboard.config import ProcessorConfig
+
+    root, cfg = bench_stack_config(parse_args(["--processors", "2", "--set", "delivery.breaker_failures=7"]))
+    shutil.rmtree(root)
+    assert cfg.processor.heartbeat_seconds == ProcessorConfig().heartbeat_seconds
+    assert cfg.delivery.breaker_failures == 7
 
 
 def test_the_drain_rate_between_10_and_90_percent_leaves_out_the_start_and_the_tail() -> None:
