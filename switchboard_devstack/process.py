@@ -4,17 +4,23 @@ Every process is started with ``start_new_session=True``: it leads a new session
 ``terminate()`` and ``kill()`` reach its children too (a JVM's or an Erlang VM's helper processes) and
 nothing of it survives a ``kill()``. Processes that deliberately detach into a session of their own (Erlang's
 ``epmd -daemon``, shared by every Erlang node on the machine) are not part of the group and are left alone.
+
+``timer_slack_ns`` starts the process with that timer slack (prctl(2) ``PR_SET_TIMERSLACK``): how late the
+kernel may fire the timed sleeps of every thread of it, so that they wake together instead of one by one.
+The slack is inherited by every thread and child the process creates and is kept across ``execve``, so it is
+set on the thread that spawns the child, for the spawn only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -24,6 +30,25 @@ from switchboard.errors import StackError
 __all__ = ["ManagedProcess"]
 
 _TAIL_LINES = 40
+_PR_SET_TIMERSLACK = 29
+_PR_GET_TIMERSLACK = 30
+
+
+@contextlib.contextmanager
+def _timer_slack(ns: int | None) -> Iterator[None]:
+    """This thread's timer slack set to ``ns`` inside (children forked here inherit it), restored after."""
+    if ns is None:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    previous = libc.prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    if previous < 0 or libc.prctl(_PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise StackError(f"cannot set the timer slack to {ns} ns: {os.strerror(err)}")
+    try:
+        yield
+    finally:
+        libc.prctl(_PR_SET_TIMERSLACK, ctypes.c_ulong(previous), 0, 0, 0)
 
 
 class ManagedProcess:
@@ -45,12 +70,16 @@ class ManagedProcess:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        timer_slack_ns: int | None = None,
     ) -> None:
+        if timer_slack_ns is not None and timer_slack_ns < 1:
+            raise ValueError(f"timer_slack_ns must be at least 1, not {timer_slack_ns}")
         self.name = name
         self.base_dir = Path(base_dir).absolute()
         self._argv = list(argv) if argv is not None else None
         self._env = dict(env) if env is not None else None
         self._cwd = cwd
+        self.timer_slack_ns = timer_slack_ns
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self._started_at = 0.0
@@ -108,16 +137,17 @@ class ManagedProcess:
             log.write(f"\n===== {stamp} starting {self.name}: {shlex.join(argv)}\n".encode())
             log.flush()
             self._log_offset = log.tell()
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self._cwd or self.base_dir,
-                start_new_session=True,
-                close_fds=True,
-            )
+            with _timer_slack(self.timer_slack_ns):
+                self._proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=self._cwd or self.base_dir,
+                    start_new_session=True,
+                    close_fds=True,
+                )
         self._started_at = time.monotonic()
         self.ready_seconds = None
         return self

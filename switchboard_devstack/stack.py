@@ -185,6 +185,7 @@ class Stack:
                 cfg.cassandra.port,
                 cfg.cassandra.storage_port,
                 heap=cfg.cassandra.heap,
+                timer_slack_us=cfg.cassandra.timer_slack_us,
             )
             self._start(self.cassandra)
         if self.rabbit:

@@ -6,6 +6,7 @@ runs of this file in parallel do not collide; every process is killed at teardow
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import secrets
 import socket
@@ -96,6 +97,31 @@ def test_kill_takes_the_whole_process_group(tmp_path: Path, track: Track) -> Non
     assert not proc.is_running()
     assert proc.returncode == -9
     assert not any(_alive(p) for p in children)
+
+
+def _thread_slack() -> int:
+    libc = ctypes.CDLL(None)
+    return int(libc.prctl(30, 0, 0, 0, 0))  # PR_GET_TIMERSLACK: this thread's
+
+
+def test_timer_slack_reaches_the_process_and_its_children_and_not_the_caller(tmp_path: Path, track: Track) -> None:
+    mine = _thread_slack()
+    script = "cat /proc/self/timerslack_ns; sh -c 'cat /proc/self/timerslack_ns'"
+    slack = track(ManagedProcess("slack", tmp_path, ["sh", "-c", script], timer_slack_ns=1_000_000))
+    plain = track(ManagedProcess("plain", tmp_path, ["sh", "-c", script]))
+    for proc in (slack, plain):
+        proc.start()
+        deadline = time.monotonic() + 10
+        while proc.is_running():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert proc.returncode == 0
+
+    assert slack.log_tail().split() == ["1000000", "1000000"]  # the process and the child it forked
+    assert plain.log_tail().split() == [str(mine), str(mine)]
+    assert _thread_slack() == mine  # set for the spawn only
+    with pytest.raises(ValueError, match="at least 1"):
+        ManagedProcess("zero", tmp_path, ["true"], timer_slack_ns=0)
 
 
 class NeverReady(ManagedProcess):
@@ -190,6 +216,10 @@ def _cql_session(port: int) -> tuple[Any, Any]:
 def test_cassandra_write_survives_kill_and_restart(tmp_path: Path, track: Track) -> None:
     node = track(CassandraNode(tmp_path / "cassandra", free_port(), free_port(), heap="512m"))
     cold = _start(node, 120)
+    assert node.pid is not None
+    threads = list(Path(f"/proc/{node.pid}/task").iterdir())
+    slack = {int(Path(f"/proc/{t.name}/timerslack_ns").read_text()) for t in threads}
+    assert len(threads) > 20 and slack == {1_000_000}  # every JVM thread, the request workers' too
 
     cluster, session = _cql_session(node.native_port)
     try:

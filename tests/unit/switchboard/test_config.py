@@ -73,6 +73,8 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(processor={"heartbeat_seconds": 2.5}), "between 1 and 3600"),
         (base(cassandra={"compress_payloads": "yes"}), "compress_payloads"),
         (base(cassandra={"batch_units": 0}), "batch_units"),
+        (base(cassandra={"timer_slack_us": 0}), "timer_slack_us"),
+        (base(cassandra={"timer_slack_us": 10_001}), "at most 10000"),
     ],
 )
 def test_unsafe_or_invalid_config_is_refused(raw: dict[str, object], message: str) -> None:
