@@ -195,11 +195,15 @@ class ReplayManager:
         return job
 
     async def follow(self, job: ReplayJob) -> AsyncIterator[ReplayJob]:
-        """The job's progress, once a second, until it ends."""
+        """The job's progress, once a second, until it ends; the last one yielded is the final state.
+
+        It decides on the copy it yielded, not on the live job: the job may finish while the caller sends that
+        copy, and deciding on the live job then ended the stream on a RUNNING copy, the final state unsent
+        (seen in the e2e replay test)."""
         while True:
             running = self._running.get(job.id)
-            current = running[0] if running else await self.get(job.id)
-            yield replace(current)
+            current = replace(running[0] if running else await self.get(job.id))
+            yield current
             if current.state is not ReplayState.RUNNING:
                 return
             # Not ours: another replica runs it (its heartbeats move the counts), or nobody does any more
