@@ -73,6 +73,7 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
                 member=args.member,
                 redelivery_delay=cfg.processor.redelivery_delay_seconds,
                 heartbeat=cfg.processor.heartbeat_seconds,
+                linger=cfg.processor.batch_linger_ms / 1000,
             ),
             purpose="processor-consumer",
             hooks=[stats, meter, *failpoints.armed()],

@@ -24,6 +24,8 @@ class QueueMessage:
     raw: Any = field(repr=False, default=None)
     # Monotonic time before which the worker does not hand it to the handler (a redelivery, see the worker).
     not_before: float = 0.0
+    # Monotonic time it reached this consumer (the batch linger counts from the oldest waiting message).
+    arrived: float = 0.0
 
     @property
     def held(self) -> bool:

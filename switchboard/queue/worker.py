@@ -9,8 +9,10 @@ A handler decides; the worker does the queue mechanics::
 The worker owns, so that no handler repeats them:
 
 * **Batches.** Up to ``max_batch`` consumed messages go to the handler at once, and up to ``concurrency``
-  batches run at the same time. Messages with the same ordering key never run concurrently: a later one
-  waits in the worker until the earlier one is settled (two receipts of one event, say).
+  batches run at the same time. With ``linger``, a batch smaller than ``max_batch`` waits until its oldest
+  message has been here that long (a full batch, or ``stop()``, ends the wait): fewer, larger batches.
+  Messages with the same ordering key never run concurrently: a later one waits in the worker until the
+  earlier one is settled (two receipts of one event, say).
 * **Ack after commit.** A message is acked only after the handler returned its verdict (which the handler
   returns only once the outcome is committed) and after any copy the verdict asks for is confirmed by the
   broker. Acks go out in delivery order, many per frame (``switchboard.queue.acks``).
@@ -117,6 +119,9 @@ class WorkerSettings:
     # A redelivered message waits this long before the handler sees it: long enough for the writes a dead
     # consumer had in flight for it to land or time out, so that the handler reads what they did.
     redelivery_delay: float = 0.0
+    # Seconds a batch smaller than ``max_batch`` waits for company, counted from the arrival of the oldest
+    # message waiting; 0: a batch starts with whatever is there.
+    linger: float = 0.0
 
 
 async def _ignore(message: AbstractIncomingMessage) -> None:
@@ -172,6 +177,7 @@ class QueueWorker:
         self._partitions = topology.partitioned and list(self._subs) == topology.work_queues
         self._pending: deque[QueueMessage] = deque()
         self._wakeup = asyncio.Event()
+        self._full = asyncio.Event()  # set when a batch's worth waits (or on stop): the linger ends early
         self._active_keys: set[str] = set()
         self._by_tag: dict[str, _Subscription] = {}
         self._running = 0  # messages in batches the handler is working on
@@ -274,6 +280,7 @@ class QueueWorker:
         """
         self.stopping.set()
         self._wakeup.set()
+        self._full.set()
         try:
             await asyncio.wait_for(self._idle.wait(), drain_within)
             drained = True
@@ -398,12 +405,15 @@ class QueueWorker:
             redelivered=bool(raw.redelivered),
             queue=sub.queue,
             raw=raw,
+            arrived=time.monotonic(),
         )
         if message.redelivered and self.settings.redelivery_delay > 0:
             message.not_before = time.monotonic() + self.settings.redelivery_delay
             asyncio.get_running_loop().call_later(self.settings.redelivery_delay, self._wakeup.set)
         self._pending.append(message)
         self._wakeup.set()
+        if len(self._pending) >= self.settings.max_batch:
+            self._full.set()
 
     def _take(self) -> list[QueueMessage]:
         """The next batch: pending messages in arrival order whose key is not being handled, whose queue is not
@@ -442,8 +452,28 @@ class QueueWorker:
             log.info("dropped messages whose channel closed before they started", extra={"dropped": dropped})
         return batch
 
+    async def _linger(self) -> None:
+        """Waits until the oldest pending message is ``linger`` old, a batch's worth is pending, or the worker
+        stops (returns at once when nothing or a full batch is pending)."""
+        pending = self._pending
+        if not pending or len(pending) >= self.settings.max_batch or self.stopping.is_set():
+            return
+        wait = pending[0].arrived + self.settings.linger - time.monotonic()
+        if wait <= 0:
+            return
+        self._full.clear()
+        timer = asyncio.get_running_loop().call_later(wait, self._full.set)
+        try:
+            await self._full.wait()
+        finally:
+            timer.cancel()
+
     async def _run(self) -> None:
         while not self.stopping.is_set():
+            if self.settings.linger > 0:
+                await self._linger()
+                if self.stopping.is_set():
+                    break
             batch = self._take()
             if not batch:
                 self._wakeup.clear()

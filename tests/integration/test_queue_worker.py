@@ -210,3 +210,75 @@ async def test_the_publisher_queues_persistent_messages_and_refuses_what_the_bro
         await publisher.close()
     with pytest.raises(BrokerUnavailable, match="not connected"):
         await publisher.publish(b"x", message_id="demo/evt_3", headers={}, timestamp=1.0, type="inbound")
+
+
+class Timed:
+    """Records when each batch reached the handler and what it held."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[float, list[str]]] = []
+
+    def key(self, message: QueueMessage) -> str:
+        return message.message_id
+
+    async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+        self.batches.append((time.monotonic(), [m.message_id for m in batch]))
+        return [Ack() for _ in batch]
+
+
+async def test_a_small_batch_lingers_for_company_and_a_full_one_does_not(rabbit: RabbitNode) -> None:
+    """With a linger, messages that arrive within it of the first go to the handler together, not before the
+    first is ``linger`` old; a batch's worth (``max_batch``) goes at once."""
+    linger = 1.0
+    topology = Topology(f"t{free_port()}", "events", (200,))
+    handler = Timed()
+    worker = QueueWorker(
+        rabbit.amqp_url,
+        topology,
+        handler,
+        WorkerSettings(prefetch=64, max_batch=16, concurrency=1, linger=linger),
+        purpose="linger",
+    )
+    await worker.start()
+    try:
+        sent = time.monotonic()
+        await publish(rabbit.amqp_url, topology, [f"s{i}" for i in range(5)], rate=1000)
+        await wait_for(lambda: sum(len(ids) for _, ids in handler.batches) == 5, "the five messages handled")
+        small_at, small = handler.batches[0]
+
+        sent_full = time.monotonic()
+        await publish(rabbit.amqp_url, topology, [f"f{i:02d}" for i in range(32)], rate=1000)
+        await wait_for(lambda: sum(len(ids) for _, ids in handler.batches) == 37, "two full batches")
+    finally:
+        await worker.stop(5)
+        await worker.close()
+    assert small == [f"s{i}" for i in range(5)], "the five messages waited for each other"
+    assert small_at - sent >= linger, "the batch started before its first message was a linger old"
+    full = handler.batches[1:]
+    assert [len(ids) for _, ids in full] == [16, 16]
+    assert all(at - sent_full < linger for at, _ in full), "a full batch waited for the linger"
+
+
+async def test_stopping_ends_a_linger_and_leaves_its_messages_to_the_broker(rabbit: RabbitNode) -> None:
+    topology = Topology(f"t{free_port()}", "events", (200,))
+    handler = Timed()
+    worker = QueueWorker(
+        rabbit.amqp_url,
+        topology,
+        handler,
+        WorkerSettings(prefetch=16, max_batch=16, concurrency=1, linger=30.0),
+        purpose="linger-stop",
+    )
+    await worker.start()
+    try:
+        await publish(rabbit.amqp_url, topology, ["x1", "x2"], rate=1000)
+        await wait_for(lambda: worker.in_flight == 2, "two messages waiting in the worker")
+        started = time.monotonic()
+        drained = await worker.stop(10)
+        stopped_in = time.monotonic() - started
+        depths = await worker.depths()
+    finally:
+        await worker.close()
+    assert drained and stopped_in < 5, f"stop waited {stopped_in:.1f} s"
+    assert handler.batches == [], "a lingering batch was started while stopping"
+    assert depths[topology.work_queues[0]] == 2, "the unstarted messages went back to the queue"

@@ -28,6 +28,7 @@ def test_default_config_file_parses_with_a_demo_source() -> None:
     assert cfg.delivery.secrets_key is not None and "invoice.paid" in (cfg.event_types() or ())
     assert cfg.processor.retry.max_attempts == 8 and cfg.processor.retry.levels_ms()[0] == 1000
     assert cfg.processor.heartbeat_seconds == 10
+    assert cfg.processor.batch_linger_ms == 20
     assert cfg.cassandra.compress_payloads
 
 
@@ -75,6 +76,8 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(cassandra={"batch_units": 0}), "batch_units"),
         (base(cassandra={"timer_slack_us": 0}), "timer_slack_us"),
         (base(cassandra={"timer_slack_us": 10_001}), "at most 10000"),
+        (base(processor={"batch_linger_ms": -1}), "batch_linger_ms"),
+        (base(processor={"batch_linger_ms": 1001}), "batch_linger_ms"),
     ],
 )
 def test_unsafe_or_invalid_config_is_refused(raw: dict[str, object], message: str) -> None:
