@@ -68,7 +68,9 @@ class ProcessorConfig:
     # and fewer requests reach Cassandra at once. At 400 events/s on 2 cores (bench.pipeline, 2026-12-03,
     # three runs each) 2 batches at a time gave HTTP p50/p99 93-160/527-713 ms and e2e 121-176/758-984 ms,
     # 1 gave 34-57/433-480 and 64-99/544-742, with no lower drain rate. More helps operations that wait long
-    # on something outside (a batch's operations run concurrently, but the next batch waits for the slowest).
+    # on something outside (a batch's operations run concurrently, but the next batch waits for the slowest),
+    # and a single processor past ~600 events/s: at 800/s one batch at a time fell behind (batches of 256
+    # taking ~350 ms), two carried it as two processors do (README, "One processor or two").
     # Up to 256 (was 128) since 2026-12-04: draining a backlog with two processors, 1,240, 1,466 and 1,389
     # events/s against 1,160, 1,166 and 1,222 (three alternating pairs, prefetch raised with it); a batch's
     # reads and its commit's round trips are shared by twice the events. Below a backlog batches are smaller
