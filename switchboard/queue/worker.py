@@ -398,6 +398,7 @@ class QueueWorker:
             return
         tracker.delivered(raw.delivery_tag or 0, raw)
         sub.delivered += 1
+        now = time.monotonic()
         message = QueueMessage(
             body=raw.body,
             message_id=raw.message_id or "",
@@ -405,10 +406,10 @@ class QueueWorker:
             redelivered=bool(raw.redelivered),
             queue=sub.queue,
             raw=raw,
-            arrived=time.monotonic(),
+            arrived=now,
         )
         if message.redelivered and self.settings.redelivery_delay > 0:
-            message.not_before = time.monotonic() + self.settings.redelivery_delay
+            message.not_before = now + self.settings.redelivery_delay
             asyncio.get_running_loop().call_later(self.settings.redelivery_delay, self._wakeup.set)
         self._pending.append(message)
         self._wakeup.set()

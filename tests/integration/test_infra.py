@@ -23,6 +23,7 @@ import pytest
 from switchboard.errors import StackError
 from switchboard_devstack import CassandraNode, EnvoyProcess, ManagedProcess, RabbitNode, free_port, wait_port
 from switchboard_devstack.ports import ephemeral_range
+from switchboard_devstack.process import _PR_GET_TIMERSLACK
 
 pytestmark = pytest.mark.integration
 
@@ -101,8 +102,8 @@ def test_kill_takes_the_whole_process_group(tmp_path: Path, track: Track) -> Non
 
 
 def _thread_slack() -> int:
-    libc = ctypes.CDLL(None)
-    return int(libc.prctl(30, 0, 0, 0, 0))  # PR_GET_TIMERSLACK: this thread's
+    """This thread's timer slack (prctl PR_GET_TIMERSLACK)."""
+    return int(ctypes.CDLL(None).prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0))
 
 
 def test_timer_slack_reaches_the_process_and_its_children_and_not_the_caller(tmp_path: Path, track: Track) -> None:

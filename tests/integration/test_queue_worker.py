@@ -226,19 +226,19 @@ class Timed:
         return [Ack() for _ in batch]
 
 
+def lingering(rabbit: RabbitNode, linger: float, prefetch: int) -> tuple[Topology, Timed, QueueWorker]:
+    """A worker on a fresh stream, batches of at most 16, one at a time, with ``linger``."""
+    topology = Topology(f"t{free_port()}", "events", (200,))
+    handler = Timed()
+    settings = WorkerSettings(prefetch=prefetch, max_batch=16, concurrency=1, linger=linger)
+    return topology, handler, QueueWorker(rabbit.amqp_url, topology, handler, settings, purpose="linger")
+
+
 async def test_a_small_batch_lingers_for_company_and_a_full_one_does_not(rabbit: RabbitNode) -> None:
     """With a linger, messages that arrive within it of the first go to the handler together, not before the
     first is ``linger`` old; a batch's worth (``max_batch``) goes at once."""
     linger = 1.0
-    topology = Topology(f"t{free_port()}", "events", (200,))
-    handler = Timed()
-    worker = QueueWorker(
-        rabbit.amqp_url,
-        topology,
-        handler,
-        WorkerSettings(prefetch=64, max_batch=16, concurrency=1, linger=linger),
-        purpose="linger",
-    )
+    topology, handler, worker = lingering(rabbit, linger, prefetch=64)
     await worker.start()
     try:
         sent = time.monotonic()
@@ -260,15 +260,7 @@ async def test_a_small_batch_lingers_for_company_and_a_full_one_does_not(rabbit:
 
 
 async def test_stopping_ends_a_linger_and_leaves_its_messages_to_the_broker(rabbit: RabbitNode) -> None:
-    topology = Topology(f"t{free_port()}", "events", (200,))
-    handler = Timed()
-    worker = QueueWorker(
-        rabbit.amqp_url,
-        topology,
-        handler,
-        WorkerSettings(prefetch=16, max_batch=16, concurrency=1, linger=30.0),
-        purpose="linger-stop",
-    )
+    topology, handler, worker = lingering(rabbit, 30.0, prefetch=16)
     await worker.start()
     try:
         await publish(rabbit.amqp_url, topology, ["x1", "x2"], rate=1000)
