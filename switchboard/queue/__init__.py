@@ -1,6 +1,6 @@
 """RabbitMQ adapter: a stream's topology, a confirming publisher, and the queue worker every consumer runs on.
 
-aio-pika/aiormq exceptions never leave this package: they become ``BrokerUnavailable``.
+aio-pika, aiormq and pika exceptions never leave this package: they become ``BrokerUnavailable``.
 """
 
 from switchboard.queue.connection import connect, publish_confirmed

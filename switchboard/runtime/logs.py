@@ -39,5 +39,5 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Drivers are chatty at INFO (reconnect attempts are logged by us, with context).
-    for noisy in ("cassandra", "aiormq", "aio_pika"):
+    for noisy in ("cassandra", "aiormq", "aio_pika", "pika"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -212,6 +212,68 @@ async def test_the_publisher_queues_persistent_messages_and_refuses_what_the_bro
         await publisher.publish(b"x", message_id="demo/evt_3", headers={}, timestamp=1.0, type="inbound")
 
 
+def connections_named(rabbit: RabbitNode, name: str) -> list[str]:
+    """The broker's connections (their Erlang pids) whose client gave ``name`` as its connection name."""
+    listing = rabbit.rabbitmqctl("list_connections", "pid", "client_properties", "--no-table-headers", "--quiet")
+    return [line.split("\t", 1)[0] for line in listing.stdout.splitlines() if f'"{name}"' in line]
+
+
+async def test_the_publisher_fails_the_calls_of_a_lost_connection_and_reconnects(rabbit: RabbitNode) -> None:
+    """The broker closes the publisher's connection (as a network cut or a broker restart would) while calls
+    wait for their confirms: each of them raises ``BrokerUnavailable`` at once (none hangs until its timeout,
+    none returns as if confirmed), and the publisher reconnects on its own; what it publishes then is queued."""
+    topology = Topology(f"p{free_port()}", "events", (200,))
+    purpose = f"reconnect-test-{free_port()}"
+    publisher = Publisher(rabbit.amqp_url, topology, confirm_timeout=30.0, purpose=purpose)
+    await publisher.start()
+    outcomes: dict[str, BaseException | None] = {}  # message id -> what its call ended with
+    cut = asyncio.Event()  # set once the broker closed the connection
+
+    async def lane(n: int) -> None:
+        """Publishes one message after another until one fails or the cut was made."""
+        i = 0
+        while not cut.is_set():
+            message_id = f"demo/lane{n}_{i}"
+            i += 1
+            try:
+                await publisher.publish(b"x", message_id=message_id, headers={}, timestamp=1.0, type="inbound")
+            except BrokerUnavailable as exc:
+                outcomes[message_id] = exc
+                return
+            outcomes[message_id] = None
+
+    try:
+        await publisher.publish(b"before", message_id="demo/evt_1", headers={}, timestamp=1.0, type="inbound")
+        [first] = connections_named(rabbit, purpose)
+        lanes = [asyncio.create_task(lane(n)) for n in range(16)]
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(rabbit.rabbitmqctl, "close_connection", first, "test: publisher cut off")
+        cut.set()
+        started = time.monotonic()
+        await asyncio.gather(*lanes)
+        settled_within = time.monotonic() - started
+        await wait_for(lambda: publisher.connected, "the publisher reconnected")
+        await publisher.publish(b"after", message_id="demo/evt_2", headers={}, timestamp=1.0, type="inbound")
+        second = connections_named(rabbit, purpose)
+    finally:
+        await publisher.close()
+    lost = [e for e in outcomes.values() if isinstance(e, BrokerUnavailable) and "lost the message" in e.message]
+    assert lost, "no call was waiting for its confirm when the connection closed"
+    assert settled_within < 30.0, "a call waited for its confirm timeout instead of failing with the connection"
+    assert second and first not in second, "the publisher did not open a new connection"
+    conn = await aio_pika.connect(rabbit.amqp_url)
+    try:
+        channel = await conn.channel()
+        queue = await channel.declare_queue(topology.work_queues[0], passive=True)
+        queued = set()
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            queued.add(message.message_id)
+    finally:
+        await conn.close()
+    confirmed = {message_id for message_id, outcome in outcomes.items() if outcome is None}
+    assert {"demo/evt_1", "demo/evt_2"} | confirmed <= queued, "a confirmed message is missing from the queue"
+
+
 class Timed:
     """Records when each batch reached the handler and what it held."""
 
