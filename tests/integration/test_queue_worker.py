@@ -274,6 +274,29 @@ async def test_the_publisher_fails_the_calls_of_a_lost_connection_and_reconnects
     assert {"demo/evt_1", "demo/evt_2"} | confirmed <= queued, "a confirmed message is missing from the queue"
 
 
+async def test_the_publisher_declares_its_topology_again_when_the_broker_lost_it(rabbit: RabbitNode) -> None:
+    """Someone deletes the stream's exchange while the publisher runs: the next publish is refused (the broker
+    closes the channel, 404), the publisher reconnects and declares the topology again, and publishing works
+    with no restart."""
+    topology = Topology(f"p{free_port()}", "events", (200,))
+    publisher = Publisher(rabbit.amqp_url, topology, confirm_timeout=5.0, purpose=f"redeclare-{free_port()}")
+    await publisher.start()
+    conn = await aio_pika.connect(rabbit.amqp_url)
+    try:
+        channel = await conn.channel()
+        await channel.exchange_delete(topology.exchange)
+        with pytest.raises(BrokerUnavailable):
+            await publisher.publish(b"x", message_id="demo/evt_1", headers={}, timestamp=1.0, type="inbound")
+        await wait_for(lambda: publisher.connected, "the publisher reconnected")
+        await publisher.publish(b"y", message_id="demo/evt_2", headers={}, timestamp=1.0, type="inbound")
+        queue = await channel.declare_queue(topology.work_queues[0], passive=True)
+        message = await queue.get(no_ack=True, fail=False)
+    finally:
+        await conn.close()
+        await publisher.close()
+    assert message is not None and message.message_id == "demo/evt_2"
+
+
 class Timed:
     """Records when each batch reached the handler and what it held."""
 
