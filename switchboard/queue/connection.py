@@ -57,22 +57,35 @@ async def publish_confirmed(
     """Publishes ``message`` (mandatory) and returns once the broker confirmed it; ``BrokerUnavailable`` if it
     did not within ``confirm_timeout``, refused it, or the connection failed. The time to the confirm goes to
     ``switchboard_broker_confirm_seconds``, failures to ``switchboard_broker_publish_failures_total``."""
-    await confirmed(exchange.name, exchange.publish(message, routing_key, mandatory=True), confirm_timeout)
+    await confirmed(exchange.name, _acked(exchange.publish(message, routing_key, mandatory=True)), confirm_timeout)
 
 
-async def confirmed(exchange: str, publishing: Awaitable[object], confirm_timeout: float) -> None:
-    """Awaits ``publishing`` (a mandatory publish on a channel with publisher confirms, to ``exchange``) as
-    ``publish_confirmed`` describes: only a ``Basic.Ack`` within ``confirm_timeout`` returns."""
+async def _acked(publishing: Awaitable[object]) -> None:
+    """Awaits an aio-pika publish on a channel with publisher confirms: returns on a ``Basic.Ack``, raises
+    ``BrokerUnavailable`` if the broker refused or returned the message or the connection failed."""
+    try:
+        confirmation = await publishing
+    except TimeoutError:  # an OSError too: ``confirmed`` reports it as the timeout it is
+        raise
+    except DRIVER_ERRORS as exc:
+        raise BrokerUnavailable(f"broker refused or lost the message: {type(exc).__name__}") from None
+    if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+        raise BrokerUnavailable(f"broker did not accept the message: {type(confirmation).__name__}")
+
+
+async def confirmed(exchange: str, confirming: Awaitable[None], confirm_timeout: float) -> None:
+    """Awaits ``confirming``, which returns once the broker acked a message published to ``exchange`` and raises
+    ``BrokerUnavailable`` if it refused or lost it, as ``publish_confirmed`` describes: ``BrokerUnavailable``
+    too if that takes longer than ``confirm_timeout``. Every publisher's confirm goes through here: the
+    failures are counted and the time to the confirm observed once, for aio-pika's and pika's alike."""
     started = time.perf_counter()
     try:
-        confirmation = await asyncio.wait_for(publishing, confirm_timeout)
+        async with asyncio.timeout(confirm_timeout):
+            await confirming
     except TimeoutError:
         BROKER_PUBLISH_FAILURES.labels(exchange).inc()
         raise BrokerUnavailable(f"broker did not confirm within {confirm_timeout:g} s") from None
-    except DRIVER_ERRORS as exc:
+    except BrokerUnavailable:
         BROKER_PUBLISH_FAILURES.labels(exchange).inc()
-        raise BrokerUnavailable(f"broker refused or lost the message: {type(exc).__name__}") from None
-    if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-        BROKER_PUBLISH_FAILURES.labels(exchange).inc()
-        raise BrokerUnavailable(f"broker did not accept the message: {type(confirmation).__name__}")
+        raise
     confirm_timer(exchange).observe(time.perf_counter() - started)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,8 +13,7 @@ from aio_pika.abc import FieldValue
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from switchboard.errors import BrokerUnavailable
-from switchboard.observability.metrics import BROKER_PUBLISH_FAILURES, confirm_timer
-from switchboard.queue.connection import CONNECT_BACKOFF, connect
+from switchboard.queue.connection import CONNECT_BACKOFF, confirmed, connect
 from switchboard.queue.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -60,8 +58,6 @@ class Publisher:
         self._waiting: dict[int, tuple[asyncio.Future[None], str]] = {}  # tag -> (call's future, message id)
         self._returned: set[int] = set()
         self._reconnecting: asyncio.Task[None] | None = None
-        self._failures = BROKER_PUBLISH_FAILURES.labels(topology.exchange)
-        self._confirm_seconds = confirm_timer(topology.exchange)
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Declares the topology and connects; waits (with back-off) until the broker answers or ``stop`` is
@@ -116,25 +112,15 @@ class Publisher:
             type=type,
             timestamp=int(timestamp),
         )
-        started = time.perf_counter()
+        confirm: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
             channel.basic_publish(self.topology.exchange, self.topology.routing_key, body, properties, mandatory=True)
         except (pika.exceptions.AMQPError, OSError) as exc:  # closed under us between the check and the call
-            self._failures.inc()
-            raise BrokerUnavailable(f"broker refused or lost the message: {exc.__class__.__name__}") from None
-        self._tag += 1
-        confirm: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting[self._tag] = (confirm, message_id)
-        try:
-            async with asyncio.timeout(self.confirm_timeout):
-                await confirm
-        except TimeoutError:
-            self._failures.inc()
-            raise BrokerUnavailable(f"broker did not confirm within {self.confirm_timeout:g} s") from None
-        except BrokerUnavailable:
-            self._failures.inc()
-            raise
-        self._confirm_seconds.observe(time.perf_counter() - started)
+            confirm.set_exception(BrokerUnavailable(f"broker refused or lost the message: {exc.__class__.__name__}"))
+        else:
+            self._tag += 1
+            self._waiting[self._tag] = (confirm, message_id)
+        await confirmed(self.topology.exchange, confirm, self.confirm_timeout)
 
     # -- the broker's answers (pika's callbacks, on the event loop) -----------------------------------------
     def _on_confirm(self, frame: Any) -> None:
