@@ -20,9 +20,10 @@ Consuming a queue filled with ``--messages`` beforehand, with a prefetch of ``--
 ``basic.ack`` with ``multiple`` every ``--ack-every`` messages, reading each message's body, id, headers and
 redelivered flag (what ``switchboard.queue.worker`` reads); measured from the first delivery to the last ack:
 
-* ``consume-aio-pika``: ``Queue.consume`` with an async callback (``IncomingMessage``): what the workers run.
+* ``consume-aio-pika``: ``Queue.consume`` with an async callback (``IncomingMessage``): what the workers ran
+  before they moved to pika.
 * ``consume-aiormq``: the underlying aiormq channel's ``basic_consume`` (no ``IncomingMessage`` per delivery).
-* ``consume-pika``: pika's ``AsyncioConnection`` on an asyncio loop (what an asyncio worker could use).
+* ``consume-pika``: pika's ``AsyncioConnection`` on an asyncio loop: what the workers run.
 * ``consume-pika-select``: pika's ``SelectConnection`` and its own I/O loop, no asyncio.
 
 The clients do nothing else with a message, so the figures are the client's cost alone.

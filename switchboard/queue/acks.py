@@ -10,70 +10,64 @@ slow one, they are acked one by one instead, so that a slow message never holds 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 
 class AckTracker:
-    """The unsettled deliveries of one channel, in delivery order."""
+    """The unsettled deliveries of one channel, in delivery order; ``channel`` is pika's (``basic_ack``)."""
 
-    def __init__(self, max_waiting: int = 64, channel: Any = None) -> None:
+    def __init__(self, channel: Any, max_waiting: int = 64) -> None:
         self.max_waiting = max_waiting
-        self.channel = channel  # the driver's channel it tracks (the worker drops the tracker once it closed)
-        self._outstanding: dict[int, Any] = {}  # delivery tag -> driver message, in delivery order
+        self.channel = channel
+        self._outstanding: dict[int, None] = {}  # delivery tags, in delivery order
         self._settled: set[int] = set()  # settled but not acked yet
         self.frames = 0  # ack frames sent (for stats)
-
-    @property
-    def channel_open(self) -> bool:
-        """The channel it tracks is still open (False without one)."""
-        return self.channel is not None and not self.channel.is_closed
 
     def __len__(self) -> int:
         return len(self._outstanding)
 
-    def delivered(self, tag: int, raw: Any) -> None:
-        self._outstanding[tag] = raw
+    def delivered(self, tag: int) -> None:
+        self._outstanding[tag] = None
 
     def forget(self, tag: int) -> None:
-        """A delivery acked, nacked or rejected elsewhere (it no longer blocks the prefix)."""
+        """A delivery nacked or rejected elsewhere (it no longer blocks the prefix)."""
         self._outstanding.pop(tag, None)
         self._settled.discard(tag)
 
-    async def settle(self, tags: Iterable[int]) -> None:
-        """Marks ``tags`` as ready to ack and acks what can be acked. Raises what the driver raises.
-
-        The bookkeeping is done before the first ``await``, so concurrent calls (batches finishing together)
-        never send the same delivery twice or lose one."""
+    def settle(self, tags: Iterable[int]) -> None:
+        """Marks ``tags`` as ready to ack and acks what can be acked. Raises what the driver raises (the channel
+        closed: the broker has every unacked delivery back)."""
         self._settled.update(t for t in tags if t in self._outstanding)
-        prefix: list[int] = []
+        last = 0
         for tag in self._outstanding:
             if tag not in self._settled:
                 break
-            prefix.append(tag)
-        multiple = self._outstanding[prefix[-1]] if prefix else None
-        for tag in prefix:
-            del self._outstanding[tag]
-            self._settled.discard(tag)
+            last = tag
+        if last:
+            for tag in list(self._outstanding):
+                if tag > last:
+                    break
+                del self._outstanding[tag]
+                self._settled.discard(tag)
         singles = self._take_settled() if len(self._settled) > self.max_waiting else []
-        if multiple is not None:
+        if last:
             self.frames += 1
-            await multiple.ack(multiple=True)
-        await self._ack_each(singles)
+            self.channel.basic_ack(last, multiple=True)
+        self._ack_each(singles)
 
-    async def flush(self) -> None:
+    def flush(self) -> None:
         """Acks every settled message now, one by one (those waiting behind an unsettled one)."""
-        await self._ack_each(self._take_settled())
+        self._ack_each(self._take_settled())
 
-    def _take_settled(self) -> list[Any]:
-        taken = [self._outstanding.pop(tag) for tag in sorted(self._settled)]
+    def _take_settled(self) -> list[int]:
+        taken = sorted(self._settled)
+        for tag in taken:
+            del self._outstanding[tag]
         self._settled.clear()
         return taken
 
-    async def _ack_each(self, messages: list[Any]) -> None:
-        for raw in messages:
+    def _ack_each(self, tags: list[int]) -> None:
+        for tag in tags:
             self.frames += 1
-            await raw.ack()
+            self.channel.basic_ack(tag)

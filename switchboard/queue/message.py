@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from switchboard.queue.connection import DRIVER_ERRORS
-
 
 @dataclass(slots=True, eq=False)
 class QueueMessage:
@@ -33,23 +31,13 @@ class QueueMessage:
         it back and hands it to the queue's next consumer, so committing an outcome for it here would race
         that consumer (the worker does not start such a message; a handler checks before it commits). A
         message built without a driver's message (tests) is always held."""
-        return self.raw is None or channel_of(self.raw) is not None
+        return self.raw is None or bool(self.raw.held)
 
     @property
     def attempt(self) -> int:
         """The ``x-attempt`` header of a retried message (attempts made before this delivery), else 0."""
         value = self.headers.get("x-attempt", 0)
         return int(value) if isinstance(value, int) else 0
-
-
-def channel_of(raw: Any) -> Any | None:
-    """The channel a driver's message came on, None once it is closed (its unacked messages are back at the
-    broker)."""
-    try:
-        channel = raw.channel
-    except DRIVER_ERRORS:
-        return None
-    return None if channel.is_closed else channel
 
 
 @dataclass(frozen=True, slots=True)

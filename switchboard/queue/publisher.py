@@ -5,43 +5,34 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 import pika
-import pika.exceptions
 from aio_pika.abc import FieldValue
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from switchboard.errors import BrokerUnavailable
-from switchboard.queue.connection import CONNECT_BACKOFF, confirmed, connect
+from switchboard.queue.amqp import ConfirmingChannel, close_connection, closed_connection, declare, open_connection
+from switchboard.queue.connection import CONNECT_BACKOFF
 from switchboard.queue.topology import Topology
 
 log = logging.getLogger(__name__)
 
-OPEN_TIMEOUT = 5.0  # seconds for one attempt to open the connection and its channel
 CONTENT_TYPE = "application/x-protobuf"
 
 
 class Publisher:
     """Publishes persistent messages and returns only once the broker confirmed them.
 
-    Every call awaits its own confirm, so concurrent requests pipeline on one channel: the broker confirms
-    them in batches (``multiple`` acks) instead of one round trip after another. Only a ``basic.ack`` returns;
-    a call raises ``BrokerUnavailable`` if the broker refused the message (``basic.nack``), returned it
-    (``mandatory``: nothing is bound to take it), did not confirm it within ``confirm_timeout``, or the
-    connection or channel failed while it waited. While the connection is down every call fails at once
-    instead of queueing up behind a dead socket, and a task reconnects (``CONNECT_BACKOFF``) until the broker
-    answers again.
+    Calls pipeline on one ``ConfirmingChannel`` (``switchboard.queue.amqp``: what returns, what raises, how a
+    returned message finds its call). While the connection is down every call fails at once instead of
+    queueing up behind a dead socket, and a task reconnects (``CONNECT_BACKOFF``) until the broker answers
+    again.
 
     The stream's topology is declared through aio-pika (``Topology.declare``, on a connection closed right
     after) at ``start`` and again on every reconnect. Publishing runs on pika's ``AsyncioConnection`` on the
     service's event loop: a confirmed ~5 KB publish costs the publishing process ~35 µs of CPU against ~85 µs
-    on aio-pika's underlying aiormq channel, and the broker ~10% less, because pika writes a message's frames
-    in one go and resolves the confirm in a callback, where aiormq passes every frame through a writer task
-    (``python -m bench.amqp_clients``; README, Benchmark).
-
-    A returned message is matched to its call by message id: the broker sends ``basic.return`` before the
-    ``basic.ack`` of the same message, so the oldest call still waiting with that id is the one returned.
+    on aio-pika's underlying aiormq channel, and the broker ~10% less (``python -m bench.amqp_clients``;
+    README, Benchmark).
     """
 
     def __init__(self, url: str, topology: Topology, *, confirm_timeout: float, purpose: str) -> None:
@@ -51,12 +42,8 @@ class Publisher:
         self.purpose = purpose
         self._stop: asyncio.Event | None = None
         self._closing = False
-        self._connection: AsyncioConnection | None = None  # the last one opened (or being opened)
         self._live: AsyncioConnection | None = None  # the one publishing, once open
-        self._channel: Any = None  # pika's channel, open and in confirm mode, or None
-        self._tag = 0  # the delivery tag of the channel's last publish
-        self._waiting: dict[int, tuple[asyncio.Future[None], str]] = {}  # tag -> (call's future, message id)
-        self._returned: set[int] = set()
+        self._confirms: ConfirmingChannel | None = None  # open and in confirm mode, or None
         self._reconnecting: asyncio.Task[None] | None = None
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
@@ -71,14 +58,8 @@ class Publisher:
         self._closing = True
         if self._reconnecting is not None:
             self._reconnecting.cancel()
-        connection = self._connection
-        if connection is not None and not (connection.is_closed or connection.is_closing):
-            closed = self._closed_future(connection)
-            connection.close()
-            try:
-                await asyncio.wait_for(closed, OPEN_TIMEOUT)
-            except TimeoutError:
-                log.warning("the broker did not confirm closing the connection", extra={"purpose": self.purpose})
+        if self._live is not None:
+            await closed_connection(self._live)
         self._lost("the publisher closed")
 
     async def __aenter__(self) -> Publisher:
@@ -90,7 +71,7 @@ class Publisher:
 
     @property
     def connected(self) -> bool:
-        return self._channel is not None and self._channel.is_open
+        return self._confirms is not None and self._confirms.is_open
 
     async def publish(
         self,
@@ -101,8 +82,8 @@ class Publisher:
         timestamp: float,
         type: str,
     ) -> None:
-        channel = self._channel
-        if channel is None or not channel.is_open:
+        confirms = self._confirms
+        if confirms is None or not confirms.is_open:
             raise BrokerUnavailable("message broker is not connected")
         properties = pika.BasicProperties(
             content_type=CONTENT_TYPE,
@@ -112,57 +93,15 @@ class Publisher:
             type=type,
             timestamp=int(timestamp),
         )
-        confirm: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        try:
-            channel.basic_publish(self.topology.exchange, self.topology.routing_key, body, properties, mandatory=True)
-        except (pika.exceptions.AMQPError, OSError) as exc:  # closed under us between the check and the call
-            confirm.set_exception(BrokerUnavailable(f"broker refused or lost the message: {exc.__class__.__name__}"))
-        else:
-            self._tag += 1
-            self._waiting[self._tag] = (confirm, message_id)
-        await confirmed(self.topology.exchange, confirm, self.confirm_timeout)
-
-    # -- the broker's answers (pika's callbacks, on the event loop) -----------------------------------------
-    def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        acked = isinstance(method, pika.spec.Basic.Ack)
-        last = method.delivery_tag
-        if method.multiple:
-            tags = []
-            for tag in self._waiting:  # in publishing order
-                if tag > last:
-                    break
-                tags.append(tag)
-        else:
-            tags = [last]
-        for tag in tags:
-            entry = self._waiting.pop(tag, None)
-            if entry is None or entry[0].done():  # timed out, or an unknown tag
-                self._returned.discard(tag)
-                continue
-            if tag in self._returned:
-                self._returned.discard(tag)
-                entry[0].set_exception(BrokerUnavailable("broker did not accept the message: returned, unroutable"))
-            elif acked:
-                entry[0].set_result(None)
-            else:
-                entry[0].set_exception(BrokerUnavailable("broker did not accept the message: Nack"))
-
-    def _on_return(self, _channel: Any, _method: Any, properties: Any, _body: bytes) -> None:
-        for tag, (_confirm, message_id) in self._waiting.items():
-            if message_id == properties.message_id and tag not in self._returned:
-                self._returned.add(tag)
-                return
-        log.warning("the broker returned a message no call waits for", extra={"message_id": properties.message_id})
+        await confirms.publish_confirmed(
+            self.topology.exchange, self.topology.routing_key, body, properties, self.confirm_timeout
+        )
 
     def _lost(self, why: str) -> None:
         """Fails every call waiting for a confirm: its message may or may not be queued."""
-        self._channel = None
-        waiting, self._waiting = self._waiting, {}
-        self._returned.clear()
-        for confirm, _message_id in waiting.values():
-            if not confirm.done():
-                confirm.set_exception(BrokerUnavailable(f"broker refused or lost the message: {why}"))
+        confirms, self._confirms = self._confirms, None
+        if confirms is not None:
+            confirms.lost(why)
 
     # -- connecting --------------------------------------------------------------------------------------------
     async def _open_with_backoff(self) -> None:
@@ -182,63 +121,24 @@ class Publisher:
 
     async def _open(self) -> None:
         """One attempt: a connection, a channel in confirm mode. Raises ``BrokerUnavailable`` or ``TimeoutError``."""
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[Any] = loop.create_future()
-
-        def failed(why: str) -> None:
-            if not ready.done():
-                ready.set_exception(BrokerUnavailable(why))
-
-        def on_channel(channel: Any) -> None:
-            channel.add_on_return_callback(self._on_return)
-            channel.add_on_close_callback(lambda _ch, reason: self._on_channel_closed(reason))
-            channel.confirm_delivery(
-                self._on_confirm, callback=lambda _frame: None if ready.done() else ready.set_result(channel)
-            )
-
-        def on_closed(conn: AsyncioConnection, reason: Exception) -> None:
-            failed(f"closed: {reason!r}")
-            self._on_closed(conn, reason)
-
-        params = pika.URLParameters(self.url)
-        params.client_properties = {"connection_name": self.purpose}
-        params.connection_attempts = 1
-        params.socket_timeout = OPEN_TIMEOUT
-        connection = AsyncioConnection(
-            params,
-            on_open_callback=lambda conn: conn.channel(on_open_callback=on_channel),
-            on_open_error_callback=lambda _conn, exc: failed(f"cannot connect: {exc.__class__.__name__}"),
-            on_close_callback=on_closed,
-            custom_ioloop=loop,
-        )
-        self._connection = connection
+        connection = await open_connection(self.url, purpose=self.purpose, on_closed=self._on_closed)
         try:
-            async with asyncio.timeout(OPEN_TIMEOUT):
-                channel = await ready
+            confirms = await ConfirmingChannel.open(connection, self._on_channel_closed)
         except BaseException:
-            if not (connection.is_closed or connection.is_closing):
-                connection.close()
+            close_connection(connection)
             raise
-        self._tag = 0
-        self._channel = channel
+        self._confirms = confirms
         self._live = connection
 
-    def _closed_future(self, connection: AsyncioConnection) -> asyncio.Future[None]:
-        closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        connection.add_on_close_callback(lambda _conn, _reason: None if closed.done() else closed.set_result(None))
-        return closed
-
-    def _on_channel_closed(self, reason: Exception) -> None:
-        """The broker closed the channel (a protocol error): the calls waiting on it are lost; the connection is
-        closed too, so that the reconnect opens both afresh."""
-        if self._channel is None:
+    def _on_channel_closed(self, reason: BaseException) -> None:
+        """The broker closed the channel (a protocol error; its calls have failed): the connection is closed
+        too, so that the reconnect opens both afresh."""
+        if self._confirms is None:
             return
-        self._lost(f"channel closed: {reason!r}")
-        connection = self._connection
-        if connection is not None and not (connection.is_closed or connection.is_closing):
-            connection.close()
+        self._confirms = None
+        close_connection(self._live)
 
-    def _on_closed(self, connection: AsyncioConnection, reason: Exception) -> None:
+    def _on_closed(self, connection: AsyncioConnection, reason: BaseException) -> None:
         """A connection closed. Only the live one matters here (an attempt that failed is retried by
         ``_open_with_backoff``): its calls are lost, and unless the publisher is closing, a task reconnects."""
         if connection is not self._live:
@@ -274,9 +174,4 @@ class Publisher:
             await asyncio.sleep(delay)
 
     async def _declare(self) -> None:
-        """Declares the stream's topology on a connection of its own (``connect`` waits for the broker)."""
-        declaring = await connect(self.url, purpose=f"{self.purpose}-declare", stop=self._stop)
-        try:
-            await self.topology.declare(await declaring.channel())
-        finally:
-            await declaring.close()
+        await declare(self.url, self.topology, purpose=self.purpose, stop=self._stop)

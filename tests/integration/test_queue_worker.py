@@ -16,7 +16,7 @@ import aio_pika
 import pytest
 
 from switchboard.errors import BrokerUnavailable
-from switchboard.queue import Ack, QueueMessage, QueueWorker, Topology, Verdict, WorkerSettings
+from switchboard.queue import Ack, DeadLetter, QueueMessage, QueueWorker, Retry, Topology, Verdict, WorkerSettings
 from switchboard.queue.publisher import Publisher
 from switchboard_devstack.ports import free_port
 from switchboard_devstack.rabbitmq import RabbitNode
@@ -161,7 +161,6 @@ async def test_messages_waiting_when_the_channel_closes_are_left_to_the_broker(r
         await wait_for(lambda: worker.in_flight == 0, "the worker idle")
         depths = await worker.depths()
         unacked = worker.unacked
-        trackers = len(worker._trackers)
     finally:
         await worker.stop(5)
         await worker.close()
@@ -169,8 +168,8 @@ async def test_messages_waiting_when_the_channel_closes_are_left_to_the_broker(r
     assert sorted(first_copies) == sorted(handler.first), "only the batch that had started ran from the lost channel"
     assert sorted(m for m, redelivered in handler.handled if redelivered) == ids
     assert depths[topology.work_queues[0]] == 0
-    # The closed channel's tracker was dropped with the 50 messages it still held, never to be acked.
-    assert (unacked, trackers) == (0, 1)
+    # Nothing is left unacked on the new channel; the closed one's 50 were never acked (the broker had them back).
+    assert unacked == 0
 
 
 async def test_the_publisher_queues_persistent_messages_and_refuses_what_the_broker_cannot_route(
@@ -359,3 +358,67 @@ async def test_stopping_ends_a_linger_and_leaves_its_messages_to_the_broker(rabb
     assert drained and stopped_in < 5, f"stop waited {stopped_in:.1f} s"
     assert handler.batches == [], "a lingering batch was started while stopping"
     assert depths[topology.work_queues[0]] == 2, "the unstarted messages went back to the queue"
+
+
+class Forwarding:
+    """Asks for a retry on a message's first delivery and gives it up (dead letter) on the second."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, float]] = []  # (message id, x-attempt, monotonic arrival)
+
+    def key(self, message: QueueMessage) -> str:
+        return message.message_id
+
+    async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+        out: list[Verdict] = []
+        for m in batch:
+            self.seen.append((m.message_id, m.attempt, time.monotonic()))
+            out.append(Retry(1, "boom") if m.attempt == 0 else DeadLetter(m.attempt + 1, "gave up"))
+        return out
+
+
+async def test_a_retry_comes_back_after_its_delay_and_a_dead_letter_keeps_the_original_properties(
+    rabbit: RabbitNode,
+) -> None:
+    """The worker's copies carry what the original carried (body, id, type, timestamp, content type, headers)
+    plus its own headers; the retried copy expires from its delay queue back into the work queue."""
+    topology = Topology(f"t{free_port()}", "events", (300,))
+    handler = Forwarding()
+    worker = QueueWorker(rabbit.amqp_url, topology, handler, WorkerSettings(prefetch=8, max_batch=4), purpose="fwd")
+    await worker.start()
+    conn = await aio_pika.connect(rabbit.amqp_url)
+    try:
+        channel = await conn.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(topology.exchange)
+        original = aio_pika.Message(
+            b"payload",
+            message_id="demo/evt_9",
+            type="inbound",
+            content_type="application/x-protobuf",
+            timestamp=1_700_000_000,
+            headers={"receipt-id": "r9"},
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await exchange.publish(original, topology.routing_key)
+        await wait_for(lambda: len(handler.seen) == 2, "the retried copy handled")
+        dead_queue = await channel.declare_queue(topology.dead_queue, passive=True)
+        dead = None
+        deadline = time.monotonic() + 10
+        while dead is None and time.monotonic() < deadline:
+            dead = await dead_queue.get(no_ack=True, fail=False)
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+        await worker.stop(5)
+        await worker.close()
+    (_, first_attempt, first_at), (_, second_attempt, second_at) = handler.seen
+    assert (first_attempt, second_attempt) == (0, 1)
+    assert second_at - first_at >= 0.15, "the retry came back before half its delay (the jitter's floor)"
+    assert dead is not None, "no dead letter"
+    assert dead.body == b"payload" and dead.message_id == "demo/evt_9" and dead.type == "inbound"
+    assert dead.content_type == "application/x-protobuf" and dead.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert dead.timestamp is not None and dead.timestamp.timestamp() == 1_700_000_000
+    headers = dead.headers
+    assert headers["receipt-id"] == "r9" and headers["x-attempt"] == 2 and headers["x-last-error"] == "gave up"
+    assert headers["x-dead-reason"] == "dead_lettered" and isinstance(headers["x-dead-at"], int)
+    assert not any(str(k).startswith("x-death") for k in headers), "the broker's dead-letter history was kept"
