@@ -140,7 +140,7 @@ class DeadLetterRecorder:
             reason=reason,
             headers=headers,
             body=m.body,
-            message_type=str(m.raw.type or "") if m.raw is not None else "",
+            message_type=m.type,
         )
         try:
             if self.kind is DeadLetterKind.PROCESSING:

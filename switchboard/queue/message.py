@@ -18,6 +18,8 @@ class QueueMessage:
     headers: Mapping[str, Any]
     redelivered: bool
     queue: str
+    # The AMQP ``type`` property ("" when unset).
+    type: str = ""
     # The driver's message (acks, nacks, the channel it came on); for the worker only.
     raw: Any = field(repr=False, default=None)
     # Monotonic time before which the worker does not hand it to the handler (a redelivery, see the worker).

@@ -513,6 +513,7 @@ class QueueWorker:
                 headers=properties.headers or {},
                 redelivered=bool(method.redelivered),
                 queue=sub.queue,
+                type=properties.type or "",
                 raw=_Delivery(channel, tracker, tag, properties),
                 arrived=now,
             )
