@@ -73,6 +73,7 @@ from switchboard.queue.amqp import (
     PIKA_ERRORS,
     Channel,
     ConfirmingChannel,
+    close_connection,
     closed_connection,
     declare,
     open_connection,
@@ -263,7 +264,9 @@ class QueueWorker:
             self.url, purpose=self.purpose, on_closed=self._on_closed, heartbeat=self.settings.heartbeat
         )
         try:
-            self._forwarding = await ConfirmingChannel.open(connection)
+            self._forwarding = await ConfirmingChannel.open(
+                connection, lambda reason: self._channel_lost(connection, "forwarding", reason)
+            )
             if self._partitions:
                 await self._join(connection)
             # Until every queue wanted is consumed on it, the connection is not live: should this fail, it is
@@ -289,6 +292,19 @@ class QueueWorker:
         log.warning("lost the connection to RabbitMQ", extra={"purpose": self.purpose, "error": repr(reason)})
         self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
         self._reconnecting.add_done_callback(_log_failure)
+
+    def _channel_lost(self, connection: AsyncioConnection, what: str, reason: BaseException) -> None:
+        """The broker closed one of the worker's channels on a connection that lives on (a 404 on a forward
+        to an exchange deleted under it, a precondition failure): the connection is closed too, so that the
+        reconnect declares the topology again and opens every channel afresh, as after a lost connection.
+        Not called for the channels the worker closes itself."""
+        if self._closing or connection.is_closed or connection.is_closing:
+            return
+        log.warning(
+            "the broker closed a channel; reconnecting",
+            extra={"purpose": self.purpose, "channel": what, "error": repr(reason)},
+        )
+        close_connection(connection)
 
     async def _reconnect(self) -> None:
         """Declares the topology again (a broker that lost its definitions would refuse every consume) and
@@ -321,7 +337,7 @@ class QueueWorker:
     async def _join(self, connection: AsyncioConnection) -> None:
         """Consumes the stream's members queue (presence only: nothing is ever published there; should a
         message arrive, it is dropped unacked-free with ``auto_ack``)."""
-        channel = await Channel.open(connection)
+        channel = await Channel.open(connection, lambda reason: self._channel_lost(connection, "members", reason))
         await channel.call(channel.channel.queue_declare, self.topology.members_queue, passive=True)
         await channel.call(channel.channel.basic_consume, self.topology.members_queue, lambda *_: None, auto_ack=True)
         self._members_channel = channel
@@ -351,6 +367,9 @@ class QueueWorker:
             if sub.channel is not None and sub.channel.is_open:
                 return
             channel = await Channel.open(connection)
+            channel.on_close = lambda reason: (
+                self._channel_lost(connection, sub.queue, reason) if sub.channel is channel else None
+            )
             await channel.call(channel.channel.basic_qos, prefetch_count=self.settings.prefetch)
             tracker = AckTracker(channel.channel, max_waiting=self.settings.prefetch // 4)
             sub.channel, sub.tracker, sub.leaving = channel, tracker, False

@@ -431,3 +431,41 @@ async def test_a_retry_comes_back_after_its_delay_and_a_dead_letter_keeps_the_or
     assert headers["receipt-id"] == "r9" and headers["x-attempt"] == 2 and headers["x-last-error"] == "gave up"
     assert headers["x-dead-reason"] == "dead_lettered" and isinstance(headers["x-dead-at"], int)
     assert not any(str(k).startswith("x-death") for k in headers), "the broker's dead-letter history was kept"
+
+
+async def test_a_forward_the_broker_refuses_reopens_the_worker_and_the_message_is_forwarded_later(
+    rabbit: RabbitNode,
+) -> None:
+    """Someone deletes the stream's retry exchange while the worker runs: the retry copy is refused (the broker
+    closes the forwarding channel, 404), the message goes back to the queue, the worker reconnects and declares
+    the topology again, and the redelivered message is retried and then dead-lettered as if nothing happened.
+    Fails if the worker keeps its closed forwarding channel (every later forward would fail)."""
+    topology = Topology(f"t{free_port()}", "events", (200,))
+    handler = Forwarding()
+    purpose = f"refused-{free_port()}"
+    worker = QueueWorker(rabbit.amqp_url, topology, handler, WorkerSettings(prefetch=8, max_batch=4), purpose=purpose)
+    await worker.start()
+    conn = await aio_pika.connect(rabbit.amqp_url)
+    try:
+        [first] = connections_named(rabbit, purpose)
+        channel = await conn.channel(publisher_confirms=True)
+        await channel.exchange_delete(topology.retry_exchange)
+        exchange = await channel.get_exchange(topology.exchange)
+        await exchange.publish(aio_pika.Message(b"payload", message_id="demo/evt_7"), topology.routing_key)
+        dead_queue = await channel.declare_queue(topology.dead_queue, passive=True)
+        dead = None
+        deadline = time.monotonic() + 30
+        while dead is None and time.monotonic() < deadline:
+            dead = await dead_queue.get(no_ack=True, fail=False)
+            await asyncio.sleep(0.1)
+        second = connections_named(rabbit, purpose)
+    finally:
+        await conn.close()
+        await worker.stop(5)
+        await worker.close()
+    assert dead is not None and dead.message_id == "demo/evt_7", "the message never reached the dead-letter queue"
+    attempts = [attempt for _, attempt, _ in handler.seen]
+    assert attempts[0] == 0 and attempts[-1] == 1 and 0 in attempts[1:-1], (
+        f"no redelivery after the refusal: {attempts}"
+    )
+    assert second and first not in second, "the worker did not open a new connection"
