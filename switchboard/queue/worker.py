@@ -294,14 +294,15 @@ class QueueWorker:
         self._reconnecting.add_done_callback(_log_failure)
 
     def _channel_lost(self, connection: AsyncioConnection, what: str, reason: BaseException) -> None:
-        """The broker closed one of the worker's channels on a connection that lives on (a 404 on a forward
-        to an exchange deleted under it, a precondition failure): the connection is closed too, so that the
-        reconnect declares the topology again and opens every channel afresh, as after a lost connection.
-        Not called for the channels the worker closes itself."""
+        """The broker closed one of the worker's channels on a connection that lives on (a 404 on a forward to
+        an exchange deleted under it, a precondition failure), cancelled a consumer (its queue deleted), or a
+        queue could not be subscribed on it: the connection is closed too, so that the reconnect declares the
+        topology again and opens every channel afresh, with its back-off, as after a lost connection. Not
+        called for the channels the worker closes itself."""
         if self._closing or connection.is_closed or connection.is_closing:
             return
         log.warning(
-            "the broker closed a channel; reconnecting",
+            "lost a channel or a consumer; reconnecting",
             extra={"purpose": self.purpose, "channel": what, "error": repr(reason)},
         )
         close_connection(connection)
@@ -357,29 +358,49 @@ class QueueWorker:
 
     async def _subscribe(self, sub: _Subscription, connection: AsyncioConnection | None = None) -> None:
         """Consumes ``sub``'s queue on a new channel of ``connection`` (the live one by default), with a new ack
-        tracker: what the previous channel delivered and did not ack is the broker's again. Without a live
-        connection it raises ``BrokerUnavailable``; the queue is wanted, so the reconnect subscribes it."""
+        tracker: what the previous channel delivered and did not ack is the broker's again. Raises
+        ``BrokerUnavailable`` if it cannot; the queue is wanted, so the reconnect subscribes it (on the live
+        connection, a failure closes it, so that the reconnect, with its back-off, does)."""
         sub.wanted = True
         async with sub.lock:
-            connection = connection or self._live
             if connection is None:
-                raise BrokerUnavailable("message broker is not connected")
-            if sub.channel is not None and sub.channel.is_open:
-                return
-            channel = await Channel.open(connection)
-            channel.on_close = lambda reason: (
-                self._channel_lost(connection, sub.queue, reason) if sub.channel is channel else None
+                live = self._live
+                if live is None:
+                    raise BrokerUnavailable("message broker is not connected")
+                try:
+                    await self._open_subscription(sub, live)
+                except BrokerUnavailable as exc:
+                    self._channel_lost(live, sub.queue, exc)
+                    raise
+            else:
+                await self._open_subscription(sub, connection)
+
+    async def _open_subscription(self, sub: _Subscription, connection: AsyncioConnection) -> None:
+        """``_subscribe``'s work, under ``sub.lock``."""
+        if sub.channel is not None and sub.channel.is_open:
+            return
+        channel = await Channel.open(connection)
+        channel.on_close = lambda reason: (
+            self._channel_lost(connection, sub.queue, reason) if sub.channel is channel else None
+        )
+        # The broker cancels the consumer when the queue is deleted under it; the channel stays open, idle.
+        channel.channel.add_on_cancel_callback(
+            lambda _frame: (
+                self._channel_lost(connection, sub.queue, BrokerUnavailable("the broker cancelled the consumer"))
+                if sub.channel is channel
+                else None
             )
-            await channel.call(channel.channel.basic_qos, prefetch_count=self.settings.prefetch)
-            tracker = AckTracker(channel.channel, max_waiting=self.settings.prefetch // 4)
-            sub.channel, sub.tracker, sub.leaving = channel, tracker, False
-            tag = f"{self.purpose}.{sub.queue}.{self.rng.getrandbits(32):08x}"
-            await channel.call(
-                channel.channel.basic_consume,
-                sub.queue,
-                self._consumer(sub, channel, tracker),
-                consumer_tag=tag,
-            )
+        )
+        await channel.call(channel.channel.basic_qos, prefetch_count=self.settings.prefetch)
+        tracker = AckTracker(channel.channel, max_waiting=self.settings.prefetch // 4)
+        sub.channel, sub.tracker, sub.leaving = channel, tracker, False
+        tag = f"{self.purpose}.{sub.queue}.{self.rng.getrandbits(32):08x}"
+        await channel.call(
+            channel.channel.basic_consume,
+            sub.queue,
+            self._consumer(sub, channel, tracker),
+            consumer_tag=tag,
+        )
 
     async def _subscribe_standby(self, preferred: set[str]) -> None:
         await asyncio.sleep(self.settings.standby_delay)

@@ -469,3 +469,30 @@ async def test_a_forward_the_broker_refuses_reopens_the_worker_and_the_message_i
         f"no redelivery after the refusal: {attempts}"
     )
     assert second and first not in second, "the worker did not open a new connection"
+
+
+async def test_a_work_queue_deleted_under_the_worker_is_declared_again_and_consumed(rabbit: RabbitNode) -> None:
+    """Someone deletes the work queue the worker consumes: the broker cancels the consumer (the channel stays
+    open, idle), the worker reconnects, declares the topology again and consumes the new queue. Fails if the
+    cancelled consumer is left as it is (nothing would be consumed again)."""
+    topology = Topology(f"t{free_port()}", "events", (200,))
+    handler = Timed()
+    worker = QueueWorker(rabbit.amqp_url, topology, handler, WorkerSettings(prefetch=8, max_batch=4), purpose="del")
+    await worker.start()
+    conn = await aio_pika.connect(rabbit.amqp_url)
+    try:
+        channel = await conn.channel()
+        await channel.queue_delete(topology.work_queues[0])
+        exchange = await channel.get_exchange(topology.exchange)
+        deadline = time.monotonic() + 30
+        i = 0
+        while not handler.batches and time.monotonic() < deadline:
+            # Published without a queue bound, a message is dropped: keep sending until one is consumed.
+            await exchange.publish(aio_pika.Message(b"x", message_id=f"d{i}"), topology.routing_key)
+            i += 1
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+        await worker.stop(5)
+        await worker.close()
+    assert handler.batches, "nothing was consumed after the queue was deleted and declared again"
