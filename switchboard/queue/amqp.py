@@ -88,7 +88,7 @@ def close_connection(connection: AsyncioConnection | None) -> None:
         connection.close()
 
 
-async def closed_connection(connection: AsyncioConnection) -> None:
+async def close_and_wait(connection: AsyncioConnection) -> None:
     """Closes ``connection`` and waits (``OPEN_TIMEOUT`` at most) until the broker confirmed it."""
     if connection.is_closed:
         return

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aio_pika
 import aiormq
@@ -17,10 +18,44 @@ from switchboard.errors import BrokerUnavailable
 from switchboard.observability.metrics import BROKER_PUBLISH_FAILURES, confirm_timer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CONNECT_BACKOFF = Backoff(0.5, 5.0)
 # What aio-pika/aiormq raise when the connection or channel fails; they never leave this package.
 DRIVER_ERRORS = (aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPError, OSError, RuntimeError)
+
+
+async def with_backoff(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    purpose: str,
+    stopped: Callable[[], bool],
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+) -> tuple[T, int] | None:
+    """Runs ``attempt`` (open a connection and what goes on it) until it returns, waiting ``CONNECT_BACKOFF``
+    between failures, each logged; returns what it returned and the number of attempts made, or None once
+    ``stopped()`` is true after a failure or a wait. A failure that is not one of ``retry_on`` is raised. Every
+    wait for the broker (aio-pika's ``connect``, the publisher's and the worker's pika connections, at start
+    and on reconnect) goes through here."""
+    for number, delay in enumerate(CONNECT_BACKOFF.delays(), start=1):
+        try:
+            return await attempt(), number
+        except retry_on as exc:
+            log.warning(
+                "waiting for RabbitMQ",
+                extra={
+                    "purpose": purpose,
+                    "attempt": number,
+                    "error": f"{exc.__class__.__name__}: {exc}",
+                    "retry_in": delay,
+                },
+            )
+        if stopped():
+            return None
+        await asyncio.sleep(delay)
+        if stopped():
+            return None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def connect(
@@ -28,27 +63,19 @@ async def connect(
 ) -> AbstractRobustConnection:
     """A robust (self-reconnecting) connection, retried until the broker answers or ``stop`` is set.
     ``heartbeat`` (seconds) bounds how long the broker takes to notice this process frozen or cut off."""
-    for attempt, delay in enumerate(CONNECT_BACKOFF.delays(), start=1):
-        try:
-            conn: AbstractRobustConnection = await aio_pika.connect_robust(
-                url, client_properties={"connection_name": purpose}, timeout=5, heartbeat=heartbeat
-            )
-            log.info("connected to RabbitMQ", extra={"purpose": purpose, "attempt": attempt})
-            return conn
-        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-            log.warning(
-                "waiting for RabbitMQ",
-                extra={
-                    "purpose": purpose,
-                    "attempt": attempt,
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "retry_in": delay,
-                },
-            )
-            if stop is not None and stop.is_set():
-                raise BrokerUnavailable("stopped while waiting for RabbitMQ") from None
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+    opened = await with_backoff(
+        lambda: aio_pika.connect_robust(
+            url, client_properties={"connection_name": purpose}, timeout=5, heartbeat=heartbeat
+        ),
+        purpose=purpose,
+        stopped=lambda: stop is not None and stop.is_set(),
+        retry_on=(TimeoutError, OSError, aiormq.exceptions.AMQPError),
+    )
+    if opened is None:
+        raise BrokerUnavailable("stopped while waiting for RabbitMQ")
+    connection, attempts = opened
+    log.info("connected to RabbitMQ", extra={"purpose": purpose, "attempt": attempts})
+    return connection
 
 
 async def publish_confirmed(

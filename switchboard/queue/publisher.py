@@ -11,8 +11,14 @@ from aio_pika.abc import FieldValue
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from switchboard.errors import BrokerUnavailable
-from switchboard.queue.amqp import ConfirmingChannel, close_connection, closed_connection, declare, open_connection
-from switchboard.queue.connection import CONNECT_BACKOFF
+from switchboard.queue.amqp import (
+    ConfirmingChannel,
+    close_and_wait,
+    close_connection,
+    declare,
+    open_connection,
+)
+from switchboard.queue.connection import with_backoff
 from switchboard.queue.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -52,14 +58,19 @@ class Publisher:
         self._stop = stop
         self._closing = False
         await self._declare()
-        await self._open_with_backoff()
+        opened = await with_backoff(
+            self._open, purpose=self.purpose, stopped=self._stopped, retry_on=(TimeoutError, BrokerUnavailable)
+        )
+        if opened is None:
+            raise BrokerUnavailable("stopped while waiting for RabbitMQ")
+        log.info("connected to RabbitMQ", extra={"purpose": self.purpose, "attempt": opened[1]})
 
     async def close(self) -> None:
         self._closing = True
         if self._reconnecting is not None:
             self._reconnecting.cancel()
         if self._live is not None:
-            await closed_connection(self._live)
+            await close_and_wait(self._live)
         self._lost("the publisher closed")
 
     async def __aenter__(self) -> Publisher:
@@ -104,21 +115,6 @@ class Publisher:
             confirms.lost(why)
 
     # -- connecting --------------------------------------------------------------------------------------------
-    async def _open_with_backoff(self) -> None:
-        for attempt, delay in enumerate(CONNECT_BACKOFF.delays(), start=1):
-            try:
-                await self._open()
-                log.info("connected to RabbitMQ", extra={"purpose": self.purpose, "attempt": attempt})
-                return
-            except (TimeoutError, BrokerUnavailable) as exc:
-                log.warning(
-                    "waiting for RabbitMQ",
-                    extra={"purpose": self.purpose, "attempt": attempt, "error": str(exc), "retry_in": delay},
-                )
-            if self._closing or (self._stop is not None and self._stop.is_set()):
-                raise BrokerUnavailable("stopped while waiting for RabbitMQ")
-            await asyncio.sleep(delay)
-
     async def _open(self) -> None:
         """One attempt: a connection, a channel in confirm mode. Raises ``BrokerUnavailable`` or ``TimeoutError``."""
         connection = await open_connection(self.url, purpose=self.purpose, on_closed=self._on_closed)
@@ -140,7 +136,7 @@ class Publisher:
 
     def _on_closed(self, connection: AsyncioConnection, reason: BaseException) -> None:
         """A connection closed. Only the live one matters here (an attempt that failed is retried by
-        ``_open_with_backoff``): its calls are lost, and unless the publisher is closing, a task reconnects."""
+        ``start``'s back-off): its calls are lost, and unless the publisher is closing, a task reconnects."""
         if connection is not self._live:
             return
         self._live = None
@@ -153,25 +149,17 @@ class Publisher:
     async def _reconnect(self) -> None:
         """After the live connection was lost: declares the topology again (a broker that lost its definitions
         would refuse every publish) and reopens, with back-off, until that succeeds or the publisher closes."""
-        for attempt, delay in enumerate(CONNECT_BACKOFF.delays(), start=1):
-            if self._closing or (self._stop is not None and self._stop.is_set()):
-                return
-            try:
-                await self._declare()
-                await self._open()
-                log.info("reconnected to RabbitMQ", extra={"purpose": self.purpose, "attempt": attempt})
-                return
-            except Exception as exc:  # every failure is retried, and logged
-                log.warning(
-                    "waiting for RabbitMQ",
-                    extra={
-                        "purpose": self.purpose,
-                        "attempt": attempt,
-                        "error": f"{exc.__class__.__name__}: {exc}",
-                        "retry_in": delay,
-                    },
-                )
-            await asyncio.sleep(delay)
+
+        async def attempt() -> None:
+            await self._declare()
+            await self._open()
+
+        opened = await with_backoff(attempt, purpose=self.purpose, stopped=self._stopped)
+        if opened is not None:
+            log.info("reconnected to RabbitMQ", extra={"purpose": self.purpose, "attempt": opened[1]})
+
+    def _stopped(self) -> bool:
+        return self._closing or (self._stop is not None and self._stop.is_set())
 
     async def _declare(self) -> None:
         await declare(self.url, self.topology, purpose=self.purpose, stop=self._stop)

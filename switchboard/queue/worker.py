@@ -73,12 +73,12 @@ from switchboard.queue.amqp import (
     PIKA_ERRORS,
     Channel,
     ConfirmingChannel,
+    close_and_wait,
     close_connection,
-    closed_connection,
     declare,
     open_connection,
 )
-from switchboard.queue.connection import CONNECT_BACKOFF
+from switchboard.queue.connection import with_backoff
 from switchboard.queue.message import Ack, DeadLetter, QueueMessage, Retry, Verdict
 from switchboard.queue.topology import Topology
 
@@ -201,7 +201,6 @@ class QueueWorker:
         self._closing = False
         self._live: AsyncioConnection | None = None
         self._forwarding: ConfirmingChannel | None = None  # the channel copies are published on
-        self._members_channel: Channel | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._subs = {name: _Subscription(name) for name in (queues or topology.work_queues)}
         # Consuming a partitioned stream's partitions: join its members, prefer a share, hand over.
@@ -221,19 +220,12 @@ class QueueWorker:
         set (``BrokerUnavailable``); then consumes this worker's share of the queues."""
         self._stop = stop
         await declare(self.url, self.topology, purpose=self.purpose, stop=stop)
-        for attempt, delay in enumerate(CONNECT_BACKOFF.delays(), start=1):
-            try:
-                await self._connect()
-                break
-            except (TimeoutError, BrokerUnavailable) as exc:
-                log.warning(
-                    "waiting for RabbitMQ",
-                    extra={"purpose": self.purpose, "attempt": attempt, "error": str(exc), "retry_in": delay},
-                )
-            if stop is not None and stop.is_set():
-                raise BrokerUnavailable("stopped while waiting for RabbitMQ")
-            await asyncio.sleep(delay)
-        log.info("connected to RabbitMQ", extra={"purpose": self.purpose, "attempt": attempt})
+        opened = await with_backoff(
+            self._connect, purpose=self.purpose, stopped=self._stopped, retry_on=(TimeoutError, BrokerUnavailable)
+        )
+        if opened is None:
+            raise BrokerUnavailable("stopped while waiting for RabbitMQ")
+        log.info("connected to RabbitMQ", extra={"purpose": self.purpose, "attempt": opened[1]})
         members = await self._members() if self._partitions else 1
         self._tasks = [self._background(self._run()) for _ in range(self.settings.concurrency)]
         preferred = self.preferred(members)
@@ -276,7 +268,7 @@ class QueueWorker:
                 for sub in lacking:
                     await self._subscribe(sub, connection)
         except BaseException:
-            await closed_connection(connection)
+            await close_and_wait(connection)
             raise
         self._live = connection
 
@@ -310,25 +302,17 @@ class QueueWorker:
     async def _reconnect(self) -> None:
         """Declares the topology again (a broker that lost its definitions would refuse every consume) and
         reconnects, with back-off, until that succeeds or the worker closes."""
-        for attempt, delay in enumerate(CONNECT_BACKOFF.delays(), start=1):
-            if self._closing or (self._stop is not None and self._stop.is_set()):
-                return
-            try:
-                await declare(self.url, self.topology, purpose=self.purpose, stop=self._stop)
-                await self._connect()
-                log.info("reconnected to RabbitMQ", extra={"purpose": self.purpose, "attempt": attempt})
-                return
-            except Exception as exc:  # every failure is retried, and logged
-                log.warning(
-                    "waiting for RabbitMQ",
-                    extra={
-                        "purpose": self.purpose,
-                        "attempt": attempt,
-                        "error": f"{exc.__class__.__name__}: {exc}",
-                        "retry_in": delay,
-                    },
-                )
-            await asyncio.sleep(delay)
+
+        async def attempt() -> None:
+            await declare(self.url, self.topology, purpose=self.purpose, stop=self._stop)
+            await self._connect()
+
+        opened = await with_backoff(attempt, purpose=self.purpose, stopped=self._stopped)
+        if opened is not None:
+            log.info("reconnected to RabbitMQ", extra={"purpose": self.purpose, "attempt": opened[1]})
+
+    def _stopped(self) -> bool:
+        return self._closing or (self._stop is not None and self._stop.is_set())
 
     def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
@@ -341,7 +325,6 @@ class QueueWorker:
         channel = await Channel.open(connection, lambda reason: self._channel_lost(connection, "members", reason))
         await channel.call(channel.channel.queue_declare, self.topology.members_queue, passive=True)
         await channel.call(channel.channel.basic_consume, self.topology.members_queue, lambda *_: None, auto_ack=True)
-        self._members_channel = channel
 
     async def _members(self) -> int:
         """How many consumers are members of the stream now, this one included."""
@@ -467,7 +450,7 @@ class QueueWorker:
         if self._reconnecting is not None:
             self._reconnecting.cancel()
         if self._live is not None:
-            await closed_connection(self._live)
+            await close_and_wait(self._live)
 
     async def depths(self) -> dict[str, int]:
         """Messages ready in each queue of the topology (for the stats line and metrics)."""
