@@ -43,6 +43,7 @@ class Receiver:
         self.script = script or {}
         self.port = free_port()
         self.received: list[Received] = []
+        self._unanswered: Counter[str] = Counter()  # per path: requests received, their answer not yet sent
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -77,11 +78,21 @@ class Receiver:
         with self._lock:
             n = sum(1 for r in self.received if r.path == request.path)
             self.received.append(Received(request.path, dict(request.headers), body, time.time()))
-        answers = self.script.get(request.path) or [Answer()]
-        answer = answers[min(n, len(answers) - 1)]
-        if answer.delay:
-            await asyncio.sleep(answer.delay)
-        return web.Response(status=answer.status, headers=answer.headers, body=answer.body)
+            self._unanswered[request.path] += 1
+        try:
+            answers = self.script.get(request.path) or [Answer()]
+            answer = answers[min(n, len(answers) - 1)]
+            if answer.delay:
+                await asyncio.sleep(answer.delay)
+            return web.Response(status=answer.status, headers=answer.headers, body=answer.body)
+        finally:
+            with self._lock:
+                self._unanswered[request.path] -= 1
+
+    def unanswered(self, path: str) -> int:
+        """Requests on ``path`` received whose answer has not been handed to the server yet (a delayed one)."""
+        with self._lock:
+            return self._unanswered[path]
 
     def on(self, path: str) -> list[Received]:
         with self._lock:

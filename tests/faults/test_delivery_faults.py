@@ -1,6 +1,7 @@
 """A delivery worker SIGKILLed while it holds deliveries in flight: every delivery still reaches its
 receiver, at least once, with the same ``webhook-id`` when it is sent again (receivers deduplicate on it);
-the sends that were repeated are counted and printed. On a stack of the test's own, two delivery workers.
+the sends that were repeated are counted and printed. On a stack of the test's own: the victim alone, then two
+delivery workers after it.
 And the window between a 410's disable and the record of its attempt (a failpoint crashes the worker there)."""
 
 from __future__ import annotations
@@ -28,20 +29,26 @@ RATE = 80.0
 
 def test_sigkill_a_delivery_worker_loses_no_delivery(own_stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = own_stack.cfg
-    own_stack.ensure_deliveries(2)
-    # Each answer takes 200 ms, so the victim dies with deliveries in the middle of their request.
+    # The victim is the only worker until it dies, so a request the receiver holds unanswered is the victim's:
+    # it is killed while such a request is in the middle of its 200 ms answer (a kill at a fixed moment found
+    # the victim with none in flight now and then, and the test proved nothing).
+    victim, *others = own_stack.ensure_deliveries(1)
+    for proc in others:
+        proc.terminate()
+        own_stack.forget_delivery(proc)
     with Receiver(cfg.tls_dir, {"/sink": [Answer(200, delay=0.2)]}) as rx:
         sub, _ = subscribe(cfg, rx.url("/sink"), event_types=["test.delivery"], retry=([1, 2, 5, 10], 5))
         prefix = "evt_dkill_" + secrets.token_hex(3)
-        victims = []
 
         async def scenario() -> LoadResult:
             load = asyncio.create_task(
                 send_load(cfg, STRIPE_SECRET, prefix=prefix, count=EVENTS, rate=RATE, event_type="test.delivery")
             )
             await asyncio.sleep(EVENTS / RATE / 3)
-            victim = own_stack.delivery_procs[0]
-            victims.append(victim)
+            deadline = time.monotonic() + 30
+            while rx.unanswered("/sink") == 0:
+                assert time.monotonic() < deadline, "the victim never had a request in flight"
+                await asyncio.sleep(0.005)
             victim.kill()
             own_stack.forget_delivery(victim)
             await asyncio.sleep(3)
@@ -62,7 +69,7 @@ def test_sigkill_a_delivery_worker_loses_no_delivery(own_stack: Stack, capsys: p
                 f" (unique) / sent more than once {len(repeated)} ({sum(repeated.values()) - len(repeated)} extra)"
             )
         assert set(ids) == expected  # nothing lost, nothing foreign
-        assert victims[0].returncode == -9
+        assert victim.returncode == -9
         assert repeated, "no delivery was in flight in the victim: the test proved nothing"
 
 
