@@ -1,5 +1,9 @@
 import sys
 
-from ingest_service.main import main
+from switchboard.runtime import grpc_env
+
+grpc_env.apply()  # before grpc is imported: it reads GRPC_EXPERIMENTS once, at import
+
+from ingest_service.main import main  # noqa: E402
 
 sys.exit(main())
