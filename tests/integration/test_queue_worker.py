@@ -17,6 +17,7 @@ import pytest
 
 from switchboard.errors import BrokerUnavailable
 from switchboard.queue import Ack, DeadLetter, QueueMessage, QueueWorker, Retry, Topology, Verdict, WorkerSettings
+from switchboard.queue.amqp import declare
 from switchboard.queue.publisher import Publisher
 from switchboard_devstack.ports import free_port
 from switchboard_devstack.rabbitmq import RabbitNode
@@ -496,3 +497,54 @@ async def test_a_work_queue_deleted_under_the_worker_is_declared_again_and_consu
         await worker.stop(5)
         await worker.close()
     assert handler.batches, "nothing was consumed after the queue was deleted and declared again"
+
+
+async def ignore(_message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    pass
+
+
+async def test_a_standby_queue_that_cannot_be_subscribed_reopens_the_worker_which_declares_it_again(
+    rabbit: RabbitNode,
+) -> None:
+    """A partition the worker is to stand by for is deleted between its start and its standby subscription:
+    the subscribe on the live connection is refused (404), the worker closes that connection, reconnects,
+    declares the topology again and consumes the partition with the rest. A second member (a plain consumer of
+    the members queue) makes the partition a standby one. Fails if neither the refused subscribe nor the
+    broker's closing of its channel reopens the worker (each alone does): the partition would stay deleted."""
+    topology = Topology(f"t{free_port()}", "events", (200,), partitions=4, single_active=True)
+    await declare(rabbit.amqp_url, topology, purpose="setup")
+    purpose = f"standby-{free_port()}"
+    conn = await aio_pika.connect(rabbit.amqp_url)
+    worker = QueueWorker(
+        rabbit.amqp_url,
+        topology,
+        Timed(),
+        WorkerSettings(prefetch=8, max_batch=4, member=0, standby_delay=2.0, rebalance_interval=60),
+        purpose=purpose,
+    )
+    try:
+        channel = await conn.channel()
+        # the other member: partitions 1 and 3 are its, the worker stands by for them
+        await (await channel.declare_queue(topology.members_queue, passive=True)).consume(ignore, no_ack=True)
+        await worker.start()
+        [first] = connections_named(rabbit, purpose)
+        standby = topology.work_queues[1]
+        await channel.queue_delete(standby)
+        deadline = time.monotonic() + 30
+        consumers = 0
+        while consumers == 0:
+            assert time.monotonic() < deadline, f"{standby} was not declared again and consumed"
+            await asyncio.sleep(0.2)
+            probe = await conn.channel()
+            try:
+                consumers = (await probe.declare_queue(standby, passive=True)).declaration_result.consumer_count
+            except aio_pika.exceptions.ChannelClosed:  # not declared again (yet): the broker closed the probe
+                consumers = 0
+            else:
+                await probe.close()
+        second = connections_named(rabbit, purpose)
+    finally:
+        await conn.close()
+        await worker.stop(5)
+        await worker.close()
+    assert second and first not in second, "the worker did not open a new connection"
