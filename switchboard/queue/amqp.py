@@ -39,9 +39,21 @@ async def open_connection(
 ) -> AsyncioConnection:
     """One attempt to open a connection (``OPEN_TIMEOUT``); raises ``BrokerUnavailable`` or ``TimeoutError``.
     ``on_closed`` is called when it closes, whoever closed it (an attempt that failed included).
-    ``heartbeat`` (seconds) bounds how long the broker takes to notice this process frozen or cut off."""
+    ``heartbeat`` (seconds) bounds how long the broker takes to notice this process frozen or cut off.
+
+    An attempt given up while pika is still opening (the timeout, or the caller cancelled: a service stopping
+    during a reconnect) is not aborted: pika 1.4 then logs its own errors, with a traceback of an assertion of
+    its own, for what is a normal stop. It is left to finish, bounded by pika's own timeouts (the same
+    ``OPEN_TIMEOUT``), and closed gracefully if it opens."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[AsyncioConnection] = loop.create_future()
+    abandoned = False
+
+    def opened(conn: AsyncioConnection) -> None:
+        if abandoned:
+            close_connection(conn)
+        elif not ready.done():
+            ready.set_result(conn)
 
     def failed(why: str) -> None:
         if not ready.done():
@@ -55,11 +67,12 @@ async def open_connection(
     params.client_properties = {"connection_name": purpose}
     params.connection_attempts = 1
     params.socket_timeout = OPEN_TIMEOUT
+    params.stack_timeout = OPEN_TIMEOUT
     if heartbeat is not None:
         params.heartbeat = heartbeat
     connection = AsyncioConnection(
         params,
-        on_open_callback=lambda conn: None if ready.done() else ready.set_result(conn),
+        on_open_callback=opened,
         on_open_error_callback=lambda _conn, exc: failed(f"cannot connect: {exc.__class__.__name__}"),
         on_close_callback=closed,
         custom_ioloop=loop,
@@ -68,7 +81,10 @@ async def open_connection(
         async with asyncio.timeout(OPEN_TIMEOUT):
             return await ready
     except BaseException:
-        close_connection(connection)
+        if connection.is_open:  # it opened meanwhile
+            close_connection(connection)
+        else:
+            abandoned = True
         raise
 
 

@@ -6,6 +6,7 @@ same time."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +18,7 @@ import pytest
 
 from switchboard.errors import BrokerUnavailable
 from switchboard.queue import Ack, DeadLetter, QueueMessage, QueueWorker, Retry, Topology, Verdict, WorkerSettings
-from switchboard.queue.amqp import declare
+from switchboard.queue.amqp import close_and_wait, declare, open_connection
 from switchboard.queue.publisher import Publisher
 from switchboard_devstack.ports import free_port
 from switchboard_devstack.rabbitmq import RabbitNode
@@ -548,3 +549,29 @@ async def test_a_standby_queue_that_cannot_be_subscribed_reopens_the_worker_whic
         await worker.stop(5)
         await worker.close()
     assert second and first not in second, "the worker did not open a new connection"
+
+
+async def test_an_open_given_up_halfway_logs_no_error_and_leaves_no_connection(
+    rabbit: RabbitNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``open_connection`` cancelled at moments from before the TCP connect to after the handshake (a service
+    stopping while it reconnects): no error is logged (aborting pika's opening made it log errors and a
+    traceback of its own assertion) and no connection stays open on the broker (one that opened after its
+    caller gave up is closed)."""
+    caplog.set_level(logging.WARNING)
+    purpose = f"abandoned-{free_port()}"
+    for delay in (0, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064):
+        task = asyncio.create_task(open_connection(rabbit.amqp_url, purpose=purpose, on_closed=lambda _c, _r: None))
+        await asyncio.sleep(delay)
+        task.cancel()
+        try:
+            opened = await task
+        except asyncio.CancelledError:
+            continue
+        await close_and_wait(opened)  # it opened before the cancel arrived
+    deadline = time.monotonic() + 20
+    while left := connections_named(rabbit, purpose):
+        assert time.monotonic() < deadline, f"{len(left)} abandoned connection(s) still open"
+        await asyncio.sleep(0.5)
+    errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
