@@ -538,7 +538,8 @@ async def test_a_standby_queue_that_cannot_be_subscribed_reopens_the_worker_whic
             await asyncio.sleep(0.2)
             probe = await conn.channel()
             try:
-                consumers = (await probe.declare_queue(standby, passive=True)).declaration_result.consumer_count
+                declared = await probe.declare_queue(standby, passive=True)
+                consumers = declared.declaration_result.consumer_count or 0
             except aio_pika.exceptions.ChannelClosed:  # not declared again (yet): the broker closed the probe
                 consumers = 0
             else:
