@@ -23,7 +23,7 @@ import pika.exceptions
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from switchboard.errors import BrokerUnavailable
-from switchboard.queue.connection import confirmed, connect
+from switchboard.queue.connection import confirmed, connect, with_backoff
 from switchboard.queue.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,28 @@ async def declare(url: str, topology: Topology, *, purpose: str, stop: asyncio.E
         await topology.declare(await declaring.channel())
     finally:
         await declaring.close()
+
+
+async def reconnect(
+    url: str,
+    topology: Topology,
+    *,
+    purpose: str,
+    reopen: Callable[[], Awaitable[None]],
+    stop: asyncio.Event | None,
+    stopped: Callable[[], bool],
+) -> None:
+    """After a live connection was lost: declares ``topology`` again (a broker that lost its definitions would
+    refuse every publish and consume) and runs ``reopen``, with back-off, until both succeed or ``stopped()``.
+    The publisher's and the worker's reconnect."""
+
+    async def attempt() -> None:
+        await declare(url, topology, purpose=purpose, stop=stop)
+        await reopen()
+
+    opened = await with_backoff(attempt, purpose=purpose, stopped=stopped)
+    if opened is not None:
+        log.info("reconnected to RabbitMQ", extra={"purpose": purpose, "attempt": opened[1]})
 
 
 def close_connection(connection: AsyncioConnection | None) -> None:

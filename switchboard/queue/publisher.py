@@ -17,6 +17,7 @@ from switchboard.queue.amqp import (
     close_connection,
     declare,
     open_connection,
+    reconnect,
 )
 from switchboard.queue.connection import with_backoff
 from switchboard.queue.topology import Topology
@@ -57,7 +58,7 @@ class Publisher:
         set (``BrokerUnavailable``)."""
         self._stop = stop
         self._closing = False
-        await self._declare()
+        await declare(self.url, self.topology, purpose=self.purpose, stop=stop)
         opened = await with_backoff(
             self._open, purpose=self.purpose, stopped=self._stopped, retry_on=(TimeoutError, BrokerUnavailable)
         )
@@ -147,19 +148,11 @@ class Publisher:
         self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        """After the live connection was lost: declares the topology again (a broker that lost its definitions
-        would refuse every publish) and reopens, with back-off, until that succeeds or the publisher closes."""
-
-        async def attempt() -> None:
-            await self._declare()
-            await self._open()
-
-        opened = await with_backoff(attempt, purpose=self.purpose, stopped=self._stopped)
-        if opened is not None:
-            log.info("reconnected to RabbitMQ", extra={"purpose": self.purpose, "attempt": opened[1]})
+        """After the live connection was lost: declares the topology again and reopens, with back-off, until
+        that succeeds or the publisher closes."""
+        await reconnect(
+            self.url, self.topology, purpose=self.purpose, reopen=self._open, stop=self._stop, stopped=self._stopped
+        )
 
     def _stopped(self) -> bool:
         return self._closing or (self._stop is not None and self._stop.is_set())
-
-    async def _declare(self) -> None:
-        await declare(self.url, self.topology, purpose=self.purpose, stop=self._stop)

@@ -77,6 +77,7 @@ from switchboard.queue.amqp import (
     close_connection,
     declare,
     open_connection,
+    reconnect,
 )
 from switchboard.queue.connection import with_backoff
 from switchboard.queue.message import Ack, DeadLetter, QueueMessage, Retry, Verdict
@@ -300,16 +301,11 @@ class QueueWorker:
         close_connection(connection)
 
     async def _reconnect(self) -> None:
-        """Declares the topology again (a broker that lost its definitions would refuse every consume) and
-        reconnects, with back-off, until that succeeds or the worker closes."""
-
-        async def attempt() -> None:
-            await declare(self.url, self.topology, purpose=self.purpose, stop=self._stop)
-            await self._connect()
-
-        opened = await with_backoff(attempt, purpose=self.purpose, stopped=self._stopped)
-        if opened is not None:
-            log.info("reconnected to RabbitMQ", extra={"purpose": self.purpose, "attempt": opened[1]})
+        """Declares the topology again and reconnects, with back-off, until that succeeds or the worker
+        closes."""
+        await reconnect(
+            self.url, self.topology, purpose=self.purpose, reopen=self._connect, stop=self._stop, stopped=self._stopped
+        )
 
     def _stopped(self) -> bool:
         return self._closing or (self._stop is not None and self._stop.is_set())

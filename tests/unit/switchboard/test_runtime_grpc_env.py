@@ -12,26 +12,24 @@ import pytest
 from switchboard.runtime import grpc_env
 
 
+@pytest.fixture
+def grpc_not_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This test process has grpc imported, and ``apply()`` refuses then: hide it for the test."""
+    monkeypatch.delitem(sys.modules, "grpc", raising=False)
+
+
+@pytest.mark.usefixtures("grpc_not_imported")
 def test_sets_the_experiments_when_unset() -> None:
-    saved = sys.modules.pop("grpc", None)  # this test process has grpc imported; apply() refuses then
-    try:
-        environ: dict[str, str] = {}
-        grpc_env.apply(environ)
-        assert environ == {"GRPC_EXPERIMENTS": "-event_engine_listener"}
-    finally:
-        if saved is not None:
-            sys.modules["grpc"] = saved
+    environ: dict[str, str] = {}
+    grpc_env.apply(environ)
+    assert environ == {"GRPC_EXPERIMENTS": "-event_engine_listener"}
 
 
+@pytest.mark.usefixtures("grpc_not_imported")
 def test_keeps_an_operators_value() -> None:
-    saved = sys.modules.pop("grpc", None)
-    try:
-        environ = {"GRPC_EXPERIMENTS": "event_engine_listener"}
-        grpc_env.apply(environ)
-        assert environ == {"GRPC_EXPERIMENTS": "event_engine_listener"}
-    finally:
-        if saved is not None:
-            sys.modules["grpc"] = saved
+    environ = {"GRPC_EXPERIMENTS": "event_engine_listener"}
+    grpc_env.apply(environ)
+    assert environ == {"GRPC_EXPERIMENTS": "event_engine_listener"}
 
 
 def test_refuses_once_grpc_is_imported() -> None:
