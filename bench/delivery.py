@@ -16,6 +16,10 @@ in a round must reach every subscription that existed during the round exactly o
 deterministic delivery id (``switchboard.delivery.ids``), so the script knows which id to expect on which
 path.
 
+With ``--slow N`` the first N subscriptions point at paths the receiver answers ``--slow-ms`` (5,000) late: a
+slow endpoint beside fast ones. Each round then also prints accepted → delivered for the slow endpoints and
+for the others (how much the slow ones hold the others back).
+
 Per round: inbound accepted/s, HTTP p50/p99 (wrk) and received → processed p50/p99 (Cassandra); deliveries/s
 (delivered / (last arrival - load start)); accepted → delivered latency (the event's ``received_at`` in
 Cassandra → its arrival at the receiver) p50, p99 and max; the seconds from the end of the load until the last
@@ -64,7 +68,7 @@ from bench.pipeline import (
     git_rev,
     pct,
 )
-from bench.receiver import ReceiverEnvoy
+from bench.receiver import SLOW_PREFIX, ReceiverEnvoy
 from switchboard.config import PlatformConfig, TracingConfig
 from switchboard.delivery.ids import delivery_id
 from switchboard_devstack.stack import Stack
@@ -87,6 +91,9 @@ class Round:
     non_200: int = 0
     last_arrival: float | None = None
     latency_ms: list[float] = field(default_factory=list)
+    # With slow endpoints (``--slow``): the same latency for the deliveries to the slow ones and to the others.
+    latency_slow_ms: list[float] = field(default_factory=list)
+    latency_fast_ms: list[float] = field(default_factory=list)
     cpu: Usage | None = None
     sample_checked: int = 0
     sample_bad: list[str] = field(default_factory=list)
@@ -146,6 +153,8 @@ class Round:
             "deliveries_per_s": self.deliveries_per_s,
             "drained_after_s": self.drained_after_s,
             "latency_ms": _summary(self.latency_ms),
+            "latency_slow_endpoints_ms": _summary(self.latency_slow_ms),
+            "latency_other_endpoints_ms": _summary(self.latency_fast_ms),
             "cpu": self.cpu.as_dict(self.accepted_events) if self.cpu else None,
             "cpu_ms_per_accepted_event_platform": _platform_ms(self.cpu.per_event_ms(self.accepted_events))
             if self.cpu
@@ -155,6 +164,17 @@ class Round:
             "sample_bad": self.sample_bad,
             "gave_up": self.gave_up,
         }
+
+
+def slow_line(rnd: Round) -> str:
+    """accepted → delivered (arrival at the receiver) for the slow endpoints and for the others."""
+
+    def part(name: str, values: list[float]) -> str:
+        if not values:
+            return f"{name}: -"
+        return f"{name} ({len(values)}): p50 {pct(values, 0.5):.0f} ms, p99 {pct(values, 0.99):.0f} ms"
+
+    return f"{part('slow endpoints', rnd.latency_slow_ms)}; {part('others', rnd.latency_fast_ms)}"
 
 
 def _summary(values: list[float]) -> dict[str, float | int | None]:
@@ -199,7 +219,8 @@ class DeliveryBench(Bench):
         channel, stub = self._stub()
         try:
             while len(self.subscriptions) < n:
-                path = f"/hooks/s{len(self.subscriptions)}"
+                i = len(self.subscriptions)
+                path = f"{SLOW_PREFIX}s{i}" if i < self.args.slow else f"/hooks/s{i}"
                 sub = pb.Subscription(
                     callback_url=self.receiver.url(path), sources=[SOURCE], event_types=["invoice.*"],
                     description=f"bench subscription {len(self.subscriptions)}",
@@ -290,10 +311,12 @@ class DeliveryBench(Bench):
         await self.wait_delivered(rnd)
         rnd.cpu = self.meter.sample().minus(before)
         received = await self.read_events(sorted(set(phase.ok_ids)))
-        for wid, (eid, _path) in rnd.expected.items():
+        for wid, (eid, path) in rnd.expected.items():
             rec = received.get(eid, (None, None, None))[0]
             if rec is not None and wid in rnd.first_arrival:
-                rnd.latency_ms.append((rnd.first_arrival[wid] - rec) * 1000)
+                ms = (rnd.first_arrival[wid] - rec) * 1000
+                rnd.latency_ms.append(ms)
+                (rnd.latency_slow_ms if path.startswith(SLOW_PREFIX) else rnd.latency_fast_ms).append(ms)
         await asyncio.to_thread(self.check_sample, rnd, self.args.sample)
         return rnd
 
@@ -354,6 +377,8 @@ class DeliveryBench(Bench):
             print("\n" + self.round_header(), flush=True)
             self._round_header_done = True
         print(self.round_row(rnd), flush=True)
+        if self.args.slow:
+            print(f"{'':>7} {slow_line(rnd)}", flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -375,6 +400,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--trace-percent", type=float, default=TracingConfig().sample_percent,
         help="share of requests Envoy traces (the services follow; spans go to the stack's local receiver)",
     )  # fmt: skip
+    p.add_argument("--slow", type=int, default=0, help="of the subscriptions, this many answer --slow-ms late")
+    p.add_argument("--slow-ms", type=int, default=5000, help="how late the slow endpoints answer")
     p.add_argument("--wrk", default=None, help="the wrk binary (default: wrk on PATH)")
     p.add_argument("--drain-timeout", type=float, default=900.0, help="seconds to wait for inbound processing")
     p.add_argument("--stall-seconds", type=float, default=60.0, help="give up when no delivery arrives this long")
@@ -412,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO / "var" / "bench" / f"delivery-{stamp}-{rev}.json"
     root, cfg = bench_stack_config(args)
     stack = Stack(cfg)
-    receiver = ReceiverEnvoy(root / "receiver", cfg.tls_dir)
+    receiver = ReceiverEnvoy(root / "receiver", cfg.tls_dir, slow_ms=args.slow_ms if args.slow else 0)
     print(
         f"starting the stack in {root} ({args.processors} processor(s), {args.delivery_workers} delivery worker(s),"
         f" {args.trace_percent:g}% of requests traced)",
@@ -443,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + bench.round_header())
     for rnd in bench.rounds:
         print(bench.round_row(rnd))
+        if args.slow:
+            print(f"{'':>7} {slow_line(rnd)}")
     print(
         "\nin/s: inbound events accepted per second; proc99: received_at → processed_at p99; deliv: deliveries"
         "\nthat arrived at the receiver; deliv/s: those / (last arrival - load start); accepted→delivered:"

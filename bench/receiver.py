@@ -4,7 +4,8 @@ request ``200 ok`` itself (``direct_response``, once the whole body is read) and
 line per request: when it arrived (``%START_TIME%``, microseconds), the path (one per subscription) and the
 Standard Webhooks ``webhook-id`` (the delivery id). A Python receiver would compete with the platform for
 the two cores and slow down before the delivery workers do; Envoy answers a 5 KB POST in a few tens of
-microseconds of CPU.
+microseconds of CPU. With ``slow_ms``, paths under ``/slow/`` are answered that much later (Envoy's fault
+filter delays the request before the answer): a slow endpoint beside fast ones.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from switchboard_devstack.envoy import EnvoyProcess
 from switchboard_devstack.ports import free_port
 from switchboard_devstack.tls import ensure_local_tls
 
-__all__ = ["Arrival", "ReceiverEnvoy", "receiver_config"]
+__all__ = ["SLOW_PREFIX", "Arrival", "ReceiverEnvoy", "receiver_config"]
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
@@ -33,7 +34,13 @@ class Arrival:
     bytes_received: int
 
 
-def receiver_config(port: int, admin_port: int, cert: Path, key: Path, access_log: Path) -> dict[str, Any]:
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+SLOW_PREFIX = "/slow/"
+
+
+def receiver_config(
+    port: int, admin_port: int, cert: Path, key: Path, access_log: Path, slow_ms: int = 0
+) -> dict[str, Any]:
     fields = {
         "t": "%START_TIME(%s.%6f)%",
         "path": "%REQ(:PATH)%",
@@ -41,6 +48,14 @@ def receiver_config(port: int, admin_port: int, cert: Path, key: Path, access_lo
         "status": "%RESPONSE_CODE%",
         "bytes": "%BYTES_RECEIVED%",
     }
+    answer = {"status": 200, "body": {"inline_string": "ok"}}
+    routes: list[dict[str, Any]] = [{"match": {"prefix": "/"}, "direct_response": answer}]
+    filters: list[dict[str, Any]] = []
+    if slow_ms > 0:
+        delay = {"fixed_delay": f"{slow_ms / 1000:.3f}s", "percentage": {"numerator": 100, "denominator": "HUNDRED"}}
+        slow = {"envoy.filters.http.fault": {"@type": FAULT_TYPE, "delay": delay}}
+        routes.insert(0, {"match": {"prefix": SLOW_PREFIX}, "direct_response": answer, "typed_per_filter_config": slow})
+        filters.append({"name": "envoy.filters.http.fault", "typed_config": {"@type": FAULT_TYPE}})
     hcm = {
         "@type": HCM_TYPE,
         "stat_prefix": "receiver",
@@ -55,18 +70,9 @@ def receiver_config(port: int, admin_port: int, cert: Path, key: Path, access_lo
                 },
             }
         ],
-        "route_config": {
-            "virtual_hosts": [
-                {
-                    "name": "any",
-                    "domains": ["*"],
-                    "routes": [
-                        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
-                    ],
-                }
-            ]
-        },
+        "route_config": {"virtual_hosts": [{"name": "any", "domains": ["*"], "routes": routes}]},
         "http_filters": [
+            *filters,
             {  # the whole body is read before the answer, as a real receiver does (and keep-alive holds)
                 "name": "envoy.filters.http.buffer",
                 "typed_config": {
@@ -115,8 +121,11 @@ class ReceiverEnvoy(EnvoyProcess):
     """The receiver on a free port; ``arrivals()`` reads the access log from where the last call stopped.
     Envoy flushes its access log every ``flush_ms`` (``--file-flush-interval-msec``; its default is 10 s)."""
 
-    def __init__(self, base_dir: Path, tls_dir: Path, *, flush_ms: int = 200, concurrency: int = 1) -> None:
+    def __init__(
+        self, base_dir: Path, tls_dir: Path, *, flush_ms: int = 200, concurrency: int = 1, slow_ms: int = 0
+    ) -> None:
         self.port = free_port()
+        self.slow_ms = slow_ms
         admin_port = free_port()
         self.access_log = Path(base_dir).absolute() / "receiver-access.log"
         self.tls_dir = tls_dir
@@ -130,7 +139,7 @@ class ReceiverEnvoy(EnvoyProcess):
 
     def prepare(self) -> None:
         _, cert, key = ensure_local_tls(self.tls_dir)
-        config = receiver_config(self.port, self.admin_port, cert, key, self.access_log)
+        config = receiver_config(self.port, self.admin_port, cert, key, self.access_log, self.slow_ms)
         self.config_path.write_text(json.dumps(config, indent=1))
 
     def command(self) -> list[str]:
