@@ -9,8 +9,10 @@ A handler decides; the worker does the queue mechanics::
 The worker owns, so that no handler repeats them:
 
 * **Batches.** Up to ``max_batch`` consumed messages go to the handler at once, and up to ``concurrency``
-  batches run at the same time. With ``linger``, a batch smaller than ``max_batch`` waits until its oldest
-  message has been here that long (a full batch, or ``stop()``, ends the wait): fewer, larger batches.
+  batches run at the same time: one dispatcher starts a batch whenever one of those slots is free and messages
+  wait (idle slots cost nothing: a delivery worker has a hundred, and only the dispatcher wakes when a message
+  arrives). With ``linger``, a batch smaller than ``max_batch`` waits until its oldest message has been here
+  that long (a full batch, or ``stop()``, ends the wait): fewer, larger batches.
   Messages with the same ordering key never run concurrently: a later one waits in the worker until the
   earlier one is settled (two receipts of one event, say).
 * **Ack after commit.** A message is acked only after the handler returned its verdict (which the handler
@@ -214,6 +216,8 @@ class QueueWorker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._batches: set[asyncio.Task[None]] = set()  # running batches, for stop() to cancel
+        self._slots_taken = 0  # batches started and not finished (at most ``concurrency``)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def start(self, stop: asyncio.Event | None = None) -> None:
@@ -228,7 +232,7 @@ class QueueWorker:
             raise BrokerUnavailable("stopped while waiting for RabbitMQ")
         log.info("connected to RabbitMQ", extra={"purpose": self.purpose, "attempt": opened[1]})
         members = await self._members() if self._partitions else 1
-        self._tasks = [self._background(self._run()) for _ in range(self.settings.concurrency)]
+        self._tasks = [self._background(self._dispatch())]
         preferred = self.preferred(members)
         for sub in self._subs.values():
             if sub.queue in preferred:
@@ -416,9 +420,10 @@ class QueueWorker:
             drained = True
         except TimeoutError:
             drained = False
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._batches]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for sub in self._subs.values():
             sub.wanted = False
             await self._release(sub)
@@ -599,8 +604,14 @@ class QueueWorker:
         finally:
             timer.cancel()
 
-    async def _run(self) -> None:
+    async def _dispatch(self) -> None:
+        """Starts a batch whenever a slot is free and messages wait (woken by arrivals and by finished batches)."""
+        loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
+            if self._slots_taken >= self.settings.concurrency:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
             if self.settings.linger > 0:
                 await self._linger()
                 if self.stopping.is_set():
@@ -611,17 +622,24 @@ class QueueWorker:
                 await self._wakeup.wait()
                 continue
             self._started(batch, +1)
-            try:
-                await self._process(batch)
-            except Exception:  # a bug in a handler must not kill the runner; the messages are redelivered
-                log.exception("batch failed; its messages are left for redelivery", extra={"size": len(batch)})
-            finally:
-                self._started(batch, -1)
-                for message in batch:
-                    key = self.handler.key(message)
-                    if key is not None:
-                        self._active_keys.discard(key)
-                self._wakeup.set()
+            self._slots_taken += 1
+            task = loop.create_task(self._run(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _run(self, batch: list[QueueMessage]) -> None:
+        try:
+            await self._process(batch)
+        except Exception:  # a bug in a handler must not kill the worker; the messages are redelivered
+            log.exception("batch failed; its messages are left for redelivery", extra={"size": len(batch)})
+        finally:
+            self._slots_taken -= 1
+            self._started(batch, -1)
+            for message in batch:
+                key = self.handler.key(message)
+                if key is not None:
+                    self._active_keys.discard(key)
+            self._wakeup.set()
 
     def _started(self, batch: Sequence[QueueMessage], sign: int) -> None:
         self._running += sign * len(batch)

@@ -368,6 +368,75 @@ async def test_stopping_ends_a_linger_and_leaves_its_messages_to_the_broker(rabb
     assert ready == 2, "the unstarted messages did not go back to the queue"
 
 
+class Gated:
+    """Holds every message whose id starts with "slow" until released; answers the others at once."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.running = 0
+        self.most_running = 0
+        self.started: list[str] = []
+        self.done: list[str] = []
+
+    def key(self, message: QueueMessage) -> str:
+        return message.message_id
+
+    async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        self.started.extend(m.message_id for m in batch)
+        try:
+            if any(m.message_id.startswith("slow") for m in batch):
+                await self.release.wait()
+            self.done.extend(m.message_id for m in batch)
+            return [Ack() for _ in batch]
+        finally:
+            self.running -= 1
+
+
+async def test_held_batches_take_only_their_own_slots_and_stop_returns_them_to_the_broker(
+    rabbit: RabbitNode,
+) -> None:
+    """Batches of one, four slots: three held batches leave the fourth slot to everything else; a fourth
+    held one takes it and the next message waits for a slot; released, all finish. Stopped while batches are
+    held past the drain time, the worker cancels them and the broker has their messages back."""
+    topology = Topology(f"t{free_port()}", "events", (200,))
+    handler = Gated()
+    settings = WorkerSettings(prefetch=64, max_batch=1, concurrency=4)
+    worker = QueueWorker(rabbit.amqp_url, topology, handler, settings, purpose="slots")
+    await worker.start()
+    try:
+        await publish(rabbit.amqp_url, topology, ["slow1", "slow2", "slow3"], rate=1000)
+        await wait_for(lambda: handler.running == 3, "three held batches")
+        fast = [f"fast{i:02d}" for i in range(20)]
+        await publish(rabbit.amqp_url, topology, fast, rate=1000)
+        await wait_for(lambda: set(fast) <= set(handler.done), "the fast messages, past the held ones")
+        await publish(rabbit.amqp_url, topology, ["slow4", "next"], rate=1000)
+        await wait_for(lambda: handler.running == 4, "a fourth held batch")
+        await asyncio.sleep(0.5)
+        assert "next" not in handler.started, "a fifth batch ran with four slots"
+        handler.release.set()
+        await wait_for(lambda: "next" in handler.done and worker.unacked == 0, "everything handled and acked")
+        assert handler.most_running == 4
+
+        handler.release.clear()
+        await publish(rabbit.amqp_url, topology, ["slow5", "slow6"], rate=1000)
+        await wait_for(lambda: handler.running == 2, "two held batches")
+        drained = await worker.stop(0.5)
+        assert not drained, "stop reported held batches as drained"
+        assert handler.running == 0, "stop left held batches running"
+        ready = 0
+        deadline = time.monotonic() + 10
+        while ready < 2 and time.monotonic() < deadline:
+            ready = (await worker.depths())[topology.work_queues[0]]
+            await asyncio.sleep(0.1)
+        assert ready == 2, "the cancelled batches' messages did not go back to the queue"
+    finally:
+        await worker.stop(1)
+        await worker.close()
+    assert sorted(handler.done) == sorted(["slow1", "slow2", "slow3", "slow4", "next", *fast])
+
+
 class Forwarding:
     """Asks for a retry on a message's first delivery and gives it up (dead letter) on the second."""
 
