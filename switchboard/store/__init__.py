@@ -1,6 +1,7 @@
 """Cassandra adapter, one module per concern: ``session`` (connect, prepare, the driver-to-asyncio bridge),
 ``schema`` (DDL), ``statements`` (every prepared statement, by name), ``batches`` (unlogged batches and the
-group commit), ``events``, ``entities``, ``subscriptions``, ``deliveries``.
+group commit), ``lookups`` (concurrent callers' reads merged), ``events``, ``entities``, ``subscriptions``,
+``deliveries``.
 
 cassandra-driver exceptions never leave this package: they become ``StoreUnavailable``.
 """

@@ -3,7 +3,8 @@
 A delivery's row is rewritten after every attempt, together with its listing rows (by subscription and day,
 newest first; by event) and the attempt's rows (by delivery; by subscription and day, newest first): one
 unlogged batch, shared with the records of other deliveries that finish meanwhile (``GroupCommit``). Every
-write is idempotent (an attempt row is keyed by its own run id).
+write is idempotent (an attempt row is keyed by its own run id). Lookups of deliveries by id from concurrent
+callers share ``IN`` reads (``GroupRead``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from switchboard.model.subscriptions import Attempt, Delivery, DeliveryStatus
 from switchboard.store.batches import BoundStatement, GroupCommit
+from switchboard.store.lookups import GroupRead
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
 
@@ -33,11 +35,14 @@ class DeliveryStore:
         self.ttl = store.cfg.ttl_seconds
         self.q = store.statements.deliveries
         self.group = GroupCommit(store, self.q.put.consistency_level)
+        self.lookups: GroupRead[str, Delivery] = GroupRead(self._read)
 
     async def get_many(self, ids: Sequence[str]) -> dict[str, Delivery]:
-        if not ids:
-            return {}
-        rows = await self.store.execute(self.q.get, (list(dict.fromkeys(ids)),))
+        """The stored state of these deliveries; concurrent callers share ``IN`` reads (``GroupRead``)."""
+        return await self.lookups.get(ids)
+
+    async def _read(self, ids: list[str]) -> dict[str, Delivery]:
+        rows = await self.store.execute(self.q.get, (ids,))
         return {r.id: _delivery(r) for r in rows}
 
     async def record(self, d: Delivery, attempt: Attempt | None = None) -> None:
