@@ -76,7 +76,11 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
             failpoints.armed(AutoDisable(subscriptions, cache, notices)),
             sender,
             Limiter(),
-            Defaults(timeout_ms=round(d.timeout_seconds * 1000), rate_limit_per_second=d.rate_limit_per_second),
+            Defaults(
+                timeout_ms=round(d.timeout_seconds * 1000),
+                rate_limit_per_second=d.rate_limit_per_second,
+                subscription_in_flight=d.subscription_in_flight,
+            ),
             tracer=tracer,
             breakers=breakers,
         )

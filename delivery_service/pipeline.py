@@ -18,6 +18,11 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
   deferred before any attempt is recorded PENDING with the reason, so that it shows in the listings.
 * **Rate limit** per subscription (``rate_limit_per_second``, default ``delivery.rate_limit_per_second``): a
   task waits for its token in the worker.
+* **One endpoint cannot take the worker.** At most ``delivery.subscription_in_flight`` tasks of one
+  subscription are sending (or waiting for their rate-limit token) in a worker at once; the next are deferred
+  (1 s, then twice the copy's previous wait up to 30 s; no attempt counted, recorded PENDING with the reason
+  if never tried), so a slow or rate-limited endpoint holds a bounded share of the worker's ``concurrency``
+  and the others' tasks go on.
 * **Traces.** A task whose event Envoy sampled gets a ``deliver`` span (in the event's trace, so every retry
   and redrive of it is there too) with the POST (status code, the callback's host; never the URL's path or
   query, which may hold a token) and the Cassandra write of the attempt under it.
@@ -29,6 +34,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -58,6 +64,11 @@ log = logging.getLogger(__name__)
 
 RECORD_BACKOFF = Backoff(0.2, 5.0)
 RECORD_TRIES = 8
+# A task of a subscription at its in-flight limit comes back after 1 s, then after twice its previous wait, up
+# to 30 s (jittered): a slow endpoint's backlog cycles through the delay queues spread out, not every second.
+SATURATED_DEFER_S = 1.0
+SATURATED_MAX_DEFER_S = 30.0
+SATURATED = "deferred: the endpoint has"  # how the reason of such a deferral starts
 
 
 class Deliveries(Protocol):
@@ -86,6 +97,7 @@ class Limiter(Protocol):
 class Defaults:
     timeout_ms: int = 10_000
     rate_limit_per_second: int = 1000
+    subscription_in_flight: int = 32
 
 
 class DeliveryPipeline:
@@ -111,6 +123,7 @@ class DeliveryPipeline:
         self.rng = rng or random.Random()
         self.tracer = tracer
         self.breakers = breakers if breakers is not None else Breakers()
+        self.sending: Counter[str] = Counter()  # per subscription: its tasks between the limiter and the answer
 
     def key(self, message: QueueMessage) -> str:
         """Copies of one delivery never run at the same time here."""
@@ -128,24 +141,28 @@ class DeliveryPipeline:
                 tasks.append(None)
         known = await self.deliveries.get_many([t.delivery_id for t in tasks if t is not None])
         verdicts = await asyncio.gather(
-            *(self._one(t, known.get(t.delivery_id)) if t is not None else _undecodable() for t in tasks)
+            *(
+                self._one(t, known.get(t.delivery_id), saturated_wait(m)) if t is not None else _undecodable()
+                for t, m in zip(tasks, batch, strict=True)
+            )
         )
         return list(verdicts)
 
-    async def _one(self, task: DeliveryTask, state: Delivery | None) -> Verdict:
+    async def _one(self, task: DeliveryTask, state: Delivery | None, waited: float) -> Verdict:
+        """``waited``: seconds this copy was deferred for its subscription's in-flight limit (0 if it was not)."""
         attributes = {
             "switchboard.delivery_id": task.delivery_id,
             "switchboard.subscription_id": task.subscription_id,
             "switchboard.event_id": task.event.event_id,
         }
         with self.tracer.span("deliver", task.event.traceparent, kind="consumer", attributes=attributes) as span:
-            verdict = await self._deliver(task, state, span.traceparent if span else "")
+            verdict = await self._deliver(task, state, waited, span.traceparent if span else "")
             if span is not None:
                 span.set("switchboard.verdict", type(verdict).__name__.lower())
                 span.set("switchboard.outcome", getattr(verdict, "outcome", "") or "")
             return verdict
 
-    async def _deliver(self, task: DeliveryTask, state: Delivery | None, trace: str) -> Verdict:
+    async def _deliver(self, task: DeliveryTask, state: Delivery | None, waited: float, trace: str) -> Verdict:
         """One task; ``trace`` is the parent of its spans ("" when its event is not traced)."""
         if state is not None and state.status in FINAL_DELIVERY:
             return Ack("already_final")
@@ -177,13 +194,22 @@ class DeliveryPipeline:
         timeout_ms = retry.timeout_ms if retry and retry.timeout_ms else self.defaults.timeout_ms
         hold = self.breakers.wait(sub.id, time.monotonic())
         if hold > 0:
-            return await self._defer(delivery, state is None, hold, trace)
-        await self.limiter.acquire(sub.id, sub.rate_limit_per_second or self.defaults.rate_limit_per_second)
-
-        started = now_us()
-        headers = delivery_headers(task.delivery_id, task.event.body, sub.signing_secrets(started), started / 1e6)
-        headers["content-type"] = task.event.content_type or "application/json"
-        response = await self.sender.post(sub.callback_url, task.event.body, headers, timeout_ms / 1000)
+            reason = f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
+            return await self._defer(delivery, state is None, hold, reason, trace)
+        if self.sending[sub.id] >= self.defaults.subscription_in_flight:
+            reason = f"{SATURATED} {self.sending[sub.id]} requests in flight, as many as a worker sends it at once"
+            return await self._defer(delivery, state is None, saturated_hold(waited, self.rng), reason, trace)
+        self.sending[sub.id] += 1
+        try:
+            await self.limiter.acquire(sub.id, sub.rate_limit_per_second or self.defaults.rate_limit_per_second)
+            started = now_us()
+            headers = delivery_headers(task.delivery_id, task.event.body, sub.signing_secrets(started), started / 1e6)
+            headers["content-type"] = task.event.content_type or "application/json"
+            response = await self.sender.post(sub.callback_url, task.event.body, headers, timeout_ms / 1000)
+        finally:
+            self.sending[sub.id] -= 1
+            if not self.sending[sub.id]:
+                del self.sending[sub.id]
         decision = policy.classify(
             response.status,
             response.error_class or None,
@@ -262,10 +288,10 @@ class DeliveryPipeline:
         )
         return DeadLetter(attempt_no, error, outcome="disabled" if decision.disable_subscription else "failed")
 
-    async def _defer(self, delivery: Delivery, new: bool, hold: float, trace: str) -> Verdict:
-        """Parks a task while its subscription's circuit is open: no send, no attempt. A delivery never tried
-        yet is recorded PENDING with the reason (once: later deferrals of it write nothing)."""
-        reason = f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
+    async def _defer(self, delivery: Delivery, new: bool, hold: float, reason: str, trace: str) -> Verdict:
+        """Parks a task for ``hold`` seconds (its subscription's circuit is open, or it has as many requests in
+        flight as it may): no send, no attempt. A delivery never tried yet is recorded PENDING with the reason
+        (once: later deferrals of it write nothing)."""
         if new:
             delivery.last_error = reason
             delivery.updated_us = now_us()
@@ -289,6 +315,23 @@ class DeliveryPipeline:
                 if tries >= RECORD_TRIES:
                     raise
                 await asyncio.sleep(delay)
+
+
+def saturated_hold(waited: float, rng: random.Random) -> float:
+    """How long a task of a subscription at its in-flight limit is deferred, given what this copy ``waited``
+    for the same reason before (0: the first time): 1 s, then twice that, up to 30 s, ±20%."""
+    return min(SATURATED_MAX_DEFER_S, max(SATURATED_DEFER_S, 2 * waited)) * rng.uniform(0.8, 1.2)
+
+
+def saturated_wait(message: QueueMessage) -> float:
+    """Seconds the copy waited if the worker deferred it for its subscription's in-flight limit, else 0 (the
+    worker's retry headers: the verdict's reason and the delay it got)."""
+    if not str(message.headers.get("x-last-error", "")).startswith(SATURATED):
+        return 0.0
+    try:
+        return max(0.0, float(message.headers.get("x-retry-delay-ms", 0)) / 1000)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 async def _undecodable() -> Verdict:

@@ -30,8 +30,14 @@ class ControlConfig:
 class DeliveryConfig:
     count: int = 1
     prefetch: int = 256
-    batch: int = 64
-    concurrency: int = 4
+    # Tasks a worker starts together (they share the lookup of their deliveries' states) and how many such
+    # batches it runs at once. A batch's messages are acked when its slowest send is answered, so batches are
+    # small and many: a slow endpoint holds few other tasks' acks and few of the worker's slots.
+    batch: int = 1
+    concurrency: int = 128
+    # At most this many tasks of one subscription send (or wait for their rate-limit token) in a worker at
+    # once; the next ones are deferred, so that a slow endpoint cannot take every slot.
+    subscription_in_flight: int = 32
     # Per attempt, unless a subscription's retry policy says otherwise.
     timeout_seconds: float = 10.0
     rate_limit_per_second: int = 1000
@@ -92,6 +98,7 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
         prefetch=t.pos_int("prefetch"),
         batch=t.pos_int("batch"),
         concurrency=t.pos_int("concurrency"),
+        subscription_in_flight=t.pos_int("subscription_in_flight"),
         timeout_seconds=t.pos_float("timeout_seconds"),
         rate_limit_per_second=t.pos_int("rate_limit_per_second"),
         max_retry_after_seconds=t.pos_float("max_retry_after_seconds"),

@@ -93,8 +93,8 @@ OPERATION_SECONDS = Histogram(
 )
 DELIVERIES = Counter(
     "switchboard_delivery_deliveries",
-    "Delivery tasks settled by the delivery workers, by outcome: delivered, retried, deferred (circuit open), "
-    "failed, disabled, cancelled, already_final, undecodable.",
+    "Delivery tasks settled by the delivery workers, by outcome: delivered, retried, deferred (circuit open or "
+    "in-flight limit), failed, disabled, cancelled, already_final, undecodable.",
     ["outcome"],
 )
 OPEN_CIRCUITS = Gauge(

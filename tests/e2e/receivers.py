@@ -44,6 +44,7 @@ class Receiver:
         self.port = free_port()
         self.received: list[Received] = []
         self._unanswered: Counter[str] = Counter()  # per path: requests received, their answer not yet sent
+        self._most_unanswered: Counter[str] = Counter()  # per path: the most ever unanswered at once
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -79,6 +80,9 @@ class Receiver:
             n = sum(1 for r in self.received if r.path == request.path)
             self.received.append(Received(request.path, dict(request.headers), body, time.time()))
             self._unanswered[request.path] += 1
+            self._most_unanswered[request.path] = max(
+                self._most_unanswered[request.path], self._unanswered[request.path]
+            )
         try:
             answers = self.script.get(request.path) or [Answer()]
             answer = answers[min(n, len(answers) - 1)]
@@ -93,6 +97,11 @@ class Receiver:
         """Requests on ``path`` received whose answer has not been handed to the server yet (a delayed one)."""
         with self._lock:
             return self._unanswered[path]
+
+    def most_unanswered(self, path: str) -> int:
+        """The most requests on ``path`` that were ever unanswered at the same time."""
+        with self._lock:
+            return self._most_unanswered[path]
 
     def on(self, path: str) -> list[Received]:
         with self._lock:

@@ -222,6 +222,47 @@ def test_an_endpoint_that_keeps_failing_gets_no_sends_while_its_circuit_is_open(
         assert open_circuits(stack) == held - 1  # the probe's 200 closed it
 
 
+def test_a_slow_endpoint_holds_a_bounded_share_of_the_worker_and_the_others_go_on(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    """Two endpoints get the same events, one answering after 5 s, the other at once. The fast one gets every
+    event before the slow one has answered anything (a worker's slots are not all held by the slow sends);
+    the slow one never has more than ``delivery.subscription_in_flight`` requests open, the tasks past that
+    are deferred (recorded PENDING with the reason, no attempt counted) and sent when it has room; every
+    delivery reaches its endpoint once."""
+    cfg = stack_config
+    limit = cfg.delivery.subscription_in_flight
+    delay = 5.0
+    n = limit + 8
+    with Receiver(cfg.tls_dir, {"/slow": [Answer(200, delay=delay)]}) as rx:
+        slow, _ = subscribe(cfg, rx.url("/slow"), event_types=["payout.*"], retry=([1, 1, 1], 20))
+        subscribe(cfg, rx.url("/fast"), event_types=["payout.*"])
+        run = secrets.token_hex(4)
+        for i in range(n):
+            post(cfg, invoice(f"evt_slow_{run}_{i}", 10, "payout.paid"))
+        fast = rx.wait("/fast", n)
+        first_slow = rx.on("/slow")[0]
+        assert fast[-1].at < first_slow.at + delay, "the fast endpoint waited for the slow one"
+
+        deadline = time.monotonic() + delay
+        deferred: list[Any] = []
+        while not deferred:
+            assert time.monotonic() < deadline, "no delivery to the slow endpoint was recorded as deferred"
+            with control(cfg) as stub:
+                listed = stub.ListDeliveries(
+                    pb.ListDeliveriesRequest(subscription_id=slow.id, status=pb.DELIVERY_STATUS_PENDING), timeout=10
+                ).deliveries
+            deferred = [d for d in listed if d.last_error.startswith("deferred: ")]
+            time.sleep(0.2)
+        assert all(d.attempts == 0 and "in flight" in d.last_error for d in deferred), deferred
+
+        got = rx.wait("/slow", n, timeout=60)
+        assert rx.most_unanswered("/slow") == limit
+    assert sorted(rx.ids("/slow").values()) == [1] * n  # each delivery once, none twice
+    assert sorted(rx.ids("/fast").values()) == [1] * n
+    assert len(got) == n
+
+
 def test_a_client_error_fails_at_once_and_is_dead_lettered(stack: Stack, stack_config: PlatformConfig) -> None:
     cfg = stack_config
     with Receiver(cfg.tls_dir, {"/bad": [Answer(400, body=b'{"error":"unknown field"}')]}) as rx:
