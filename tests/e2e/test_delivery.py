@@ -388,7 +388,8 @@ def test_during_a_rotation_deliveries_carry_both_signatures(stack: Stack, stack_
 
 def test_concurrent_records_share_requests_and_all_land(stack: Stack, stack_config: PlatformConfig) -> None:
     """The delivery store's group commit against the real Cassandra: 60 deliveries recorded at once (each
-    with its attempt) go out in a handful of batches, and every row of every one is there to read."""
+    with its attempt) go out in a handful of batches, and every row of every one is there to read, also when
+    looked up one by one at the same time (the lookups share one read)."""
     session = StoreSession.connect(stack_config.cassandra)
     store = DeliveryStore(session)
     run = secrets.token_hex(4)
@@ -442,6 +443,12 @@ def test_concurrent_records_share_requests_and_all_land(stack: Stack, stack_conf
 
     async def read_back() -> tuple[dict[str, Delivery], list[list[Attempt]], list[Delivery]]:
         found = await store.get_many([d.id for d in deliveries])
+        # One caller per delivery, all in one turn of the loop (as the delivery worker starts its tasks): they
+        # share the reads (GroupRead, at most 64 keys each) and each gets its own row.
+        before = store.lookups.reads
+        one_by_one = await asyncio.gather(*(store.get_many([d.id]) for d in deliveries))
+        assert store.lookups.reads - before == 1
+        assert [list(got) for got in one_by_one] == [[d.id] for d in deliveries]
         attempts = await asyncio.gather(*(store.attempts_of(d.id) for d in deliveries))
         listed, _ = await store.page(f"sub_group_{run}", now - 1_000_000, now + 1_000_000, 100, None)
         return found, list(attempts), listed
