@@ -30,13 +30,14 @@ class ControlConfig:
 class DeliveryConfig:
     count: int = 1
     prefetch: int = 256
-    # Tasks a worker starts together (they share the lookup of their deliveries' states) and how many such
-    # batches it runs at once. A batch's messages are acked when its slowest send is answered, so batches are
-    # small and many: a slow endpoint holds few other tasks' acks and few of the worker's slots.
-    batch: int = 1
-    concurrency: int = 128
+    # Tasks a worker starts together (at most ``batch``; they share the read of their deliveries' states) and
+    # how many such batches it runs at once. A batch's tasks are acked when its slowest send is answered, so
+    # batches are small and many: a slow endpoint's task holds at most three others' acks and one slot (4 and
+    # 64: README, Benchmark).
+    batch: int = 4
+    concurrency: int = 64
     # At most this many tasks of one subscription send (or wait for their rate-limit token) in a worker at
-    # once; the next ones are deferred, so that a slow endpoint cannot take every slot.
+    # once; the next ones are deferred, so that a slow endpoint holds at most this many of the slots.
     subscription_in_flight: int = 32
     # Per attempt, unless a subscription's retry policy says otherwise.
     timeout_seconds: float = 10.0

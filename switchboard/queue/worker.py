@@ -10,7 +10,7 @@ The worker owns, so that no handler repeats them:
 
 * **Batches.** Up to ``max_batch`` consumed messages go to the handler at once, and up to ``concurrency``
   batches run at the same time: one dispatcher starts a batch whenever one of those slots is free and messages
-  wait (idle slots cost nothing: a delivery worker has a hundred, and only the dispatcher wakes when a message
+  wait (idle slots cost nothing: a delivery worker has 64, and only the dispatcher wakes when a message
   arrives). With ``linger``, a batch smaller than ``max_batch`` waits until its oldest message has been here
   that long (a full batch, or ``stop()``, ends the wait): fewer, larger batches.
   Messages with the same ordering key never run concurrently: a later one waits in the worker until the

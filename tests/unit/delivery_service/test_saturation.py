@@ -3,6 +3,7 @@ read from the copy's retry headers, doubling from 1 s to 30 s."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from delivery_service.pipeline import SATURATED, saturated_hold, saturated_wait
@@ -32,7 +33,7 @@ def test_the_wait_doubles_from_one_second_up_to_thirty_with_jitter() -> None:
         waited = saturated_hold(waited, rng)
         waits.append(waited)
     assert 0.8 <= waits[0] <= 1.2
-    for before, after in zip(waits, waits[1:], strict=False):
+    for before, after in itertools.pairwise(waits):
         assert after <= 36.0
         if before < 12:
             assert after >= 1.6 * before  # twice, ±20%
