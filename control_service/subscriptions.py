@@ -40,6 +40,7 @@ DEFAULT_PAGE = 100
 MAX_METADATA = 32
 MAX_DESCRIPTION = 1024
 MAX_RATE = 100_000
+MAX_IN_FLIGHT = 1_000
 DEFAULT_LISTING_US = 30 * 86_400 * 1_000_000
 # The fields a client may change (UpdateSubscription's mask), with their names in the API.
 MUTABLE = frozenset(
@@ -51,6 +52,7 @@ MUTABLE = frozenset(
         "trigger_conditions",
         "retry_policy",
         "rate_limit_per_second",
+        "max_in_flight",
         "tier",
         "public_key",
         "metadata",
@@ -94,6 +96,7 @@ class Draft:
     timeout_ms: int | None = None
     retry_set: bool = False
     rate_limit_per_second: int | None = None
+    max_in_flight: int | None = None
     tier: str | None = None
     public_key: str | None = None
     metadata: Mapping[str, str] | None = None
@@ -343,6 +346,10 @@ class SubscriptionManager:
             if not 0 <= draft.rate_limit_per_second <= MAX_RATE:
                 raise _field_error("rate_limit_per_second", f"must be between 0 and {MAX_RATE}")
             s.rate_limit_per_second = draft.rate_limit_per_second
+        if "max_in_flight" in fields and draft.max_in_flight is not None:
+            if not 0 <= draft.max_in_flight <= MAX_IN_FLIGHT:
+                raise _field_error("max_in_flight", f"must be between 0 and {MAX_IN_FLIGHT}")
+            s.max_in_flight = draft.max_in_flight
         if "tier" in fields and draft.tier is not None:
             s.tier = Tier(draft.tier)
         if "public_key" in fields:

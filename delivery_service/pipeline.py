@@ -18,11 +18,11 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
   deferred before any attempt is recorded PENDING with the reason, so that it shows in the listings.
 * **Rate limit** per subscription (``rate_limit_per_second``, default ``delivery.rate_limit_per_second``): a
   task waits for its token in the worker.
-* **One endpoint cannot take the worker.** At most ``delivery.subscription_in_flight`` tasks of one
-  subscription are sending (or waiting for their rate-limit token) in a worker at once; the next are deferred
-  (1 s, then twice the copy's previous wait up to 30 s; no attempt counted, recorded PENDING with the reason
-  if never tried), so a slow or rate-limited endpoint holds a bounded share of the worker's ``concurrency``
-  and the others' tasks go on.
+* **One endpoint cannot take the worker.** At most ``max_in_flight`` tasks of one subscription (its own, else
+  ``delivery.subscription_in_flight``) are sending (or waiting for their rate-limit token) in a worker at
+  once; the next are deferred (1 s, then twice the copy's previous wait up to 30 s; no attempt counted,
+  recorded PENDING with the reason if never tried), so a slow or rate-limited endpoint holds a bounded share
+  of the worker's ``concurrency`` and the others' tasks go on.
 * **Traces.** A task whose event Envoy sampled gets a ``deliver`` span (in the event's trace, so every retry
   and redrive of it is there too) with the POST (status code, the callback's host; never the URL's path or
   query, which may hold a token) and the Cassandra write of the attempt under it.
@@ -196,7 +196,7 @@ class DeliveryPipeline:
         if hold > 0:
             reason = f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
             return await self._defer(delivery, state is None, hold, reason, trace)
-        if self.sending[sub.id] >= self.defaults.subscription_in_flight:
+        if self.sending[sub.id] >= (sub.max_in_flight or self.defaults.subscription_in_flight):
             reason = f"{SATURATED} {self.sending[sub.id]} requests in flight, as many as a worker sends it at once"
             return await self._defer(delivery, state is None, saturated_hold(waited, self.rng), reason, trace)
         self.sending[sub.id] += 1

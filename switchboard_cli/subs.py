@@ -32,6 +32,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--schedule", type=float, nargs="*", default=None, help="retry delays in seconds")
     create.add_argument("--timeout", type=float, default=None, help="per-attempt timeout in seconds")
     create.add_argument("--rate", type=int, default=0, help="deliveries per second at most")
+    create.add_argument("--max-in-flight", type=int, default=0, help="requests sent at once per worker at most")
     create.add_argument("--description", default="")
     create.add_argument("--client", default="", help="the owning client (default: internal)")
     create.add_argument("--check", action="store_true", help="also try a HEAD request and report the answer")
@@ -92,6 +93,7 @@ def _call(s: Any, args: argparse.Namespace) -> Any:
                 sources=args.sources,
                 trigger_conditions=args.condition,
                 rate_limit_per_second=args.rate,
+                max_in_flight=args.max_in_flight,
                 description=args.description,
                 client_id=args.client,
             )

@@ -52,6 +52,7 @@ class Subscription:
     trigger_conditions: str = ""
     retry: RetrySchedule | None = None  # None: the platform's default schedule
     rate_limit_per_second: int = 0  # 0: the platform's default
+    max_in_flight: int = 0  # requests sent to it at once per delivery worker; 0: the platform's default
     tier: Tier = Tier.STANDARD
     public_key: str = ""
     metadata: dict[str, str] = field(default_factory=dict)

@@ -80,7 +80,7 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
             event_types list<text>, trigger_conditions text, retry_delays_ms list<bigint>, max_attempts int,
             timeout_ms int, rate_limit int, tier text, public_key text, metadata map<text, text>, status text,
             status_reason text, secret blob, previous_secret blob, previous_secret_expires timestamp,
-            created_at timestamp, updated_at timestamp
+            created_at timestamp, updated_at timestamp, max_in_flight int
         ) WITH compaction = {{'class': 'LeveledCompactionStrategy'}}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.subscriptions_by_client (
             client_id text, id text, PRIMARY KEY ((client_id), id)
@@ -140,6 +140,7 @@ def migrations(cfg: CassandraConfig) -> list[str]:
         f"ALTER TABLE {cfg.keyspace}.replays ADD updated_at timestamp",
         f"ALTER TABLE {cfg.keyspace}.events ADD body_encoded blob",
         f"ALTER TABLE {cfg.keyspace}.entities ADD state_encoded blob",
+        f"ALTER TABLE {cfg.keyspace}.subscriptions ADD max_in_flight int",
     ]
 
 

@@ -69,7 +69,7 @@ def _subscription_cql(ks: str) -> dict[str, str]:
     columns = (
         "id, client_id, callback_url, description, sources, event_types, trigger_conditions, retry_delays_ms, "
         "max_attempts, timeout_ms, rate_limit, tier, public_key, metadata, status, status_reason, secret, "
-        "previous_secret, previous_secret_expires, created_at, updated_at"
+        "previous_secret, previous_secret_expires, created_at, updated_at, max_in_flight"
     )
     marks = ", ".join("?" * len(columns.split(", ")))
     return {

@@ -43,6 +43,7 @@ class SubscriptionStore:
             ts(s.previous_secret_expires_us) if s.previous_secret_expires_us else None,
             ts(s.created_us),
             ts(s.updated_us),
+            s.max_in_flight,
         )
         await asyncio.gather(
             self.store.execute(self.q.put, params),
@@ -95,6 +96,7 @@ class SubscriptionStore:
             trigger_conditions=r.trigger_conditions or "",
             retry=retry,
             rate_limit_per_second=int(r.rate_limit or 0),
+            max_in_flight=int(r.max_in_flight or 0),
             tier=Tier(r.tier) if r.tier else Tier.STANDARD,
             public_key=r.public_key or "",
             metadata=dict(r.metadata or {}),

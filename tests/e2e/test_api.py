@@ -48,6 +48,18 @@ def test_rest_api_with_and_without_a_token_and_across_clients(stack: Stack, stac
             headers=alice,
         )
         assert patched.status_code == 200 and patched.json()["subscription"]["description"] == "renamed"
+        limited = http.patch(
+            f"/api/v1/webhooks/{sub['id']}",
+            json={"subscription": {"max_in_flight": 5}, "update_mask": "max_in_flight"},
+            headers=alice,
+        )
+        assert limited.status_code == 200 and limited.json()["subscription"]["max_in_flight"] == 5
+        too_many = http.patch(
+            f"/api/v1/webhooks/{sub['id']}",
+            json={"subscription": {"max_in_flight": 5000}, "update_mask": "max_in_flight"},
+            headers=alice,
+        )
+        assert too_many.status_code == 400 and too_many.json()["details"][0]["metadata"]["field"] == "max_in_flight"
         bad = http.patch(
             f"/api/v1/webhooks/{sub['id']}", json={"subscription": {"trigger_conditions": "event.x >"}}, headers=alice
         )

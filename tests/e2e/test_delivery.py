@@ -229,17 +229,21 @@ def test_a_slow_endpoint_holds_a_bounded_share_of_the_worker_and_the_others_go_o
     event before the slow one has answered anything (a worker's slots are not all held by the slow sends);
     the slow one never has more than ``delivery.subscription_in_flight`` requests open, the tasks past that
     are deferred (recorded PENDING with the reason, no attempt counted) and sent when it has room; every
-    delivery reaches its endpoint once."""
+    delivery reaches its endpoint once. A third endpoint with its own ``max_in_flight`` (3) gets at most that
+    many requests at once."""
     cfg = stack_config
     limit = cfg.delivery.subscription_in_flight
     delay = 5.0
     n = limit + 8
-    with Receiver(cfg.tls_dir, {"/slow": [Answer(200, delay=delay)]}) as rx:
+    script = {"/slow": [Answer(200, delay=delay)], "/own": [Answer(200, delay=1.0)]}
+    with Receiver(cfg.tls_dir, script) as rx:
         slow, _ = subscribe(cfg, rx.url("/slow"), event_types=["payout.*"], retry=([1, 1, 1], 20))
         subscribe(cfg, rx.url("/fast"), event_types=["payout.*"])
+        own, _ = subscribe(cfg, rx.url("/own"), event_types=["payout.failed"], retry=([1, 1, 1], 20), max_in_flight=3)
+        assert own.max_in_flight == 3
         run = secrets.token_hex(4)
         for i in range(n):
-            post(cfg, invoice(f"evt_slow_{run}_{i}", 10, "payout.paid"))
+            post(cfg, invoice(f"evt_slow_{run}_{i}", 10, "payout.failed" if i < 8 else "payout.paid"))
         fast = rx.wait("/fast", n)
         first_slow = rx.on("/slow")[0]
         assert fast[-1].at < first_slow.at + delay, "the fast endpoint waited for the slow one"
@@ -257,9 +261,12 @@ def test_a_slow_endpoint_holds_a_bounded_share_of_the_worker_and_the_others_go_o
         assert all(d.attempts == 0 and "in flight" in d.last_error for d in deferred), deferred
 
         got = rx.wait("/slow", n, timeout=60)
+        rx.wait("/own", 8, timeout=60)
         assert rx.most_unanswered("/slow") == limit
+        assert rx.most_unanswered("/own") == 3
     assert sorted(rx.ids("/slow").values()) == [1] * n  # each delivery once, none twice
     assert sorted(rx.ids("/fast").values()) == [1] * n
+    assert sorted(rx.ids("/own").values()) == [1] * 8
     assert len(got) == n
 
 

@@ -61,7 +61,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_attempts: _Optional[int] = ..., schedule: _Optional[_Iterable[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("id", "callback_url", "description", "sources", "event_types", "trigger_conditions", "retry_policy", "rate_limit_per_second", "tier", "public_key", "metadata", "status", "status_reason", "client_id", "created_at", "updated_at", "previous_secret_expires_at")
+    __slots__ = ("id", "callback_url", "description", "sources", "event_types", "trigger_conditions", "retry_policy", "rate_limit_per_second", "tier", "public_key", "metadata", "status", "status_reason", "client_id", "created_at", "updated_at", "previous_secret_expires_at", "max_in_flight")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class Subscription(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_SECRET_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     id: str
     callback_url: str
     description: str
@@ -103,7 +104,8 @@ class Subscription(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     previous_secret_expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., callback_url: _Optional[str] = ..., description: _Optional[str] = ..., sources: _Optional[_Iterable[str]] = ..., event_types: _Optional[_Iterable[str]] = ..., trigger_conditions: _Optional[str] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., rate_limit_per_second: _Optional[int] = ..., tier: _Optional[_Union[Tier, str]] = ..., public_key: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., status_reason: _Optional[str] = ..., client_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_secret_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    max_in_flight: int
+    def __init__(self, id: _Optional[str] = ..., callback_url: _Optional[str] = ..., description: _Optional[str] = ..., sources: _Optional[_Iterable[str]] = ..., event_types: _Optional[_Iterable[str]] = ..., trigger_conditions: _Optional[str] = ..., retry_policy: _Optional[_Union[RetryPolicy, _Mapping]] = ..., rate_limit_per_second: _Optional[int] = ..., tier: _Optional[_Union[Tier, str]] = ..., public_key: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., status_reason: _Optional[str] = ..., client_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_secret_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_in_flight: _Optional[int] = ...) -> None: ...
 
 class CreateSubscriptionRequest(_message.Message):
     __slots__ = ("subscription", "check_reachable")

@@ -111,6 +111,7 @@ async def test_through_the_edge_without_a_client_is_unauthenticated(manager: Sub
         (Draft(callback_url=URL, trigger_conditions="other.amount > 1"), "TRIGGER_CONDITION_INVALID"),
         (Draft(callback_url=URL, retry_set=True, retry_schedule_s=(0.1,)), "RETRY_POLICY_INVALID"),
         (Draft(callback_url=URL, rate_limit_per_second=10**7), "FIELD_INVALID"),
+        (Draft(callback_url=URL, max_in_flight=10**4), "FIELD_INVALID"),
         (Draft(callback_url=URL, public_key="not a key"), "FIELD_INVALID"),
         (Draft(callback_url=URL, metadata={f"k{i}": "v" for i in range(40)}), "FIELD_INVALID"),
         (Draft(), "FIELD_INVALID"),
@@ -139,6 +140,8 @@ async def test_update_changes_only_the_named_fields_and_is_announced(
     updated = await manager.update(ALICE, s.id, Draft(description="second", callback_url="ignored"), ["description"])
     assert (updated.description, updated.callback_url) == ("second", URL)
     assert memory.changed == [s.id]
+    limited = await manager.update(ALICE, s.id, Draft(max_in_flight=4, description="third"), ["max_in_flight"])
+    assert (limited.max_in_flight, limited.description) == (4, "second")
     with pytest.raises(errors.InvalidRequest) as bad:
         await manager.update(ALICE, s.id, Draft(), ["client_id"])
     assert bad.value.reason == "UPDATE_MASK_INVALID"
