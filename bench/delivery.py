@@ -354,6 +354,12 @@ class DeliveryBench(Bench):
         )
 
     def round_row(self, rnd: Round) -> str:
+        """The round's line of the table; with ``--slow``, a second line with the slow and other endpoints'
+        latency."""
+        row = self._table_row(rnd)
+        return f"{row}\n{'':>7} {slow_line(rnd)}" if self.args.slow else row
+
+    def _table_row(self, rnd: Round) -> str:
         def ms(v: float | None) -> str:
             return "-" if v is None else (f"{v:.0f}" if v >= 100 else f"{v:.1f}")
 
@@ -377,8 +383,6 @@ class DeliveryBench(Bench):
             print("\n" + self.round_header(), flush=True)
             self._round_header_done = True
         print(self.round_row(rnd), flush=True)
-        if self.args.slow:
-            print(f"{'':>7} {slow_line(rnd)}", flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -470,8 +474,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + bench.round_header())
     for rnd in bench.rounds:
         print(bench.round_row(rnd))
-        if args.slow:
-            print(f"{'':>7} {slow_line(rnd)}")
     print(
         "\nin/s: inbound events accepted per second; proc99: received_at → processed_at p99; deliv: deliveries"
         "\nthat arrived at the receiver; deliv/s: those / (last arrival - load start); accepted→delivered:"

@@ -126,7 +126,7 @@ class DeadLetterRecorder:
         dead_us = _us(dead_at) or now_us()
         if "x-last-error" in m.headers:
             reason = "UNDECODABLE" if m.headers.get("x-dead-reason") == "undecodable" else "FAILED"
-            error = str(m.headers.get("x-last-error", ""))
+            error = m.last_error
         else:  # dead-lettered by the broker itself
             reason = str(death.get("reason", "")).upper() if death else "UNKNOWN"
             error = f"dead-lettered by the broker ({reason.lower()}): its consumer kept failing on it"
@@ -135,7 +135,7 @@ class DeadLetterRecorder:
             kind=self.kind,
             dead_us=dead_us,
             message_id=m.message_id,
-            attempts=int(m.headers.get("x-attempt", 0) or 0) if isinstance(m.headers.get("x-attempt", 0), int) else 0,
+            attempts=m.attempt,
             last_error=error[:2000],
             reason=reason,
             headers=headers,

@@ -326,12 +326,9 @@ def saturated_hold(waited: float, rng: random.Random) -> float:
 def saturated_wait(message: QueueMessage) -> float:
     """Seconds the copy waited if the worker deferred it for its subscription's in-flight limit, else 0 (the
     worker's retry headers: the verdict's reason and the delay it got)."""
-    if not str(message.headers.get("x-last-error", "")).startswith(SATURATED):
+    if not message.last_error.startswith(SATURATED):
         return 0.0
-    try:
-        return max(0.0, float(message.headers.get("x-retry-delay-ms", 0)) / 1000)
-    except (TypeError, ValueError):
-        return 0.0
+    return max(0, message.retry_delay_ms) / 1000
 
 
 async def _undecodable() -> Verdict:

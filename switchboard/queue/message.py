@@ -41,6 +41,17 @@ class QueueMessage:
         value = self.headers.get("x-attempt", 0)
         return int(value) if isinstance(value, int) else 0
 
+    @property
+    def last_error(self) -> str:
+        """The ``x-last-error`` header of a retried or dead-lettered copy (why its last try failed), else ""."""
+        return str(self.headers.get("x-last-error", ""))
+
+    @property
+    def retry_delay_ms(self) -> int:
+        """The ``x-retry-delay-ms`` header of a retried copy (how long it waited in its delay queue), else 0."""
+        value = self.headers.get("x-retry-delay-ms", 0)
+        return int(value) if isinstance(value, int) else 0
+
 
 @dataclass(frozen=True, slots=True)
 class Ack:
