@@ -63,6 +63,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
             allow_networks=d.allow_networks,
             ca_file=d.ca_file,
             user_agent=d.user_agent,
+            max_per_host=d.host_in_flight,  # the pipeline takes no more per host: none waits for a connection
         )
         await sender.start()
         life.on_close(sender.close)
@@ -80,6 +81,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
                 timeout_ms=round(d.timeout_seconds * 1000),
                 rate_limit_per_second=d.rate_limit_per_second,
                 subscription_in_flight=d.subscription_in_flight,
+                host_in_flight=d.host_in_flight,
             ),
             tracer=tracer,
             breakers=breakers,

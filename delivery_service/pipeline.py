@@ -18,11 +18,13 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
   deferred before any attempt is recorded PENDING with the reason, so that it shows in the listings.
 * **Rate limit** per subscription (``rate_limit_per_second``, default ``delivery.rate_limit_per_second``): a
   task waits for its token in the worker.
-* **One endpoint cannot take the worker.** At most ``max_in_flight`` tasks of one subscription (its own, else
-  ``delivery.subscription_in_flight``) are sending (or waiting for their rate-limit token) in a worker at
-  once; the next are deferred (1 s, then twice the copy's previous wait up to 30 s; no attempt counted,
-  recorded PENDING with the reason if never tried), so a slow or rate-limited endpoint holds a bounded share
-  of the worker's ``concurrency`` and the others' tasks go on.
+* **One endpoint cannot take the worker, nor its host's connections.** At most ``max_in_flight`` tasks of one
+  subscription (its own, else ``delivery.subscription_in_flight``) are sending (or waiting for their
+  rate-limit token) in a worker at once, and at most ``delivery.host_in_flight`` to one host, whose last
+  quarter is kept for endpoints with few requests out and the rest shared by the others
+  (``switchboard.delivery.inflight``). The next are deferred (1 s, then twice the copy's previous wait up to
+  30 s; no attempt counted, recorded PENDING with the reason if never tried), so a slow or rate-limited
+  endpoint holds a bounded share of the worker's ``concurrency`` and of its host, and the others' tasks go on.
 * **Traces.** A task whose event Envoy sampled gets a ``deliver`` span (in the event's trace, so every retry
   and redrive of it is there too) with the POST (status code, the callback's host; never the URL's path or
   query, which may hold a token) and the Cassandra write of the attempt under it.
@@ -31,10 +33,10 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,6 +45,7 @@ from urllib.parse import urlsplit
 from switchboard.backoff import Backoff
 from switchboard.delivery import policy
 from switchboard.delivery.breaker import Breakers, State
+from switchboard.delivery.inflight import InFlight
 from switchboard.delivery.sender import Response
 from switchboard.delivery.signing import delivery_headers
 from switchboard.errors import InvalidRequest, StoreUnavailable
@@ -64,7 +67,7 @@ log = logging.getLogger(__name__)
 
 RECORD_BACKOFF = Backoff(0.2, 5.0)
 RECORD_TRIES = 8
-# A task of a subscription at its in-flight limit comes back after 1 s, then after twice its previous wait, up
+# A task of a subscription (or host) at its in-flight limit comes back after 1 s, then after twice its previous wait, up
 # to 30 s (jittered): a slow endpoint's backlog cycles through the delay queues spread out, not every second.
 SATURATED_DEFER_S = 1.0
 SATURATED_MAX_DEFER_S = 30.0
@@ -98,6 +101,7 @@ class Defaults:
     timeout_ms: int = 10_000
     rate_limit_per_second: int = 1000
     subscription_in_flight: int = 32
+    host_in_flight: int = 64
 
 
 class DeliveryPipeline:
@@ -123,7 +127,8 @@ class DeliveryPipeline:
         self.rng = rng or random.Random()
         self.tracer = tracer
         self.breakers = breakers if breakers is not None else Breakers()
-        self.sending: Counter[str] = Counter()  # per subscription: its tasks between the limiter and the answer
+        # Per subscription and host: tasks between the limiter and the answer.
+        self.in_flight = InFlight(defaults.host_in_flight)
 
     def key(self, message: QueueMessage) -> str:
         """Copies of one delivery never run at the same time here."""
@@ -149,7 +154,7 @@ class DeliveryPipeline:
         return list(verdicts)
 
     async def _one(self, task: DeliveryTask, state: Delivery | None, waited: float) -> Verdict:
-        """``waited``: seconds this copy was deferred for its subscription's in-flight limit (0 if it was not)."""
+        """``waited``: seconds this copy was deferred for an in-flight limit (0 if it was not)."""
         attributes = {
             "switchboard.delivery_id": task.delivery_id,
             "switchboard.subscription_id": task.subscription_id,
@@ -196,10 +201,11 @@ class DeliveryPipeline:
         if hold > 0:
             reason = f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
             return await self._defer(delivery, state is None, hold, reason, trace)
-        if self.sending[sub.id] >= (sub.max_in_flight or self.defaults.subscription_in_flight):
-            reason = f"{SATURATED} {self.sending[sub.id]} requests in flight, as many as a worker sends it at once"
+        host = host_of(sub.callback_url)
+        refused = self.in_flight.take(sub.id, host, sub.max_in_flight or self.defaults.subscription_in_flight)
+        if refused is not None:
+            reason = f"{SATURATED} {refused}"
             return await self._defer(delivery, state is None, saturated_hold(waited, self.rng), reason, trace)
-        self.sending[sub.id] += 1
         try:
             await self.limiter.acquire(sub.id, sub.rate_limit_per_second or self.defaults.rate_limit_per_second)
             started = now_us()
@@ -207,9 +213,7 @@ class DeliveryPipeline:
             headers["content-type"] = task.event.content_type or "application/json"
             response = await self.sender.post(sub.callback_url, task.event.body, headers, timeout_ms / 1000)
         finally:
-            self.sending[sub.id] -= 1
-            if not self.sending[sub.id]:
-                del self.sending[sub.id]
+            self.in_flight.release(sub.id, host)
         decision = policy.classify(
             response.status,
             response.error_class or None,
@@ -317,14 +321,25 @@ class DeliveryPipeline:
                 await asyncio.sleep(delay)
 
 
+@functools.lru_cache(maxsize=4096)
+def host_of(url: str) -> str:
+    """What the sender's connection pool counts a callback URL's requests by: its host and port."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # the sender refuses such a URL itself, without a connection
+        port = None
+    return f"{parts.hostname or ''}:{port or (443 if parts.scheme == 'https' else 80)}"
+
+
 def saturated_hold(waited: float, rng: random.Random) -> float:
-    """How long a task of a subscription at its in-flight limit is deferred, given what this copy ``waited``
+    """How long a task of a subscription (or host) at its in-flight limit is deferred, given what this copy ``waited``
     for the same reason before (0: the first time): 1 s, then twice that, up to 30 s, ±20%."""
     return min(SATURATED_MAX_DEFER_S, max(SATURATED_DEFER_S, 2 * waited)) * rng.uniform(0.8, 1.2)
 
 
 def saturated_wait(message: QueueMessage) -> float:
-    """Seconds the copy waited if the worker deferred it for its subscription's in-flight limit, else 0 (the
+    """Seconds the copy waited if the worker deferred it for an in-flight limit, else 0 (the
     worker's retry headers: the verdict's reason and the delay it got)."""
     if not message.last_error.startswith(SATURATED):
         return 0.0

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from switchboard.config._table import Table, parse_secret_ref
+from switchboard.delivery.inflight import MIN_HOST_LIMIT
 from switchboard.errors import ConfigError
 from switchboard.secrets import SecretBox, SecretRef
 
@@ -39,6 +40,10 @@ class DeliveryConfig:
     # At most this many tasks of one subscription send (or wait for their rate-limit token) in a worker at
     # once; the next ones are deferred, so that a slow endpoint holds at most this many of the slots.
     subscription_in_flight: int = 32
+    # At most this many requests to one host (name and port) at once per worker, the connections the sender
+    # opens to it; the last quarter is kept for subscriptions with fewer than 4 out there, the others share
+    # the rest (``switchboard.delivery.inflight``). A subscription's max_in_flight cannot go past that share.
+    host_in_flight: int = 64
     # Per attempt, unless a subscription's retry policy says otherwise.
     timeout_seconds: float = 10.0
     rate_limit_per_second: int = 1000
@@ -93,6 +98,9 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
     cooldown, max_cooldown = t.pos_float("breaker_cooldown_seconds"), t.pos_float("breaker_max_cooldown_seconds")
     if cooldown > max_cooldown:
         raise ConfigError("delivery.breaker_cooldown_seconds is above delivery.breaker_max_cooldown_seconds")
+    host_in_flight = t.pos_int("host_in_flight")
+    if host_in_flight < MIN_HOST_LIMIT:
+        raise ConfigError(f"delivery.host_in_flight must be at least {MIN_HOST_LIMIT}")
     key = raw.get("secrets_key")
     return DeliveryConfig(
         count=t.pos_int("count"),
@@ -100,6 +108,7 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
         batch=t.pos_int("batch"),
         concurrency=t.pos_int("concurrency"),
         subscription_in_flight=t.pos_int("subscription_in_flight"),
+        host_in_flight=host_in_flight,
         timeout_seconds=t.pos_float("timeout_seconds"),
         rate_limit_per_second=t.pos_int("rate_limit_per_second"),
         max_retry_after_seconds=t.pos_float("max_retry_after_seconds"),

@@ -6,6 +6,7 @@
 * :mod:`~switchboard.delivery.policy` — the retry schedule and what each attempt's outcome means.
 * :mod:`~switchboard.delivery.signing` — Standard Webhooks headers for a delivery; signing secrets.
 * :mod:`~switchboard.delivery.ids` — deterministic delivery ids (the ``webhook-id``).
+* :mod:`~switchboard.delivery.inflight` — requests out per subscription and per host; whether one more may go.
 
 Import the modules themselves: this package imports none of them, so using one does not load the others'
 dependencies (aiohttp, cel).

@@ -52,6 +52,7 @@ class Sender:
         ca_file: Path | None = None,
         user_agent: str = "Switchboard-Webhooks",
         max_connections: int = 512,
+        max_per_host: int = 64,
         connect_timeout: float = 5.0,
     ) -> None:
         self.allow_http_hosts = allow_http_hosts
@@ -65,13 +66,14 @@ class Sender:
         if ca_file is not None:
             self._tls.load_verify_locations(cafile=str(ca_file))
         self._max_connections = max_connections
+        self._max_per_host = max_per_host
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(self.allow_networks),
             limit=self._max_connections,
-            limit_per_host=64,
+            limit_per_host=self._max_per_host,
             ssl=self._tls,
             ttl_dns_cache=10,
         )

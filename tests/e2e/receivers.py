@@ -18,6 +18,8 @@ from aiohttp import web
 from switchboard_devstack.ports import free_port
 from switchboard_devstack.tls import ensure_local_tls
 
+ANY_PATH = ""  # counts of requests on every path (a request's path starts with "/")
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -79,10 +81,9 @@ class Receiver:
         with self._lock:
             n = sum(1 for r in self.received if r.path == request.path)
             self.received.append(Received(request.path, dict(request.headers), body, time.time()))
-            self._unanswered[request.path] += 1
-            self._most_unanswered[request.path] = max(
-                self._most_unanswered[request.path], self._unanswered[request.path]
-            )
+            for key in (request.path, ANY_PATH):
+                self._unanswered[key] += 1
+                self._most_unanswered[key] = max(self._most_unanswered[key], self._unanswered[key])
         try:
             answers = self.script.get(request.path) or [Answer()]
             answer = answers[min(n, len(answers) - 1)]
@@ -92,14 +93,15 @@ class Receiver:
         finally:
             with self._lock:
                 self._unanswered[request.path] -= 1
+                self._unanswered[ANY_PATH] -= 1
 
     def unanswered(self, path: str) -> int:
         """Requests on ``path`` received whose answer has not been handed to the server yet (a delayed one)."""
         with self._lock:
             return self._unanswered[path]
 
-    def most_unanswered(self, path: str) -> int:
-        """The most requests on ``path`` that were ever unanswered at the same time."""
+    def most_unanswered(self, path: str = ANY_PATH) -> int:
+        """The most requests on ``path`` (by default: on any path) that were ever unanswered at the same time."""
         with self._lock:
             return self._most_unanswered[path]
 

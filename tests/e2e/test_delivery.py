@@ -270,6 +270,50 @@ def test_a_slow_endpoint_holds_a_bounded_share_of_the_worker_and_the_others_go_o
     assert len(got) == n
 
 
+def test_slow_endpoints_on_one_host_leave_room_on_it_for_a_fast_one(stack: Stack, stack_config: PlatformConfig) -> None:
+    """Four endpoints on one host get the same 30 events: three answer after 5 s, one at once. The slow ones'
+    90 requests are more than the worker opens to one host (``delivery.host_in_flight``, 64; with the sender's
+    pool alone, the requests past those waited for a connection in front of the fast endpoint's). The fast one
+    gets every event before the slow ones answered anything: the slow ones hold at most the host's shared
+    part between them, the last quarter stays free for endpoints with few requests out, the slow tasks past
+    their share are deferred (recorded PENDING, the reason names the host) and every delivery reaches its
+    endpoint once."""
+    cfg = stack_config
+    host_limit = cfg.delivery.host_in_flight
+    delay = 5.0
+    n = 30
+    slow_paths = ["/slow-a", "/slow-b", "/slow-c"]
+    with Receiver(cfg.tls_dir, {p: [Answer(200, delay=delay)] for p in slow_paths}) as rx:
+        slow = [subscribe(cfg, rx.url(p), event_types=["transfer.*"], retry=([1, 1, 1], 20))[0] for p in slow_paths]
+        subscribe(cfg, rx.url("/fast"), event_types=["transfer.*"])
+        run = secrets.token_hex(4)
+        for i in range(n):
+            post(cfg, invoice(f"evt_host_{run}_{i}", 10, "transfer.paid"))
+        fast = rx.wait("/fast", n)
+        first_slow = min(rx.on(p)[0].at for p in slow_paths)
+        assert fast[-1].at < first_slow + delay, "the fast endpoint waited for the slow ones"
+
+        deadline = time.monotonic() + delay
+        deferred: list[Any] = []
+        while not deferred:
+            assert time.monotonic() < deadline, "no delivery to a slow endpoint was recorded as deferred"
+            with control(cfg) as stub:
+                for sub in slow:
+                    listed = stub.ListDeliveries(
+                        pb.ListDeliveriesRequest(subscription_id=sub.id, status=pb.DELIVERY_STATUS_PENDING), timeout=10
+                    ).deliveries
+                    deferred += [d for d in listed if d.last_error.startswith("deferred: ")]
+            time.sleep(0.2)
+        assert all(d.attempts == 0 and "host" in d.last_error for d in deferred), deferred
+
+        for p in slow_paths:
+            rx.wait(p, n, timeout=120)
+        # The host's reserve was never taken: at most the shared part (48) for the slow ones, and the fast one's.
+        assert rx.most_unanswered() < host_limit
+    for p in [*slow_paths, "/fast"]:
+        assert sorted(rx.ids(p).values()) == [1] * n  # each delivery once, none twice
+
+
 def test_a_client_error_fails_at_once_and_is_dead_lettered(stack: Stack, stack_config: PlatformConfig) -> None:
     cfg = stack_config
     with Receiver(cfg.tls_dir, {"/bad": [Answer(400, body=b'{"error":"unknown field"}')]}) as rx:

@@ -1,12 +1,12 @@
-"""The deferral of a task whose subscription has as many requests in flight as a worker sends it: how long,
-read from the copy's retry headers, doubling from 1 s to 30 s."""
+"""The deferral of a task whose subscription (or its host) has as many requests in flight as a worker sends it:
+how long, read from the copy's retry headers, doubling from 1 s to 30 s; what a callback URL's host is."""
 
 from __future__ import annotations
 
 import itertools
 import random
 
-from delivery_service.pipeline import SATURATED, saturated_hold, saturated_wait
+from delivery_service.pipeline import SATURATED, host_of, saturated_hold, saturated_wait
 from switchboard.queue import QueueMessage
 
 
@@ -38,3 +38,11 @@ def test_the_wait_doubles_from_one_second_up_to_thirty_with_jitter() -> None:
         if before < 12:
             assert after >= 1.6 * before  # twice, ±20%
     assert all(24.0 <= w <= 36.0 for w in waits[-3:])  # capped at 30 s, ±20%
+
+
+def test_a_callback_url_counts_against_its_host_and_port() -> None:
+    assert host_of("https://Hooks.Example.com/a?token=x") == "hooks.example.com:443"
+    assert host_of("https://hooks.example.com:8443/b") == "hooks.example.com:8443"
+    assert host_of("http://127.0.0.1/c") == "127.0.0.1:80"
+    assert host_of("https://[::1]:9000/d") == "::1:9000"
+    assert host_of("https://hooks.example.com:99999/e") == "hooks.example.com:443"  # refused by the sender
