@@ -99,7 +99,7 @@ class CassandraNode(ManagedProcess):
         # looking for work, ~16,000 wake-ups a second at the kernel's 50 µs slack. With 1 ms of slack those
         # parks wake ~1,000 times a second (bench.pipeline, alternating runs, 2026-12-06): the pool's CPU at
         # 300 events/s 0.15 of a core instead of 0.29, drain 1,418-1,443 events/s instead of 1,188-1,210
-        # (README, Benchmark).
+        # (docs/benchmarks.md).
         super().__init__("cassandra", base_dir, timer_slack_ns=timer_slack_us * 1000)
         if not re.fullmatch(r"\d+[kKmMgG]?", heap):
             raise ValueError(f"heap must look like 512m or 1g, not {heap!r}")
@@ -114,7 +114,7 @@ class CassandraNode(ManagedProcess):
             )
         # 1 instead of 2 (bench.pipeline, alternating pairs, 2026-12-06): drain 1,606 and 1,604 events/s against
         # 1,310 and 1,073, Cassandra 0.65-0.73 ms of CPU per event against 0.77-0.92; at 300/s e2e p99 112 and
-        # 214 ms against 240 and 348, commit p50 3 ms against 5 (README, Benchmark).
+        # 214 ms against 240 and 348, commit p50 3 ms against 5 (docs/benchmarks.md).
         self.commitlog_window_ms = commitlog_window_ms
         self.java = java or _find_java()
         # Not bound while internode encryption is off, but keep two nodes on one machine apart anyway.

@@ -34,7 +34,7 @@ class DeliveryConfig:
     # Tasks a worker starts together (at most ``batch``; they share the read of their deliveries' states) and
     # how many such batches it runs at once. A batch's tasks are acked when its slowest send is answered, so
     # batches are small and many: a slow endpoint's task holds at most three others' acks and one slot (4 and
-    # 64: README, Benchmark).
+    # 64: docs/benchmarks.md).
     batch: int = 4
     concurrency: int = 64
     # At most this many tasks of one subscription send (or wait for their rate-limit token) in a worker at

@@ -39,7 +39,7 @@ class Publisher:
     after) at ``start`` and again on every reconnect. Publishing runs on pika's ``AsyncioConnection`` on the
     service's event loop: a confirmed ~5 KB publish costs the publishing process ~35 µs of CPU against ~85 µs
     on aio-pika's underlying aiormq channel, and the broker ~10% less (``python -m bench.amqp_clients``;
-    README, Benchmark).
+    docs/benchmarks.md).
     """
 
     def __init__(self, url: str, topology: Topology, *, confirm_timeout: float, purpose: str) -> None:

@@ -49,7 +49,7 @@ The worker owns, so that no handler repeats them:
   the stats line and metrics plug in there, not into handlers.
 * **Connection.** The worker consumes on pika's ``AsyncioConnection`` (``switchboard.queue.amqp``): a delivery
   is a plain callback on the event loop that queues a ``QueueMessage``, an ack a frame written at once, ~20 µs
-  of CPU per message where aio-pika took ~75 (README, Benchmark). When the connection is lost, every channel on
+  of CPU per message where aio-pika took ~75 (docs/benchmarks.md). When the connection is lost, every channel on
   it is closed (what they delivered is the broker's again), and a task declares the topology again,
   reconnects with back-off, joins the members queue and subscribes every queue it consumed before.
 """

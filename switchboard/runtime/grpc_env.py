@@ -8,7 +8,7 @@ core reads ``GRPC_EXPERIMENTS`` once, at import). The ``__main__`` of every serv
   see it; with the poller the thread that polls reads too. Measured with ``python -m bench.grpc_server
   --variants aio --rounds 3`` (an echo server, ~5 KB requests, 2026-12-06): 238-250 instead of 276-290 µs of
   server CPU per call; disabling ``event_engine_for_all_other_endpoints`` (the client side) changed nothing.
-  Pipeline figures: README, Benchmark ("gRPC's polling listener").
+  Pipeline figures: docs/benchmarks.md ("gRPC's polling listener").
 
 An operator's own ``GRPC_EXPERIMENTS`` is kept as it is. An experiment the installed grpcio does not know is
 logged by gRPC at import (``Unknown experiment``) and otherwise ignored, so a later grpcio that drops this

@@ -2,14 +2,14 @@
 lets concurrent writers share them.
 
 Cassandra's CPU on this 2-core box goes with the requests it serves more than with the cells they carry
-(README, benchmark section), so every hot write path sends batches. An unlogged batch is not atomic across
+(docs/benchmarks.md), so every hot write path sends batches. An unlogged batch is not atomic across
 partitions; it only saves requests. Writes to one partition in one batch are one atomic mutation, so a unit
 is never split (an event's row and its results, for one).
 
 A processor's commit also caps the units per request (``cassandra.batch_units``, 32): with the entity state
 stored as a reference, a batch's entity writes are ~100 bytes each, and under the byte limit alone the
 first phase of a 250-event batch went out as one request of 250 rows; draining a backlog then took 590-660
-events/s against 906-1,004 with the cap, commit p99 468-483 against 333-380 ms (README, Benchmark). Cassandra
+events/s against 906-1,004 with the cap, commit p99 468-483 against 333-380 ms (docs/benchmarks.md). Cassandra
 2.1 applies one request's mutations (one per partition) one after another, each waiting for the commit log's
 next sync in batch mode (read in its bytecode; ``switchboard_devstack.cassandra``), so fewer, larger requests
 wait longer.
@@ -74,7 +74,7 @@ def pack(units: Sequence[Unit], limit: int = BATCH_BYTES, max_units: int | None 
 class _Plan:
     """How to bind one prepared statement's values: its columns' serializers, as ``BoundStatement.bind`` uses
     them, without the column descriptor that method builds for every value (for column encryption, which
-    this project does not use): ~50 instead of ~90 µs for one event's commit statements (README, Benchmark).
+    this project does not use): ~50 instead of ~90 µs for one event's commit statements (docs/benchmarks.md).
     """
 
     __slots__ = ("columns", "keyspace", "protocol", "routing")

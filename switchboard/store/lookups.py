@@ -2,7 +2,7 @@
 
 A delivery worker starts each task on its own (one slow endpoint must not hold the others' acks), so its
 tasks look their deliveries up one by one; Cassandra's CPU goes with the requests it serves more than with
-the rows they return (README, Benchmark). ``GroupRead`` gives them one ``IN`` read again:
+the rows they return (docs/benchmarks.md). ``GroupRead`` gives them one ``IN`` read again:
 
 * Lookups asked for in the same turn of the event loop (the worker starts every task it can in one turn)
   go out together, in reads of at most ``max_keys`` distinct keys (a caller asking for more goes alone).

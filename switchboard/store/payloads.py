@@ -19,7 +19,7 @@ where the old one was written later (by a newer version of the entity: ``switchb
 Why: Cassandra's write path costs in proportion to the bytes (commit log serialisation and checksum, memtable
 copy, flush, compaction, the request itself), and an event's body is most of them (once: the ``entity``
 operation's state refers to it, ``switchboard.store.entities``). A ~5 KB JSON event shrinks ~3.8x in ~12 µs
-of the processor's CPU (README, benchmark section, for what it saves on Cassandra).
+of the processor's CPU (docs/benchmarks.md, for what it saves on Cassandra).
 """
 
 from __future__ import annotations
