@@ -15,7 +15,13 @@ from switchboard.delivery.sender import Sender
 from switchboard.model.events import now_us
 from switchboard.model.subscriptions import SubscriptionStatus
 from switchboard.observability import hooks as metrics
-from switchboard.observability.metrics import DELIVERIES, DELIVERY_LATENCY, OPEN_CIRCUITS
+from switchboard.observability.metrics import (
+    BUSY_HOSTS,
+    DELIVERIES,
+    DELIVERY_LATENCY,
+    DELIVERY_SENDING,
+    OPEN_CIRCUITS,
+)
 from switchboard.observability.tracing import setup_tracing
 from switchboard.queue import QueueWorker, StatsHook, WorkerSettings
 from switchboard.runtime.service import serve, service_main
@@ -86,6 +92,8 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
             tracer=tracer,
             breakers=breakers,
         )
+        DELIVERY_SENDING.set_function(pipeline.in_flight.total)
+        BUSY_HOSTS.set_function(pipeline.in_flight.busy_hosts)
         stats = StatsHook()
         meter = metrics.WorkerMetrics("delivery", DELIVERIES, DELIVERY_LATENCY, metrics.DELIVERY_OUTCOMES)
         worker = QueueWorker(

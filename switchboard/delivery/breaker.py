@@ -120,8 +120,9 @@ class Breakers:
         return self._open(key, circuit, now)
 
     def open_count(self) -> int:
-        """Circuits that hold sends back (open or half-open)."""
-        return sum(1 for c in self._circuits.values() if c.state is not State.CLOSED)
+        """Circuits that hold sends back (open or half-open). Called from the metrics thread: it iterates a copy
+        (``list`` of a dict's values is taken whole under the GIL), never the dict the loop changes."""
+        return sum(1 for c in list(self._circuits.values()) if c.state is not State.CLOSED)
 
     def forget(self, key: str) -> None:
         """Drops the circuit of a subscription that is gone or disabled."""

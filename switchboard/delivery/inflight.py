@@ -54,6 +54,7 @@ class InFlight:
         self.reserve = host_limit // 4
         self._subscriptions: Counter[str] = Counter()
         self._hosts: dict[str, _Host] = {}
+        self._total = 0
 
     def subscription(self, subscription_id: str) -> int:
         """Requests the subscription has out (on every host: it may have changed its URL meanwhile)."""
@@ -61,6 +62,16 @@ class InFlight:
 
     def host(self, host: str) -> int:
         return self._hosts[host].total if host in self._hosts else 0
+
+    def total(self) -> int:
+        """Requests out, on every host."""
+        return self._total
+
+    def busy_hosts(self) -> int:
+        """Hosts whose part for heavy subscriptions is taken: a heavy subscription gets nothing more there.
+        Safe to call from the metrics thread: it iterates a copy (``list`` of a dict's values is taken whole
+        under the GIL), never the dict the loop changes."""
+        return sum(1 for h in list(self._hosts.values()) if h.total >= self.host_limit - self.reserve)
 
     def take(self, subscription_id: str, host: str, limit: int) -> str | None:
         """Counts one more request of the subscription to ``host`` and returns None, or returns why it may not
@@ -87,6 +98,7 @@ class InFlight:
                     f"opens to its host for {heavy} endpoints with {LIGHT} or more"
                 )
         self._subscriptions[subscription_id] = mine + 1
+        self._total += 1
         h.total += 1
         h.by_subscription[subscription_id] = on_host + 1
         self._hosts[host] = h
@@ -97,6 +109,7 @@ class InFlight:
         self._subscriptions[subscription_id] -= 1
         if self._subscriptions[subscription_id] <= 0:
             del self._subscriptions[subscription_id]
+        self._total -= 1
         h = self._hosts[host]
         h.total -= 1
         h.by_subscription[subscription_id] -= 1

@@ -19,10 +19,12 @@ __all__ = [
     "BATCH_SECONDS",
     "BROKER_CONFIRM_SECONDS",
     "BROKER_PUBLISH_FAILURES",
+    "BUSY_HOSTS",
     "DEAD_LETTERS",
     "DEAD_LETTER_MESSAGES",
     "DELIVERIES",
     "DELIVERY_LATENCY",
+    "DELIVERY_SENDING",
     "E2E_LATENCY",
     "FORWARD_FAILURES",
     "INGEST_ACCEPTED",
@@ -100,6 +102,15 @@ DELIVERIES = Counter(
 OPEN_CIRCUITS = Gauge(
     "switchboard_delivery_open_circuits",
     "Subscriptions whose circuit breaker is open or half-open in this delivery worker (their sends held back).",
+)
+DELIVERY_SENDING = Gauge(
+    "switchboard_delivery_sending",
+    "Requests a delivery worker has out to endpoints (sending, or waiting for their rate-limit token).",
+)
+BUSY_HOSTS = Gauge(
+    "switchboard_delivery_busy_hosts",
+    "Hosts whose connections for subscriptions with many requests out are all taken in this delivery worker "
+    "(those subscriptions' next tasks are deferred; the host's reserve is left for the others).",
 )
 DELIVERY_LATENCY = Histogram(
     "switchboard_delivery_latency_seconds",

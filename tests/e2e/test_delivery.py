@@ -172,15 +172,20 @@ def test_410_gone_disables_the_subscription(stack: Stack, stack_config: Platform
         assert len(rx.on("/gone")) == 1
 
 
-def open_circuits(stack: Stack) -> float:
-    """``switchboard_delivery_open_circuits`` summed over the running delivery workers."""
+def delivery_metrics(stack: Stack) -> status.Samples:
+    """One scrape of every running delivery worker's metrics."""
     samples = status.Samples()
     for proc in stack.delivery_procs:
         if proc.is_running() and proc.metrics_port:
             text = status.scrape(f"{stack.cfg.metrics.host}:{proc.metrics_port}")
             assert text is not None, f"{proc.name}'s metrics endpoint did not answer"
             samples.add(text, proc.name)
-    return samples.total("switchboard_delivery_open_circuits")
+    return samples
+
+
+def open_circuits(stack: Stack) -> float:
+    """``switchboard_delivery_open_circuits`` summed over the running delivery workers."""
+    return delivery_metrics(stack).total("switchboard_delivery_open_circuits")
 
 
 def test_an_endpoint_that_keeps_failing_gets_no_sends_while_its_circuit_is_open(
@@ -305,6 +310,12 @@ def test_slow_endpoints_on_one_host_leave_room_on_it_for_a_fast_one(stack: Stack
                     deferred += [d for d in listed if d.last_error.startswith("deferred: ")]
             time.sleep(0.2)
         assert all(d.attempts == 0 and "host" in d.last_error for d in deferred), deferred
+        # The worker shows it: the host busy, so the slow ones' part of it (48) or more out.
+        deadline = time.monotonic() + delay
+        while (seen := delivery_metrics(stack)).total("switchboard_delivery_busy_hosts") < 1:
+            assert time.monotonic() < deadline, "the host was never reported busy"
+            time.sleep(0.2)
+        assert seen.total("switchboard_delivery_sending") >= host_limit - host_limit // 4
 
         for p in slow_paths:
             rx.wait(p, n, timeout=120)

@@ -56,11 +56,16 @@ def test_a_heavy_subscription_leaves_the_reserve_to_light_ones() -> None:
     f = InFlight(64)
     assert (f.reserve, LIGHT) == (16, 4)
     assert fill(f, "sub_slow") == 48
+    assert (f.total(), f.busy_hosts()) == (48, 1)  # busy: the heavy part is taken
     refused = f.take("sub_slow", HOST, 1000)
     assert refused is not None and refused.startswith("48 requests in flight and its host 48: the last 16 of the 64")
     # Endpoints with few requests out still get through, each up to LIGHT, until the host is full.
     assert [fill(f, f"sub_fast_{i}") for i in range(5)] == [LIGHT, LIGHT, LIGHT, LIGHT, 0]
     assert f.host(HOST) == 64
+    assert fill(f, "sub_elsewhere", host="other.example.com:443") == 48
+    assert (f.total(), f.busy_hosts()) == (112, 2)
+    f.release("sub_slow", HOST)
+    assert f.busy_hosts() == 2  # 63 out: still more than the heavy part
 
 
 def test_heavy_subscriptions_that_grow_together_share_the_rest_evenly() -> None:
@@ -103,6 +108,7 @@ def test_releases_leave_nothing_behind() -> None:
     for _ in range(MIN_HOST_LIMIT - MIN_HOST_LIMIT // 4):
         f.release("sub_a", HOST)
     assert (f.subscription("sub_a"), f.host(HOST)) == (0, 0)
+    assert (f.total(), f.busy_hosts()) == (0, 0)
     assert f._hosts == {} and not f._subscriptions
 
 
@@ -131,6 +137,7 @@ def test_no_sequence_of_takes_and_releases_passes_a_limit(
         elif (sub, host) in out:
             out.remove((sub, host))
             f.release(sub, host)
+        assert f.total() == len(out)
         for h in ("h1", "h2"):
             assert f.host(h) == sum(1 for _, o in out if o == h) <= host_limit
         for s in ("sub_a", "sub_b", "sub_c", "sub_d"):
