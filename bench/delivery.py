@@ -71,6 +71,7 @@ from bench.pipeline import (
 from bench.receiver import SLOW_PREFIX, ReceiverEnvoy
 from switchboard.config import PlatformConfig, TracingConfig
 from switchboard.delivery.ids import delivery_id
+from switchboard_cli import status
 from switchboard_devstack.stack import Stack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,6 +96,9 @@ class Round:
     latency_slow_ms: list[float] = field(default_factory=list)
     latency_fast_ms: list[float] = field(default_factory=list)
     cpu: Usage | None = None
+    # The delivery workers' settled tasks by outcome during the round (switchboard_delivery_deliveries_total):
+    # "deferred" counts every deferral of a task (circuit open, in-flight limits), not once per delivery.
+    outcomes: dict[str, float] = field(default_factory=dict)
     sample_checked: int = 0
     sample_bad: list[str] = field(default_factory=list)
     gave_up: str | None = None
@@ -160,6 +164,7 @@ class Round:
             if self.cpu
             else None,
             "cpu_ms_per_delivery_platform": self.platform_ms_per_delivery(),
+            "outcomes": self.outcomes,
             "sample_checked": self.sample_checked,
             "sample_bad": self.sample_bad,
             "gave_up": self.gave_up,
@@ -174,7 +179,12 @@ def slow_line(rnd: Round) -> str:
             return f"{name}: -"
         return f"{name} ({len(values)}): p50 {pct(values, 0.5):.0f} ms, p99 {pct(values, 0.99):.0f} ms"
 
-    return f"{part('slow endpoints', rnd.latency_slow_ms)}; {part('others', rnd.latency_fast_ms)}"
+    deferred = rnd.outcomes.get("deferred", 0)
+    per = f" ({deferred / rnd.delivered:.2f} per delivery)" if rnd.delivered else ""
+    return (
+        f"{part('slow endpoints', rnd.latency_slow_ms)}; {part('others', rnd.latency_fast_ms)};"
+        f" deferrals {deferred:.0f}{per}"
+    )
 
 
 def _summary(values: list[float]) -> dict[str, float | int | None]:
@@ -289,12 +299,27 @@ class DeliveryBench(Bench):
                 log.warning("fan-out %d: %s", rnd.fanout, rnd.gave_up)
                 return
 
+    def settled(self) -> dict[str, float]:
+        """The delivery workers' settled tasks so far, by outcome (their metrics endpoints)."""
+        samples = status.Samples()
+        for p in self.stack.delivery_procs:
+            if p.is_running() and p.metrics_port:
+                text = status.scrape(f"{self.cfg.metrics.host}:{p.metrics_port}")
+                if text is not None:
+                    samples.add(text, p.name)
+        totals: dict[str, float] = {}
+        for labels, value in samples.select("switchboard_delivery_deliveries_total"):
+            outcome = labels.get("outcome", "")
+            totals[outcome] = totals.get(outcome, 0.0) + value
+        return totals
+
     # -- a round -------------------------------------------------------------------------------------------
     async def run_round(self, name: str, fanout: int, rate: float, seconds: float) -> Round:
         """Subscriptions up to ``fanout``, an open loop of ``rate`` events/s for ``seconds``, then waits until
         every accepted event reached every subscription (or gives up), and measures."""
         await asyncio.to_thread(self.ensure_subscriptions, fanout)
         subs = list(self.subscriptions)
+        settled = await asyncio.to_thread(self.settled)
         before = self.meter.sample()
         phase = await self.open_phase(name, rate, seconds)
         self.phases.append(phase)  # verify() reads back every accepted event of every phase
@@ -310,6 +335,8 @@ class DeliveryBench(Bench):
                 rnd.last_arrival = at if rnd.last_arrival is None else max(rnd.last_arrival, at)
         await self.wait_delivered(rnd)
         rnd.cpu = self.meter.sample().minus(before)
+        after = await asyncio.to_thread(self.settled)
+        rnd.outcomes = {k: v - settled.get(k, 0) for k, v in after.items() if v - settled.get(k, 0)}
         received = await self.read_events(sorted(set(phase.ok_ids)))
         for wid, (eid, path) in rnd.expected.items():
             rec = received.get(eid, (None, None, None))[0]
