@@ -23,11 +23,13 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
   rate-limit token) in a worker at once, and at most ``delivery.host_in_flight`` to one host, whose last
   quarter is kept for endpoints with few requests out and the rest shared by the others
   (``switchboard.delivery.inflight``). The next are deferred (1 s, then twice the copy's previous wait up to
-  30 s; no attempt counted, recorded PENDING with the reason if never tried), so a slow or rate-limited
-  endpoint holds a bounded share of the worker's ``concurrency`` and of its host, and the others' tasks go on.
+  30 s; no attempt counted, recorded PENDING with the reason if never tried; a copy that comes back while the
+  limit still holds goes back without the read of its state), so a slow or rate-limited endpoint holds a
+  bounded share of the worker's ``concurrency`` and of its host, and the others' tasks go on.
 * **Traces.** A task whose event Envoy sampled gets a ``deliver`` span (in the event's trace, so every retry
-  and redrive of it is there too) with the POST (status code, the callback's host; never the URL's path or
-  query, which may hold a token) and the Cassandra write of the attempt under it.
+  and redrive of it is there too; a copy deferred again for a limit it is still at gets none) with the POST
+  (status code, the callback's host; never the URL's path or query, which may hold a token) and the
+  Cassandra write of the attempt under it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -144,14 +146,38 @@ class DeliveryPipeline:
                     "undecodable delivery task dead-lettered", extra={"message_id": m.message_id, "error": exc.message}
                 )
                 tasks.append(None)
-        known = await self.deliveries.get_many([t.delivery_id for t in tasks if t is not None])
-        verdicts = await asyncio.gather(
-            *(
-                self._one(t, known.get(t.delivery_id), saturated_wait(m)) if t is not None else _undecodable()
-                for t, m in zip(tasks, batch, strict=True)
-            )
+        early = [self._still_saturated(t, m) if t is not None else None for t, m in zip(tasks, batch, strict=True)]
+        known = await self.deliveries.get_many(
+            [t.delivery_id for t, v in zip(tasks, early, strict=True) if t is not None and v is None]
         )
-        return list(verdicts)
+        jobs: list[Awaitable[Verdict]] = []
+        for t, m, v in zip(tasks, batch, early, strict=True):
+            if v is not None:
+                jobs.append(_ready(v))
+            elif t is None:
+                jobs.append(_undecodable())
+            else:
+                jobs.append(self._one(t, known.get(t.delivery_id), saturated_wait(m)))
+        return list(await asyncio.gather(*jobs))
+
+    def _still_saturated(self, task: DeliveryTask, message: QueueMessage) -> Verdict | None:
+        """A copy deferred before for an in-flight limit that its subscription (or host) is still at goes back
+        to the delay queue at once: no read of its state (its first deferral recorded what had to be: PENDING
+        for a delivery never tried; a delivery that became final meanwhile is acked when it comes back with
+        room), no span. None: the copy goes the whole way."""
+        waited = saturated_wait(message)
+        if not waited:
+            return None
+        sub = self.subscriptions.get(task.subscription_id)
+        if sub is None or sub.status is not SubscriptionStatus.ENABLED:
+            return None
+        refused = self.in_flight.refusal(sub.id, host_of(sub.callback_url), self._limit(sub))
+        if refused is None:
+            return None
+        return _deferral(message.attempt, f"{SATURATED} {refused}", saturated_hold(waited, self.rng))
+
+    def _limit(self, sub: Subscription) -> int:
+        return sub.max_in_flight or self.defaults.subscription_in_flight
 
     async def _one(self, task: DeliveryTask, state: Delivery | None, waited: float) -> Verdict:
         """``waited``: seconds this copy was deferred for an in-flight limit (0 if it was not)."""
@@ -202,7 +228,7 @@ class DeliveryPipeline:
             reason = f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
             return await self._defer(delivery, state is None, hold, reason, trace)
         host = host_of(sub.callback_url)
-        refused = self.in_flight.take(sub.id, host, sub.max_in_flight or self.defaults.subscription_in_flight)
+        refused = self.in_flight.take(sub.id, host, self._limit(sub))
         if refused is not None:
             reason = f"{SATURATED} {refused}"
             return await self._defer(delivery, state is None, saturated_hold(waited, self.rng), reason, trace)
@@ -303,7 +329,7 @@ class DeliveryPipeline:
             await self._record(delivery, None, trace)
         # No jitter: the task waits in the shortest delay queue that holds ``hold`` (a cool-down of 30 s in the
         # 30 s one), and when they all come back the half-open circuit lets one through and defers the rest 1 s.
-        return Retry(delivery.attempts, reason, delay_ms=max(1, round(hold * 1000)), outcome="deferred")
+        return _deferral(delivery.attempts, reason, hold)
 
     async def _record(self, delivery: Delivery, attempt: Attempt | None, trace: str) -> None:
         with self.tracer.span("cassandra record", trace, kind="client", attributes={"db.system.name": "cassandra"}):
@@ -344,6 +370,15 @@ def saturated_wait(message: QueueMessage) -> float:
     if not message.last_error.startswith(SATURATED):
         return 0.0
     return max(0, message.retry_delay_ms) / 1000
+
+
+def _deferral(attempts: int, reason: str, hold: float) -> Retry:
+    """The verdict that parks a task for ``hold`` seconds without an attempt (``attempts``: made so far)."""
+    return Retry(attempts, reason, delay_ms=max(1, round(hold * 1000)), outcome="deferred")
+
+
+async def _ready(verdict: Verdict) -> Verdict:
+    return verdict
 
 
 async def _undecodable() -> Verdict:

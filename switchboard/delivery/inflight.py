@@ -77,11 +77,22 @@ class InFlight:
         """Counts one more request of the subscription to ``host`` and returns None, or returns why it may not
         go now (words that follow "the endpoint has", for the delivery's record) and counts nothing. ``limit``:
         the subscription's own."""
-        mine = self._subscriptions[subscription_id]
+        refused = self.refusal(subscription_id, host, limit)
+        if refused is None:
+            self._subscriptions[subscription_id] += 1
+            self._total += 1
+            h = self._hosts.setdefault(host, _Host())
+            h.total += 1
+            h.by_subscription[subscription_id] += 1
+        return refused
+
+    def refusal(self, subscription_id: str, host: str, limit: int) -> str | None:
+        """What ``take`` would answer now, counting nothing."""
+        mine = self._subscriptions.get(subscription_id, 0)
         if mine >= limit:
             return f"{mine} requests in flight, as many as a worker sends it at once"
         h = self._hosts.get(host) or _Host()
-        on_host = h.by_subscription[subscription_id]
+        on_host = h.by_subscription.get(subscription_id, 0)
         if h.total >= self.host_limit:
             return f"{on_host} requests in flight and its host {h.total}, as many as a worker opens to one host"
         if on_host >= LIGHT:
@@ -97,11 +108,6 @@ class InFlight:
                     f"{on_host} requests in flight, its share of the {self.host_limit - self.reserve} a worker "
                     f"opens to its host for {heavy} endpoints with {LIGHT} or more"
                 )
-        self._subscriptions[subscription_id] = mine + 1
-        self._total += 1
-        h.total += 1
-        h.by_subscription[subscription_id] = on_host + 1
-        self._hosts[host] = h
         return None
 
     def release(self, subscription_id: str, host: str) -> None:
