@@ -56,6 +56,7 @@ import grpc
 from webhooks.v1 import subscriptions_pb2 as pb
 from webhooks.v1 import subscriptions_pb2_grpc
 
+from bench import stages
 from bench.cpu import CpuMeter, Usage
 from bench.pipeline import (
     SOURCE,
@@ -71,7 +72,6 @@ from bench.pipeline import (
 from bench.receiver import SLOW_PREFIX, ReceiverEnvoy
 from switchboard.config import PlatformConfig, TracingConfig
 from switchboard.delivery.ids import delivery_id
-from switchboard_cli import status
 from switchboard_devstack.stack import Stack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -301,16 +301,12 @@ class DeliveryBench(Bench):
 
     def settled(self) -> dict[str, float]:
         """The delivery workers' settled tasks so far, by outcome (their metrics endpoints)."""
-        samples = status.Samples()
+        totals: dict[str, float] = {}
         for p in self.stack.delivery_procs:
             if p.is_running() and p.metrics_port:
-                text = status.scrape(f"{self.cfg.metrics.host}:{p.metrics_port}")
-                if text is not None:
-                    samples.add(text, p.name)
-        totals: dict[str, float] = {}
-        for labels, value in samples.select("switchboard_delivery_deliveries_total"):
-            outcome = labels.get("outcome", "")
-            totals[outcome] = totals.get(outcome, 0.0) + value
+                by = stages.counter_by(p.metrics_port, "switchboard_delivery_deliveries_total", "outcome")
+                for outcome, n in by.items():
+                    totals[outcome] = totals.get(outcome, 0.0) + n
         return totals
 
     # -- a round -------------------------------------------------------------------------------------------

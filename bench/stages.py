@@ -134,6 +134,23 @@ def scrape(targets: Iterable[tuple[int, str]], timeout: float = 2.0) -> Scrape:
     return out
 
 
+def counter_by(port: int, sample: str, label: str, timeout: float = 2.0) -> dict[str, float]:
+    """The samples named ``sample`` (a counter's ``..._total``) of the process whose ``/metrics`` is on
+    ``port``, summed by the value of ``label``; {} if it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{METRICS}", timeout=timeout) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample:
+                key = s.labels.get(label, "")
+                out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
 def difference(after: Scrape, before: Scrape) -> Snapshot:
     """What every process in ``after`` observed since ``before``, summed (a process absent from ``before`` counts
     with all it observed)."""
