@@ -22,10 +22,12 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
   subscription (its own, else ``delivery.subscription_in_flight``) are sending (or waiting for their
   rate-limit token) in a worker at once, and at most ``delivery.host_in_flight`` to one host, whose last
   quarter is kept for endpoints with few requests out and the rest shared by the others
-  (``switchboard.delivery.inflight``). The next are deferred (1 s, then twice the copy's previous wait up to
-  30 s; no attempt counted, recorded PENDING with the reason if never tried; a copy that comes back while the
-  limit still holds goes back without the read of its state), so a slow or rate-limited endpoint holds a
-  bounded share of the worker's ``concurrency`` and of its host, and the others' tasks go on.
+  (``switchboard.delivery.inflight``). The next are deferred (no attempt counted, recorded PENDING with the
+  reason if never tried; a copy that comes back while the limit still holds goes back without the read of its
+  state), each to its subscription's next free moment at the pace its requests end
+  (``switchboard.delivery.pacing``; 1 s, then twice the copy's previous wait up to 30 s until that pace is
+  known), so a slow or rate-limited endpoint holds a bounded share of the worker's ``concurrency`` and of its
+  host, its backlog drains at the rate it answers, and the others' tasks go on.
 * **Traces.** A task whose event Envoy sampled gets a ``deliver`` span (in the event's trace, so every retry
   and redrive of it is there too; a copy deferred again for a limit it is still at gets none) with the POST
   (status code, the callback's host; never the URL's path or query, which may hold a token) and the
@@ -48,6 +50,7 @@ from switchboard.backoff import Backoff
 from switchboard.delivery import policy
 from switchboard.delivery.breaker import Breakers, State
 from switchboard.delivery.inflight import InFlight
+from switchboard.delivery.pacing import Pacer
 from switchboard.delivery.sender import Response
 from switchboard.delivery.signing import delivery_headers
 from switchboard.errors import InvalidRequest, StoreUnavailable
@@ -69,8 +72,9 @@ log = logging.getLogger(__name__)
 
 RECORD_BACKOFF = Backoff(0.2, 5.0)
 RECORD_TRIES = 8
-# A task of a subscription (or host) at its in-flight limit comes back after 1 s, then after twice its previous wait, up
-# to 30 s (jittered): a slow endpoint's backlog cycles through the delay queues spread out, not every second.
+# Until the pace of its subscription's requests is known (``Pacer``), a task of a subscription (or host) at its
+# in-flight limit comes back after 1 s, then after twice its previous wait, up to 30 s (jittered, never past
+# 30 s: a longer wait would go to the 5-minute delay queue and could wait there behind retries).
 SATURATED_DEFER_S = 1.0
 SATURATED_MAX_DEFER_S = 30.0
 SATURATED = "deferred: the endpoint has"  # how the reason of such a deferral starts
@@ -131,6 +135,7 @@ class DeliveryPipeline:
         self.breakers = breakers if breakers is not None else Breakers()
         # Per subscription and host: tasks between the limiter and the answer.
         self.in_flight = InFlight(defaults.host_in_flight)
+        self.pacer = Pacer()  # when a task deferred for those limits comes back
 
     def key(self, message: QueueMessage) -> str:
         """Copies of one delivery never run at the same time here."""
@@ -174,7 +179,14 @@ class DeliveryPipeline:
         refused = self.in_flight.refusal(sub.id, host_of(sub.callback_url), self._limit(sub))
         if refused is None:
             return None
-        return _deferral(message.attempt, f"{SATURATED} {refused}", saturated_hold(waited, self.rng))
+        return _deferral(message.attempt, f"{SATURATED} {refused}", self._saturated_hold(sub.id, waited))
+
+    def _saturated_hold(self, subscription_id: str, waited: float) -> float:
+        """The wait of a task deferred for an in-flight limit: its subscription's next free moment once the pace
+        of its requests is known, else doubling from the copy's last wait."""
+        slots = self.in_flight.subscription(subscription_id)
+        paced = self.pacer.hold(subscription_id, slots, time.monotonic())
+        return paced if paced is not None else saturated_hold(waited, self.rng)
 
     def _limit(self, sub: Subscription) -> int:
         return sub.max_in_flight or self.defaults.subscription_in_flight
@@ -209,6 +221,7 @@ class DeliveryPipeline:
         )
         if sub is None or sub.status is not SubscriptionStatus.ENABLED:
             self.breakers.forget(task.subscription_id)
+            self.pacer.forget(task.subscription_id)
             delivery.status = DeliveryStatus.CANCELLED
             delivery.last_error = (
                 "the subscription is deleted" if sub is None else f"the subscription is {sub.status.value}"
@@ -231,7 +244,8 @@ class DeliveryPipeline:
         refused = self.in_flight.take(sub.id, host, self._limit(sub))
         if refused is not None:
             reason = f"{SATURATED} {refused}"
-            return await self._defer(delivery, state is None, saturated_hold(waited, self.rng), reason, trace)
+            return await self._defer(delivery, state is None, self._saturated_hold(sub.id, waited), reason, trace)
+        taken = time.monotonic()
         try:
             await self.limiter.acquire(sub.id, sub.rate_limit_per_second or self.defaults.rate_limit_per_second)
             started = now_us()
@@ -240,6 +254,7 @@ class DeliveryPipeline:
             response = await self.sender.post(sub.callback_url, task.event.body, headers, timeout_ms / 1000)
         finally:
             self.in_flight.release(sub.id, host)
+            self.pacer.ended(sub.id, time.monotonic() - taken)
         decision = policy.classify(
             response.status,
             response.error_class or None,
@@ -302,6 +317,7 @@ class DeliveryPipeline:
             log.info("circuit closed: the endpoint answered", extra={"subscription": sub.id})
         if decision.disable_subscription:
             self.breakers.forget(sub.id)
+            self.pacer.forget(sub.id)
             # Before the attempt is recorded: a worker killed between the two leaves a FAILED delivery that its
             # redelivery acks without a send, so disabling after the record could be lost. This way round, the
             # redelivery finds the subscription disabled and records the task CANCELLED.
@@ -359,9 +375,10 @@ def host_of(url: str) -> str:
 
 
 def saturated_hold(waited: float, rng: random.Random) -> float:
-    """How long a task of a subscription (or host) at its in-flight limit is deferred, given what this copy ``waited``
-    for the same reason before (0: the first time): 1 s, then twice that, up to 30 s, ±20%."""
-    return min(SATURATED_MAX_DEFER_S, max(SATURATED_DEFER_S, 2 * waited)) * rng.uniform(0.8, 1.2)
+    """How long a task of a subscription (or host) at its in-flight limit is deferred while the pace of its
+    requests is unknown, given what this copy ``waited`` for the same reason before (0: the first time): 1 s,
+    then twice that, ±20%, at most 30 s."""
+    return min(SATURATED_MAX_DEFER_S, max(SATURATED_DEFER_S, 2 * waited) * rng.uniform(0.8, 1.2))
 
 
 def saturated_wait(message: QueueMessage) -> float:

@@ -110,3 +110,24 @@ async def test_a_copy_back_while_the_limit_holds_is_deferred_again_without_a_rea
     assert store.reads == ["dlv_a", "dlv_b", "dlv_b"]
     recorded = store.rows["dlv_b"]
     assert recorded.status is DeliveryStatus.DELIVERED and recorded.attempts == 1 and sender.posts == 2
+
+
+async def test_once_the_pace_is_known_a_deferred_copy_comes_back_when_a_slot_should_be_free(
+    parts: tuple[DeliveryPipeline, Store, HeldSender],
+) -> None:
+    """Without a pace a copy that waited 16 s would wait ~30 s; with requests that end within milliseconds it
+    is booked for the shortest hold, and the next one just after it."""
+    pipeline, _store, sender = parts
+    sender.release.set()
+    assert [v.outcome for v in await pipeline.handle([copy("dlv_a")])] == ["delivered"]
+    sender.release.clear()
+    sender.posted.clear()
+    held = asyncio.create_task(pipeline.handle([copy("dlv_b")]))
+    await sender.posted.wait()
+    long_wait = {"x-attempt": 0, "x-last-error": f"{SATURATED} 1 requests in flight", "x-retry-delay-ms": 16000}
+    first, second = await pipeline.handle([copy("dlv_c", long_wait), copy("dlv_d")])
+    assert isinstance(first, Retry) and isinstance(second, Retry)
+    assert first.delay_ms is not None and second.delay_ms is not None
+    assert 1000 <= first.delay_ms <= second.delay_ms < 1100
+    sender.release.set()
+    await held
