@@ -7,6 +7,7 @@
 * :mod:`~switchboard.delivery.signing` — Standard Webhooks headers for a delivery; signing secrets.
 * :mod:`~switchboard.delivery.ids` — deterministic delivery ids (the ``webhook-id``).
 * :mod:`~switchboard.delivery.inflight` — requests out per subscription and per host; whether one more may go.
+* :mod:`~switchboard.delivery.pacing` — when a task deferred for those limits should come back.
 
 Import the modules themselves: this package imports none of them, so using one does not load the others'
 dependencies (aiohttp, cel).
