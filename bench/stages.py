@@ -125,22 +125,27 @@ def scrape(targets: Iterable[tuple[int, str]], timeout: float = 2.0) -> Scrape:
     ``/stats/prometheus``); a process that does not answer (stopped, paused) is left out."""
     out: Scrape = {}
     for port, path in targets:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
-                text = r.read().decode()
-        except OSError:
-            continue
-        out[port] = parse(text)
+        text = _exposition(port, path, timeout)
+        if text is not None:
+            out[port] = parse(text)
     return out
+
+
+def _exposition(port: int, path: str, timeout: float) -> str | None:
+    """The metrics text a process on localhost serves at ``path``; None if it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            text: str = r.read().decode()
+    except OSError:
+        return None
+    return text
 
 
 def counter_by(port: int, sample: str, label: str, timeout: float = 2.0) -> dict[str, float]:
     """The samples named ``sample`` (a counter's ``..._total``) of the process whose ``/metrics`` is on
     ``port``, summed by the value of ``label``; {} if it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{METRICS}", timeout=timeout) as r:
-            text = r.read().decode()
-    except OSError:
+    text = _exposition(port, METRICS, timeout)
+    if text is None:
         return {}
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
