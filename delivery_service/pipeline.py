@@ -135,7 +135,8 @@ class DeliveryPipeline:
         self.breakers = breakers if breakers is not None else Breakers()
         # Per subscription and host: tasks between the limiter and the answer.
         self.in_flight = InFlight(defaults.host_in_flight)
-        self.pacer = Pacer()  # when a task deferred for those limits comes back
+        # When a task deferred for those limits comes back: within the same bounds as the doubling.
+        self.pacer = Pacer(SATURATED_DEFER_S, SATURATED_MAX_DEFER_S)
 
     def key(self, message: QueueMessage) -> str:
         """Copies of one delivery never run at the same time here."""
