@@ -4,8 +4,11 @@ names derived from the stream's, the way dramatiq derives ``.DQ``/``.XQ`` from a
 * exchange ``<prefix>.<stream>`` (direct): where publishers publish (routing key ``<stream>``).
 * work queue ``<prefix>.<stream>``, or, for a partitioned stream, ``partitions`` queues
   ``<prefix>.<stream>.p00`` ... behind a consistent-hash exchange ``<prefix>.<stream>.hash`` (bound to the
-  first) that hashes on the ``message_id`` property: every message with the same id (every receipt of one
-  event) lands in the same partition. Partitions are bound in name order, because the broker rebuilds the
+  first) that hashes on the ``message_id`` property (every message with the same id, every receipt of one
+  event, lands in the same partition) or, with ``hash_header``, on that header (the deliveries stream hashes
+  on ``subscription-id``: every task of one subscription lands in the same partition). Every publisher of
+  such a stream must set the header: RabbitMQ 3.10 hashes a missing one as one fixed value, later versions
+  refuse the message. Partitions are bound in name order, because the broker rebuilds the
   hash ring from the bindings sorted by queue name after a restart (bound in another order, ids move).
   With ``single_active`` each work queue has one active consumer at a time (``x-single-active-consumer``);
   the others wait and take over, with the unacked messages, when it goes. ``<prefix>.<stream>.members``
@@ -52,6 +55,8 @@ class Topology:
     retry_levels_ms: tuple[int, ...] = ()
     partitions: int = 1
     single_active: bool = False
+    # The header a partitioned stream hashes on; None: the ``message_id`` property.
+    hash_header: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.partitions <= 100:
@@ -68,6 +73,11 @@ class Topology:
     @property
     def hash_exchange(self) -> str:
         return f"{self.name}.hash"
+
+    def hash_exchange_arguments(self) -> dict[str, Any]:
+        if self.hash_header is not None:
+            return {"hash-header": self.hash_header}
+        return {"hash-property": "message_id"}
 
     @property
     def work_queues(self) -> list[str]:
@@ -170,7 +180,7 @@ class Topology:
         front = await channel.declare_exchange(self.exchange, direct, durable=True)
         if self.partitioned:
             ring = await channel.declare_exchange(
-                self.hash_exchange, HASH_EXCHANGE_TYPE, durable=True, arguments={"hash-property": "message_id"}
+                self.hash_exchange, HASH_EXCHANGE_TYPE, durable=True, arguments=self.hash_exchange_arguments()
             )
             await ring.bind(front, self.routing_key)
             target = ring

@@ -11,15 +11,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aio_pika
+import aiormq
 import pytest
 
 from switchboard.errors import BrokerUnavailable
 from switchboard.queue import Ack, DeadLetter, QueueMessage, QueueWorker, Retry, Topology, Verdict, WorkerSettings
 from switchboard.queue.amqp import close_and_wait, declare, open_connection
 from switchboard.queue.publisher import Publisher
+from switchboard.queue.retire import retire_unpartitioned
 from switchboard_devstack.ports import free_port
 from switchboard_devstack.rabbitmq import RabbitNode
 
@@ -211,6 +213,97 @@ async def test_the_publisher_queues_persistent_messages_and_refuses_what_the_bro
         await publisher.close()
     with pytest.raises(BrokerUnavailable, match="not connected"):
         await publisher.publish(b"x", message_id="demo/evt_3", headers={}, timestamp=1.0, type="inbound")
+
+
+async def drain_partitions(channel: aio_pika.abc.AbstractChannel, topology: Topology) -> dict[str, list[Any]]:
+    """Every message waiting in each of ``topology``'s partitions, taken off them (basic.get: the partitions
+    must not be single-active-consumer queues)."""
+    got: dict[str, list[Any]] = {}
+    for name in topology.work_queues:
+        queue = await channel.declare_queue(name, passive=True)
+        got[name] = []
+        while (m := await queue.get(no_ack=True, fail=False)) is not None:
+            got[name].append(m)
+    return got
+
+
+async def test_a_stream_hashed_on_a_header_keeps_each_value_in_one_partition(rabbit: RabbitNode) -> None:
+    """The deliveries stream's layout: partitions by the ``subscription-id`` header, not by message id."""
+    topology = Topology(f"p{free_port()}", "deliveries", (200,), partitions=4, hash_header="subscription-id")
+    publisher = Publisher(rabbit.amqp_url, topology, confirm_timeout=5.0, purpose="hash-header-test")
+    await publisher.start()
+    conn = await aio_pika.connect(rabbit.amqp_url)
+    try:
+        for i in range(60):
+            await publisher.publish(
+                b"task", message_id=f"d{i}", headers={"subscription-id": f"sub_{i % 6}"}, timestamp=1.0, type="t"
+            )
+        got = await drain_partitions(await conn.channel(), topology)
+    finally:
+        await conn.close()
+        await publisher.close()
+    where: dict[str, set[str]] = {}
+    for name, messages in got.items():
+        for m in messages:
+            where.setdefault(m.headers["subscription-id"], set()).add(name)
+    assert sum(len(ms) for ms in got.values()) == 60
+    assert len(where) == 6 and all(len(names) == 1 for names in where.values()), where  # one partition each
+    assert len({name for names in where.values() for name in names}) > 1  # and not all in one
+    ids = {m.message_id for ms in got.values() for m in ms}
+    assert ids == {f"d{i}" for i in range(60)}
+
+
+async def test_retiring_the_unpartitioned_work_queue_moves_its_messages_into_the_partitions(
+    rabbit: RabbitNode,
+) -> None:
+    """A broker that holds the stream's layout from before it was partitioned: its one work queue, still
+    bound to the stream's exchange, with tasks waiting. Declaring the partitioned layout adds the partitions
+    beside it (a message published now lands in both); retiring the old queue moves what waits there into the
+    partitions with the header the stream hashes on, keeping each message's id, body and headers, and
+    deletes it."""
+    prefix = f"p{free_port()}"
+    old = Topology(prefix, "deliveries", (200,))
+    new = Topology(prefix, "deliveries", (200,), partitions=3, hash_header="subscription-id")
+    old_publisher = Publisher(rabbit.amqp_url, old, confirm_timeout=5.0, purpose="retire-old")
+    await old_publisher.start()
+    for i in range(5):
+        await old_publisher.publish(
+            f"sub_{i}".encode(), message_id=f"d{i}", headers={"traceparent": f"tp{i}"}, timestamp=1.0, type="t"
+        )
+    await old_publisher.close()
+    publisher = Publisher(rabbit.amqp_url, new, confirm_timeout=5.0, purpose="retire-new")
+    await publisher.start()  # declares the partitioned layout
+    await publisher.publish(b"sub_5", message_id="d5", headers={"subscription-id": "sub_5"}, timestamp=1.0, type="t")
+    conn = await aio_pika.connect(rabbit.amqp_url)
+    try:
+        moved = await retire_unpartitioned(
+            rabbit.amqp_url, new, lambda m: {"subscription-id": m.body.decode()}, purpose="retire-test"
+        )
+        assert moved == 6  # five from before, and the one published while both were bound
+        assert await retire_unpartitioned(rabbit.amqp_url, new, lambda m: {}, purpose="retire-test") == 0
+        channel = await conn.channel()
+        with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+            await channel.declare_queue(old.name, passive=True)
+        await publisher.publish(
+            b"sub_6", message_id="d6", headers={"subscription-id": "sub_6"}, timestamp=1.0, type="t"
+        )
+        got = await drain_partitions(await conn.channel(), new)
+    finally:
+        await conn.close()
+        await publisher.close()
+    messages = [m for ms in got.values() for m in ms]
+    assert sorted(m.message_id for m in messages) == ["d0", "d1", "d2", "d3", "d4", "d5", "d5", "d6"]
+    for m in messages:
+        assert m.headers["subscription-id"] == m.body.decode()
+        assert m.delivery_mode == aio_pika.DeliveryMode.PERSISTENT and m.type == "t"
+    assert {m.headers.get("traceparent") for m in messages if m.message_id in {"d0", "d4"}} == {"tp0", "tp4"}
+    for name, ms in got.items():  # a subscription's copies hash to one partition, moved or published
+        assert all(
+            m.headers["subscription-id"] not in {x.headers["subscription-id"] for x in got[other]}
+            for other in got
+            if other != name
+            for m in ms
+        )
 
 
 def connections_named(rabbit: RabbitNode, name: str) -> list[str]:

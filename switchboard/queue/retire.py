@@ -1,0 +1,94 @@
+"""A stream that became partitioned: moving what waits in its old work queue into the partitions.
+
+Before a stream is partitioned its one work queue is ``<prefix>.<stream>``, bound to the stream's exchange.
+Once the topology is partitioned, its declare binds the hash exchange to that exchange as well, so a broker
+that still holds the old queue would route every new message to both. ``retire_unpartitioned`` ends that:
+
+1. it unbinds the old queue from the exchange (nothing new lands there; a message published between a
+   declare and this step is in both places, hence moved twice: handlers are idempotent per message id);
+2. it takes the old queue's messages one by one and republishes each to the stream's exchange, with the
+   headers ``extra_headers`` gives it (the header a stream hashes on, which older messages lack), waits for the
+   broker's confirm, then acks the original. A crash in between leaves a second copy, never none;
+3. it deletes the old queue if it is then empty and has no consumer (a worker of the older release may still
+   hold tasks from it, which would go back to it if that worker stopped); otherwise the next start retires
+   what is left. Quorum queues refuse delete's if-empty and if-unused flags, so it looks first: a consumer
+   that attaches in between is the one case this does not cover.
+
+Every consumer of the stream may run it on start: two at once each move what they take.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, FieldValue
+
+from switchboard.errors import BrokerUnavailable
+from switchboard.queue.connection import DRIVER_ERRORS, connect, publish_confirmed
+from switchboard.queue.topology import Topology
+
+log = logging.getLogger(__name__)
+
+CONFIRM_TIMEOUT = 5.0
+BROKER_COUNT = "x-delivery-count"  # the old queue's count of deliveries; the partition keeps its own
+
+ExtraHeaders = Callable[[AbstractIncomingMessage], dict[str, FieldValue]]
+
+
+async def retire_unpartitioned(url: str, topology: Topology, extra_headers: ExtraHeaders, *, purpose: str) -> int:
+    """Moves the messages of ``topology``'s unpartitioned work queue, if the broker still has it, into the
+    partitions and deletes it; returns how many were moved (0: no such queue, or not partitioned).
+    ``BrokerUnavailable`` if the broker fails meanwhile (what was not moved yet stays where it was)."""
+    if not topology.partitioned:
+        return 0
+    connection = await connect(url, purpose=f"{purpose}-retire")
+    try:
+        return await _retire(connection, topology, extra_headers)
+    except DRIVER_ERRORS as exc:
+        raise BrokerUnavailable(f"moving {topology.name}'s old work queue failed: {type(exc).__name__}") from None
+    finally:
+        await connection.close()
+
+
+async def _retire(connection: aio_pika.abc.AbstractConnection, topology: Topology, extra: ExtraHeaders) -> int:
+    probe = await connection.channel()  # a passive declare of a missing queue closes its channel
+    try:
+        await probe.declare_queue(topology.name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return 0  # the usual case: never there, or retired already
+    channel = await connection.channel()  # publisher confirms: aio-pika's default
+    exchange = await channel.get_exchange(topology.exchange, ensure=False)
+    old = await channel.get_queue(topology.name, ensure=False)
+    await old.unbind(topology.exchange, topology.routing_key)
+    moved = 0
+    while (message := await old.get(no_ack=False, fail=False)) is not None:
+        copy = aio_pika.Message(
+            message.body,
+            headers={**{k: v for k, v in message.headers.items() if k != BROKER_COUNT}, **extra(message)},
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            timestamp=message.timestamp,
+            type=message.type,
+        )
+        await publish_confirmed(exchange, topology.routing_key, copy, CONFIRM_TIMEOUT)
+        await message.ack()
+        moved += 1
+    # Quorum queues refuse queue.delete's if-empty and if-unused flags: look, then delete. A consumer there is
+    # a worker of the older release (its unacked tasks would go back to the queue, and be lost with it).
+    left = (await channel.declare_queue(topology.name, passive=True)).declaration_result
+    if left.message_count or left.consumer_count:
+        log.warning(
+            "the old work queue still has messages or consumers; the next start moves what is left",
+            extra={"queue": topology.name, "moved": moved, "consumers": left.consumer_count},
+        )
+        return moved
+    await old.delete(if_unused=False, if_empty=False)
+    log.warning(
+        "moved the old work queue's messages into the partitions and deleted it",
+        extra={"queue": topology.name, "moved": moved},
+    )
+    return moved
