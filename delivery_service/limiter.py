@@ -1,5 +1,6 @@
-"""Per-subscription rate limits: one token bucket each, in this process (each worker applies the limit on
-its own share; with N workers a subscription sees at most N times its rate in bursts)."""
+"""Per-subscription rate limits: one token bucket each, in this process. The deliveries stream is partitioned
+by subscription, so the worker holding a subscription's partition is the only one sending for it and its
+limit holds across workers (while a partition moves to another worker, both may spend tokens for a moment)."""
 
 from __future__ import annotations
 

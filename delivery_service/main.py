@@ -24,9 +24,9 @@ from switchboard.observability.metrics import (
 )
 from switchboard.observability.tracing import setup_tracing
 from switchboard.queue import QueueWorker, StatsHook, WorkerSettings
-from switchboard.runtime.service import serve, service_main
+from switchboard.runtime.service import member_argument, serve, service_main
 from switchboard.store import DeliveryStore, SubscriptionStore, open_store
-from switchboard.streams import changes_exchange, deliveries_topology
+from switchboard.streams import changes_exchange, deliveries_topology, retire_unpartitioned_deliveries
 from switchboard.subscription_cache import ChangeNotices, SubscriptionCache
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,13 @@ class AutoDisable:
         log.warning("subscription disabled by its endpoint", extra={"subscription": subscription_id, "reason": reason})
 
 
-async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
+async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
     d = cfg.delivery
     box = d.secret_box()
     async with serve() as life:
         tracer, flush_spans = setup_tracing("switchboard-delivery", cfg.tracing)
         life.push(flush_spans)  # last: after the worker drained
-        await life.enter(metrics.metrics_endpoint(cfg.metrics, "delivery"))
+        await life.enter(metrics.metrics_endpoint(cfg.metrics, "delivery", args.member or 0))
         store = await life.enter(open_store(cfg.cassandra, create_schema=True))
         subscriptions = SubscriptionStore(store, box)
         cache = SubscriptionCache(subscriptions, cfg.rabbitmq.amqp_url, changes_exchange(cfg), purpose="delivery-cache")
@@ -100,12 +100,13 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
             cfg.rabbitmq.amqp_url,
             deliveries_topology(cfg),
             pipeline,
-            WorkerSettings(prefetch=d.prefetch, max_batch=d.batch, concurrency=d.concurrency),
+            WorkerSettings(prefetch=d.prefetch, max_batch=d.batch, concurrency=d.concurrency, member=args.member),
             purpose="delivery-consumer",
             hooks=[stats, meter],
         )
         await worker.start(life.stopping)
         life.on_close(worker.close)
+        await retire_unpartitioned_deliveries(cfg, purpose="delivery-retire")
         reporter = asyncio.create_task(stats.report_forever(worker, "delivery", cfg.processor.stats_interval_seconds))
         life.push(reporter.cancel)
         meter.watch(worker)
@@ -119,4 +120,4 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return service_main("delivery", run, argv)
+    return service_main("delivery", run, argv, add_arguments=member_argument)

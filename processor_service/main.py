@@ -17,7 +17,7 @@ from switchboard.observability import hooks as metrics
 from switchboard.observability.metrics import E2E_LATENCY, PROCESSOR_EVENTS
 from switchboard.observability.tracing import setup_tracing
 from switchboard.queue import QueueWorker, StatsHook, WorkerSettings
-from switchboard.runtime.service import serve, service_main
+from switchboard.runtime.service import member_argument, serve, service_main
 from switchboard.store import EntityStore, EventStore, SubscriptionStore, open_store
 from switchboard.streams import DeliveryPublisher, changes_exchange, events_topology
 from switchboard.subscription_cache import SubscriptionCache
@@ -92,14 +92,5 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
         log.info("processor stopped", extra={"drained": drained, "left_unacked": worker.running})
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--member",
-        type=int,
-        default=None,
-        help="this processor's index among its peers (0, 1, ...): it prefers every N-th partition from it",
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
-    return service_main("processor", run, argv, add_arguments=add_arguments)
+    return service_main("processor", run, argv, add_arguments=member_argument)

@@ -3,8 +3,11 @@
 * ``events``: verified inbound events, from ingest (and replays) to the processors, as ``webhooks.v1.Event``;
   partitioned by event key (``source/event_id``, the message id).
 * ``deliveries``: one event to deliver to one subscription, from the processors' fan-out to the delivery
-  workers, as ``webhooks.v1.DeliveryTask`` (message id: the delivery id). Not partitioned: any worker takes
-  any delivery; its delay queues cover delivery schedules (1 s to 24 h).
+  workers, as ``webhooks.v1.DeliveryTask`` (message id: the delivery id); partitioned by subscription (the
+  ``subscription-id`` header), one active worker per partition: every task of a subscription, its retries
+  and deferrals included, is sent by one worker at a time, so the limits a worker keeps per subscription
+  (in flight, rate, circuit breaker, pacing) hold across workers. Its delay queues cover delivery schedules
+  (1 s to 24 h).
 * ``<prefix>.subscriptions.changed`` (fanout exchange, no queue of its own): the id of a subscription that was
   created, changed or deleted; every process holding a subscription cache binds a queue of its own to it.
 """
@@ -13,18 +16,22 @@ from __future__ import annotations
 
 import asyncio
 
-from aio_pika.abc import FieldValue
+from aio_pika.abc import AbstractIncomingMessage, FieldValue
 
 from switchboard.config import PlatformConfig
+from switchboard.errors import InvalidRequest
 from switchboard.model.events import InboundEvent
 from switchboard.model.subscriptions import DeliveryTask
 from switchboard.queue import Publisher, Topology
-from switchboard.wire import encode_inbound, encode_task
+from switchboard.queue.retire import retire_unpartitioned
+from switchboard.wire import decode_task, encode_inbound, encode_task
 
 EVENTS = "events"
 EVENT_MESSAGE_TYPE = "webhooks.v1.Event"
 DELIVERIES = "deliveries"
 DELIVERY_MESSAGE_TYPE = "webhooks.v1.DeliveryTask"
+# The header the deliveries stream is partitioned on; every delivery task carries it.
+SUBSCRIPTION_HEADER = "subscription-id"
 # Delay levels of the deliveries stream: every delay of a schedule waits in the shortest level that holds it.
 DELIVERY_LEVELS_MS = (1_000, 5_000, 30_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 86_400_000)
 
@@ -42,7 +49,31 @@ def events_topology(cfg: PlatformConfig) -> Topology:
 
 
 def deliveries_topology(cfg: PlatformConfig) -> Topology:
-    return Topology(cfg.rabbitmq.queue_prefix, DELIVERIES, DELIVERY_LEVELS_MS)
+    """Partitioned by subscription, one active delivery worker per partition."""
+    return Topology(
+        cfg.rabbitmq.queue_prefix,
+        DELIVERIES,
+        DELIVERY_LEVELS_MS,
+        partitions=cfg.delivery.partitions,
+        single_active=True,
+        hash_header=SUBSCRIPTION_HEADER,
+    )
+
+
+async def retire_unpartitioned_deliveries(cfg: PlatformConfig, *, purpose: str) -> int:
+    """Moves the tasks still waiting in the deliveries queue of a release before the stream was partitioned
+    into the partitions, each with its ``subscription-id`` header (``switchboard.queue.retire``); returns how
+    many. The delivery workers run it on start."""
+    return await retire_unpartitioned(
+        cfg.rabbitmq.amqp_url, deliveries_topology(cfg), _subscription_header, purpose=purpose
+    )
+
+
+def _subscription_header(message: AbstractIncomingMessage) -> dict[str, FieldValue]:
+    try:
+        return {SUBSCRIPTION_HEADER: decode_task(message.body).subscription_id}
+    except InvalidRequest:  # the worker that gets it dead-letters it as undecodable
+        return {SUBSCRIPTION_HEADER: ""}
 
 
 def changes_exchange(cfg: PlatformConfig) -> str:
@@ -97,7 +128,10 @@ class DeliveryPublisher:
         await self._publisher.close()
 
     async def publish_task(self, task: DeliveryTask) -> None:
-        headers: dict[str, FieldValue] = {"traceparent": task.event.traceparent}
+        headers: dict[str, FieldValue] = {
+            "traceparent": task.event.traceparent,
+            SUBSCRIPTION_HEADER: task.subscription_id,
+        }
         await self._publisher.publish(
             encode_task(task),
             message_id=task.delivery_id,

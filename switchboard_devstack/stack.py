@@ -23,6 +23,7 @@ from edge.envoy_config import write_envoy_config
 from switchboard.config import PlatformConfig
 from switchboard.errors import StackError
 from switchboard.observability.hooks import PORT_ENV
+from switchboard.queue import Topology
 from switchboard.store import StoreSession
 from switchboard.streams import deliveries_topology, events_topology
 from switchboard_devstack.cassandra import CassandraNode
@@ -284,46 +285,42 @@ class Stack:
     def start_processor(self, env: dict[str, str] | None = None) -> ServiceProcess:
         """Starts one more processor (``processor-<n>``, logging to ``<n>``'s own file). Its member index, which
         decides the partitions it prefers, is the smallest one no running processor has."""
-        taken = {p.member for p in self.processor_procs if p.is_running()}
+        proc = self._member_process("processor", self.processor_procs, self._processors_started, env)
+        self._processors_started += 1
+        return proc
+
+    def start_delivery(self, env: dict[str, str] | None = None) -> ServiceProcess:
+        """Starts one more delivery worker (``delivery-<n>``), with ``env`` added to its environment; its member
+        index as for processors."""
+        proc = self._member_process("delivery", self.delivery_procs, self._deliveries_started, env)
+        self._deliveries_started += 1
+        return proc
+
+    def _member_process(
+        self, service: str, procs: list[ServiceProcess], started: int, env: dict[str, str] | None
+    ) -> ServiceProcess:
+        """Starts ``<service>-<started>`` with the smallest member index no running one of ``procs`` has."""
+        taken = {p.member for p in procs if p.is_running()}
         member = min(i for i in range(len(taken) + 1) if i not in taken)
         proc = ServiceProcess(
-            f"processor-{self._processors_started}",
-            "processor_service",
+            f"{service}-{started}",
+            f"{service}_service",
             self.cfg.path,
             self.log_dir,
             "--member",
             str(member),
             member=member,
             env=env,
-            metrics_port=self._metrics_port("processor", member),
+            metrics_port=self._metrics_port(service, member),
         )
-        self._processors_started += 1
         self._start(proc)
-        self.processor_procs.append(proc)
-        return proc
-
-    def start_delivery(self, env: dict[str, str] | None = None) -> ServiceProcess:
-        """Starts one more delivery worker (``delivery-<n>``), with ``env`` added to its environment."""
-        taken = {p.metrics_port for p in self.delivery_procs if p.is_running()}
-        index = min(i for i in range(len(taken) + 1) if self.cfg.metrics.port("delivery", i) not in taken)
-        proc = ServiceProcess(
-            f"delivery-{self._deliveries_started}",
-            "delivery_service",
-            self.cfg.path,
-            self.log_dir,
-            env=env,
-            metrics_port=self._metrics_port("delivery", index),
-        )
-        self._deliveries_started += 1
-        self._start(proc)
-        self.delivery_procs.append(proc)
+        procs.append(proc)
         return proc
 
     def wait_deliveries(self, timeout: float) -> None:
-        """Waits until every live delivery worker consumes the deliveries stream."""
-        queue = deliveries_topology(self.cfg).work_queues[0]
-        want = sum(1 for p in self.delivery_procs if p.is_running())
-        self._wait_consumers(queue, want, self.delivery_procs, timeout)
+        """Waits until every live delivery worker has joined the deliveries stream and every partition has an
+        active consumer."""
+        self._wait_stream(deliveries_topology(self.cfg), self.delivery_procs, "delivery workers", timeout)
 
     def ensure_deliveries(self, n: int, timeout: float = 120.0) -> list[ServiceProcess]:
         """Starts delivery workers until ``n`` run, waits until they all consume; returns the running ones."""
@@ -337,16 +334,6 @@ class Stack:
         self.delivery_procs.remove(proc)
         if proc in self.started:
             self.started.remove(proc)
-
-    def _wait_consumers(self, queue: str, want: int, procs: list[ServiceProcess], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while consumer_counts(self.cfg.rabbitmq.amqp_url, [queue])[queue] < want:
-            for p in procs:
-                if not p.is_running():
-                    raise StackError(f"{p.name} exited during start-up; see {p.log_path}")
-            if time.monotonic() > deadline:
-                raise StackError(f"{queue} has fewer than {want} consumers after {timeout:g} s")
-            time.sleep(0.2)
 
     def ensure_processors(self, n: int, timeout: float = 120.0) -> list[ServiceProcess]:
         """Starts processors until ``n`` run, waits until they all consume; returns the running ones."""
@@ -364,20 +351,22 @@ class Stack:
     def wait_processors(self, timeout: float) -> None:
         """Waits until every live processor has joined the events stream and every partition has an active
         consumer."""
-        topology = events_topology(self.cfg)
+        self._wait_stream(events_topology(self.cfg), self.processor_procs, "processors", timeout)
+
+    def _wait_stream(self, topology: Topology, procs: list[ServiceProcess], what: str, timeout: float) -> None:
         queues = [*topology.work_queues, topology.members_queue] if topology.partitioned else topology.work_queues
         deadline = time.monotonic() + timeout
-        want = sum(1 for p in self.processor_procs if p.is_running())
+        want = sum(1 for p in procs if p.is_running())
         while True:
             counts = consumer_counts(self.cfg.rabbitmq.amqp_url, queues)
             joined = counts.get(topology.members_queue, counts[queues[0]])
             if joined >= want and all(counts[q] >= 1 for q in topology.work_queues):
                 return
-            for p in self.processor_procs:
+            for p in procs:
                 if not p.is_running():
                     raise StackError(f"{p.name} exited during start-up; see {p.log_path}")
             if time.monotonic() > deadline:
-                raise StackError(f"processors did not start consuming within {timeout:g} s")
+                raise StackError(f"{what} did not start consuming within {timeout:g} s")
             time.sleep(0.2)
 
     def _start(self, proc: ManagedProcess) -> None:

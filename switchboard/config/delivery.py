@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from switchboard.config._table import Table, parse_secret_ref
+from switchboard.config.processor import MAX_PARTITIONS
 from switchboard.delivery.inflight import MIN_HOST_LIMIT
 from switchboard.errors import ConfigError
 from switchboard.secrets import SecretBox, SecretRef
@@ -30,6 +31,11 @@ class ControlConfig:
 @dataclass(frozen=True)
 class DeliveryConfig:
     count: int = 1
+    # The deliveries stream is hashed by subscription over this many partitions, each with one active worker
+    # at a time: every task of a subscription is sent by one worker, so its in-flight limit, rate limit,
+    # circuit breaker and pacing hold across workers. More partitions spread subscriptions over more workers.
+    partitions: int = 8
+    # Unacked tasks per partition a worker holds.
     prefetch: int = 256
     # Tasks a worker starts together (at most ``batch``; they share the read of their deliveries' states) and
     # how many such batches it runs at once. A batch's tasks are acked when its slowest send is answered, so
@@ -37,8 +43,9 @@ class DeliveryConfig:
     # 64: docs/benchmarks.md).
     batch: int = 4
     concurrency: int = 64
-    # At most this many tasks of one subscription send (or wait for their rate-limit token) in a worker at
-    # once; the next ones are deferred, so that a slow endpoint holds at most this many of the slots.
+    # At most this many tasks of one subscription send (or wait for their rate-limit token) at once (the worker
+    # holding its partition counts them); the next ones are deferred, so that a slow endpoint holds at most
+    # this many of the slots.
     subscription_in_flight: int = 32
     # At most this many requests to one host (name and port) at once per worker, the connections the sender
     # opens to it; the last quarter is kept for subscriptions with fewer than 4 out there, the others share
@@ -49,8 +56,9 @@ class DeliveryConfig:
     rate_limit_per_second: int = 1000
     # A Retry-After longer than this is cut down to it.
     max_retry_after_seconds: float = 3600.0
-    # Circuit breaker per subscription (per worker): this many failures in a row that say the endpoint is
-    # unavailable hold its sends back for the cool-down (doubled after each failed probe, up to the max).
+    # Circuit breaker per subscription (kept by the worker holding its partition): this many failures in a
+    # row that say the endpoint is unavailable hold its sends back for the cool-down (doubled after each
+    # failed probe, up to the max).
     breaker_failures: int = 20
     breaker_cooldown_seconds: float = 30.0
     breaker_max_cooldown_seconds: float = 600.0
@@ -104,6 +112,7 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
     key = raw.get("secrets_key")
     return DeliveryConfig(
         count=t.pos_int("count"),
+        partitions=t.int_between("partitions", 1, MAX_PARTITIONS),
         prefetch=t.pos_int("prefetch"),
         batch=t.pos_int("batch"),
         concurrency=t.pos_int("concurrency"),

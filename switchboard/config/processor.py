@@ -12,7 +12,7 @@ from switchboard.config._table import Table, resolve_path, table
 from switchboard.errors import ConfigError
 
 MAX_DELAY_LEVELS = 24
-MAX_PARTITIONS = 100
+MAX_PARTITIONS = 100  # of a stream (processor.partitions, delivery.partitions)
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def parse_processor(raw: Mapping[str, Any], base: Path) -> ProcessorConfig:
         raise ConfigError("processor.operations: must be an array of tables ([[processor.operations]])")
     processor = ProcessorConfig(
         count=t.pos_int("count"),
-        partitions=t.pos_int("partitions"),
+        partitions=t.int_between("partitions", 1, MAX_PARTITIONS),
         prefetch=t.pos_int("prefetch"),
         batch=t.pos_int("batch"),
         concurrency=t.pos_int("concurrency"),
@@ -117,8 +117,6 @@ def parse_processor(raw: Mapping[str, Any], base: Path) -> ProcessorConfig:
         python_path=tuple(resolve_path(base, p) for p in t.strings("python_path")),
         stats_interval_seconds=t.pos_float("stats_interval_seconds"),
     )
-    if processor.partitions > MAX_PARTITIONS:
-        raise ConfigError(f"processor.partitions: at most {MAX_PARTITIONS}")
     names = [o.name for o in processor.operations]
     if len(set(names)) != len(names):
         raise ConfigError(f"processor.operations: duplicate operation names in {names}")

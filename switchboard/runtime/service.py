@@ -85,6 +85,16 @@ async def serve() -> AsyncIterator[Lifetime]:
         yield Lifetime(stack, stopping)
 
 
+def member_argument(parser: argparse.ArgumentParser) -> None:
+    """``--member N`` for a consumer of a partitioned stream (processors, delivery workers)."""
+    parser.add_argument(
+        "--member",
+        type=int,
+        default=None,
+        help="this process's index among its peers (0, 1, ...): it prefers every N-th partition from it",
+    )
+
+
 def service_main(
     name: str,
     run: Runner,

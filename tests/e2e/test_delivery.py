@@ -26,7 +26,7 @@ from switchboard.delivery.ids import delivery_id
 from switchboard.model.events import now_us
 from switchboard.model.subscriptions import Attempt, Delivery, DeliveryStatus, Subscription
 from switchboard.store import DeliveryStore, StoreSession, SubscriptionStore
-from switchboard.streams import changes_exchange
+from switchboard.streams import changes_exchange, deliveries_topology
 from switchboard.subscription_cache import ChangeNotices
 from switchboard_cli import status
 from switchboard_devstack.stack import Stack
@@ -323,6 +323,62 @@ def test_slow_endpoints_on_one_host_leave_room_on_it_for_a_fast_one(stack: Stack
         assert rx.most_unanswered() < host_limit
     for p in [*slow_paths, "/fast"]:
         assert sorted(rx.ids(p).values()) == [1] * n  # each delivery once, none twice
+
+
+def active_connections(stack: Stack) -> set[str]:
+    """The broker connections that hold an active consumer of a deliveries partition."""
+    assert stack.rabbit is not None
+    partitions = set(deliveries_topology(stack.cfg).work_queues)
+    ctl = stack.rabbit.rabbitmqctl
+    channels = dict(
+        line.split("\t")[:2]
+        for line in ctl("list_channels", "pid", "connection", "-q", "--no-table-headers").stdout.splitlines()
+    )
+    consumers = ctl("list_consumers", "queue_name", "channel_pid", "active", "-q", "--no-table-headers").stdout
+    return {
+        channels[channel]
+        for queue, channel, active, *_ in (line.split("\t") for line in consumers.splitlines())
+        if queue in partitions and active == "true" and channel in channels
+    }
+
+
+def test_two_workers_keep_each_subscriptions_in_flight_limit_between_them(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    """With a second delivery worker, each subscription's tasks still go to one worker at a time (the
+    deliveries stream is partitioned by subscription): ten endpoints with ``max_in_flight`` 2, answering after
+    0.5 s, never have more than 2 requests open, while the first worker hands the second its share of the
+    partitions (it does so only for partitions it is busy on, one every few seconds) and both are active.
+    Before, the two workers shared one queue and each kept its own count: an endpoint saw up to 4. Every
+    delivery arrives once."""
+    cfg = stack_config
+    before = set(stack.delivery_procs)
+    stack.ensure_deliveries(2)
+    added = [p for p in stack.delivery_procs if p not in before]
+    paths = [f"/pair-{i}" for i in range(10)]
+    try:
+        with Receiver(cfg.tls_dir, {p: [Answer(200, delay=0.5)] for p in paths}) as rx:
+            for p in paths:
+                subscribe(cfg, rx.url(p), event_types=["refund.*"], retry=([1, 1, 1], 20), max_in_flight=2)
+            run = secrets.token_hex(4)
+            n = 0
+            deadline = time.monotonic() + 90
+            while len(active_connections(stack)) < 2 or n < 12:  # load until the second worker has its share
+                assert time.monotonic() < deadline, "the second worker never became active on a partition"
+                for _ in range(4):  # a burst: 4 requests per endpoint want to be open at once
+                    post(cfg, invoice(f"evt_pair_{run}_{n}", 10, "refund.created"))
+                    n += 1
+                time.sleep(1.0)
+            for p in paths:
+                rx.wait(p, n, timeout=120)
+            most = {p: rx.most_unanswered(p) for p in paths}
+        assert max(most.values()) == 2 and all(m <= 2 for m in most.values()), most
+        for p in paths:
+            assert sorted(rx.ids(p).values()) == [1] * n  # each delivery once, none twice
+    finally:
+        for proc in added:
+            proc.stop()
+            stack.forget_delivery(proc)
 
 
 def test_a_client_error_fails_at_once_and_is_dead_lettered(stack: Stack, stack_config: PlatformConfig) -> None:

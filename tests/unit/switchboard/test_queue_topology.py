@@ -5,8 +5,10 @@ import random
 import pytest
 
 from switchboard.backoff import Backoff, jittered
-from switchboard.config import RetryConfig
+from switchboard.config import RetryConfig, load_config
 from switchboard.queue import Topology
+from switchboard.streams import SUBSCRIPTION_HEADER, deliveries_topology, events_topology
+from switchboard_devstack.paths import DevPaths
 
 
 def test_retry_levels_double_up_to_the_cap_and_jitter_stays_within_the_level() -> None:
@@ -61,3 +63,12 @@ def test_a_partitioned_stream_has_zero_padded_single_active_partitions_in_name_o
 def test_backoff_doubles_up_to_its_cap() -> None:
     delays = Backoff(0.2, 1.0).delays()
     assert [next(delays) for _ in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+def test_the_deliveries_stream_is_partitioned_by_subscription_and_the_events_stream_by_message_id() -> None:
+    cfg = load_config(DevPaths.default().default_config)
+    deliveries = deliveries_topology(cfg)
+    assert deliveries.partitions == cfg.delivery.partitions == 8 and deliveries.single_active
+    assert deliveries.hash_exchange_arguments() == {"hash-header": SUBSCRIPTION_HEADER}
+    assert deliveries.work_queue_arguments()["x-single-active-consumer"] is True
+    assert events_topology(cfg).hash_exchange_arguments() == {"hash-property": "message_id"}
