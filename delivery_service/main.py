@@ -12,6 +12,7 @@ from delivery_service.pipeline import Defaults, DeliveryPipeline
 from switchboard.config import PlatformConfig
 from switchboard.delivery.breaker import Breakers, BreakerSettings
 from switchboard.delivery.sender import Sender
+from switchboard.errors import BrokerUnavailable
 from switchboard.model.events import now_us
 from switchboard.model.subscriptions import SubscriptionStatus
 from switchboard.observability import hooks as metrics
@@ -106,7 +107,10 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
         )
         await worker.start(life.stopping)
         life.on_close(worker.close)
-        await retire_unpartitioned_deliveries(cfg, purpose="delivery-retire")
+        try:
+            await retire_unpartitioned_deliveries(cfg, purpose="delivery-retire", stop=life.stopping)
+        except BrokerUnavailable as exc:  # what is left there stays until the next start moves it
+            log.warning("could not move the old deliveries queue", extra={"error": exc.message})
         reporter = asyncio.create_task(stats.report_forever(worker, "delivery", cfg.processor.stats_interval_seconds))
         life.push(reporter.cancel)
         meter.watch(worker)

@@ -60,12 +60,12 @@ def deliveries_topology(cfg: PlatformConfig) -> Topology:
     )
 
 
-async def retire_unpartitioned_deliveries(cfg: PlatformConfig, *, purpose: str) -> int:
+async def retire_unpartitioned_deliveries(cfg: PlatformConfig, *, purpose: str, stop: asyncio.Event) -> int:
     """Moves the tasks still waiting in the deliveries queue of a release before the stream was partitioned
     into the partitions, each with its ``subscription-id`` header (``switchboard.queue.retire``); returns how
     many. The delivery workers run it on start."""
     return await retire_unpartitioned(
-        cfg.rabbitmq.amqp_url, deliveries_topology(cfg), _subscription_header, purpose=purpose
+        cfg.rabbitmq.amqp_url, deliveries_topology(cfg), _subscription_header, purpose=purpose, stop=stop
     )
 
 

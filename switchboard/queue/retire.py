@@ -19,6 +19,7 @@ Every consumer of the stream may run it on start: two at once each move what the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -38,13 +39,16 @@ BROKER_COUNT = "x-delivery-count"  # the old queue's count of deliveries; the pa
 ExtraHeaders = Callable[[AbstractIncomingMessage], dict[str, FieldValue]]
 
 
-async def retire_unpartitioned(url: str, topology: Topology, extra_headers: ExtraHeaders, *, purpose: str) -> int:
+async def retire_unpartitioned(
+    url: str, topology: Topology, extra_headers: ExtraHeaders, *, purpose: str, stop: asyncio.Event | None = None
+) -> int:
     """Moves the messages of ``topology``'s unpartitioned work queue, if the broker still has it, into the
     partitions and deletes it; returns how many were moved (0: no such queue, or not partitioned).
-    ``BrokerUnavailable`` if the broker fails meanwhile (what was not moved yet stays where it was)."""
+    ``BrokerUnavailable`` if the broker fails meanwhile (what was not moved yet stays where it was), or if
+    ``stop`` is set while waiting for it."""
     if not topology.partitioned:
         return 0
-    connection = await connect(url, purpose=f"{purpose}-retire")
+    connection = await connect(url, purpose=f"{purpose}-retire", stop=stop)
     try:
         return await _retire(connection, topology, extra_headers)
     except DRIVER_ERRORS as exc:
