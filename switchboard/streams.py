@@ -32,8 +32,15 @@ DELIVERIES = "deliveries"
 DELIVERY_MESSAGE_TYPE = "webhooks.v1.DeliveryTask"
 # The header the deliveries stream is partitioned on; every delivery task carries it.
 SUBSCRIPTION_HEADER = "subscription-id"
-# Delay levels of the deliveries stream: every delay of a schedule waits in the shortest level that holds it.
-DELIVERY_LEVELS_MS = (1_000, 5_000, 30_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 86_400_000)
+# Delay levels of the deliveries stream: a delay (a schedule's, a Retry-After, a deferral) waits in the
+# shortest level that holds it, with its own per-message TTL. RabbitMQ expires messages only at the head of a
+# queue, so a delay can wait behind a longer one of its level, up to the level's TTL: no level is more than
+# 2.5 times the one below it, so no delay of 1 s or more waits more than 2.5 times itself (with 9 levels,
+# 1 s to 24 h, a 60 s Retry-After could wait 5 minutes behind the schedule's 5-minute retries, and a 600 s
+# circuit cool-down 30 minutes). The default schedule's delays (5 s, 5 min, 30 min, 2 h, 5 h, 10 h) are levels.
+DELIVERY_LEVELS_MS = tuple(
+    s * 1000 for s in (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 18_000, 36_000, 86_400)
+)
 
 
 def events_topology(cfg: PlatformConfig) -> Topology:

@@ -6,6 +6,7 @@ import pytest
 
 from switchboard.backoff import Backoff, jittered
 from switchboard.config import RetryConfig, load_config
+from switchboard.delivery.policy import DEFAULT_RETRY_DELAYS
 from switchboard.queue import Topology
 from switchboard.streams import SUBSCRIPTION_HEADER, deliveries_topology, events_topology
 from switchboard_devstack.paths import DevPaths
@@ -72,3 +73,14 @@ def test_the_deliveries_stream_is_partitioned_by_subscription_and_the_events_str
     assert deliveries.hash_exchange_arguments() == {"hash-header": SUBSCRIPTION_HEADER}
     assert deliveries.work_queue_arguments()["x-single-active-consumer"] is True
     assert events_topology(cfg).hash_exchange_arguments() == {"hash-property": "message_id"}
+
+
+def test_no_delivery_delay_waits_more_than_two_and_a_half_times_itself_in_its_delay_queue() -> None:
+    """A delay waits in the shortest level that holds it, behind at most that level's TTL (messages expire
+    only at a queue's head): every delay of 1 s to 24 h has a level under 2.5 times it, and the default
+    schedule's delays are levels themselves (they wait exactly their time)."""
+    deliveries = deliveries_topology(load_config(DevPaths.default().default_config))
+    for delay_ms in [*range(1_000, 120_000, 250), *range(120_000, 86_400_001, 10_000)]:
+        assert deliveries.level_for_delay(delay_ms) <= 2.5 * delay_ms, delay_ms
+    assert {round(d * 1000) for d in DEFAULT_RETRY_DELAYS} <= set(deliveries.retry_levels_ms)
+    assert deliveries.retry_levels_ms[-1] == 86_400_000  # the longest a schedule may ask for
