@@ -74,7 +74,7 @@ RECORD_BACKOFF = Backoff(0.2, 5.0)
 RECORD_TRIES = 8
 # Until the pace of its subscription's requests is known (``Pacer``), a task of a subscription (or host) at its
 # in-flight limit comes back after 1 s, then after twice its previous wait, up to 30 s (jittered, never past
-# 30 s: a longer wait would go to the 5-minute delay queue and could wait there behind retries).
+# 30 s, the longest a paced booking waits too: a longer wait would go to the 60 s delay queue).
 SATURATED_DEFER_S = 1.0
 SATURATED_MAX_DEFER_S = 30.0
 SATURATED = "deferred: the endpoint has"  # how the reason of such a deferral starts

@@ -6,8 +6,9 @@ longest wait as its time constant, not at the rate the endpoint can take. ``Pace
 into the subscription's next free moment: a request of it holds a slot for ``latency`` seconds on average (an
 average of the measured holds: rate-limit wait and answer), so with ``slots`` taken one frees every
 ``latency / slots`` seconds; the first deferred copy comes back after ``min_hold``, the next one gap later, and
-so on. A booking further out than ``max_hold`` is not made: that copy waits ``max_hold`` and asks again (the
-delay queues hold a copy at most 30 s without waiting behind longer ones). Until a request of the subscription
+so on. A booking further out than ``max_hold`` is not made: that copy waits ``max_hold`` and asks again (a copy
+waits in the shortest delay queue that holds its wait, where it may wait behind longer waits of that queue:
+short bookings stay accurate, and a far one is asked about again). Until a request of the subscription
 has ended there is no pace, and ``hold`` says None (the caller doubles).
 
 Bookings are a guess, not a promise: a fresh task may take a freed slot first, and a copy that finds none is
