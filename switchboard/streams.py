@@ -3,11 +3,11 @@
 * ``events``: verified inbound events, from ingest (and replays) to the processors, as ``webhooks.v1.Event``;
   partitioned by event key (``source/event_id``, the message id).
 * ``deliveries``: one event to deliver to one subscription, from the processors' fan-out to the delivery
-  workers, as ``webhooks.v1.DeliveryTask`` (message id: the delivery id); partitioned by subscription (the
-  ``subscription-id`` header), one active worker per partition: every task of a subscription, its retries
-  and deferrals included, is sent by one worker at a time, so the limits a worker keeps per subscription
-  (in flight, rate, circuit breaker, pacing) hold across workers. Its delay queues cover delivery schedules
-  (1 s to 24 h).
+  workers, as ``webhooks.v1.DeliveryTask`` (message id: the delivery id); with ``delivery.partitions`` set,
+  partitioned by subscription (the ``subscription-id`` header every task carries), one active worker per
+  partition: every task of a subscription, its retries and deferrals included, is sent by one worker at a
+  time, so the limits a worker keeps per subscription (in flight, rate, circuit breaker, pacing) hold across
+  workers; else one queue for one worker. Its delay queues cover delivery schedules (1 s to 24 h).
 * ``<prefix>.subscriptions.changed`` (fanout exchange, no queue of its own): the id of a subscription that was
   created, changed or deleted; every process holding a subscription cache binds a queue of its own to it.
 """
@@ -56,9 +56,13 @@ def events_topology(cfg: PlatformConfig) -> Topology:
 
 
 def deliveries_topology(cfg: PlatformConfig) -> Topology:
-    """Partitioned by subscription, one active delivery worker per partition."""
+    """Partitioned by subscription, one active delivery worker per partition; with ``delivery.partitions`` 0,
+    one queue that every worker consumes."""
+    prefix = cfg.rabbitmq.queue_prefix
+    if cfg.delivery.partitions == 0:
+        return Topology(prefix, DELIVERIES, DELIVERY_LEVELS_MS)
     return Topology(
-        cfg.rabbitmq.queue_prefix,
+        prefix,
         DELIVERIES,
         DELIVERY_LEVELS_MS,
         partitions=cfg.delivery.partitions,

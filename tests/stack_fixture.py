@@ -81,6 +81,7 @@ port = {free_port()}
 
 [delivery]
 count = 1
+partitions = 4
 breaker_failures = 4
 breaker_cooldown_seconds = 5
 allow_http_hosts = ["127.0.0.1", "localhost"]

@@ -31,10 +31,14 @@ class ControlConfig:
 @dataclass(frozen=True)
 class DeliveryConfig:
     count: int = 1
-    # The deliveries stream is hashed by subscription over this many partitions, each with one active worker
-    # at a time: every task of a subscription is sent by one worker, so its in-flight limit, rate limit,
-    # circuit breaker and pacing hold across workers. More partitions spread subscriptions over more workers.
-    partitions: int = 8
+    # With N >= 1 the deliveries stream is hashed by subscription over N partitions, each with one active
+    # worker at a time: every task of a subscription is sent by one worker, so its in-flight limit, rate
+    # limit, circuit breaker and pacing hold across workers; only as many workers as partitions are active
+    # (the others stand by), so give it a few per worker. 0 (the default, for one worker): one queue that any
+    # worker takes any task from, each worker keeping its own limits. The hash exchange costs the broker: with
+    # one worker, fan-out 3 on 2 cores, 0 delivered 527-565 deliveries/s, 1 partition 487-528 and 8 491-537
+    # (docs/benchmarks.md). Several workers (``count``) need partitions.
+    partitions: int = 0
     # Unacked tasks per partition a worker holds.
     prefetch: int = 256
     # Tasks a worker starts together (at most ``batch``; they share the read of their deliveries' states) and
@@ -110,9 +114,9 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
     if host_in_flight < MIN_HOST_LIMIT:
         raise ConfigError(f"delivery.host_in_flight must be at least {MIN_HOST_LIMIT}")
     key = raw.get("secrets_key")
-    return DeliveryConfig(
+    delivery = DeliveryConfig(
         count=t.pos_int("count"),
-        partitions=t.int_between("partitions", 1, MAX_PARTITIONS),
+        partitions=t.int_between("partitions", 0, MAX_PARTITIONS),
         prefetch=t.pos_int("prefetch"),
         batch=t.pos_int("batch"),
         concurrency=t.pos_int("concurrency"),
@@ -131,3 +135,9 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
         user_agent=t.string("user_agent"),
         ca_file=t.optional_path("ca_file", base),
     )
+    if delivery.count > 1 and delivery.partitions == 0:
+        raise ConfigError(
+            "delivery.count is above 1 but delivery.partitions is 0: each worker would keep its own limits per "
+            "subscription; set delivery.partitions (a few per worker)"
+        )
+    return delivery

@@ -8,7 +8,8 @@ names derived from the stream's, the way dramatiq derives ``.DQ``/``.XQ`` from a
   event, lands in the same partition) or, with ``hash_header``, on that header (the deliveries stream hashes
   on ``subscription-id``: every task of one subscription lands in the same partition). Every publisher of
   such a stream must set the header: RabbitMQ 3.10 hashes a missing one as one fixed value, later versions
-  refuse the message. Partitions are bound in name order, because the broker rebuilds the
+  refuse the message. A stream hashed on a header has this layout even with one partition. Partitions are
+  bound in name order, because the broker rebuilds the
   hash ring from the bindings sorted by queue name after a restart (bound in another order, ids move).
   With ``single_active`` each work queue has one active consumer at a time (``x-single-active-consumer``);
   the others wait and take over, with the unacked messages, when it goes. ``<prefix>.<stream>.members``
@@ -38,7 +39,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from switchboard.errors import ConfigError
 
@@ -68,7 +69,9 @@ class Topology:
 
     @property
     def partitioned(self) -> bool:
-        return self.partitions > 1
+        """The hash layout (``.pNN`` queues behind the hash exchange): more than one partition, or any number
+        for a stream hashed on a header, so that its partition count can change without renaming its queue."""
+        return self.partitions > 1 or self.hash_header is not None
 
     @property
     def hash_exchange(self) -> str:
@@ -199,3 +202,23 @@ class Topology:
                     self.retry_queue(ms), durable=True, arguments=self.retry_queue_arguments(ms)
                 )
                 await q.bind(retry_x, str(ms))
+
+
+async def refuse_partitioned_leftover(connection: AbstractConnection, topology: Topology) -> None:
+    """``ConfigError`` when ``topology`` is not partitioned but the broker holds the stream partitioned (its hash
+    exchange exists): the partitions, still bound to the stream's exchange, would get a copy of every message
+    and nobody would consume them. Partitioning a stream that was not is handled (``queue.retire``); the way
+    back is left to the operator."""
+    if topology.partitioned:
+        return
+    probe = await connection.channel()  # a passive declare of a missing exchange closes its channel
+    try:
+        await probe.declare_exchange(topology.hash_exchange, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return
+    await probe.close()
+    raise ConfigError(
+        f"the broker holds stream {topology.name} partitioned ({topology.hash_exchange} exists) but this "
+        "configuration does not partition it: set its partitions again, or drain its partitions and delete them "
+        "and the hash exchange"
+    )

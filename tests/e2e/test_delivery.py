@@ -349,8 +349,8 @@ def test_two_workers_keep_each_subscriptions_in_flight_limit_between_them(
     deliveries stream is partitioned by subscription): ten endpoints with ``max_in_flight`` 2, answering after
     0.5 s, never have more than 2 requests open, while the first worker hands the second its share of the
     partitions (it does so only for partitions it is busy on, one every few seconds) and both are active.
-    Before, the two workers shared one queue and each kept its own count: an endpoint saw up to 4. Every
-    delivery arrives once."""
+    Without partitions (``delivery.partitions`` 0; the test stack has 4) two workers share one queue and each
+    keeps its own count: an endpoint saw up to 4. Every delivery arrives once."""
     cfg = stack_config
     before = set(stack.delivery_procs)
     stack.ensure_deliveries(2)

@@ -17,7 +17,7 @@ import aio_pika
 import aiormq
 import pytest
 
-from switchboard.errors import BrokerUnavailable
+from switchboard.errors import BrokerUnavailable, ConfigError
 from switchboard.queue import Ack, DeadLetter, QueueMessage, QueueWorker, Retry, Topology, Verdict, WorkerSettings
 from switchboard.queue.amqp import close_and_wait, declare, open_connection
 from switchboard.queue.publisher import Publisher
@@ -304,6 +304,15 @@ async def test_retiring_the_unpartitioned_work_queue_moves_its_messages_into_the
             if other != name
             for m in ms
         )
+
+
+async def test_an_unpartitioned_stream_refuses_a_broker_that_holds_it_partitioned(rabbit: RabbitNode) -> None:
+    """Its partitions, still bound to the stream's exchange, would get a copy of every message for nobody."""
+    prefix = f"p{free_port()}"
+    await declare(rabbit.amqp_url, Topology(prefix, "deliveries", (200,), partitions=2, hash_header="h"), purpose="t")
+    with pytest.raises(ConfigError, match="partitioned"):
+        await declare(rabbit.amqp_url, Topology(prefix, "deliveries", (200,)), purpose="t")
+    await declare(rabbit.amqp_url, Topology(f"p{free_port()}", "deliveries", (200,)), purpose="t")  # a fresh one
 
 
 def connections_named(rabbit: RabbitNode, name: str) -> list[str]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -66,12 +67,20 @@ def test_backoff_doubles_up_to_its_cap() -> None:
     assert [next(delays) for _ in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
 
 
-def test_the_deliveries_stream_is_partitioned_by_subscription_and_the_events_stream_by_message_id() -> None:
+def test_the_deliveries_stream_is_partitioned_by_subscription_when_asked_and_the_events_stream_by_message_id() -> None:
     cfg = load_config(DevPaths.default().default_config)
-    deliveries = deliveries_topology(cfg)
-    assert deliveries.partitions == cfg.delivery.partitions == 8 and deliveries.single_active
-    assert deliveries.hash_exchange_arguments() == {"hash-header": SUBSCRIPTION_HEADER}
-    assert deliveries.work_queue_arguments()["x-single-active-consumer"] is True
+    assert cfg.delivery.partitions == 0
+    one_queue = deliveries_topology(cfg)
+    assert one_queue.work_queues == ["switchboard.deliveries"] and not one_queue.partitioned
+    assert "x-single-active-consumer" not in one_queue.work_queue_arguments()
+    for n in (1, 4):
+        deliveries = deliveries_topology(
+            dataclasses.replace(cfg, delivery=dataclasses.replace(cfg.delivery, partitions=n))
+        )
+        assert deliveries.partitioned and len(deliveries.work_queues) == n  # one partition: the hash layout too
+        assert deliveries.work_queues[0] == "switchboard.deliveries.p00"
+        assert deliveries.hash_exchange_arguments() == {"hash-header": SUBSCRIPTION_HEADER}
+        assert deliveries.work_queue_arguments()["x-single-active-consumer"] is True
     assert events_topology(cfg).hash_exchange_arguments() == {"hash-property": "message_id"}
 
 
