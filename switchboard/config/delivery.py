@@ -35,9 +35,9 @@ class DeliveryConfig:
     # worker at a time: every task of a subscription is sent by one worker, so its in-flight limit, rate
     # limit, circuit breaker and pacing hold across workers; only as many workers as partitions are active
     # (the others stand by), so give it a few per worker. 0 (the default, for one worker): one queue that any
-    # worker takes any task from, each worker keeping its own limits. The hash exchange costs the broker: with
-    # one worker, fan-out 3 on 2 cores, 0 delivered 527-565 deliveries/s, 1 partition 487-528 and 8 491-537
-    # (docs/benchmarks.md). Several workers (``count``) need partitions.
+    # worker takes any task from, each worker keeping its own limits, as before partitions existed. Below
+    # saturation 8 partitions cost one worker nothing measurable; past it their runs delivered 5-10% less
+    # (docs/benchmarks.md, "Partitions by subscription"). Several workers (``count``) need partitions.
     partitions: int = 0
     # Unacked tasks per partition a worker holds.
     prefetch: int = 256
