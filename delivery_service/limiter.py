@@ -1,6 +1,7 @@
-"""Per-subscription rate limits: one token bucket each, in this process. The deliveries stream is partitioned
-by subscription, so the worker holding a subscription's partition is the only one sending for it and its
-limit holds across workers (while a partition moves to another worker, both may spend tokens for a moment)."""
+"""Per-subscription rate limits: one token bucket each, in this process. With the deliveries stream partitioned
+by subscription (``delivery.partitions``) the worker holding a subscription's partition is the only one sending
+for it and its limit holds across workers (while a partition moves to another worker, both may spend tokens for
+a moment); without, the one worker applies it."""
 
 from __future__ import annotations
 

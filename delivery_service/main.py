@@ -107,10 +107,11 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
         )
         await worker.start(life.stopping)
         life.on_close(worker.close)
-        try:
-            await retire_unpartitioned_deliveries(cfg, purpose="delivery-retire", stop=life.stopping)
-        except BrokerUnavailable as exc:  # what is left there stays until the next start moves it
-            log.warning("could not move the old deliveries queue", extra={"error": exc.message})
+        if args.member in (None, 0):  # one mover (switchboard.queue.retire)
+            try:
+                await retire_unpartitioned_deliveries(cfg, purpose="delivery-retire", stop=life.stopping)
+            except BrokerUnavailable as exc:  # what is left there stays until the next start moves it
+                log.warning("could not move the old deliveries queue", extra={"error": exc.message})
         reporter = asyncio.create_task(stats.report_forever(worker, "delivery", cfg.processor.stats_interval_seconds))
         life.push(reporter.cancel)
         meter.watch(worker)

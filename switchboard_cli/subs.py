@@ -32,7 +32,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--schedule", type=float, nargs="*", default=None, help="retry delays in seconds")
     create.add_argument("--timeout", type=float, default=None, help="per-attempt timeout in seconds")
     create.add_argument("--rate", type=int, default=0, help="deliveries per second at most")
-    create.add_argument("--max-in-flight", type=int, default=0, help="requests sent at once per worker at most")
+    create.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=0,
+        help="requests sent at once at most (per worker without delivery.partitions)",
+    )
     create.add_argument("--description", default="")
     create.add_argument("--client", default="", help="the owning client (default: internal)")
     create.add_argument("--check", action="store_true", help="also try a HEAD request and report the answer")

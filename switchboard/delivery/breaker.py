@@ -13,9 +13,10 @@ known to be down. With one:
 * **Half-open** after the cool-down: one send goes out as a probe, the others are deferred a little. The
   probe's success closes the circuit; its failure opens it again, for twice as long.
 
-State lives in the worker's memory, one breaker per subscription: each delivery worker learns on its own (with
-N workers an endpoint takes up to N times the threshold of failing sends before all of them hold off), and a restarted
-worker starts closed. Pure logic: the caller passes the clock.
+State lives in the worker's memory, one breaker per subscription. With the deliveries stream partitioned
+(``delivery.partitions``) one worker at a time sends for a subscription, so its breaker is the only one; a
+worker that takes a partition over (or restarts) starts with its circuits closed. Pure logic: the caller passes
+the clock.
 """
 
 from __future__ import annotations

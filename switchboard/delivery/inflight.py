@@ -20,9 +20,9 @@ delay queue, no attempt counted) and comes back later:
 
 Invariants: a host never has more than ``host_limit`` out; heavy subscriptions never take a host's reserve,
 so they hold at most ``host_limit - reserve`` together unless light ones grew heavy while holding some of it.
-A request counts from ``take`` to ``release`` (the caller's rate-limit wait included), per worker. A
-subscription's tasks all go to one worker (the deliveries stream is partitioned by subscription), so its limit
-holds across workers; a host's does not: N workers send a host up to N times as much. Pure logic, no I/O; one
+A request counts from ``take`` to ``release`` (the caller's rate-limit wait included), per worker. With the
+deliveries stream partitioned by subscription, a subscription's tasks all go to one worker, so its limit holds
+across workers; a host's does not: N workers send a host up to N times as much. Pure logic, no I/O; one
 event loop changes it (``refusal`` asks without counting), and the metrics thread only reads ``total`` and
 ``busy_hosts``.
 """

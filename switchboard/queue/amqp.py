@@ -24,7 +24,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 
 from switchboard.errors import BrokerUnavailable
 from switchboard.queue.connection import confirmed, connect, with_backoff
-from switchboard.queue.topology import Topology, refuse_partitioned_leftover
+from switchboard.queue.topology import Topology, refuse_stale_layout
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ async def declare(url: str, topology: Topology, *, purpose: str, stop: asyncio.E
     for the broker, until ``stop`` is set)."""
     declaring = await connect(url, purpose=f"{purpose}-declare", stop=stop)
     try:
-        await refuse_partitioned_leftover(declaring, topology)
+        await refuse_stale_layout(declaring, topology)
         await topology.declare(await declaring.channel())
     finally:
         await declaring.close()

@@ -6,15 +6,20 @@ that still holds the old queue would route every new message to both. ``retire_u
 
 1. it unbinds the old queue from the exchange (nothing new lands there; a message published between a
    declare and this step is in both places, hence moved twice: handlers are idempotent per message id);
-2. it takes the old queue's messages one by one and republishes each to the stream's exchange, with the
-   headers ``extra_headers`` gives it (the header a stream hashes on, which older messages lack), waits for the
-   broker's confirm, then acks the original. A crash in between leaves a second copy, never none;
+2. it takes as many messages from the old queue as it held then, one by one, and republishes each straight
+   to the stream's hash exchange (not to the stream's exchange: a process of the older release that declares
+   its layout meanwhile binds the old queue there again, and a copy would land in it too, for ever), with the
+   headers ``extra_headers`` gives it (the header a stream hashes on, which older messages lack); it waits
+   for the broker's confirm, then acks the original. A crash in between leaves a second copy, never none;
 3. it deletes the old queue if it is then empty and has no consumer (a worker of the older release may still
-   hold tasks from it, which would go back to it if that worker stopped); otherwise the next start retires
-   what is left. Quorum queues refuse delete's if-empty and if-unused flags, so it looks first: a consumer
-   that attaches in between is the one case this does not cover.
+   hold tasks from it, which would go back to it if that worker stopped); otherwise the next run moves what
+   is left. Quorum queues refuse delete's if-empty and if-unused flags, so it looks first: a consumer that
+   attaches in between is a case this does not cover, and so is a second mover's message taken but not yet
+   republished (hence one mover: the delivery worker that is member 0, or every one started without a
+   member index).
 
-Every consumer of the stream may run it on start: two at once each move what they take.
+It runs on a plain connection of its own: a broker failure ends it with ``BrokerUnavailable`` (what was not
+moved stays where it was), instead of a reconnect that would wait for ever.
 """
 
 from __future__ import annotations
@@ -25,15 +30,16 @@ from collections.abc import Callable
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage, FieldValue
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, FieldValue
 
 from switchboard.errors import BrokerUnavailable
-from switchboard.queue.connection import DRIVER_ERRORS, connect, publish_confirmed
+from switchboard.queue.connection import DRIVER_ERRORS, publish_confirmed
 from switchboard.queue.topology import Topology
 
 log = logging.getLogger(__name__)
 
 CONFIRM_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5.0
 BROKER_COUNT = "x-delivery-count"  # the old queue's count of deliveries; the partition keeps its own
 
 ExtraHeaders = Callable[[AbstractIncomingMessage], dict[str, FieldValue]]
@@ -43,32 +49,41 @@ async def retire_unpartitioned(
     url: str, topology: Topology, extra_headers: ExtraHeaders, *, purpose: str, stop: asyncio.Event | None = None
 ) -> int:
     """Moves the messages of ``topology``'s unpartitioned work queue, if the broker still has it, into the
-    partitions and deletes it; returns how many were moved (0: no such queue, or not partitioned).
-    ``BrokerUnavailable`` if the broker fails meanwhile (what was not moved yet stays where it was), or if
-    ``stop`` is set while waiting for it."""
+    partitions and deletes it; returns how many were moved (0: no such queue, or not partitioned). Stops
+    between two messages once ``stop`` is set. ``BrokerUnavailable`` if the broker fails meanwhile."""
     if not topology.partitioned:
         return 0
-    connection = await connect(url, purpose=f"{purpose}-retire", stop=stop)
     try:
-        return await _retire(connection, topology, extra_headers)
+        connection = await aio_pika.connect(
+            url, client_properties={"connection_name": purpose}, timeout=CONNECT_TIMEOUT
+        )
+    except (*DRIVER_ERRORS, TimeoutError) as exc:
+        raise BrokerUnavailable(f"could not connect to move {topology.name}: {type(exc).__name__}") from None
+    try:
+        return await _retire(connection, topology, extra_headers, stop or asyncio.Event())
     except DRIVER_ERRORS as exc:
         raise BrokerUnavailable(f"moving {topology.name}'s old work queue failed: {type(exc).__name__}") from None
     finally:
         await connection.close()
 
 
-async def _retire(connection: aio_pika.abc.AbstractConnection, topology: Topology, extra: ExtraHeaders) -> int:
+async def _retire(connection: AbstractConnection, topology: Topology, extra: ExtraHeaders, stop: asyncio.Event) -> int:
     probe = await connection.channel()  # a passive declare of a missing queue closes its channel
     try:
         await probe.declare_queue(topology.name, passive=True)
     except aiormq.exceptions.ChannelNotFoundEntity:
         return 0  # the usual case: never there, or retired already
+    await probe.close()
     channel = await connection.channel()  # publisher confirms: aio-pika's default
-    exchange = await channel.get_exchange(topology.exchange, ensure=False)
+    ring = await channel.get_exchange(topology.hash_exchange, ensure=False)
     old = await channel.get_queue(topology.name, ensure=False)
     await old.unbind(topology.exchange, topology.routing_key)
+    waiting = (await channel.declare_queue(topology.name, passive=True)).declaration_result.message_count or 0
     moved = 0
-    while (message := await old.get(no_ack=False, fail=False)) is not None:
+    while moved < waiting and not stop.is_set():
+        message = await old.get(no_ack=False, fail=False)
+        if message is None:
+            break
         copy = aio_pika.Message(
             message.body,
             headers={**{k: v for k, v in message.headers.items() if k != BROKER_COUNT}, **extra(message)},
@@ -78,13 +93,13 @@ async def _retire(connection: aio_pika.abc.AbstractConnection, topology: Topolog
             timestamp=message.timestamp,
             type=message.type,
         )
-        await publish_confirmed(exchange, topology.routing_key, copy, CONFIRM_TIMEOUT)
+        await publish_confirmed(ring, topology.routing_key, copy, CONFIRM_TIMEOUT)
         await message.ack()
         moved += 1
     # Quorum queues refuse queue.delete's if-empty and if-unused flags: look, then delete. A consumer there is
     # a worker of the older release (its unacked tasks would go back to the queue, and be lost with it).
     left = (await channel.declare_queue(topology.name, passive=True)).declaration_result
-    if left.message_count or left.consumer_count:
+    if left.message_count or left.consumer_count or stop.is_set():
         log.warning(
             "the old work queue still has messages or consumers; the next start moves what is left",
             extra={"queue": topology.name, "moved": moved, "consumers": left.consumer_count},

@@ -204,21 +204,26 @@ class Topology:
                 await q.bind(retry_x, str(ms))
 
 
-async def refuse_partitioned_leftover(connection: AbstractConnection, topology: Topology) -> None:
-    """``ConfigError`` when ``topology`` is not partitioned but the broker holds the stream partitioned (its hash
-    exchange exists): the partitions, still bound to the stream's exchange, would get a copy of every message
-    and nobody would consume them. Partitioning a stream that was not is handled (``queue.retire``); the way
-    back is left to the operator."""
+async def refuse_stale_layout(connection: AbstractConnection, topology: Topology) -> None:
+    """``ConfigError`` when the broker holds the stream laid out with more partitions than ``topology``: its hash
+    exchange while ``topology`` is not partitioned, or a partition past its last one. The extra partitions,
+    still bound, would get their share of every message and nobody would consume them. The other way, a
+    stream partitioned that was not or given more partitions, is safe (the deliveries stream's workers move
+    its old queue on start: ``queue.retire``; the events stream's old queue is left to the operator)."""
     if topology.partitioned:
-        return
-    probe = await connection.channel()  # a passive declare of a missing exchange closes its channel
+        probe_name, declare = f"{topology.name}.p{topology.partitions:02d}", "queue"
+    else:
+        probe_name, declare = topology.hash_exchange, "exchange"
+    probe = await connection.channel()  # a passive declare of a missing entity closes its channel
     try:
-        await probe.declare_exchange(topology.hash_exchange, passive=True)
+        if declare == "queue":
+            await probe.declare_queue(probe_name, passive=True)
+        else:
+            await probe.declare_exchange(probe_name, passive=True)
     except aiormq.exceptions.ChannelNotFoundEntity:
         return
     await probe.close()
     raise ConfigError(
-        f"the broker holds stream {topology.name} partitioned ({topology.hash_exchange} exists) but this "
-        "configuration does not partition it: set its partitions again, or drain its partitions and delete them "
-        "and the hash exchange"
+        f"the broker holds stream {topology.name} with more partitions than configured ({probe_name} exists): "
+        "set its partitions back, or drain the stream and delete its partitions and hash exchange first"
     )

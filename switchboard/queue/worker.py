@@ -232,6 +232,12 @@ class QueueWorker:
             raise BrokerUnavailable("stopped while waiting for RabbitMQ")
         log.info("connected to RabbitMQ", extra={"purpose": self.purpose, "attempt": opened[1]})
         members = await self._members() if self._partitions else 1
+        if members > 1 and self.settings.member is None:
+            log.warning(
+                "no member index beside other consumers of a partitioned stream: this one takes whatever "
+                "partition it can and never hands one back (start each with --member N, its index)",
+                extra={"stream": self.topology.name, "members": members},
+            )
         self._tasks = [self._background(self._dispatch())]
         preferred = self.preferred(members)
         for sub in self._subs.values():

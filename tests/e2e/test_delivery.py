@@ -346,16 +346,16 @@ def test_two_workers_keep_each_subscriptions_in_flight_limit_between_them(
     stack: Stack, stack_config: PlatformConfig
 ) -> None:
     """With a second delivery worker, each subscription's tasks still go to one worker at a time (the
-    deliveries stream is partitioned by subscription): ten endpoints with ``max_in_flight`` 2, answering after
-    0.5 s, never have more than 2 requests open, while the first worker hands the second its share of the
-    partitions (it does so only for partitions it is busy on, one every few seconds) and both are active.
+    deliveries stream is partitioned by subscription): sixteen endpoints with ``max_in_flight`` 2, answering
+    after 0.5 s, never have more than 2 requests open, while the first worker hands the second its share of
+    the partitions (it does so only for partitions it is busy on, one every few seconds) and both are active.
     Without partitions (``delivery.partitions`` 0; the test stack has 4) two workers share one queue and each
     keeps its own count: an endpoint saw up to 4. Every delivery arrives once."""
     cfg = stack_config
     before = set(stack.delivery_procs)
     stack.ensure_deliveries(2)
     added = [p for p in stack.delivery_procs if p not in before]
-    paths = [f"/pair-{i}" for i in range(10)]
+    paths = [f"/pair-{i}" for i in range(16)]  # all in the first worker's own partitions: 1 in 65,536
     try:
         with Receiver(cfg.tls_dir, {p: [Answer(200, delay=0.5)] for p in paths}) as rx:
             for p in paths:

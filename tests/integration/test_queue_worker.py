@@ -306,12 +306,19 @@ async def test_retiring_the_unpartitioned_work_queue_moves_its_messages_into_the
         )
 
 
-async def test_an_unpartitioned_stream_refuses_a_broker_that_holds_it_partitioned(rabbit: RabbitNode) -> None:
-    """Its partitions, still bound to the stream's exchange, would get a copy of every message for nobody."""
+async def test_a_stream_refuses_a_broker_that_holds_it_with_more_partitions(rabbit: RabbitNode) -> None:
+    """The extra partitions, still bound, would get their share of every message for nobody: declaring the
+    stream unpartitioned, or with fewer partitions, is refused; with as many or more it is not."""
     prefix = f"p{free_port()}"
-    await declare(rabbit.amqp_url, Topology(prefix, "deliveries", (200,), partitions=2, hash_header="h"), purpose="t")
-    with pytest.raises(ConfigError, match="partitioned"):
+    await declare(rabbit.amqp_url, Topology(prefix, "deliveries", (200,), partitions=3, hash_header="h"), purpose="t")
+    with pytest.raises(ConfigError, match=rf"more partitions than configured \({prefix}.deliveries.hash exists"):
         await declare(rabbit.amqp_url, Topology(prefix, "deliveries", (200,)), purpose="t")
+    with pytest.raises(ConfigError, match=rf"{prefix}.deliveries.p02 exists"):
+        await declare(
+            rabbit.amqp_url, Topology(prefix, "deliveries", (200,), partitions=2, hash_header="h"), purpose="t"
+        )
+    await declare(rabbit.amqp_url, Topology(prefix, "deliveries", (200,), partitions=3, hash_header="h"), purpose="t")
+    await declare(rabbit.amqp_url, Topology(prefix, "deliveries", (200,), partitions=5, hash_header="h"), purpose="t")
     await declare(rabbit.amqp_url, Topology(f"p{free_port()}", "deliveries", (200,)), purpose="t")  # a fresh one
 
 
