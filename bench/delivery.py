@@ -465,6 +465,13 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "var" / "bench" / f"delivery-{stamp}-{rev}.json"
     root, cfg = bench_stack_config(args)
+    if args.delivery_workers > 1 and cfg.delivery.partitions == 0:
+        print(
+            "--delivery-workers above 1 needs --set delivery.partitions=N (else each worker keeps its own limits "
+            "per subscription)",
+            file=sys.stderr,
+        )
+        return 2
     stack = Stack(cfg)
     receiver = ReceiverEnvoy(root / "receiver", cfg.tls_dir, slow_ms=args.slow_ms if args.slow else 0)
     print(

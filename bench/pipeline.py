@@ -849,7 +849,8 @@ def bench_stack_config(args: argparse.Namespace, *, paused_seconds: float = 0.0)
     was processed (seen in its queue depth), which is the pause's doing, not the processors' speed. A
     ``--set processor.heartbeat_seconds=…`` still wins."""
     root = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    overrides = list(args.overrides)
+    # The shipped default (one deliveries queue), not the test stack's 4 partitions; ``--set`` still wins.
+    overrides = ["delivery.partitions=0", *args.overrides]
     if paused_seconds > 0:
         heartbeat = min(3600, max(60, math.ceil(4 * paused_seconds)))
         overrides.insert(0, f"processor.heartbeat_seconds={heartbeat}")

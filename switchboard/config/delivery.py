@@ -36,8 +36,9 @@ class DeliveryConfig:
     # limit, circuit breaker and pacing hold across workers; only as many workers as partitions are active
     # (the others stand by), so give it a few per worker. 0 (the default, for one worker): one queue that any
     # worker takes any task from, each worker keeping its own limits, as before partitions existed. Below
-    # saturation 8 partitions cost one worker nothing measurable; past it their runs delivered 5-10% less
-    # (docs/benchmarks.md, "Partitions by subscription"). Several workers (``count``) need partitions.
+    # saturation, tasks spread over several partitions cost one worker nothing measurable; past it ~10% of its
+    # deliveries per second (docs/benchmarks.md, "Partitions by subscription"). Several workers (``count``)
+    # need partitions.
     partitions: int = 0
     # Unacked tasks per partition a worker holds.
     prefetch: int = 256
