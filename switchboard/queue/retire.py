@@ -29,12 +29,11 @@ import logging
 from collections.abc import Callable
 
 import aio_pika
-import aiormq
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, FieldValue
 
 from switchboard.errors import BrokerUnavailable
 from switchboard.queue.connection import DRIVER_ERRORS, publish_confirmed
-from switchboard.queue.topology import Topology
+from switchboard.queue.topology import Topology, exists
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +67,8 @@ async def retire_unpartitioned(
 
 
 async def _retire(connection: AbstractConnection, topology: Topology, extra: ExtraHeaders, stop: asyncio.Event) -> int:
-    probe = await connection.channel()  # a passive declare of a missing queue closes its channel
-    try:
-        await probe.declare_queue(topology.name, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
+    if not await exists(connection, topology.name):
         return 0  # the usual case: never there, or retired already
-    await probe.close()
     channel = await connection.channel()  # publisher confirms: aio-pika's default
     ring = await channel.get_exchange(topology.hash_exchange, ensure=False)
     old = await channel.get_queue(topology.name, ensure=False)

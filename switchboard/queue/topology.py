@@ -204,6 +204,21 @@ class Topology:
                 await q.bind(retry_x, str(ms))
 
 
+async def exists(connection: AbstractConnection, name: str, *, exchange: bool = False) -> bool:
+    """Whether the broker holds queue (or, with ``exchange``, exchange) ``name``: a passive declare on a channel
+    of its own, since the broker closes the channel of a passive declare that finds nothing."""
+    probe = await connection.channel()
+    try:
+        if exchange:
+            await probe.declare_exchange(name, passive=True)
+        else:
+            await probe.declare_queue(name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    await probe.close()
+    return True
+
+
 async def refuse_stale_layout(connection: AbstractConnection, topology: Topology) -> None:
     """``ConfigError`` when the broker holds the stream laid out with more partitions than ``topology``: its hash
     exchange while ``topology`` is not partitioned, or a partition past its last one. The extra partitions,
@@ -211,19 +226,13 @@ async def refuse_stale_layout(connection: AbstractConnection, topology: Topology
     stream partitioned that was not or given more partitions, is safe (the deliveries stream's workers move
     its old queue on start: ``queue.retire``; the events stream's old queue is left to the operator)."""
     if topology.partitioned:
-        probe_name, declare = f"{topology.name}.p{topology.partitions:02d}", "queue"
+        extra = f"{topology.name}.p{topology.partitions:02d}"
+        stale = await exists(connection, extra)
     else:
-        probe_name, declare = topology.hash_exchange, "exchange"
-    probe = await connection.channel()  # a passive declare of a missing entity closes its channel
-    try:
-        if declare == "queue":
-            await probe.declare_queue(probe_name, passive=True)
-        else:
-            await probe.declare_exchange(probe_name, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        return
-    await probe.close()
-    raise ConfigError(
-        f"the broker holds stream {topology.name} with more partitions than configured ({probe_name} exists): "
-        "set its partitions back, or drain the stream and delete its partitions and hash exchange first"
-    )
+        extra = topology.hash_exchange
+        stale = await exists(connection, extra, exchange=True)
+    if stale:
+        raise ConfigError(
+            f"the broker holds stream {topology.name} with more partitions than configured ({extra} exists): "
+            "set its partitions back, or drain the stream and delete its partitions and hash exchange first"
+        )
