@@ -21,7 +21,9 @@ from switchboard.observability.metrics import (
     DELIVERIES,
     DELIVERY_LATENCY,
     DELIVERY_SENDING,
+    DELIVERY_WAITING,
     OPEN_CIRCUITS,
+    SLOT_WAITS,
 )
 from switchboard.observability.tracing import setup_tracing
 from switchboard.queue import QueueWorker, StatsHook, WorkerSettings
@@ -89,12 +91,17 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
                 rate_limit_per_second=d.rate_limit_per_second,
                 subscription_in_flight=d.subscription_in_flight,
                 host_in_flight=d.host_in_flight,
+                slot_wait_ms=d.slot_wait_ms,
             ),
             tracer=tracer,
             breakers=breakers,
+            on_wait=lambda taken: SLOT_WAITS.labels("sent" if taken else "deferred").inc(),
         )
         DELIVERY_SENDING.set_function(pipeline.in_flight.total)
         BUSY_HOSTS.set_function(pipeline.in_flight.busy_hosts)
+        DELIVERY_WAITING.set_function(pipeline.slots.total)
+        for outcome in ("sent", "deferred"):
+            SLOT_WAITS.labels(outcome)  # shown at 0 before the first wait
         stats = StatsHook()
         meter = metrics.WorkerMetrics("delivery", DELIVERIES, DELIVERY_LATENCY, metrics.DELIVERY_OUTCOMES)
         worker = QueueWorker(

@@ -22,12 +22,14 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
   subscription (its own, else ``delivery.subscription_in_flight``) are sending (or waiting for their
   rate-limit token) in a worker at once, and at most ``delivery.host_in_flight`` to one host, whose last
   quarter is kept for endpoints with few requests out and the rest shared by the others
-  (``switchboard.delivery.inflight``). The next are deferred (no attempt counted, recorded PENDING with the
-  reason if never tried; a copy that comes back while the limit still holds goes back without the read of its
-  state), each to its subscription's next free moment at the pace its requests end
-  (``switchboard.delivery.pacing``; 1 s, then twice the copy's previous wait up to 30 s until that pace is
-  known), so a slow or rate-limited endpoint holds a bounded share of the worker's ``concurrency`` and of its
-  host, its backlog drains at the rate it answers, and the others' tasks go on.
+  (``switchboard.delivery.inflight``). A task past its subscription's limit whose next slot, at the pace the
+  subscription's requests end, is due within ``delivery.slot_wait_ms`` waits for it here, in line
+  (``switchboard.delivery.slots``; a fast endpoint at its limit costs no trip through a delay queue). The
+  others are deferred (no attempt counted, recorded PENDING with the reason if never tried; a copy that comes
+  back while the limit still holds goes back without the read of its state), each to its subscription's next
+  free moment at that pace (``switchboard.delivery.pacing``; 1 s, then twice the copy's previous wait up to 30
+  s until the pace is known), so a slow or rate-limited endpoint holds a bounded share of the worker's
+  ``concurrency`` and of its host, its backlog drains at the rate it answers, and the others' tasks go on.
 * **Traces.** A task whose event Envoy sampled gets a ``deliver`` span (in the event's trace, so every retry
   and redrive of it is there too; a copy deferred again for a limit it is still at gets none) with the POST
   (status code, the callback's host; never the URL's path or query, which may hold a token) and the
@@ -41,7 +43,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -53,6 +55,7 @@ from switchboard.delivery.inflight import InFlight
 from switchboard.delivery.pacing import Pacer
 from switchboard.delivery.sender import Response
 from switchboard.delivery.signing import delivery_headers
+from switchboard.delivery.slots import SlotQueue
 from switchboard.errors import InvalidRequest, StoreUnavailable
 from switchboard.model.events import now_us
 from switchboard.model.subscriptions import (
@@ -108,6 +111,7 @@ class Defaults:
     rate_limit_per_second: int = 1000
     subscription_in_flight: int = 32
     host_in_flight: int = 64
+    slot_wait_ms: int = 250
 
 
 class DeliveryPipeline:
@@ -123,7 +127,10 @@ class DeliveryPipeline:
         rng: random.Random | None = None,
         tracer: Tracer = NO_TRACER,
         breakers: Breakers | None = None,
+        on_wait: Callable[[bool], None] | None = None,
     ) -> None:
+        """``on_wait``: called with True when a task that waited for a slot got one, False when it did not (and
+        was deferred)."""
         self.subscriptions = subscriptions
         self.deliveries = deliveries
         self.disabler = disabler
@@ -137,6 +144,9 @@ class DeliveryPipeline:
         self.in_flight = InFlight(defaults.host_in_flight)
         # When a task deferred for those limits comes back: within the same bounds as the doubling.
         self.pacer = Pacer(SATURATED_DEFER_S, SATURATED_MAX_DEFER_S)
+        # Tasks of a subscription at its limit that wait here for its next slot instead (a soon one).
+        self.slots = SlotQueue(defaults.slot_wait_ms / 1000, 2 * defaults.slot_wait_ms / 1000)
+        self.on_wait = on_wait
 
     def key(self, message: QueueMessage) -> str:
         """Copies of one delivery never run at the same time here."""
@@ -178,7 +188,7 @@ class DeliveryPipeline:
         if sub is None or sub.status is not SubscriptionStatus.ENABLED:
             return None
         refused = self.in_flight.refusal(sub.id, host_of(sub.callback_url), self._limit(sub))
-        if refused is None:
+        if refused is None or self._may_wait(sub):  # room, or its slot is due soon: it waits for it in _deliver
             return None
         return _deferral(message.attempt, f"{SATURATED} {refused}", self._saturated_hold(sub.id, waited))
 
@@ -191,6 +201,37 @@ class DeliveryPipeline:
 
     def _limit(self, sub: Subscription) -> int:
         return sub.max_in_flight or self.defaults.subscription_in_flight
+
+    async def _take_slot(self, sub: Subscription, host: str) -> str | None:
+        """Takes one of the subscription's in-flight slots (None), if need be after waiting in the worker for
+        one of its requests to end (``SlotQueue``: when its pace says one frees soon), or says why the task may
+        not go now (the words after "the endpoint has"; the caller defers it)."""
+        # No task takes a slot before the subscription's waiters: while any wait, the subscription is at its
+        # limit (each slot its requests free is handed to the first waiter at once), so ``take`` refuses.
+        limit = self._limit(sub)
+        refused = self.in_flight.take(sub.id, host, limit)
+        if refused is None:
+            return None
+        if not self._may_wait(sub):  # its slot is not due soon, or its host refused it: deferred
+            return refused
+        taken = await self.slots.wait(
+            sub.id,
+            functools.partial(self.in_flight.take, sub.id, host, limit),
+            functools.partial(self._release, sub.id, host),
+        )
+        if self.on_wait is not None:
+            self.on_wait(taken)
+        return None if taken else refused
+
+    def _may_wait(self, sub: Subscription) -> bool:
+        """Whether a task of the subscription, at its own in-flight limit, may wait in line for its next slot."""
+        out = self.in_flight.subscription(sub.id)
+        return out >= self._limit(sub) and self.slots.admits(sub.id, self.pacer.latency(sub.id), out)
+
+    def _release(self, subscription_id: str, host: str) -> None:
+        """A request taken with ``_take_slot`` is over: its slot goes to the subscription's first waiter."""
+        self.in_flight.release(subscription_id, host)
+        self.slots.handover(subscription_id)
 
     async def _one(self, task: DeliveryTask, state: Delivery | None, waited: float) -> Verdict:
         """``waited``: seconds this copy was deferred for an in-flight limit (0 if it was not)."""
@@ -242,10 +283,17 @@ class DeliveryPipeline:
             reason = f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
             return await self._defer(delivery, state is None, hold, reason, trace)
         host = host_of(sub.callback_url)
-        refused = self.in_flight.take(sub.id, host, self._limit(sub))
+        refused = await self._take_slot(sub, host)
         if refused is not None:
+            # The send the breaker allowed does not happen: if it was a half-open circuit's probe, another may go.
+            self.breakers.record(sub.id, failed=None, now=time.monotonic())
             reason = f"{SATURATED} {refused}"
             return await self._defer(delivery, state is None, self._saturated_hold(sub.id, waited), reason, trace)
+        hold = self.breakers.held(sub.id, time.monotonic())  # it may have opened while this task waited for a slot
+        if hold > 0:
+            self._release(sub.id, host)
+            reason = f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
+            return await self._defer(delivery, state is None, hold, reason, trace)
         taken = time.monotonic()
         try:
             await self.limiter.acquire(sub.id, sub.rate_limit_per_second or self.defaults.rate_limit_per_second)
@@ -254,8 +302,8 @@ class DeliveryPipeline:
             headers["content-type"] = task.event.content_type or "application/json"
             response = await self.sender.post(sub.callback_url, task.event.body, headers, timeout_ms / 1000)
         finally:
-            self.in_flight.release(sub.id, host)
             self.pacer.ended(sub.id, time.monotonic() - taken)
+            self._release(sub.id, host)
         decision = policy.classify(
             response.status,
             response.error_class or None,

@@ -56,6 +56,11 @@ class DeliveryConfig:
     # opens to it; the last quarter is kept for subscriptions with fewer than 4 out there, the others share
     # the rest (``switchboard.delivery.inflight``). A subscription's max_in_flight cannot go past that share.
     host_in_flight: int = 64
+    # A task of a subscription at its in-flight limit waits in the worker for the subscription's next free slot
+    # when, at the pace its requests end, one should be its within this many ms (at most as many waiting as it
+    # has out; each gives up after twice this and is deferred), instead of a trip through a delay queue of 1 s
+    # or more (``switchboard.delivery.slots``). 0: always deferred. At most 1000 (the shortest deferral).
+    slot_wait_ms: int = 250
     # Per attempt, unless a subscription's retry policy says otherwise.
     timeout_seconds: float = 10.0
     rate_limit_per_second: int = 1000
@@ -123,6 +128,7 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
         concurrency=t.pos_int("concurrency"),
         subscription_in_flight=t.pos_int("subscription_in_flight"),
         host_in_flight=host_in_flight,
+        slot_wait_ms=t.int_between("slot_wait_ms", 0, 1000),
         timeout_seconds=t.pos_float("timeout_seconds"),
         rate_limit_per_second=t.pos_int("rate_limit_per_second"),
         max_retry_after_seconds=t.pos_float("max_retry_after_seconds"),

@@ -77,6 +77,15 @@ class Breakers:
         circuit = self._circuits.get(key)
         return circuit.state if circuit is not None else State.CLOSED
 
+    def held(self, key: str, now: float) -> float:
+        """Seconds an open circuit still holds sends to ``key`` back (0 when it is closed, half-open or at the
+        end of its cool-down). Unlike ``wait`` it changes nothing: for a send ``wait`` allowed that then waited
+        for something else (an in-flight slot) while the circuit may have opened."""
+        circuit = self._circuits.get(key)
+        if circuit is None or circuit.state is not State.OPEN:
+            return 0.0
+        return max(0.0, circuit.open_until - now)
+
     def wait(self, key: str, now: float) -> float:
         """Seconds to hold a send to ``key`` back; 0 means send now (a half-open circuit's probe included).
         Every 0 must be followed by ``record`` for that send."""

@@ -4,7 +4,8 @@ A worker runs ``concurrency * batch`` tasks at once. Slow endpoints must not tak
 slow endpoints on one host must not take all the connections the sender opens to that host (requests past
 those wait inside the connection pool, holding their worker slots, in front of every other subscription on
 the host). Before a send, ``InFlight.take`` applies four rules; a refused task is deferred by the caller (a
-delay queue, no attempt counted) and comes back later:
+delay queue, no attempt counted) and comes back later, unless its subscription's next slot is due soon enough
+for it to wait in the worker (``switchboard.delivery.slots``):
 
 1. **Per subscription**: at most its limit (its ``max_in_flight``, else ``delivery.subscription_in_flight``).
 2. **Per host** (the callback URL's host and port, what the sender's pool is keyed by): at most

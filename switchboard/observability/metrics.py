@@ -25,6 +25,7 @@ __all__ = [
     "DELIVERIES",
     "DELIVERY_LATENCY",
     "DELIVERY_SENDING",
+    "DELIVERY_WAITING",
     "E2E_LATENCY",
     "FORWARD_FAILURES",
     "INGEST_ACCEPTED",
@@ -36,6 +37,7 @@ __all__ = [
     "QUEUE_MESSAGES",
     "RPC_HANDLED",
     "RPC_SECONDS",
+    "SLOT_WAITS",
     "STORE_RETRIES",
     "STORE_SECONDS",
     "confirm_timer",
@@ -106,6 +108,17 @@ OPEN_CIRCUITS = Gauge(
 DELIVERY_SENDING = Gauge(
     "switchboard_delivery_sending",
     "Requests a delivery worker has out to endpoints (sending, or waiting for their rate-limit token).",
+)
+DELIVERY_WAITING = Gauge(
+    "switchboard_delivery_waiting_for_slot",
+    "Tasks a delivery worker holds for their subscription's next in-flight slot, due within delivery.slot_wait_ms "
+    "at the pace its requests end (instead of deferring them through a delay queue).",
+)
+SLOT_WAITS = Counter(
+    "switchboard_delivery_slot_waits",
+    "Tasks that waited in a delivery worker for their subscription's next in-flight slot, by outcome: sent (they "
+    "got it) or deferred (the wait ran out, or the host's rules refused it).",
+    ["outcome"],
 )
 BUSY_HOSTS = Gauge(
     "switchboard_delivery_busy_hosts",

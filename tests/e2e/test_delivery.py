@@ -10,6 +10,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -323,6 +324,35 @@ def test_slow_endpoints_on_one_host_leave_room_on_it_for_a_fast_one(stack: Stack
         assert rx.most_unanswered() < host_limit
     for p in [*slow_paths, "/fast"]:
         assert sorted(rx.ids(p).values()) == [1] * n  # each delivery once, none twice
+
+
+def test_a_fast_endpoint_at_its_limit_has_its_next_tasks_wait_for_a_slot_not_a_delay_queue(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    """An endpoint with ``max_in_flight`` 8 that answers after 0.4 s: once the worker knows that pace (one
+    delivery first), a burst of 12 events finds its 8 slots taken and the 4 tasks past them, whose slots are due
+    within ``delivery.slot_wait_ms`` (one every ~50 ms), wait in the worker and are handed the slots as the
+    first requests end, instead of a deferral through a delay queue (which comes back after 1 s at the
+    earliest): all 12 arrive within one answer's time of each other, never more than 8 open, each once."""
+    cfg = stack_config
+    delay = 0.4
+    with Receiver(cfg.tls_dir, {"/burst": [Answer(200, delay=delay)]}) as rx:
+        subscribe(cfg, rx.url("/burst"), event_types=["dispute.*"], max_in_flight=8)
+        run = secrets.token_hex(4)
+        post(cfg, invoice(f"evt_burst_{run}_first", 10, "dispute.created"))
+        rx.wait("/burst", 1)
+        time.sleep(delay + 0.2)  # answered and recorded: the pace is known
+        sent_before = delivery_metrics(stack).total("switchboard_delivery_slot_waits_total", outcome="sent")
+        bodies = [invoice(f"evt_burst_{run}_{i}", 10, "dispute.created") for i in range(12)]
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            list(pool.map(lambda body: post(cfg, body), bodies))
+        burst = rx.wait("/burst", 13)[1:]
+        waited = delivery_metrics(stack).total("switchboard_delivery_slot_waits_total", outcome="sent") - sent_before
+        assert waited >= 1, "no task of the burst waited for a slot: the 12 did not meet the limit of 8 at once"
+        spread = max(r.at for r in burst) - min(r.at for r in burst)
+        assert spread < 2 * delay + 0.1, f"the burst took {spread:.2f} s: a task went through a delay queue"
+        assert rx.most_unanswered("/burst") <= 8
+    assert sorted(rx.ids("/burst").values()) == [1] * 13
 
 
 def active_connections(stack: Stack) -> set[str]:

@@ -1,11 +1,13 @@
 """DeliveryPipeline's in-flight limits, against in-memory fakes of its Protocols (store, subscriptions, sender):
 a task past its subscription's limit is deferred and its delivery recorded PENDING once; a copy that comes back
-while the limit still holds is deferred again without the read of its state; with room, it is sent."""
+while the limit still holds is deferred again without the read of its state; with room, it is sent. Once the
+subscription's pace says its next slot is due soon, a task past the limit waits for it in the worker instead."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -57,12 +59,20 @@ class HeldSender:
         self.release = asyncio.Event()
         self.posted = asyncio.Event()
         self.posts = 0
+        self.status = 200
+        self.open = 0
+        self.most = 0  # requests open at once, at most
 
     async def post(self, url: str, body: bytes, headers: dict[str, str], within: float) -> Response:
         self.posts += 1
+        self.open += 1
+        self.most = max(self.most, self.open)
         self.posted.set()
-        await self.release.wait()
-        return Response(status=200, duration_us=1000)
+        try:
+            await self.release.wait()
+        finally:
+            self.open -= 1
+        return Response(status=self.status, duration_us=1000)
 
 
 def copy(delivery_id: str, headers: dict[str, object] | None = None) -> QueueMessage:
@@ -72,14 +82,30 @@ def copy(delivery_id: str, headers: dict[str, object] | None = None) -> QueueMes
     )
 
 
-@pytest.fixture
-def parts() -> tuple[DeliveryPipeline, Store, HeldSender]:
+def build(slot_wait_ms: int) -> tuple[DeliveryPipeline, Store, HeldSender]:
     sub = Subscription(id="sub_1", client_id="c", callback_url=URL, max_in_flight=1, secret="whsec_" + "A" * 32)
     store, sender = Store(), HeldSender()
     pipeline = DeliveryPipeline(
-        Subscriptions(sub), store, NoDisable(), sender, Limiter(), Defaults(), rng=random.Random(1)
+        Subscriptions(sub),
+        store,
+        NoDisable(),
+        sender,
+        Limiter(),
+        Defaults(slot_wait_ms=slot_wait_ms),
+        rng=random.Random(1),
     )
     return pipeline, store, sender
+
+
+@pytest.fixture
+def parts() -> tuple[DeliveryPipeline, Store, HeldSender]:
+    return build(slot_wait_ms=250)
+
+
+@pytest.fixture
+def deferring() -> tuple[DeliveryPipeline, Store, HeldSender]:
+    """``delivery.slot_wait_ms`` 0: a task past its limit is always deferred."""
+    return build(slot_wait_ms=0)
 
 
 async def test_a_copy_back_while_the_limit_holds_is_deferred_again_without_a_read(
@@ -113,11 +139,11 @@ async def test_a_copy_back_while_the_limit_holds_is_deferred_again_without_a_rea
 
 
 async def test_once_the_pace_is_known_a_deferred_copy_comes_back_when_a_slot_should_be_free(
-    parts: tuple[DeliveryPipeline, Store, HeldSender],
+    deferring: tuple[DeliveryPipeline, Store, HeldSender],
 ) -> None:
     """Without a pace a copy that waited 16 s would wait ~30 s; with requests that end within milliseconds it
     is booked for the shortest hold, and the next one just after it."""
-    pipeline, _store, sender = parts
+    pipeline, _store, sender = deferring
     sender.release.set()
     assert [v.outcome for v in await pipeline.handle([copy("dlv_a")])] == ["delivered"]
     sender.release.clear()
@@ -129,5 +155,115 @@ async def test_once_the_pace_is_known_a_deferred_copy_comes_back_when_a_slot_sho
     assert isinstance(first, Retry) and isinstance(second, Retry)
     assert first.delay_ms is not None and second.delay_ms is not None
     assert 1000 <= first.delay_ms <= second.delay_ms < 1100
+    sender.release.set()
+    await held
+
+
+@pytest.mark.parametrize("returning", [False, True], ids=["fresh", "deferred-before"])
+async def test_past_a_fast_endpoints_limit_a_task_waits_for_the_next_slot_instead_of_a_deferral(
+    parts: tuple[DeliveryPipeline, Store, HeldSender], returning: bool
+) -> None:
+    """Its requests end within milliseconds, so a task past its limit of 1 waits in the worker and is sent as
+    soon as the request before it is answered: no deferral, no PENDING record, never two requests open. A copy
+    deferred before (while the pace was unknown) that comes back at the limit waits the same way."""
+    pipeline, store, sender = parts
+    headers: dict[str, object] = (
+        {"x-attempt": 0, "x-last-error": f"{SATURATED} 1 requests in flight", "x-retry-delay-ms": 1000}
+        if returning
+        else {}
+    )
+    sender.release.set()
+    assert [v.outcome for v in await pipeline.handle([copy("dlv_a")])] == ["delivered"]  # the pace is known
+    sender.release.clear()
+    sender.posted.clear()
+    held = asyncio.create_task(pipeline.handle([copy("dlv_b")]))
+    await sender.posted.wait()
+    waiting = asyncio.create_task(pipeline.handle([copy("dlv_c", headers)]))
+    for _ in range(200):
+        if pipeline.slots.waiting("sub_1") or waiting.done():
+            break
+        await asyncio.sleep(0.001)
+    assert not waiting.done() and sender.posts == 2 and "dlv_c" not in store.rows  # waits: not sent, not deferred
+    sender.release.set()
+    assert [v.outcome for v in await held] == ["delivered"]
+    (sent,) = await waiting
+    assert isinstance(sent, Ack) and sent.outcome == "delivered"
+    assert store.rows["dlv_c"].status is DeliveryStatus.DELIVERED and store.rows["dlv_c"].attempts == 1
+    assert sender.posts == 3 and sender.most == 1
+    assert pipeline.in_flight.subscription("sub_1") == 0 and pipeline.slots.total() == 0
+
+
+async def test_a_slow_endpoints_task_past_its_limit_is_still_deferred_and_a_wait_that_runs_out_too(
+    parts: tuple[DeliveryPipeline, Store, HeldSender],
+) -> None:
+    """A slot every 5 s is not due within the 250 ms a task may wait: deferred at once, as before. A task that
+    did wait, for a request that then took longer than its pace said, is deferred after twice that wait."""
+    pipeline, store, sender = parts
+    held = asyncio.create_task(pipeline.handle([copy("dlv_a")]))
+    await sender.posted.wait()
+    pipeline.pacer.ended("sub_1", 5.0)
+    (deferred,) = await pipeline.handle([copy("dlv_b")])
+    assert isinstance(deferred, Retry) and deferred.outcome == "deferred" and deferred.error.startswith(SATURATED)
+    assert store.rows["dlv_b"].status is DeliveryStatus.PENDING
+
+    for _ in range(50):  # the pace falls to ~1 ms: the next task waits, for a request that does not end
+        pipeline.pacer.ended("sub_1", 0.001)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    (ran_out,) = await pipeline.handle([copy("dlv_c")])
+    assert isinstance(ran_out, Retry) and ran_out.outcome == "deferred" and ran_out.error.startswith(SATURATED)
+    assert 0.5 <= loop.time() - started < 2  # the wait's timeout: twice slot_wait_ms
+    assert store.rows["dlv_c"].status is DeliveryStatus.PENDING and pipeline.slots.total() == 0
+    assert sender.posts == 1
+    sender.release.set()
+    await held
+
+
+async def test_a_task_that_waited_for_a_slot_while_the_circuit_opened_is_deferred_for_the_cool_down(
+    parts: tuple[DeliveryPipeline, Store, HeldSender],
+) -> None:
+    """The endpoint starts failing while a task waits for its slot: when the slot comes, the circuit is open,
+    so the task sends nothing and is deferred to the end of the cool-down like any task of an open circuit."""
+    pipeline, store, sender = parts
+    sender.release.set()
+    assert [v.outcome for v in await pipeline.handle([copy("dlv_a")])] == ["delivered"]  # the pace is known
+    sender.release.clear()
+    sender.posted.clear()
+    sender.status = 503
+    held = asyncio.create_task(pipeline.handle([copy("dlv_b")]))
+    await sender.posted.wait()
+    waiting = asyncio.create_task(pipeline.handle([copy("dlv_c")]))
+    for _ in range(200):
+        if pipeline.slots.waiting("sub_1") or waiting.done():
+            break
+        await asyncio.sleep(0.001)
+    assert pipeline.slots.waiting("sub_1") == 1
+    for _ in range(pipeline.breakers.settings.failure_threshold):  # other sends failed meanwhile
+        pipeline.breakers.record("sub_1", failed=True, now=time.monotonic())
+    sender.release.set()
+    (failed,) = await held
+    assert isinstance(failed, Retry) and failed.outcome != "deferred"  # dlv_b was sent: a 503, retried
+    (deferred,) = await waiting
+    assert isinstance(deferred, Retry) and deferred.outcome == "deferred"
+    assert deferred.error.startswith("deferred: the endpoint's circuit is open")
+    assert 20_000 <= (deferred.delay_ms or 0) <= 30_000  # the cool-down's rest
+    assert sender.posts == 2 and store.rows["dlv_c"].status is DeliveryStatus.PENDING
+    assert pipeline.in_flight.subscription("sub_1") == 0
+
+
+async def test_a_half_open_circuits_probe_refused_for_the_in_flight_limit_lets_the_next_task_probe(
+    parts: tuple[DeliveryPipeline, Store, HeldSender],
+) -> None:
+    """The cool-down is over and the next task is the probe, but its subscription's one slot is still held by
+    a request from before: it is deferred, and the circuit does not wait two minutes for a probe never sent."""
+    pipeline, _store, sender = parts
+    held = asyncio.create_task(pipeline.handle([copy("dlv_a")]))
+    await sender.posted.wait()
+    long_ago = time.monotonic() - pipeline.breakers.settings.cooldown_seconds - 1
+    for _ in range(pipeline.breakers.settings.failure_threshold):
+        pipeline.breakers.record("sub_1", failed=True, now=long_ago)
+    (deferred,) = await pipeline.handle([copy("dlv_b")])  # the probe, refused: no pace yet, no slot
+    assert isinstance(deferred, Retry) and deferred.error.startswith(SATURATED)
+    assert pipeline.breakers.wait("sub_1", time.monotonic()) == 0.0  # the next task may probe
     sender.release.set()
     await held

@@ -55,6 +55,17 @@ def test_after_the_cooldown_one_probe_goes_and_the_others_wait() -> None:
     assert b.wait("sub", 11.0) == 0.0 and b.state("sub") is State.CLOSED
 
 
+def test_held_says_how_long_an_open_circuit_holds_sends_and_takes_no_probe() -> None:
+    b = Breakers(SETTINGS)
+    assert b.held("sub", 0.0) == 0.0  # closed
+    fail(b, 3, now=0.0)
+    assert b.held("sub", 4.0) == pytest.approx(6.0)
+    assert b.held("sub", 10.0) == 0.0  # the cool-down is over: a probe may go...
+    assert b.state("sub") is State.OPEN  # ...but held did not make it half-open,
+    assert b.wait("sub", 10.0) == 0.0  # so wait still lets the probe go
+    assert b.held("sub", 10.5) == 0.0 and b.state("sub") is State.HALF_OPEN
+
+
 def test_a_failed_probe_opens_it_again_for_twice_as_long_up_to_the_max() -> None:
     b = Breakers(SETTINGS)
     fail(b, 3, now=0.0)

@@ -1,0 +1,125 @@
+"""Tasks that wait in the worker for one of their subscription's in-flight slots, instead of a trip through a
+delay queue.
+
+A task of a subscription at its in-flight limit (``switchboard.delivery.inflight``) is deferred: published to a
+delay queue (the shortest waits 1 s), consumed, decoded and checked again. When the subscription's requests end
+within milliseconds (a fast endpoint that a burst, or a worker short of CPU, brought to its limit) that round
+trip costs the worker and the broker more than the send itself, and the delivery a second or more; at a
+worker's saturation it fed itself (every deferral a publish and a redelivery more: docs/benchmarks.md,
+"Waiting for a slot"). ``SlotQueue`` lets such a task wait in the worker instead, in line behind its
+subscription's other waiters, when the pace of its requests says a slot should come its way soon:
+
+- **Admission** (``admits``): with ``slots`` requests out, each holding its slot for ``latency`` seconds on
+  average (``Pacer.latency``), one frees every ``latency / slots`` seconds, so the ``n``-th waiter should have
+  one after ``n * latency / slots``. A task waits if that is at most ``max_wait`` and fewer than ``slots``
+  wait already; otherwise (a slow endpoint, or a pace not known yet) the caller defers it as before. A slow
+  endpoint thus holds at most ``max_wait * slots / latency`` waiters: 1 for requests of 5 s with 32 slots and
+  ``max_wait`` 0.25 s, none past 8 s; its share of the worker stays bounded.
+- **Hand-over** (``handover``): when a request of the subscription ends, the caller releases its slot and
+  calls ``handover``, which takes a slot for the first waiter with the caller's ``take`` (so every in-flight
+  rule still applies) before any other task runs. A task of a subscription with waiters must line up behind
+  them (or be deferred), not take a slot first: ``waiting`` says whether there are any.
+- **Bounded in time**: a waiter gives up after ``timeout`` seconds (False: the caller defers it). If ``take``
+  refuses the first waiter (its host's rules), every waiter of the subscription gives up at once: no request
+  of it may be out to hand a slot over later.
+
+Invariants: ``wait`` answers True only when a slot was taken for the waiter, which the caller then owns and
+must release; a waiter cancelled after a slot was taken for it releases that slot itself (``release``). One
+event loop; per worker, in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(eq=False)
+class _Waiter:
+    future: asyncio.Future[bool]
+    take: Callable[[], str | None]
+    timer: asyncio.TimerHandle | None = None
+
+
+class SlotQueue:
+    def __init__(self, max_wait: float, timeout: float) -> None:
+        if max_wait < 0 or timeout < max_wait:
+            raise ValueError("max_wait must be at least 0 and timeout at least max_wait")
+        self.max_wait = max_wait
+        self.timeout = timeout
+        self._lines: dict[str, deque[_Waiter]] = {}
+
+    def waiting(self, subscription_id: str) -> int:
+        line = self._lines.get(subscription_id)
+        return len(line) if line else 0
+
+    def total(self) -> int:
+        """Tasks waiting, every subscription's (safe to read from the metrics thread)."""
+        return sum(len(line) for line in list(self._lines.values()))
+
+    def admits(self, subscription_id: str, latency: float | None, slots: int) -> bool:
+        """Whether one more task of the subscription, which has ``slots`` requests out (it is at its limit),
+        should wait for one of them to end rather than be deferred."""
+        if latency is None or slots < 1 or self.max_wait <= 0:
+            return False
+        n = self.waiting(subscription_id) + 1
+        return n <= slots and n * latency / slots <= self.max_wait
+
+    async def wait(self, subscription_id: str, take: Callable[[], str | None], release: Callable[[], None]) -> bool:
+        """Waits in line for a slot; True once ``take`` took one for this task (the caller owns it), False when
+        the wait ran out or ``take`` refused. ``release`` gives back a slot taken for a waiter cancelled
+        before it could use it."""
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), take)
+        line = self._lines.setdefault(subscription_id, deque())
+        line.append(waiter)
+        waiter.timer = loop.call_later(self.timeout, self._expire, subscription_id, waiter)
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.result():
+                release()
+            else:
+                self._drop(subscription_id, waiter)
+            raise
+
+    def handover(self, subscription_id: str) -> None:
+        """A request of the subscription ended and its slot was released: the first waiter gets it."""
+        line = self._lines.get(subscription_id)
+        while line:
+            first = line.popleft()
+            if first.future.done():  # cancelled, its task not resumed yet to leave the line: no slot for it
+                continue
+            refused = first.take()
+            self._settle(first, refused is None)
+            if refused is not None:
+                while line:
+                    self._settle(line.popleft(), False)
+            break
+        if line is not None and not line:
+            del self._lines[subscription_id]
+
+    def _expire(self, subscription_id: str, waiter: _Waiter) -> None:
+        self._drop(subscription_id, waiter)
+        if not waiter.future.done():
+            waiter.future.set_result(False)
+
+    def _drop(self, subscription_id: str, waiter: _Waiter) -> None:
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        line = self._lines.get(subscription_id)
+        if line is None:
+            return
+        if waiter in line:  # not when handover took it out of the line first
+            line.remove(waiter)
+        if not line:
+            del self._lines[subscription_id]
+
+    @staticmethod
+    def _settle(waiter: _Waiter, taken: bool) -> None:
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        if not waiter.future.done():
+            waiter.future.set_result(taken)

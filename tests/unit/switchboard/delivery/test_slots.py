@@ -1,0 +1,123 @@
+"""SlotQueue: who may wait for a subscription's next in-flight slot, in what order they get one, and that a slot
+taken for a waiter is never lost (timed out, refused, cancelled before or after the hand-over)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from switchboard.delivery.slots import SlotQueue
+
+
+class Slots:
+    """A subscription's in-flight count with a limit, as InFlight keeps it."""
+
+    def __init__(self, limit: int, out: int) -> None:
+        self.limit = limit
+        self.out = out
+        self.refuse = ""  # set: take refuses with it (its host's rules)
+
+    def take(self) -> str | None:
+        if self.refuse:
+            return self.refuse
+        if self.out >= self.limit:
+            return "at its limit"
+        self.out += 1
+        return None
+
+    def release(self) -> None:
+        self.out -= 1
+
+
+def test_a_task_waits_only_when_its_turn_is_due_within_the_wait_and_the_line_is_shorter_than_its_slots() -> None:
+    q = SlotQueue(max_wait=0.25, timeout=0.5)
+    assert not q.admits("s", None, 4)  # no pace yet: deferred, as before
+    assert not q.admits("s", 0.01, 0)  # nothing out: nothing will end to hand a slot over
+    assert q.admits("s", 0.01, 4)  # one frees every 2.5 ms
+    assert q.admits("s", 1.0, 4)  # one frees every 250 ms: the first waiter's turn is due at 0.25 s
+    assert not q.admits("s", 1.01, 4)
+    assert q.admits("s", 5.0, 32)  # a 5 s endpoint with 32 out: a slot every 156 ms, the first waiter's
+    assert not q.admits("s", 8.1, 32)  # past 8 s: 253 ms
+    assert not SlotQueue(max_wait=0, timeout=0).admits("s", 0.001, 32)  # slot_wait_ms 0: never
+
+
+async def test_the_line_is_bounded_by_the_slots_out_and_by_when_its_last_turn_is_due() -> None:
+    q = SlotQueue(max_wait=0.25, timeout=5)
+    slots = Slots(limit=2, out=2)
+    waiters = []
+    while q.admits("s", 0.001, slots.out):
+        waiters.append(asyncio.create_task(q.wait("s", slots.take, slots.release)))
+        await asyncio.sleep(0)
+    assert q.waiting("s") == 2 == len(waiters)  # fast requests: as many waiting as it has out, no more
+    slow = SlotQueue(max_wait=0.25, timeout=5)
+    held = []
+    while slow.admits("t", 2.0, 32):  # 62.5 ms per slot: turns due at 62.5, 125, 187.5, 250 ms
+        held.append(asyncio.create_task(slow.wait("t", slots.take, slots.release)))
+        await asyncio.sleep(0)
+    assert slow.waiting("t") == 4
+    for t in [*waiters, *held]:
+        t.cancel()
+    await asyncio.gather(*waiters, *held, return_exceptions=True)
+    assert q.waiting("s") == 0 == slow.waiting("t") == q.total()
+
+
+async def test_each_ended_request_hands_its_slot_to_the_first_waiter_in_order() -> None:
+    q = SlotQueue(max_wait=0.25, timeout=5)
+    slots = Slots(limit=2, out=2)
+    a = asyncio.create_task(q.wait("s", slots.take, slots.release))
+    await asyncio.sleep(0)
+    b = asyncio.create_task(q.wait("s", slots.take, slots.release))
+    await asyncio.sleep(0)
+    assert q.total() == 2
+    slots.release()
+    q.handover("s")
+    assert slots.out == 2  # taken for the first waiter before anything else could
+    assert await a is True and not b.done()
+    q.handover("s")  # nothing was released: take refuses, and nobody of the line can have a slot now
+    assert await b is False and q.waiting("s") == 0 and slots.out == 2
+
+
+async def test_a_wait_that_runs_out_is_left_and_later_slots_go_to_the_next() -> None:
+    q = SlotQueue(max_wait=0.01, timeout=0.02)
+    slots = Slots(limit=1, out=1)
+    assert await q.wait("s", slots.take, slots.release) is False
+    assert q.waiting("s") == 0
+    q.handover("s")  # nobody waits: nothing taken
+    assert slots.out == 1
+
+
+async def test_a_refusal_for_the_host_sends_the_whole_line_back_to_be_deferred() -> None:
+    q = SlotQueue(max_wait=0.25, timeout=5)
+    slots = Slots(limit=4, out=4)
+    line = [asyncio.create_task(q.wait("s", slots.take, slots.release)) for _ in range(3)]
+    await asyncio.sleep(0)
+    slots.release()
+    slots.refuse = "its host is full"
+    q.handover("s")
+    assert await asyncio.gather(*line) == [False, False, False]
+    assert slots.out == 3 and q.waiting("s") == 0
+
+
+async def test_a_waiter_cancelled_before_the_hand_over_gets_no_slot_and_one_cancelled_after_gives_it_back() -> None:
+    q = SlotQueue(max_wait=0.25, timeout=5)
+    slots = Slots(limit=2, out=2)
+    gone = asyncio.create_task(q.wait("s", slots.take, slots.release))
+    nxt = asyncio.create_task(q.wait("s", slots.take, slots.release))
+    await asyncio.sleep(0)
+    gone.cancel()  # its future is cancelled; it leaves the line only when it runs again
+    slots.release()
+    q.handover("s")  # skips it: the slot goes to the next one
+    assert await nxt is True and slots.out == 2
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+
+    late = asyncio.create_task(q.wait("s", slots.take, slots.release))
+    await asyncio.sleep(0)
+    slots.release()
+    q.handover("s")  # a slot taken for it...
+    assert slots.out == 2
+    late.cancel()  # ...which it cannot use: it gives it back
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    assert slots.out == 1 and q.total() == 0
