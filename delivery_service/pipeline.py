@@ -22,9 +22,9 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
   subscription (its own, else ``delivery.subscription_in_flight``) are sending (or waiting for their
   rate-limit token) in a worker at once, and at most ``delivery.host_in_flight`` to one host, whose last
   quarter is kept for endpoints with few requests out and the rest shared by the others
-  (``switchboard.delivery.inflight``). A task past its subscription's limit whose next slot, at the pace the
+  (``switchboard.delivery.inflight``). A task refused by those limits whose next slot, at the pace its
   subscription's requests end, is due within ``delivery.slot_wait_ms`` waits for it here, in line
-  (``switchboard.delivery.slots``; a fast endpoint at its limit costs no trip through a delay queue). The
+  (``switchboard.delivery.slots``; a fast endpoint at its bound costs no trip through a delay queue). The
   others are deferred (no attempt counted, recorded PENDING with the reason if never tried; a copy that comes
   back while the limit still holds goes back without the read of its state), each to its subscription's next
   free moment at that pace (``switchboard.delivery.pacing``; 1 s, then twice the copy's previous wait up to 30
@@ -144,7 +144,7 @@ class DeliveryPipeline:
         self.in_flight = InFlight(defaults.host_in_flight)
         # When a task deferred for those limits comes back: within the same bounds as the doubling.
         self.pacer = Pacer(SATURATED_DEFER_S, SATURATED_MAX_DEFER_S)
-        # Tasks of a subscription at its limit that wait here for its next slot instead (a soon one).
+        # Tasks refused a slot that wait here for their subscription's next one instead (when it is due soon).
         self.slots = SlotQueue(defaults.slot_wait_ms / 1000, 2 * defaults.slot_wait_ms / 1000)
         self.on_wait = on_wait
 
@@ -207,7 +207,7 @@ class DeliveryPipeline:
         one of its requests to end (``SlotQueue``: when its pace says one frees soon), or says why the task may
         not go now (the words after "the endpoint has"; the caller defers it)."""
         # No task takes a slot before the subscription's waiters: while any wait, the subscription is at its
-        # limit (each slot its requests free is handed to the first waiter at once), so ``take`` refuses.
+        # bound (each slot its requests free is handed to the first waiter at once), so ``take`` refuses.
         limit = self._limit(sub)
         refused = self.in_flight.take(sub.id, host, limit)
         if refused is None:
@@ -224,9 +224,10 @@ class DeliveryPipeline:
         return None if taken else refused
 
     def _may_wait(self, sub: Subscription) -> bool:
-        """Whether a task of the subscription, at its own in-flight limit, may wait in line for its next slot."""
+        """Whether a task of the subscription refused a slot (its own limit, or its host's rules) may wait in line
+        for the next one its requests free."""
         out = self.in_flight.subscription(sub.id)
-        return out >= self._limit(sub) and self.slots.admits(sub.id, self.pacer.latency(sub.id), out)
+        return self.slots.admits(sub.id, self.pacer.latency(sub.id), out)
 
     def _release(self, subscription_id: str, host: str) -> None:
         """A request taken with ``_take_slot`` is over: its slot goes to the subscription's first waiter."""

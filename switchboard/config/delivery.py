@@ -56,10 +56,10 @@ class DeliveryConfig:
     # opens to it; the last quarter is kept for subscriptions with fewer than 4 out there, the others share
     # the rest (``switchboard.delivery.inflight``). A subscription's max_in_flight cannot go past that share.
     host_in_flight: int = 64
-    # A task of a subscription at its in-flight limit waits in the worker for the subscription's next free slot
-    # when, at the pace its requests end, one should be its within this many ms (at most as many waiting as it
-    # has out; each gives up after twice this and is deferred), instead of a trip through a delay queue of 1 s
-    # or more (``switchboard.delivery.slots``). 0: always deferred. At most 1000 (the shortest deferral).
+    # A task refused by those limits waits in the worker for its subscription's next free slot when, at the
+    # pace its requests end, one should be its within this many ms (each gives up after twice this and is
+    # deferred), instead of a trip through a delay queue of 1 s or more (``switchboard.delivery.slots``).
+    # 0: always deferred. At most 1000 (the shortest deferral).
     slot_wait_ms: int = 250
     # Per attempt, unless a subscription's retry policy says otherwise.
     timeout_seconds: float = 10.0

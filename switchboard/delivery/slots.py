@@ -1,27 +1,29 @@
 """Tasks that wait in the worker for one of their subscription's in-flight slots, instead of a trip through a
 delay queue.
 
-A task of a subscription at its in-flight limit (``switchboard.delivery.inflight``) is deferred: published to a
-delay queue (the shortest waits 1 s), consumed, decoded and checked again. When the subscription's requests end
-within milliseconds (a fast endpoint that a burst, or a worker short of CPU, brought to its limit) that round
-trip costs the worker and the broker more than the send itself, and the delivery a second or more; at a
-worker's saturation it fed itself (every deferral a publish and a redelivery more: docs/benchmarks.md,
-"Waiting for a slot"). ``SlotQueue`` lets such a task wait in the worker instead, in line behind its
-subscription's other waiters, when the pace of its requests says a slot should come its way soon:
+A task refused a slot by ``switchboard.delivery.inflight`` (its subscription at its limit, or at its share of
+its host's connections) is deferred: published to a delay queue (the shortest waits 1 s), consumed, decoded
+and checked again, and a delivery never tried is recorded PENDING first. When the subscription's requests end
+within milliseconds (a fast endpoint that a burst, or a worker short of CPU, brought to its bound) that round
+trip costs the worker, the broker and Cassandra more than the send itself, and the delivery a second or more;
+at a worker's saturation it fed itself (docs/benchmarks.md, "Waiting for a slot"). ``SlotQueue`` lets such a
+task wait in the worker instead, in line behind its subscription's other waiters, when the pace of its
+requests says a slot should come its way soon:
 
 - **Admission** (``admits``): with ``slots`` requests out, each holding its slot for ``latency`` seconds on
   average (``Pacer.latency``), one frees every ``latency / slots`` seconds, so the ``n``-th waiter should have
-  one after ``n * latency / slots``. A task waits if that is at most ``max_wait`` and fewer than ``slots``
-  wait already; otherwise (a slow endpoint, or a pace not known yet) the caller defers it as before. A slow
-  endpoint thus holds at most ``max_wait * slots / latency`` waiters: 1 for requests of 5 s with 32 slots and
-  ``max_wait`` 0.25 s, none past 8 s; its share of the worker stays bounded.
+  one after ``n * latency / slots``. A task waits if that is at most ``max_wait`` (and fewer than
+  ``WAITERS_PER_SLOT * slots`` wait, a guard against a pace that is off); otherwise (a slow endpoint, a pace
+  not known yet, nothing out) the caller defers it as before. A subscription thus holds about ``max_wait``
+  of its own throughput in line: a slow endpoint 1 waiter for requests of 5 s with 32 out and ``max_wait``
+  0.25 s, none past 8 s; its share of the worker stays bounded.
 - **Hand-over** (``handover``): when a request of the subscription ends, the caller releases its slot and
   calls ``handover``, which takes a slot for the first waiter with the caller's ``take`` (so every in-flight
-  rule still applies) before any other task runs. A task of a subscription with waiters must line up behind
-  them (or be deferred), not take a slot first: ``waiting`` says whether there are any.
+  rule still applies) before any other task runs: while a subscription has waiters it stays at its bound, and
+  a task of it that comes meanwhile is refused by ``take`` and lines up behind them.
 - **Bounded in time**: a waiter gives up after ``timeout`` seconds (False: the caller defers it). If ``take``
-  refuses the first waiter (its host's rules), every waiter of the subscription gives up at once: no request
-  of it may be out to hand a slot over later.
+  refuses the first waiter (its host's rules), every waiter of the subscription gives up at once: a slot of
+  its own is what they wait for, and the host's rules say it gets none now.
 
 Invariants: ``wait`` answers True only when a slot was taken for the waiter, which the caller then owns and
 must release; a waiter cancelled after a slot was taken for it releases that slot itself (``release``). One
@@ -34,6 +36,10 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+# At most this many tasks of a subscription wait per request it has out (a guard against a pace that is off:
+# the time bound alone would let a subscription answering in 1 ms with 32 out have 8,000 in line).
+WAITERS_PER_SLOT = 4
 
 
 @dataclass(eq=False)
@@ -65,7 +71,7 @@ class SlotQueue:
         if latency is None or slots < 1 or self.max_wait <= 0:
             return False
         n = self.waiting(subscription_id) + 1
-        return n <= slots and n * latency / slots <= self.max_wait
+        return n <= WAITERS_PER_SLOT * slots and n * latency / slots <= self.max_wait
 
     async def wait(self, subscription_id: str, take: Callable[[], str | None], release: Callable[[], None]) -> bool:
         """Waits in line for a slot; True once ``take`` took one for this task (the caller owns it), False when

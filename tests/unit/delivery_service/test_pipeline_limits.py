@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pytest
 
 from delivery_service.limiter import Limiter
-from delivery_service.pipeline import SATURATED, Defaults, DeliveryPipeline
+from delivery_service.pipeline import SATURATED, Defaults, DeliveryPipeline, host_of
 from switchboard.delivery.sender import Response
 from switchboard.model.subscriptions import Attempt, Delivery, DeliveryStatus, DeliveryTask, Subscription
 from switchboard.queue import Ack, QueueMessage, Retry
@@ -82,8 +82,12 @@ def copy(delivery_id: str, headers: dict[str, object] | None = None) -> QueueMes
     )
 
 
-def build(slot_wait_ms: int) -> tuple[DeliveryPipeline, Store, HeldSender]:
-    sub = Subscription(id="sub_1", client_id="c", callback_url=URL, max_in_flight=1, secret="whsec_" + "A" * 32)
+def build(
+    slot_wait_ms: int, max_in_flight: int = 1, host_in_flight: int = 64
+) -> tuple[DeliveryPipeline, Store, HeldSender]:
+    sub = Subscription(
+        id="sub_1", client_id="c", callback_url=URL, max_in_flight=max_in_flight, secret="whsec_" + "A" * 32
+    )
     store, sender = Store(), HeldSender()
     pipeline = DeliveryPipeline(
         Subscriptions(sub),
@@ -91,7 +95,7 @@ def build(slot_wait_ms: int) -> tuple[DeliveryPipeline, Store, HeldSender]:
         NoDisable(),
         sender,
         Limiter(),
-        Defaults(slot_wait_ms=slot_wait_ms),
+        Defaults(slot_wait_ms=slot_wait_ms, host_in_flight=host_in_flight),
         rng=random.Random(1),
     )
     return pipeline, store, sender
@@ -267,3 +271,29 @@ async def test_a_half_open_circuits_probe_refused_for_the_in_flight_limit_lets_t
     assert pipeline.breakers.wait("sub_1", time.monotonic()) == 0.0  # the next task may probe
     sender.release.set()
     await held
+
+
+async def test_a_task_past_its_share_of_its_host_waits_for_its_next_slot_too() -> None:
+    """Its own limit is 32, but a worker opens only 8 connections to its host and keeps the last 2 for
+    endpoints with few requests out: at 6 out the subscription is refused for its host's sake, and with a
+    known pace its next task waits for one of its 6 to end rather than go through a delay queue."""
+    pipeline, store, sender = build(slot_wait_ms=250, max_in_flight=32, host_in_flight=8)
+    sender.release.set()
+    assert [v.outcome for v in await pipeline.handle([copy("dlv_pace")])] == ["delivered"]  # the pace is known
+    sender.release.clear()
+    held = [asyncio.create_task(pipeline.handle([copy(f"dlv_{i}")])) for i in range(6)]
+    for _ in range(200):
+        if sender.open == 6:
+            break
+        await asyncio.sleep(0.001)
+    assert sender.open == 6 and pipeline.in_flight.refusal("sub_1", host_of(URL), 32) is not None
+    waiting = asyncio.create_task(pipeline.handle([copy("dlv_7")]))
+    for _ in range(200):
+        if pipeline.slots.waiting("sub_1") or waiting.done():
+            break
+        await asyncio.sleep(0.001)
+    assert pipeline.slots.waiting("sub_1") == 1 and "dlv_7" not in store.rows
+    sender.release.set()
+    assert [v.outcome for batch in await asyncio.gather(*held) for v in batch] == ["delivered"] * 6
+    (sent,) = await waiting
+    assert isinstance(sent, Ack) and sent.outcome == "delivered" and sender.most == 6

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from switchboard.delivery.slots import SlotQueue
+from switchboard.delivery.slots import WAITERS_PER_SLOT, SlotQueue
 
 
 class Slots:
@@ -49,7 +49,8 @@ async def test_the_line_is_bounded_by_the_slots_out_and_by_when_its_last_turn_is
     while q.admits("s", 0.001, slots.out):
         waiters.append(asyncio.create_task(q.wait("s", slots.take, slots.release)))
         await asyncio.sleep(0)
-    assert q.waiting("s") == 2 == len(waiters)  # fast requests: as many waiting as it has out, no more
+    # Requests of 1 ms: the time bound would take 500 in line; the guard keeps it to 4 per request out.
+    assert q.waiting("s") == WAITERS_PER_SLOT * 2 == len(waiters)
     slow = SlotQueue(max_wait=0.25, timeout=5)
     held = []
     while slow.admits("t", 2.0, 32):  # 62.5 ms per slot: turns due at 62.5, 125, 187.5, 250 ms
