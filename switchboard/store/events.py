@@ -27,7 +27,8 @@ from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
 
 Cursor = tuple[int, int, str]  # (bucket, received_at in ms, event_id) of the last row returned
-# The most buckets ``EventStore.list`` reads at once while they come back empty.
+# The most buckets ``EventStore.list`` reads at once while they come back empty (and the most listing reads out
+# at once per store).
 LIST_LOOKAHEAD = 64
 
 
@@ -39,6 +40,7 @@ class EventStore:
         self.ttl = store.cfg.ttl_seconds
         self.bucket_us = store.cfg.bucket_seconds * 1_000_000
         self._level = self.q.insert_event.consistency_level
+        self._list_reads = asyncio.Semaphore(LIST_LOOKAHEAD)  # listing reads out at once, all listings together
 
     def bucket_of(self, received_us: int) -> int:
         return received_us // self.bucket_us
@@ -219,9 +221,11 @@ class EventStore:
         """Events of ``source`` with start <= received_at < end, oldest first, at most ``limit``; returns
         them and the cursor to continue from (None when the range is exhausted).
 
-        The range is read bucket by bucket, in order. Buckets that come back empty are read more at a time
-        (1, 2, 4 … ``LIST_LOOKAHEAD`` at once, back to 1 at the first rows found): 30 days of one-minute buckets
-        are 43,200 partitions, which one read after another took over a minute for a quiet source."""
+        The range is read bucket by bucket, in order. While buckets come back empty, the ones after the bucket
+        being read are probed with it, one row each (1, 2, 4 … up to ``LIST_LOOKAHEAD`` buckets at once, back
+        to 1 at the first rows found), and the first probe that finds a row is where reading goes on: 30 days
+        of one-minute buckets are 43,200 partitions, which one read after another took over a minute for a
+        quiet source. At most ``LIST_LOOKAHEAD`` listing reads are out at once per store."""
         out: list[EventSummary] = []
         bucket = after[0] if after else self.bucket_of(start_us)
         last_bucket = self.bucket_of(max(end_us - 1, start_us))
@@ -229,32 +233,36 @@ class EventStore:
         ahead = 1
         while bucket <= last_bucket and len(out) < limit:
             want = limit - len(out)
+            probed: Sequence[tuple[int, Sequence[Any]]] = ()
             if after is not None and after[0] == bucket:
                 params: tuple[Any, ...] = (source, bucket, ts(after[1] * 1000), after[2], want)
-                read = [(bucket, await self.store.execute(self.q.list_after, params))]
+                rows = await self._list_read(self.q.list_after, params)
                 after = None
             else:
                 span = range(bucket, min(last_bucket, bucket + ahead - 1) + 1)
-                pages = await asyncio.gather(
-                    *(self.store.execute(self.q.list_range, (source, b, ts(start_us), ts(end_us), want)) for b in span)
-                )
-                read = list(zip(span, pages, strict=True))
-            for _, rows in read:
-                for row in rows:
-                    t_us = us_of(row.received_at)
-                    if t_us // 1000 >= end_ms:  # only possible after a cursor: the range is exhausted
-                        return out, None
-                    status = EventStatus(row.status)
-                    out.append(
-                        EventSummary(source, row.event_id, row.event_type or "", t_us, status, row.receipt_id or "")
+                rows, *probes = await asyncio.gather(
+                    *(
+                        self._list_read(self.q.list_range, (source, b, ts(start_us), ts(end_us), want if i == 0 else 1))
+                        for i, b in enumerate(span)
                     )
-                    if len(out) >= limit:  # the cursor (below) points at this row, in this bucket
-                        break
-                if len(out) >= limit:
-                    break
-            bucket = read[-1][0] + 1  # a bucket that returned ``want`` rows filled the page: the loop ends
-            ahead = 1 if any(rows for _, rows in read) else min(LIST_LOOKAHEAD, 2 * ahead)
+                )
+                probed = list(zip(span[1:], probes, strict=True))
+            for row in rows:
+                t_us = us_of(row.received_at)
+                if t_us // 1000 >= end_ms:  # only possible after a cursor: the range is exhausted
+                    return out, None
+                status = EventStatus(row.status)
+                out.append(EventSummary(source, row.event_id, row.event_type or "", t_us, status, row.receipt_id or ""))
+            # A bucket that gave ``want`` rows filled the page (the loop ends); else it is exhausted: on to the
+            # first probed bucket with a row, or past the probed ones.
+            found = next((b for b, first in probed if first), None)
+            bucket = found if found is not None else (probed[-1][0] if probed else bucket) + 1
+            ahead = 1 if rows or found is not None else min(LIST_LOOKAHEAD, 2 * ahead)
         if len(out) >= limit:
             last = out[-1]
             return out, (self.bucket_of(last.received_us), last.received_us // 1000, last.event_id)
         return out, None
+
+    async def _list_read(self, statement: Any, params: tuple[Any, ...]) -> Sequence[Any]:
+        async with self._list_reads:
+            return await self.store.execute(statement, params)
