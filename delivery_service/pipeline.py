@@ -202,37 +202,45 @@ class DeliveryPipeline:
     def _limit(self, sub: Subscription) -> int:
         return sub.max_in_flight or self.defaults.subscription_in_flight
 
-    async def _take_slot(self, sub: Subscription, host: str) -> str | None:
-        """Takes one of the subscription's in-flight slots (None), if need be after waiting in the worker for
-        one of its requests to end (``SlotQueue``: when its pace says one frees soon), or says why the task may
-        not go now (the words after "the endpoint has"; the caller defers it)."""
-        # No task takes a slot before the subscription's waiters: while any wait, the subscription is at its
-        # bound (each slot its requests free is handed to the first waiter at once), so ``take`` refuses.
+    async def _take_slot(self, sub: Subscription, host: str) -> tuple[str | None, bool]:
+        """Takes one of the subscription's in-flight slots, if need be after waiting in the worker for one of
+        its requests to end (``SlotQueue``: when its pace says one frees soon). Returns (None, whether it
+        waited) with the slot taken, or (why the task may not go now, …): the words after "the endpoint has",
+        and the caller defers it."""
         limit = self._limit(sub)
-        refused = self.in_flight.take(sub.id, host, limit)
-        if refused is None:
-            return None
-        if not self._may_wait(sub):  # its slot is not due soon, or its host refused it: deferred
-            return refused
+        refused: str | None
+        if self.slots.waiting(sub.id) and self._may_wait(sub):  # behind the ones that wait for its next slots
+            refused = f"{self.in_flight.subscription(sub.id)} requests in flight and tasks waiting for them"
+        else:
+            refused = self.in_flight.take(sub.id, host, limit)
+            if refused is None:
+                if self.in_flight.subscription(sub.id) == 1:
+                    self.slots.busy(sub.id, time.monotonic())
+                return None, False
+            if not self._may_wait(sub):  # its slot is not due soon, or nothing of it is out: deferred
+                return refused, False
         taken = await self.slots.wait(
             sub.id,
             functools.partial(self.in_flight.take, sub.id, host, limit),
             functools.partial(self._release, sub.id, host),
         )
         if self.on_wait is not None:
-            self.on_wait(taken)
-        return None if taken else refused
+            try:
+                self.on_wait(taken)
+            except Exception:  # a metrics hook must not cost the slot taken for this task
+                log.warning("the slot-wait hook failed", exc_info=True)
+        return (None, True) if taken else (refused, True)
 
     def _may_wait(self, sub: Subscription) -> bool:
         """Whether a task of the subscription refused a slot (its own limit, or its host's rules) may wait in line
         for the next one its requests free."""
         out = self.in_flight.subscription(sub.id)
-        return self.slots.admits(sub.id, self.pacer.latency(sub.id), out)
+        return self.slots.admits(sub.id, self.pacer.latency(sub.id), out, time.monotonic())
 
     def _release(self, subscription_id: str, host: str) -> None:
         """A request taken with ``_take_slot`` is over: its slot goes to the subscription's first waiter."""
         self.in_flight.release(subscription_id, host)
-        self.slots.handover(subscription_id)
+        self.slots.handover(subscription_id, time.monotonic())
 
     async def _one(self, task: DeliveryTask, state: Delivery | None, waited: float) -> Verdict:
         """``waited``: seconds this copy was deferred for an in-flight limit (0 if it was not)."""
@@ -265,6 +273,7 @@ class DeliveryPipeline:
         if sub is None or sub.status is not SubscriptionStatus.ENABLED:
             self.breakers.forget(task.subscription_id)
             self.pacer.forget(task.subscription_id)
+            self.slots.forget(task.subscription_id)
             delivery.status = DeliveryStatus.CANCELLED
             delivery.last_error = (
                 "the subscription is deleted" if sub is None else f"the subscription is {sub.status.value}"
@@ -273,18 +282,21 @@ class DeliveryPipeline:
             await self._record(delivery, None, trace)
             return Ack("cancelled")
 
-        attempt_no = delivery.attempts + 1
-        retry = sub.retry
-        schedule = policy.RetryPolicy(tuple(ms / 1000 for ms in retry.delays_ms)) if retry else policy.DEFAULT_POLICY
-        if retry is not None and retry.max_attempts < schedule.max_attempts:
-            schedule = policy.RetryPolicy(schedule.retry_delays[: retry.max_attempts - 1])
-        timeout_ms = retry.timeout_ms if retry and retry.timeout_ms else self.defaults.timeout_ms
         hold = self.breakers.wait(sub.id, time.monotonic())
         if hold > 0:
             reason = f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
             return await self._defer(delivery, state is None, hold, reason, trace)
         host = host_of(sub.callback_url)
-        refused = await self._take_slot(sub, host)
+        refused, waited_for_slot = await self._take_slot(sub, host)
+        if refused is None and waited_for_slot:
+            fresh = self.subscriptions.get(sub.id)  # it may have changed while this task waited
+            if fresh is not sub and (
+                fresh is None or fresh.status is not SubscriptionStatus.ENABLED or host_of(fresh.callback_url) != host
+            ):  # disabled, deleted or moved: this task starts over (cancelled, or in line for its new host)
+                self._release(sub.id, host)
+                self.breakers.record(sub.id, failed=None, now=time.monotonic())  # the send it allowed is not made
+                return await self._deliver(task, state, waited, trace)
+            sub = fresh or sub
         if refused is not None:
             # The send the breaker allowed does not happen: if it was a half-open circuit's probe, another may go.
             self.breakers.record(sub.id, failed=None, now=time.monotonic())
@@ -295,6 +307,12 @@ class DeliveryPipeline:
             self._release(sub.id, host)
             reason = f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
             return await self._defer(delivery, state is None, hold, reason, trace)
+        attempt_no = delivery.attempts + 1
+        retry = sub.retry
+        schedule = policy.RetryPolicy(tuple(ms / 1000 for ms in retry.delays_ms)) if retry else policy.DEFAULT_POLICY
+        if retry is not None and retry.max_attempts < schedule.max_attempts:
+            schedule = policy.RetryPolicy(schedule.retry_delays[: retry.max_attempts - 1])
+        timeout_ms = retry.timeout_ms if retry and retry.timeout_ms else self.defaults.timeout_ms
         taken = time.monotonic()
         try:
             await self.limiter.acquire(sub.id, sub.rate_limit_per_second or self.defaults.rate_limit_per_second)
@@ -368,6 +386,7 @@ class DeliveryPipeline:
         if decision.disable_subscription:
             self.breakers.forget(sub.id)
             self.pacer.forget(sub.id)
+            self.slots.forget(sub.id)
             # Before the attempt is recorded: a worker killed between the two leaves a FAILED delivery that its
             # redelivery acks without a send, so disabling after the record could be lost. This way round, the
             # redelivery finds the subscription disabled and records the task CANCELLED.

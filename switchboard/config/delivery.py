@@ -142,6 +142,11 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
         user_agent=t.string("user_agent"),
         ca_file=t.optional_path("ca_file", base),
     )
+    if 2 * delivery.slot_wait_ms / 1000 >= delivery.breaker_cooldown_seconds:
+        raise ConfigError(
+            "delivery.breaker_cooldown_seconds must be longer than twice delivery.slot_wait_ms (a task waiting for "
+            "a slot must not outlast the cool-down of a circuit that opened meanwhile)"
+        )
     if delivery.count > 1 and delivery.partitions == 0:
         raise ConfigError(
             "delivery.count is above 1 but delivery.partitions is 0: each worker would keep its own limits per "

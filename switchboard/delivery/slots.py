@@ -19,8 +19,11 @@ requests says a slot should come its way soon:
   0.25 s, none past 8 s; its share of the worker stays bounded.
 - **Hand-over** (``handover``): when a request of the subscription ends, the caller releases its slot and
   calls ``handover``, which takes a slot for the first waiter with the caller's ``take`` (so every in-flight
-  rule still applies) before any other task runs: while a subscription has waiters it stays at its bound, and
-  a task of it that comes meanwhile is refused by ``take`` and lines up behind them.
+  rule still applies) before any other task runs; a task of a subscription with waiters lines up behind them
+  (``waiting``) rather than try ``take`` first (the caller's part).
+- **A line that stops moving stops growing**: the gap between ends is reckoned as at least the time since
+  the last one ended, so an endpoint that stops answering (its average latency moves only when a request
+  ends, up to its timeout later) gets no new waiter once ``max_wait`` passed without an end.
 - **Bounded in time**: a waiter gives up after ``timeout`` seconds (False: the caller defers it). If ``take``
   refuses the first waiter (its host's rules), every waiter of the subscription gives up at once: a slot of
   its own is what they wait for, and the host's rules say it gets none now.
@@ -56,6 +59,8 @@ class SlotQueue:
         self.max_wait = max_wait
         self.timeout = timeout
         self._lines: dict[str, deque[_Waiter]] = {}
+        # Per subscription: when one of its requests last ended, or when it last had one out after none.
+        self._moved: dict[str, float] = {}
 
     def waiting(self, subscription_id: str) -> int:
         line = self._lines.get(subscription_id)
@@ -65,13 +70,25 @@ class SlotQueue:
         """Tasks waiting, every subscription's (safe to read from the metrics thread)."""
         return sum(len(line) for line in list(self._lines.values()))
 
-    def admits(self, subscription_id: str, latency: float | None, slots: int) -> bool:
-        """Whether one more task of the subscription, which has ``slots`` requests out (it is at its limit),
-        should wait for one of them to end rather than be deferred."""
+    def admits(self, subscription_id: str, latency: float | None, slots: int, now: float) -> bool:
+        """Whether one more task of the subscription, which has ``slots`` requests out and was refused another,
+        should wait for one of them to end rather than be deferred. Its requests end every ``latency / slots``
+        seconds on average, or less often: not one has ended for ``now`` minus the last end (or the moment it
+        got busy), and a waiter's turn is reckoned from the longer of the two, so that a line stops growing
+        within ``max_wait`` of an endpoint that stopped answering (its average moves only when a request ends)."""
         if latency is None or slots < 1 or self.max_wait <= 0:
             return False
+        gap = max(latency / slots, now - self._moved.get(subscription_id, now))
         n = self.waiting(subscription_id) + 1
-        return n <= WAITERS_PER_SLOT * slots and n * latency / slots <= self.max_wait
+        return n <= WAITERS_PER_SLOT * slots and n * gap <= self.max_wait
+
+    def busy(self, subscription_id: str, now: float) -> None:
+        """The subscription has a request out and had none before."""
+        self._moved[subscription_id] = now
+
+    def forget(self, subscription_id: str) -> None:
+        """The subscription is gone or disabled (its waiters, if any, are served or time out as usual)."""
+        self._moved.pop(subscription_id, None)
 
     async def wait(self, subscription_id: str, take: Callable[[], str | None], release: Callable[[], None]) -> bool:
         """Waits in line for a slot; True once ``take`` took one for this task (the caller owns it), False when
@@ -91,8 +108,9 @@ class SlotQueue:
                 self._drop(subscription_id, waiter)
             raise
 
-    def handover(self, subscription_id: str) -> None:
+    def handover(self, subscription_id: str, now: float) -> None:
         """A request of the subscription ended and its slot was released: the first waiter gets it."""
+        self._moved[subscription_id] = now
         line = self._lines.get(subscription_id)
         while line:
             first = line.popleft()

@@ -6,6 +6,7 @@ subscription's pace says its next slot is due soon, a task past the limit waits 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Sequence
@@ -15,7 +16,14 @@ import pytest
 from delivery_service.limiter import Limiter
 from delivery_service.pipeline import SATURATED, Defaults, DeliveryPipeline, host_of
 from switchboard.delivery.sender import Response
-from switchboard.model.subscriptions import Attempt, Delivery, DeliveryStatus, DeliveryTask, Subscription
+from switchboard.model.subscriptions import (
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    DeliveryTask,
+    Subscription,
+    SubscriptionStatus,
+)
 from switchboard.queue import Ack, QueueMessage, Retry
 from switchboard.wire import encode_task
 from tests.unit.factories import event
@@ -38,10 +46,10 @@ class Store:
 
 class Subscriptions:
     def __init__(self, sub: Subscription) -> None:
-        self.sub = sub
+        self.sub: Subscription | None = sub
 
     def get(self, subscription_id: str) -> Subscription | None:
-        return self.sub if subscription_id == self.sub.id else None
+        return self.sub if self.sub is not None and subscription_id == self.sub.id else None
 
     async def refresh(self, subscription_id: str) -> Subscription | None:
         return self.get(subscription_id)
@@ -297,3 +305,28 @@ async def test_a_task_past_its_share_of_its_host_waits_for_its_next_slot_too() -
     assert [v.outcome for batch in await asyncio.gather(*held) for v in batch] == ["delivered"] * 6
     (sent,) = await waiting
     assert isinstance(sent, Ack) and sent.outcome == "delivered" and sender.most == 6
+
+
+async def test_a_task_whose_subscription_is_disabled_while_it_waits_for_a_slot_sends_nothing() -> None:
+    pipeline, store, sender = build(slot_wait_ms=250)
+    sender.release.set()
+    assert [v.outcome for v in await pipeline.handle([copy("dlv_a")])] == ["delivered"]  # the pace is known
+    sender.release.clear()
+    sender.posted.clear()
+    held = asyncio.create_task(pipeline.handle([copy("dlv_b")]))
+    await sender.posted.wait()
+    waiting = asyncio.create_task(pipeline.handle([copy("dlv_c")]))
+    for _ in range(200):
+        if pipeline.slots.waiting("sub_1") or waiting.done():
+            break
+        await asyncio.sleep(0.001)
+    assert pipeline.slots.waiting("sub_1") == 1
+    subs = pipeline.subscriptions
+    assert isinstance(subs, Subscriptions) and subs.sub is not None
+    subs.sub = dataclasses.replace(subs.sub, status=SubscriptionStatus.DISABLED)
+    sender.release.set()
+    await held
+    (cancelled,) = await waiting
+    assert isinstance(cancelled, Ack) and cancelled.outcome == "cancelled"
+    assert store.rows["dlv_c"].status is DeliveryStatus.CANCELLED and sender.posts == 2
+    assert pipeline.in_flight.subscription("sub_1") == 0

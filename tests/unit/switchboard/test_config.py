@@ -81,6 +81,8 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(processor={"batch_linger_ms": -1}), "batch_linger_ms"),
         (base(processor={"batch_linger_ms": 1001}), "batch_linger_ms"),
         (base(delivery={"host_in_flight": 7}), "host_in_flight must be at least 8"),
+        (base(delivery={"slot_wait_ms": 1001}), "slot_wait_ms"),
+        (base(delivery={"slot_wait_ms": 500, "breaker_cooldown_seconds": 1}), "longer than twice"),
     ],
 )
 def test_unsafe_or_invalid_config_is_refused(raw: dict[str, object], message: str) -> None:

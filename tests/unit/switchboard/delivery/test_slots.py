@@ -32,28 +32,28 @@ class Slots:
 
 def test_a_task_waits_only_when_its_turn_is_due_within_the_wait_and_the_line_is_shorter_than_its_slots() -> None:
     q = SlotQueue(max_wait=0.25, timeout=0.5)
-    assert not q.admits("s", None, 4)  # no pace yet: deferred, as before
-    assert not q.admits("s", 0.01, 0)  # nothing out: nothing will end to hand a slot over
-    assert q.admits("s", 0.01, 4)  # one frees every 2.5 ms
-    assert q.admits("s", 1.0, 4)  # one frees every 250 ms: the first waiter's turn is due at 0.25 s
-    assert not q.admits("s", 1.01, 4)
-    assert q.admits("s", 5.0, 32)  # a 5 s endpoint with 32 out: a slot every 156 ms, the first waiter's
-    assert not q.admits("s", 8.1, 32)  # past 8 s: 253 ms
-    assert not SlotQueue(max_wait=0, timeout=0).admits("s", 0.001, 32)  # slot_wait_ms 0: never
+    assert not q.admits("s", None, 4, 0.0)  # no pace yet: deferred, as before
+    assert not q.admits("s", 0.01, 0, 0.0)  # nothing out: nothing will end to hand a slot over
+    assert q.admits("s", 0.01, 4, 0.0)  # one frees every 2.5 ms
+    assert q.admits("s", 1.0, 4, 0.0)  # one frees every 250 ms: the first waiter's turn is due at 0.25 s
+    assert not q.admits("s", 1.01, 4, 0.0)
+    assert q.admits("s", 5.0, 32, 0.0)  # a 5 s endpoint with 32 out: a slot every 156 ms, the first waiter's
+    assert not q.admits("s", 8.1, 32, 0.0)  # past 8 s: 253 ms
+    assert not SlotQueue(max_wait=0, timeout=0).admits("s", 0.001, 32, 0.0)  # slot_wait_ms 0: never
 
 
 async def test_the_line_is_bounded_by_the_slots_out_and_by_when_its_last_turn_is_due() -> None:
     q = SlotQueue(max_wait=0.25, timeout=5)
     slots = Slots(limit=2, out=2)
     waiters = []
-    while q.admits("s", 0.001, slots.out):
+    while q.admits("s", 0.001, slots.out, 0.0):
         waiters.append(asyncio.create_task(q.wait("s", slots.take, slots.release)))
         await asyncio.sleep(0)
     # Requests of 1 ms: the time bound would take 500 in line; the guard keeps it to 4 per request out.
     assert q.waiting("s") == WAITERS_PER_SLOT * 2 == len(waiters)
     slow = SlotQueue(max_wait=0.25, timeout=5)
     held = []
-    while slow.admits("t", 2.0, 32):  # 62.5 ms per slot: turns due at 62.5, 125, 187.5, 250 ms
+    while slow.admits("t", 2.0, 32, 0.0):  # 62.5 ms per slot: turns due at 62.5, 125, 187.5, 250 ms
         held.append(asyncio.create_task(slow.wait("t", slots.take, slots.release)))
         await asyncio.sleep(0)
     assert slow.waiting("t") == 4
@@ -72,10 +72,10 @@ async def test_each_ended_request_hands_its_slot_to_the_first_waiter_in_order() 
     await asyncio.sleep(0)
     assert q.total() == 2
     slots.release()
-    q.handover("s")
+    q.handover("s", 0.0)
     assert slots.out == 2  # taken for the first waiter before anything else could
     assert await a is True and not b.done()
-    q.handover("s")  # nothing was released: take refuses, and nobody of the line can have a slot now
+    q.handover("s", 0.0)  # nothing was released: take refuses, and nobody of the line can have a slot now
     assert await b is False and q.waiting("s") == 0 and slots.out == 2
 
 
@@ -84,7 +84,7 @@ async def test_a_wait_that_runs_out_is_left_and_later_slots_go_to_the_next() -> 
     slots = Slots(limit=1, out=1)
     assert await q.wait("s", slots.take, slots.release) is False
     assert q.waiting("s") == 0
-    q.handover("s")  # nobody waits: nothing taken
+    q.handover("s", 0.0)  # nobody waits: nothing taken
     assert slots.out == 1
 
 
@@ -95,7 +95,7 @@ async def test_a_refusal_for_the_host_sends_the_whole_line_back_to_be_deferred()
     await asyncio.sleep(0)
     slots.release()
     slots.refuse = "its host is full"
-    q.handover("s")
+    q.handover("s", 0.0)
     assert await asyncio.gather(*line) == [False, False, False]
     assert slots.out == 3 and q.waiting("s") == 0
 
@@ -108,7 +108,7 @@ async def test_a_waiter_cancelled_before_the_hand_over_gets_no_slot_and_one_canc
     await asyncio.sleep(0)
     gone.cancel()  # its future is cancelled; it leaves the line only when it runs again
     slots.release()
-    q.handover("s")  # skips it: the slot goes to the next one
+    q.handover("s", 0.0)  # skips it: the slot goes to the next one
     assert await nxt is True and slots.out == 2
     with pytest.raises(asyncio.CancelledError):
         await gone
@@ -116,9 +116,24 @@ async def test_a_waiter_cancelled_before_the_hand_over_gets_no_slot_and_one_canc
     late = asyncio.create_task(q.wait("s", slots.take, slots.release))
     await asyncio.sleep(0)
     slots.release()
-    q.handover("s")  # a slot taken for it...
+    q.handover("s", 0.0)  # a slot taken for it...
     assert slots.out == 2
     late.cancel()  # ...which it cannot use: it gives it back
     with pytest.raises(asyncio.CancelledError):
         await late
     assert slots.out == 1 and q.total() == 0
+
+
+def test_a_line_that_stops_moving_stops_taking_waiters() -> None:
+    """A fast endpoint (10 ms, 32 out) that stops answering keeps its 10 ms average until a request times out;
+    the time since the last end counts instead: past max_wait without one, nobody more waits."""
+    q = SlotQueue(max_wait=0.25, timeout=0.5)
+    q.busy("s", 100.0)  # its first request out
+    assert q.admits("s", 0.01, 32, 100.01)
+    q.handover("s", 100.02)  # a request ended (nobody waited)
+    assert q.admits("s", 0.01, 32, 100.2)  # 180 ms without an end: one waiter's turn is still within 250 ms
+    assert not q.admits("s", 0.01, 32, 100.3)  # 280 ms: the line has stopped
+    q.handover("s", 100.31)  # it answers again
+    assert q.admits("s", 0.01, 32, 100.32)
+    q.forget("s")
+    assert q.admits("s", 0.01, 32, 500.0)  # gone and back: its next request out starts the count again
