@@ -21,9 +21,9 @@ requests says a slot should come its way soon:
   calls ``handover``, which takes a slot for the first waiter with the caller's ``take`` (so every in-flight
   rule still applies) before any other task runs; a task of a subscription with waiters lines up behind them
   (``waiting``) rather than try ``take`` first (the caller's part).
-- **A line that stops moving stops growing**: the gap between ends is reckoned as at least the time since
-  the last one ended, so an endpoint that stops answering (its average latency moves only when a request
-  ends, up to its timeout later) gets no new waiter once ``max_wait`` passed without an end.
+- **A line that stops moving stops growing**: an endpoint that stops answering keeps its average latency
+  until a request ends (its timeout, 10 s later); once no request of it has ended for its average latency
+  plus ``max_wait`` (since the last end, or since it got busy), it gets no new waiter.
 - **Bounded in time**: a waiter gives up after ``timeout`` seconds (False: the caller defers it). If ``take``
   refuses the first waiter (its host's rules), every waiter of the subscription gives up at once: a slot of
   its own is what they wait for, and the host's rules say it gets none now.
@@ -72,15 +72,15 @@ class SlotQueue:
 
     def admits(self, subscription_id: str, latency: float | None, slots: int, now: float) -> bool:
         """Whether one more task of the subscription, which has ``slots`` requests out and was refused another,
-        should wait for one of them to end rather than be deferred. Its requests end every ``latency / slots``
-        seconds on average, or less often: not one has ended for ``now`` minus the last end (or the moment it
-        got busy), and a waiter's turn is reckoned from the longer of the two, so that a line stops growing
-        within ``max_wait`` of an endpoint that stopped answering (its average moves only when a request ends)."""
+        should wait for one of them to end rather than be deferred. Not while its line has stopped: when no
+        request of it has ended for longer than ``latency`` plus ``max_wait`` (since the last end, or since it
+        got busy), its endpoint is slower than its average says, which moves only when a request ends."""
         if latency is None or slots < 1 or self.max_wait <= 0:
             return False
-        gap = max(latency / slots, now - self._moved.get(subscription_id, now))
+        if now - self._moved.get(subscription_id, now) > latency + self.max_wait:
+            return False
         n = self.waiting(subscription_id) + 1
-        return n <= WAITERS_PER_SLOT * slots and n * gap <= self.max_wait
+        return n <= WAITERS_PER_SLOT * slots and n * latency / slots <= self.max_wait
 
     def busy(self, subscription_id: str, now: float) -> None:
         """The subscription has a request out and had none before."""

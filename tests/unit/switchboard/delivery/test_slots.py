@@ -126,14 +126,18 @@ async def test_a_waiter_cancelled_before_the_hand_over_gets_no_slot_and_one_canc
 
 def test_a_line_that_stops_moving_stops_taking_waiters() -> None:
     """A fast endpoint (10 ms, 32 out) that stops answering keeps its 10 ms average until a request times out;
-    the time since the last end counts instead: past max_wait without one, nobody more waits."""
+    once nothing ended for that average plus max_wait, nobody more waits. A burst's first requests (0.4 s)
+    all end about together: until then, the time since it got busy counts, not a last end long before."""
     q = SlotQueue(max_wait=0.25, timeout=0.5)
     q.busy("s", 100.0)  # its first request out
     assert q.admits("s", 0.01, 32, 100.01)
     q.handover("s", 100.02)  # a request ended (nobody waited)
-    assert q.admits("s", 0.01, 32, 100.2)  # 180 ms without an end: one waiter's turn is still within 250 ms
+    assert q.admits("s", 0.01, 32, 100.2)  # 180 ms without an end: within 10 + 250 ms
     assert not q.admits("s", 0.01, 32, 100.3)  # 280 ms: the line has stopped
     q.handover("s", 100.31)  # it answers again
     assert q.admits("s", 0.01, 32, 100.32)
     q.forget("s")
     assert q.admits("s", 0.01, 32, 500.0)  # gone and back: its next request out starts the count again
+    q.busy("b", 0.0)  # a burst: 8 requests of 0.4 s on average go out after a long quiet time
+    assert q.admits("b", 0.4, 8, 0.6)  # none has ended yet, as expected for 0.4 s + 0.25 s
+    assert not q.admits("b", 0.4, 8, 0.7)
