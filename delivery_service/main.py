@@ -95,12 +95,12 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
             ),
             tracer=tracer,
             breakers=breakers,
-            on_wait=lambda taken: SLOT_WAITS.labels("sent" if taken else "deferred").inc(),
+            on_wait=lambda taken: SLOT_WAITS.labels("taken" if taken else "deferred").inc(),
         )
         DELIVERY_SENDING.set_function(pipeline.in_flight.total)
         BUSY_HOSTS.set_function(pipeline.in_flight.busy_hosts)
         DELIVERY_WAITING.set_function(pipeline.slots.total)
-        for outcome in ("sent", "deferred"):
+        for outcome in ("taken", "deferred"):
             SLOT_WAITS.labels(outcome)  # shown at 0 before the first wait
         stats = StatsHook()
         meter = metrics.WorkerMetrics("delivery", DELIVERIES, DELIVERY_LATENCY, metrics.DELIVERY_OUTCOMES)

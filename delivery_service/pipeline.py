@@ -209,19 +209,20 @@ class DeliveryPipeline:
         and the caller defers it."""
         limit = self._limit(sub)
         refused: str | None
+        if self.slots.waiting(sub.id) and self.in_flight.refusal(sub.id, host, limit) is None:
+            self.slots.fill(sub.id)  # room opened without a request ending: the ones in line go first
         if self.slots.waiting(sub.id) and self._may_wait(sub):  # behind the ones that wait for its next slots
             refused = f"{self.in_flight.subscription(sub.id)} requests in flight and tasks waiting for them"
         else:
             refused = self.in_flight.take(sub.id, host, limit)
             if refused is None:
-                if self.in_flight.subscription(sub.id) == 1:
-                    self.slots.busy(sub.id, time.monotonic())
+                self.slots.started(sub.id, time.monotonic())
                 return None, False
             if not self._may_wait(sub):  # its slot is not due soon, or nothing of it is out: deferred
                 return refused, False
         taken = await self.slots.wait(
             sub.id,
-            functools.partial(self.in_flight.take, sub.id, host, limit),
+            functools.partial(self._take_for, sub.id, host, limit),
             functools.partial(self._release, sub.id, host),
         )
         if self.on_wait is not None:
@@ -230,6 +231,12 @@ class DeliveryPipeline:
             except Exception:  # a metrics hook must not cost the slot taken for this task
                 log.warning("the slot-wait hook failed", exc_info=True)
         return (None, True) if taken else (refused, True)
+
+    def _take_for(self, subscription_id: str, host: str, limit: int) -> str | None:
+        """A waiter's ``take``, under the subscription's limit as it is when the slot comes (``limit``: as it was
+        when the waiter lined up, if the subscription is no longer known)."""
+        now = self.subscriptions.get(subscription_id)
+        return self.in_flight.take(subscription_id, host, self._limit(now) if now is not None else limit)
 
     def _may_wait(self, sub: Subscription) -> bool:
         """Whether a task of the subscription refused a slot (its own limit, or its host's rules) may wait in line
@@ -307,14 +314,16 @@ class DeliveryPipeline:
             self._release(sub.id, host)
             reason = f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
             return await self._defer(delivery, state is None, hold, reason, trace)
-        attempt_no = delivery.attempts + 1
-        retry = sub.retry
-        schedule = policy.RetryPolicy(tuple(ms / 1000 for ms in retry.delays_ms)) if retry else policy.DEFAULT_POLICY
-        if retry is not None and retry.max_attempts < schedule.max_attempts:
-            schedule = policy.RetryPolicy(schedule.retry_delays[: retry.max_attempts - 1])
-        timeout_ms = retry.timeout_ms if retry and retry.timeout_ms else self.defaults.timeout_ms
         taken = time.monotonic()
-        try:
+        try:  # from here the slot is released whatever happens
+            attempt_no = delivery.attempts + 1
+            retry = sub.retry
+            schedule = (
+                policy.RetryPolicy(tuple(ms / 1000 for ms in retry.delays_ms)) if retry else policy.DEFAULT_POLICY
+            )
+            if retry is not None and retry.max_attempts < schedule.max_attempts:
+                schedule = policy.RetryPolicy(schedule.retry_delays[: retry.max_attempts - 1])
+            timeout_ms = retry.timeout_ms if retry and retry.timeout_ms else self.defaults.timeout_ms
             await self.limiter.acquire(sub.id, sub.rate_limit_per_second or self.defaults.rate_limit_per_second)
             started = now_us()
             headers = delivery_headers(task.delivery_id, task.event.body, sub.signing_secrets(started), started / 1e6)

@@ -19,11 +19,13 @@ requests says a slot should come its way soon:
   0.25 s, none past 8 s; its share of the worker stays bounded.
 - **Hand-over** (``handover``): when a request of the subscription ends, the caller releases its slot and
   calls ``handover``, which takes a slot for the first waiter with the caller's ``take`` (so every in-flight
-  rule still applies) before any other task runs; a task of a subscription with waiters lines up behind them
-  (``waiting``) rather than try ``take`` first (the caller's part).
+  rule still applies) before any other task runs. A task of a subscription with waiters lines up behind them
+  (``waiting``; the caller's part) if it may wait, after ``fill`` gave them whatever room opened without a
+  request ending (a limit raised, a host's share grown).
 - **A line that stops moving stops growing**: an endpoint that stops answering keeps its average latency
   until a request ends (its timeout, 10 s later); once no request of it has ended for its average latency
-  plus ``max_wait`` (since the last end, or since it got busy), it gets no new waiter.
+  plus ``max_wait`` (since the last end, or the last request that went out without waiting), it gets no
+  new waiter.
 - **Bounded in time**: a waiter gives up after ``timeout`` seconds (False: the caller defers it). If ``take``
   refuses the first waiter (its host's rules), every waiter of the subscription gives up at once: a slot of
   its own is what they wait for, and the host's rules say it gets none now.
@@ -71,8 +73,8 @@ class SlotQueue:
         return sum(len(line) for line in list(self._lines.values()))
 
     def admits(self, subscription_id: str, latency: float | None, slots: int, now: float) -> bool:
-        """Whether one more task of the subscription, which has ``slots`` requests out and was refused another,
-        should wait for one of them to end rather than be deferred. Not while its line has stopped: when no
+        """Whether one more task of the subscription, which has ``slots`` requests out and may not have another
+        now, should wait for one of them to end rather than be deferred. Not while its line has stopped: when no
         request of it has ended for longer than ``latency`` plus ``max_wait`` (since the last end, or since it
         got busy), its endpoint is slower than its average says, which moves only when a request ends."""
         if latency is None or slots < 1 or self.max_wait <= 0:
@@ -82,9 +84,25 @@ class SlotQueue:
         n = self.waiting(subscription_id) + 1
         return n <= WAITERS_PER_SLOT * slots and n * latency / slots <= self.max_wait
 
-    def busy(self, subscription_id: str, now: float) -> None:
-        """The subscription has a request out and had none before."""
+    def started(self, subscription_id: str, now: float) -> None:
+        """A request of the subscription went out without waiting (its line, if it had stopped, moves again)."""
         self._moved[subscription_id] = now
+
+    def fill(self, subscription_id: str) -> None:
+        """Room opened without a request of the subscription ending (its limit raised, its host's share grown):
+        its waiters take slots in order while ``take`` allows, and the others stay in line."""
+        line = self._lines.get(subscription_id)
+        while line:
+            first = line[0]
+            if first.future.done():  # cancelled, not resumed yet to leave the line
+                line.popleft()
+                continue
+            if first.take() is not None:
+                break
+            line.popleft()
+            self._settle(first, True)
+        if line is not None and not line:
+            del self._lines[subscription_id]
 
     def forget(self, subscription_id: str) -> None:
         """The subscription is gone or disabled (its waiters, if any, are served or time out as usual)."""

@@ -116,7 +116,7 @@ DELIVERY_WAITING = Gauge(
 )
 SLOT_WAITS = Counter(
     "switchboard_delivery_slot_waits",
-    "Tasks that waited in a delivery worker for their subscription's next in-flight slot, by outcome: sent (they "
+    "Tasks that waited in a delivery worker for their subscription's next in-flight slot, by outcome: taken (they "
     "got it) or deferred (the wait ran out, or the host's rules refused it).",
     ["outcome"],
 )

@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -67,12 +67,16 @@ class HeldSender:
         self.release = asyncio.Event()
         self.posted = asyncio.Event()
         self.posts = 0
+        self.urls: list[str] = []
+        self.on_post: Callable[[], None] = lambda: None
         self.status = 200
         self.open = 0
         self.most = 0  # requests open at once, at most
 
     async def post(self, url: str, body: bytes, headers: dict[str, str], within: float) -> Response:
         self.posts += 1
+        self.urls.append(url)
+        self.on_post()
         self.open += 1
         self.most = max(self.most, self.open)
         self.posted.set()
@@ -330,3 +334,74 @@ async def test_a_task_whose_subscription_is_disabled_while_it_waits_for_a_slot_s
     assert isinstance(cancelled, Ack) and cancelled.outcome == "cancelled"
     assert store.rows["dlv_c"].status is DeliveryStatus.CANCELLED and sender.posts == 2
     assert pipeline.in_flight.subscription("sub_1") == 0
+
+
+async def test_a_task_that_comes_while_others_wait_lines_up_behind_them_unless_room_opened() -> None:
+    """Limit 1, one request out, one task waiting: the next task lines up behind it (it does not jump the line
+    when the held request ends). Then the limit is raised to 3: the next task finds room, the waiting ones are
+    given it first in order, and what is left is its own, so 3 requests go out at once without waiting for
+    the held one."""
+    pipeline, _store, sender = build(slot_wait_ms=250)
+    sender.release.set()
+    assert [v.outcome for v in await pipeline.handle([copy("dlv_pace")])] == ["delivered"]
+    sender.release.clear()
+    held = asyncio.create_task(pipeline.handle([copy("dlv_a")]))
+    await sender.posted.wait()
+    line = [asyncio.create_task(pipeline.handle([copy("dlv_b")]))]
+    await asyncio.sleep(0.01)
+    line.append(asyncio.create_task(pipeline.handle([copy("dlv_c")])))
+    await asyncio.sleep(0.01)
+    assert pipeline.slots.waiting("sub_1") == 2 and sender.open == 1
+    subs = pipeline.subscriptions
+    assert isinstance(subs, Subscriptions) and subs.sub is not None
+    subs.sub = dataclasses.replace(subs.sub, max_in_flight=3)
+    fresh = asyncio.create_task(pipeline.handle([copy("dlv_d")]))
+    await asyncio.sleep(0.01)
+    assert sender.open == 3 and pipeline.slots.waiting("sub_1") == 1  # b and c sending; d waits behind them
+    sender.release.set()
+    for t in [held, *line, fresh]:
+        assert [v.outcome for v in await t] == ["delivered"]
+    assert pipeline.in_flight.subscription("sub_1") == 0
+
+
+async def test_a_failing_slot_wait_hook_costs_no_slot() -> None:
+    pipeline, _store, sender = build(slot_wait_ms=250)
+
+    def broken(taken: bool) -> None:
+        raise RuntimeError("metrics are down")
+
+    pipeline.on_wait = broken
+    sender.release.set()
+    assert [v.outcome for v in await pipeline.handle([copy("dlv_pace")])] == ["delivered"]
+    sender.release.clear()
+    held = asyncio.create_task(pipeline.handle([copy("dlv_a")]))
+    await sender.posted.wait()
+    waiting = asyncio.create_task(pipeline.handle([copy("dlv_b")]))
+    await asyncio.sleep(0.01)
+    sender.release.set()
+    assert [v.outcome for v in await held] == ["delivered"]
+    assert [v.outcome for v in await waiting] == ["delivered"]
+    assert pipeline.in_flight.subscription("sub_1") == 0 and pipeline.in_flight.total() == 0
+
+
+async def test_a_task_whose_subscription_moved_host_while_it_waited_starts_over_for_the_new_one() -> None:
+    pipeline, store, sender = build(slot_wait_ms=250)
+    sender.release.set()
+    assert [v.outcome for v in await pipeline.handle([copy("dlv_pace")])] == ["delivered"]
+    sender.release.clear()
+    held = asyncio.create_task(pipeline.handle([copy("dlv_a")]))
+    await sender.posted.wait()
+    waiting = asyncio.create_task(pipeline.handle([copy("dlv_b")]))
+    await asyncio.sleep(0.01)
+    assert pipeline.slots.waiting("sub_1") == 1
+    subs = pipeline.subscriptions
+    assert isinstance(subs, Subscriptions) and subs.sub is not None
+    subs.sub = dataclasses.replace(subs.sub, callback_url="https://elsewhere.example.com/in")
+    counted: list[int] = []
+    sender.on_post = lambda: counted.append(pipeline.in_flight.host("elsewhere.example.com:443"))
+    sender.release.set()
+    assert [v.outcome for v in await held] == ["delivered"]
+    assert [v.outcome for v in await waiting] == ["delivered"]
+    assert sender.urls[-1] == "https://elsewhere.example.com/in"  # sent to where the subscription is now,
+    assert counted == [1]  # counted against that host, not the one it waited on
+    assert pipeline.in_flight.total() == 0 and store.rows["dlv_b"].attempts == 1

@@ -117,3 +117,14 @@ async def test_a_busy_stretch_after_a_quiet_one_is_not_read_whole_to_fill_one_pa
     listed, cursor = await store(listing).list("s", 0, 264 * BUCKET_US, 5, None)
     assert [(e.received_us // 1000, e.event_id) for e in listed] == sorted(rows)[:5] and cursor is not None
     assert listing.rows_read <= 5 + LIST_LOOKAHEAD
+
+
+async def test_listings_running_together_share_the_stores_reads_out_at_once() -> None:
+    """Two listings of quiet sources at the same time, each probing up to 64 buckets at once: the store has at
+    most 64 listing reads out, all listings together."""
+    listing = Listing([(5, "evt_a")])
+    events = store(listing)
+    day_us = 24 * 3600 * 1_000_000
+    both = await asyncio.gather(*(page_through(events, 0, 3 * day_us, 100) for _ in range(2)))
+    assert both == [[[(5, "evt_a")]]] * 2
+    assert listing.most_out == LIST_LOOKAHEAD

@@ -129,7 +129,7 @@ def test_a_line_that_stops_moving_stops_taking_waiters() -> None:
     once nothing ended for that average plus max_wait, nobody more waits. A burst's first requests (0.4 s)
     all end about together: until then, the time since it got busy counts, not a last end long before."""
     q = SlotQueue(max_wait=0.25, timeout=0.5)
-    q.busy("s", 100.0)  # its first request out
+    q.started("s", 100.0)  # its first request out
     assert q.admits("s", 0.01, 32, 100.01)
     q.handover("s", 100.02)  # a request ended (nobody waited)
     assert q.admits("s", 0.01, 32, 100.2)  # 180 ms without an end: within 10 + 250 ms
@@ -138,6 +138,21 @@ def test_a_line_that_stops_moving_stops_taking_waiters() -> None:
     assert q.admits("s", 0.01, 32, 100.32)
     q.forget("s")
     assert q.admits("s", 0.01, 32, 500.0)  # gone and back: its next request out starts the count again
-    q.busy("b", 0.0)  # a burst: 8 requests of 0.4 s on average go out after a long quiet time
+    q.started("b", 0.0)  # a burst: 8 requests of 0.4 s on average go out after a long quiet time
     assert q.admits("b", 0.4, 8, 0.6)  # none has ended yet, as expected for 0.4 s + 0.25 s
     assert not q.admits("b", 0.4, 8, 0.7)
+
+
+async def test_room_that_opens_without_a_request_ending_goes_to_the_line_first_in_order() -> None:
+    q = SlotQueue(max_wait=0.25, timeout=5)
+    slots = Slots(limit=1, out=1)
+    line = [asyncio.create_task(q.wait("s", slots.take, slots.release)) for _ in range(3)]
+    await asyncio.sleep(0)
+    slots.limit = 3  # raised: two slots free, nothing ended
+    q.fill("s")
+    assert slots.out == 3 and q.waiting("s") == 1  # the first two took them; take refused the third
+    await asyncio.sleep(0)
+    assert [t.done() for t in line] == [True, True, False]
+    slots.release()
+    q.handover("s", 1.0)
+    assert await asyncio.gather(*line) == [True, True, True] and slots.out == 3
