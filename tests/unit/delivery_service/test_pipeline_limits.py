@@ -10,6 +10,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from switchboard.model.subscriptions import (
     Subscription,
     SubscriptionStatus,
 )
-from switchboard.queue import Ack, QueueMessage, Retry
+from switchboard.queue import Ack, QueueMessage, Retry, Verdict
 from switchboard.wire import encode_task
 from tests.unit.factories import event
 
@@ -124,6 +125,40 @@ def deferring() -> tuple[DeliveryPipeline, Store, HeldSender]:
     return build(slot_wait_ms=0)
 
 
+def change_subscription(pipeline: DeliveryPipeline, **changes: Any) -> None:
+    """What the worker's subscription cache would say after the control service changed it."""
+    subs = pipeline.subscriptions
+    assert isinstance(subs, Subscriptions) and subs.sub is not None
+    subs.sub = dataclasses.replace(subs.sub, **changes)
+
+
+async def know_the_pace(pipeline: DeliveryPipeline, sender: HeldSender) -> None:
+    """One delivery answered at once: the subscription's pace is known (milliseconds)."""
+    sender.release.set()
+    assert [v.outcome for v in await pipeline.handle([copy("dlv_pace")])] == ["delivered"]
+    sender.release.clear()
+    sender.posted.clear()
+
+
+async def soon(done: Callable[[], bool]) -> None:
+    """Lets the loop run until ``done()``, for at most ~0.2 s."""
+    for _ in range(200):
+        if done():
+            return
+        await asyncio.sleep(0.001)
+
+
+async def one_sending_one_waiting(
+    pipeline: DeliveryPipeline, sender: HeldSender, headers: dict[str, object] | None = None
+) -> tuple[asyncio.Task[list[Verdict]], asyncio.Task[list[Verdict]]]:
+    """dlv_b holds the subscription's one slot (the sender holds its answer); dlv_c comes next."""
+    held = asyncio.create_task(pipeline.handle([copy("dlv_b")]))
+    await sender.posted.wait()
+    waiting = asyncio.create_task(pipeline.handle([copy("dlv_c", headers)]))
+    await soon(lambda: bool(pipeline.slots.waiting("sub_1")) or waiting.done())
+    return held, waiting
+
+
 async def test_a_copy_back_while_the_limit_holds_is_deferred_again_without_a_read(
     parts: tuple[DeliveryPipeline, Store, HeldSender],
 ) -> None:
@@ -188,17 +223,8 @@ async def test_past_a_fast_endpoints_limit_a_task_waits_for_the_next_slot_instea
         if returning
         else {}
     )
-    sender.release.set()
-    assert [v.outcome for v in await pipeline.handle([copy("dlv_a")])] == ["delivered"]  # the pace is known
-    sender.release.clear()
-    sender.posted.clear()
-    held = asyncio.create_task(pipeline.handle([copy("dlv_b")]))
-    await sender.posted.wait()
-    waiting = asyncio.create_task(pipeline.handle([copy("dlv_c", headers)]))
-    for _ in range(200):
-        if pipeline.slots.waiting("sub_1") or waiting.done():
-            break
-        await asyncio.sleep(0.001)
+    await know_the_pace(pipeline, sender)
+    held, waiting = await one_sending_one_waiting(pipeline, sender, headers)
     assert not waiting.done() and sender.posts == 2 and "dlv_c" not in store.rows  # waits: not sent, not deferred
     sender.release.set()
     assert [v.outcome for v in await held] == ["delivered"]
@@ -241,18 +267,9 @@ async def test_a_task_that_waited_for_a_slot_while_the_circuit_opened_is_deferre
     """The endpoint starts failing while a task waits for its slot: when the slot comes, the circuit is open,
     so the task sends nothing and is deferred to the end of the cool-down like any task of an open circuit."""
     pipeline, store, sender = parts
-    sender.release.set()
-    assert [v.outcome for v in await pipeline.handle([copy("dlv_a")])] == ["delivered"]  # the pace is known
-    sender.release.clear()
-    sender.posted.clear()
+    await know_the_pace(pipeline, sender)
     sender.status = 503
-    held = asyncio.create_task(pipeline.handle([copy("dlv_b")]))
-    await sender.posted.wait()
-    waiting = asyncio.create_task(pipeline.handle([copy("dlv_c")]))
-    for _ in range(200):
-        if pipeline.slots.waiting("sub_1") or waiting.done():
-            break
-        await asyncio.sleep(0.001)
+    held, waiting = await one_sending_one_waiting(pipeline, sender)
     assert pipeline.slots.waiting("sub_1") == 1
     for _ in range(pipeline.breakers.settings.failure_threshold):  # other sends failed meanwhile
         pipeline.breakers.record("sub_1", failed=True, now=time.monotonic())
@@ -290,20 +307,12 @@ async def test_a_task_past_its_share_of_its_host_waits_for_its_next_slot_too() -
     endpoints with few requests out: at 6 out the subscription is refused for its host's sake, and with a
     known pace its next task waits for one of its 6 to end rather than go through a delay queue."""
     pipeline, store, sender = build(slot_wait_ms=250, max_in_flight=32, host_in_flight=8)
-    sender.release.set()
-    assert [v.outcome for v in await pipeline.handle([copy("dlv_pace")])] == ["delivered"]  # the pace is known
-    sender.release.clear()
+    await know_the_pace(pipeline, sender)
     held = [asyncio.create_task(pipeline.handle([copy(f"dlv_{i}")])) for i in range(6)]
-    for _ in range(200):
-        if sender.open == 6:
-            break
-        await asyncio.sleep(0.001)
+    await soon(lambda: sender.open == 6)
     assert sender.open == 6 and pipeline.in_flight.refusal("sub_1", host_of(URL), 32) is not None
     waiting = asyncio.create_task(pipeline.handle([copy("dlv_7")]))
-    for _ in range(200):
-        if pipeline.slots.waiting("sub_1") or waiting.done():
-            break
-        await asyncio.sleep(0.001)
+    await soon(lambda: bool(pipeline.slots.waiting("sub_1")) or waiting.done())
     assert pipeline.slots.waiting("sub_1") == 1 and "dlv_7" not in store.rows
     sender.release.set()
     assert [v.outcome for batch in await asyncio.gather(*held) for v in batch] == ["delivered"] * 6
@@ -313,21 +322,10 @@ async def test_a_task_past_its_share_of_its_host_waits_for_its_next_slot_too() -
 
 async def test_a_task_whose_subscription_is_disabled_while_it_waits_for_a_slot_sends_nothing() -> None:
     pipeline, store, sender = build(slot_wait_ms=250)
-    sender.release.set()
-    assert [v.outcome for v in await pipeline.handle([copy("dlv_a")])] == ["delivered"]  # the pace is known
-    sender.release.clear()
-    sender.posted.clear()
-    held = asyncio.create_task(pipeline.handle([copy("dlv_b")]))
-    await sender.posted.wait()
-    waiting = asyncio.create_task(pipeline.handle([copy("dlv_c")]))
-    for _ in range(200):
-        if pipeline.slots.waiting("sub_1") or waiting.done():
-            break
-        await asyncio.sleep(0.001)
+    await know_the_pace(pipeline, sender)
+    held, waiting = await one_sending_one_waiting(pipeline, sender)
     assert pipeline.slots.waiting("sub_1") == 1
-    subs = pipeline.subscriptions
-    assert isinstance(subs, Subscriptions) and subs.sub is not None
-    subs.sub = dataclasses.replace(subs.sub, status=SubscriptionStatus.DISABLED)
+    change_subscription(pipeline, status=SubscriptionStatus.DISABLED)
     sender.release.set()
     await held
     (cancelled,) = await waiting
@@ -342,9 +340,7 @@ async def test_a_task_that_comes_while_others_wait_lines_up_behind_them_unless_r
     given it first in order, and what is left is its own, so 3 requests go out at once without waiting for
     the held one."""
     pipeline, _store, sender = build(slot_wait_ms=250)
-    sender.release.set()
-    assert [v.outcome for v in await pipeline.handle([copy("dlv_pace")])] == ["delivered"]
-    sender.release.clear()
+    await know_the_pace(pipeline, sender)
     held = asyncio.create_task(pipeline.handle([copy("dlv_a")]))
     await sender.posted.wait()
     line = [asyncio.create_task(pipeline.handle([copy("dlv_b")]))]
@@ -352,9 +348,7 @@ async def test_a_task_that_comes_while_others_wait_lines_up_behind_them_unless_r
     line.append(asyncio.create_task(pipeline.handle([copy("dlv_c")])))
     await asyncio.sleep(0.01)
     assert pipeline.slots.waiting("sub_1") == 2 and sender.open == 1
-    subs = pipeline.subscriptions
-    assert isinstance(subs, Subscriptions) and subs.sub is not None
-    subs.sub = dataclasses.replace(subs.sub, max_in_flight=3)
+    change_subscription(pipeline, max_in_flight=3)
     fresh = asyncio.create_task(pipeline.handle([copy("dlv_d")]))
     await asyncio.sleep(0.01)
     assert sender.open == 3 and pipeline.slots.waiting("sub_1") == 1  # b and c sending; d waits behind them
@@ -371,13 +365,8 @@ async def test_a_failing_slot_wait_hook_costs_no_slot() -> None:
         raise RuntimeError("metrics are down")
 
     pipeline.on_wait = broken
-    sender.release.set()
-    assert [v.outcome for v in await pipeline.handle([copy("dlv_pace")])] == ["delivered"]
-    sender.release.clear()
-    held = asyncio.create_task(pipeline.handle([copy("dlv_a")]))
-    await sender.posted.wait()
-    waiting = asyncio.create_task(pipeline.handle([copy("dlv_b")]))
-    await asyncio.sleep(0.01)
+    await know_the_pace(pipeline, sender)
+    held, waiting = await one_sending_one_waiting(pipeline, sender)
     sender.release.set()
     assert [v.outcome for v in await held] == ["delivered"]
     assert [v.outcome for v in await waiting] == ["delivered"]
@@ -386,17 +375,10 @@ async def test_a_failing_slot_wait_hook_costs_no_slot() -> None:
 
 async def test_a_task_whose_subscription_moved_host_while_it_waited_starts_over_for_the_new_one() -> None:
     pipeline, store, sender = build(slot_wait_ms=250)
-    sender.release.set()
-    assert [v.outcome for v in await pipeline.handle([copy("dlv_pace")])] == ["delivered"]
-    sender.release.clear()
-    held = asyncio.create_task(pipeline.handle([copy("dlv_a")]))
-    await sender.posted.wait()
-    waiting = asyncio.create_task(pipeline.handle([copy("dlv_b")]))
-    await asyncio.sleep(0.01)
+    await know_the_pace(pipeline, sender)
+    held, waiting = await one_sending_one_waiting(pipeline, sender)
     assert pipeline.slots.waiting("sub_1") == 1
-    subs = pipeline.subscriptions
-    assert isinstance(subs, Subscriptions) and subs.sub is not None
-    subs.sub = dataclasses.replace(subs.sub, callback_url="https://elsewhere.example.com/in")
+    change_subscription(pipeline, callback_url="https://elsewhere.example.com/in")
     counted: list[int] = []
     sender.on_post = lambda: counted.append(pipeline.in_flight.host("elsewhere.example.com:443"))
     sender.release.set()
@@ -404,4 +386,4 @@ async def test_a_task_whose_subscription_moved_host_while_it_waited_starts_over_
     assert [v.outcome for v in await waiting] == ["delivered"]
     assert sender.urls[-1] == "https://elsewhere.example.com/in"  # sent to where the subscription is now,
     assert counted == [1]  # counted against that host, not the one it waited on
-    assert pipeline.in_flight.total() == 0 and store.rows["dlv_b"].attempts == 1
+    assert pipeline.in_flight.total() == 0 and store.rows["dlv_c"].attempts == 1
