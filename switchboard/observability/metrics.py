@@ -181,8 +181,10 @@ BROKER_PUBLISH_FAILURES = Counter(
     ["exchange"],
 )
 
-_statement_names: dict[int, str] = {}
-_statement_children: dict[int, Any] = {}
+# By id() of the prepared statement, which each entry keeps alive: a freed statement's id could otherwise be
+# reused by another object (a batch, a later session's statement) and give it the wrong label.
+_statement_names: dict[int, tuple[Any, str]] = {}
+_statement_children: dict[int, tuple[Any, Any]] = {}
 _other_statements: dict[str, Any] = {}
 _confirm_children: dict[str, Any] = {}
 
@@ -194,23 +196,25 @@ def name_statements(statements: Any) -> None:
     for group in dataclasses.fields(statements):
         named = getattr(statements, group.name)
         for f in dataclasses.fields(named):
-            _statement_names[id(getattr(named, f.name))] = f"{group.name}.{f.name}"
+            statement = getattr(named, f.name)
+            _statement_names[id(statement)] = (statement, f"{group.name}.{f.name}")
 
 
 def statement_timer(statement: Any) -> Any:
     """The bound histogram child for ``statement`` (a named prepared statement, else ``batch`` or ``other``)."""
-    child = _statement_children.get(id(statement))
-    if child is not None:
-        return child
-    name = _statement_names.get(id(statement))
-    if name is not None:
-        child = _statement_children[id(statement)] = STORE_SECONDS.labels(name)
+    bound = _statement_children.get(id(statement))
+    if bound is not None and bound[0] is statement:
+        return bound[1]
+    named = _statement_names.get(id(statement))
+    if named is not None and named[0] is statement:
+        child = STORE_SECONDS.labels(named[1])
+        _statement_children[id(statement)] = (statement, child)
         return child
     kind = "batch" if type(statement).__name__ == "BatchStatement" else "other"
-    child = _other_statements.get(kind)
-    if child is None:
-        child = _other_statements[kind] = STORE_SECONDS.labels(kind)
-    return child
+    other = _other_statements.get(kind)
+    if other is None:
+        other = _other_statements[kind] = STORE_SECONDS.labels(kind)
+    return other
 
 
 def confirm_timer(exchange: str) -> Any:

@@ -4,6 +4,7 @@ exemplars), ingest counters, timed operations, the endpoint and the ``[metrics]`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,24 @@ def test_store_and_broker_timers_are_bound_once() -> None:
 
     assert m.statement_timer(BatchStatement()) is m.statement_timer(BatchStatement())
     assert m.statement_timer(object()) is m.statement_timer("SELECT 1")
+
+
+def test_a_named_statement_keeps_its_label_and_a_later_object_at_its_address_gets_none_of_it() -> None:
+    @dataclasses.dataclass
+    class Group:
+        priors: object
+
+    @dataclasses.dataclass
+    class Statements:
+        events: Group
+
+    statement = object()
+    m.name_statements(Statements(Group(statement)))
+    named = m.statement_timer(statement)
+    assert named is m.statement_timer(statement) and named is not m.statement_timer(object())
+    del statement  # still alive in the registry: its id cannot be taken by another object
+    others = {m.statement_timer(object()) for _ in range(1000)}
+    assert named not in others
     assert m.confirm_timer("switchboard.events") is m.confirm_timer("switchboard.events")
 
 
