@@ -235,8 +235,8 @@ class DeliveryPipeline:
     def _take_for(self, subscription_id: str, host: str, limit: int) -> str | None:
         """A waiter's ``take``, under the subscription's limit as it is when the slot comes (``limit``: as it was
         when the waiter lined up, if the subscription is no longer known)."""
-        now = self.subscriptions.get(subscription_id)
-        return self.in_flight.take(subscription_id, host, self._limit(now) if now is not None else limit)
+        current = self.subscriptions.get(subscription_id)
+        return self.in_flight.take(subscription_id, host, self._limit(current) if current is not None else limit)
 
     def _may_wait(self, sub: Subscription) -> bool:
         """Whether a task of the subscription refused a slot (its own limit, or its host's rules) may wait in line
