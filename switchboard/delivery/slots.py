@@ -61,7 +61,7 @@ class SlotQueue:
         self.max_wait = max_wait
         self.timeout = timeout
         self._lines: dict[str, deque[_Waiter]] = {}
-        # Per subscription: when one of its requests last ended, or when it last had one out after none.
+        # Per subscription: when one of its requests last ended, or last went out without waiting.
         self._moved: dict[str, float] = {}
 
     def waiting(self, subscription_id: str) -> int:
@@ -75,8 +75,9 @@ class SlotQueue:
     def admits(self, subscription_id: str, latency: float | None, slots: int, now: float) -> bool:
         """Whether one more task of the subscription, which has ``slots`` requests out and may not have another
         now, should wait for one of them to end rather than be deferred. Not while its line has stopped: when no
-        request of it has ended for longer than ``latency`` plus ``max_wait`` (since the last end, or since it
-        got busy), its endpoint is slower than its average says, which moves only when a request ends."""
+        request of it has ended for longer than ``latency`` plus ``max_wait`` (since the last end, or the last
+        request that went out without waiting), its endpoint is slower than its average says, which moves only
+        when a request ends."""
         if latency is None or slots < 1 or self.max_wait <= 0:
             return False
         if now - self._moved.get(subscription_id, now) > latency + self.max_wait:
