@@ -59,7 +59,8 @@ class DeliveryConfig:
     # A task refused by those limits waits in the worker for its subscription's next free slot when, at the
     # pace its requests end, one should be its within this many ms (each gives up after twice this and is
     # deferred), instead of a trip through a delay queue of 1 s or more (``switchboard.delivery.slots``).
-    # 0: always deferred. At most 1000 (the shortest deferral).
+    # 0: always deferred. At most 1000 (the shortest deferral); breaker_cooldown_seconds must be longer than
+    # twice this.
     slot_wait_ms: int = 250
     # Per attempt, unless a subscription's retry policy says otherwise.
     timeout_seconds: float = 10.0
