@@ -291,8 +291,7 @@ class DeliveryPipeline:
 
         hold = self.breakers.wait(sub.id, time.monotonic())
         if hold > 0:
-            reason = f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
-            return await self._defer(delivery, state is None, hold, reason, trace)
+            return await self._defer(delivery, state is None, hold, circuit_open(hold), trace)
         host = host_of(sub.callback_url)
         refused, waited_for_slot = await self._take_slot(sub, host)
         if refused is None and waited_for_slot:
@@ -312,8 +311,7 @@ class DeliveryPipeline:
         hold = self.breakers.held(sub.id, time.monotonic())  # it may have opened while this task waited for a slot
         if hold > 0:
             self._release(sub.id, host)
-            reason = f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
-            return await self._defer(delivery, state is None, hold, reason, trace)
+            return await self._defer(delivery, state is None, hold, circuit_open(hold), trace)
         taken = time.monotonic()
         try:  # from here the slot is released whatever happens
             attempt_no = delivery.attempts + 1
@@ -450,6 +448,11 @@ def host_of(url: str) -> str:
     except ValueError:  # the sender refuses such a URL itself, without a connection
         port = None
     return f"{parts.hostname or ''}:{port or (443 if parts.scheme == 'https' else 80)}"
+
+
+def circuit_open(hold: float) -> str:
+    """The reason of a task deferred for its subscription's open circuit, ``hold`` seconds before it sends."""
+    return f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
 
 
 def saturated_hold(waited: float, rng: random.Random) -> float:
