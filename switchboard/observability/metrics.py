@@ -181,10 +181,10 @@ BROKER_PUBLISH_FAILURES = Counter(
     ["exchange"],
 )
 
-# By id() of the prepared statement, which each entry keeps alive: a freed statement's id could otherwise be
-# reused by another object (a batch, a later session's statement) and give it the wrong label.
+# By id() of the prepared statement, which its name's entry keeps alive: a freed statement's id could otherwise
+# be reused by another object (a batch, a later session's statement) and give it the wrong label.
 _statement_names: dict[int, tuple[Any, str]] = {}
-_statement_children: dict[int, tuple[Any, Any]] = {}
+_statement_children: dict[int, Any] = {}  # of named statements only (kept alive by their names' entries)
 _other_statements: dict[str, Any] = {}
 _confirm_children: dict[str, Any] = {}
 
@@ -202,19 +202,18 @@ def name_statements(statements: Any) -> None:
 
 def statement_timer(statement: Any) -> Any:
     """The bound histogram child for ``statement`` (a named prepared statement, else ``batch`` or ``other``)."""
-    bound = _statement_children.get(id(statement))
-    if bound is not None and bound[0] is statement:
-        return bound[1]
+    child = _statement_children.get(id(statement))
+    if child is not None:
+        return child
     named = _statement_names.get(id(statement))
     if named is not None and named[0] is statement:
-        child = STORE_SECONDS.labels(named[1])
-        _statement_children[id(statement)] = (statement, child)
+        child = _statement_children[id(statement)] = STORE_SECONDS.labels(named[1])
         return child
     kind = "batch" if type(statement).__name__ == "BatchStatement" else "other"
-    other = _other_statements.get(kind)
-    if other is None:
-        other = _other_statements[kind] = STORE_SECONDS.labels(kind)
-    return other
+    child = _other_statements.get(kind)
+    if child is None:
+        child = _other_statements[kind] = STORE_SECONDS.labels(kind)
+    return child
 
 
 def confirm_timer(exchange: str) -> Any:
