@@ -18,6 +18,10 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
   deferred before any attempt is recorded PENDING with the reason, so that it shows in the listings.
 * **Rate limit** per subscription (``rate_limit_per_second``, default ``delivery.rate_limit_per_second``): a
   task waits for its token in the worker.
+* **A task that waited sends what the subscription is now.** After a wait for a slot or a rate token (at a
+  low rate, many seconds), the task reads its subscription again: disabled or deleted meanwhile, it sends
+  nothing and is recorded CANCELLED; moved to another host, it starts over in that host's line; a new path,
+  secret or retry policy on the same host is what this send uses; a circuit that opened meanwhile defers it.
 * **One endpoint cannot take the worker, nor its host's connections.** At most ``max_in_flight`` tasks of one
   subscription (its own, else ``delivery.subscription_in_flight``) are sending (or waiting for their
   rate-limit token) in a worker at once, and at most ``delivery.host_in_flight`` to one host, whose last
@@ -293,26 +297,34 @@ class DeliveryPipeline:
         if hold > 0:
             return await self._defer(delivery, state is None, hold, circuit_open(hold), trace)
         host = host_of(sub.callback_url)
-        refused, waited_for_slot = await self._take_slot(sub, host)
-        if refused is None and waited_for_slot:
-            fresh = self.subscriptions.get(sub.id)  # it may have changed while this task waited
-            if fresh is not sub and (
-                fresh is None or fresh.status is not SubscriptionStatus.ENABLED or host_of(fresh.callback_url) != host
-            ):  # disabled, deleted or moved: this task starts over (cancelled, or in line for its new host)
-                self._release(sub.id, host)
-                self.breakers.record(sub.id, failed=None, now=time.monotonic())  # the send it allowed is not made
-                return await self._deliver(task, state, waited, trace)
-            sub = fresh or sub
+        refused, paused = await self._take_slot(sub, host)
         if refused is not None:
             # The send the breaker allowed does not happen: if it was a half-open circuit's probe, another may go.
             self.breakers.record(sub.id, failed=None, now=time.monotonic())
             reason = f"{SATURATED} {refused}"
             return await self._defer(delivery, state is None, self._saturated_hold(sub.id, waited), reason, trace)
-        hold = self.breakers.held(sub.id, time.monotonic())  # it may have opened while this task waited for a slot
-        if hold > 0:
-            self._release(sub.id, host)
-            return await self._defer(delivery, state is None, hold, circuit_open(hold), trace)
         taken = time.monotonic()
+        try:
+            rate = sub.rate_limit_per_second or self.defaults.rate_limit_per_second
+            paused = await self.limiter.acquire(sub.id, rate) > 0 or paused
+        except BaseException:
+            self._release(sub.id, host)
+            raise
+        if paused:  # it waited for a slot or a rate token, holding nothing else: the world may have moved
+            current = self.subscriptions.get(sub.id)
+            if current is not sub and (
+                current is None
+                or current.status is not SubscriptionStatus.ENABLED
+                or host_of(current.callback_url) != host
+            ):  # disabled, deleted or moved: this task starts over (cancelled, or in line for its new host)
+                self._release(sub.id, host)
+                self.breakers.record(sub.id, failed=None, now=time.monotonic())  # the send it allowed is not made
+                return await self._deliver(task, state, waited, trace)
+            sub = current or sub  # a new path, secret or retry policy on the same host: this send uses it
+            hold = self.breakers.held(sub.id, time.monotonic())  # it may have opened meanwhile
+            if hold > 0:
+                self._release(sub.id, host)
+                return await self._defer(delivery, state is None, hold, circuit_open(hold), trace)
         try:  # from here the slot is released whatever happens
             attempt_no = delivery.attempts + 1
             retry = sub.retry
@@ -322,7 +334,6 @@ class DeliveryPipeline:
             if retry is not None and retry.max_attempts < schedule.max_attempts:
                 schedule = policy.RetryPolicy(schedule.retry_delays[: retry.max_attempts - 1])
             timeout_ms = retry.timeout_ms if retry and retry.timeout_ms else self.defaults.timeout_ms
-            await self.limiter.acquire(sub.id, sub.rate_limit_per_second or self.defaults.rate_limit_per_second)
             started = now_us()
             headers = delivery_headers(task.delivery_id, task.event.body, sub.signing_secrets(started), started / 1e6)
             headers["content-type"] = task.event.content_type or "application/json"

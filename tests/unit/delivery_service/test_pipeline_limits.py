@@ -1,7 +1,8 @@
 """DeliveryPipeline's in-flight limits, against in-memory fakes of its Protocols (store, subscriptions, sender):
 a task past its subscription's limit is deferred and its delivery recorded PENDING once; a copy that comes back
 while the limit still holds is deferred again without the read of its state; with room, it is sent. Once the
-subscription's pace says its next slot is due soon, a task past the limit waits for it in the worker instead."""
+subscription's pace says its next slot is due soon, a task past the limit waits for it in the worker instead.
+A task that waited, for a slot or a rate-limit token, sends what its subscription is when the wait ends."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from delivery_service.limiter import Limiter
 from delivery_service.pipeline import SATURATED, Defaults, DeliveryPipeline, host_of
 from switchboard.delivery.sender import Response
+from switchboard.delivery.signing import delivery_headers
 from switchboard.model.subscriptions import (
     Attempt,
     Delivery,
@@ -69,6 +71,7 @@ class HeldSender:
         self.posted = asyncio.Event()
         self.posts = 0
         self.urls: list[str] = []
+        self.headers: list[dict[str, str]] = []
         self.on_post: Callable[[], None] = lambda: None
         self.status = 200
         self.open = 0
@@ -77,6 +80,7 @@ class HeldSender:
     async def post(self, url: str, body: bytes, headers: dict[str, str], within: float) -> Response:
         self.posts += 1
         self.urls.append(url)
+        self.headers.append(headers)
         self.on_post()
         self.open += 1
         self.most = max(self.most, self.open)
@@ -95,8 +99,24 @@ def copy(delivery_id: str, headers: dict[str, object] | None = None) -> QueueMes
     )
 
 
+class GatedLimiter:
+    """Holds every task at its rate-limit token until ``open`` is set, then says it waited (a low rate)."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.waiting = 0
+
+    async def acquire(self, key: str, rate: float) -> float:
+        self.waiting += 1
+        try:
+            await self.open.wait()
+        finally:
+            self.waiting -= 1
+        return 2.5
+
+
 def build(
-    slot_wait_ms: int, max_in_flight: int = 1, host_in_flight: int = 64
+    slot_wait_ms: int, max_in_flight: int = 1, host_in_flight: int = 64, limiter: Limiter | GatedLimiter | None = None
 ) -> tuple[DeliveryPipeline, Store, HeldSender]:
     sub = Subscription(
         id="sub_1", client_id="c", callback_url=URL, max_in_flight=max_in_flight, secret="whsec_" + "A" * 32
@@ -107,7 +127,7 @@ def build(
         store,
         NoDisable(),
         sender,
-        Limiter(),
+        limiter or Limiter(),
         Defaults(slot_wait_ms=slot_wait_ms, host_in_flight=host_in_flight),
         rng=random.Random(1),
     )
@@ -387,3 +407,73 @@ async def test_a_task_whose_subscription_moved_host_while_it_waited_starts_over_
     assert sender.urls[-1] == "https://elsewhere.example.com/in"  # sent to where the subscription is now,
     assert counted == [1]  # counted against that host, not the one it waited on
     assert pipeline.in_flight.total() == 0 and store.rows["dlv_c"].attempts == 1
+
+
+async def waiting_for_a_token(outcome_of_wait: Callable[[DeliveryPipeline], None]) -> tuple[Verdict, Store, HeldSender]:
+    """dlv_a holds a slot and waits for its rate-limit token; ``outcome_of_wait`` changes the world meanwhile;
+    then the token comes and the sender answers at once."""
+    limiter = GatedLimiter()
+    pipeline, store, sender = build(slot_wait_ms=250, max_in_flight=4, limiter=limiter)
+    sender.release.set()
+    task = asyncio.create_task(pipeline.handle([copy("dlv_a")]))
+    await soon(lambda: limiter.waiting == 1)
+    assert limiter.waiting == 1 and pipeline.in_flight.subscription("sub_1") == 1  # its slot is held meanwhile
+    outcome_of_wait(pipeline)
+    limiter.open.set()
+    (verdict,) = await task
+    assert pipeline.in_flight.total() == 0
+    return verdict, store, sender
+
+
+async def test_a_task_whose_subscription_is_disabled_while_it_waits_for_its_rate_token_sends_nothing() -> None:
+    verdict, store, sender = await waiting_for_a_token(
+        lambda p: change_subscription(p, status=SubscriptionStatus.DISABLED)
+    )
+    assert isinstance(verdict, Ack) and verdict.outcome == "cancelled"
+    assert sender.posts == 0 and store.rows["dlv_a"].status is DeliveryStatus.CANCELLED
+    assert store.rows["dlv_a"].last_error == "the subscription is disabled"
+
+
+async def test_a_task_whose_subscription_is_deleted_while_it_waits_for_its_rate_token_sends_nothing() -> None:
+    def delete(p: DeliveryPipeline) -> None:
+        assert isinstance(p.subscriptions, Subscriptions)
+        p.subscriptions.sub = None
+
+    verdict, store, sender = await waiting_for_a_token(delete)
+    assert isinstance(verdict, Ack) and verdict.outcome == "cancelled"
+    assert sender.posts == 0 and store.rows["dlv_a"].last_error == "the subscription is deleted"
+
+
+async def test_a_task_that_waited_for_its_rate_token_sends_to_the_new_path_signed_with_the_new_secret() -> None:
+    """The secret was rotated (the old one already expired) and the path changed on the same host while the
+    task waited: the request goes to the new path and verifies with the new secret only."""
+    new_secret = "whsec_" + "B" * 32
+    verdict, store, sender = await waiting_for_a_token(
+        lambda p: change_subscription(p, callback_url=URL + "/v2", secret=new_secret)
+    )
+    assert isinstance(verdict, Ack) and verdict.outcome == "delivered"
+    assert sender.urls == [URL + "/v2"]
+    (sent,) = sender.headers
+    stamp = float(sent["webhook-timestamp"])
+    expected = delivery_headers("dlv_a", event().body, [new_secret], stamp)["webhook-signature"]
+    assert sent["webhook-signature"] == expected
+    assert store.rows["dlv_a"].status is DeliveryStatus.DELIVERED
+
+
+async def test_a_task_whose_subscription_moved_host_while_it_waited_for_its_rate_token_goes_to_the_new_one() -> None:
+    verdict, store, sender = await waiting_for_a_token(
+        lambda p: change_subscription(p, callback_url="https://elsewhere.example.com/in")
+    )
+    assert isinstance(verdict, Ack) and verdict.outcome == "delivered"
+    assert sender.urls == ["https://elsewhere.example.com/in"] and store.rows["dlv_a"].attempts == 1
+
+
+async def test_a_task_whose_circuit_opened_while_it_waited_for_its_rate_token_is_deferred() -> None:
+    def fail(p: DeliveryPipeline) -> None:  # other tasks' sends failed meanwhile
+        for _ in range(p.breakers.settings.failure_threshold):
+            p.breakers.record("sub_1", failed=True, now=time.monotonic())
+
+    verdict, store, sender = await waiting_for_a_token(fail)
+    assert isinstance(verdict, Retry) and verdict.outcome == "deferred"
+    assert verdict.error.startswith("deferred: the endpoint's circuit is open")
+    assert sender.posts == 0 and store.rows["dlv_a"].status is DeliveryStatus.PENDING
