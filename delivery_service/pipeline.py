@@ -178,7 +178,13 @@ class DeliveryPipeline:
                 jobs.append(_undecodable())
             else:
                 jobs.append(self._one(t, known.get(t.delivery_id), saturated_wait(m)))
-        return list(await asyncio.gather(*jobs))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            # Raised only once every task of the batch is over, their outcomes recorded: the worker runs the
+            # batch again, and a task still sending then would be sent a second time at once.
+            raise next((f for f in failures if not isinstance(f, asyncio.CancelledError)), failures[0])
+        return [r for r in results if not isinstance(r, BaseException)]
 
     def _still_saturated(self, task: DeliveryTask, message: QueueMessage) -> Verdict | None:
         """A copy deferred before for an in-flight limit that its subscription (or host) is still at goes back

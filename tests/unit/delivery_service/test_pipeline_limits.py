@@ -477,3 +477,39 @@ async def test_a_task_whose_circuit_opened_while_it_waited_for_its_rate_token_is
     assert isinstance(verdict, Retry) and verdict.outcome == "deferred"
     assert verdict.error.startswith("deferred: the endpoint's circuit is open")
     assert sender.posts == 0 and store.rows["dlv_a"].status is DeliveryStatus.PENDING
+
+
+async def test_a_task_that_fails_leaves_no_task_of_its_batch_sending_when_the_worker_retries_it() -> None:
+    """dlv_b's record fails while dlv_a is still sending: the batch's failure comes only once dlv_a is over
+    and recorded, so the worker's retry of the batch finds dlv_a delivered and does not send it again."""
+
+    class SecondAnswersAtOnce(HeldSender):
+        async def post(self, url: str, body: bytes, headers: dict[str, str], within: float) -> Response:
+            if headers["webhook-id"] == "dlv_b":
+                self.posts += 1
+                return Response(status=200, duration_us=1000)
+            return await super().post(url, body, headers, within)
+
+    pipeline, store, _ = build(slot_wait_ms=250, max_in_flight=4)
+    sender = SecondAnswersAtOnce()
+    pipeline.sender = sender
+    recorded = store.record
+
+    async def record(d: Delivery, attempt: Attempt | None = None) -> None:
+        if d.id == "dlv_b":
+            raise RuntimeError("the disk is full")
+        await recorded(d, attempt)
+
+    store.record = record  # type: ignore[method-assign]
+    first = asyncio.create_task(pipeline.handle([copy("dlv_a"), copy("dlv_b")]))
+    await soon(lambda: sender.posts == 2)
+    await asyncio.sleep(0.02)
+    assert sender.posts == 2 and sender.open == 1 and not first.done()  # dlv_a sending: no answer yet
+    sender.release.set()
+    with pytest.raises(RuntimeError, match="disk is full"):
+        await first
+    assert store.rows["dlv_a"].status is DeliveryStatus.DELIVERED
+    store.record = recorded  # type: ignore[method-assign]
+    again = await pipeline.handle([copy("dlv_a"), copy("dlv_b")])
+    assert [v.outcome for v in again] == ["already_final", "delivered"]
+    assert sender.posts == 3 and sender.most == 1 and pipeline.in_flight.total() == 0
