@@ -5,6 +5,10 @@ publishes the id of every subscription it creates, changes or deletes on the ``s
 fanout exchange; each cache binds an exclusive queue of its own to it), and reloads everything every
 ``refresh_seconds`` in case a notice was lost while its queue did not exist (a reconnect). A subscription
 changed elsewhere is therefore seen within milliseconds, and at worst after one refresh.
+
+``matching`` looks only at the enabled subscriptions whose sources and event types can match the event
+(``switchboard.delivery.routing.FilterIndex``), not at every subscription: its cost grows with the matches,
+not with the number of subscriptions (``python -m bench.matching``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from switchboard.delivery.filters import Filter
+from switchboard.delivery.routing import FilterIndex
 from switchboard.errors import SwitchboardError
 from switchboard.model.events import InboundEvent
 from switchboard.model.subscriptions import Subscription
@@ -58,6 +63,7 @@ class SubscriptionCache:
         self.purpose = purpose
         self.refresh_seconds = refresh_seconds
         self._entries: dict[str, Entry] = {}
+        self._index = FilterIndex()  # the enabled entries', by source and event type
         self._conn: AbstractRobustConnection | None = None
         self._refresher: asyncio.Task[None] | None = None
 
@@ -79,11 +85,14 @@ class SubscriptionCache:
 
     async def reload(self) -> None:
         entries = {}
+        index = FilterIndex()
         for s in await self.store.all():
             entry = _entry(s)
             if entry is not None:
                 entries[s.id] = entry
-        self._entries = entries
+                if s.enabled:
+                    index.add(s.id, entry.filter)
+        self._entries, self._index = entries, index
         log.info("subscriptions loaded", extra={"subscriptions": len(entries)})
 
     async def refresh(self, subscription_id: str) -> Subscription | None:
@@ -92,8 +101,13 @@ class SubscriptionCache:
         entry = _entry(s) if s is not None else None
         if entry is None:
             self._entries.pop(subscription_id, None)
+            self._index.remove(subscription_id)
             return None
         self._entries[subscription_id] = entry
+        if entry.subscription.enabled:
+            self._index.add(subscription_id, entry.filter)
+        else:
+            self._index.remove(subscription_id)
         return s
 
     def get(self, subscription_id: str) -> Subscription | None:
@@ -106,9 +120,10 @@ class SubscriptionCache:
     def matching(self, event: InboundEvent) -> list[Subscription]:
         """The enabled subscriptions whose sources, event type globs and condition match ``event``. The body
         is parsed as JSON once, and only if a candidate has a condition (an unparsable body matches none)."""
+        entries = self._entries
         candidates = [
             e
-            for e in self._entries.values()
+            for e in (entries[k] for k in self._index.candidates(event.source, event.event_type))
             if e.subscription.enabled and e.filter.matches_meta(event.source, event.event_type)
         ]
         if not candidates:
