@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 
 from switchboard.backoff import Backoff
 from switchboard.delivery import policy
-from switchboard.delivery.breaker import Breakers, State
+from switchboard.delivery.breaker import PROBE_WAIT_SECONDS, Breakers, State
 from switchboard.delivery.inflight import InFlight
 from switchboard.delivery.pacing import Pacer
 from switchboard.delivery.sender import Response
@@ -254,6 +254,12 @@ class DeliveryPipeline:
         out = self.in_flight.subscription(sub.id)
         return self.slots.admits(sub.id, self.pacer.latency(sub.id), out, time.monotonic())
 
+    def _not_sent(self, subscription_id: str, probe: bool) -> None:
+        """The send the breaker allowed is not made: if it was its half-open circuit's probe, the next task may
+        probe (a task that was not the probe changes nothing: it would let a second probe out)."""
+        if probe:
+            self.breakers.record(subscription_id, failed=None, now=time.monotonic())
+
     def _release(self, subscription_id: str, host: str) -> None:
         """A request taken with ``_take_slot`` is over: its slot goes to the subscription's first waiter."""
         self.in_flight.release(subscription_id, host)
@@ -302,11 +308,15 @@ class DeliveryPipeline:
         hold = self.breakers.wait(sub.id, time.monotonic())
         if hold > 0:
             return await self._defer(delivery, state is None, hold, circuit_open(hold), trace)
+        probe = self.breakers.state(sub.id) is State.HALF_OPEN  # this task is its half-open circuit's one probe
         host = host_of(sub.callback_url)
-        refused, paused = await self._take_slot(sub, host)
+        try:
+            refused, paused = await self._take_slot(sub, host)
+        except BaseException:
+            self._not_sent(sub.id, probe)
+            raise
         if refused is not None:
-            # The send the breaker allowed does not happen: if it was a half-open circuit's probe, another may go.
-            self.breakers.record(sub.id, failed=None, now=time.monotonic())
+            self._not_sent(sub.id, probe)
             reason = f"{SATURATED} {refused}"
             return await self._defer(delivery, state is None, self._saturated_hold(sub.id, waited), reason, trace)
         taken = time.monotonic()
@@ -315,6 +325,7 @@ class DeliveryPipeline:
             paused = await self.limiter.acquire(sub.id, rate) > 0 or paused
         except BaseException:
             self._release(sub.id, host)
+            self._not_sent(sub.id, probe)
             raise
         if paused:  # it waited for a slot or a rate token, holding nothing else: the world may have moved
             current = self.subscriptions.get(sub.id)
@@ -324,10 +335,12 @@ class DeliveryPipeline:
                 or host_of(current.callback_url) != host
             ):  # disabled, deleted or moved: this task starts over (cancelled, or in line for its new host)
                 self._release(sub.id, host)
-                self.breakers.record(sub.id, failed=None, now=time.monotonic())  # the send it allowed is not made
+                self._not_sent(sub.id, probe)
                 return await self._deliver(task, state, waited, trace)
             sub = current or sub  # a new path, secret or retry policy on the same host: this send uses it
             hold = self.breakers.held(sub.id, time.monotonic())  # it may have opened meanwhile
+            if not hold and not probe and self.breakers.state(sub.id) is not State.CLOSED:
+                hold = PROBE_WAIT_SECONDS  # its cool-down is over or its probe is out: the probe decides first
             if hold > 0:
                 self._release(sub.id, host)
                 return await self._defer(delivery, state is None, hold, circuit_open(hold), trace)
@@ -344,6 +357,9 @@ class DeliveryPipeline:
             headers = delivery_headers(task.delivery_id, task.event.body, sub.signing_secrets(started), started / 1e6)
             headers["content-type"] = task.event.content_type or "application/json"
             response = await self.sender.post(sub.callback_url, task.event.body, headers, timeout_ms / 1000)
+        except BaseException:
+            self._not_sent(sub.id, probe)
+            raise
         finally:
             self.pacer.ended(sub.id, time.monotonic() - taken)
             self._release(sub.id, host)

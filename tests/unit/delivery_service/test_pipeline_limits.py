@@ -513,3 +513,78 @@ async def test_a_task_that_fails_leaves_no_task_of_its_batch_sending_when_the_wo
     again = await pipeline.handle([copy("dlv_a"), copy("dlv_b")])
     assert [v.outcome for v in again] == ["already_final", "delivered"]
     assert sender.posts == 3 and sender.most == 1 and pipeline.in_flight.total() == 0
+
+
+class Turnstile:
+    """Holds each task at its rate-limit token until the test lets that one through (in arrival order)."""
+
+    def __init__(self) -> None:
+        self.gates: list[asyncio.Event] = []
+
+    async def acquire(self, key: str, rate: float) -> float:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        return 1.0
+
+
+def open_circuit(pipeline: DeliveryPipeline, cooled: bool) -> None:
+    """Other sends failed: the circuit opens; ``cooled``: long enough ago that its cool-down is over."""
+    settings = pipeline.breakers.settings
+    at = time.monotonic() - (settings.cooldown_seconds + 1 if cooled else 0)
+    for _ in range(settings.failure_threshold):
+        pipeline.breakers.record("sub_1", failed=True, now=at)
+
+
+async def test_a_probe_cancelled_while_it_waits_for_its_token_lets_the_next_task_probe() -> None:
+    limiter = Turnstile()
+    pipeline, _store, sender = build(slot_wait_ms=250, max_in_flight=4, limiter=limiter)  # type: ignore[arg-type]
+    open_circuit(pipeline, cooled=True)
+    probe = asyncio.create_task(pipeline.handle([copy("dlv_probe")]))
+    await soon(lambda: len(limiter.gates) == 1)
+    assert pipeline.breakers.wait("sub_1", time.monotonic()) > 0  # its probe is out: the others wait
+    probe.cancel()  # the worker stops
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    assert pipeline.breakers.wait("sub_1", time.monotonic()) == 0.0  # the next task probes at once
+    assert sender.posts == 0 and pipeline.in_flight.total() == 0
+
+
+async def test_a_task_let_through_before_the_circuit_opened_waits_for_the_probe_after_its_token() -> None:
+    """Allowed while the circuit was closed, it waited for its token while the circuit opened and cooled down:
+    it is not sent as a second probe the breaker does not know of; it is deferred for the probe to decide."""
+    limiter = GatedLimiter()
+    pipeline, store, sender = build(slot_wait_ms=250, max_in_flight=4, limiter=limiter)
+    sender.release.set()
+    task = asyncio.create_task(pipeline.handle([copy("dlv_a")]))
+    await soon(lambda: limiter.waiting == 1)
+    open_circuit(pipeline, cooled=True)
+    limiter.open.set()
+    (deferred,) = await task
+    assert isinstance(deferred, Retry) and deferred.outcome == "deferred" and deferred.delay_ms == 1000
+    assert sender.posts == 0 and store.rows["dlv_a"].status is DeliveryStatus.PENDING
+    assert pipeline.breakers.wait("sub_1", time.monotonic()) == 0.0  # the next task is the probe
+
+
+async def test_a_task_that_starts_over_does_not_release_another_tasks_probe() -> None:
+    """dlv_a was let through while the circuit was closed and waits for its token; the circuit opens, cools
+    down, and dlv_probe becomes its probe (waiting for its token too). dlv_a's subscription moves host: it
+    starts over without touching the probe, so no second probe goes while the first is out."""
+    limiter = Turnstile()
+    pipeline, _store, sender = build(slot_wait_ms=250, max_in_flight=4, limiter=limiter)  # type: ignore[arg-type]
+    sender.release.set()
+    first = asyncio.create_task(pipeline.handle([copy("dlv_a")]))
+    await soon(lambda: len(limiter.gates) == 1)
+    open_circuit(pipeline, cooled=True)
+    probe = asyncio.create_task(pipeline.handle([copy("dlv_probe")]))
+    await soon(lambda: len(limiter.gates) == 2)
+    change_subscription(pipeline, callback_url="https://elsewhere.example.com/in")
+    limiter.gates[0].set()  # dlv_a's token: it finds the move and starts over
+    (restarted,) = await asyncio.wait_for(first, 2)  # (a second probe would wait at the turnstile)
+    assert isinstance(restarted, Retry) and restarted.outcome == "deferred"  # behind the probe, still out
+    assert pipeline.breakers.wait("sub_1", time.monotonic()) > 0  # the probe is still the only one
+    limiter.gates[1].set()  # the probe's token: it finds the move too and, still the probe, starts over
+    await soon(lambda: len(limiter.gates) == 3)
+    limiter.gates[2].set()
+    assert [v.outcome for v in await probe] == ["delivered"]
+    assert sender.posts == 1 and pipeline.breakers.wait("sub_1", time.monotonic()) == 0.0  # closed by the probe
