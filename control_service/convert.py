@@ -8,7 +8,7 @@ from webhooks.v1 import subscriptions_pb2 as pb
 from control_service.subscriptions import Draft
 from switchboard.errors import InvalidRequest
 from switchboard.model.subscriptions import Attempt, Delivery, DeliveryStatus, Subscription, SubscriptionStatus, Tier
-from switchboard.wire import ts, us_of
+from switchboard.wire import request_us, ts
 
 _STATUS = {
     SubscriptionStatus.ENABLED: pb.SUBSCRIPTION_STATUS_ENABLED,
@@ -141,4 +141,4 @@ def attempt_pb(a: Attempt) -> pb.DeliveryAttempt:
 
 
 def optional_us(msg: object, field: str) -> int | None:
-    return us_of(getattr(msg, field)) if msg.HasField(field) else None  # type: ignore[attr-defined]
+    return request_us(msg, field)

@@ -180,7 +180,9 @@ class DeadLetterManager:
             raw = pagination.decode_token(page_token)
             if raw.get("q") != query:
                 raise pagination.mismatched_token()
-            index, cursor = int(raw.get("k", 0)), _cursor(raw.get("c"))
+            index, cursor = raw.get("k", 0), _cursor(raw.get("c"))
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(kinds):
+                raise pagination.invalid_token()
         out: list[DeadLetter] = []
         scanned = 0
         while index < len(kinds) and len(out) < limit and scanned < MAX_SCAN:
@@ -267,12 +269,8 @@ def _query(f: Filter, start: int, end: int) -> dict[str, Any]:
 def _cursor(value: object) -> tuple[str, int, int, str] | None:
     if value is None:
         return None
-    if not isinstance(value, list) or len(value) != 4:
-        raise pagination.invalid_token()
-    try:
-        return str(value[0]), int(value[1]), int(value[2]), str(value[3])
-    except (TypeError, ValueError):
-        raise pagination.invalid_token() from None
+    kind, day, ms, dead_letter_id = pagination.position(value, "sims")
+    return kind, day, ms, dead_letter_id
 
 
 def _text(value: object) -> str:

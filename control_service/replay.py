@@ -255,6 +255,9 @@ class ReplayManager:
         except asyncio.CancelledError:  # the service is stopping
             _mark_interrupted(job)
             raise
+        except Exception:  # a bug: the job says it failed rather than run on as RUNNING until it looks abandoned
+            job.state, job.message = ReplayState.FAILED, "the replay stopped on an internal error (see the logs)"
+            log.exception("replay failed on an internal error", extra={"replay": job.id})
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)

@@ -463,18 +463,10 @@ def _page_size(page_size: int) -> int:
 
 
 def _cursor3(value: object) -> tuple[int, int, str]:
-    if not isinstance(value, list) or len(value) != 3:
-        raise pagination.invalid_token()
-    try:
-        return int(value[0]), int(value[1]), str(value[2])
-    except (TypeError, ValueError):
-        raise pagination.invalid_token() from None
+    day, ms, delivery_id = pagination.position(value, "ims")
+    return day, ms, delivery_id
 
 
 def _cursor5(value: object) -> tuple[int, int, str, int, str]:
-    if not isinstance(value, list) or len(value) != 5:
-        raise pagination.invalid_token()
-    try:
-        return int(value[0]), int(value[1]), str(value[2]), int(value[3]), str(value[4])
-    except (TypeError, ValueError):
-        raise pagination.invalid_token() from None
+    day, ms, delivery_id, attempt, run = pagination.position(value, "imsis")
+    return day, ms, delivery_id, attempt, run

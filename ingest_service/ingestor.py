@@ -13,7 +13,15 @@ from typing import Protocol
 
 from switchboard.config import SourceConfig
 from switchboard.errors import InvalidRequest, PayloadTooLarge, UnknownSource
-from switchboard.model.events import InboundEvent, new_receipt_id, new_traceparent, now_us, valid_traceparent
+from switchboard.model.events import (
+    MAX_ENTITY_ID_BYTES,
+    MAX_KEY_BYTES,
+    InboundEvent,
+    new_receipt_id,
+    new_traceparent,
+    now_us,
+    valid_traceparent,
+)
 from switchboard.observability.tracing import NO_TRACER, Attributes, Tracer
 from switchboard.signatures import Verifier
 
@@ -131,8 +139,17 @@ class Ingestor:
             verified = source.verifier.verify(raw_headers, body, received_us / 1_000_000)
         if not verified.event_id:
             raise InvalidRequest("the request carries no event id", reason="EVENT_ID_MISSING")
-        if len(verified.event_id) > 255:
-            raise InvalidRequest("event id longer than 255 characters", reason="EVENT_ID_INVALID")
+        key_bytes = len(name.encode()) + 1 + len(verified.event_id.encode())
+        if key_bytes > MAX_KEY_BYTES:
+            raise InvalidRequest(
+                f"event id too long: with the source's name it makes a key of {key_bytes} bytes, "
+                f"at most {MAX_KEY_BYTES} (UTF-8)",
+                reason="EVENT_ID_INVALID",
+            )
+        if len(verified.entity_id.encode()) > MAX_ENTITY_ID_BYTES:
+            raise InvalidRequest(
+                f"the event's entity id is longer than {MAX_ENTITY_ID_BYTES} bytes (UTF-8)", reason="ENTITY_ID_INVALID"
+            )
         with self.tracer.span("publish events", parent, kind="producer") as publish:
             event = InboundEvent(
                 source=name,

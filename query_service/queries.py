@@ -7,7 +7,15 @@ from typing import Protocol
 
 from switchboard import pagination
 from switchboard.errors import InvalidRequest, NotFound
-from switchboard.model.events import Entity, EventStatus, EventSummary, StoredEvent, now_us
+from switchboard.model.events import (
+    MAX_ENTITY_ID_BYTES,
+    MAX_KEY_BYTES,
+    Entity,
+    EventStatus,
+    EventSummary,
+    StoredEvent,
+    now_us,
+)
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -43,12 +51,9 @@ def encode_token(source: str, start_us: int, end_us: int, cursor: Cursor, status
 
 def decode_token(token: str) -> tuple[str, int, int, Cursor, str]:
     raw = pagination.decode_token(token)
-    try:
-        bucket, ms, event_id = raw["c"]
-        cursor = (int(bucket), int(ms), str(event_id))
-        return str(raw["s"]), int(raw["a"]), int(raw["b"]), cursor, str(raw.get("st", ""))
-    except (ValueError, KeyError, TypeError):
-        raise pagination.invalid_token() from None
+    bucket, ms, event_id = pagination.position(raw.get("c"), "ims")
+    source, start, end, status = pagination.position([raw.get(k) for k in ("s", "a", "b", "st")], "siis")
+    return source, start, end, (bucket, ms, event_id), status
 
 
 class EventQueries:
@@ -59,6 +64,11 @@ class EventQueries:
     async def get_event(self, source: str, event_id: str) -> StoredEvent:
         if not source or not event_id:
             raise InvalidRequest("source and event_id are required", reason="FIELD_REQUIRED")
+        if len(source.encode()) + 1 + len(event_id.encode()) > MAX_KEY_BYTES:
+            raise InvalidRequest(
+                f"source and event_id are longer than any stored event's ({MAX_KEY_BYTES} bytes together)",
+                reason="EVENT_ID_INVALID",
+            )
         stored = await self.store.get(source, event_id)
         if stored is None:
             raise NotFound(
@@ -71,6 +81,11 @@ class EventQueries:
     async def get_entity(self, source: str, entity_id: str) -> Entity:
         if not source or not entity_id:
             raise InvalidRequest("source and entity_id are required", reason="FIELD_REQUIRED")
+        if len(entity_id.encode()) > MAX_ENTITY_ID_BYTES or len(source.encode()) > MAX_KEY_BYTES:
+            raise InvalidRequest(
+                f"entity_id is longer than any stored entity's ({MAX_ENTITY_ID_BYTES} bytes)",
+                reason="ENTITY_ID_INVALID",
+            )
         entity = await self.entities.get(source, entity_id)
         if entity is None:
             raise NotFound(

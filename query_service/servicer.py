@@ -7,7 +7,7 @@ from webhooks.v1 import query_pb2, query_pb2_grpc
 
 from query_service.convert import entity_to_pb, status_from_pb, stored_to_pb, summary_to_pb
 from query_service.queries import EventQueries
-from switchboard.wire import us_of
+from switchboard.wire import request_us
 
 
 class QueryServicer(query_pb2_grpc.QueryServicer):
@@ -25,8 +25,8 @@ class QueryServicer(query_pb2_grpc.QueryServicer):
     ) -> query_pb2.ListEventsResponse:
         page = await self.queries.list_events(
             request.source,
-            us_of(request.start_time) if request.HasField("start_time") else None,
-            us_of(request.end_time) if request.HasField("end_time") else None,
+            request_us(request, "start_time"),
+            request_us(request, "end_time"),
             request.page_size,
             request.page_token,
             status_from_pb(request.status),

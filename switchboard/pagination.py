@@ -1,5 +1,7 @@
 """Opaque page tokens: a small JSON object (the query it belongs to and the cursor), URL-safe base64. The
-services check that a token comes back with the same query; anything else is ``PAGE_TOKEN_INVALID``."""
+services check that a token comes back with the same query; anything else is ``PAGE_TOKEN_INVALID``: a token
+longer than ``MAX_TOKEN_CHARS``, one that is not base64 of a JSON object (however deeply nested), a cursor
+whose parts are not of their kind (``position``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,13 @@ from typing import Any
 
 from switchboard.errors import InvalidRequest
 
+# Tokens this module issues are a few hundred characters.
+MAX_TOKEN_CHARS = 4096
+_INT64 = 2**63
+# Milliseconds since the epoch up to 9999-12-31, what a stored time can be.
+MAX_EPOCH_MS = 253_402_300_799_999
+MAX_TEXT = 1024
+
 
 def encode_token(fields: Mapping[str, Any]) -> str:
     raw = json.dumps(fields, separators=(",", ":"), sort_keys=True)
@@ -17,9 +26,11 @@ def encode_token(fields: Mapping[str, Any]) -> str:
 
 
 def decode_token(token: str) -> dict[str, Any]:
+    if len(token) > MAX_TOKEN_CHARS:
+        raise invalid_token()
     try:
         value = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except ValueError:
+    except (ValueError, RecursionError):
         value = None
     if not isinstance(value, dict):
         raise invalid_token()
@@ -32,3 +43,25 @@ def invalid_token() -> InvalidRequest:
 
 def mismatched_token() -> InvalidRequest:
     return InvalidRequest("page_token belongs to another query", reason="PAGE_TOKEN_MISMATCH")
+
+
+def position(value: object, kinds: str) -> tuple[Any, ...]:
+    """A cursor read back from a token: a list with one part per letter of ``kinds``, ``i`` an integer (64-bit),
+    ``m`` milliseconds since the epoch (up to 9999-12-31), ``s`` a string of at most ``MAX_TEXT`` characters;
+    anything else is ``PAGE_TOKEN_INVALID``."""
+    if not isinstance(value, list) or len(value) != len(kinds):
+        raise invalid_token()
+    out: list[Any] = []
+    for kind, part in zip(kinds, value, strict=True):
+        if kind == "s":
+            if not isinstance(part, str) or len(part) > MAX_TEXT:
+                raise invalid_token()
+            out.append(part)
+            continue
+        if not isinstance(part, int) or isinstance(part, bool):
+            raise invalid_token()
+        low, high = (0, MAX_EPOCH_MS) if kind == "m" else (-_INT64, _INT64 - 1)
+        if not low <= part <= high:
+            raise invalid_token()
+        out.append(part)
+    return tuple(out)

@@ -21,6 +21,25 @@ def us_of(t: Timestamp) -> int:
     return int(t.seconds) * 1_000_000 + int(t.nanos) // 1000
 
 
+# The times a request may name: from the epoch to the end of 9999 (what a stored time can be).
+MAX_REQUEST_SECONDS = 253_402_300_799
+
+
+def request_us(msg: object, field: str) -> int | None:
+    """The request's timestamp ``field`` in microseconds, None when it is not set; ``TIME_INVALID`` (field
+    named) for one before 1970 or after 9999, or with nanos out of range."""
+    if not msg.HasField(field):  # type: ignore[attr-defined]
+        return None
+    t: Timestamp = getattr(msg, field)
+    if not 0 <= t.seconds <= MAX_REQUEST_SECONDS or not 0 <= t.nanos <= 999_999_999:
+        raise InvalidRequest(
+            f"{field} must be a time between 1970-01-01 and 9999-12-31",
+            reason="TIME_INVALID",
+            metadata={"field": field},
+        )
+    return us_of(t)
+
+
 def event_pb(e: InboundEvent, status: int = event_pb2.EVENT_STATUS_RECEIVED) -> event_pb2.Event:
     """``e`` as a ``webhooks.v1.Event`` (without processing fields)."""
     msg = event_pb2.Event(

@@ -7,6 +7,11 @@ import os
 import time
 from dataclasses import dataclass, field
 
+# The longest key (``InboundEvent.key``, UTF-8): it travels as the message id, an AMQP short string.
+MAX_KEY_BYTES = 255
+# The longest entity id (UTF-8) an event may name: it is part of the entities table's key.
+MAX_ENTITY_ID_BYTES = 255
+
 
 class EventStatus(enum.Enum):
     RECEIVED = "received"
@@ -44,6 +49,7 @@ class InboundEvent:
 
     @property
     def key(self) -> str:
+        """``<source>/<event_id>``: the queue message's id (an AMQP short string: at most ``MAX_KEY_BYTES``)."""
         return f"{self.source}/{self.event_id}"
 
 

@@ -17,7 +17,7 @@ from switchboard.model.subscriptions import Attempt, Delivery, DeliveryStatus
 from switchboard.store.batches import BoundStatement, GroupCommit
 from switchboard.store.lookups import GroupRead
 from switchboard.store.session import StoreSession
-from switchboard.store.values import ts, us_of
+from switchboard.store.values import check_range, ts, us_of
 
 DAY_US = 86_400 * 1_000_000
 # (day, created_at or started_at in ms, id) of the last row returned; attempts add (attempt, run).
@@ -117,8 +117,9 @@ class DeliveryStore:
     ) -> tuple[list[Delivery], DeliveryCursor | None]:
         """Deliveries of a subscription created in [start, end), newest first; the cursor of the next page."""
         ids: list[tuple[int, int, str]] = []
-        day = after[0] if after else day_of(max(end_us - 1, start_us))
-        first_day = day_of(start_us)
+        check_range(start_us, end_us, self.ttl)
+        last_day, first_day = day_of(max(end_us - 1, start_us)), day_of(start_us)
+        day = min(after[0], last_day) if after else last_day  # a cursor after the range: its end
         while day >= first_day and len(ids) < limit:
             want = limit - len(ids)
             if after is not None and after[0] == day:
@@ -149,8 +150,9 @@ class DeliveryStore:
     ) -> tuple[list[Attempt], AttemptCursor | None]:
         """Attempts of a subscription's deliveries started in [start, end), newest first."""
         out: list[tuple[AttemptCursor, Attempt]] = []
-        day = after[0] if after else day_of(max(end_us - 1, start_us))
-        first_day = day_of(start_us)
+        check_range(start_us, end_us, self.ttl)
+        last_day, first_day = day_of(max(end_us - 1, start_us)), day_of(start_us)
+        day = min(after[0], last_day) if after else last_day  # a cursor after the range: its end
         while day >= first_day and len(out) < limit:
             want = limit - len(out)
             if after is not None and after[0] == day:

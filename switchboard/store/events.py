@@ -24,7 +24,7 @@ from switchboard.store.batches import BoundStatement, write_all
 from switchboard.store.entities import EntityStore
 from switchboard.store.payloads import Encoder, decode_or
 from switchboard.store.session import StoreSession
-from switchboard.store.values import ts, us_of
+from switchboard.store.values import check_range, ts, us_of
 
 Cursor = tuple[int, int, str]  # (bucket, received_at in ms, event_id) of the last row returned
 # The most buckets ``EventStore.list`` reads at once while they come back empty (and the most listing reads out
@@ -225,9 +225,12 @@ class EventStore:
         being read are probed with it, one row each (1, 2, 4 … up to ``LIST_LOOKAHEAD`` buckets at once, back
         to 1 at the first rows found), and the first probe that finds a row is where reading goes on: 30 days
         of one-minute buckets are 43,200 partitions, which one read after another took over a minute for a
-        quiet source. At most ``LIST_LOOKAHEAD`` listing reads are out at once per store."""
+        quiet source. At most ``LIST_LOOKAHEAD`` listing reads are out at once per store. A range longer than
+        ``check_range`` allows is refused; a cursor outside the range reads from its start, or nothing."""
+        check_range(start_us, end_us, self.ttl)
         out: list[EventSummary] = []
-        bucket = after[0] if after else self.bucket_of(start_us)
+        first_bucket = self.bucket_of(start_us)
+        bucket = max(after[0], first_bucket) if after else first_bucket  # a cursor before the range: its start
         last_bucket = self.bucket_of(max(end_us - 1, start_us))
         end_ms = end_us // 1000
         ahead = 1

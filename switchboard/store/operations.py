@@ -9,7 +9,7 @@ from typing import Any
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState, ReplayJob, ReplayState
 from switchboard.store.deliveries import DAY_US, day_of
 from switchboard.store.session import StoreSession
-from switchboard.store.values import ts, us_of
+from switchboard.store.values import check_range, ts, us_of
 
 DeadCursor = tuple[str, int, int, str]  # (kind, day, dead_at in ms, id) of the last row returned
 
@@ -66,8 +66,9 @@ class OperationsStore:
     ) -> tuple[list[DeadLetter], DeadCursor | None]:
         """Dead letters of ``kind`` in [start, end), newest first; the cursor of the next page."""
         out: list[DeadLetter] = []
-        day = after[1] if after else day_of(max(end_us - 1, start_us))
-        first_day = day_of(start_us)
+        check_range(start_us, end_us, self.ttl)
+        last_day, first_day = day_of(max(end_us - 1, start_us)), day_of(start_us)
+        day = min(after[1], last_day) if after else last_day  # a cursor after the range: its end
         while day >= first_day and len(out) < limit:
             want = limit - len(out)
             if after is not None and after[1] == day:

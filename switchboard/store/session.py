@@ -11,19 +11,21 @@ import asyncio
 import functools
 import logging
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from cassandra import DriverException
+from cassandra import InvalidRequest as CassandraInvalidRequest
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, ResponseFuture, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 from cassandra.query import named_tuple_factory
 
 from switchboard.backoff import Backoff
 from switchboard.config import CassandraConfig
-from switchboard.errors import StoreUnavailable
+from switchboard.errors import InvalidRequest, StoreUnavailable
 from switchboard.observability.metrics import name_statements, statement_timer
 from switchboard.store.schema import ensure_schema
 from switchboard.store.statements import Statements
@@ -123,11 +125,15 @@ class StoreSession:
 
         try:
             rf: ResponseFuture = self.session.execute_async(statement, params, timeout=REQUEST_TIMEOUT_SECONDS)
+        except struct.error as exc:  # a value too long for its field of the protocol (a key over 64 KB)
+            raise _refused(exc) from None
         except (*_DRIVER_ERRORS, RuntimeError) as exc:
             raise _unavailable(exc) from None
         rf.add_callbacks(ok, fail)
         try:
             return await fut
+        except CassandraInvalidRequest as exc:  # a value the store will never take (keys over 64 KB): not an outage
+            raise _refused(exc) from None
         except _DRIVER_ERRORS as exc:
             raise _unavailable(exc) from None
         finally:
@@ -176,6 +182,12 @@ def _prepare(session: Session, cfg: CassandraConfig, deadline: float) -> Stateme
             log.warning("waiting for the schema", extra={"error": str(exc)[:200]})
             time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _refused(exc: BaseException) -> InvalidRequest:
+    """A request no retry will get through: the caller's values are at fault (400 on the APIs; a processor's
+    batch is not retried for ever as for an outage)."""
+    return InvalidRequest(f"the store refused the request: {exc}"[:300], reason="STORE_REFUSED")
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:

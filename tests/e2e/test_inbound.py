@@ -169,6 +169,39 @@ def test_malformed_body_is_400_json(stack: Stack, stack_config: PlatformConfig) 
     assert_json_error(resp, 400, "BODY_NOT_JSON")
 
 
+def test_the_longest_event_id_is_stored_and_a_byte_more_is_400_json_never_503(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    """The event's key (``shop/<id>``) is the queue message's id, an AMQP short string of at most 255 bytes: an
+    id that makes it exactly 255 is taken and stored; one byte more, or fewer characters that take more bytes
+    in UTF-8, is refused with 400 EVENT_ID_INVALID (it used to fail to publish, a 503 for ever); so is an entity
+    id over 255 bytes (the processors could never store its entity row: its partition stalled)."""
+    base = new_id()
+    longest = base + "x" * (255 - len("shop/") - len(base))
+    too_long = [longest + "y", base + "é" * ((256 - len("shop/") - len(base)) // 2 + 1)]
+    body = stripe_event(longest)
+    with edge_client(stack_config) as client:
+        resp = client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body))
+        assert resp.status_code == 200, resp.text
+        for event_id in too_long:
+            body = stripe_event(event_id)
+            assert_json_error(
+                client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body)),
+                400,
+                "EVENT_ID_INVALID",
+            )
+        payload = json.loads(stripe_event(new_id()))
+        payload["data"]["object"]["id"] = "in_" + "z" * 300
+        body = json.dumps(payload).encode()
+        assert_json_error(
+            client.post("/webhook/shop", content=body, headers=stripe_headers(STRIPE_SECRET, body)),
+            400,
+            "ENTITY_ID_INVALID",
+        )
+    stored = wait_for_event(stack_config, "shop", longest)
+    assert stored.event_id == longest and len(f"shop/{stored.event_id}".encode()) == 255
+
+
 def test_duplicate_delivery_is_stored_once(stack: Stack, stack_config: PlatformConfig) -> None:
     event_id = new_id()
     body = stripe_event(event_id)

@@ -9,6 +9,7 @@ import secrets
 import pytest
 
 from switchboard.config import PlatformConfig
+from switchboard.errors import InvalidRequest
 from switchboard.model.events import EventStatus, now_us
 from switchboard.store import EntityStore, EventStore, StoreSession
 from switchboard.store.values import ts
@@ -87,3 +88,26 @@ def test_a_sparse_range_of_two_days_pages_out_every_event_once_oldest_first(
     pages = asyncio.run(run())
     assert [i for p in pages for i in p] == ids
     assert all(len(p) == page for p in pages[:-1] if p)
+
+
+def test_a_value_cassandra_refuses_is_an_invalid_request_not_an_outage(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    """Keys over Cassandra's 64 KB limit, refused by the node (two parts of 40 KB each: the driver's
+    InvalidRequest used to become StoreUnavailable, which callers retry, a processor's batch for ever, and the
+    APIs answer with 503) or by the driver before it sends (one part of 70 KB: a struct.error, a 500)."""
+
+    async def run() -> list[InvalidRequest]:
+        session = StoreSession.connect(stack_config.cassandra)
+        refused = []
+        try:
+            for key in [("s" * 40_000, "x" * 40_000), ("shop", "x" * 70_000)]:
+                with pytest.raises(InvalidRequest) as caught:
+                    await session.execute(session.statements.events.get_event, key)
+                refused.append(caught.value)
+            return refused
+        finally:
+            session.close()
+
+    for refused in asyncio.run(run()):
+        assert refused.reason == "STORE_REFUSED" and "the store refused the request" in refused.message

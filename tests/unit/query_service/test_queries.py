@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from query_service.queries import MAX_PAGE, Cursor, EventQueries, decode_token, encode_token
-from switchboard import errors
+from switchboard import errors, pagination
 from switchboard.model.events import Entity, EventStatus, EventSummary, StoredEvent
 from tests.unit.factories import event
 
@@ -124,3 +124,28 @@ def test_page_tokens_round_trip_and_reject_garbage() -> None:
     for bad in ("garbage", "", "e30"):
         with pytest.raises(errors.InvalidRequest):
             decode_token(bad)
+
+
+async def test_ids_longer_than_any_stored_one_are_invalid_before_a_read() -> None:
+    """A 70 KB id would reach Cassandra (which refuses keys over 64 KB); no stored event or entity can have one
+    longer than ingest accepts."""
+    reader = MemoryReader()
+    with pytest.raises(errors.InvalidRequest) as long_event:
+        await queries(reader).get_event("shop", "e" * 251)  # "shop/" and 251 bytes: 256
+    assert long_event.value.reason == "EVENT_ID_INVALID"
+    with pytest.raises(errors.InvalidRequest) as multibyte:
+        await queries(reader).get_event("shop", "é" * 126)  # 126 characters, 252 bytes
+    assert multibyte.value.reason == "EVENT_ID_INVALID"
+    with pytest.raises(errors.NotFound):
+        await queries(reader).get_event("shop", "e" * 250)  # the longest there can be: looked up
+    with pytest.raises(errors.InvalidRequest) as long_entity:
+        await queries(reader).get_entity("shop", "x" * 70_000)
+    assert long_entity.value.reason == "ENTITY_ID_INVALID"
+
+
+def test_a_token_whose_cursor_or_query_parts_are_not_of_their_kind_is_invalid() -> None:
+    good = {"s": "shop", "a": 1, "b": 2, "c": [5, 123, "evt_9"], "st": ""}
+    for part, value in [("c", [5, 1e400, "e"]), ("c", [2**70, 1, "e"]), ("a", "1"), ("s", None), ("st", 5)]:
+        with pytest.raises(errors.InvalidRequest) as raised:
+            decode_token(pagination.encode_token({**good, part: value}))
+        assert raised.value.reason == "PAGE_TOKEN_INVALID"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from switchboard.errors import InvalidRequest
 from switchboard.model.events import EventStatus
 from switchboard.store.events import LIST_LOOKAHEAD, EventStore
 from switchboard.store.values import ts, us_of
@@ -128,3 +129,25 @@ async def test_listings_running_together_share_the_stores_reads_out_at_once() ->
     both = await asyncio.gather(*(page_through(events, 0, 3 * day_us, 100) for _ in range(2)))
     assert both == [[[(5, "evt_a")]]] * 2
     assert listing.most_out == LIST_LOOKAHEAD
+
+
+async def test_a_cursor_from_outside_the_range_reads_from_its_start_or_nothing() -> None:
+    """A page token can be forged: a cursor at bucket 0 for a range of one hour three years on used to read
+    every bucket in between (1.6 million), one past the range's end reads nothing."""
+    start_ms = 3 * 365 * 24 * 3600 * 1000
+    listing = Listing([(start_ms + 1000, "evt_in"), (5, "evt_long_before")])
+    events = store(listing)
+    listed, cursor = await events.list("s", start_ms * 1000, (start_ms + 3600_000) * 1000, 10, (0, 5, "evt_x"))
+    assert [e.event_id for e in listed] == ["evt_in"] and cursor is None
+    assert listing.reads <= 61 + 2 * 7  # the range's 61 buckets, the probes of the first ones again at most
+    reads = listing.reads
+    past = (start_ms + 7200_000) * 1000 // BUCKET_US
+    listed, cursor = await events.list("s", start_ms * 1000, (start_ms + 3600_000) * 1000, 10, (past, 0, ""))
+    assert listed == [] and cursor is None and listing.reads == reads
+
+
+async def test_a_range_longer_than_the_store_keeps_anything_is_refused_before_any_read() -> None:
+    listing = Listing([(5, "evt_a")])
+    with pytest.raises(InvalidRequest) as caught:
+        await store(listing).list("s", 0, 253_402_300_799 * 1_000_000, 10, None)
+    assert caught.value.reason == "TIME_RANGE_TOO_LARGE" and listing.reads == 0

@@ -1,0 +1,60 @@
+"""DeadLetterManager's page tokens: the kind index and the cursor a token carries back are checked (a forged
+index used to fail as INTERNAL: ValueError, TypeError or IndexError)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from control_service.dead_letters import DeadLetterManager, Filter, _query
+from switchboard import pagination
+from switchboard.errors import InvalidRequest
+from switchboard.model.operations import DeadLetter, DeadLetterKind
+
+
+class NoDeadLetters:
+    def __init__(self) -> None:
+        self.reads: list[tuple[DeadLetterKind, Any]] = []
+
+    async def dead_letters(
+        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any
+    ) -> tuple[list[DeadLetter], Any]:
+        self.reads.append((kind, after))
+        return [], None
+
+
+F = Filter(start_us=1_000_000, end_us=2_000_000)
+
+
+def token(k: object, c: object = None) -> str:
+    return pagination.encode_token({"q": _query(F, F.start_us or 0, F.end_us or 0), "k": k, "c": c})
+
+
+@pytest.mark.parametrize(
+    "tok",
+    [
+        token("x"),
+        token(None),
+        token(-9),
+        token(2),
+        token(True),
+        token(1.0),
+        token(0, [1, 2]),
+        token(0, ["k", "d", 1, "i"]),
+    ],
+)
+async def test_a_forged_kind_index_or_cursor_is_page_token_invalid(tok: str) -> None:
+    store = NoDeadLetters()
+    manager = DeadLetterManager(store, None, None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest) as caught:
+        await manager.list_dead_letters(F, 10, tok)
+    assert caught.value.reason == "PAGE_TOKEN_INVALID" and store.reads == []
+
+
+async def test_a_token_of_ours_goes_on_from_the_kind_it_names() -> None:
+    store = NoDeadLetters()
+    manager = DeadLetterManager(store, None, None)  # type: ignore[arg-type]
+    cursor = ["delivery", 20_000, 1_500, "dl_1"]
+    assert await manager.list_dead_letters(F, 10, token(1, cursor)) == ([], "")
+    assert store.reads == [(DeadLetterKind.DELIVERY, ("delivery", 20_000, 1_500, "dl_1"))]
