@@ -291,6 +291,8 @@ class SubscriptionManager:
         limit = _page_size(page_size)
         end = end_us or now_us()
         start = start_us or end - DEFAULT_LISTING_US
+        if start >= end:
+            raise _field_error("start_time", "must be before end_time")
         query = {"s": s.id, "a": start, "b": end}
         cursor: tuple[int, int, str, int, str] | None = None
         if page_token:

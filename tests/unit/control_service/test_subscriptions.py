@@ -158,3 +158,15 @@ async def test_rotation_keeps_the_previous_secret_signing_for_the_overlap(manage
     assert new != created.secret and s.secret == new and s.previous_secret == created.secret
     assert s.signing_secrets(until - 1) == [new, created.secret]
     assert s.signing_secrets(until) == [new]
+
+
+async def test_listing_deliveries_or_attempts_over_a_reversed_range_is_an_invalid_argument(
+    manager: SubscriptionManager,
+) -> None:
+    created = await manager.create(ALICE, Draft(callback_url=URL, event_types=("invoice.*",), sources=("shop",)))
+    common: dict[str, object] = {"start_us": 2_000_000, "end_us": 1_000_000, "page_size": 10, "page_token": ""}
+    with pytest.raises(errors.InvalidRequest) as deliveries:
+        await manager.list_deliveries(ALICE, created.subscription.id, status=None, source="", event_id="", **common)  # type: ignore[arg-type]
+    with pytest.raises(errors.InvalidRequest) as attempts:  # (it answered an empty page)
+        await manager.list_attempts(ALICE, created.subscription.id, delivery_id="", **common)  # type: ignore[arg-type]
+    assert deliveries.value.metadata == attempts.value.metadata == {"field": "start_time"}
