@@ -38,3 +38,14 @@ class Limiter:
         if wait > 0:
             await asyncio.sleep(wait)
         return wait
+
+    def prune(self, now: float) -> int:
+        """Drops the buckets that have refilled (a new one starts full: nothing changes for their keys), so
+        that the buckets kept are those of keys that sent within the last second or so; returns how many."""
+        full = [k for k, b in self._buckets.items() if b.tokens + (now - b.stamp) * b.rate >= b.rate]
+        for key in full:
+            del self._buckets[key]
+        return len(full)
+
+    def __len__(self) -> int:
+        return len(self._buckets)

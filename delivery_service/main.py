@@ -8,7 +8,7 @@ import logging
 
 from delivery_service import failpoints
 from delivery_service.limiter import Limiter
-from delivery_service.pipeline import Defaults, DeliveryPipeline
+from delivery_service.pipeline import FORGET_EVERY_S, Defaults, DeliveryPipeline
 from switchboard.config import PlatformConfig
 from switchboard.delivery.breaker import Breakers, BreakerSettings
 from switchboard.delivery.sender import Sender
@@ -124,11 +124,27 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
         meter.watch(worker)
         depths = asyncio.create_task(metrics.poll_depths(worker))
         life.push(depths.cancel)
+        forgetter = asyncio.create_task(forget_forever(pipeline))
+        life.push(forgetter.cancel)
         log.info("delivery ready", extra={"subscriptions": len(cache)})
         await life.until_stopped()
         log.info("delivery stopping", extra={"in_flight": worker.in_flight})
         drained = await worker.stop(DRAIN_SECONDS)
         log.info("delivery stopped", extra={"drained": drained, "left_unacked": worker.running})
+
+
+async def forget_forever(pipeline: DeliveryPipeline) -> None:
+    """``DeliveryPipeline.forget_gone`` every ``FORGET_EVERY_S``: the worker's memory stays bounded by the
+    subscriptions that exist, however many come and go."""
+    while True:
+        await asyncio.sleep(FORGET_EVERY_S)
+        try:
+            forgotten = pipeline.forget_gone()
+        except Exception:  # a bug here must not stop the worker
+            log.exception("could not drop the state of subscriptions gone")
+            continue
+        if forgotten:
+            log.info("dropped the state of subscriptions gone", extra={"subscriptions": forgotten})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,9 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
   free moment at that pace (``switchboard.delivery.pacing``; 1 s, then twice the copy's previous wait up to 30
   s until the pace is known), so a slow or rate-limited endpoint holds a bounded share of the worker's
   ``concurrency`` and of its host, its backlog drains at the rate it answers, and the others' tasks go on.
+* **Bounded memory.** What the worker keeps per subscription (its pace, its line, its circuit, its rate
+  bucket) is dropped once the subscription is deleted or disabled, at its next task or within
+  ``FORGET_EVERY_S`` (``forget_gone``); rate buckets, as soon as they have refilled.
 * **Traces.** A task whose event Envoy sampled gets a ``deliver`` span (in the event's trace, so every retry
   and redrive of it is there too; a copy deferred again for a limit it is still at gets none) with the POST
   (status code, the callback's host; never the URL's path or query, which may hold a token) and the
@@ -84,6 +87,8 @@ RECORD_TRIES = 8
 # 30 s, the longest a paced booking waits too: a longer wait would go to the 60 s delay queue).
 SATURATED_DEFER_S = 1.0
 SATURATED_MAX_DEFER_S = 30.0
+# How often the worker drops what it keeps for subscriptions deleted or disabled meanwhile (``forget_gone``).
+FORGET_EVERY_S = 60.0
 SATURATED = "deferred: the endpoint has"  # how the reason of such a deferral starts
 
 
@@ -107,6 +112,7 @@ class Sender(Protocol):
 
 class Limiter(Protocol):
     async def acquire(self, key: str, rate: float) -> float: ...
+    def prune(self, now: float) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,22 @@ class DeliveryPipeline:
         # Tasks refused a slot that wait here for their subscription's next one instead (when it is due soon).
         self.slots = SlotQueue(defaults.slot_wait_ms / 1000, 2 * defaults.slot_wait_ms / 1000)
         self.on_wait = on_wait
+
+    def forget_gone(self) -> int:
+        """Drops what the worker keeps per subscription (its pace, the moment its line last moved, its circuit)
+        for the subscriptions deleted or disabled since, and the rate buckets that refilled; returns how many
+        subscriptions it forgot. A disabled or deleted subscription's next task forgets it too, but one whose
+        tasks are all done would be kept for ever (the main loop calls this every ``FORGET_EVERY_S``)."""
+        kept = self.pacer.subscriptions() | self.slots.subscriptions() | self.breakers.keys()
+        gone = [
+            k for k in kept if (s := self.subscriptions.get(k)) is None or s.status is not SubscriptionStatus.ENABLED
+        ]
+        for k in gone:
+            self.breakers.forget(k)
+            self.pacer.forget(k)
+            self.slots.forget(k)
+        self.limiter.prune(time.monotonic())
+        return len(gone)
 
     def key(self, message: QueueMessage) -> str:
         """Copies of one delivery never run at the same time here."""

@@ -134,6 +134,10 @@ class Breakers:
         (``list`` of a dict's values is taken whole under the GIL), never the dict the loop changes."""
         return sum(1 for c in list(self._circuits.values()) if c.state is not State.CLOSED)
 
+    def keys(self) -> set[str]:
+        """The subscriptions with a circuit kept (failing, open or half-open)."""
+        return set(self._circuits)
+
     def forget(self, key: str) -> None:
         """Drops the circuit of a subscription that is gone or disabled."""
         self._circuits.pop(key, None)

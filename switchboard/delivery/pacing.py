@@ -50,6 +50,10 @@ class Pacer:
         self._next[subscription_id] = due + latency / max(1, slots)
         return due - now
 
+    def subscriptions(self) -> set[str]:
+        """The subscriptions it keeps a pace or a booking for."""
+        return {*self._latency, *self._next}
+
     def forget(self, subscription_id: str) -> None:
         """The subscription is gone or disabled."""
         self._latency.pop(subscription_id, None)

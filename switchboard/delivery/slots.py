@@ -105,6 +105,10 @@ class SlotQueue:
         if line is not None and not line:
             del self._lines[subscription_id]
 
+    def subscriptions(self) -> set[str]:
+        """The subscriptions it keeps anything for (a line, or when their line last moved)."""
+        return {*self._moved, *self._lines}
+
     def forget(self, subscription_id: str) -> None:
         """The subscription is gone or disabled (its waiters, if any, are served or time out as usual)."""
         self._moved.pop(subscription_id, None)

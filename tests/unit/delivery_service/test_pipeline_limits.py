@@ -114,9 +114,15 @@ class GatedLimiter:
             self.waiting -= 1
         return 2.5
 
+    def prune(self, now: float) -> int:
+        return 0
+
 
 def build(
-    slot_wait_ms: int, max_in_flight: int = 1, host_in_flight: int = 64, limiter: Limiter | GatedLimiter | None = None
+    slot_wait_ms: int,
+    max_in_flight: int = 1,
+    host_in_flight: int = 64,
+    limiter: Limiter | GatedLimiter | Turnstile | None = None,
 ) -> tuple[DeliveryPipeline, Store, HeldSender]:
     sub = Subscription(
         id="sub_1", client_id="c", callback_url=URL, max_in_flight=max_in_flight, secret="whsec_" + "A" * 32
@@ -527,6 +533,9 @@ class Turnstile:
         await gate.wait()
         return 1.0
 
+    def prune(self, now: float) -> int:
+        return 0
+
 
 def open_circuit(pipeline: DeliveryPipeline, cooled: bool) -> None:
     """Other sends failed: the circuit opens; ``cooled``: long enough ago that its cool-down is over."""
@@ -538,7 +547,7 @@ def open_circuit(pipeline: DeliveryPipeline, cooled: bool) -> None:
 
 async def test_a_probe_cancelled_while_it_waits_for_its_token_lets_the_next_task_probe() -> None:
     limiter = Turnstile()
-    pipeline, _store, sender = build(slot_wait_ms=250, max_in_flight=4, limiter=limiter)  # type: ignore[arg-type]
+    pipeline, _store, sender = build(slot_wait_ms=250, max_in_flight=4, limiter=limiter)
     open_circuit(pipeline, cooled=True)
     probe = asyncio.create_task(pipeline.handle([copy("dlv_probe")]))
     await soon(lambda: len(limiter.gates) == 1)
@@ -571,7 +580,7 @@ async def test_a_task_that_starts_over_does_not_release_another_tasks_probe() ->
     down, and dlv_probe becomes its probe (waiting for its token too). dlv_a's subscription moves host: it
     starts over without touching the probe, so no second probe goes while the first is out."""
     limiter = Turnstile()
-    pipeline, _store, sender = build(slot_wait_ms=250, max_in_flight=4, limiter=limiter)  # type: ignore[arg-type]
+    pipeline, _store, sender = build(slot_wait_ms=250, max_in_flight=4, limiter=limiter)
     sender.release.set()
     first = asyncio.create_task(pipeline.handle([copy("dlv_a")]))
     await soon(lambda: len(limiter.gates) == 1)
@@ -588,3 +597,33 @@ async def test_a_task_that_starts_over_does_not_release_another_tasks_probe() ->
     limiter.gates[2].set()
     assert [v.outcome for v in await probe] == ["delivered"]
     assert sender.posts == 1 and pipeline.breakers.wait("sub_1", time.monotonic()) == 0.0  # closed by the probe
+
+
+async def test_what_the_worker_keeps_for_a_subscription_deleted_or_disabled_since_is_dropped() -> None:
+    """Its pace, its line's last move and its circuit were kept for ever when no task of it came back; the
+    enabled subscription's stay. The rate buckets that refilled go too: a new one starts full, as they were."""
+    pipeline, _store, sender = build(slot_wait_ms=250)
+    await know_the_pace(pipeline, sender)
+    pipeline.breakers.record("sub_1", failed=True, now=time.monotonic())
+    kept = {"pace": pipeline.pacer.subscriptions(), "line": pipeline.slots.subscriptions()}
+    assert kept == {"pace": {"sub_1"}, "line": {"sub_1"}} and pipeline.breakers.keys() == {"sub_1"}
+    assert pipeline.forget_gone() == 0  # enabled: kept
+    assert pipeline.pacer.latency("sub_1") is not None and pipeline.breakers.keys() == {"sub_1"}
+    change_subscription(pipeline, status=SubscriptionStatus.DISABLED)
+    assert pipeline.forget_gone() == 1
+    assert not pipeline.pacer.subscriptions() and not pipeline.slots.subscriptions() and not pipeline.breakers.keys()
+
+
+def test_a_rate_bucket_that_refilled_is_dropped_and_one_in_debt_is_kept() -> None:
+    limiter = Limiter()
+
+    async def take(key: str, rate: float, n: int) -> None:
+        for _ in range(n):
+            await limiter.acquire(key, rate)
+
+    asyncio.run(take("idle", 1000, 1))  # one token of 1,000: refilled 1 ms later
+    asyncio.run(take("busy", 2, 2))  # both tokens of 2 per second: empty for the next 0.5 s
+    assert len(limiter) == 2
+    time.sleep(0.01)
+    assert limiter.prune(time.monotonic()) == 1 and len(limiter) == 1
+    assert limiter.prune(time.monotonic() + 1.0) == 1 and len(limiter) == 0  # refilled a second on
