@@ -98,7 +98,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
                 cfg.rabbitmq.amqp_url,
                 topology,
                 DeadLetterRecorder(operations, kind),
-                WorkerSettings(prefetch=64, max_batch=16, concurrency=1),
+                WorkerSettings(prefetch=64, max_batch=16, concurrency=1, crash_attempts=0),
                 purpose=f"control-dead-letters-{kind.value}",
                 queues=[topology.dead_queue],
                 hooks=[DeadLetterMetrics(topology.stream)],

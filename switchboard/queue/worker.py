@@ -139,6 +139,12 @@ class WorkerSettings:
     # Seconds a batch smaller than ``max_batch`` waits for company, counted from the arrival of the oldest
     # message waiting; 0: a batch starts with whatever is there.
     linger: float = 0.0
+    # A batch whose handling raises (a bug or a value nothing will take; not an outage) is handled again one
+    # message at a time, so that the others go on; a message that raises on its own goes back through the
+    # delay queues (Retry) until its ``x-attempt`` reaches this, then to the dead letters (``crashed``).
+    # 0: neither (the batch is left unacked until the channel closes): for a worker of a stream's dead
+    # letters, whose retries and dead letters would go back where they came from.
+    crash_attempts: int = 5
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -636,7 +642,7 @@ class QueueWorker:
     async def _run(self, batch: list[QueueMessage]) -> None:
         try:
             await self._process(batch)
-        except Exception:  # a bug in a handler must not kill the worker; the messages are redelivered
+        except Exception:  # a bug must not kill the worker; the messages are redelivered once the channel closes
             log.exception("batch failed; its messages are left for redelivery", extra={"size": len(batch)})
         finally:
             self._slots_taken -= 1
@@ -685,6 +691,15 @@ class QueueWorker:
                 await asyncio.sleep(delay)
                 if self._abandoned(batch):
                     return
+            except Exception as exc:
+                if self.settings.crash_attempts <= 0 or self._abandoned(batch):
+                    raise
+                if len(batch) > 1:  # one of them may be what it cannot handle: each alone, the others go on
+                    log.exception("batch failed; handling its messages one at a time", extra={"size": len(batch)})
+                    await asyncio.gather(*(self._process([m]) for m in batch))
+                    return
+                verdicts = [self._crashed(batch[0], exc)]
+                break
         assert len(verdicts) == len(batch), "one verdict per message"
         for hook in self.hooks:
             hook.batch_done(len(batch), time.monotonic() - started)
@@ -694,6 +709,20 @@ class QueueWorker:
         for message, verdict in done:
             for hook in self.hooks:
                 hook.settled(message, verdict)
+
+    def _crashed(self, message: QueueMessage, exc: Exception) -> Verdict:
+        """The verdict for a message whose handling raised on its own (``WorkerSettings.crash_attempts``)."""
+        attempt = message.attempt + 1
+        error = f"the handler failed: {type(exc).__name__}: {exc}"[:MAX_ERROR_HEADER]
+        last = attempt >= self.settings.crash_attempts
+        log.error(
+            "message failed the handler" + ("; dead-lettered" if last else "; retried later"),
+            exc_info=exc,
+            extra={"message_id": message.message_id, "attempt": attempt},
+        )
+        if last:
+            return DeadLetter(attempt, error, outcome="crashed")
+        return Retry(attempt, error, outcome="crashed")
 
     def _ack(self, messages: Sequence[QueueMessage]) -> None:
         by_tracker: dict[AckTracker, list[int]] = {}

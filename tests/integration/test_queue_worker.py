@@ -17,7 +17,7 @@ import aio_pika
 import aiormq
 import pytest
 
-from switchboard.errors import BrokerUnavailable, ConfigError
+from switchboard.errors import BrokerUnavailable, ConfigError, InvalidRequest
 from switchboard.queue import Ack, DeadLetter, QueueMessage, QueueWorker, Retry, Topology, Verdict, WorkerSettings
 from switchboard.queue.amqp import close_and_wait, declare, open_connection
 from switchboard.queue.publisher import Publisher
@@ -754,3 +754,64 @@ async def test_an_open_given_up_halfway_logs_no_error_and_leaves_no_connection(
         await asyncio.sleep(0.5)
     errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
+
+
+class Crashing:
+    """Raises for any batch holding ``poison``; acks the others."""
+
+    def __init__(self, poison: str) -> None:
+        self.poison = poison
+        self.done: list[str] = []
+        self.poison_attempts: list[int] = []
+
+    def key(self, message: QueueMessage) -> str:
+        return message.message_id
+
+    async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+        for m in batch:
+            if m.message_id == self.poison:
+                self.poison_attempts.append(m.attempt)
+                raise InvalidRequest(f"the store refused the request: {m.message_id}", reason="STORE_REFUSED")
+        self.done += [m.message_id for m in batch]
+        return [Ack() for _ in batch]
+
+
+async def test_a_message_the_handler_fails_on_is_retried_alone_then_dead_lettered_and_the_others_go_on(
+    rabbit: RabbitNode,
+) -> None:
+    """Batches of eight with one message that makes the handler raise (a value the store refuses, or a bug; not
+    an outage): the other seven are handled (they used to stay unacked with it until the channel closed), and
+    the poison goes through the delay queue and back until its third attempt, then to the dead letters with
+    the error."""
+    topology = Topology(f"t{free_port()}", "events", (50,))
+    handler = Crashing("m3")
+    worker = QueueWorker(
+        rabbit.amqp_url,
+        topology,
+        handler,
+        WorkerSettings(prefetch=16, max_batch=8, linger=0.3, crash_attempts=3),
+        purpose="crash",
+    )
+    await worker.start()
+    ids = [f"m{i}" for i in range(8)]
+    conn = await aio_pika.connect(rabbit.amqp_url)
+    try:
+        await publish(rabbit.amqp_url, topology, ids, rate=1000)
+        await wait_for(lambda: len(handler.poison_attempts) == 3, "the poison's three attempts")
+        channel = await conn.channel()
+        dead_queue = await channel.declare_queue(topology.dead_queue, passive=True)
+        dead = None
+        deadline = time.monotonic() + 10
+        while dead is None and time.monotonic() < deadline:
+            dead = await dead_queue.get(no_ack=True, fail=False)
+            await asyncio.sleep(0.05)
+        await wait_for(lambda: worker.running == 0, "nothing left unacked")
+    finally:
+        await conn.close()
+        await worker.stop(5)
+        await worker.close()
+    assert sorted(handler.done) == sorted(i for i in ids if i != "m3")
+    assert handler.poison_attempts[0] == 0 and handler.poison_attempts[-2:] == [1, 2]
+    assert dead is not None and dead.message_id == "m3"
+    assert dead.headers["x-attempt"] == 3 and dead.headers["x-dead-reason"] == "crashed"
+    assert dead.headers["x-last-error"] == "the handler failed: InvalidRequest: the store refused the request: m3"
