@@ -178,8 +178,11 @@ class DeadLetterManager:
         index, cursor = 0, None
         if page_token:
             raw = pagination.decode_token(page_token)
-            if raw.get("q") != query:
+            pinned = raw.get("q")
+            if not isinstance(pinned, dict) or {**pinned, "a": start, "b": end} != query:
                 raise pagination.mismatched_token()
+            start, end = pagination.pinned_range(pinned.get("a"), pinned.get("b"), f.start_us, f.end_us)
+            query = _query(f, start, end)
             index, cursor = raw.get("k", 0), _cursor(raw.get("c"))
             if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(kinds):
                 raise pagination.invalid_token()

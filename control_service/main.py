@@ -111,6 +111,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
             max_events=c.replay_max_events,
             rate_per_second=c.replay_rate_per_second,
             stale_after_us=round(c.replay_stale_after_seconds * 1e6),
+            store_ttl_seconds=cfg.cassandra.ttl_seconds,
         )
         replays = ReplayManager(events, deliveries, subscriptions, operations, publisher, limits)
         life.on_close(replays.close)  # before the publisher and the store close: jobs record their interruption

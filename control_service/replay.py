@@ -36,6 +36,7 @@ from switchboard.errors import InvalidRequest, NotFound, SwitchboardError
 from switchboard.model.events import EventStatus, EventSummary, InboundEvent, Prior, StoredEvent, new_receipt_id, now_us
 from switchboard.model.operations import ReplayJob, ReplayState
 from switchboard.model.subscriptions import FINAL_DELIVERY, Delivery, DeliveryTask, Subscription
+from switchboard.pagination import check_range
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class Limits:
     rate_per_second: float = 100.0
     # A RUNNING job not written for this long has lost its runner; runners write every sixth of it.
     stale_after_us: int = 60 * 1_000_000
+    # The store's retention (cassandra.ttl_seconds): the longest range it lists, forced or not (check_range).
+    store_ttl_seconds: int = 30 * 86_400
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -179,6 +182,7 @@ class ReplayManager:
                 reason="TIME_RANGE_TOO_LARGE",
                 metadata={"field": "end_time"},
             )
+        check_range(sel.start_us, sel.end_us, self.limits.store_ttl_seconds)  # force or not: the store refuses more
         if sel.max_events > self.limits.max_events and not sel.force:
             raise InvalidRequest(f"max_events is above {self.limits.max_events}", reason="TOO_MANY_EVENTS")
         if sel.rate_per_second < 0:

@@ -260,8 +260,10 @@ class SubscriptionManager:
         cursor: tuple[int, int, str] | None = None
         if page_token:
             raw = pagination.decode_token(page_token)
-            if {k: raw.get(k) for k in query} != query:
+            if (raw.get("s"), raw.get("st")) != (query["s"], query["st"]):
                 raise pagination.mismatched_token()
+            start, end = pagination.pinned_range(raw.get("a"), raw.get("b"), start_us, end_us)
+            query.update(a=start, b=end)
             cursor = _cursor3(raw.get("c"))
         out: list[Delivery] = []
         scanned = 0
@@ -297,8 +299,10 @@ class SubscriptionManager:
         cursor: tuple[int, int, str, int, str] | None = None
         if page_token:
             raw = pagination.decode_token(page_token)
-            if {k: raw.get(k) for k in query} != query:
+            if raw.get("s") != s.id:
                 raise pagination.mismatched_token()
+            start, end = pagination.pinned_range(raw.get("a"), raw.get("b"), start_us, end_us)
+            query.update(a=start, b=end)
             cursor = _cursor5(raw.get("c"))
         attempts, cursor = await self.deliveries.attempts_page(s.id, start, end, limit, cursor)
         token = pagination.encode_token({**query, "c": list(cursor)}) if cursor else ""

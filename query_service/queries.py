@@ -83,7 +83,8 @@ class EventQueries:
             raise InvalidRequest("source and entity_id are required", reason="FIELD_REQUIRED")
         if len(entity_id.encode()) > MAX_ENTITY_ID_BYTES or len(source.encode()) > MAX_KEY_BYTES:
             raise InvalidRequest(
-                f"entity_id is longer than any stored entity's ({MAX_ENTITY_ID_BYTES} bytes)",
+                f"source and entity_id are longer than any stored entity's ({MAX_KEY_BYTES} and "
+                f"{MAX_ENTITY_ID_BYTES} bytes)",
                 reason="ENTITY_ID_INVALID",
             )
         entity = await self.entities.get(source, entity_id)
@@ -116,9 +117,9 @@ class EventQueries:
         cursor: Cursor | None = None
         if page_token:
             t_source, t_start, t_end, cursor, t_status = decode_token(page_token)
-            if (t_source, t_start, t_status) != (source, start, wanted) or (end_us and t_end != end):
+            if (t_source, t_status) != (source, wanted):
                 raise pagination.mismatched_token()
-            end = t_end  # a default end ("now") is pinned by the first page
+            start, end = pagination.pinned_range(t_start, t_end, start_us, end_us)
         limit = page_size or DEFAULT_PAGE
         if status is None:
             events, next_cursor = await self.store.list(source, start, end, limit, cursor)

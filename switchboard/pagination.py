@@ -1,7 +1,7 @@
 """Opaque page tokens: a small JSON object (the query it belongs to and the cursor), URL-safe base64. The
 services check that a token comes back with the same query; anything else is ``PAGE_TOKEN_INVALID``: a token
 longer than ``MAX_TOKEN_CHARS``, one that is not base64 of a JSON object (however deeply nested), a cursor
-whose parts are not of their kind (``position``)."""
+whose parts are not of their kind (``position``). ``check_range``: the longest time range a listing reads."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ _INT64 = 2**63
 # Milliseconds since the epoch up to 9999-12-31, what a stored time can be.
 MAX_EPOCH_MS = 253_402_300_799_999
 MAX_TEXT = 1024
+DAY_US = 86_400 * 1_000_000
 
 
 def encode_token(fields: Mapping[str, Any]) -> str:
@@ -65,3 +66,28 @@ def position(value: object, kinds: str) -> tuple[Any, ...]:
             raise invalid_token()
         out.append(part)
     return tuple(out)
+
+
+def pinned_range(start: object, end: object, start_us: int | None, end_us: int | None) -> tuple[int, int]:
+    """The time range a listing's next page reads: the token's ``start`` and ``end``, in which the first page
+    pinned the bounds the caller left to their defaults (now, and a day before it); ``PAGE_TOKEN_MISMATCH``
+    if the caller now sends a bound the token does not hold. (Defaults move with the clock: compared with the
+    token, every next page of a listing without an end time was refused.)"""
+    a, b = position([start, end], "ii")
+    if (start_us and a != start_us) or (end_us and b != end_us):
+        raise mismatched_token()
+    return a, b
+
+
+def check_range(start_us: int, end_us: int, ttl_seconds: int) -> None:
+    """Listings read their range one bucket or one day at a time, so its length bounds their work: a range
+    longer than twice the retention (a replayed event keeps its received time and is stored for another
+    retention), or 30 days if that is more, plus a day, is refused (``TIME_RANGE_TOO_LARGE``)."""
+    longest = max(2 * ttl_seconds * 1_000_000, 30 * DAY_US) + DAY_US
+    if end_us - start_us > longest:
+        raise InvalidRequest(
+            f"the time range may span at most {longest / DAY_US:g} days (twice the retention of "
+            f"{ttl_seconds / 86_400:g} days, at least 30, and one)",
+            reason="TIME_RANGE_TOO_LARGE",
+            metadata={"field": "start_time"},
+        )

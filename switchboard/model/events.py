@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 # The longest key (``InboundEvent.key``, UTF-8): it travels as the message id, an AMQP short string.
 MAX_KEY_BYTES = 255
-# The longest entity id (UTF-8) an event may name: it is part of the entities table's key.
-MAX_ENTITY_ID_BYTES = 255
+# The longest entity id (UTF-8) an event may name: it is part of the entities table's key, which Cassandra
+# stops at 64 KB (with the source's name); far longer than any provider's object ids.
+MAX_ENTITY_ID_BYTES = 4096
 
 
 class EventStatus(enum.Enum):

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from switchboard.model.subscriptions import Attempt, Delivery, DeliveryStatus
+from switchboard.pagination import check_range
 from switchboard.store.batches import BoundStatement, GroupCommit
 from switchboard.store.lookups import GroupRead
 from switchboard.store.session import StoreSession
-from switchboard.store.values import check_range, ts, us_of
+from switchboard.store.values import ts, us_of
 
 DAY_US = 86_400 * 1_000_000
 # (day, created_at or started_at in ms, id) of the last row returned; attempts add (attempt, run).

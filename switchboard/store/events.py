@@ -20,11 +20,12 @@ from switchboard.model.events import (
     Prior,
     StoredEvent,
 )
+from switchboard.pagination import check_range
 from switchboard.store.batches import BoundStatement, write_all
 from switchboard.store.entities import EntityStore
 from switchboard.store.payloads import Encoder, decode_or
 from switchboard.store.session import StoreSession
-from switchboard.store.values import check_range, ts, us_of
+from switchboard.store.values import ts, us_of
 
 Cursor = tuple[int, int, str]  # (bucket, received_at in ms, event_id) of the last row returned
 # The most buckets ``EventStore.list`` reads at once while they come back empty (and the most listing reads out

@@ -7,9 +7,10 @@ import asyncio
 from typing import Any
 
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState, ReplayJob, ReplayState
+from switchboard.pagination import check_range
 from switchboard.store.deliveries import DAY_US, day_of
 from switchboard.store.session import StoreSession
-from switchboard.store.values import check_range, ts, us_of
+from switchboard.store.values import ts, us_of
 
 DeadCursor = tuple[str, int, int, str]  # (kind, day, dead_at in ms, id) of the last row returned
 

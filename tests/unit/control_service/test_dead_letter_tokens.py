@@ -58,3 +58,28 @@ async def test_a_token_of_ours_goes_on_from_the_kind_it_names() -> None:
     cursor = ["delivery", 20_000, 1_500, "dl_1"]
     assert await manager.list_dead_letters(F, 10, token(1, cursor)) == ([], "")
     assert store.reads == [(DeadLetterKind.DELIVERY, ("delivery", 20_000, 1_500, "dl_1"))]
+
+
+class TwoPages(NoDeadLetters):
+    """A full page of dead letters and a cursor, then the rest."""
+
+    async def dead_letters(
+        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any
+    ) -> tuple[list[DeadLetter], Any]:
+        self.reads.append((kind, (start_us, end_us, after)))
+        if after:
+            return [DeadLetter(f"dl_last_{len(self.reads)}", kind, end_us - 2, source="shop")], None
+        page = [DeadLetter(f"dl_{i}", kind, end_us - 1, source="shop") for i in range(limit)]
+        return page, (kind.value, 1, 2, page[-1].id)
+
+
+async def test_a_listing_without_an_end_time_pages_on_and_a_redrive_selection_spans_its_pages() -> None:
+    """No end time (a redrive's usual selection): every next page reads the range its first page pinned; the
+    default end ("now") moved with the clock, and the next pages were refused as another query's."""
+    store = TwoPages()
+    manager = DeadLetterManager(store, None, None)  # type: ignore[arg-type]
+    f = Filter(kind=DeadLetterKind.PROCESSING, source="shop")
+    selected = await manager.selection([], f, everything=False)
+    assert len(selected) == 1001 and len(store.reads) == 2
+    (_, (start, end, first)), (_, (start2, end2, second)) = store.reads
+    assert (start, end, first) == (start2, end2, None) and second == ("processing", 1, 2, "dl_999")

@@ -3,7 +3,9 @@ that every change is announced."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -170,3 +172,43 @@ async def test_listing_deliveries_or_attempts_over_a_reversed_range_is_an_invali
     with pytest.raises(errors.InvalidRequest) as attempts:  # (it answered an empty page)
         await manager.list_attempts(ALICE, created.subscription.id, delivery_id="", **common)  # type: ignore[arg-type]
     assert deliveries.value.metadata == attempts.value.metadata == {"field": "start_time"}
+
+
+class PagedDeliveries(NoDeliveries):
+    """Two pages of deliveries and of attempts: the first call of each gives a cursor, the next one ends."""
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[int, int]] = []
+
+    async def page(self, *args: object) -> tuple[list[Delivery], Any]:
+        _, start, end, _, cursor = args
+        self.ranges.append((int(start), int(end)))  # type: ignore[call-overload]
+        return [], (None if cursor else (1, 2, "dlv_1"))
+
+    async def attempts_page(self, *args: object) -> tuple[list[Attempt], Any]:
+        _, start, end, _, cursor = args
+        self.ranges.append((int(start), int(end)))  # type: ignore[call-overload]
+        return [], (None if cursor else (1, 2, "dlv_1", 1, "run"))
+
+
+async def test_deliveries_and_attempts_without_a_time_range_page_on_in_the_range_the_first_page_pinned(
+    memory: Memory,
+) -> None:
+    """The next page of a listing without start or end time used to be refused (PAGE_TOKEN_MISMATCH): its
+    default range, ending "now", had moved with the clock."""
+    store = PagedDeliveries()
+    manager = SubscriptionManager(RULES, memory, store, Notices(memory))
+    s = (
+        await manager.create(ALICE, Draft(callback_url=URL, event_types=("invoice.*",), sources=("shop",)))
+    ).subscription
+    common: dict[str, Any] = {"start_us": None, "end_us": None, "page_size": 10}
+    _, token = await manager.list_deliveries(ALICE, s.id, status=None, source="", event_id="", page_token="", **common)
+    await asyncio.sleep(0.002)
+    _, last = await manager.list_deliveries(
+        ALICE, s.id, status=None, source="", event_id="", page_token=token, **common
+    )
+    _, token = await manager.list_attempts(ALICE, s.id, delivery_id="", page_token="", **common)
+    await asyncio.sleep(0.002)
+    _, end = await manager.list_attempts(ALICE, s.id, delivery_id="", page_token=token, **common)
+    assert token and last == end == ""
+    assert store.ranges[0] == store.ranges[1] and store.ranges[2] == store.ranges[3]

@@ -142,28 +142,36 @@ def test_select_headers_drops_transport_and_credentials() -> None:
     assert kept == {"stripe-signature": "t=1,v1=ab", "x-forwarded-for": "1.2.3.4", "x-custom": "a, b"}
 
 
+@pytest.fixture
+def roomy(publisher: RecordingPublisher, monkeypatch: pytest.MonkeyPatch) -> Ingestor:
+    """A source that takes bodies of up to 64 KiB (room for the longest entity ids)."""
+    monkeypatch.setenv("SB_UNIT_SECRET", SECRET)
+    cfg = SourceConfig(name="shop", scheme="stripe", secrets=(SecretRef(env="SB_UNIT_SECRET"),), max_body_bytes=65536)
+    return Ingestor({"shop": Source(cfg, build_verifier(cfg))}, publisher, default_source="shop")
+
+
 @pytest.mark.parametrize(
     ("event_id", "entity_id", "reason"),
     [
         ("e" * 251, "in_1", "EVENT_ID_INVALID"),  # "shop/" and 251 bytes: a key of 256
         ("é" * 126, "in_1", "EVENT_ID_INVALID"),  # 126 characters, 252 bytes
-        ("evt_1", "x" * 256, "ENTITY_ID_INVALID"),
-        ("evt_1", "é" * 128, "ENTITY_ID_INVALID"),
+        ("evt_1", "x" * 4097, "ENTITY_ID_INVALID"),
+        ("evt_1", "é" * 2049, "ENTITY_ID_INVALID"),
     ],
 )
 async def test_ids_the_queue_or_the_store_cannot_take_are_invalid_requests(
-    ingestor: Ingestor, publisher: RecordingPublisher, event_id: str, entity_id: str, reason: str
+    roomy: Ingestor, publisher: RecordingPublisher, event_id: str, entity_id: str, reason: str
 ) -> None:
     body = json.dumps({"id": event_id, "type": "t", "created": 1, "data": {"object": {"id": entity_id}}}).encode()
     headers = sign("stripe", SECRET, body, now=time.time())
     with pytest.raises(errors.InvalidRequest) as raised:
-        await ingestor.receive("shop", list(headers.items()), body, "application/json")
+        await roomy.receive("shop", list(headers.items()), body, "application/json")
     assert raised.value.reason == reason and publisher.published == []
 
 
-async def test_the_longest_ids_are_taken(ingestor: Ingestor, publisher: RecordingPublisher) -> None:
-    body = json.dumps({"id": "e" * 250, "type": "t", "created": 1, "data": {"object": {"id": "é" * 127}}}).encode()
+async def test_the_longest_ids_are_taken(roomy: Ingestor, publisher: RecordingPublisher) -> None:
+    body = json.dumps({"id": "e" * 250, "type": "t", "created": 1, "data": {"object": {"id": "é" * 2048}}}).encode()
     headers = sign("stripe", SECRET, body, now=time.time())
-    await ingestor.receive("shop", list(headers.items()), body, "application/json")
+    await roomy.receive("shop", list(headers.items()), body, "application/json")
     (event,) = publisher.published
-    assert len(event.key.encode()) == 255 and len(event.entity_id.encode()) == 254
+    assert len(event.key.encode()) == 255 and len(event.entity_id.encode()) == 4096

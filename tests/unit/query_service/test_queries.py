@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import asyncio
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from query_service.queries import MAX_PAGE, Cursor, EventQueries, decode_token, encode_token
 from switchboard import errors, pagination
-from switchboard.model.events import Entity, EventStatus, EventSummary, StoredEvent
+from switchboard.model.events import Entity, EventStatus, EventSummary, StoredEvent, now_us
 from tests.unit.factories import event
 
 
@@ -139,7 +140,7 @@ async def test_ids_longer_than_any_stored_one_are_invalid_before_a_read() -> Non
     with pytest.raises(errors.NotFound):
         await queries(reader).get_event("shop", "e" * 250)  # the longest there can be: looked up
     with pytest.raises(errors.InvalidRequest) as long_entity:
-        await queries(reader).get_entity("shop", "x" * 70_000)
+        await queries(reader).get_entity("shop", "x" * 4097)
     assert long_entity.value.reason == "ENTITY_ID_INVALID"
 
 
@@ -149,3 +150,26 @@ def test_a_token_whose_cursor_or_query_parts_are_not_of_their_kind_is_invalid() 
         with pytest.raises(errors.InvalidRequest) as raised:
             decode_token(pagination.encode_token({**good, part: value}))
         assert raised.value.reason == "PAGE_TOKEN_INVALID"
+
+
+async def test_a_listing_without_a_time_range_pages_on_in_the_range_its_first_page_pinned() -> None:
+    """No start or end time: the first page reads the last day up to now, and every next page the same range,
+    though "now" moved (the next pages were refused as another query's); a bound sent later that the token
+    does not hold is a mismatch."""
+    now = now_us()
+    reader = MemoryReader([replace(s, received_us=now - 3_600_000_000 + s.received_us) for s in summaries(25)])
+    q = queries(reader)
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await q.list_events("shop", None, None, 10, token)
+        seen += [e.event_id for e in page.events]
+        token = page.next_token
+        if not token:
+            break
+        await asyncio.sleep(0.002)  # the clock moves between pages
+    assert seen == [f"evt_{i:04d}" for i in range(25)]
+    first = await q.list_events("shop", None, None, 10, "")
+    with pytest.raises(errors.InvalidRequest) as raised:
+        await q.list_events("shop", None, now_us() + 10**9, 10, first.next_token)
+    assert raised.value.reason == "PAGE_TOKEN_MISMATCH"

@@ -12,7 +12,7 @@ from webhooks.v1 import query_pb2
 
 from switchboard import pagination
 from switchboard.errors import InvalidRequest
-from switchboard.store.values import DAY_US, check_range
+from switchboard.pagination import DAY_US, check_range
 from switchboard.wire import MAX_REQUEST_SECONDS, request_us
 
 
