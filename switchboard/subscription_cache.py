@@ -64,6 +64,7 @@ class SubscriptionCache:
         self.refresh_seconds = refresh_seconds
         self._entries: dict[str, Entry] = {}
         self._index = FilterIndex()  # the enabled entries', by source and event type
+        self._refreshed_meanwhile: set[str] | None = None  # while a reload reads: the ids refreshed meanwhile
         self._conn: AbstractRobustConnection | None = None
         self._refresher: asyncio.Task[None] | None = None
 
@@ -84,9 +85,17 @@ class SubscriptionCache:
             await self._conn.close()
 
     async def reload(self) -> None:
+        """Every subscription from the store. One refreshed while the store was read is read again after:
+        the whole read may have seen it before its change, and would otherwise undo the refresh until the next
+        notice or reload."""
+        self._refreshed_meanwhile = set()
+        try:
+            stored = await self.store.all()
+        finally:
+            meanwhile, self._refreshed_meanwhile = self._refreshed_meanwhile, None
         entries = {}
         index = FilterIndex()
-        for s in await self.store.all():
+        for s in stored:
             entry = _entry(s)
             if entry is not None:
                 entries[s.id] = entry
@@ -94,9 +103,13 @@ class SubscriptionCache:
                     index.add(s.id, entry.filter)
         self._entries, self._index = entries, index
         log.info("subscriptions loaded", extra={"subscriptions": len(entries)})
+        for subscription_id in meanwhile:
+            await self.refresh(subscription_id)
 
     async def refresh(self, subscription_id: str) -> Subscription | None:
         """Reloads one subscription from the store (after a notice, or on a miss)."""
+        if self._refreshed_meanwhile is not None:
+            self._refreshed_meanwhile.add(subscription_id)
         s = await self.store.get(subscription_id)
         entry = _entry(s) if s is not None else None
         if entry is None:

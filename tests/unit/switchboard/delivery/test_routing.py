@@ -5,6 +5,7 @@ removals."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -160,3 +161,34 @@ async def test_the_cache_matches_through_reloads_changes_disables_and_deletes() 
             got = [s.id for s in cache.matching(e)]
             assert sorted(got) == sorted(expected(e))
             assert len(got) == len(set(got))
+
+
+class SlowStore(Store):
+    """``all`` answers with what the store held when it was called, once ``release`` is set."""
+
+    def __init__(self, subs: list[Subscription]) -> None:
+        super().__init__(subs)
+        self.release = asyncio.Event()
+
+    async def all(self) -> list[Subscription]:
+        snapshot = list(self.subs.values())
+        await self.release.wait()
+        return snapshot
+
+
+async def test_a_change_refreshed_while_a_reload_reads_is_not_undone_by_the_reload() -> None:
+    store = SlowStore([sub(1, event_types=("invoice.*",))])
+    cache = SubscriptionCache(store, "", "", purpose="test")  # type: ignore[arg-type]
+    store.release.set()
+    await cache.reload()
+    store.release.clear()
+    reload = asyncio.create_task(cache.reload())  # reads the store as it is now
+    await asyncio.sleep(0)
+    store.subs["sub_1"] = sub(1, event_types=("charge.*",))  # changed meanwhile; its notice refreshes it
+    await cache.refresh("sub_1")
+    store.release.set()
+    await reload
+    changed = cache.get("sub_1")
+    assert changed is not None and changed.event_types == ("charge.*",)
+    assert [s.id for s in cache.matching(event(source="shop", event_type="charge.paid"))] == ["sub_1"]
+    assert cache.matching(event(source="shop", event_type="invoice.paid")) == []
