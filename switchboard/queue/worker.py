@@ -93,6 +93,9 @@ FORWARD_CONFIRM_TIMEOUT = 5.0
 # likely failing; an immediate redelivery would spin).
 FORWARD_FAILURE_PAUSE = 1.0
 MAX_ERROR_HEADER = 1000
+# The verdicts' outcome for a message that made the handler raise, and the header that counts those times.
+CRASHED = "crashed"
+CRASH_HEADER = "x-crash-attempt"
 
 
 class Handler(Protocol):
@@ -140,11 +143,18 @@ class WorkerSettings:
     # message waiting; 0: a batch starts with whatever is there.
     linger: float = 0.0
     # A batch whose handling raises (a bug or a value nothing will take; not an outage) is handled again one
-    # message at a time, so that the others go on; a message that raises on its own goes back through the
-    # delay queues (Retry) until its ``x-attempt`` reaches this, then to the dead letters (``crashed``).
+    # message at a time, in order, so that the others go on; a message that raises on its own goes back
+    # through the delay queues (Retry, counted in its ``x-crash-attempt`` header, its ``x-attempt`` left to
+    # the handler) until it raised this many times, then to the dead letters (``crashed``).
     # 0: neither (the batch is left unacked until the channel closes): for a worker of a stream's dead
     # letters, whose retries and dead letters would go back where they came from.
     crash_attempts: int = 5
+
+
+def crash_count(message: QueueMessage) -> int:
+    """How many times the message made the handler raise before (its ``x-crash-attempt`` header)."""
+    value = message.headers.get(CRASH_HEADER, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -696,7 +706,7 @@ class QueueWorker:
                     raise
                 if len(batch) > 1:  # one of them may be what it cannot handle: each alone, the others go on
                     log.exception("batch failed; handling its messages one at a time", extra={"size": len(batch)})
-                    await asyncio.gather(*(self._process([m]) for m in batch))
+                    await self._one_at_a_time(batch)
                     return
                 verdicts = [self._crashed(batch[0], exc)]
                 break
@@ -710,19 +720,33 @@ class QueueWorker:
             for hook in self.hooks:
                 hook.settled(message, verdict)
 
+    async def _one_at_a_time(self, batch: Sequence[QueueMessage]) -> None:
+        """Each message of a batch that raised, alone and in arrival order (what one settles, the next reads);
+        the first failure is raised once every one of them is over: the batch's keys stay held until then."""
+        failed: Exception | None = None
+        for m in batch:
+            try:
+                await self._process([m])
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
     def _crashed(self, message: QueueMessage, exc: Exception) -> Verdict:
-        """The verdict for a message whose handling raised on its own (``WorkerSettings.crash_attempts``)."""
-        attempt = message.attempt + 1
+        """The verdict for a message whose handling raised on its own (``WorkerSettings.crash_attempts``): its
+        ``x-attempt`` stays the handler's (the processor's attempts), the crashes are counted apart."""
+        crashes = crash_count(message) + 1
         error = f"the handler failed: {type(exc).__name__}: {exc}"[:MAX_ERROR_HEADER]
-        last = attempt >= self.settings.crash_attempts
+        last = crashes >= self.settings.crash_attempts
         log.error(
             "message failed the handler" + ("; dead-lettered" if last else "; retried later"),
             exc_info=exc,
-            extra={"message_id": message.message_id, "attempt": attempt},
+            extra={"message_id": message.message_id, "crashes": crashes},
         )
         if last:
-            return DeadLetter(attempt, error, outcome="crashed")
-        return Retry(attempt, error, outcome="crashed")
+            return DeadLetter(message.attempt, error, outcome=CRASHED)
+        delay = self.topology.level_for_attempt(crashes) if self.topology.retry_levels_ms else None
+        return Retry(message.attempt, error, delay_ms=delay, outcome=CRASHED)
 
     def _ack(self, messages: Sequence[QueueMessage]) -> None:
         by_tracker: dict[AckTracker, list[int]] = {}
@@ -755,6 +779,8 @@ class QueueWorker:
                     "x-retry-delay-ms": delay_ms,
                     "x-last-error": verdict.error[:MAX_ERROR_HEADER],
                 }
+                if verdict.outcome == CRASHED:
+                    headers[CRASH_HEADER] = crash_count(message) + 1
                 copy = self._copy(message, headers, expiration_ms=delay_ms)
                 await self._publish(self.topology.retry_exchange, str(level), copy)
             else:
@@ -765,6 +791,8 @@ class QueueWorker:
                     "x-dead-reason": verdict.outcome,
                     "x-dead-at": time.time_ns() // 1000,
                 }
+                if verdict.outcome == CRASHED:
+                    headers[CRASH_HEADER] = crash_count(message) + 1
                 await self._publish(
                     self.topology.dead_exchange, self.topology.routing_key, self._copy(message, headers)
                 )

@@ -139,8 +139,15 @@ def unlogged(units: Sequence[Unit], level: ConsistencyLevel) -> BatchStatement:
 async def write_all(
     store: StoreSession, units: Sequence[Unit], level: ConsistencyLevel, max_units: int | None = None
 ) -> None:
-    """Every unit, in batches under ``BATCH_BYTES`` and of at most ``max_units`` units, all in flight at once."""
-    await asyncio.gather(*(store.execute(unlogged(group, level)) for group in pack(units, max_units=max_units)))
+    """Every unit, in batches under ``BATCH_BYTES`` and of at most ``max_units`` units, all in flight at once.
+    A failure is raised once every batch is answered: none is still on its way when the caller retries or
+    reads what it wrote."""
+    done = await asyncio.gather(
+        *(store.execute(unlogged(group, level)) for group in pack(units, max_units=max_units)), return_exceptions=True
+    )
+    failed = next((r for r in done if isinstance(r, BaseException)), None)
+    if failed is not None:
+        raise failed
 
 
 class GroupCommit:

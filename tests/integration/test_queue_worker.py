@@ -770,7 +770,7 @@ class Crashing:
     async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
         for m in batch:
             if m.message_id == self.poison:
-                self.poison_attempts.append(m.attempt)
+                self.poison_attempts.append(int(m.headers.get("x-crash-attempt", 0)))
                 raise InvalidRequest(f"the store refused the request: {m.message_id}", reason="STORE_REFUSED")
         self.done += [m.message_id for m in batch]
         return [Ack() for _ in batch]
@@ -781,8 +781,8 @@ async def test_a_message_the_handler_fails_on_is_retried_alone_then_dead_lettere
 ) -> None:
     """Batches of eight with one message that makes the handler raise (a value the store refuses, or a bug; not
     an outage): the other seven are handled (they used to stay unacked with it until the channel closed), and
-    the poison goes through the delay queue and back until its third attempt, then to the dead letters with
-    the error."""
+    the poison goes through the delay queue and back until it raised three times (counted apart from its
+    x-attempt, which is the handler's), then to the dead letters with the error."""
     topology = Topology(f"t{free_port()}", "events", (50,))
     handler = Crashing("m3")
     worker = QueueWorker(
@@ -813,5 +813,6 @@ async def test_a_message_the_handler_fails_on_is_retried_alone_then_dead_lettere
     assert sorted(handler.done) == sorted(i for i in ids if i != "m3")
     assert handler.poison_attempts[0] == 0 and handler.poison_attempts[-2:] == [1, 2]
     assert dead is not None and dead.message_id == "m3"
-    assert dead.headers["x-attempt"] == 3 and dead.headers["x-dead-reason"] == "crashed"
+    assert dead.headers["x-crash-attempt"] == 3 and dead.headers["x-dead-reason"] == "crashed"
+    assert dead.headers["x-attempt"] == 0
     assert dead.headers["x-last-error"] == "the handler failed: InvalidRequest: the store refused the request: m3"

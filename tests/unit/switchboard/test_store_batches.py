@@ -16,7 +16,15 @@ from cassandra import cqltypes as t
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from switchboard.errors import StoreUnavailable
-from switchboard.store.batches import BATCH_BYTES, BoundStatement, GroupCommit, pack, unit_bytes, unlogged
+from switchboard.store.batches import (
+    BATCH_BYTES,
+    BoundStatement,
+    GroupCommit,
+    pack,
+    unit_bytes,
+    unlogged,
+    write_all,
+)
 from switchboard.store.session import StoreSession
 
 QUORUM = ConsistencyLevel.LOCAL_QUORUM
@@ -215,3 +223,19 @@ async def test_a_full_batch_goes_at_once_even_with_every_slot_taken() -> None:
     assert [tags for tags, _ in session.requests][3:] == [["b6"]]  # the partial one waited for a slot
     session.requests[3][1].set_result([])
     await finished(blocker, *big)
+
+
+async def test_write_all_fails_only_once_every_batch_is_answered() -> None:
+    """A commit's batches are all in flight at once: when one fails, the failure waits for the others, so a
+    retry (or a re-run of the message alone) never reads before a write of its own first try has landed."""
+    session = HandDriven()
+    units = [unit("a", 30_000), unit("b", 30_000)]  # two batches: together they are over the limit
+    task = asyncio.create_task(write_all(cast(StoreSession, session), units, QUORUM))
+    await settle()
+    assert [tags for tags, _ in session.requests] == [["a"], ["b"]]
+    session.requests[0][1].set_exception(StoreUnavailable("Cassandra: WriteTimeout"))
+    await settle()
+    assert not task.done()  # "b" is still on its way
+    session.requests[1][1].set_result([])
+    with pytest.raises(StoreUnavailable, match="WriteTimeout"):
+        await task
