@@ -125,7 +125,8 @@ class DeadLetterRecorder:
         dead_at = m.headers.get("x-dead-at") or (death.get("time") if death else None)
         dead_us = _us(dead_at) or now_us()
         if "x-last-error" in m.headers:
-            reason = "UNDECODABLE" if m.headers.get("x-dead-reason") == "undecodable" else "FAILED"
+            dead_reason = m.headers.get("x-dead-reason")
+            reason = {"undecodable": "UNDECODABLE", "crashed": "CRASHED"}.get(str(dead_reason), "FAILED")
             error = m.last_error
         else:  # dead-lettered by the broker itself
             reason = str(death.get("reason", "")).upper() if death else "UNKNOWN"

@@ -144,6 +144,10 @@ class Processor:
         passes: dict[int, _Pass] = {}
         for i, e in enumerate(events):
             prior = priors.get(e.key)
+            if prior is not None and not prior.receipt_id:
+                # A row with no receipt was never committed: what a redrive's reset of attempts leaves for an
+                # event dead-lettered before its first commit (a batch the store refused). Nothing is applied.
+                prior = None
             if e.replay:
                 # A replay is applied again on purpose: every operation runs, as the next attempt.
                 passes[i] = self._pass(e, (prior.attempts if prior else 0) + 1, frozenset())
@@ -164,7 +168,29 @@ class Processor:
 
         commits: dict[int, Commit] = {}
         # No await from here to the end of _decide: batches running concurrently decide one after the other.
-        stale = self._decide(passes, versions)
+        stale, decided = self._decide(passes, versions)
+        try:
+            answers, commit_ns = await self._apply(events, held, passes, stale, commits, out, duplicates, reindex)
+        except BaseException:
+            self._undecide(decided)
+            raise
+        if self.tracer.enabled:
+            self._trace(events, answers, commits, (started_ns, read_ns, commit_ns, time.time_ns()))
+        return answers
+
+    async def _apply(
+        self,
+        events: Sequence[InboundEvent],
+        held: Callable[[int], bool] | None,
+        passes: dict[int, _Pass],
+        stale: dict[int, str],
+        commits: dict[int, Commit],
+        out: list[Handled | None],
+        duplicates: list[InboundEvent],
+        reindex: list[tuple[InboundEvent, EventStatus]],
+    ) -> tuple[list[Handled], int]:
+        """Runs the passes and commits the batch (``handle``'s second half); returns the answers and when the
+        commit started."""
         for i, reason in stale.items():
             p = passes.pop(i)
             finished = now_us()
@@ -188,9 +214,7 @@ class Processor:
         await self.store.commit([commits[i] for i in sorted(commits)], duplicates=duplicates, reindex=reindex)
         answers = [h for h in out if h is not None]
         assert len(answers) == len(events)
-        if self.tracer.enabled:
-            self._trace(events, answers, commits, (started_ns, read_ns, commit_ns, time.time_ns()))
-        return answers
+        return answers, commit_ns
 
     def _trace(
         self,
@@ -260,9 +284,14 @@ class Processor:
                 attributes={**db, "db.operation.name": "commit", "switchboard.commits": len(commits)},
             )
 
-    def _decide(self, passes: dict[int, _Pass], versions: dict[tuple[str, str], int]) -> dict[int, str]:
+    def _decide(
+        self, passes: dict[int, _Pass], versions: dict[tuple[str, str], int]
+    ) -> tuple[dict[int, str], dict[tuple[str, str], tuple[int | None, int]]]:
         """``_guard`` against what was read and what this processor decided in batches not yet committed (or
-        committed after this batch's read); remembers the versions decided now."""
+        committed after this batch's read); remembers the versions decided now. Returns the stale passes and,
+        per entity whose decided version moved, (the version before, the one decided now): a batch that fails
+        before its commit takes them back (``_undecide``)."""
+        before = {k: self._decided.get(k) for k in {(p.event.source, p.event.entity_id) for p in passes.values()}}
         for key in {(p.event.source, p.event.entity_id) for p in passes.values() if p.guarded}:
             decided = self._decided.get(key)
             if decided is not None and decided > versions.get(key, -1):
@@ -275,7 +304,20 @@ class Processor:
                 self._decided[key] = versions[key]
         while len(self._decided) > DECIDED_VERSIONS:
             del self._decided[next(iter(self._decided))]
-        return stale
+        moved = {k: (v, self._decided[k]) for k, v in before.items() if k in self._decided and self._decided[k] != v}
+        return stale, moved
+
+    def _undecide(self, moved: dict[tuple[str, str], tuple[int | None, int]]) -> None:
+        """Takes back the versions a batch decided and did not commit (its run or commit raised; the worker
+        retries it, or runs its receipts one by one): left, they made its own receipts STALE on the next pass.
+        A version another batch decided since stays."""
+        for key, (was, mine) in moved.items():
+            if self._decided.get(key) != mine:
+                continue
+            if was is None:
+                del self._decided[key]
+            else:
+                self._decided[key] = was
 
     def _pass(self, event: InboundEvent, attempt: int, done: frozenset[str]) -> _Pass:
         ops = [op for op in self.registry.matching(event) if op.name not in done]

@@ -30,7 +30,7 @@ class DeadLetter:
     message_id: str = ""
     attempts: int = 0
     last_error: str = ""
-    reason: str = ""  # FAILED, UNDECODABLE, DELIVERY_LIMIT
+    reason: str = ""  # FAILED, CRASHED (the handler raised on it), UNDECODABLE, DELIVERY_LIMIT
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     message_type: str = ""

@@ -163,7 +163,7 @@ class EventStore:
     async def reset_attempts(self, source: str, event_id: str) -> None:
         """A FAILED event redriven from the dead letters: RETRYING with a fresh attempt budget (its history of
         runs stays; the next passes number their attempts from 1 again)."""
-        await self.store.execute(self.q.reset_attempts, (EventStatus.RETRYING.value, source, event_id))
+        await self.store.execute(self.q.reset_attempts, (self.ttl, EventStatus.RETRYING.value, source, event_id))
 
     # -- reads ------------------------------------------------------------------------------------------
     async def get(self, source: str, event_id: str) -> StoredEvent | None:

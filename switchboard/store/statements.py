@@ -54,7 +54,8 @@ def _event_cql(ks: str) -> dict[str, str]:
             event_type, status, receipt_id) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
         "get_event": f"SELECT * FROM {ks}.events WHERE source = ? AND event_id = ?",
         "event_body": f"SELECT body, body_encoded FROM {ks}.events WHERE source = ? AND event_id = ?",
-        "reset_attempts": f"UPDATE {ks}.events SET status = ?, attempts = 0 WHERE source = ? AND event_id = ?",
+        "reset_attempts": f"""UPDATE {ks}.events USING TTL ? SET status = ?, attempts = 0
+            WHERE source = ? AND event_id = ?""",
         "get_records": f"SELECT * FROM {ks}.event_records WHERE source = ? AND event_id = ?",
         "list_range": f"""SELECT received_at, event_id, event_type, status, receipt_id
             FROM {ks}.events_by_source

@@ -1,5 +1,6 @@
 """DeadLetterManager's page tokens: the kind index and the cursor a token carries back are checked (a forged
-index used to fail as INTERNAL: ValueError, TypeError or IndexError)."""
+index used to fail as INTERNAL: ValueError, TypeError or IndexError); paging without an end time; the
+recorder's reason for a message that made its handler raise."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from typing import Any
 
 import pytest
 
-from control_service.dead_letters import DeadLetterManager, Filter, _query
+from control_service.dead_letters import DeadLetterManager, DeadLetterRecorder, Filter, _query
 from switchboard import pagination
 from switchboard.errors import InvalidRequest
 from switchboard.model.operations import DeadLetter, DeadLetterKind
+from switchboard.queue import QueueMessage
+from switchboard.wire import encode_inbound
+from tests.unit.factories import event
 
 
 class NoDeadLetters:
@@ -83,3 +87,18 @@ async def test_a_listing_without_an_end_time_pages_on_and_a_redrive_selection_sp
     assert len(selected) == 1001 and len(store.reads) == 2
     (_, (start, end, first)), (_, (start2, end2, second)) = store.reads
     assert (start, end, first) == (start2, end2, None) and second == ("processing", 1, 2, "dl_999")
+
+
+def test_a_message_dead_lettered_for_making_its_handler_raise_is_recorded_crashed() -> None:
+    headers: dict[str, object] = {
+        "x-attempt": 2,
+        "x-crash-attempt": 5,
+        "x-last-error": "the handler failed: ValueError: boom",
+        "x-dead-reason": "crashed",
+        "x-dead-at": 1_700_000_000_000_000,
+    }
+    m = QueueMessage(
+        body=encode_inbound(event()), message_id="shop/evt_1", headers=headers, redelivered=False, queue="q"
+    )
+    d = DeadLetterRecorder(NoDeadLetters(), DeadLetterKind.PROCESSING).record(m)  # type: ignore[arg-type]
+    assert (d.reason, d.last_error, d.event_id) == ("CRASHED", "the handler failed: ValueError: boom", "evt_1")

@@ -11,7 +11,8 @@ import pytest
 import processor_service.processor as processor_module
 from processor_service.operations import Operation, OperationContext, Registry
 from processor_service.processor import Disposition, Handled, Processor
-from switchboard.model.events import EventStatus, InboundEvent, Outcome
+from switchboard.errors import StoreUnavailable
+from switchboard.model.events import EventStatus, InboundEvent, Outcome, StoredEvent
 from tests.unit.factories import event
 from tests.unit.processor_service.fakes import MemoryEvents
 
@@ -210,3 +211,39 @@ async def test_the_memory_of_decided_versions_is_bounded(store: MemoryEvents, mo
     for n in (1, 2, 3, 1):
         await one(p, event(event_id=f"evt_{n}_{len(store.stored)}", entity_id=f"in_{n}", entity_version=5))
     assert list(p._decided) == [("shop", "in_3"), ("shop", "in_1")]  # in_2, least recently decided, dropped
+
+
+async def test_a_batch_whose_commit_fails_takes_back_the_versions_it_decided(store: MemoryEvents) -> None:
+    """v30 and v40 of one entity in a batch whose commit fails (the store is down): the worker retries the same
+    batch, or runs its receipts one by one. The processor used to remember v40 as decided, so v30 was then
+    STALE against its own batch's uncommitted decision and its operations never ran."""
+    entity = Counter()
+    p = processor(store, Operation("entity", entity, takes_context=True))
+    batch = [event(event_id="evt_30", entity_version=30), event(event_id="evt_40", entity_version=40)]
+    commit = store.commit
+
+    async def down(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("Cassandra: WriteTimeout")
+
+    store.commit = down  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await p.handle(batch)
+    store.commit = commit  # type: ignore[method-assign]
+    first, second = [await one(p, e) for e in batch]  # one by one, in arrival order
+    assert (first.disposition, second.disposition) == (Disposition.PROCESSED, Disposition.PROCESSED)
+    assert store.marks == {("shop", "in_1"): 40}
+    assert await one(p, event(event_id="evt_35", entity_version=35)) == Handled(
+        Disposition.STALE, 1, "stale: entity in_1 is at version 40, this event carries 35"
+    )
+
+
+async def test_a_row_without_a_receipt_is_nothing_stored_not_another_receipts(store: MemoryEvents) -> None:
+    """A redrive resets the attempts of the event it puts back; for an event dead-lettered before its first
+    commit that leaves a row with a status and no receipt. Its redriven receipt used to be a DUPLICATE there:
+    acked, never processed."""
+    entity = Counter()
+    p = processor(store, Operation("entity", entity, takes_context=True))
+    store.stored["shop/evt_1"] = StoredEvent(replace(event(), receipt_id=""), EventStatus.RETRYING)
+    handled = await one(p, event(receipt_id="r_redriven"))
+    assert (handled.disposition, handled.attempt, entity.calls) == (Disposition.PROCESSED, 1, 1)
+    assert store.stored["shop/evt_1"].event.receipt_id == "r_redriven"
