@@ -46,7 +46,7 @@ class DeadLetterStore(Protocol):
     async def dead_letters(
         self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: tuple[str, int, int, str] | None
     ) -> tuple[list[DeadLetter], tuple[str, int, int, str] | None]: ...
-    async def reset_delivery(self, delivery_id: str, now_us: int) -> None: ...
+    async def reset_delivery(self, delivery_id: str, now_us: int) -> bool: ...
 
 
 class EventResetter(Protocol):
@@ -201,7 +201,7 @@ class DeadLetterManager:
 
     async def selection(self, ids: Sequence[str], f: Filter, everything: bool) -> list[DeadLetter]:
         if ids:
-            return [await self.get(i) for i in ids]
+            return [await self.get(i) for i in dict.fromkeys(ids)]  # an id named twice is redriven once
         if f.empty and not everything:
             raise FailedPrecondition(
                 "name dead letters by id, give a filter, or ask for all of them", reason="SELECTION_MISSING"
@@ -243,7 +243,11 @@ class DeadLetterManager:
             await self.publisher.publish_event(event)
         else:
             task = decode_task(d.body)
-            await self.store.reset_delivery(task.delivery_id, now_us())
+            if not await self.store.reset_delivery(task.delivery_id, now_us()):
+                raise FailedPrecondition(
+                    f"delivery {task.delivery_id} was delivered, or is no longer stored: nothing to send again",
+                    reason="NOTHING_TO_REDRIVE",
+                )
             await self.publisher.publish_task(task)
         await self.store.set_dead_letter_state(d, DeadLetterState.REDRIVEN, now_us())
 

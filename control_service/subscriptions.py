@@ -23,7 +23,7 @@ from switchboard.delivery.filters import check_event_types, compile_condition
 from switchboard.delivery.policy import RetryPolicy
 from switchboard.delivery.signing import new_secret
 from switchboard.delivery.urls import check_url, resolve_and_check
-from switchboard.errors import InvalidRequest, NotFound, Unauthenticated
+from switchboard.errors import FailedPrecondition, InvalidRequest, NotFound, Unauthenticated
 from switchboard.model.events import now_us
 from switchboard.model.subscriptions import (
     Attempt,
@@ -36,6 +36,8 @@ from switchboard.model.subscriptions import (
 )
 
 MAX_PAGE = 1000
+# Reads and conditional writes a change makes before it gives up on a subscription that keeps changing.
+CHANGE_TRIES = 5
 DEFAULT_PAGE = 100
 MAX_METADATA = 32
 MAX_DESCRIPTION = 1024
@@ -106,6 +108,7 @@ class Draft:
 
 class SubscriptionRepository(Protocol):
     async def put(self, s: Subscription) -> None: ...
+    async def replace(self, s: Subscription, read_updated_us: int) -> bool: ...
     async def get(self, subscription_id: str) -> Subscription | None: ...
     async def delete(self, s: Subscription) -> None: ...
     async def page(self, client_id: str | None, after: str, limit: int) -> tuple[list[Subscription], str]: ...
@@ -194,7 +197,6 @@ class SubscriptionManager:
         return subs, token
 
     async def update(self, caller: Caller, subscription_id: str, draft: Draft, mask: Collection[str]) -> Subscription:
-        current = await self.get(caller, subscription_id)
         fields = set(mask) if mask else _set_fields(draft)
         unknown = fields - MUTABLE
         if unknown:
@@ -205,11 +207,12 @@ class SubscriptionManager:
             )
         if not fields:
             raise InvalidRequest("nothing to change", reason="UPDATE_MASK_INVALID", metadata={"field": "update_mask"})
-        updated = await self._apply(replace(current, metadata=dict(current.metadata)), draft, fields)
-        updated.updated_us = now_us()
-        await self.subscriptions.put(updated)
-        await self.notices.changed(updated.id)
-        return updated
+        for _ in range(CHANGE_TRIES):
+            current = await self.get(caller, subscription_id)
+            updated = await self._apply(replace(current, metadata=dict(current.metadata)), draft, fields)
+            if await self._replace(updated, current):
+                return updated
+        raise _changed_meanwhile(subscription_id)
 
     async def delete(self, caller: Caller, subscription_id: str) -> None:
         s = await self.get(caller, subscription_id)
@@ -219,17 +222,27 @@ class SubscriptionManager:
     async def rotate_secret(self, caller: Caller, subscription_id: str, overlap_us: int | None) -> tuple[str, int]:
         """A new secret; the current one keeps signing beside it for ``overlap_us`` (the configured default
         when None). Returns the new secret and when the previous one stops signing."""
-        s = await self.get(caller, subscription_id)
         overlap = self.rules.secret_overlap_us if overlap_us is None else overlap_us
         if not 0 <= overlap <= 30 * 86_400 * 1_000_000:
             raise _field_error("overlap", "must be between 0 and 30 days")
-        now = now_us()
-        s.previous_secret, s.previous_secret_expires_us = s.secret, now + overlap
-        s.secret = new_secret()
-        s.updated_us = now
-        await self.subscriptions.put(s)
-        await self.notices.changed(s.id)
-        return s.secret, s.previous_secret_expires_us
+        for _ in range(CHANGE_TRIES):
+            current = await self.get(caller, subscription_id)
+            s = replace(current, metadata=dict(current.metadata))
+            s.previous_secret, s.previous_secret_expires_us = s.secret, now_us() + overlap
+            s.secret = new_secret()
+            if await self._replace(s, current):
+                return s.secret, s.previous_secret_expires_us
+        raise _changed_meanwhile(subscription_id)
+
+    async def _replace(self, changed: Subscription, read: Subscription) -> bool:
+        """Writes ``changed`` if the subscription is still ``read`` (nothing changed, disabled or deleted it
+        meanwhile: two concurrent changes each read, change and write the whole row, and the later write undid
+        the earlier, a rotated secret or a delete included), and announces it; False: read and try again."""
+        changed.updated_us = max(now_us(), read.updated_us + 1000)  # the store keeps milliseconds
+        if not await self.subscriptions.replace(changed, read.updated_us):
+            return False
+        await self.notices.changed(changed.id)
+        return True
 
     # -- deliveries ---------------------------------------------------------------------------------------
     async def list_deliveries(
@@ -401,7 +414,7 @@ def check_public_key(value: str) -> str:
 
     try:
         key = _jwk_public_key(json.loads(text)) if text.startswith("{") else load_pem_public_key(text.encode())
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):  # RecursionError: JSON nested past the parser's limit
         raise _field_error("public_key", "is not a PEM public key or a public JWK") from None
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < 2048:
@@ -460,6 +473,13 @@ def _metadata(value: Mapping[str, str]) -> dict[str, str]:
         if not k or len(k) > 64 or len(v) > 512:
             raise _field_error("metadata", "keys of 1 to 64 characters, values of at most 512")
     return dict(value)
+
+
+def _changed_meanwhile(subscription_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"subscription {subscription_id!r} kept changing while this change was made: try again",
+        reason="CONCURRENT_CHANGE",
+    )
 
 
 def _page_size(page_size: int) -> int:

@@ -131,9 +131,15 @@ class OperationsStore:
             updated_us=us_of(r.updated_at),
         )
 
-    async def reset_delivery(self, delivery_id: str, now_us: int) -> None:
-        """A FAILED delivery redriven from the dead letters: PENDING with a fresh attempt budget."""
+    async def reset_delivery(self, delivery_id: str, now_us: int) -> bool:
+        """A delivery redriven from the dead letters: PENDING with a fresh attempt budget. False, writing
+        nothing, for one that was delivered (a task dead-lettered after its delivery was recorded: a redrive
+        must not send it again) or whose row is gone (expired: writing would leave a row of these cells only)."""
+        rows = await self.store.execute(self.q.delivery_status, (delivery_id,))
+        if not rows or rows[0].status == "delivered":
+            return False
         await self.store.execute(self.q.delivery_reset, (self.ttl, "pending", ts(now_us), delivery_id))
+        return True
 
 
 def _dead_letter(r: Any) -> DeadLetter:

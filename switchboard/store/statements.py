@@ -73,12 +73,18 @@ def _subscription_cql(ks: str) -> dict[str, str]:
         "previous_secret, previous_secret_expires, created_at, updated_at, max_in_flight"
     )
     marks = ", ".join("?" * len(columns.split(", ")))
+    settable = ", ".join(f"{c} = ?" for c in columns.split(", ")[1:])
     return {
         "put": f"INSERT INTO {ks}.subscriptions ({columns}) VALUES ({marks})",
+        # Every change: written only if nothing else changed the row since it was read (a lightweight
+        # transaction: the control plane's writes are few; lost updates were not).
+        "replace": f"UPDATE {ks}.subscriptions SET {settable} WHERE id = ? IF updated_at = ?",
         "get": f"SELECT * FROM {ks}.subscriptions WHERE id = ?",
         "all": f"SELECT * FROM {ks}.subscriptions",
-        "delete": f"DELETE FROM {ks}.subscriptions WHERE id = ?",
-        "set_status": f"UPDATE {ks}.subscriptions SET status = ?, status_reason = ?, updated_at = ? WHERE id = ?",
+        "delete": f"DELETE FROM {ks}.subscriptions WHERE id = ? IF EXISTS",
+        # Over the row as it was read, as "replace" (Cassandra 2.1.0 has no UPDATE ... IF EXISTS).
+        "set_status": f"""UPDATE {ks}.subscriptions SET status = ?, status_reason = ?, updated_at = ?
+            WHERE id = ? IF updated_at = ?""",
         "index_put": f"INSERT INTO {ks}.subscriptions_by_client (client_id, id) VALUES (?, ?)",
         "index_delete": f"DELETE FROM {ks}.subscriptions_by_client WHERE client_id = ? AND id = ?",
         "index_page": f"SELECT id FROM {ks}.subscriptions_by_client WHERE client_id = ? AND id > ? LIMIT ?",
@@ -143,6 +149,7 @@ def _operations_cql(ks: str) -> dict[str, str]:
         "replay_get": f"SELECT * FROM {ks}.replays WHERE id = ?",
         "delivery_reset": f"""UPDATE {ks}.deliveries USING TTL ? SET status = ?, attempts = 0, updated_at = ?
             WHERE id = ?""",
+        "delivery_status": f"SELECT status FROM {ks}.deliveries WHERE id = ?",
     }
 
 
@@ -183,6 +190,7 @@ class EventStatements:
 @dataclass(frozen=True)
 class SubscriptionStatements:
     put: PreparedStatement
+    replace: PreparedStatement
     get: PreparedStatement
     all: PreparedStatement
     delete: PreparedStatement
@@ -224,6 +232,7 @@ class OperationStatements:
     replay_put: PreparedStatement
     replay_get: PreparedStatement
     delivery_reset: PreparedStatement
+    delivery_status: PreparedStatement
 
 
 @dataclass(frozen=True)

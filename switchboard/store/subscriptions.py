@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from switchboard.errors import StoreUnavailable
 from switchboard.model.subscriptions import RetrySchedule, Subscription, SubscriptionStatus, Tier
 from switchboard.secrets import SecretBox
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
+
+# Reads and conditional writes ``set_status`` makes before it gives up on a subscription that keeps changing.
+SET_STATUS_TRIES = 5
 
 
 class SubscriptionStore:
@@ -19,10 +23,25 @@ class SubscriptionStore:
         self.q = store.statements.subscriptions
 
     async def put(self, s: Subscription) -> None:
-        """Writes the whole subscription (create and every change) and its client index row."""
+        """Writes a new subscription and its client index row."""
+        await asyncio.gather(
+            self.store.execute(self.q.put, (s.id, *self._values(s))),
+            self.store.execute(self.q.index_put, (s.client_id, s.id)),
+        )
+
+    async def replace(self, s: Subscription, read_updated_us: int) -> bool:
+        """Writes the whole changed subscription if it is still as it was read (its ``updated_at`` is still
+        ``read_updated_us``: nothing changed or deleted it meanwhile); False, writing nothing, if not. ``s``'s
+        own ``updated_us`` must differ from ``read_updated_us`` in its milliseconds (what the store keeps)."""
+        if s.updated_us // 1000 == read_updated_us // 1000:
+            raise ValueError("a change must move updated_us by at least a millisecond")
+        rows = await self.store.execute(self.q.replace, (*self._values(s), s.id, ts(read_updated_us)))
+        return _applied(rows)
+
+    def _values(self, s: Subscription) -> tuple[Any, ...]:
+        """Every column but the id, in the statements' order."""
         retry = s.retry
-        params = (
-            s.id,
+        return (
             s.client_id,
             s.callback_url,
             s.description,
@@ -45,10 +64,6 @@ class SubscriptionStore:
             ts(s.updated_us),
             s.max_in_flight,
         )
-        await asyncio.gather(
-            self.store.execute(self.q.put, params),
-            self.store.execute(self.q.index_put, (s.client_id, s.id)),
-        )
 
     async def get(self, subscription_id: str) -> Subscription | None:
         rows = await self.store.execute(self.q.get, (subscription_id,))
@@ -65,7 +80,20 @@ class SubscriptionStore:
         )
 
     async def set_status(self, subscription_id: str, status: SubscriptionStatus, reason: str, now_us: int) -> None:
-        await self.store.execute(self.q.set_status, (status.value, reason, ts(now_us), subscription_id))
+        """Only if the subscription still exists (an unconditional update of a deleted one made a row of just
+        these cells), over the row as it is read, moving ``updated_at``: a change read before it is refused
+        (``replace``) and made again over it. Gives up after ``SET_STATUS_TRIES`` rows changed under it."""
+        for _ in range(SET_STATUS_TRIES):
+            rows = await self.store.execute(self.q.get, (subscription_id,))
+            if not rows:
+                return
+            read = us_of(rows[0].updated_at)
+            stamp = ts(max(now_us, read + 1000))  # the store keeps milliseconds
+            if _applied(
+                await self.store.execute(self.q.set_status, (status.value, reason, stamp, subscription_id, ts(read)))
+            ):
+                return
+        raise StoreUnavailable(f"subscription {subscription_id} kept changing while its status was set")
 
     async def page(self, client_id: str | None, after: str, limit: int) -> tuple[list[Subscription], str]:
         """Subscriptions of ``client_id`` (every client's when None) after cursor ``after``; returns them and
@@ -108,3 +136,8 @@ class SubscriptionStore:
             created_us=us_of(r.created_at),
             updated_us=us_of(r.updated_at),
         )
+
+
+def _applied(rows: list[Any]) -> bool:
+    """Whether a lightweight transaction was applied (its first row's ``[applied]`` column)."""
+    return bool(rows) and bool(rows[0][0])

@@ -12,8 +12,9 @@ from control_service.dead_letters import DeadLetterManager, DeadLetterRecorder, 
 from switchboard import pagination
 from switchboard.errors import InvalidRequest
 from switchboard.model.operations import DeadLetter, DeadLetterKind
+from switchboard.model.subscriptions import DeliveryTask
 from switchboard.queue import QueueMessage
-from switchboard.wire import encode_inbound
+from switchboard.wire import encode_inbound, encode_task
 from tests.unit.factories import event
 
 
@@ -102,3 +103,49 @@ def test_a_message_dead_lettered_for_making_its_handler_raise_is_recorded_crashe
     )
     d = DeadLetterRecorder(NoDeadLetters(), DeadLetterKind.PROCESSING).record(m)  # type: ignore[arg-type]
     assert (d.reason, d.last_error, d.event_id) == ("CRASHED", "the handler failed: ValueError: boom", "evt_1")
+
+
+async def test_an_id_named_twice_is_selected_once() -> None:
+    class One(NoDeadLetters):
+        async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
+            self.reads.append((DeadLetterKind.PROCESSING, dead_letter_id))
+            return DeadLetter(dead_letter_id, DeadLetterKind.PROCESSING, 1)
+
+    store = One()
+    manager = DeadLetterManager(store, None, None)  # type: ignore[arg-type]
+    chosen = await manager.selection(["dl_1", "dl_2", "dl_1"], Filter(), everything=False)
+    assert [d.id for d in chosen] == ["dl_1", "dl_2"]
+
+
+async def test_a_redrive_does_not_send_again_a_delivery_that_was_delivered() -> None:
+    """A delivery task can be dead-lettered after its delivery was recorded DELIVERED (its worker killed
+    before the ack, again and again, until the broker's delivery limit): its redrive used to set it back to
+    PENDING and send it a second time."""
+
+    class Delivered(NoDeadLetters):
+        def __init__(self) -> None:
+            super().__init__()
+            self.states: list[str] = []
+
+        async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
+            task = DeliveryTask("dlv_1", "sub_1", event(), 1)
+            return DeadLetter(dead_letter_id, DeadLetterKind.DELIVERY, 1, body=encode_task(task))
+
+        async def reset_delivery(self, delivery_id: str, now_us: int) -> bool:
+            return False  # delivered
+
+        async def set_dead_letter_state(self, d: DeadLetter, state: Any, at_us: int) -> None:
+            self.states.append(state.value)
+
+    class Publisher:
+        def __init__(self) -> None:
+            self.tasks: list[DeliveryTask] = []
+
+        async def publish_task(self, task: DeliveryTask) -> None:
+            self.tasks.append(task)
+
+    store, publisher = Delivered(), Publisher()
+    manager = DeadLetterManager(store, None, publisher)  # type: ignore[arg-type]
+    progress = [p async for p in manager.redrive(["dl_1"], Filter(), everything=False, dry_run=False)]
+    assert (progress[-1].redriven, progress[-1].failed) == (0, 1)
+    assert publisher.tasks == [] and store.states == []

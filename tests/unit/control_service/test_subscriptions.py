@@ -32,6 +32,14 @@ class Memory:
     async def put(self, s: Subscription) -> None:
         self.subs[s.id] = s
 
+    async def replace(self, s: Subscription, read_updated_us: int) -> bool:
+        """As the store's lightweight transaction: only if the row is still as it was read."""
+        stored = self.subs.get(s.id)
+        if stored is None or stored.updated_us // 1000 != read_updated_us // 1000:
+            return False
+        self.subs[s.id] = s
+        return True
+
     async def get(self, subscription_id: str) -> Subscription | None:
         return self.subs.get(subscription_id)
 
@@ -115,6 +123,7 @@ async def test_through_the_edge_without_a_client_is_unauthenticated(manager: Sub
         (Draft(callback_url=URL, rate_limit_per_second=10**7), "FIELD_INVALID"),
         (Draft(callback_url=URL, max_in_flight=10**4), "FIELD_INVALID"),
         (Draft(callback_url=URL, public_key="not a key"), "FIELD_INVALID"),
+        (Draft(callback_url=URL, public_key='{"a":' + "[" * 5000), "FIELD_INVALID"),  # nested past the parser
         (Draft(callback_url=URL, metadata={f"k{i}": "v" for i in range(40)}), "FIELD_INVALID"),
         (Draft(), "FIELD_INVALID"),
     ],
@@ -212,3 +221,64 @@ async def test_deliveries_and_attempts_without_a_time_range_page_on_in_the_range
     _, end = await manager.list_attempts(ALICE, s.id, delivery_id="", page_token=token, **common)
     assert token and last == end == ""
     assert store.ranges[0] == store.ranges[1] and store.ranges[2] == store.ranges[3]
+
+
+class Interleaving(Memory):
+    """Reads yield to the loop, so that changes running at once read the same row before either writes."""
+
+    async def get(self, subscription_id: str) -> Subscription | None:
+        found = await super().get(subscription_id)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return found
+
+
+async def test_changes_made_at_once_are_all_kept_a_rotated_secret_included() -> None:
+    """A rotation, a description change and a URL change at once: each read the row and wrote it whole, so the
+    last write undid the others (the client then held a secret that signed nothing)."""
+    memory = Interleaving()
+    manager = SubscriptionManager(RULES, memory, NoDeliveries(), Notices(memory))
+    s = (
+        await manager.create(ALICE, Draft(callback_url=URL, event_types=("invoice.*",), sources=("shop",)))
+    ).subscription
+    (secret, _), described, moved = await asyncio.gather(
+        manager.rotate_secret(ALICE, s.id, None),
+        manager.update(ALICE, s.id, Draft(description="billing"), ["description"]),
+        manager.update(ALICE, s.id, Draft(callback_url=URL + "/v2"), ["callback_url"]),
+    )
+    stored = memory.subs[s.id]
+    assert (stored.secret, stored.description, stored.callback_url) == (secret, "billing", URL + "/v2")
+    assert described.description == "billing" and moved.callback_url == URL + "/v2"
+    assert memory.changed.count(s.id) == 4  # created, and each change announced once
+
+
+class SlowFirstRead(Memory):
+    """The next read takes a while: a delete that starts after it is done before it returns."""
+
+    slow = False
+
+    async def get(self, subscription_id: str) -> Subscription | None:
+        found = await super().get(subscription_id)
+        if self.slow:
+            self.slow = False
+            for _ in range(10):
+                await asyncio.sleep(0)
+        return found
+
+
+async def test_a_change_that_meets_a_delete_does_not_bring_the_subscription_back() -> None:
+    """The update reads, the delete reads and deletes, then the update writes: it used to write the whole row
+    back, and the deleted subscription was there again, deliveries and all."""
+    memory = SlowFirstRead()
+    manager = SubscriptionManager(RULES, memory, NoDeliveries(), Notices(memory))
+    s = (
+        await manager.create(ALICE, Draft(callback_url=URL, event_types=("invoice.*",), sources=("shop",)))
+    ).subscription
+    memory.slow = True
+    changed, deleted = await asyncio.gather(
+        manager.update(ALICE, s.id, Draft(description="late"), ["description"]),
+        manager.delete(ALICE, s.id),
+        return_exceptions=True,
+    )
+    assert isinstance(changed, errors.NotFound) and deleted is None
+    assert s.id not in memory.subs
