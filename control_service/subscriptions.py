@@ -23,7 +23,7 @@ from switchboard.delivery.filters import check_event_types, compile_condition
 from switchboard.delivery.policy import RetryPolicy
 from switchboard.delivery.signing import new_secret
 from switchboard.delivery.urls import check_url, resolve_and_check
-from switchboard.errors import FailedPrecondition, InvalidRequest, NotFound, Unauthenticated
+from switchboard.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 from switchboard.model.events import now_us
 from switchboard.model.subscriptions import (
     Attempt,
@@ -36,6 +36,9 @@ from switchboard.model.subscriptions import (
 )
 
 MAX_PAGE = 1000
+# The owner of subscriptions created by internal tools (the CLI, ``listen``) without a client: no client
+# coming through the edge may carry that name.
+INTERNAL_OWNER = "internal"
 # Reads and conditional writes a change makes before it gives up on a subscription that keeps changing.
 CHANGE_TRIES = 5
 DEFAULT_PAGE = 100
@@ -325,12 +328,17 @@ class SubscriptionManager:
     def _check(self, caller: Caller) -> None:
         if caller.via_edge and not caller.client_id:
             raise Unauthenticated("no verified client in the request", reason="CLIENT_MISSING")
+        if caller.via_edge and caller.client_id == INTERNAL_OWNER:  # would own what internal tools created
+            raise PermissionDenied(
+                f"a client may not be named {INTERNAL_OWNER!r}: the owner of subscriptions made by internal tools",
+                reason="CLIENT_RESERVED",
+            )
 
     def _owner(self, caller: Caller, draft: Draft) -> str:
         self._check(caller)
         if caller.client_id is not None:
             return caller.client_id
-        return draft.client_id or "internal"
+        return draft.client_id or INTERNAL_OWNER
 
     async def _apply(self, s: Subscription, draft: Draft, fields: set[str]) -> Subscription:
         """``s`` with the draft's values for ``fields``, each validated."""

@@ -109,6 +109,19 @@ async def test_through_the_edge_without_a_client_is_unauthenticated(manager: Sub
         await manager.list_subscriptions(Caller("", via_edge=True), 10, "")
 
 
+async def test_a_client_named_as_the_internal_tools_owner_is_refused(manager: SubscriptionManager) -> None:
+    """Subscriptions made by internal tools without a client belong to "internal": a token whose subject is
+    "internal" used to see and change them all, secrets included."""
+    made = await manager.create(INTERNAL, Draft(callback_url=URL, event_types=("invoice.*",), sources=("shop",)))
+    assert made.subscription.client_id == "internal"
+    posing = Caller("internal", via_edge=True)
+    with pytest.raises(errors.PermissionDenied) as refused:
+        await manager.get(posing, made.subscription.id)
+    assert refused.value.reason == "CLIENT_RESERVED"
+    with pytest.raises(errors.PermissionDenied):
+        await manager.list_subscriptions(posing, 10, "")
+
+
 @pytest.mark.parametrize(
     ("draft", "reason"),
     [
