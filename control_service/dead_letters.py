@@ -245,7 +245,7 @@ class DeadLetterManager:
             task = decode_task(d.body)
             if not await self.store.reset_delivery(task.delivery_id, now_us()):
                 raise FailedPrecondition(
-                    f"delivery {task.delivery_id} was delivered, or is no longer stored: nothing to send again",
+                    f"delivery {task.delivery_id} was delivered: nothing to send again",
                     reason="NOTHING_TO_REDRIVE",
                 )
             await self.publisher.publish_task(task)

@@ -3,7 +3,8 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
 
 * **Once delivered, never again.** The delivery's stored state is read first (one ``IN`` read per batch): a
   task whose delivery is already final (a republished copy from a processor's redelivery, or the copy left
-  by a worker that died between its retry copy and its ack) is acked without a send.
+  by a worker that died between its retry copy and its ack) is acked without a send; one recorded FAILED is
+  dead-lettered again (its dead letter may never have been published), still without a send.
 * **At least once.** A worker killed after the POST and before it recorded the attempt sends again with the
   same ``webhook-id`` on redelivery: receivers deduplicate on it (the Standard Webhooks contract).
 * **Attempts** are numbered from the stored count, every one is a row (status, duration, selected response
@@ -303,6 +304,10 @@ class DeliveryPipeline:
 
     async def _deliver(self, task: DeliveryTask, state: Delivery | None, waited: float, trace: str) -> Verdict:
         """One task; ``trace`` is the parent of its spans ("" when its event is not traced)."""
+        if state is not None and state.status is DeliveryStatus.FAILED:
+            # Its dead letter may never have been published (the copy refused, or the worker died before it):
+            # dead-lettered again, with nothing sent. A second record of it at worst, never none.
+            return DeadLetter(state.attempts, state.last_error or "failed", outcome="failed")
         if state is not None and state.status in FINAL_DELIVERY:
             return Ack("already_final")
         sub = self.subscriptions.get(task.subscription_id) or await self.subscriptions.refresh(task.subscription_id)

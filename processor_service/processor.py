@@ -58,6 +58,8 @@ from switchboard.observability.tracing import NO_TRACER, Attributes, Tracer, sam
 TERMINAL = frozenset({EventStatus.PROCESSED, EventStatus.STALE, EventStatus.FAILED})
 # Entities whose decided version the processor remembers for the guard (least recently decided dropped first).
 DECIDED_VERSIONS = 50_000
+# The error of a receipt whose pass was committed FAILED and that came back (its dead letter again).
+REDELIVERED_FAILED = "failed on its last attempt (redelivered before its dead letter was confirmed)"
 
 
 class EventStore(Protocol):
@@ -120,6 +122,7 @@ class Processor:
         self.max_attempts = max_attempts
         self.tracer = tracer
         self._decided: dict[tuple[str, str], int] = {}  # (source, entity id) → the highest version decided here
+        self._running = 0  # batches between their decision and the end of their commit
 
     async def handle(self, events: Sequence[InboundEvent], held: Callable[[int], bool] | None = None) -> list[Handled]:
         """Decides, applies and commits a batch of receipts with distinct keys; one ``Handled`` each, in order.
@@ -158,7 +161,12 @@ class Processor:
                 out[i] = Handled(Disposition.DUPLICATE)
             elif prior.status in TERMINAL:
                 reindex.append((e, prior.status))  # repairs an index row lost to a crash
-                out[i] = Handled(Disposition.DONE, prior.attempts)
+                if prior.status is EventStatus.FAILED:
+                    # Its dead letter may never have been published (the copy refused, or the processor died
+                    # before it): dead-lettered again. A second record of it at worst, never none.
+                    out[i] = Handled(Disposition.FAILED, prior.attempts, REDELIVERED_FAILED)
+                else:
+                    out[i] = Handled(Disposition.DONE, prior.attempts)
             else:
                 resumed.append((i, e, prior))
         if resumed:  # retries and redeliveries of a non-final pass: skip what is done
@@ -169,11 +177,15 @@ class Processor:
         commits: dict[int, Commit] = {}
         # No await from here to the end of _decide: batches running concurrently decide one after the other.
         stale, decided = self._decide(passes, versions)
+        self._running += 1
         try:
             answers, commit_ns = await self._apply(events, held, passes, stale, commits, out, duplicates, reindex)
         except BaseException:
-            self._undecide(decided)
+            if self._running == 1:  # with another batch in flight, its decisions may be in these entries: kept
+                self._undecide(decided)
             raise
+        finally:
+            self._running -= 1
         if self.tracer.enabled:
             self._trace(events, answers, commits, (started_ns, read_ns, commit_ns, time.time_ns()))
         return answers
@@ -310,7 +322,9 @@ class Processor:
     def _undecide(self, moved: dict[tuple[str, str], tuple[int | None, int]]) -> None:
         """Takes back the versions a batch decided and did not commit (its run or commit raised; the worker
         retries it, or runs its receipts one by one): left, they made its own receipts STALE on the next pass.
-        A version another batch decided since stays."""
+        Called only when no other batch of this processor is between its decision and its commit (with
+        ``processor.concurrency`` above 1 an entry may hold that batch's decision too: kept, at worst a receipt
+        of the failed batch is STALE against it); a version decided since stays."""
         for key, (was, mine) in moved.items():
             if self._decided.get(key) != mine:
                 continue

@@ -38,7 +38,7 @@ PROCESSOR_OUTCOMES = (
 DELIVERY_OUTCOMES = (
     "delivered", "retried", "deferred", "failed", "disabled", "cancelled", "already_final", "undecodable",
 )  # fmt: skip
-DEAD_REASONS = ("failed", "undecodable", "disabled")
+DEAD_REASONS = ("failed", "undecodable", "disabled", "crashed")
 
 
 @asynccontextmanager

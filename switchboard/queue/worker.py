@@ -725,6 +725,8 @@ class QueueWorker:
         the first failure is raised once every one of them is over: the batch's keys stay held until then."""
         failed: Exception | None = None
         for m in batch:
+            if not m.held:  # its channel closed meanwhile: the broker hands it to the next consumer
+                continue
             try:
                 await self._process([m])
             except Exception as exc:

@@ -134,9 +134,12 @@ class OperationsStore:
     async def reset_delivery(self, delivery_id: str, now_us: int) -> bool:
         """A delivery redriven from the dead letters: PENDING with a fresh attempt budget. False, writing
         nothing, for one that was delivered (a task dead-lettered after its delivery was recorded: a redrive
-        must not send it again) or whose row is gone (expired: writing would leave a row of these cells only)."""
+        must not send it again). A delivery with no row (a task dead-lettered before its first record, or
+        expired) is left without one: writing would make a row of these cells only; its task records it."""
         rows = await self.store.execute(self.q.delivery_status, (delivery_id,))
-        if not rows or rows[0].status == "delivered":
+        if not rows:
+            return True
+        if rows[0].status == "delivered":
             return False
         await self.store.execute(self.q.delivery_reset, (self.ttl, "pending", ts(now_us), delivery_id))
         return True

@@ -85,7 +85,7 @@ class SubscriptionStore:
         (``replace``) and made again over it. Gives up after ``SET_STATUS_TRIES`` rows changed under it."""
         for _ in range(SET_STATUS_TRIES):
             rows = await self.store.execute(self.q.get, (subscription_id,))
-            if not rows:
+            if not rows or rows[0].status == status.value:  # gone, or set already (by another 410 meanwhile)
                 return
             read = us_of(rows[0].updated_at)
             stamp = ts(max(now_us, read + 1000))  # the store keeps milliseconds

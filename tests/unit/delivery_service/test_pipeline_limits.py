@@ -27,7 +27,7 @@ from switchboard.model.subscriptions import (
     Subscription,
     SubscriptionStatus,
 )
-from switchboard.queue import Ack, QueueMessage, Retry, Verdict
+from switchboard.queue import Ack, DeadLetter, QueueMessage, Retry, Verdict
 from switchboard.wire import encode_task
 from tests.unit.factories import event
 
@@ -627,3 +627,22 @@ def test_a_rate_bucket_that_refilled_is_dropped_and_one_in_debt_is_kept() -> Non
     time.sleep(0.01)
     assert limiter.prune(time.monotonic()) == 1 and len(limiter) == 1
     assert limiter.prune(time.monotonic() + 1.0) == 1 and len(limiter) == 0  # refilled a second on
+
+
+async def test_a_task_whose_delivery_failed_is_dead_lettered_again_without_a_send() -> None:
+    """Recorded FAILED, then its dead-letter copy was refused (or its worker died before it): the task came
+    back and was acked as final, and the delivery had no dead letter to find or redrive."""
+    pipeline, store, sender = build(slot_wait_ms=250)
+    store.rows["dlv_f"] = Delivery(
+        id="dlv_f",
+        subscription_id="sub_1",
+        source="shop",
+        event_id="evt_1",
+        event_type="invoice.paid",
+        status=DeliveryStatus.FAILED,
+        attempts=8,
+        last_error="http_5xx: HTTP 503",
+    )
+    (verdict,) = await pipeline.handle([copy("dlv_f")])
+    assert isinstance(verdict, DeadLetter) and (verdict.attempt, verdict.error) == (8, "http_5xx: HTTP 503")
+    assert sender.posts == 0

@@ -102,7 +102,8 @@ async def test_the_last_failed_attempt_is_failed(store: MemoryEvents) -> None:
     failed = await one(p, event())
     assert (failed.disposition, failed.attempt) == (Disposition.FAILED, 2)
     assert store.stored["shop/evt_1"].status is EventStatus.FAILED
-    assert (await one(p, event())).disposition is Disposition.DONE  # a copy of the dead letter is a no-op
+    # The receipt again (its dead letter not confirmed): dead-lettered again, nothing run (the test below).
+    assert (await one(p, event())).disposition is Disposition.FAILED
 
 
 async def test_an_event_older_than_its_entity_is_stale_and_skipped(store: MemoryEvents) -> None:
@@ -247,3 +248,13 @@ async def test_a_row_without_a_receipt_is_nothing_stored_not_another_receipts(st
     handled = await one(p, event(receipt_id="r_redriven"))
     assert (handled.disposition, handled.attempt, entity.calls) == (Disposition.PROCESSED, 1, 1)
     assert store.stored["shop/evt_1"].event.receipt_id == "r_redriven"
+
+
+async def test_a_redelivered_receipt_whose_pass_failed_is_dead_lettered_again(store: MemoryEvents) -> None:
+    """Committed FAILED, then its dead-letter copy was refused (or the processor died before it): the
+    redelivered receipt was acked as done, and the event had no dead letter to find or redrive."""
+    p = processor(store, Operation("flaky", Flaky(ok_from=99), takes_context=True), max_attempts=1)
+    assert (await one(p, event())).disposition is Disposition.FAILED
+    again = await one(p, event())
+    assert (again.disposition, again.attempt) == (Disposition.FAILED, 1)
+    assert "redelivered" in again.last_error and store.ok_runs("shop/evt_1") == {}
