@@ -546,6 +546,20 @@ async def test_held_batches_take_only_their_own_slots_and_stop_returns_them_to_t
     assert sorted(handler.done) == sorted(["slow1", "slow2", "slow3", "slow4", "next", *fast])
 
 
+async def first_dead_letter(
+    channel: aio_pika.abc.AbstractChannel, topology: Topology, within: float = 10.0
+) -> aio_pika.abc.AbstractIncomingMessage | None:
+    """The first message in the stream's dead-letter queue, waiting up to ``within`` seconds for one."""
+    dead_queue = await channel.declare_queue(topology.dead_queue, passive=True)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        dead = await dead_queue.get(no_ack=True, fail=False)
+        if dead is not None:
+            return dead
+        await asyncio.sleep(0.05)
+    return None
+
+
 class Forwarding:
     """Asks for a retry on a message's first delivery and gives it up (dead letter) on the second."""
 
@@ -589,12 +603,7 @@ async def test_a_retry_comes_back_after_its_delay_and_a_dead_letter_keeps_the_or
         )
         await exchange.publish(original, topology.routing_key)
         await wait_for(lambda: len(handler.seen) == 2, "the retried copy handled")
-        dead_queue = await channel.declare_queue(topology.dead_queue, passive=True)
-        dead = None
-        deadline = time.monotonic() + 10
-        while dead is None and time.monotonic() < deadline:
-            dead = await dead_queue.get(no_ack=True, fail=False)
-            await asyncio.sleep(0.05)
+        dead = await first_dead_letter(channel, topology)
     finally:
         await conn.close()
         await worker.stop(5)
@@ -799,12 +808,7 @@ async def test_a_message_the_handler_fails_on_is_retried_alone_then_dead_lettere
         await publish(rabbit.amqp_url, topology, ids, rate=1000)
         await wait_for(lambda: len(handler.poison_attempts) == 3, "the poison's three attempts")
         channel = await conn.channel()
-        dead_queue = await channel.declare_queue(topology.dead_queue, passive=True)
-        dead = None
-        deadline = time.monotonic() + 10
-        while dead is None and time.monotonic() < deadline:
-            dead = await dead_queue.get(no_ack=True, fail=False)
-            await asyncio.sleep(0.05)
+        dead = await first_dead_letter(channel, topology)
         await wait_for(lambda: worker.running == 0, "nothing left unacked")
     finally:
         await conn.close()
