@@ -160,10 +160,17 @@ class EventStore:
         )
         return self.q.insert_index, params
 
-    async def reset_attempts(self, source: str, event_id: str) -> None:
-        """A FAILED event redriven from the dead letters: RETRYING with a fresh attempt budget (its history of
-        runs stays; the next passes number their attempts from 1 again)."""
+    async def reset_attempts(self, source: str, event_id: str) -> bool:
+        """An event redriven from the dead letters: RETRYING with a fresh attempt budget (its history of runs
+        stays; the next passes number their attempts from 1 again). False, writing nothing, for one that was
+        processed since (a replay, say): its redriven receipt would be a duplicate there, and the row would
+        have said RETRYING for good. An event with no row (dead-lettered before its first commit) gets one
+        with no receipt, which the processor takes for nothing stored."""
+        rows = await self.store.execute(self.q.get_event, (source, event_id))
+        if rows and rows[0].status in (EventStatus.PROCESSED.value, EventStatus.STALE.value):
+            return False
         await self.store.execute(self.q.reset_attempts, (self.ttl, EventStatus.RETRYING.value, source, event_id))
+        return True
 
     # -- reads ------------------------------------------------------------------------------------------
     async def get(self, source: str, event_id: str) -> StoredEvent | None:

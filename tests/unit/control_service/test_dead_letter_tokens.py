@@ -149,3 +149,28 @@ async def test_a_redrive_does_not_send_again_a_delivery_that_was_delivered() -> 
     progress = [p async for p in manager.redrive(["dl_1"], Filter(), everything=False, dry_run=False)]
     assert (progress[-1].redriven, progress[-1].failed) == (0, 1)
     assert publisher.tasks == [] and store.states == []
+
+
+async def test_a_redrive_of_an_event_processed_since_publishes_nothing() -> None:
+    """A replay processed the event after its receipt was dead-lettered: the redrive used to reset the row to
+    RETRYING (for good: the redriven receipt was then a duplicate there) and publish for nothing."""
+
+    class OneEvent(NoDeadLetters):
+        async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
+            return DeadLetter(dead_letter_id, DeadLetterKind.PROCESSING, 1, body=encode_inbound(event()))
+
+    class ProcessedSince:
+        async def reset_attempts(self, source: str, event_id: str) -> bool:
+            return False
+
+    class Publisher:
+        def __init__(self) -> None:
+            self.events: list[object] = []
+
+        async def publish_event(self, e: object) -> None:
+            self.events.append(e)
+
+    publisher = Publisher()
+    manager = DeadLetterManager(OneEvent(), ProcessedSince(), publisher)  # type: ignore[arg-type]
+    progress = [p async for p in manager.redrive(["dl_1"], Filter(), everything=False, dry_run=False)]
+    assert (progress[-1].redriven, progress[-1].failed) == (0, 1) and publisher.events == []
