@@ -200,7 +200,9 @@ class DeliveryPipeline:
             elif t is None:
                 jobs.append(_undecodable())
             else:
-                jobs.append(self._one(t, known.get(t.delivery_id), saturated_wait(m)))
+                state = known.get(t.delivery_id)
+                ahead = _ahead_of_schedule(state, m)
+                jobs.append(_ready(ahead) if ahead else self._one(t, state, saturated_wait(m)))
         results = await asyncio.gather(*jobs, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
@@ -528,6 +530,20 @@ def saturated_wait(message: QueueMessage) -> float:
     if not message.last_error.startswith(SATURATED):
         return 0.0
     return max(0, message.retry_delay_ms) / 1000
+
+
+def _ahead_of_schedule(state: Delivery | None, message: QueueMessage) -> Verdict | None:
+    """A copy from before the delivery's last attempt (its ``x-attempt`` below the recorded attempts) while
+    the next attempt is scheduled later: the copy of a batch the worker runs again after it raised, or the
+    original that a worker killed after its retry copy left behind. Sent now, it would go ahead of the
+    schedule (a 429's Retry-After included): it is deferred to the scheduled moment instead. Never acked: the
+    retry copy may not exist (a worker killed before it)."""
+    if state is None or state.status is not DeliveryStatus.RETRYING or message.attempt >= state.attempts:
+        return None
+    hold = (state.next_attempt_us - now_us()) / 1_000_000
+    if hold <= 0:
+        return None
+    return _deferral(state.attempts, "deferred: its next attempt is scheduled later", hold)
 
 
 def _deferral(attempts: int, reason: str, hold: float) -> Retry:

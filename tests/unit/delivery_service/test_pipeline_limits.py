@@ -19,6 +19,7 @@ from delivery_service.limiter import Limiter
 from delivery_service.pipeline import SATURATED, Defaults, DeliveryPipeline, host_of
 from switchboard.delivery.sender import Response
 from switchboard.delivery.signing import delivery_headers
+from switchboard.model.events import now_us
 from switchboard.model.subscriptions import (
     Attempt,
     Delivery,
@@ -646,3 +647,27 @@ async def test_a_task_whose_delivery_failed_is_dead_lettered_again_without_a_sen
     (verdict,) = await pipeline.handle([copy("dlv_f")])
     assert isinstance(verdict, DeadLetter) and (verdict.attempt, verdict.error) == (8, "http_5xx: HTTP 503")
     assert sender.posts == 0
+
+
+async def test_a_copy_from_before_the_last_attempt_waits_for_the_scheduled_one() -> None:
+    """Attempt 3 answered 429 with Retry-After 60 s and was recorded RETRYING; a copy from before it (x-attempt
+    2: its batch run again after it raised, or left by a worker killed after the retry copy) came back and was
+    sent at once, ahead of the endpoint's Retry-After. It is deferred to the scheduled moment; the scheduled
+    copy (x-attempt 3) is sent."""
+    pipeline, store, sender = build(slot_wait_ms=250)
+    sender.release.set()
+    store.rows["dlv_r"] = Delivery(
+        id="dlv_r",
+        subscription_id="sub_1",
+        source="shop",
+        event_id="evt_1",
+        event_type="invoice.paid",
+        status=DeliveryStatus.RETRYING,
+        attempts=3,
+        next_attempt_us=now_us() + 60_000_000,
+    )
+    (early,) = await pipeline.handle([copy("dlv_r", {"x-attempt": 2})])
+    assert isinstance(early, Retry) and early.outcome == "deferred" and early.attempt == 3
+    assert 55_000 <= (early.delay_ms or 0) <= 60_000 and sender.posts == 0
+    (scheduled,) = await pipeline.handle([copy("dlv_r", {"x-attempt": 3})])
+    assert isinstance(scheduled, Ack) and scheduled.outcome == "delivered" and sender.posts == 1
