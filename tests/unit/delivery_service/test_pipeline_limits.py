@@ -630,20 +630,25 @@ def test_a_rate_bucket_that_refilled_is_dropped_and_one_in_debt_is_kept() -> Non
     assert limiter.prune(time.monotonic() + 1.0) == 1 and len(limiter) == 0  # refilled a second on
 
 
-async def test_a_task_whose_delivery_failed_is_dead_lettered_again_without_a_send() -> None:
-    """Recorded FAILED, then its dead-letter copy was refused (or its worker died before it): the task came
-    back and was acked as final, and the delivery had no dead letter to find or redrive."""
-    pipeline, store, sender = build(slot_wait_ms=250)
-    store.rows["dlv_f"] = Delivery(
-        id="dlv_f",
+def stored(delivery_id: str, status: DeliveryStatus, attempts: int, **more: Any) -> Delivery:
+    """A delivery of sub_1 as the store holds it after ``attempts`` attempts."""
+    return Delivery(
+        id=delivery_id,
         subscription_id="sub_1",
         source="shop",
         event_id="evt_1",
         event_type="invoice.paid",
-        status=DeliveryStatus.FAILED,
-        attempts=8,
-        last_error="http_5xx: HTTP 503",
+        status=status,
+        attempts=attempts,
+        **more,
     )
+
+
+async def test_a_task_whose_delivery_failed_is_dead_lettered_again_without_a_send() -> None:
+    """Recorded FAILED, then its dead-letter copy was refused (or its worker died before it): the task came
+    back and was acked as final, and the delivery had no dead letter to find or redrive."""
+    pipeline, store, sender = build(slot_wait_ms=250)
+    store.rows["dlv_f"] = stored("dlv_f", DeliveryStatus.FAILED, 8, last_error="http_5xx: HTTP 503")
     (verdict,) = await pipeline.handle([copy("dlv_f")])
     assert isinstance(verdict, DeadLetter) and (verdict.attempt, verdict.error) == (8, "http_5xx: HTTP 503")
     assert sender.posts == 0
@@ -656,16 +661,7 @@ async def test_a_copy_from_before_the_last_attempt_waits_for_the_scheduled_one()
     copy (x-attempt 3) is sent."""
     pipeline, store, sender = build(slot_wait_ms=250)
     sender.release.set()
-    store.rows["dlv_r"] = Delivery(
-        id="dlv_r",
-        subscription_id="sub_1",
-        source="shop",
-        event_id="evt_1",
-        event_type="invoice.paid",
-        status=DeliveryStatus.RETRYING,
-        attempts=3,
-        next_attempt_us=now_us() + 60_000_000,
-    )
+    store.rows["dlv_r"] = stored("dlv_r", DeliveryStatus.RETRYING, 3, next_attempt_us=now_us() + 60_000_000)
     (early,) = await pipeline.handle([copy("dlv_r", {"x-attempt": 2})])
     assert isinstance(early, Retry) and early.outcome == "deferred" and early.attempt == 3
     assert 55_000 <= (early.delay_ms or 0) <= 60_000 and sender.posts == 0
