@@ -14,10 +14,11 @@ receipts at a time (one read of what is stored, one write of every outcome):
   operations are not run; equal versions are applied. Events of one entity in the same batch are guarded in
   arrival order against each other too.
   Batches running at the same time in one processor (``processor.concurrency`` > 1) are guarded against each
-  other too: the processor remembers the versions it decided to apply (the latest ``DECIDED_VERSIONS``
-  entities) and takes the higher of that and what it read, so a batch whose read came before another batch's
-  commit still sees that batch's version. Versions only go up and every decided mark is committed (or the
-  pass is retried or redelivered and applied), so the memory never holds a version the entity will not reach.
+  other too: the processor remembers the versions it committed (the latest ``DECIDED_VERSIONS`` entities)
+  and those its batches in flight decided, and takes the highest of those and what it read, so a batch whose
+  read came before another batch's commit still sees that batch's version. A batch that fails before its
+  commit takes back its own decisions and no other batch's, so the memory never holds a version that was
+  neither committed nor is being committed (its own receipts, retried, are not STALE against it).
 * **Attempts.** A pass whose operation failed is RETRYING (the worker schedules it through a delay queue)
   until ``max_attempts``, then FAILED (the worker dead-letters it). The attempt count lives in the store, so
   it survives redeliveries and restarts.
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -121,8 +123,11 @@ class Processor:
         self.registry = registry
         self.max_attempts = max_attempts
         self.tracer = tracer
-        self._decided: dict[tuple[str, str], int] = {}  # (source, entity id) → the highest version decided here
-        self._running = 0  # batches between their decision and the end of their commit
+        # (source, entity id) → the highest version this processor committed for it (least recent dropped first)
+        self._decided: dict[tuple[str, str], int] = {}
+        # (source, entity id) → {batch: the version it decided}, for the batches not committed yet
+        self._pending: dict[tuple[str, str], dict[int, int]] = {}
+        self._batches = itertools.count()
 
     async def handle(self, events: Sequence[InboundEvent], held: Callable[[int], bool] | None = None) -> list[Handled]:
         """Decides, applies and commits a batch of receipts with distinct keys; one ``Handled`` each, in order.
@@ -176,16 +181,14 @@ class Processor:
 
         commits: dict[int, Commit] = {}
         # No await from here to the end of _decide: batches running concurrently decide one after the other.
-        stale, decided = self._decide(passes, versions)
-        self._running += 1
+        batch = next(self._batches)
+        stale, decided = self._decide(batch, passes, versions)
         try:
             answers, commit_ns = await self._apply(events, held, passes, stale, commits, out, duplicates, reindex)
         except BaseException:
-            if self._running == 1:  # with another batch in flight, its decisions may be in these entries: kept
-                self._undecide(decided)
+            self._settle(batch, decided, committed=False)
             raise
-        finally:
-            self._running -= 1
+        self._settle(batch, decided, committed=True)
         if self.tracer.enabled:
             self._trace(events, answers, commits, (started_ns, read_ns, commit_ns, time.time_ns()))
         return answers
@@ -297,41 +300,48 @@ class Processor:
             )
 
     def _decide(
-        self, passes: dict[int, _Pass], versions: dict[tuple[str, str], int]
-    ) -> tuple[dict[int, str], dict[tuple[str, str], tuple[int | None, int]]]:
-        """``_guard`` against what was read and what this processor decided in batches not yet committed (or
-        committed after this batch's read); remembers the versions decided now. Returns the stale passes and,
-        per entity whose decided version moved, (the version before, the one decided now): a batch that fails
-        before its commit takes them back (``_undecide``)."""
-        before = {k: self._decided.get(k) for k in {(p.event.source, p.event.entity_id) for p in passes.values()}}
+        self, batch: int, passes: dict[int, _Pass], versions: dict[tuple[str, str], int]
+    ) -> tuple[dict[int, str], dict[tuple[str, str], int]]:
+        """``_guard`` against what was read and what this processor decided: committed (possibly after this
+        batch's read) or decided by batches not committed yet. Returns the stale passes and the version this
+        batch decided per entity, pending until ``_settle``: a batch that fails before its commit takes back its
+        own decisions and no other batch's."""
         for key in {(p.event.source, p.event.entity_id) for p in passes.values() if p.guarded}:
-            decided = self._decided.get(key)
+            decided = self._decided_version(key)
             if decided is not None and decided > versions.get(key, -1):
                 versions[key] = decided
         stale = _guard(passes, versions)
-        for i, p in passes.items():
-            if p.guarded and i not in stale:
-                key = (p.event.source, p.event.entity_id)
-                self._decided.pop(key, None)  # re-inserted last: the oldest decisions are dropped first
-                self._decided[key] = versions[key]
+        mine = {(p.event.source, p.event.entity_id) for i, p in passes.items() if p.guarded and i not in stale}
+        decided_now = {key: versions[key] for key in mine}
+        for key, version in decided_now.items():
+            self._pending.setdefault(key, {})[batch] = version
+        return stale, decided_now
+
+    def _decided_version(self, key: tuple[str, str]) -> int | None:
+        """The highest version of the entity this processor committed or has a batch deciding."""
+        pending = self._pending.get(key)
+        committed = self._decided.get(key)
+        if not pending:
+            return committed
+        highest = max(pending.values())
+        return highest if committed is None else max(committed, highest)
+
+    def _settle(self, batch: int, decided: dict[tuple[str, str], int], *, committed: bool) -> None:
+        """The batch's decisions leave the pending ones; committed, they are remembered (the most recently
+        decided last, the oldest dropped past ``DECIDED_VERSIONS``). A batch that failed before its commit (the
+        worker retries it, or runs its receipts one by one) leaves nothing: kept, its versions made its own
+        receipts STALE on the next pass."""
+        for key, version in decided.items():
+            pending = self._pending.get(key)
+            if pending is not None:
+                pending.pop(batch, None)
+                if not pending:
+                    del self._pending[key]
+            if committed:
+                before = self._decided.pop(key, None)  # re-inserted last: the oldest decisions are dropped first
+                self._decided[key] = version if before is None else max(before, version)
         while len(self._decided) > DECIDED_VERSIONS:
             del self._decided[next(iter(self._decided))]
-        moved = {k: (v, self._decided[k]) for k, v in before.items() if k in self._decided and self._decided[k] != v}
-        return stale, moved
-
-    def _undecide(self, moved: dict[tuple[str, str], tuple[int | None, int]]) -> None:
-        """Takes back the versions a batch decided and did not commit (its run or commit raised; the worker
-        retries it, or runs its receipts one by one): left, they made its own receipts STALE on the next pass.
-        Called only when no other batch of this processor is between its decision and its commit (with
-        ``processor.concurrency`` above 1 an entry may hold that batch's decision too: kept, at worst a receipt
-        of the failed batch is STALE against it); a version decided since stays."""
-        for key, (was, mine) in moved.items():
-            if self._decided.get(key) != mine:
-                continue
-            if was is None:
-                del self._decided[key]
-            else:
-                self._decided[key] = was
 
     def _pass(self, event: InboundEvent, attempt: int, done: frozenset[str]) -> _Pass:
         ops = [op for op in self.registry.matching(event) if op.name not in done]

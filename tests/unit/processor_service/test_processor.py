@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -258,3 +259,53 @@ async def test_a_redelivered_receipt_whose_pass_failed_is_dead_lettered_again(st
     again = await one(p, event())
     assert (again.disposition, again.attempt) == (Disposition.FAILED, 1)
     assert "redelivered" in again.last_error and store.ok_runs("shop/evt_1") == {}
+
+
+class GatedCommits(MemoryEvents):
+    """Each commit waits for its gate; a gate set to an exception fails that commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: list[asyncio.Future[None]] = []
+
+    async def commit(self, *args: Any, **kwargs: Any) -> None:
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.gates.append(gate)
+        await gate
+        await super().commit(*args, **kwargs)
+
+
+async def test_a_failed_batch_takes_back_only_its_own_decisions() -> None:
+    """Batches A and B each decide v40 of one entity (concurrency 2); A's commit fails while B's is still out.
+    B's v40 still guards: v35 is STALE. Then both fail at once (an outage): A's retry applies its v30 and v40
+    in order, none STALE against a decision that was never committed."""
+    store = GatedCommits()
+    p = processor(store, Operation("entity", Counter(), takes_context=True))
+    a = asyncio.create_task(p.handle([event(event_id="evt_a40", entity_version=40)]))
+    await soon_gates(store, 1)
+    b = asyncio.create_task(p.handle([event(event_id="evt_b40", entity_version=40, receipt_id="rb")]))
+    await soon_gates(store, 2)
+    store.gates[0].set_exception(StoreUnavailable("Cassandra: WriteTimeout"))
+    with pytest.raises(StoreUnavailable):
+        await a
+    c = asyncio.create_task(p.handle([event(event_id="evt_c35", entity_version=35)]))
+    await soon_gates(store, 3)
+    store.gates[2].set_result(None)
+    assert (await c)[0].disposition is Disposition.STALE  # B's pending v40 guards it
+    store.gates[1].set_exception(StoreUnavailable("Cassandra: WriteTimeout"))
+    with pytest.raises(StoreUnavailable):
+        await b
+    retry = asyncio.create_task(
+        p.handle([event(event_id="evt_a30", entity_version=30), event(event_id="evt_a40", entity_version=40)])
+    )
+    await soon_gates(store, 4)
+    store.gates[3].set_result(None)
+    assert [h.disposition for h in await retry] == [Disposition.PROCESSED, Disposition.PROCESSED]
+
+
+async def soon_gates(store: GatedCommits, n: int) -> None:
+    for _ in range(200):
+        if len(store.gates) >= n:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"{len(store.gates)} commits out, expected {n}")
