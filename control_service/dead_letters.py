@@ -50,7 +50,7 @@ class DeadLetterStore(Protocol):
 
 
 class EventResetter(Protocol):
-    async def reset_attempts(self, source: str, event_id: str) -> bool: ...
+    async def reset_attempts(self, event: InboundEvent) -> bool: ...
 
 
 class Republisher(Protocol):
@@ -239,9 +239,10 @@ class DeadLetterManager:
             raise FailedPrecondition("an undecodable message cannot be redriven", reason="UNDECODABLE")
         if d.kind is DeadLetterKind.PROCESSING:
             event = decode_inbound(d.body)
-            if not await self.events.reset_attempts(event.source, event.event_id):
+            if not await self.events.reset_attempts(event):
                 raise FailedPrecondition(
-                    f"event {event.key} was processed since it was dead-lettered: nothing to redrive",
+                    f"event {event.key} was processed, or is stored under another receipt, since it was "
+                    "dead-lettered: nothing to redrive",
                     reason="NOTHING_TO_REDRIVE",
                 )
             await self.publisher.publish_event(event)

@@ -160,14 +160,18 @@ class EventStore:
         )
         return self.q.insert_index, params
 
-    async def reset_attempts(self, source: str, event_id: str) -> bool:
-        """An event redriven from the dead letters: RETRYING with a fresh attempt budget (its history of runs
-        stays; the next passes number their attempts from 1 again). False, writing nothing, for one that was
-        processed since (a replay, say): its redriven receipt would be a duplicate there, and the row would
-        have said RETRYING for good. An event with no row (dead-lettered before its first commit) gets one
-        with no receipt, which the processor takes for nothing stored."""
+    async def reset_attempts(self, event: InboundEvent) -> bool:
+        """An event redriven from the dead letters (``event``: the dead-lettered receipt): RETRYING with a fresh
+        attempt budget (its history of runs stays; the next passes number their attempts from 1 again). False,
+        writing nothing, for one processed since (a replay, say), or stored under another receipt that is not a
+        replay: the redriven receipt would be a duplicate there, acked with nothing run, and the row would have
+        said RETRYING for good. An event with no row (dead-lettered before its first commit) gets one with no
+        receipt, which the processor takes for nothing stored."""
+        source, event_id = event.source, event.event_id
         rows = await self.store.execute(self.q.get_event, (source, event_id))
         if rows and rows[0].status in (EventStatus.PROCESSED.value, EventStatus.STALE.value):
+            return False
+        if rows and rows[0].receipt_id and rows[0].receipt_id != event.receipt_id and not event.replay:
             return False
         await self.store.execute(self.q.reset_attempts, (self.ttl, EventStatus.RETRYING.value, source, event_id))
         return True

@@ -160,7 +160,7 @@ async def test_a_redrive_of_an_event_processed_since_publishes_nothing() -> None
             return DeadLetter(dead_letter_id, DeadLetterKind.PROCESSING, 1, body=encode_inbound(event()))
 
     class ProcessedSince:
-        async def reset_attempts(self, source: str, event_id: str) -> bool:
+        async def reset_attempts(self, e: object) -> bool:
             return False
 
     class Publisher:
