@@ -77,6 +77,7 @@ from switchboard.model.subscriptions import (
 )
 from switchboard.observability.tracing import NO_TRACER, Tracer
 from switchboard.queue import Ack, DeadLetter, QueueMessage, Retry, Verdict
+from switchboard.runtime.loop import gather_settled
 from switchboard.wire import decode_task
 
 log = logging.getLogger(__name__)
@@ -169,11 +170,15 @@ class DeliveryPipeline:
             k for k in kept if (s := self.subscriptions.get(k)) is None or s.status is not SubscriptionStatus.ENABLED
         ]
         for k in gone:
-            self.breakers.forget(k)
-            self.pacer.forget(k)
-            self.slots.forget(k)
+            self._forget(k)
         self.limiter.prune(time.monotonic())
         return len(gone)
+
+    def _forget(self, subscription_id: str) -> None:
+        """The subscription is deleted or disabled: its circuit, pace and line's last move are dropped."""
+        self.breakers.forget(subscription_id)
+        self.pacer.forget(subscription_id)
+        self.slots.forget(subscription_id)
 
     def key(self, message: QueueMessage) -> str:
         """Copies of one delivery never run at the same time here."""
@@ -203,13 +208,9 @@ class DeliveryPipeline:
                 state = known.get(t.delivery_id)
                 ahead = _ahead_of_schedule(state, m)
                 jobs.append(_ready(ahead) if ahead else self._one(t, state, saturated_wait(m)))
-        results = await asyncio.gather(*jobs, return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            # Raised only once every task of the batch is over, their outcomes recorded: the worker runs the
-            # batch again, and a task still sending then would be sent a second time at once.
-            raise next((f for f in failures if not isinstance(f, asyncio.CancelledError)), failures[0])
-        return [r for r in results if not isinstance(r, BaseException)]
+        # A failure is raised only once every task of the batch is over, their outcomes recorded: the worker
+        # runs the batch again, and a task still sending then would be sent a second time at once.
+        return await gather_settled(*jobs)
 
     def _still_saturated(self, task: DeliveryTask, message: QueueMessage) -> Verdict | None:
         """A copy deferred before for an in-flight limit that its subscription (or host) is still at goes back
@@ -323,9 +324,7 @@ class DeliveryPipeline:
             created_us=task.created_us,
         )
         if sub is None or sub.status is not SubscriptionStatus.ENABLED:
-            self.breakers.forget(task.subscription_id)
-            self.pacer.forget(task.subscription_id)
-            self.slots.forget(task.subscription_id)
+            self._forget(task.subscription_id)
             delivery.status = DeliveryStatus.CANCELLED
             delivery.last_error = (
                 "the subscription is deleted" if sub is None else f"the subscription is {sub.status.value}"
@@ -453,9 +452,7 @@ class DeliveryPipeline:
         elif change is not None:
             log.info("circuit closed: the endpoint answered", extra={"subscription": sub.id})
         if decision.disable_subscription:
-            self.breakers.forget(sub.id)
-            self.pacer.forget(sub.id)
-            self.slots.forget(sub.id)
+            self._forget(sub.id)
             # Before the attempt is recorded: a worker killed between the two leaves a FAILED delivery that its
             # redelivery acks without a send, so disabling after the record could be lost. This way round, the
             # redelivery finds the subscription disabled and records the task CANCELLED.

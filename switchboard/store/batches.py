@@ -32,6 +32,7 @@ from typing import Any
 from cassandra import ConsistencyLevel
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
+from switchboard.runtime.loop import gather_settled
 from switchboard.store.session import StoreSession
 
 BoundStatement = tuple[Any, tuple[Any, ...]]  # a prepared statement and its values
@@ -142,12 +143,7 @@ async def write_all(
     """Every unit, in batches under ``BATCH_BYTES`` and of at most ``max_units`` units, all in flight at once.
     A failure is raised once every batch is answered: none is still on its way when the caller retries or
     reads what it wrote."""
-    done = await asyncio.gather(
-        *(store.execute(unlogged(group, level)) for group in pack(units, max_units=max_units)), return_exceptions=True
-    )
-    failed = next((r for r in done if isinstance(r, BaseException)), None)
-    if failed is not None:
-        raise failed
+    await gather_settled(*(store.execute(unlogged(group, level)) for group in pack(units, max_units=max_units)))
 
 
 class GroupCommit:
