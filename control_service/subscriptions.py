@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -210,12 +210,7 @@ class SubscriptionManager:
             )
         if not fields:
             raise InvalidRequest("nothing to change", reason="UPDATE_MASK_INVALID", metadata={"field": "update_mask"})
-        for _ in range(CHANGE_TRIES):
-            current = await self.get(caller, subscription_id)
-            updated = await self._apply(replace(current, metadata=dict(current.metadata)), draft, fields)
-            if await self._replace(updated, current):
-                return updated
-        raise _changed_meanwhile(subscription_id)
+        return await self._change(caller, subscription_id, lambda s: self._apply(s, draft, fields))
 
     async def delete(self, caller: Caller, subscription_id: str) -> None:
         s = await self.get(caller, subscription_id)
@@ -228,24 +223,30 @@ class SubscriptionManager:
         overlap = self.rules.secret_overlap_us if overlap_us is None else overlap_us
         if not 0 <= overlap <= 30 * 86_400 * 1_000_000:
             raise _field_error("overlap", "must be between 0 and 30 days")
-        for _ in range(CHANGE_TRIES):
-            current = await self.get(caller, subscription_id)
-            s = replace(current, metadata=dict(current.metadata))
+
+        async def rotate(s: Subscription) -> Subscription:
             s.previous_secret, s.previous_secret_expires_us = s.secret, now_us() + overlap
             s.secret = new_secret()
-            if await self._replace(s, current):
-                return s.secret, s.previous_secret_expires_us
-        raise _changed_meanwhile(subscription_id)
+            return s
 
-    async def _replace(self, changed: Subscription, read: Subscription) -> bool:
-        """Writes ``changed`` if the subscription is still ``read`` (nothing changed, disabled or deleted it
-        meanwhile: two concurrent changes each read, change and write the whole row, and the later write undid
-        the earlier, a rotated secret or a delete included), and announces it; False: read and try again."""
-        changed.updated_us = max(now_us(), read.updated_us + 1000)  # the store keeps milliseconds
-        if not await self.subscriptions.replace(changed, read.updated_us):
-            return False
-        await self.notices.changed(changed.id)
-        return True
+        rotated = await self._change(caller, subscription_id, rotate)
+        return rotated.secret, rotated.previous_secret_expires_us
+
+    async def _change(
+        self, caller: Caller, subscription_id: str, change: Callable[[Subscription], Awaitable[Subscription]]
+    ) -> Subscription:
+        """Reads the subscription, ``change``s a copy of it and writes that only if the subscription is still
+        as read (nothing changed, disabled or deleted it meanwhile: two concurrent changes each read, change and
+        write the whole row, and the later write undid the earlier, a rotated secret or a delete included),
+        then announces it; else reads and changes it again, ``CHANGE_TRIES`` times at most."""
+        for _ in range(CHANGE_TRIES):
+            read = await self.get(caller, subscription_id)
+            changed = await change(replace(read, metadata=dict(read.metadata)))
+            changed.updated_us = max(now_us(), read.updated_us + 1000)  # the store keeps milliseconds
+            if await self.subscriptions.replace(changed, read.updated_us):
+                await self.notices.changed(changed.id)
+                return changed
+        raise _changed_meanwhile(subscription_id)
 
     # -- deliveries ---------------------------------------------------------------------------------------
     async def list_deliveries(
