@@ -17,6 +17,7 @@ from switchboard.model.events import (
     MAX_ENTITY_ID_BYTES,
     MAX_KEY_BYTES,
     InboundEvent,
+    key_bytes,
     new_receipt_id,
     new_traceparent,
     now_us,
@@ -139,10 +140,10 @@ class Ingestor:
             verified = source.verifier.verify(raw_headers, body, received_us / 1_000_000)
         if not verified.event_id:
             raise InvalidRequest("the request carries no event id", reason="EVENT_ID_MISSING")
-        key_bytes = len(name.encode()) + 1 + len(verified.event_id.encode())
-        if key_bytes > MAX_KEY_BYTES:
+        size = key_bytes(name, verified.event_id)
+        if size > MAX_KEY_BYTES:
             raise InvalidRequest(
-                f"event id too long: with the source's name it makes a key of {key_bytes} bytes, "
+                f"event id too long: with the source's name it makes a key of {size} bytes, "
                 f"at most {MAX_KEY_BYTES} (UTF-8)",
                 reason="EVENT_ID_INVALID",
             )

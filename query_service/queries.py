@@ -14,6 +14,7 @@ from switchboard.model.events import (
     EventStatus,
     EventSummary,
     StoredEvent,
+    key_bytes,
     now_us,
 )
 
@@ -64,7 +65,7 @@ class EventQueries:
     async def get_event(self, source: str, event_id: str) -> StoredEvent:
         if not source or not event_id:
             raise InvalidRequest("source and event_id are required", reason="FIELD_REQUIRED")
-        if len(source.encode()) + 1 + len(event_id.encode()) > MAX_KEY_BYTES:
+        if key_bytes(source, event_id) > MAX_KEY_BYTES:
             raise InvalidRequest(
                 f"source and event_id are longer than any stored event's ({MAX_KEY_BYTES} bytes together)",
                 reason="EVENT_ID_INVALID",

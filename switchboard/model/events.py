@@ -9,6 +9,13 @@ from dataclasses import dataclass, field
 
 # The longest key (``InboundEvent.key``, UTF-8): it travels as the message id, an AMQP short string.
 MAX_KEY_BYTES = 255
+
+
+def key_bytes(source: str, event_id: str) -> int:
+    """The length in bytes of the key ``<source>/<event_id>`` in UTF-8 (at most ``MAX_KEY_BYTES``)."""
+    return len(source.encode()) + 1 + len(event_id.encode())
+
+
 # The longest entity id (UTF-8) an event may name: it is part of the entities table's key, which Cassandra
 # stops at 64 KB (with the source's name); far longer than any provider's object ids.
 MAX_ENTITY_ID_BYTES = 4096
