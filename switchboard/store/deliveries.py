@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from switchboard.model.subscriptions import Attempt, Delivery, DeliveryStatus
-from switchboard.pagination import check_range
+from switchboard.pagination import DAY_US, check_range
 from switchboard.store.batches import BoundStatement, GroupCommit
 from switchboard.store.lookups import GroupRead
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
 
-DAY_US = 86_400 * 1_000_000
 # (day, created_at or started_at in ms, id) of the last row returned; attempts add (attempt, run).
 DeliveryCursor = tuple[int, int, str]
 AttemptCursor = tuple[int, int, str, int, str]
@@ -28,6 +27,15 @@ AttemptCursor = tuple[int, int, str, int, str]
 
 def day_of(us: int) -> int:
     return us // DAY_US
+
+
+def days_to_read(start_us: int, end_us: int, after_day: int | None, ttl_seconds: int) -> tuple[int, int]:
+    """The day a newest-first listing of [start, end) by day reads first (its cursor's, if it has one, but never
+    after the range's last day) and the last one it reads (the range's first); a range longer than
+    ``check_range`` allows is refused."""
+    check_range(start_us, end_us, ttl_seconds)
+    last_day = day_of(max(end_us - 1, start_us))
+    return (last_day if after_day is None else min(after_day, last_day)), day_of(start_us)
 
 
 class DeliveryStore:
@@ -118,9 +126,7 @@ class DeliveryStore:
     ) -> tuple[list[Delivery], DeliveryCursor | None]:
         """Deliveries of a subscription created in [start, end), newest first; the cursor of the next page."""
         ids: list[tuple[int, int, str]] = []
-        check_range(start_us, end_us, self.ttl)
-        last_day, first_day = day_of(max(end_us - 1, start_us)), day_of(start_us)
-        day = min(after[0], last_day) if after else last_day  # a cursor after the range: its end
+        day, first_day = days_to_read(start_us, end_us, after[0] if after else None, self.ttl)
         while day >= first_day and len(ids) < limit:
             want = limit - len(ids)
             if after is not None and after[0] == day:
@@ -151,9 +157,7 @@ class DeliveryStore:
     ) -> tuple[list[Attempt], AttemptCursor | None]:
         """Attempts of a subscription's deliveries started in [start, end), newest first."""
         out: list[tuple[AttemptCursor, Attempt]] = []
-        check_range(start_us, end_us, self.ttl)
-        last_day, first_day = day_of(max(end_us - 1, start_us)), day_of(start_us)
-        day = min(after[0], last_day) if after else last_day  # a cursor after the range: its end
+        day, first_day = days_to_read(start_us, end_us, after[0] if after else None, self.ttl)
         while day >= first_day and len(out) < limit:
             want = limit - len(out)
             if after is not None and after[0] == day:

@@ -7,8 +7,8 @@ import asyncio
 from typing import Any
 
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState, ReplayJob, ReplayState
-from switchboard.pagination import check_range
-from switchboard.store.deliveries import DAY_US, day_of
+from switchboard.pagination import DAY_US
+from switchboard.store.deliveries import day_of, days_to_read
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
 
@@ -67,9 +67,7 @@ class OperationsStore:
     ) -> tuple[list[DeadLetter], DeadCursor | None]:
         """Dead letters of ``kind`` in [start, end), newest first; the cursor of the next page."""
         out: list[DeadLetter] = []
-        check_range(start_us, end_us, self.ttl)
-        last_day, first_day = day_of(max(end_us - 1, start_us)), day_of(start_us)
-        day = min(after[1], last_day) if after else last_day  # a cursor after the range: its end
+        day, first_day = days_to_read(start_us, end_us, after[1] if after else None, self.ttl)
         while day >= first_day and len(out) < limit:
             want = limit - len(out)
             if after is not None and after[1] == day:
