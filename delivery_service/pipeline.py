@@ -280,12 +280,6 @@ class DeliveryPipeline:
         out = self.in_flight.subscription(sub.id)
         return self.slots.admits(sub.id, self.pacer.latency(sub.id), out, time.monotonic())
 
-    def _not_sent(self, subscription_id: str, probe: bool) -> None:
-        """The send the breaker allowed is not made: if it was its half-open circuit's probe, the next task may
-        probe (a task that was not the probe changes nothing: it would let a second probe out)."""
-        if probe:
-            self.breakers.record(subscription_id, failed=None, now=time.monotonic())
-
     def _release(self, subscription_id: str, host: str) -> None:
         """A request taken with ``_take_slot`` is over: its slot goes to the subscription's first waiter."""
         self.in_flight.release(subscription_id, host)
@@ -333,18 +327,18 @@ class DeliveryPipeline:
             await self._record(delivery, None, trace)
             return Ack("cancelled")
 
-        hold = self.breakers.wait(sub.id, time.monotonic())
-        if hold > 0:
-            return await self._defer(delivery, state is None, hold, circuit_open(hold), trace)
-        probe = self.breakers.state(sub.id) is State.HALF_OPEN  # this task is its half-open circuit's one probe
+        admission = self.breakers.admit(sub.id, time.monotonic())
+        if admission.hold > 0:
+            return await self._defer(delivery, state is None, admission.hold, circuit_open(admission.hold), trace)
+        probe = admission.probe  # non-zero: this task is its half-open circuit's one probe
         host = host_of(sub.callback_url)
         try:
             refused, paused = await self._take_slot(sub, host)
         except BaseException:
-            self._not_sent(sub.id, probe)
+            self.breakers.release(sub.id, probe)
             raise
         if refused is not None:
-            self._not_sent(sub.id, probe)
+            self.breakers.release(sub.id, probe)
             reason = f"{SATURATED} {refused}"
             return await self._defer(delivery, state is None, self._saturated_hold(sub.id, waited), reason, trace)
         taken = time.monotonic()
@@ -353,7 +347,7 @@ class DeliveryPipeline:
             paused = await self.limiter.acquire(sub.id, rate) > 0 or paused
         except BaseException:
             self._release(sub.id, host)
-            self._not_sent(sub.id, probe)
+            self.breakers.release(sub.id, probe)
             raise
         if paused:  # it waited for a slot or a rate token, holding nothing else: the world may have moved
             current = self.subscriptions.get(sub.id)
@@ -363,7 +357,7 @@ class DeliveryPipeline:
                 or host_of(current.callback_url) != host
             ):  # disabled, deleted or moved: this task starts over (cancelled, or in line for its new host)
                 self._release(sub.id, host)
-                self._not_sent(sub.id, probe)
+                self.breakers.release(sub.id, probe)
                 return await self._deliver(task, state, waited, trace)
             sub = current or sub  # a new path, secret or retry policy on the same host: this send uses it
             hold = self.breakers.held(sub.id, time.monotonic())  # it may have opened meanwhile
@@ -386,7 +380,7 @@ class DeliveryPipeline:
             headers["content-type"] = task.event.content_type or "application/json"
             response = await self.sender.post(sub.callback_url, task.event.body, headers, timeout_ms / 1000)
         except BaseException:
-            self._not_sent(sub.id, probe)
+            self.breakers.release(sub.id, probe)
             raise
         finally:
             self.pacer.ended(sub.id, time.monotonic() - taken)
@@ -443,7 +437,8 @@ class DeliveryPipeline:
             error=response.error[:1000],
             outcome=outcome,
         )
-        change = self.breakers.record(sub.id, failed=policy.endpoint_unavailable(decision), now=time.monotonic())
+        unavailable = policy.endpoint_unavailable(decision)
+        change = self.breakers.record(sub.id, failed=unavailable, now=time.monotonic(), probe=probe)
         if change is not None and change.state is State.OPEN:
             log.warning(
                 "circuit opened: sends to the subscription's endpoint held back",

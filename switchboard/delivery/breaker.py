@@ -11,7 +11,9 @@ known to be down. With one:
   ``max_cooldown_seconds``): nothing is sent. A task that comes meanwhile is deferred to the end of the
   cool-down, without an attempt (its retry schedule does not move): the caller parks it in a delay queue.
 * **Half-open** after the cool-down: one send goes out as a probe, the others are deferred a little. The
-  probe's success closes the circuit; its failure opens it again, for twice as long.
+  probe's success closes the circuit; its failure opens it again, for twice as long. The probe is the send
+  whose admission carries the probe token: a late answer of a send from before the circuit opened, or of a
+  probe that timed out and was replaced, is never taken for it.
 
 State lives in the worker's memory, one breaker per subscription. With the deliveries stream partitioned
 (``delivery.partitions``) one worker at a time sends for a subscription, so its breaker is the only one; a
@@ -22,6 +24,7 @@ the clock.
 from __future__ import annotations
 
 import enum
+import itertools
 from dataclasses import dataclass, field
 
 # How long tasks wait while another one is the half-open probe.
@@ -55,8 +58,21 @@ class _Circuit:
     state: State = State.CLOSED
     open_until: float = 0.0
     cooldown: float = 0.0
-    probing: bool = False
+    probe: int = 0  # the token of the half-open circuit's probe while it is out; 0 when none is
     probe_started: float = 0.0
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What ``admit`` decided for one send.
+
+    ``hold``: seconds to hold it back; 0 means send now. ``probe``: non-zero when this send is its half-open
+    circuit's probe, a token that only this send holds; it goes back with ``record`` or ``release``, so a send
+    that is not the probe (one from before the circuit opened, or a probe that timed out and was replaced) can
+    never be taken for it."""
+
+    hold: float
+    probe: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ class Change:
 class Breakers:
     settings: BreakerSettings = field(default_factory=BreakerSettings)
     _circuits: dict[str, _Circuit] = field(default_factory=dict)
+    _tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def state(self, key: str) -> State:
         circuit = self._circuits.get(key)
@@ -79,50 +96,58 @@ class Breakers:
 
     def held(self, key: str, now: float) -> float:
         """Seconds an open circuit still holds sends to ``key`` back (0 when it is closed, half-open or at the
-        end of its cool-down). Unlike ``wait`` it changes nothing: for a send ``wait`` allowed that then waited
+        end of its cool-down). Unlike ``admit`` it changes nothing: for a send ``admit`` allowed that then waited
         for something else (an in-flight slot) while the circuit may have opened."""
         circuit = self._circuits.get(key)
         if circuit is None or circuit.state is not State.OPEN:
             return 0.0
         return max(0.0, circuit.open_until - now)
 
-    def wait(self, key: str, now: float) -> float:
-        """Seconds to hold a send to ``key`` back; 0 means send now (a half-open circuit's probe included).
-        Every 0 must be followed by ``record`` for that send."""
+    def admit(self, key: str, now: float) -> Admission:
+        """Whether a send to ``key`` may go now. Every admission with ``hold`` 0 must be followed by ``record``
+        for that send, or by ``release`` if it is not made."""
         circuit = self._circuits.get(key)
         if circuit is None or circuit.state is State.CLOSED:
-            return 0.0
+            return Admission(0.0)
         if circuit.state is State.OPEN:
             if now < circuit.open_until:
-                return circuit.open_until - now
+                return Admission(circuit.open_until - now)
             circuit.state = State.HALF_OPEN
-        if circuit.probing and now - circuit.probe_started < PROBE_TIMEOUT_SECONDS:
-            return PROBE_WAIT_SECONDS
-        circuit.probing = True
+        if circuit.probe and now - circuit.probe_started < PROBE_TIMEOUT_SECONDS:
+            return Admission(PROBE_WAIT_SECONDS)
+        circuit.probe = next(self._tokens)
         circuit.probe_started = now
-        return 0.0
+        return Admission(0.0, circuit.probe)
 
-    def record(self, key: str, *, failed: bool | None, now: float) -> Change | None:
-        """The outcome of a send ``wait`` allowed: ``failed`` True (the endpoint is unavailable), False (it
-        answered well), None (neither: the request's own fault). Returns the state change, if any."""
+    def release(self, key: str, probe: int) -> None:
+        """A send ``admit`` allowed is not made. If it held the probe, the next send may probe; any other
+        changes nothing (clearing the flag would let a second probe out)."""
+        circuit = self._circuits.get(key)
+        if probe and circuit is not None and circuit.probe == probe:
+            circuit.probe = 0
+
+    def record(self, key: str, *, failed: bool | None, now: float, probe: int = 0) -> Change | None:
+        """The outcome of a send ``admit`` allowed: ``failed`` True (the endpoint is unavailable), False (it
+        answered well), None (neither: the request's own fault); ``probe`` is its admission's token. Returns the
+        state change, if any."""
         circuit = self._circuits.get(key)
         if circuit is None:
             if not failed:
                 return None
             circuit = self._circuits[key] = _Circuit()
-        probe = circuit.state is State.HALF_OPEN and circuit.probing
-        if probe:
-            circuit.probing = False
+        is_probe = bool(probe) and circuit.probe == probe
+        if is_probe:
+            circuit.probe = 0
         if failed is None:
             return None
         if not failed:
             del self._circuits[key]  # closed, count reset (a send from before it opened closes it too)
             return Change(key, State.CLOSED) if circuit.state is not State.CLOSED else None
-        if probe:
+        if is_probe:
             circuit.cooldown = min(circuit.cooldown * 2, self.settings.max_cooldown_seconds)
             return self._open(key, circuit, now)
         if circuit.state is not State.CLOSED:
-            return None  # a send that was already in flight when the circuit opened
+            return None  # a send that was not the probe: in flight when the circuit opened, or a replaced probe
         circuit.failures += 1
         if circuit.failures < self.settings.failure_threshold:
             return None

@@ -324,7 +324,7 @@ async def test_a_half_open_circuits_probe_refused_for_the_in_flight_limit_lets_t
         pipeline.breakers.record("sub_1", failed=True, now=long_ago)
     (deferred,) = await pipeline.handle([copy("dlv_b")])  # the probe, refused: no pace yet, no slot
     assert isinstance(deferred, Retry) and deferred.error.startswith(SATURATED)
-    assert pipeline.breakers.wait("sub_1", time.monotonic()) == 0.0  # the next task may probe
+    assert pipeline.breakers.admit("sub_1", time.monotonic()).hold == 0.0  # the next task may probe
     sender.release.set()
     await held
 
@@ -552,11 +552,11 @@ async def test_a_probe_cancelled_while_it_waits_for_its_token_lets_the_next_task
     open_circuit(pipeline, cooled=True)
     probe = asyncio.create_task(pipeline.handle([copy("dlv_probe")]))
     await soon(lambda: len(limiter.gates) == 1)
-    assert pipeline.breakers.wait("sub_1", time.monotonic()) > 0  # its probe is out: the others wait
+    assert pipeline.breakers.admit("sub_1", time.monotonic()).hold > 0  # its probe is out: the others wait
     probe.cancel()  # the worker stops
     with pytest.raises(asyncio.CancelledError):
         await probe
-    assert pipeline.breakers.wait("sub_1", time.monotonic()) == 0.0  # the next task probes at once
+    assert pipeline.breakers.admit("sub_1", time.monotonic()).hold == 0.0  # the next task probes at once
     assert sender.posts == 0 and pipeline.in_flight.total() == 0
 
 
@@ -573,7 +573,7 @@ async def test_a_task_let_through_before_the_circuit_opened_waits_for_the_probe_
     (deferred,) = await task
     assert isinstance(deferred, Retry) and deferred.outcome == "deferred" and deferred.delay_ms == 1000
     assert sender.posts == 0 and store.rows["dlv_a"].status is DeliveryStatus.PENDING
-    assert pipeline.breakers.wait("sub_1", time.monotonic()) == 0.0  # the next task is the probe
+    assert pipeline.breakers.admit("sub_1", time.monotonic()).hold == 0.0  # the next task is the probe
 
 
 async def test_a_task_that_starts_over_does_not_release_another_tasks_probe() -> None:
@@ -592,12 +592,12 @@ async def test_a_task_that_starts_over_does_not_release_another_tasks_probe() ->
     limiter.gates[0].set()  # dlv_a's token: it finds the move and starts over
     (restarted,) = await asyncio.wait_for(first, 2)  # (a second probe would wait at the turnstile)
     assert isinstance(restarted, Retry) and restarted.outcome == "deferred"  # behind the probe, still out
-    assert pipeline.breakers.wait("sub_1", time.monotonic()) > 0  # the probe is still the only one
+    assert pipeline.breakers.admit("sub_1", time.monotonic()).hold > 0  # the probe is still the only one
     limiter.gates[1].set()  # the probe's token: it finds the move too and, still the probe, starts over
     await soon(lambda: len(limiter.gates) == 3)
     limiter.gates[2].set()
     assert [v.outcome for v in await probe] == ["delivered"]
-    assert sender.posts == 1 and pipeline.breakers.wait("sub_1", time.monotonic()) == 0.0  # closed by the probe
+    assert sender.posts == 1 and pipeline.breakers.admit("sub_1", time.monotonic()).hold == 0.0  # closed by the probe
 
 
 async def test_what_the_worker_keeps_for_a_subscription_deleted_or_disabled_since_is_dropped() -> None:

@@ -6,6 +6,7 @@ from switchboard.delivery import policy
 from switchboard.delivery.breaker import (
     PROBE_TIMEOUT_SECONDS,
     PROBE_WAIT_SECONDS,
+    Admission,
     Breakers,
     BreakerSettings,
     State,
@@ -16,7 +17,7 @@ SETTINGS = BreakerSettings(failure_threshold=3, cooldown_seconds=10.0, max_coold
 
 def fail(b: Breakers, n: int, now: float, key: str = "sub") -> None:
     for _ in range(n):
-        assert b.wait(key, now) == 0.0
+        assert b.admit(key, now).hold == 0.0
         b.record(key, failed=True, now=now)
 
 
@@ -24,12 +25,12 @@ def test_it_opens_after_the_threshold_of_failures_in_a_row_and_holds_sends_for_t
     b = Breakers(SETTINGS)
     fail(b, 2, now=0.0)
     assert b.state("sub") is State.CLOSED
-    assert b.wait("sub", 0.0) == 0.0
+    assert b.admit("sub", 0.0).hold == 0.0
     assert b.open_count() == 0
     change = b.record("sub", failed=True, now=1.0)
     assert change is not None and (change.state, change.cooldown_seconds) == (State.OPEN, 10.0)
-    assert b.wait("sub", 4.0) == pytest.approx(7.0)
-    assert b.wait("other", 4.0) == 0.0  # one circuit per subscription
+    assert b.admit("sub", 4.0).hold == pytest.approx(7.0)
+    assert b.admit("other", 4.0).hold == 0.0  # one circuit per subscription
     assert b.open_count() == 1
 
 
@@ -47,12 +48,12 @@ def test_a_success_or_an_answer_that_is_the_requests_fault_resets_or_keeps_the_c
 def test_after_the_cooldown_one_probe_goes_and_the_others_wait() -> None:
     b = Breakers(SETTINGS)
     fail(b, 3, now=0.0)
-    assert b.wait("sub", 10.0) == 0.0  # the probe
+    assert b.admit("sub", 10.0).hold == 0.0  # the probe
     assert b.state("sub") is State.HALF_OPEN
-    assert b.wait("sub", 10.5) == PROBE_WAIT_SECONDS
+    assert b.admit("sub", 10.5).hold == PROBE_WAIT_SECONDS
     change = b.record("sub", failed=False, now=11.0)
     assert change is not None and change.state is State.CLOSED
-    assert b.wait("sub", 11.0) == 0.0 and b.state("sub") is State.CLOSED
+    assert b.admit("sub", 11.0).hold == 0.0 and b.state("sub") is State.CLOSED
 
 
 def test_held_says_how_long_an_open_circuit_holds_sends_and_takes_no_probe() -> None:
@@ -62,7 +63,7 @@ def test_held_says_how_long_an_open_circuit_holds_sends_and_takes_no_probe() -> 
     assert b.held("sub", 4.0) == pytest.approx(6.0)
     assert b.held("sub", 10.0) == 0.0  # the cool-down is over: a probe may go...
     assert b.state("sub") is State.OPEN  # ...but held did not make it half-open,
-    assert b.wait("sub", 10.0) == 0.0  # so wait still lets the probe go
+    assert b.admit("sub", 10.0).hold == 0.0  # so admit still lets the probe go
     assert b.held("sub", 10.5) == 0.0 and b.state("sub") is State.HALF_OPEN
 
 
@@ -72,11 +73,12 @@ def test_a_failed_probe_opens_it_again_for_twice_as_long_up_to_the_max() -> None
     cooldowns = []
     now = 10.0
     for _ in range(3):
-        assert b.wait("sub", now) == 0.0
-        change = b.record("sub", failed=True, now=now)
+        admission = b.admit("sub", now)
+        assert admission.hold == 0.0 and admission.probe
+        change = b.record("sub", failed=True, now=now, probe=admission.probe)
         assert change is not None and change.state is State.OPEN
         cooldowns.append(change.cooldown_seconds)
-        assert b.wait("sub", now) == pytest.approx(change.cooldown_seconds)
+        assert b.admit("sub", now).hold == pytest.approx(change.cooldown_seconds)
         now += change.cooldown_seconds
     assert cooldowns == [20.0, 25.0, 25.0]
 
@@ -84,29 +86,67 @@ def test_a_failed_probe_opens_it_again_for_twice_as_long_up_to_the_max() -> None
 def test_a_probe_never_recorded_lets_another_go_after_the_probe_timeout() -> None:
     b = Breakers(SETTINGS)
     fail(b, 3, now=0.0)
-    assert b.wait("sub", 10.0) == 0.0  # its worker loses it
-    assert b.wait("sub", 10.0 + PROBE_TIMEOUT_SECONDS - 1) == PROBE_WAIT_SECONDS
-    assert b.wait("sub", 10.0 + PROBE_TIMEOUT_SECONDS) == 0.0
+    assert b.admit("sub", 10.0).hold == 0.0  # its worker loses it
+    assert b.admit("sub", 10.0 + PROBE_TIMEOUT_SECONDS - 1).hold == PROBE_WAIT_SECONDS
+    assert b.admit("sub", 10.0 + PROBE_TIMEOUT_SECONDS).hold == 0.0
 
 
 def test_sends_in_flight_when_it_opened_do_not_extend_it_and_forget_closes_it() -> None:
     b = Breakers(SETTINGS)
     for _ in range(5):  # five sends allowed while closed, all fail afterwards
-        assert b.wait("sub", 0.0) == 0.0
+        assert b.admit("sub", 0.0).hold == 0.0
     for _ in range(5):
         b.record("sub", failed=True, now=1.0)
-    assert b.wait("sub", 1.0) == pytest.approx(10.0)  # opened once, at the third
+    assert b.admit("sub", 1.0).hold == pytest.approx(10.0)  # opened once, at the third
     b.forget("sub")
-    assert b.state("sub") is State.CLOSED and b.wait("sub", 1.0) == 0.0
+    assert b.state("sub") is State.CLOSED and b.admit("sub", 1.0).hold == 0.0
 
 
 def test_a_success_of_a_send_from_before_it_opened_closes_it() -> None:
     b = Breakers(SETTINGS)
-    assert b.wait("sub", 0.0) == 0.0  # in flight while the next three fail
+    assert b.admit("sub", 0.0).hold == 0.0  # in flight while the next three fail
     fail(b, 3, now=0.0)
     change = b.record("sub", failed=False, now=2.0)
     assert change is not None and change.state is State.CLOSED
-    assert b.wait("sub", 2.0) == 0.0
+    assert b.admit("sub", 2.0).hold == 0.0
+
+
+def test_a_failure_of_a_send_from_before_it_opened_is_not_taken_for_the_probe() -> None:
+    b = Breakers(SETTINGS)
+    early = b.admit("sub", 0.0)  # let through while closed; its answer comes late
+    assert early == Admission(0.0)
+    fail(b, 3, now=0.0)
+    probe = b.admit("sub", 10.0)  # the cool-down is over: the probe goes
+    assert probe.hold == 0.0 and probe.probe
+    assert b.record("sub", failed=True, now=10.5, probe=early.probe) is None  # not the probe: nothing changes
+    assert b.state("sub") is State.HALF_OPEN
+    assert b.admit("sub", 10.5).hold == PROBE_WAIT_SECONDS  # the probe is still out, still the only one
+    change = b.record("sub", failed=True, now=11.0, probe=probe.probe)  # the probe decides
+    assert change is not None and (change.state, change.cooldown_seconds) == (State.OPEN, 20.0)
+
+
+def test_only_the_probe_releases_the_probe() -> None:
+    b = Breakers(SETTINGS)
+    fail(b, 3, now=0.0)
+    probe = b.admit("sub", 10.0)
+    b.release("sub", 0)  # a task that was not the probe is not sent: nothing changes
+    assert b.admit("sub", 10.1).hold == PROBE_WAIT_SECONDS
+    b.release("sub", probe.probe)  # the probe is not sent: the next task probes
+    assert b.admit("sub", 10.2).probe
+
+
+def test_a_probe_replaced_after_the_timeout_cannot_release_or_decide_for_its_successor() -> None:
+    b = Breakers(SETTINGS)
+    fail(b, 3, now=0.0)
+    stale = b.admit("sub", 10.0)
+    fresh = b.admit("sub", 10.0 + PROBE_TIMEOUT_SECONDS)  # the first one was taken for lost
+    assert stale.probe and fresh.probe and fresh.probe != stale.probe
+    b.release("sub", stale.probe)  # the stale one comes back unsent
+    assert b.admit("sub", 11.0 + PROBE_TIMEOUT_SECONDS).hold == PROBE_WAIT_SECONDS  # no second probe
+    assert b.record("sub", failed=True, now=12.0 + PROBE_TIMEOUT_SECONDS, probe=stale.probe) is None
+    assert b.state("sub") is State.HALF_OPEN
+    change = b.record("sub", failed=False, now=13.0 + PROBE_TIMEOUT_SECONDS, probe=fresh.probe)
+    assert change is not None and change.state is State.CLOSED
 
 
 @pytest.mark.parametrize(
