@@ -3,9 +3,14 @@ purged (marked, never deleted).
 
 * **Recording.** The control service consumes both streams' dead-letter queues (``switchboard.events.dead``,
   ``switchboard.deliveries.dead``) with the shared queue worker and writes one row per message (its headers
-  and body, the attempts, the last error, why). The row's id is derived from the message id and the moment it
-  was dead-lettered, so a recorder that dies before its ack writes the same row again, not a second one.
-  Listing therefore never pages through a queue.
+  and body, the attempts, the last error, why). Listing therefore never pages through a queue. One death of a
+  message is one row, however many copies of it reach the queue: the row's id is derived from the message id
+  and its attempts, and a copy whose row is already there (DEAD or PURGED) is acked without a write. Copies
+  arise when a worker dies before its ack (the recorder's own, or a processor's or delivery worker's whose
+  retry copy was already out: a FAILED message that comes back is dead-lettered again) and when an older copy
+  of a delivery, deferred behind its retry, ends too. A row already REDRIVEN means a new death after the
+  redrive: the next id in the chain (``dead_letter_id``'s ``generation``) is used. Two recorders that take two
+  copies at the same moment can still write two rows: the check is a read, not a transaction.
 * **Redrive.** An event: its stored status goes back to RETRYING with its attempts at 0, and its message is
   published to the events stream again; the processor resumes it like a retry (operations already OK are not
   run again). A delivery: its state goes back to PENDING with 0 attempts and its task is published to the
@@ -100,7 +105,20 @@ class RedriveProgress:
     message: str = ""
 
 
-def dead_letter_id(message_id: str, dead_at: str) -> str:
+# How many redrives of one message (same id, same attempts) get ids of their own in the chain; past that each
+# death gets an id of its own from the moment it happened (no check for copies).
+MAX_GENERATIONS = 20
+
+
+def dead_letter_id(kind: DeadLetterKind, message_id: str, attempts: int, generation: int) -> str:
+    """The id of one death of a message: the same for every copy of it, the next ``generation`` after a
+    redrive."""
+    key = f"{kind.value}\0{message_id}\0{attempts}\0{generation}"
+    return "dl_" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def unique_dead_letter_id(message_id: str, dead_at: str) -> str:
+    """For a message without an id (no copies to tell apart) or past ``MAX_GENERATIONS``."""
     return "dl_" + hashlib.sha256(f"{message_id}\0{dead_at}".encode()).hexdigest()[:24]
 
 
@@ -115,9 +133,28 @@ class DeadLetterRecorder:
         return None
 
     async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+        out: list[Verdict] = []
         for m in batch:
-            await self.store.put_dead_letter(self.record(m))
-        return [Ack("recorded") for _ in batch]
+            out.append(Ack("recorded") if await self.put_once(self.record(m)) else Ack("duplicate"))
+        return out
+
+    async def put_once(self, d: DeadLetter) -> bool:
+        """Writes ``d`` unless a copy of the same death is recorded already (False). ``d.id`` is the first of
+        its chain (``record``); it moves along the chain past rows that were redriven."""
+        if not d.message_id:
+            await self.store.put_dead_letter(d)
+            return True
+        for generation in range(MAX_GENERATIONS):
+            d.id = dead_letter_id(self.kind, d.message_id, d.attempts, generation)
+            existing = await self.store.get_dead_letter(d.id)
+            if existing is None:
+                await self.store.put_dead_letter(d)
+                return True
+            if existing.state is not DeadLetterState.REDRIVEN:
+                return False  # DEAD or PURGED: this death is recorded
+        d.id = unique_dead_letter_id(d.message_id, str(d.dead_us))
+        await self.store.put_dead_letter(d)
+        return True
 
     def record(self, m: QueueMessage) -> DeadLetter:
         headers = {k: _text(v) for k, v in m.headers.items() if not k.startswith("x-death")}
@@ -132,7 +169,11 @@ class DeadLetterRecorder:
             reason = str(death.get("reason", "")).upper() if death else "UNKNOWN"
             error = f"dead-lettered by the broker ({reason.lower()}): its consumer kept failing on it"
         d = DeadLetter(
-            id=dead_letter_id(m.message_id, str(dead_at or m.message_id)),
+            id=(
+                dead_letter_id(self.kind, m.message_id, m.attempt, 0)
+                if m.message_id
+                else unique_dead_letter_id(m.message_id, str(dead_at or dead_us))
+            ),
             kind=self.kind,
             dead_us=dead_us,
             message_id=m.message_id,

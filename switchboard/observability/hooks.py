@@ -111,14 +111,16 @@ class WorkerMetrics(WorkerHooks):
 
 
 class DeadLetterMetrics(WorkerHooks):
-    """On a dead-letter queue's recorder: counts each recorded dead letter by stream and reason."""
+    """On a dead-letter queue's recorder: counts each recorded dead letter by stream and reason (a copy of one
+    already recorded, acked as ``duplicate``, is not counted)."""
 
     def __init__(self, stream: str) -> None:
         self.stream = stream
         self._reasons = {r: m.DEAD_LETTERS.labels(stream, r) for r in (*DEAD_REASONS, "delivery_limit", "other")}
 
     def settled(self, message: QueueMessage, verdict: Verdict) -> None:
-        self._reasons[dead_reason(message.headers)].inc()
+        if verdict.outcome != "duplicate":
+            self._reasons[dead_reason(message.headers)].inc()
 
 
 def dead_reason(headers: Any) -> str:

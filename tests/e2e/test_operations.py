@@ -4,6 +4,7 @@ selection (a job streaming its progress) and to one subscription."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -13,12 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import grpc
 import pytest
 from webhooks.v1 import dead_letters_pb2 as dl
 from webhooks.v1 import dead_letters_pb2_grpc, event_pb2, replay_pb2, replay_pb2_grpc
 
 from switchboard.config import PlatformConfig
+from switchboard.streams import events_topology
 from switchboard_devstack.stack import Stack
 from tests.e2e.helpers import edge_client, stripe_headers, wait_for_event
 from tests.e2e.receivers import Receiver
@@ -129,6 +132,58 @@ def test_purge_needs_confirmation_and_only_marks(stack: Stack, stack_config: Pla
     assert dead_letters_of(cfg, event_id) == []
     assert [d.state for d in dead_letters_of(cfg, event_id, all_states=True)] == [dl.DEAD_LETTER_STATE_PURGED]
     assert wait_for_event(cfg, "shop", event_id).status == event_pb2.EVENT_STATUS_FAILED  # the event stays
+
+
+def publish_dead(cfg: PlatformConfig, copies: list[tuple[str, bytes, dict[str, Any]]]) -> None:
+    """Puts messages on the events stream's dead-letter queue, as a worker would (message id, body, headers)."""
+
+    async def put() -> None:
+        conn = await aio_pika.connect(cfg.rabbitmq.amqp_url, timeout=5)
+        try:
+            channel = await conn.channel(publisher_confirms=True)
+            for message_id, body, headers in copies:
+                message = aio_pika.Message(body, message_id=message_id, headers=headers, delivery_mode=2)
+                await channel.default_exchange.publish(message, routing_key=events_topology(cfg).dead_queue)
+        finally:
+            await conn.close()
+
+    asyncio.run(put())
+
+
+def test_copies_of_one_dead_letter_are_recorded_once(stack: Stack, stack_config: PlatformConfig) -> None:
+    """A message can reach the dead-letter queue more than once (a worker killed after the dead-letter copy and
+    before its ack; a FAILED event that comes back is dead-lettered again): one death is one row, so a redrive
+    by filter sends it once. A copy with other attempts is another death, another row."""
+    cfg = stack_config
+    event_id = "evt_dlcopy_" + secrets.token_hex(6)
+    post(cfg, event_id, "test.poison")
+    (dead,) = wait_dead_letter(cfg, event_id)
+    later = int(time.time() * 1_000_000)
+    headers = {"x-attempt": dead.attempts, "x-last-error": dead.last_error, "x-dead-reason": "failed"}
+    marker = "evt_dlmark_" + secrets.token_hex(6)
+    publish_dead(
+        cfg,
+        [
+            (f"shop/{event_id}", dead.body, {**headers, "x-dead-at": later}),
+            (f"shop/{event_id}", dead.body, {**headers, "x-dead-at": later + 1}),
+            (f"shop/{event_id}", dead.body, {**headers, "x-attempt": dead.attempts + 1, "x-dead-at": later + 2}),
+            (f"shop/{marker}", b"not a protobuf", {**headers, "x-dead-at": later + 3}),
+        ],
+    )
+    # One recorder takes the queue in order, one message at a time: once the marker is recorded, so are the rest.
+    listing = dl.ListDeadLettersRequest(
+        filter=dl.DeadLetterFilter(kind=dl.DEAD_LETTER_KIND_PROCESSING, all_states=True), page_size=1000
+    )
+    deadline = time.monotonic() + 30
+    with stubs(cfg) as (dead_letters, _):
+        while str(later + 3) not in [
+            d.headers.get("x-dead-at") for d in dead_letters.ListDeadLetters(listing, timeout=10).dead_letters
+        ]:
+            assert time.monotonic() < deadline, "the marker copy was not recorded"
+            time.sleep(0.2)
+    found = sorted(dead_letters_of(cfg, event_id, all_states=True), key=lambda d: d.attempts)
+    assert [(d.id, d.attempts) for d in found][:1] == [(dead.id, dead.attempts)]  # the first row, kept as it was
+    assert [d.attempts for d in found] == [dead.attempts, dead.attempts + 1]
 
 
 def test_replay_one_event_applies_it_again_as_a_replay(stack: Stack, stack_config: PlatformConfig) -> None:

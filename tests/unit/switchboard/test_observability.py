@@ -136,6 +136,7 @@ def test_dead_letter_hook_counts_by_stream_and_reason() -> None:
     hook = hooks.DeadLetterMetrics("events")
     before = value("switchboard_dead_letters_total", stream="events", reason="undecodable")
     hook.settled(_message(**{"x-dead-reason": "undecodable"}), Ack("recorded"))
+    hook.settled(_message(**{"x-dead-reason": "undecodable"}), Ack("duplicate"))  # a copy of one recorded
     assert value("switchboard_dead_letters_total", stream="events", reason="undecodable") == before + 1
 
 
