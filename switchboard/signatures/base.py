@@ -161,9 +161,9 @@ def require(headers: Mapping[str, str], header: str) -> str:
 
 
 def header_value(headers: Mapping[str, str], header: str) -> str:
-    """The header's value stripped, or ``""``."""
+    """The header's value stripped, or ``""`` (also for one UTF-8 cannot encode)."""
     value = headers.get(header)
-    return value.strip() if isinstance(value, str) else ""
+    return value.strip() if isinstance(value, str) and _encodable(value) else ""
 
 
 def parse_unix_seconds(value: str, header: str) -> int:
@@ -261,16 +261,28 @@ def content_id(body: bytes) -> str:
 
 
 def as_id(value: Any) -> str:
-    """A non-empty string or an integer (not a bool) as an id string, else ``""``."""
+    """A non-empty string or an integer (not a bool) as an id string, else ``""`` (a string UTF-8 cannot encode
+    included: ``json.loads`` lets lone surrogates such as ``"\\ud800"`` through)."""
     if isinstance(value, str):
-        return value
+        return value if _encodable(value) else ""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value) if -_MAX_INT64 <= value <= _MAX_INT64 else ""
     return ""
 
 
 def as_text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+    """A string UTF-8 can encode, else ``""``."""
+    return value if isinstance(value, str) and _encodable(value) else ""
+
+
+def _encodable(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def as_unix(value: Any) -> float | None:

@@ -130,6 +130,9 @@ def outcome(call: Callable[[], Verified]) -> Verified | None:
     assert isinstance(result.event_id, str) and result.event_id
     assert isinstance(result.event_type, str)
     assert isinstance(result.entity_id, str)
+    # What ingest keys, publishes and stores must encode: json.loads lets lone surrogates through.
+    for text in (result.event_id, result.event_type, result.entity_id):
+        text.encode()
     assert isinstance(result.entity_version, int) and 0 <= result.entity_version < 2**63
     if result.provider_time is not None:
         assert math.isfinite(result.provider_time)
@@ -196,3 +199,21 @@ def test_signed_arbitrary_bodies_only_raise_invalid_request(
 def test_iso8601_parser_never_raises(value: object) -> None:
     result = parse_iso8601(value)
     assert result is None or (math.isfinite(result) and result >= 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("stripe", b'{"id":"\\ud800","type":"x","data":{}}'),
+        ("stripe", b'{"id":"\xed\xa0\x80","type":"x"}'),  # the raw bytes of a surrogate: json.loads takes them too
+        ("stripe", b'{"id":"evt_1","type":"\\ud800"}'),
+        ("stripe", b'{"id":"evt_1","type":"t","data":{"object":{"id":"\\udfff"}}}'),
+        ("shopify", b'{"id":"\\udfff"}'),
+        ("standard_webhooks", b'{"type":"\\ud800"}'),
+        ("hmac-plain", b'{"id":"\\ud800"}'),
+        ("hmac", b'{"data":[{"id":"\\ud800"}],"type":"\\udc80"}'),
+    ],
+)
+def test_lone_surrogates_in_a_signed_body_never_reach_an_id_type_or_entity(name: str, body: bytes) -> None:
+    """Such a string made ingest's first ``.encode()`` raise: a 500, retried by the provider for ever."""
+    outcome(lambda: VERIFIERS[name].verify(SIGNERS[name](body, "evt_1", NOW), body, NOW))
