@@ -12,6 +12,12 @@ from switchboard.errors import ConfigError
 
 MiB = 1024 * 1024
 DEFAULT_MAX_BODY_BYTES = MiB
+# The largest gRPC message the services take (their servers' ``max_receive_message_length``).
+GRPC_MAX_MESSAGE_BYTES = 16 * MiB
+# The largest body limit a source (or the edge's default) may set: what still fits one gRPC message to ingest,
+# with room for the request's other fields. A larger limit would let Envoy pass bodies that ingest's server
+# refuses (RESOURCE_EXHAUSTED, a 429 the provider retries for ever).
+MAX_BODY_BYTES = GRPC_MAX_MESSAGE_BYTES - 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,7 @@ class EdgeConfig:
     default_source: str | None = None
     # Per client IP, across all sources.
     per_ip_rate_limit: RateLimit | None = None
-    # Generous cap before per-source limits.
+    # The body limit of sources that set none (and of the default source's route); at most MAX_BODY_BYTES.
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
@@ -58,7 +64,7 @@ def parse_edge(raw: Mapping[str, Any], base: Path) -> EdgeConfig:
         tls_key=t.optional_path("tls_key", base),
         default_source=t.optional_string("default_source"),
         per_ip_rate_limit=parse_rate_limit(t.get("per_ip_rate_limit"), "edge.per_ip_rate_limit"),
-        max_body_bytes=t.pos_int("max_body_bytes"),
+        max_body_bytes=t.int_between("max_body_bytes", 1, MAX_BODY_BYTES),
     )
     if bool(edge.tls_cert) != bool(edge.tls_key):
         raise ConfigError("edge.tls_cert and edge.tls_key must be set together")

@@ -7,6 +7,7 @@ key, so that services refuse to start rather than guess.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,10 @@ class PlatformSettings:
 
     data_dir: str = "var"
     log_level: str = "INFO"
+    # The gRPC services (ingest, query, control) trust their callers: Envoy checks sources, allowlists, rate
+    # limits, body limits and clients' tokens in front of them. Bound beyond loopback, they can be called
+    # around Envoy; true only where the network they listen on is the platform's own.
+    services_on_network: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,14 +122,27 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
     sources = parse_sources(raw.get("sources", []), base, edge.max_body_bytes)
     if edge.default_source and edge.default_source not in {s.name for s in sources}:
         raise ConfigError(f"edge.default_source: no source named {edge.default_source!r}")
+    ingest, query, control = (
+        parse_ingest(table(raw, "ingest")),
+        parse_query(table(raw, "query")),
+        parse_control(table(raw, "control")),
+    )
+    if not plat.boolean("services_on_network"):
+        for section, host in (("ingest", ingest.host), ("query", query.host), ("control", control.host)):
+            if not ipaddress.ip_address(host).is_loopback:
+                raise ConfigError(
+                    f"{section}.host: {host} is not a loopback address, and the service trusts its callers "
+                    "(Envoy checks them in front of it): set platform.services_on_network = true only if that "
+                    "network is the platform's own; refusing to start"
+                )
     return PlatformConfig(
         path=path,
         data_dir=plat.path("data_dir", base),
         log_level=plat.string("log_level", choices=LOG_LEVELS, upper=True),
         edge=edge,
-        ingest=parse_ingest(table(raw, "ingest")),
-        query=parse_query(table(raw, "query")),
-        control=parse_control(table(raw, "control")),
+        ingest=ingest,
+        query=query,
+        control=control,
         processor=parse_processor(table(raw, "processor"), base),
         delivery=parse_delivery(table(raw, "delivery"), base),
         rabbitmq=parse_rabbitmq(table(raw, "rabbitmq")),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from switchboard.config._table import Table, parse_secret_ref
-from switchboard.config.edge import DEFAULT_MAX_BODY_BYTES, RateLimit, parse_rate_limit
+from switchboard.config.edge import DEFAULT_MAX_BODY_BYTES, MAX_BODY_BYTES, RateLimit, parse_rate_limit
 from switchboard.errors import ConfigError
 from switchboard.secrets import SecretRef
 from switchboard.signatures import SCHEMES
@@ -51,7 +51,7 @@ def _source(s: Any, idx: int, base: Path, edge_max_body: int) -> SourceConfig:
     if not isinstance(s, Mapping):
         raise ConfigError(f"{where}: must be a table")
     name = s.get("name")
-    if not isinstance(name, str) or not SOURCE_NAME.match(name):
+    if not isinstance(name, str) or not SOURCE_NAME.fullmatch(name):
         raise ConfigError(f"{where}.name: {name!r} must match {SOURCE_NAME.pattern}")
     where = f"source {name!r}"
     t = Table(s, where, SourceConfig)
@@ -67,15 +67,17 @@ def _source(s: Any, idx: int, base: Path, edge_max_body: int) -> SourceConfig:
     cidrs = t.strings("allow_cidrs")
     for cidr in cidrs:
         try:
-            ipaddress.ip_network(cidr, strict=False)
+            ipaddress.ip_network(cidr)  # strict: 10.1.2.3/8 (a typo for /32?) is refused, not widened to 10.0.0.0/8
         except ValueError:
-            raise ConfigError(f"{where}.allow_cidrs: {cidr!r} is not a CIDR") from None
+            raise ConfigError(f"{where}.allow_cidrs: {cidr!r} is not a CIDR (with no host bits set)") from None
     return SourceConfig(
         name=name,
         scheme=scheme,
         secrets=tuple(parse_secret_ref(ref, f"{where}.secrets[{j}]", base) for j, ref in enumerate(refs)),
         options=dict(options),
-        max_body_bytes=t.pos_int("max_body_bytes") if t.present("max_body_bytes") else edge_max_body,
+        max_body_bytes=t.int_between("max_body_bytes", 1, MAX_BODY_BYTES)
+        if t.present("max_body_bytes")
+        else edge_max_body,
         allow_cidrs=cidrs,
         rate_limit=parse_rate_limit(t.get("rate_limit"), f"{where}.rate_limit"),
         event_types=t.strings("event_types"),

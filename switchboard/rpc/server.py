@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from switchboard import errors
+from switchboard.config.edge import GRPC_MAX_MESSAGE_BYTES
 from switchboard.observability.rpc import MetricsInterceptor
 from switchboard.rpc.errors import ErrorInterceptor
 
@@ -40,7 +41,7 @@ class GrpcServer:
             interceptors=[metrics, ErrorInterceptor()],
             options=[
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
                 ("grpc.max_concurrent_streams", 1000),
             ],
         )

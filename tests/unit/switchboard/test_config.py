@@ -5,9 +5,12 @@ from pathlib import Path
 import pytest
 
 from switchboard.config import load_config, parse_config
+from switchboard.config.edge import GRPC_MAX_MESSAGE_BYTES, MAX_BODY_BYTES
 from switchboard.errors import ConfigError
 from switchboard.secrets import SecretRef
 from switchboard_devstack.paths import DevPaths
+
+SHOP = {"name": "shop", "scheme": "stripe", "secrets": [{"env": "X"}]}
 
 
 def base(**over: object) -> dict[str, object]:
@@ -30,6 +33,18 @@ def test_default_config_file_parses_with_a_demo_source() -> None:
     assert cfg.processor.heartbeat_seconds == 10
     assert cfg.processor.batch_linger_ms == 20
     assert cfg.cassandra.compress_payloads
+
+
+def test_services_may_listen_beyond_loopback_only_when_told_the_network_is_the_platforms() -> None:
+    raw = base(platform={"services_on_network": True}, ingest={"host": "10.0.0.5"}, control={"host": "0.0.0.0"})
+    cfg = parse_config(raw, Path("/tmp/s.toml"))
+    assert (cfg.ingest.host, cfg.control.host, cfg.query.host) == ("10.0.0.5", "0.0.0.0", "127.0.0.1")
+
+
+def test_the_largest_body_limit_fits_a_grpc_message() -> None:
+    limit = MAX_BODY_BYTES
+    cfg = parse_config(base(edge={"max_body_bytes": limit}), Path("/tmp/s.toml"))
+    assert cfg.sources[0].max_body_bytes == limit < GRPC_MAX_MESSAGE_BYTES
 
 
 def test_payload_compression_can_be_turned_off() -> None:
@@ -57,6 +72,21 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(sources=[{"name": "shop", "scheme": "stripe"}]), "never accepted unverified"),
         (base(sources=[{"name": "shop", "scheme": "stripe", "secrets": [{"value": "x"}]}]), "unknown key"),
         (base(sources=[{"name": "Bad Name", "scheme": "stripe", "secrets": [{"env": "X"}]}]), "must match"),
+        (base(sources=[{"name": "shop\n", "scheme": "stripe", "secrets": [{"env": "X"}]}]), "must match"),
+        (
+            base(
+                sources=[{"name": "shop", "scheme": "stripe", "secrets": [{"env": "X"}], "allow_cidrs": ["10.1.2.3/8"]}]
+            ),
+            "no host bits",
+        ),
+        (
+            base(sources=[{"name": "shop", "scheme": "stripe", "secrets": [{"env": "X"}], "max_body_bytes": 16 << 20}]),
+            "max_body_bytes",
+        ),
+        (base(edge={"max_body_bytes": 16 << 20}), "max_body_bytes"),
+        (base(ingest={"host": "0.0.0.0"}), "not a loopback address"),
+        (base(query={"host": "10.0.0.5"}), "not a loopback address"),
+        (base(control={"host": "::"}), "not a loopback address"),
         (base(edge={"default_source": "missing"}), "no source named 'missing'"),
         (base(edge={"https_port": 70000}), "not a TCP port"),
         (base(edge={"bind": "localhost:1"}), "not an IP address"),
