@@ -14,13 +14,15 @@ purged (marked, never deleted).
 * **Redrive.** An event: its stored status goes back to RETRYING with its attempts at 0, and its message is
   published to the events stream again; the processor resumes it like a retry (operations already OK are not
   run again). A delivery: its state goes back to PENDING with 0 attempts and its task is published to the
-  deliveries stream. The row is marked REDRIVEN. A message that could not be decoded cannot be redriven.
+  deliveries stream. The row is claimed first (marked REDRIVEN only if it is DEAD) and given back if sending
+  fails, so concurrent redrives send a row once. A message that could not be decoded cannot be redriven.
 * **Purge** marks rows PURGED (hidden from listings, never redriven); it needs a filter or ids and
   ``confirm``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import logging
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from switchboard import pagination
-from switchboard.errors import FailedPrecondition, InvalidRequest, NotFound
+from switchboard.errors import FailedPrecondition, InvalidRequest, NotFound, SwitchboardError
 from switchboard.model.events import InboundEvent, now_us
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState
 from switchboard.model.subscriptions import DeliveryTask
@@ -47,7 +49,9 @@ DEFAULT_RANGE_US = 30 * 86_400 * 1_000_000
 class DeadLetterStore(Protocol):
     async def put_dead_letter(self, d: DeadLetter) -> None: ...
     async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None: ...
-    async def set_dead_letter_state(self, d: DeadLetter, state: DeadLetterState, at_us: int) -> None: ...
+    async def set_dead_letter_state(
+        self, d: DeadLetter, state: DeadLetterState, at_us: int, *, only_from: DeadLetterState | None = None
+    ) -> bool: ...
     async def dead_letters(
         self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: tuple[str, int, int, str] | None
     ) -> tuple[list[DeadLetter], tuple[str, int, int, str] | None]: ...
@@ -276,8 +280,38 @@ class DeadLetterManager:
         yield RedriveProgress(len(chosen), redriven, failed, True)
 
     async def _redrive_one(self, d: DeadLetter) -> None:
+        """Shielded: a client that stops reading the progress (Ctrl-C) does not cut one row's redrive between
+        its publish and its mark, which left the row DEAD and a second redrive published it again."""
+        await asyncio.shield(self._claimed_redrive(d))
+
+    async def _claimed_redrive(self, d: DeadLetter) -> None:
+        """The row is claimed first (DEAD → REDRIVEN, a lightweight transaction): of two redrives that selected
+        it, one sends it again and the other counts it failed. If sending fails, the claim is given back.
+        Crash window: a control service killed between the claim and the publish leaves the row REDRIVEN with
+        nothing sent; the event or delivery stays FAILED, visible in Query, and a replay sends it again."""
         if d.reason == "UNDECODABLE":
             raise FailedPrecondition("an undecodable message cannot be redriven", reason="UNDECODABLE")
+        if not await self.store.set_dead_letter_state(
+            d, DeadLetterState.REDRIVEN, now_us(), only_from=DeadLetterState.DEAD
+        ):
+            raise FailedPrecondition(
+                f"dead letter {d.id} was redriven or purged since it was selected", reason="NOTHING_TO_REDRIVE"
+            )
+        try:
+            await self._send_again(d)
+        except BaseException:
+            try:
+                await self.store.set_dead_letter_state(
+                    d, DeadLetterState.DEAD, now_us(), only_from=DeadLetterState.REDRIVEN
+                )
+            except SwitchboardError as exc:
+                log.error(
+                    "a dead letter not redriven is left marked REDRIVEN: the store refused to mark it DEAD again",
+                    extra={"dead_letter": d.id, "error": str(exc)},
+                )
+            raise
+
+    async def _send_again(self, d: DeadLetter) -> None:
         if d.kind is DeadLetterKind.PROCESSING:
             event = decode_inbound(d.body)
             if not await self.events.reset_attempts(event):
@@ -295,7 +329,6 @@ class DeadLetterManager:
                     reason="NOTHING_TO_REDRIVE",
                 )
             await self.publisher.publish_task(task)
-        await self.store.set_dead_letter_state(d, DeadLetterState.REDRIVEN, now_us())
 
     async def purge(self, ids: Sequence[str], f: Filter, *, confirm: bool) -> int:
         if not confirm:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from switchboard.model.events import now_us
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState, ReplayJob, ReplayState
 from switchboard.pagination import DAY_US
 from switchboard.store.deliveries import day_of, days_to_read
@@ -22,8 +23,14 @@ class OperationsStore:
         self.q = store.statements.operations
 
     # -- dead letters -------------------------------------------------------------------------------------
+    def _ttl_left(self, d: DeadLetter, at_us: int) -> int:
+        """A dead letter is kept for the retention from the moment it died: its row, written late (a recorder
+        that was down) or marked later, expires with it, so no row of a mark's cells alone outlives it."""
+        return max(1, self.ttl - max(0, at_us - d.dead_us) // 1_000_000)
+
     async def put_dead_letter(self, d: DeadLetter) -> None:
         day = day_of(d.dead_us)
+        ttl = self._ttl_left(d, now_us())
         params = (
             d.kind.value,
             day,
@@ -43,11 +50,11 @@ class OperationsStore:
             d.message_type,
             d.state.value,
             ts(d.redriven_us) if d.redriven_us else None,
-            self.ttl,
+            ttl,
         )
         await asyncio.gather(
             self.store.execute(self.q.dead_put, params),
-            self.store.execute(self.q.dead_by_id_put, (d.id, d.kind.value, day, ts(d.dead_us), self.ttl)),
+            self.store.execute(self.q.dead_by_id_put, (d.id, d.kind.value, day, ts(d.dead_us), ttl)),
         )
 
     async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
@@ -58,9 +65,20 @@ class OperationsStore:
         found = await self.store.execute(self.q.dead_get, (r.kind, r.day, r.dead_at, dead_letter_id))
         return _dead_letter(found[0]) if found else None
 
-    async def set_dead_letter_state(self, d: DeadLetter, state: DeadLetterState, at_us: int) -> None:
-        params = (self.ttl, state.value, ts(at_us), d.kind.value, day_of(d.dead_us), ts(d.dead_us), d.id)
-        await self.store.execute(self.q.dead_state, params)
+    async def set_dead_letter_state(
+        self, d: DeadLetter, state: DeadLetterState, at_us: int, *, only_from: DeadLetterState | None = None
+    ) -> bool:
+        """Marks ``d``; with ``only_from``, only if its stored state is that one (a lightweight transaction:
+        of two redrives of one row, one claims it). Whether it was written. The cells written expire with the
+        row (``_ttl_left``)."""
+        left = self._ttl_left(d, at_us)
+        key = (d.kind.value, day_of(d.dead_us), ts(d.dead_us), d.id)
+        at = ts(at_us) if state is not DeadLetterState.DEAD else None
+        if only_from is None:
+            await self.store.execute(self.q.dead_state, (left, state.value, at, *key))
+            return True
+        rows = await self.store.execute(self.q.dead_state_from, (left, state.value, at, *key, only_from.value))
+        return bool(rows) and bool(rows[0][0])
 
     async def dead_letters(
         self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: DeadCursor | None

@@ -144,6 +144,8 @@ def _operations_cql(ks: str) -> dict[str, str]:
             LIMIT ?""",
         "dead_state": f"""UPDATE {ks}.dead_letters USING TTL ? SET state = ?, redriven_at = ?
             WHERE kind = ? AND day = ? AND dead_at = ? AND id = ?""",
+        "dead_state_from": f"""UPDATE {ks}.dead_letters USING TTL ? SET state = ?, redriven_at = ?
+            WHERE kind = ? AND day = ? AND dead_at = ? AND id = ? IF state = ?""",
         "replay_put": f"""INSERT INTO {ks}.replays (id, request, state, matched, queued, done, failed, started_at,
             finished_at, message, dry_run, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
         "replay_get": f"SELECT * FROM {ks}.replays WHERE id = ?",
@@ -229,6 +231,7 @@ class OperationStatements:
     dead_range: PreparedStatement
     dead_after: PreparedStatement
     dead_state: PreparedStatement
+    dead_state_from: PreparedStatement
     replay_put: PreparedStatement
     replay_get: PreparedStatement
     delivery_reset: PreparedStatement

@@ -1,6 +1,7 @@
-"""What a redrive's reset of an event does on the stack's real Cassandra (``EventStore.reset_attempts``): the
-dead-lettered receipt's own FAILED row is reset; a row processed since, or stored under another receipt, is
-left alone; an event never committed gets a row without a receipt, which the processor takes for nothing."""
+"""What a redrive does on the stack's real Cassandra. The reset of an event (``EventStore.reset_attempts``):
+the dead-lettered receipt's own FAILED row is reset; a row processed since, or stored under another receipt,
+is left alone; an event never committed gets a row without a receipt, which the processor takes for nothing.
+The claim of a dead letter (``OperationsStore.set_dead_letter_state`` with ``only_from``)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ import pytest
 
 from switchboard.config import PlatformConfig
 from switchboard.model.events import Commit, EventStatus, InboundEvent, StoredEvent, now_us
-from switchboard.store import EntityStore, EventStore, StoreSession
+from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState
+from switchboard.store import EntityStore, EventStore, OperationsStore, StoreSession
+from switchboard.store.deliveries import day_of
+from switchboard.store.values import ts
 from switchboard_devstack.stack import Stack
 from tests.unit.factories import event
 
 pytestmark = pytest.mark.integration
+
+DEAD, REDRIVEN = DeadLetterState.DEAD, DeadLetterState.REDRIVEN
 
 
 def test_a_redrive_resets_only_its_own_failed_receipt(stack: Stack, stack_config: PlatformConfig) -> None:
@@ -48,6 +54,44 @@ def test_a_redrive_resets_only_its_own_failed_receipt(stack: Stack, stack_config
             assert await events.reset_attempts(never)
             (prior,) = (await events.priors([never])).values()
             assert (prior.receipt_id, prior.status) == ("", EventStatus.RETRYING)
+        finally:
+            session.close()
+
+    asyncio.run(run())
+
+
+def test_a_dead_letter_is_claimed_once_and_its_marks_expire_with_it(stack: Stack, stack_config: PlatformConfig) -> None:
+    """The redrive's claim (DEAD → REDRIVEN only from DEAD, a lightweight transaction on Cassandra 2.1) and
+    its give-back; a mark carries the TTL the row has left, not a fresh one."""
+
+    async def run() -> None:
+        session = StoreSession.connect(stack_config.cassandra)
+        try:
+            ops = OperationsStore(session)
+            dead_us = now_us() - 3_600_000_000  # dead-lettered an hour ago
+            d = DeadLetter("dl_claim_" + secrets.token_hex(6), DeadLetterKind.PROCESSING, dead_us, message_id="m")
+            await ops.put_dead_letter(d)
+            claims = await asyncio.gather(
+                *(ops.set_dead_letter_state(d, REDRIVEN, now_us(), only_from=DEAD) for _ in range(3))
+            )
+            assert sorted(claims) == [False, False, True]
+            got = await ops.get_dead_letter(d.id)
+            assert got is not None and got.state is REDRIVEN and got.redriven_us > 0
+            assert await ops.set_dead_letter_state(d, DEAD, now_us(), only_from=REDRIVEN)  # given back
+            got = await ops.get_dead_letter(d.id)
+            assert got is not None and (got.state, got.redriven_us) == (DEAD, 0)
+            assert not await ops.set_dead_letter_state(d, DEAD, now_us(), only_from=REDRIVEN)
+            missing = DeadLetter("dl_none_" + secrets.token_hex(6), DeadLetterKind.PROCESSING, dead_us)
+            assert not await ops.set_dead_letter_state(missing, REDRIVEN, now_us(), only_from=DEAD)
+            ks = stack_config.cassandra.keyspace  # a keyspace name the config checked
+            rows = await session.execute(
+                f"SELECT TTL(state), TTL(message_id) FROM {ks}.dead_letters WHERE kind = %s AND day = %s "  # noqa: S608
+                "AND dead_at = %s AND id = %s",
+                (d.kind.value, day_of(dead_us), ts(dead_us), d.id),
+            )
+            state_ttl, row_ttl = rows[0]
+            assert abs(state_ttl - row_ttl) <= 5  # an hour less than a fresh TTL, like the row's other cells
+            assert state_ttl <= stack_config.cassandra.ttl_seconds - 3_500
         finally:
             session.close()
 

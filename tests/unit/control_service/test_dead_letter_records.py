@@ -1,11 +1,25 @@
 """The dead-letter recorder writes one row per death of a message, however many copies of it reach the queue
 (a worker killed before its ack; a FAILED message dead-lettered again; an older copy deferred behind its retry
-that ends too), and a new row for a death after a redrive. The store is a dict here: what is checked is the
-recorder's choice of id and whether it writes (the rows on Cassandra: tests/e2e/test_operations.py)."""
+that ends too), and a new row for a death after a redrive. A redrive claims its row before it publishes: two
+redrives of one row publish it once, a client that goes away does not cut it, a failed publish gives the row
+back. The store is a dict here: what is checked is the recorder's and the manager's logic (the rows and the
+lightweight transaction on Cassandra: tests/e2e/test_operations.py)."""
 
 from __future__ import annotations
 
-from control_service.dead_letters import MAX_GENERATIONS, DeadLetterRecorder
+import asyncio
+
+import pytest
+
+from control_service.dead_letters import (
+    MAX_GENERATIONS,
+    DeadLetterManager,
+    DeadLetterRecorder,
+    Filter,
+    RedriveProgress,
+)
+from switchboard.errors import BrokerUnavailable
+from switchboard.model.events import InboundEvent
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState
 from switchboard.queue import Ack, QueueMessage
 from switchboard.wire import encode_inbound
@@ -77,3 +91,94 @@ async def test_messages_without_an_id_and_a_chain_past_its_end_get_an_id_per_dea
     assert await recorder.handle([copy(100)]) == [Ack("recorded")]
     assert await recorder.handle([copy(101)]) == [Ack("recorded")]  # past the chain: no check for copies
     assert len(rows.rows) == 2 + MAX_GENERATIONS + 2
+
+
+class Claimable(Rows):
+    """Rows whose state changes only from the state named (what the store's lightweight transaction does)."""
+
+    async def set_dead_letter_state(
+        self, d: DeadLetter, state: DeadLetterState, at_us: int, *, only_from: DeadLetterState | None = None
+    ) -> bool:
+        row = self.rows[d.id]
+        if only_from is not None and row.state is not only_from:
+            return False
+        row.state = state
+        return True
+
+    async def reset_delivery(self, delivery_id: str, now_us: int) -> bool:
+        return True
+
+
+class Events:
+    def __init__(self, gate: asyncio.Event | None = None, fail: bool = False) -> None:
+        self.published: list[InboundEvent] = []
+        self.gate = gate
+        self.fail = fail
+
+    async def reset_attempts(self, e: InboundEvent) -> bool:
+        return True
+
+    async def publish_event(self, e: InboundEvent) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise BrokerUnavailable("the broker did not confirm")
+        self.published.append(e)
+
+
+async def recorded(rows: Claimable) -> DeadLetter:
+    await DeadLetterRecorder(rows, DeadLetterKind.PROCESSING).handle([copy(1)])  # type: ignore[arg-type]
+    (d,) = rows.rows.values()
+    return d
+
+
+async def test_of_two_redrives_of_one_row_one_publishes() -> None:
+    rows = Claimable()
+    d = await recorded(rows)
+    gate = asyncio.Event()
+    events = Events(gate)
+    manager = DeadLetterManager(rows, events, events)  # type: ignore[arg-type]
+
+    async def redrive() -> list[RedriveProgress]:
+        return [p async for p in manager.redrive([d.id], Filter(), everything=False, dry_run=False)]
+
+    first = asyncio.create_task(redrive())
+    second = asyncio.create_task(redrive())
+    await asyncio.sleep(0.01)  # both selected the row while it was DEAD; one claimed it
+    gate.set()
+    outcomes = sorted((p[-1].redriven, p[-1].failed) for p in await asyncio.gather(first, second))
+    assert outcomes == [(0, 1), (1, 0)]
+    assert len(events.published) == 1 and rows.rows[d.id].state is DeadLetterState.REDRIVEN
+
+
+async def test_a_client_that_goes_away_does_not_cut_a_rows_redrive() -> None:
+    rows = Claimable()
+    d = await recorded(rows)
+    gate = asyncio.Event()
+    events = Events(gate)
+    manager = DeadLetterManager(rows, events, events)  # type: ignore[arg-type]
+
+    async def redrive() -> None:
+        async for _ in manager.redrive([d.id], Filter(), everything=False, dry_run=False):
+            pass
+
+    task = asyncio.create_task(redrive())
+    await asyncio.sleep(0.01)  # claimed, publishing
+    task.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert task.cancelled() and len(events.published) == 1
+    assert rows.rows[d.id].state is DeadLetterState.REDRIVEN
+
+
+async def test_a_redrive_whose_publish_fails_gives_the_row_back() -> None:
+    rows = Claimable()
+    d = await recorded(rows)
+    events = Events(fail=True)
+    manager = DeadLetterManager(rows, events, events)  # type: ignore[arg-type]
+    with pytest.raises(BrokerUnavailable):
+        async for _ in manager.redrive([d.id], Filter(), everything=False, dry_run=False):
+            pass
+    assert rows.rows[d.id].state is DeadLetterState.DEAD  # a later redrive can take it

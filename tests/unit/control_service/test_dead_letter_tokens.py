@@ -21,6 +21,11 @@ from tests.unit.factories import event
 class NoDeadLetters:
     def __init__(self) -> None:
         self.reads: list[tuple[DeadLetterKind, Any]] = []
+        self.states: list[str] = []
+
+    async def set_dead_letter_state(self, d: DeadLetter, state: Any, at_us: int, *, only_from: Any = None) -> bool:
+        self.states.append(state.value)
+        return True
 
     async def dead_letters(
         self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any
@@ -123,19 +128,12 @@ async def test_a_redrive_does_not_send_again_a_delivery_that_was_delivered() -> 
     PENDING and send it a second time."""
 
     class Delivered(NoDeadLetters):
-        def __init__(self) -> None:
-            super().__init__()
-            self.states: list[str] = []
-
         async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
             task = DeliveryTask("dlv_1", "sub_1", event(), 1)
             return DeadLetter(dead_letter_id, DeadLetterKind.DELIVERY, 1, body=encode_task(task))
 
         async def reset_delivery(self, delivery_id: str, now_us: int) -> bool:
             return False  # delivered
-
-        async def set_dead_letter_state(self, d: DeadLetter, state: Any, at_us: int) -> None:
-            self.states.append(state.value)
 
     class Publisher:
         def __init__(self) -> None:
@@ -148,7 +146,7 @@ async def test_a_redrive_does_not_send_again_a_delivery_that_was_delivered() -> 
     manager = DeadLetterManager(store, None, publisher)  # type: ignore[arg-type]
     progress = [p async for p in manager.redrive(["dl_1"], Filter(), everything=False, dry_run=False)]
     assert (progress[-1].redriven, progress[-1].failed) == (0, 1)
-    assert publisher.tasks == [] and store.states == []
+    assert publisher.tasks == [] and store.states == ["redriven", "dead"]  # claimed, then given back
 
 
 async def test_a_redrive_of_an_event_processed_since_publishes_nothing() -> None:
