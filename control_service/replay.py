@@ -8,7 +8,9 @@ one subscription publishes one delivery task straight to the deliveries stream.
 A selection is a job: events of one source in a closed time range (at most ``max_range`` unless ``force``),
 optionally by type globs and status, at most ``max_events``, enqueued at ``rate`` events per second at most
 so that a replay never starves live traffic. The job runs in the control service whoever watches it; its
-progress (matched, queued, done, failed) is kept in the store and streamed to callers; it can be cancelled.
+progress (matched, queued, done, failed) is kept in the store and streamed to callers; it can be cancelled,
+on any replica: one that does not run it asks through the store (``replay_cancels``), which the runner reads
+every ``PROGRESS_EVERY``.
 
 **Interrupted jobs.** While a job runs, its control service writes it every ``heartbeat`` (its progress and
 ``updated_us``). A job still RUNNING in the store with no write for ``stale_after`` lost its runner (the
@@ -43,6 +45,15 @@ log = logging.getLogger(__name__)
 TERMINAL = frozenset({EventStatus.PROCESSED, EventStatus.STALE, EventStatus.FAILED})
 PAGE = 500
 PROGRESS_EVERY = 1.0
+# The slowest pace a job may ask for (events per second): one event every ten seconds.
+MIN_RATE = 0.1
+# How many of a job's enqueued events one read checks for being done (oldest first).
+WAIT_CHUNK = 256
+# How long CancelReplay waits for the job to end (on this replica or another one).
+CANCEL_WAIT_SECONDS = 10.0
+# The final write of a job that ended: tried again after these pauses before giving up (the job then reads
+# as interrupted once stale: FAILED with what it had enqueued).
+FINAL_WRITE_PAUSES = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
 class Events(Protocol):
@@ -64,6 +75,8 @@ class Subscriptions(Protocol):
 class Jobs(Protocol):
     async def put_replay(self, job: ReplayJob) -> None: ...
     async def get_replay(self, replay_id: str) -> ReplayJob | None: ...
+    async def request_replay_cancel(self, replay_id: str, at_us: int) -> None: ...
+    async def replay_cancel_requested(self, replay_id: str) -> bool: ...
 
 
 class Publisher(Protocol):
@@ -185,8 +198,13 @@ class ReplayManager:
         check_range(sel.start_us, sel.end_us, self.limits.store_ttl_seconds)  # force or not: the store refuses more
         if sel.max_events > self.limits.max_events and not sel.force:
             raise InvalidRequest(f"max_events is above {self.limits.max_events}", reason="TOO_MANY_EVENTS")
-        if sel.rate_per_second < 0:
-            raise InvalidRequest("rate_per_second must not be negative", reason="FIELD_INVALID")
+        if not (sel.rate_per_second == 0 or MIN_RATE <= sel.rate_per_second <= self.limits.rate_per_second):
+            raise InvalidRequest(
+                f"rate_per_second must be 0 (the configured pace) or between {MIN_RATE:g} and the configured "
+                f"{self.limits.rate_per_second:g} events per second",
+                reason="FIELD_INVALID",
+                metadata={"field": "rate_per_second"},
+            )
         if sel.subscription_id:
             await self._subscription(sel.subscription_id)
         request = json.dumps({k: v.value if isinstance(v, EventStatus) else v for k, v in sel.__dict__.items()})
@@ -237,17 +255,27 @@ class ReplayManager:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def cancel(self, replay_id: str) -> ReplayJob:
+        """Cancels the job, here or on the replica that runs it (through the store: its runner looks every
+        ``PROGRESS_EVERY``), and returns it as it is after up to ``CANCEL_WAIT_SECONDS``."""
         running = self._running.get(replay_id)
-        if running is None:
-            return await self.get(replay_id)  # over already: cancelling changes nothing
-        job, task, cancel = running
-        cancel.set()
-        await asyncio.wait({task}, timeout=10)
+        if running is not None:
+            job, task, cancel = running
+            cancel.set()
+            await asyncio.wait({task}, timeout=CANCEL_WAIT_SECONDS)
+            return job
+        job = await self.get(replay_id)
+        if job.state is not ReplayState.RUNNING:
+            return job  # over already: cancelling changes nothing
+        await self.jobs.request_replay_cancel(replay_id, now_us())
+        deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_SECONDS
+        while job.state is ReplayState.RUNNING and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(PROGRESS_EVERY / 2)
+            job = await self.get(replay_id)
         return job
 
     # -- the job ------------------------------------------------------------------------------------------
     async def _run(self, job: ReplayJob, sel: Selection, cancel: asyncio.Event) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat(job))
+        heartbeat = asyncio.create_task(self._heartbeat(job, cancel))
         try:
             queued = await self._select_and_enqueue(job, sel, cancel)
             if not cancel.is_set() and not sel.dry_run:
@@ -266,15 +294,39 @@ class ReplayManager:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
             job.finished_us = now_us()
-            await self._put(job)
+            await self._put_final(job)
 
-    async def _heartbeat(self, job: ReplayJob) -> None:
-        """Writes the running job (its progress) every ``heartbeat_seconds``, so that readers can tell a job
-        that runs from one whose runner is gone. A failed write is retried at the next beat."""
-        while True:
-            await asyncio.sleep(self.limits.heartbeat_seconds)
+    async def _put_final(self, job: ReplayJob) -> None:
+        """The job's end, written again after a failure (it used to escape the task after one: the row said
+        RUNNING, and read as interrupted, FAILED, a minute later, though the job had ended)."""
+        for pause in (*FINAL_WRITE_PAUSES, None):
             try:
                 await self._put(job)
+                return
+            except SwitchboardError as exc:
+                if pause is None:
+                    log.error(
+                        "replay end not recorded: it will read as interrupted",
+                        extra={"replay": job.id, "state": job.state.value, "error": exc.message},
+                    )
+                    return
+                log.warning("replay end not recorded yet", extra={"replay": job.id, "error": exc.message})
+                await asyncio.sleep(pause)
+
+    async def _heartbeat(self, job: ReplayJob, cancel: asyncio.Event) -> None:
+        """Writes the running job (its progress) every ``heartbeat_seconds``, so that readers can tell a job
+        that runs from one whose runner is gone (a failed write is retried at the next beat), and looks every
+        ``PROGRESS_EVERY`` for a cancel asked on another replica."""
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + self.limits.heartbeat_seconds
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            try:
+                if await self.jobs.replay_cancel_requested(job.id):
+                    cancel.set()
+                if loop.time() >= next_beat:
+                    next_beat = loop.time() + self.limits.heartbeat_seconds
+                    await self._put(job)
             except SwitchboardError as exc:
                 log.warning("replay progress not recorded", extra={"replay": job.id, "error": exc.message})
 
@@ -286,7 +338,7 @@ class ReplayManager:
         """Lists the selection, enqueues it at the pace, and returns what it enqueued."""
         assert sel.start_us is not None and sel.end_us is not None
         limit = min(sel.max_events or self.limits.max_events, self.limits.max_events if not sel.force else 10**9)
-        rate = sel.rate_per_second or self.limits.rate_per_second
+        rate = min(sel.rate_per_second or self.limits.rate_per_second, self.limits.rate_per_second)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         queued: list[InboundEvent] = []
@@ -304,13 +356,14 @@ class ReplayManager:
                 if sel.dry_run:
                     continue
                 due = t0 + job.queued / rate
-                if due > loop.time():
-                    await asyncio.sleep(due - loop.time())
+                if due > loop.time() and await _cancelled_within(cancel, due - loop.time()):
+                    break  # a cancel during the pause: nothing more is enqueued
                 stored = await self.events.get(summary.source, summary.event_id)
                 if stored is None:
                     job.failed += 1
                     continue
-                queued.append(await self._enqueue(stored.event, job.id, sel.subscription_id))
+                enqueued = await self._enqueue(stored.event, job.id, sel.subscription_id)
+                queued.append(replace(enqueued, body=b"", headers={}))  # what _wait_done reads: ids, not bodies
                 job.queued += 1
             if cursor is None:
                 break
@@ -336,50 +389,52 @@ class ReplayManager:
     async def _wait_done(
         self, job: ReplayJob, sel: Selection, queued: list[InboundEvent], cancel: asyncio.Event
     ) -> None:
-        """Counts the replayed events processed (or delivered) until all are, or nothing moves for a minute."""
+        """Counts the replayed events processed (or delivered) until all are, or nothing moves for a minute.
+        One read checks the oldest ``WAIT_CHUNK`` still pending: a job of 100,000 events no longer asks for all
+        of them twice a second."""
         pending = list(queued)
         idle_since = asyncio.get_running_loop().time()
         while pending and not cancel.is_set():
-            if sel.subscription_id:
-                ids = [delivery_id(e.source, e.event_id, f"{sel.subscription_id}#{job.id}") for e in pending]
-                states = await self.deliveries.get_many(ids)
-                finished = {
-                    e.key
-                    for e, i in zip(pending, ids, strict=True)
-                    if i in states and states[i].status in FINAL_DELIVERY
-                }
-                failed = {
-                    e.key
-                    for e, i in zip(pending, ids, strict=True)
-                    if i in states and states[i].status.value == "failed"
-                }
-            else:
-                priors = await self.events.priors(pending)
-                finished = {
-                    e.key
-                    for e in pending
-                    if (p := priors.get(e.key)) and p.receipt_id == e.receipt_id and p.status in TERMINAL
-                }
-                failed = {
-                    e.key
-                    for e in pending
-                    if (p := priors.get(e.key)) and p.receipt_id == e.receipt_id and p.status is EventStatus.FAILED
-                }
+            head = pending[:WAIT_CHUNK]
+            finished, failed = await self._finished(job, sel, head)
             if finished:
                 idle_since = asyncio.get_running_loop().time()
             job.done += len(finished - failed)
             job.failed += len(failed)
-            pending = [e for e in pending if e.key not in finished]
+            pending = [e for e in head if e.key not in finished] + pending[WAIT_CHUNK:]
             if asyncio.get_running_loop().time() - idle_since > 60:
                 job.message = f"{len(pending)} replayed events not finished after a minute without progress"
                 return
-            await asyncio.sleep(0.5)
+            if len(finished) < len(head):
+                await asyncio.sleep(0.5)
+
+    async def _finished(self, job: ReplayJob, sel: Selection, events: list[InboundEvent]) -> tuple[set[str], set[str]]:
+        """The keys of ``events`` whose replay is over, and of those the ones that failed."""
+        if sel.subscription_id:
+            ids = [delivery_id(e.source, e.event_id, f"{sel.subscription_id}#{job.id}") for e in events]
+            states = await self.deliveries.get_many(ids)
+            over = {e.key: states[i].status for e, i in zip(events, ids, strict=True) if i in states}
+            finished = {k for k, status in over.items() if status in FINAL_DELIVERY}
+            return finished, {k for k in finished if over[k].value == "failed"}
+        priors = await self.events.priors(events)
+        mine = {e.key: p for e in events if (p := priors.get(e.key)) and p.receipt_id == e.receipt_id}
+        finished = {k for k, p in mine.items() if p.status in TERMINAL}
+        return finished, {k for k in finished if mine[k].status is EventStatus.FAILED}
 
     async def _subscription(self, subscription_id: str) -> Subscription:
         s = await self.subscriptions.get(subscription_id)
         if s is None:
             raise NotFound(f"no subscription {subscription_id!r}", reason="SUBSCRIPTION_NOT_FOUND")
         return s
+
+
+async def _cancelled_within(cancel: asyncio.Event, seconds: float) -> bool:
+    """Waits ``seconds`` unless ``cancel`` is set first; whether it was."""
+    try:
+        await asyncio.wait_for(cancel.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _new_id() -> str:

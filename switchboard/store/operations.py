@@ -147,6 +147,13 @@ class OperationsStore:
             updated_us=us_of(r.updated_at),
         )
 
+    async def request_replay_cancel(self, replay_id: str, at_us: int) -> None:
+        """Asks the replica that runs ``replay_id`` to cancel it (kept a day: a job is over long before)."""
+        await self.store.execute(self.q.replay_cancel_put, (replay_id, ts(at_us), 86_400))
+
+    async def replay_cancel_requested(self, replay_id: str) -> bool:
+        return bool(await self.store.execute(self.q.replay_cancel_get, (replay_id,)))
+
     async def reset_delivery(self, delivery_id: str, now_us: int) -> bool:
         """A delivery redriven from the dead letters: PENDING with a fresh attempt budget. False, writing
         nothing, for one that was delivered (a task dead-lettered after its delivery was recorded: a redrive

@@ -20,7 +20,8 @@
   first) and ``deliveries_by_event`` — the state of each delivery of an event to a subscription.
 * ``dead_letters`` (by kind and day, newest first) and ``dead_letters_by_id`` — every message dead-lettered,
   with its headers and body (what a redrive republishes) and its state (dead, redriven, purged).
-* ``replays`` — each replay job's request and progress.
+* ``replays`` — each replay job's request and progress; ``replay_cancels`` — cancels asked of a job on a
+  control replica that does not run it (its runner polls for them).
 * ``delivery_attempts`` (by delivery) and ``attempts_by_subscription`` (by subscription and day, newest
   first) — every attempt: status, duration, selected response headers, the first 4 KB of the body, error.
 
@@ -124,6 +125,9 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
             id text PRIMARY KEY, request text, state text, matched bigint, queued bigint, done bigint,
             failed bigint, started_at timestamp, finished_at timestamp, message text, dry_run boolean,
             updated_at timestamp
+        ) WITH {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.replay_cancels (
+            id text PRIMARY KEY, requested_at timestamp
         ) WITH {opts}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_source (
             source text, bucket bigint, received_at timestamp, event_id text, event_type text,

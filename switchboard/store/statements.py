@@ -149,6 +149,8 @@ def _operations_cql(ks: str) -> dict[str, str]:
         "replay_put": f"""INSERT INTO {ks}.replays (id, request, state, matched, queued, done, failed, started_at,
             finished_at, message, dry_run, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
         "replay_get": f"SELECT * FROM {ks}.replays WHERE id = ?",
+        "replay_cancel_put": f"INSERT INTO {ks}.replay_cancels (id, requested_at) VALUES (?, ?) USING TTL ?",
+        "replay_cancel_get": f"SELECT id FROM {ks}.replay_cancels WHERE id = ?",
         "delivery_reset": f"""UPDATE {ks}.deliveries USING TTL ? SET status = ?, attempts = 0, updated_at = ?
             WHERE id = ?""",
         "delivery_status": f"SELECT status FROM {ks}.deliveries WHERE id = ?",
@@ -234,6 +236,8 @@ class OperationStatements:
     dead_state_from: PreparedStatement
     replay_put: PreparedStatement
     replay_get: PreparedStatement
+    replay_cancel_put: PreparedStatement
+    replay_cancel_get: PreparedStatement
     delivery_reset: PreparedStatement
     delivery_status: PreparedStatement
 

@@ -1,7 +1,8 @@
 """What a redrive does on the stack's real Cassandra. The reset of an event (``EventStore.reset_attempts``):
 the dead-lettered receipt's own FAILED row is reset; a row processed since, or stored under another receipt,
 is left alone; an event never committed gets a row without a receipt, which the processor takes for nothing.
-The claim of a dead letter (``OperationsStore.set_dead_letter_state`` with ``only_from``)."""
+The claim of a dead letter (``OperationsStore.set_dead_letter_state`` with ``only_from``), and a replay's
+cancel asked through the store."""
 
 from __future__ import annotations
 
@@ -92,6 +93,23 @@ def test_a_dead_letter_is_claimed_once_and_its_marks_expire_with_it(stack: Stack
             state_ttl, row_ttl = rows[0]
             assert abs(state_ttl - row_ttl) <= 5  # an hour less than a fresh TTL, like the row's other cells
             assert state_ttl <= stack_config.cassandra.ttl_seconds - 3_500
+        finally:
+            session.close()
+
+    asyncio.run(run())
+
+
+def test_a_replay_cancel_asked_through_the_store_is_seen(stack: Stack, stack_config: PlatformConfig) -> None:
+    """How a control replica that does not run a job cancels it: a row its runner polls for."""
+
+    async def run() -> None:
+        session = StoreSession.connect(stack_config.cassandra)
+        try:
+            ops = OperationsStore(session)
+            replay_id = "rp_" + secrets.token_hex(8)
+            assert not await ops.replay_cancel_requested(replay_id)
+            await ops.request_replay_cancel(replay_id, now_us())
+            assert await ops.replay_cancel_requested(replay_id)
         finally:
             session.close()
 
