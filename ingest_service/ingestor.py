@@ -28,7 +28,8 @@ from switchboard.signatures import Verifier
 
 log = logging.getLogger(__name__)
 
-# Request headers never stored with an event: transport internals and credentials.
+# Request headers never stored with an event: transport internals and credentials (and, per source, the
+# signature: select_headers' ``drop``).
 _DROP_PREFIXES = ("grpc-", "x-envoy-", ":")
 _DROP = frozenset(
     {
@@ -63,12 +64,15 @@ class Source:
     verifier: Verifier
 
 
-def select_headers(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
-    """The request headers worth keeping with the event, lowercased; repeated headers joined by ', '."""
+def select_headers(metadata: Iterable[tuple[str, str | bytes]], drop: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The request headers worth keeping with the event, lowercased; repeated headers joined by ', '. Also
+    dropped: ``drop`` (the source's signature headers, ``Verifier.signature_headers``)."""
     out: dict[str, str] = {}
     for key, value in metadata:
         k = key.lower()
         if k in _DROP or k.startswith(_DROP_PREFIXES) or k.endswith("-bin") or not isinstance(value, str):
+            continue
+        if k in drop:
             continue
         value = value[:MAX_HEADER_VALUE]
         out[k] = f"{out[k]}, {value}" if k in out else value
@@ -160,7 +164,7 @@ class Ingestor:
                 received_us=received_us,
                 body=body,
                 content_type=content_type,
-                headers=select_headers(raw_headers.items()),
+                headers=select_headers(metadata, source.verifier.signature_headers),
                 receipt_id=new_receipt_id(),
                 provider_time_us=int(verified.provider_time * 1_000_000) if verified.provider_time else 0,
                 entity_id=verified.entity_id,

@@ -27,7 +27,9 @@ class Secret:
 
 @dataclass(frozen=True)
 class SecretRef:
-    """Where a secret lives: an environment variable or a file (first line, stripped)."""
+    """Where a secret lives: an environment variable or a file, stripped; one line (a file with a second line,
+    a note or a second key, is refused rather than read whole into a key that verifies nothing: several
+    secrets are several entries)."""
 
     env: str | None = None
     file: Path | None = None
@@ -42,6 +44,7 @@ class SecretRef:
             value = os.environ.get(self.env, "").strip()
             if not value:
                 raise ConfigError(f"secret environment variable {self.env} is not set or empty")
+            _one_line(value, f"secret environment variable {self.env}")
             return Secret(value, f"env:{self.env}")
         assert self.file is not None
         if not self.file.exists() and self.generate:
@@ -52,7 +55,13 @@ class SecretRef:
             raise ConfigError(f"cannot read secret file {self.file}: {exc.strerror}") from None
         if not value:
             raise ConfigError(f"secret file {self.file} is empty")
+        _one_line(value, f"secret file {self.file}")
         return Secret(value, f"file:{self.file}")
+
+
+def _one_line(value: str, where: str) -> None:
+    if len(value.splitlines()) > 1:
+        raise ConfigError(f"{where} holds more than one line: one secret each (several secrets: several entries)")
 
 
 GENERATED_KINDS = ("whsec", "hex", "fernet")

@@ -67,9 +67,17 @@ class Verifier(ABC):
     __slots__ = ("source",)
 
     scheme: ClassVar[str]
+    # The headers that carry the signature: never stored with the event. Without a timestamp under the
+    # signature (GitHub, Shopify, HMAC without one) a stored signature and body are a request anyone who can
+    # read events could send again, under a new delivery id, as a new event.
+    SIGNATURE_HEADERS: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, source: str) -> None:
         self.source = source
+
+    @property
+    def signature_headers(self) -> frozenset[str]:
+        return self.SIGNATURE_HEADERS
 
     @abstractmethod
     def verify(self, headers: Mapping[str, str], body: bytes, received_at: float) -> Verified:

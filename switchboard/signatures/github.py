@@ -39,6 +39,7 @@ class GitHubVerifier(Verifier):
     __slots__ = ("_macs", "_sha1")
 
     scheme = SCHEME
+    SIGNATURE_HEADERS = frozenset({HEADER, SHA1_HEADER})
 
     def __init__(self, source: str, secrets: Sequence[str], *, allow_sha1: bool = False) -> None:
         super().__init__(source)

@@ -99,6 +99,10 @@ class HmacVerifier(Verifier):
 
     scheme = SCHEME
 
+    @property
+    def signature_headers(self) -> frozenset[str]:
+        return frozenset({self._settings.header})
+
     def __init__(self, source: str, secrets: Sequence[str], settings: HmacSettings) -> None:
         super().__init__(source)
         self._settings = settings

@@ -45,6 +45,7 @@ class ShopifyVerifier(Verifier):
     __slots__ = ("_macs",)
 
     scheme = SCHEME
+    SIGNATURE_HEADERS = frozenset({HEADER})
 
     def __init__(self, source: str, secrets: Sequence[str]) -> None:
         super().__init__(source)

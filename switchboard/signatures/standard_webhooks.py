@@ -59,6 +59,7 @@ class StandardWebhooksVerifier(Verifier):
     __slots__ = ("_macs", "_tolerance")
 
     scheme = SCHEME
+    SIGNATURE_HEADERS = frozenset({HEADER})
 
     def __init__(self, source: str, secrets: Sequence[str], *, tolerance_seconds: float = 300.0) -> None:
         super().__init__(source)

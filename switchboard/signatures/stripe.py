@@ -45,6 +45,7 @@ class StripeVerifier(Verifier):
     __slots__ = ("_macs", "_tolerance")
 
     scheme = SCHEME
+    SIGNATURE_HEADERS = frozenset({HEADER})
 
     def __init__(self, source: str, secrets: Sequence[str], *, tolerance_seconds: float = 300.0) -> None:
         super().__init__(source)

@@ -67,7 +67,7 @@ def test_stripe_event_round_trip_is_byte_identical(stack: Stack, stack_config: P
     assert event.event_type == "invoice.paid"
     assert event.provider == "stripe"
     assert event.content_type == "application/json"
-    assert event.headers["stripe-signature"].startswith("t=")
+    assert "stripe-signature" not in event.headers  # the signature is never stored with the event
     assert event.entity_id == "in_1"
     assert event.status == event_pb2.EVENT_STATUS_PROCESSED
     ok = event_pb2.OPERATION_OUTCOME_OK

@@ -133,6 +133,20 @@ def test_secret_refs_resolve_without_exposing_the_value(tmp_path: Path, monkeypa
     assert SecretRef(file=tmp_path / "g.secret", generate="whsec").resolve() == generated  # kept, not rotated
 
 
+def test_a_secret_of_more_than_one_line_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read whole, such a file made a key that verified nothing: every request a 401 (found in review)."""
+    noted = tmp_path / "noted.secret"
+    noted.write_text("whsec_abc\n# rotated 2026-12-01\n")
+    with pytest.raises(ConfigError, match="more than one line") as caught:
+        SecretRef(file=noted).resolve()
+    assert "whsec_abc" not in str(caught.value)
+    monkeypatch.setenv("SB_TEST_TWO", "a\nb")
+    with pytest.raises(ConfigError, match="more than one line"):
+        SecretRef(env="SB_TEST_TWO").resolve()
+    (tmp_path / "trailing.secret").write_text("\n  whsec_abc  \n\n")
+    assert SecretRef(file=tmp_path / "trailing.secret").resolve().reveal() == "whsec_abc"
+
+
 def test_retry_policy_parses() -> None:
     cfg = parse_config(
         base(processor={"retry": {"max_attempts": 3, "min_backoff_seconds": 0.5, "max_backoff_seconds": 2}}),

@@ -68,6 +68,21 @@ def test_builds_and_verifies_each_scheme(scheme: str, env_secrets: tuple[SecretR
     assert WHSEC not in repr(verifier) and WHSEC_2 not in repr(verifier)
 
 
+@pytest.mark.parametrize("scheme", sorted(CLASSES))
+def test_each_scheme_names_the_headers_that_carry_its_signature(
+    scheme: str, env_secrets: tuple[SecretRef, SecretRef]
+) -> None:
+    """Ingest stores none of them with the event: without them the stored request does not verify."""
+    verifier = build_verifier(source(scheme, *env_secrets))
+    body = b'{"id": "evt_1", "type": "t.x"}'
+    headers = sign(scheme, WHSEC, body, now=NOW, options=OPTIONS.get(scheme), event_id="e-1", event_type="t")
+    assert verifier.signature_headers & set(headers)
+    kept = {k: v for k, v in headers.items() if k not in verifier.signature_headers}
+    with pytest.raises(SignatureError) as exc:
+        verifier.verify(kept, body, NOW)
+    assert exc.value.reason == "SIGNATURE_HEADER_MISSING"
+
+
 def test_secret_from_file(tmp_path: Path) -> None:
     path = tmp_path / "gh.secret"
     path.write_text("file-secret\n")
