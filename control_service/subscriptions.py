@@ -46,6 +46,7 @@ MAX_METADATA = 32
 MAX_DESCRIPTION = 1024
 MAX_RATE = 100_000
 MAX_IN_FLIGHT = 1_000
+MAX_RSA_BITS = 8192  # a larger key costs every encryption for nothing (a 96,000-bit one was accepted)
 DEFAULT_LISTING_US = 30 * 86_400 * 1_000_000
 # The fields a client may change (UpdateSubscription's mask), with their names in the API.
 MUTABLE = frozenset(
@@ -361,7 +362,8 @@ class SubscriptionManager:
                 )
             s.sources = tuple(draft.sources or ())
         if "event_types" in fields or "sources" in fields:
-            globs = draft.event_types if "event_types" in fields and draft.event_types else s.event_types
+            # Named in the change with no globs: every type again (as for sources); kept when not named.
+            globs = (draft.event_types or ("*",)) if "event_types" in fields else s.event_types
             s.event_types = check_event_types(globs or ("*",), self._catalogue(s.sources))
         if "trigger_conditions" in fields:
             expression = (draft.trigger_conditions or "").strip()
@@ -418,16 +420,19 @@ def check_public_key(value: str) -> str:
         return ""
     if len(text) > 16_384:
         raise _field_error("public_key", "is too long")
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     try:
         key = _jwk_public_key(json.loads(text)) if text.startswith("{") else load_pem_public_key(text.encode())
-    except (ValueError, TypeError, KeyError, RecursionError):  # RecursionError: JSON nested past the parser's limit
+    except (ValueError, TypeError, KeyError, RecursionError, UnsupportedAlgorithm):
+        # RecursionError: JSON nested past the parser's limit; UnsupportedAlgorithm: a curve or key type the
+        # library does not know (it was a 500)
         raise _field_error("public_key", "is not a PEM public key or a public JWK") from None
     if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < 2048:
-            raise _field_error("public_key", f"RSA keys must have at least 2048 bits, not {key.key_size}")
+        if not 2048 <= key.key_size <= MAX_RSA_BITS:
+            raise _field_error("public_key", f"RSA keys must have 2048 to {MAX_RSA_BITS} bits, not {key.key_size}")
     elif not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in (
         "secp256r1",
         "secp384r1",
@@ -440,6 +445,7 @@ def check_public_key(value: str) -> str:
 def _jwk_public_key(jwk: object) -> object:
     import base64
 
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     if not isinstance(jwk, dict) or "d" in jwk:

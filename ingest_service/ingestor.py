@@ -46,6 +46,7 @@ _DROP = frozenset(
     }
 )
 MAX_HEADER_VALUE = 4096
+MAX_CONTENT_TYPE = 255
 
 
 class EventPublisher(Protocol):
@@ -135,6 +136,12 @@ class Ingestor:
             raise PayloadTooLarge(
                 f"body of {len(body)} bytes is over the source's limit of {source.config.max_body_bytes}",
                 metadata={"source": name, "limit": str(source.config.max_body_bytes)},
+            )
+        if len(content_type) > MAX_CONTENT_TYPE or not (content_type.isascii() and content_type.isprintable()):
+            # It is sent on with every delivery: a CR/LF in it made the delivery worker's request raise.
+            raise InvalidRequest(
+                f"the content type must be printable ASCII of at most {MAX_CONTENT_TYPE} characters",
+                reason="CONTENT_TYPE_INVALID",
             )
         raw_headers: dict[str, str] = {}
         for key, value in metadata:

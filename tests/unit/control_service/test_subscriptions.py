@@ -4,6 +4,7 @@ that every change is announced."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,17 @@ async def test_a_client_named_as_the_internal_tools_owner_is_refused(manager: Su
         await manager.list_subscriptions(posing, 10, "")
 
 
+def spki_pem(curve_oid: str) -> str:
+    """A PEM SubjectPublicKeyInfo of an EC key on the curve ``curve_oid`` (hex DER of the OID)."""
+
+    def tlv(tag: int, body: bytes) -> bytes:
+        return bytes([tag, len(body)]) + body
+
+    algorithm = tlv(0x30, tlv(6, bytes.fromhex("2a8648ce3d0201")) + tlv(6, bytes.fromhex(curve_oid)))
+    der = tlv(0x30, algorithm + tlv(3, b"\x00\x04" + b"\x01" * 28))
+    return "-----BEGIN PUBLIC KEY-----\n" + base64.encodebytes(der).decode() + "-----END PUBLIC KEY-----\n"
+
+
 @pytest.mark.parametrize(
     ("draft", "reason"),
     [
@@ -137,6 +149,8 @@ async def test_a_client_named_as_the_internal_tools_owner_is_refused(manager: Su
         (Draft(callback_url=URL, max_in_flight=10**4), "FIELD_INVALID"),
         (Draft(callback_url=URL, public_key="not a key"), "FIELD_INVALID"),
         (Draft(callback_url=URL, public_key='{"a":' + "[" * 5000), "FIELD_INVALID"),  # nested past the parser
+        (Draft(callback_url=URL, public_key=spki_pem("2b81040006")), "FIELD_INVALID"),  # secp112r1: it was a 500
+        (Draft(callback_url=URL, public_key=spki_pem("2b0601040182370a0301")), "FIELD_INVALID"),  # no such algorithm
         (Draft(callback_url=URL, metadata={f"k{i}": "v" for i in range(40)}), "FIELD_INVALID"),
         (Draft(), "FIELD_INVALID"),
     ],
@@ -149,6 +163,19 @@ async def test_bad_fields_are_invalid_arguments_naming_the_field(
     assert bad.value.reason == reason
     assert "field" in bad.value.metadata
     assert memory.subs == {} and memory.changed == []
+
+
+async def test_an_update_that_names_event_types_with_none_takes_every_type_again(
+    manager: SubscriptionManager,
+) -> None:
+    """Like sources; the old globs were kept (found in review)."""
+    s = (
+        await manager.create(ALICE, Draft(callback_url=URL, event_types=("invoice.*",), sources=("shop",)))
+    ).subscription
+    kept = await manager.update(ALICE, s.id, Draft(description="d"), ["description"])
+    assert kept.event_types == ("invoice.*",)
+    every = await manager.update(ALICE, s.id, Draft(event_types=None), ["event_types"])
+    assert every.event_types == ("*",)
 
 
 async def test_a_source_that_declares_no_types_accepts_any_glob(manager: SubscriptionManager) -> None:

@@ -134,6 +134,17 @@ async def test_a_broker_that_does_not_confirm_is_unavailable_not_accepted(
         await ingestor.receive("shop", headers, body, "application/json")
 
 
+@pytest.mark.parametrize("content_type", ["application/json\r\nx-injected: 1", "text/plain; é", "a" * 256])
+async def test_a_content_type_that_cannot_be_sent_on_is_an_invalid_request(
+    ingestor: Ingestor, publisher: RecordingPublisher, content_type: str
+) -> None:
+    """Reachable on ingest's own port only (Envoy refuses such headers); the delivery worker's request raised."""
+    body, headers = stripe_request("evt_ct")
+    with pytest.raises(errors.InvalidRequest) as caught:
+        await ingestor.receive("shop", headers, body, content_type)
+    assert caught.value.reason == "CONTENT_TYPE_INVALID" and publisher.published == []
+
+
 def test_select_headers_drops_transport_and_credentials() -> None:
     kept = select_headers(
         [
