@@ -445,7 +445,6 @@ def check_public_key(value: str) -> str:
 def _jwk_public_key(jwk: object) -> object:
     import base64
 
-    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     if not isinstance(jwk, dict) or "d" in jwk:
