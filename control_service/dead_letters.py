@@ -165,13 +165,15 @@ class DeadLetterRecorder:
         death = _first_death(m.headers)
         dead_at = m.headers.get("x-dead-at") or (death.get("time") if death else None)
         dead_us = _us(dead_at) or now_us()
-        if "x-last-error" in m.headers:
+        if "x-dead-at" in m.headers:  # the worker's dead-letter copy (a retried copy has x-last-error too)
             dead_reason = m.headers.get("x-dead-reason")
             reason = {"undecodable": "UNDECODABLE", "crashed": "CRASHED"}.get(str(dead_reason), "FAILED")
             error = m.last_error
         else:  # dead-lettered by the broker itself
             reason = str(death.get("reason", "")).upper() if death else "UNKNOWN"
             error = f"dead-lettered by the broker ({reason.lower()}): its consumer kept failing on it"
+            if m.last_error:
+                error += f"; the last error before: {m.last_error}"
         d = DeadLetter(
             id=(
                 dead_letter_id(self.kind, m.message_id, m.attempt, 0)

@@ -25,6 +25,13 @@ DeliveryCursor = tuple[int, int, str]
 AttemptCursor = tuple[int, int, str, int, str]
 
 
+def ms_floor(us: int) -> int:
+    """``us`` down to its millisecond: Cassandra keeps timestamps (and the driver sends bounds) in
+    milliseconds, so a row is compared with a bound at that precision. Compared in microseconds, a row at
+    .7 ms fell outside both [a, .5 ms) and [.5 ms, b)."""
+    return us - us % 1000
+
+
 def day_of(us: int) -> int:
     return us // DAY_US
 
@@ -135,7 +142,7 @@ class DeliveryStore:
             else:
                 params = (subscription_id, day, ts(start_us), ts(end_us), want)
                 rows = await self.store.execute(self.q.by_subscription_range, params)
-            page = [(day, us_of(r.created_at) // 1000, r.id) for r in rows if us_of(r.created_at) >= start_us]
+            page = [(day, us_of(r.created_at) // 1000, r.id) for r in rows if us_of(r.created_at) >= ms_floor(start_us)]
             ids += page
             if len(rows) < want or len(page) < len(rows):
                 day -= 1
@@ -178,7 +185,7 @@ class DeliveryStore:
             page = [
                 ((day, us_of(r.started_at) // 1000, r.delivery_id, r.attempt, r.run), _attempt(r))
                 for r in rows
-                if us_of(r.started_at) >= start_us
+                if us_of(r.started_at) >= ms_floor(start_us)
             ]
             out += page
             if len(rows) < want or len(page) < len(rows):

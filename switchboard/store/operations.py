@@ -9,7 +9,7 @@ from typing import Any
 from switchboard.model.events import now_us
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState, ReplayJob, ReplayState
 from switchboard.pagination import DAY_US
-from switchboard.store.deliveries import day_of, days_to_read
+from switchboard.store.deliveries import day_of, days_to_read, ms_floor
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
 
@@ -93,7 +93,7 @@ class OperationsStore:
                 rows = await self.store.execute(self.q.dead_after, params)
             else:
                 rows = await self.store.execute(self.q.dead_range, (kind.value, day, ts(start_us), ts(end_us), want))
-            page = [_dead_letter(r) for r in rows if us_of(r.dead_at) >= start_us]
+            page = [_dead_letter(r) for r in rows if us_of(r.dead_at) >= ms_floor(start_us)]
             out += page
             if len(rows) < want or len(page) < len(rows):
                 day -= 1

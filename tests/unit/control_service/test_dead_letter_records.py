@@ -8,6 +8,7 @@ lightweight transaction on Cassandra: tests/e2e/test_operations.py)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import pytest
 
@@ -182,3 +183,25 @@ async def test_a_redrive_whose_publish_fails_gives_the_row_back() -> None:
         async for _ in manager.redrive([d.id], Filter(), everything=False, dry_run=False):
             pass
     assert rows.rows[d.id].state is DeadLetterState.DEAD  # a later redrive can take it
+
+
+def test_a_retried_message_the_broker_dead_lettered_is_a_delivery_limit_not_a_failure() -> None:
+    """A retried copy carries x-last-error too; only the worker's dead-letter copy has x-dead-at. The recorder
+    took the first for the second: FAILED with the stale retry error, missed by a DELIVERY_LIMIT filter."""
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    headers = {
+        "x-attempt": 1,
+        "x-retry-delay-ms": 1000,
+        "x-last-error": "operation ledger failed: timeout",
+        "x-death": [
+            {"reason": "delivery_limit", "queue": "switchboard.events.0", "time": at, "count": 1},
+            {"reason": "expired", "queue": "switchboard.events.retry.1000", "time": at, "count": 1},
+        ],
+    }
+    m = QueueMessage(
+        body=encode_inbound(event()), message_id="shop/evt_1", headers=headers, redelivered=False, queue="d"
+    )
+    d = DeadLetterRecorder(Rows(), DeadLetterKind.PROCESSING).record(m)  # type: ignore[arg-type]
+    assert d.reason == "DELIVERY_LIMIT"
+    assert d.last_error.endswith("the last error before: operation ledger failed: timeout")
+    assert d.dead_us == int(at.timestamp() * 1_000_000)

@@ -151,3 +151,41 @@ async def test_a_range_longer_than_the_store_keeps_anything_is_refused_before_an
     with pytest.raises(InvalidRequest) as caught:
         await store(listing).list("s", 0, 253_402_300_799 * 1_000_000, 10, None)
     assert caught.value.reason == "TIME_RANGE_TOO_LARGE" and listing.reads == 0
+
+
+def test_a_dead_letter_is_in_exactly_one_of_two_windows_split_below_a_millisecond() -> None:
+    """The store keeps milliseconds and the driver cuts bounds to them; the start filter compared
+    microseconds, so a row at a millisecond fell in neither [a, .5 ms) nor [.5 ms, b) (found in review)."""
+    from cassandra.cqltypes import DateType
+
+    from switchboard.model.operations import DeadLetterKind
+    from switchboard.store.operations import OperationsStore
+
+    row_ms = 1_700_000_000_000
+
+    def sent_ms(value: Any) -> int:  # what Cassandra receives for a bound
+        return int.from_bytes(DateType.serialize(value, 4), "big", signed=True)
+
+    row = SimpleNamespace(
+        id="dl_1", kind="processing", dead_at=ts(row_ms * 1000), source="s", event_id="e", event_type="t",
+        subscription_id="", delivery_id="", message_id="m", attempts=1, last_error="", reason="FAILED",
+        headers={}, body=b"", message_type="", state="dead", redriven_at=None,
+    )  # fmt: skip
+
+    class Session:
+        cfg = SimpleNamespace(ttl_seconds=30 * 86_400)
+        statements = SimpleNamespace(operations=SimpleNamespace(dead_range="range", dead_after="after"))
+
+        async def execute(self, statement: str, p: tuple[Any, ...]) -> list[Any]:
+            day = row_ms * 1000 // 86_400_000_000
+            in_range = statement == "range" and p[1] == day and sent_ms(p[2]) <= row_ms < sent_ms(p[3])
+            return [row] if in_range else []
+
+    async def windows() -> tuple[list[str], list[str]]:
+        ops = OperationsStore(Session())  # type: ignore[arg-type]
+        split = row_ms * 1000 + 500
+        before, _ = await ops.dead_letters(DeadLetterKind.PROCESSING, split - 60_000_000, split, 10, None)
+        after, _ = await ops.dead_letters(DeadLetterKind.PROCESSING, split, split + 60_000_000, 10, None)
+        return [d.id for d in before], [d.id for d in after]
+
+    assert asyncio.run(windows()) == ([], ["dl_1"])
