@@ -27,7 +27,11 @@ connect (DNS rebinding): aiohttp connects to exactly the addresses the resolver 
 * :func:`resolve_and_check` (I/O: DNS) — at subscription time: the host must resolve and EVERY address must
   pass :func:`check_ip`; returns the vetted addresses. A name that does not exist is ``CALLBACK_URL_INVALID``;
   a temporary DNS failure or timeout is :class:`~switchboard.errors.Unavailable` (``DNS_UNAVAILABLE``).
-* :class:`GuardedResolver` — an ``aiohttp`` resolver wrapping ``ThreadedResolver``; any answer that fails
+* DNS goes through c-ares (``aiodns``), on the event loop: a lookup that is cancelled or times out is
+  cancelled, no thread is held. On the loop's ``getaddrinfo`` each lookup took one of the default executor's
+  few threads until the system resolver gave up, whatever timeout its caller had, so a handful of names under
+  a slow zone held every lookup of every other subscription behind them.
+* :class:`GuardedResolver` — an ``aiohttp`` resolver wrapping ``AsyncResolver`` (c-ares); any answer that fails
   :func:`check_ip` makes the whole lookup fail with :class:`ForbiddenDestination`, which aiohttp lets
   through unchanged (it wraps only ``OSError``). aiohttp's DNS cache only ever holds vetted answers (the
   allowlist is fixed per resolver). Use it as::
@@ -56,8 +60,10 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
+import aiodns
+import aiodns.error
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
+from aiohttp.resolver import AsyncResolver
 from yarl import URL
 
 from switchboard.errors import ConfigError, InvalidRequest, Unavailable
@@ -87,6 +93,13 @@ MAX_URL_LENGTH: Final = 2048
 INVALID: Final = "CALLBACK_URL_INVALID"
 FORBIDDEN: Final = "CALLBACK_URL_FORBIDDEN"
 DNS_UNAVAILABLE: Final = "DNS_UNAVAILABLE"
+# c-ares: each query to a nameserver waits this long, and is tried this many times.
+DNS_TRY_SECONDS: Final = 2.0
+DNS_TRIES: Final = 2
+# Answers that say the name does not exist (anything else, a timeout or a refusal, is "not now").
+_NO_SUCH_NAME: Final = frozenset(
+    {aiodns.error.ARES_ENOTFOUND, aiodns.error.ARES_ENODATA, aiodns.error.ARES_EBADNAME, aiodns.error.ARES_ENONAME}
+)
 
 # Ranges refused on top of the ``is_*`` properties (which differ between Python patch releases), each with
 # the words an error message uses. Order matters only for the message: the first match names the range.
@@ -368,9 +381,9 @@ async def resolve_and_check(
     *,
     dns_timeout: float = 10.0,
 ) -> list[str]:
-    """Resolve ``host`` (DNS, through the running loop's ``getaddrinfo``) and vet EVERY address; returns the
-    distinct addresses in the resolver's order. Refused if any one is refused (a name that answers with
-    both a public and a private address is refused: the connect could pick either)."""
+    """Resolve ``host`` (DNS, through c-ares) and vet EVERY address; returns the distinct addresses in the
+    resolver's order. Refused if any one is refused (a name that answers with both a public and a private
+    address is refused: the connect could pick either)."""
     allow = _networks(allow_networks)
     name = host.strip("[]")
     try:
@@ -379,25 +392,27 @@ async def resolve_and_check(
         literal = None
     if literal is not None:
         return [str(check_ip(literal, allow))]
-    loop = asyncio.get_running_loop()
+    resolver = aiodns.DNSResolver(timeout=DNS_TRY_SECONDS, tries=DNS_TRIES)
     try:
         async with asyncio.timeout(dns_timeout):
-            infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+            result = await resolver.getaddrinfo(name, port=port, type=socket.SOCK_STREAM, family=socket.AF_UNSPEC)
     except TimeoutError:
         raise Unavailable(f"callback_url: resolving {name!r} timed out", reason=DNS_UNAVAILABLE) from None
-    except socket.gaierror as exc:
-        if exc.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None)):
-            raise Unavailable(
-                f"callback_url: resolving {name!r} failed for now: {exc.strerror}", reason=DNS_UNAVAILABLE
-            ) from None
-        raise _invalid(f"host {name!r} does not resolve: {exc.strerror}") from None
+    except aiodns.error.DNSError as exc:
+        code = exc.args[0] if exc.args else None
+        text = exc.args[1] if len(exc.args) > 1 else "failed"
+        if code in _NO_SUCH_NAME:
+            raise _invalid(f"host {name!r} does not resolve: {text}") from None
+        raise Unavailable(f"callback_url: resolving {name!r} failed for now: {text}", reason=DNS_UNAVAILABLE) from None
     except UnicodeError:
         raise _invalid(f"host {name!r} is not a valid host name") from None
-    except OSError as exc:
-        raise Unavailable(f"callback_url: resolving {name!r} failed: {exc}", reason=DNS_UNAVAILABLE) from None
+    finally:
+        await resolver.close()
+    infos = [(node.family, node.addr) for node in result.nodes]
     addresses: list[str] = []
-    for _family, _type, _proto, _canon, sockaddr in infos:
-        text = str(sockaddr[0])
+    for _family, sockaddr in infos:
+        raw = sockaddr[0]
+        text = raw.decode("ascii") if isinstance(raw, bytes) else str(raw)
         if text not in addresses:
             addresses.append(text)
     if not addresses:
@@ -429,7 +444,7 @@ class GuardedResolver(AbstractResolver):
     """An aiohttp resolver that returns only vetted addresses: every answer of the wrapped resolver must pass
     :func:`check_ip`, else the lookup raises :class:`ForbiddenDestination` (one bad answer refuses all).
 
-    ``inner`` defaults to aiohttp's ``ThreadedResolver`` (created on first use, inside the running loop).
+    ``inner`` defaults to aiohttp's ``AsyncResolver`` (c-ares; created on first use, inside the running loop).
     """
 
     def __init__(self, allow_networks: Collection[NetworkSpec] = (), *, inner: AbstractResolver | None = None) -> None:
@@ -440,7 +455,7 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         if self._inner is None:
-            self._inner = ThreadedResolver()
+            self._inner = AsyncResolver(timeout=DNS_TRY_SECONDS, tries=DNS_TRIES)
         infos = await self._inner.resolve(host, port, family)
         for info in infos:
             _check_answer(host, info["host"], self._allow)

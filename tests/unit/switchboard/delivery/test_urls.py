@@ -3,12 +3,14 @@ real aiohttp client and server on loopback)."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
+import aiodns
+import aiodns.error
 import aiohttp
 import pytest
 from aiohttp import web
@@ -242,19 +244,19 @@ def test_check_url_accepts_names_without_resolving_them() -> None:
 
 
 def fake_getaddrinfo(answers: dict[str, list[str]], calls: list[str]) -> Any:
-    async def getaddrinfo(host: str, port: int, **kwargs: Any) -> list[Any]:
+    """c-ares' getaddrinfo (what aiodns.DNSResolver answers) from a table."""
+
+    async def getaddrinfo(self: Any, host: str, port: int = 0, **kwargs: Any) -> Any:
         calls.append(host)
         if host not in answers:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            raise aiodns.error.DNSError(aiodns.error.ARES_ENOTFOUND, "Domain name not found")
         if answers[host] == ["AGAIN"]:
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        out: list[Any] = []
-        for ip in answers[host]:
-            if ":" in ip:
-                out.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (ip, port, 0, 0)))
-            else:
-                out.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)))
-        return out
+            raise aiodns.error.DNSError(aiodns.error.ARES_ETIMEOUT, "Timeout while contacting DNS servers")
+        nodes = [
+            SimpleNamespace(family=socket.AF_INET6 if ":" in ip else socket.AF_INET, addr=(ip.encode(), port))
+            for ip in answers[host]
+        ]
+        return SimpleNamespace(nodes=nodes)
 
     return getaddrinfo
 
@@ -269,8 +271,7 @@ async def dns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         "metadata.example": ["169.254.169.254"],
         "flaky.example": ["AGAIN"],
     }
-    loop = asyncio.get_running_loop()
-    monkeypatch.setattr(loop, "getaddrinfo", fake_getaddrinfo(answers, calls))
+    monkeypatch.setattr(aiodns.DNSResolver, "getaddrinfo", fake_getaddrinfo(answers, calls))
     return calls
 
 
@@ -447,3 +448,20 @@ async def test_redirects_are_returned_not_followed(server: int) -> None:
     ):
         assert response.status == 302
         assert response.headers["Location"] == "http://169.254.169.254/latest/meta-data/"
+
+
+async def test_lookups_never_take_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both lookups go through c-ares on the loop. Through the system's getaddrinfo each took one of the
+    default executor's threads until the system resolver gave up, cancelled or not: eight names under a slow
+    zone held every other subscription's lookups for 9 s (found in review)."""
+
+    def no_threads(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a lookup went to the system's getaddrinfo")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_threads)
+    with pytest.raises(ForbiddenDestination, match="loopback"):
+        await resolve_and_check("localhost", 443, ())
+    resolver = GuardedResolver(LOOPBACK)
+    hosts = {r["host"] for r in await resolver.resolve("localhost", 443, socket.AF_UNSPEC)}
+    assert hosts and hosts <= {"127.0.0.1", "::1"}
+    await resolver.close()
