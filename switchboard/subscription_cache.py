@@ -41,7 +41,9 @@ class Entry:
 
 def _entry(s: Subscription) -> Entry | None:
     try:
-        return Entry(s, Filter(sources=s.sources, event_types=s.event_types, condition=s.trigger_conditions or None))
+        condition = s.trigger_conditions or None
+        # Held to the rules of the day it was stored (strict=False), not refused by a later, stricter one.
+        return Entry(s, Filter(sources=s.sources, event_types=s.event_types, condition=condition, strict=False))
     except SwitchboardError as exc:  # validated at create; a stored one that no longer compiles matches nothing
         log.error("subscription filter does not compile", extra={"subscription": s.id, "error": exc.message})
         return None

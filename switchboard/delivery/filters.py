@@ -36,7 +36,8 @@ Trigger conditions (:func:`compile_condition`, :class:`Condition`)
     * a comprehension nested in another whose range is not rooted at the variable of the comprehension it is
       in (``items.exists(i, i.tags.exists(t, ...))`` is accepted; ``a.exists(x, a.exists(y, ...))`` and
       ``[event.a].exists(l, l.exists(x, l.exists(y, ...)))``, whose cost is the list's size to the power of
-      the depth, are refused).
+      the depth, are refused). Conditions stored before this rule (any enclosing comprehension's variable
+      was enough) are still loaded (``strict=False``), so that no subscription stops matching.
 
     cel has no cost limit of its own; with these rules the cost of an evaluation is roughly the
     expression's length times the event's size, except for operators inside a comprehension that scan
@@ -264,7 +265,7 @@ def _receiver_root(tokens: list[_Token], dot: int) -> str | None:
     return None
 
 
-def _check_names(source: str, variables: Collection[str]) -> tuple[tuple[str, ...], ...] | None:
+def _check_names(source: str, variables: Collection[str], *, strict: bool = True) -> tuple[tuple[str, ...], ...] | None:
     """Refuse free variables other than ``event``, the quadratic macros, and nested comprehensions that do
     not range over an enclosing comprehension's variable (see the module docstring).
 
@@ -306,8 +307,9 @@ def _check_names(source: str, variables: Collection[str]) -> tuple[tuple[str, ..
                     )
                 if macro in _BINDING_MACROS:
                     bound = tokens[i + 1].text
-                    innermost = next((name for _, name in reversed(frames) if name is not None), None)
-                    if innermost is not None and _receiver_root(tokens, i - 2) != innermost:
+                    bound_names = [name for _, name in frames if name is not None]
+                    root = _receiver_root(tokens, i - 2)
+                    if bound_names and (root != bound_names[-1] if strict else root not in bound_names):
                         # Ranging over an outer macro's variable again (l.exists(x, l.exists(y, ...))) costs
                         # the list's size to the power of the depth: 10 s for 200 integers at depth 4.
                         raise _condition_error(
@@ -450,8 +452,11 @@ class Condition:
         return f"Condition({self.source!r})"
 
 
-def compile_condition(expression: str) -> Condition:
-    """Compile and vet a trigger condition (rules in the module docstring)."""
+def compile_condition(expression: str, *, strict: bool = True) -> Condition:
+    """Compile and vet a trigger condition (rules in the module docstring). ``strict=False`` is for conditions
+    already stored: a nested macro may range over any enclosing macro's variable, as before 2026-12-07, so a
+    subscription accepted then keeps matching (``o.lines.exists(l, o.tags.exists(t, t == l.tag))``); new ones
+    are held to the linear rule."""
     if not isinstance(expression, str):
         raise _condition_error("must be a string")
     if not expression.strip():
@@ -470,7 +475,7 @@ def compile_condition(expression: str) -> Condition:
         if text.startswith("Failed to parse expression") and marker >= 0:
             text = text[marker:]
         raise _condition_error(f"does not compile: {text[:_MAX_ERROR_TEXT]}") from None
-    paths = _check_names(expression, variables)
+    paths = _check_names(expression, variables, strict=strict)
     return Condition(expression, program, paths)
 
 
@@ -507,11 +512,13 @@ class Filter:
         condition: Condition | str | None = None,
         *,
         catalogue: Collection[str] = (),
+        strict: bool = True,
     ) -> None:
         """``event_types`` given as strings are validated against ``catalogue``; ``condition`` given as a
-        string is compiled. Raises :class:`~switchboard.errors.InvalidRequest` for any bad part."""
+        string is compiled (``strict``: see :func:`compile_condition`). Raises
+        :class:`~switchboard.errors.InvalidRequest` for any bad part."""
         types = event_types if isinstance(event_types, EventTypes) else EventTypes(event_types, catalogue=catalogue)
-        compiled = compile_condition(condition) if isinstance(condition, str) else condition
+        compiled = compile_condition(condition, strict=strict) if isinstance(condition, str) else condition
         object.__setattr__(self, "sources", _check_sources(sources))
         object.__setattr__(self, "event_types", types)
         object.__setattr__(self, "condition", compiled)

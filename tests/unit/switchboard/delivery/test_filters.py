@@ -354,3 +354,35 @@ def test_filter_validates_its_parts() -> None:
         Filter([""], [], None)
     assert info.value.reason == "SOURCES_INVALID"
     assert info.value.metadata == {"field": "sources"}
+
+
+def test_a_condition_stored_under_the_older_nesting_rule_still_loads_and_matches() -> None:
+    """Accepted before the linear rule (a nested macro over any enclosing variable): refused for new
+    subscriptions, kept for stored ones, which the subscription cache compiles with strict=False (it dropped
+    them, and their queued deliveries were cancelled as if deleted; found in review)."""
+    expression = "event.data.object.lines.exists(l, event.data.object.lines.exists(m, m.amount < l.amount))"
+    joined = "event.orders.exists(o, o.lines.exists(l, o.tags.exists(t, t == l.tag)))"
+    for stored in (expression, joined):
+        with pytest.raises(InvalidRequest):
+            compile_condition(stored)
+    assert (
+        compile_condition(joined, strict=False)
+        .evaluate({"orders": [{"lines": [{"tag": "a"}], "tags": ["b", "a"]}]})
+        .matched
+    )
+    with pytest.raises(InvalidRequest):  # not rooted at any enclosing variable: refused either way
+        compile_condition(expression, strict=False)
+
+
+def test_the_subscription_cache_loads_stored_conditions_leniently() -> None:
+    from switchboard.model.subscriptions import Subscription
+    from switchboard.subscription_cache import _entry
+
+    stored = Subscription(
+        id="sub_1",
+        client_id="c",
+        callback_url="https://hooks.example.com/x",
+        trigger_conditions="event.orders.exists(o, o.lines.exists(l, o.tags.exists(t, t == l.tag)))",
+    )
+    entry = _entry(stored)
+    assert entry is not None and entry.filter.condition is not None
