@@ -5,17 +5,19 @@ purged (marked, never deleted).
   ``switchboard.deliveries.dead``) with the shared queue worker and writes one row per message (its headers
   and body, the attempts, the last error, why). Listing therefore never pages through a queue. One death of a
   message is one row, however many copies of it reach the queue: the row's id is derived from the message id
-  and its attempts, and a copy whose row is already there (DEAD or PURGED) is acked without a write. Copies
-  arise when a worker dies before its ack (the recorder's own, or a processor's or delivery worker's whose
-  retry copy was already out: a FAILED message that comes back is dead-lettered again) and when an older copy
-  of a delivery, deferred behind its retry, ends too. A row already REDRIVEN means a new death after the
-  redrive: the next id in the chain (``dead_letter_id``'s ``generation``) is used. Two recorders that take two
-  copies at the same moment can still write two rows: the check is a read, not a transaction.
+  and its attempts, and a copy of a death already recorded is acked without a write. Copies arise when a
+  worker dies before its ack (the recorder's own, or a processor's or delivery worker's whose dead-letter copy
+  was already out: a FAILED message that comes back is dead-lettered again) and when an older copy of a
+  delivery, deferred behind its retry, ends too. A death after the row was redriven or purged (the message
+  died after the mark) takes the next id in the chain (``dead_letter_id``'s ``generation``). Two recorders
+  that take two copies at the same moment can still write two rows: the check is a read, not a transaction.
 * **Redrive.** An event: its stored status goes back to RETRYING with its attempts at 0, and its message is
   published to the events stream again; the processor resumes it like a retry (operations already OK are not
   run again). A delivery: its state goes back to PENDING with 0 attempts and its task is published to the
-  deliveries stream. The row is claimed first (marked REDRIVEN only if it is DEAD) and given back if sending
-  fails, so concurrent redrives send a row once. A message that could not be decoded cannot be redriven.
+  deliveries stream. The row is claimed first (DEAD → REDRIVING, a lightweight transaction), marked REDRIVEN
+  once sent and given back (DEAD) if sending fails, so concurrent redrives send a row once; a claim left by a
+  control service that stopped is taken over after five minutes. A message that could not be decoded cannot
+  be redriven.
 * **Purge** marks rows PURGED (hidden from listings, never redriven); it needs a filter or ids and
   ``confirm``.
 """
@@ -50,7 +52,13 @@ class DeadLetterStore(Protocol):
     async def put_dead_letter(self, d: DeadLetter) -> None: ...
     async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None: ...
     async def set_dead_letter_state(
-        self, d: DeadLetter, state: DeadLetterState, at_us: int, *, only_from: DeadLetterState | None = None
+        self,
+        d: DeadLetter,
+        state: DeadLetterState,
+        at_us: int,
+        *,
+        only_from: DeadLetterState | None = None,
+        only_at_us: int | None = None,
     ) -> bool: ...
     async def dead_letters(
         self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: tuple[str, int, int, str] | None
@@ -92,7 +100,7 @@ class Filter:
 
     def matches(self, d: DeadLetter) -> bool:
         return (
-            (self.all_states or d.state is DeadLetterState.DEAD)
+            (self.all_states or d.state in REDRIVABLE)
             and (not self.source or d.source == self.source)
             and (not self.subscription_id or d.subscription_id == self.subscription_id)
             and (not self.event_type or fnmatch.fnmatchcase(d.event_type, self.event_type))
@@ -108,6 +116,13 @@ class RedriveProgress:
     done: bool
     message: str = ""
 
+
+# How long a stopping control service waits for the redrives under way.
+CLOSE_WAIT_SECONDS = 10.0
+# A redrive's claim this old lost its control service: the next redrive takes it over.
+STALE_CLAIM_US = 5 * 60 * 1_000_000
+# The states a redrive takes (a REDRIVING one only once its claim is stale).
+REDRIVABLE = frozenset({DeadLetterState.DEAD, DeadLetterState.REDRIVING})
 
 # How many redrives of one message (same id, same attempts) get ids of their own in the chain; past that each
 # death gets an id of its own from the moment it happened (no check for copies).
@@ -137,28 +152,30 @@ class DeadLetterRecorder:
         return None
 
     async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
-        out: list[Verdict] = []
-        for m in batch:
-            out.append(Ack("recorded") if await self.put_once(self.record(m)) else Ack("duplicate"))
-        return out
+        return [Ack(await self.put_once(self.record(m))) for m in batch]
 
-    async def put_once(self, d: DeadLetter) -> bool:
-        """Writes ``d`` unless a copy of the same death is recorded already (False). ``d.id`` is the first of
-        its chain (``record``); it moves along the chain past rows that were redriven."""
+    async def put_once(self, d: DeadLetter) -> str:
+        """Writes ``d`` unless its death is recorded already; the outcome: ``recorded``, or ``duplicate`` for a
+        copy of a death that is. ``d.id`` is the first of its chain (``record``) and moves along the chain past
+        rows of earlier deaths: a row REDRIVEN or PURGED before this message died. A row DEAD or REDRIVING, or
+        one marked after this message died, is this death's (a copy: the worker's and the broker's timestamps
+        are of the death, the mark's of the redrive or purge)."""
         if not d.message_id:
             await self.store.put_dead_letter(d)
-            return True
+            return "recorded"
         for generation in range(MAX_GENERATIONS):
             d.id = dead_letter_id(self.kind, d.message_id, d.attempts, generation)
             existing = await self.store.get_dead_letter(d.id)
             if existing is None:
                 await self.store.put_dead_letter(d)
-                return True
-            if existing.state is not DeadLetterState.REDRIVEN:
-                return False  # DEAD or PURGED: this death is recorded
+                return "recorded"
+            if existing.dead_us == d.dead_us:
+                return "recorded"  # this very message, handled again (its batch was retried after an outage)
+            if existing.state in (DeadLetterState.DEAD, DeadLetterState.REDRIVING) or d.dead_us <= existing.redriven_us:
+                return "duplicate"
         d.id = unique_dead_letter_id(d.message_id, str(d.dead_us))
         await self.store.put_dead_letter(d)
-        return True
+        return "recorded"
 
     def record(self, m: QueueMessage) -> DeadLetter:
         headers = {k: _text(v) for k, v in m.headers.items() if not k.startswith("x-death")}
@@ -208,6 +225,7 @@ class DeadLetterManager:
         self.store = store
         self.events = events
         self.publisher = publisher
+        self._redrives: set[asyncio.Task[None]] = set()
 
     async def get(self, dead_letter_id: str) -> DeadLetter:
         d = await self.store.get_dead_letter(dead_letter_id) if dead_letter_id else None
@@ -264,7 +282,7 @@ class DeadLetterManager:
     async def redrive(
         self, ids: Sequence[str], f: Filter, *, everything: bool, dry_run: bool
     ) -> AsyncIterator[RedriveProgress]:
-        chosen = [d for d in await self.selection(ids, f, everything) if d.state is DeadLetterState.DEAD]
+        chosen = [d for d in await self.selection(ids, f, everything) if d.state in REDRIVABLE]
         redriven = failed = 0
         yield RedriveProgress(len(chosen), 0, 0, False, "dry run" if dry_run else "")
         if dry_run:
@@ -283,35 +301,70 @@ class DeadLetterManager:
 
     async def _redrive_one(self, d: DeadLetter) -> None:
         """Shielded: a client that stops reading the progress (Ctrl-C) does not cut one row's redrive between
-        its publish and its mark, which left the row DEAD and a second redrive published it again."""
-        await asyncio.shield(self._claimed_redrive(d))
+        its publish and its mark, which left the row DEAD and a second redrive published it again. The shielded
+        redrives are tracked, so that ``close`` lets them end before the publisher and the store close."""
+        task = asyncio.ensure_future(self._claimed_redrive(d))
+        self._redrives.add(task)
+        task.add_done_callback(self._redrives.discard)
+        await asyncio.shield(task)
+
+    async def close(self) -> None:
+        """Waits (up to ``CLOSE_WAIT_SECONDS``) for the redrives under way, whose callers may be gone."""
+        if self._redrives:
+            await asyncio.wait(set(self._redrives), timeout=CLOSE_WAIT_SECONDS)
 
     async def _claimed_redrive(self, d: DeadLetter) -> None:
-        """The row is claimed first (DEAD → REDRIVEN, a lightweight transaction): of two redrives that selected
-        it, one sends it again and the other counts it failed. If sending fails, the claim is given back.
-        Crash window: a control service killed between the claim and the publish leaves the row REDRIVEN with
-        nothing sent; the event or delivery stays FAILED, visible in Query, and a replay sends it again."""
+        """The row is claimed first (DEAD → REDRIVING, a lightweight transaction): of two redrives that
+        selected it, one sends it again and the other counts it failed. Then the reset, the publish, and the
+        mark REDRIVEN; if sending fails, the claim is given back (DEAD). Crash window: a control service killed
+        after the claim leaves the row REDRIVING (and the event or delivery possibly reset, with nothing
+        queued); a claim older than ``STALE_CLAIM_US`` is taken over by the next redrive, which sends it."""
         if d.reason == "UNDECODABLE":
             raise FailedPrecondition("an undecodable message cannot be redriven", reason="UNDECODABLE")
-        if not await self.store.set_dead_letter_state(
-            d, DeadLetterState.REDRIVEN, now_us(), only_from=DeadLetterState.DEAD
-        ):
-            raise FailedPrecondition(
-                f"dead letter {d.id} was redriven or purged since it was selected", reason="NOTHING_TO_REDRIVE"
-            )
+        claimed_at = await self._claim(d)
         try:
             await self._send_again(d)
         except BaseException:
             try:
                 await self.store.set_dead_letter_state(
-                    d, DeadLetterState.DEAD, now_us(), only_from=DeadLetterState.REDRIVEN
+                    d, DeadLetterState.DEAD, now_us(), only_from=DeadLetterState.REDRIVING, only_at_us=claimed_at
                 )
             except SwitchboardError as exc:
                 log.error(
-                    "a dead letter not redriven is left marked REDRIVEN: the store refused to mark it DEAD again",
+                    "a dead letter not redriven is left REDRIVING until its claim is stale: the store refused "
+                    "to mark it DEAD again",
                     extra={"dead_letter": d.id, "error": str(exc)},
                 )
             raise
+        await self.store.set_dead_letter_state(
+            d, DeadLetterState.REDRIVEN, now_us(), only_from=DeadLetterState.REDRIVING, only_at_us=claimed_at
+        )
+
+    async def _claim(self, d: DeadLetter) -> int:
+        """Claims ``d`` for this redrive; the claim's time. A DEAD row is claimed; a REDRIVING one whose claim
+        is stale is taken over (compare-and-set on the claim's time); anything else is refused."""
+        at = now_us()
+        if await self.store.set_dead_letter_state(d, DeadLetterState.REDRIVING, at, only_from=DeadLetterState.DEAD):
+            return at
+        current = await self.store.get_dead_letter(d.id)
+        if (
+            current is not None
+            and current.state is DeadLetterState.REDRIVING
+            and at - current.redriven_us > STALE_CLAIM_US
+            and await self.store.set_dead_letter_state(
+                d,
+                DeadLetterState.REDRIVING,
+                at,
+                only_from=DeadLetterState.REDRIVING,
+                only_at_us=current.redriven_us,
+            )
+        ):
+            log.warning("a stale redrive claim taken over", extra={"dead_letter": d.id})
+            return at
+        raise FailedPrecondition(
+            f"dead letter {d.id} is being redriven, or was redriven or purged, since it was selected",
+            reason="NOTHING_TO_REDRIVE",
+        )
 
     async def _send_again(self, d: DeadLetter) -> None:
         if d.kind is DeadLetterKind.PROCESSING:

@@ -116,6 +116,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
         replays = ReplayManager(events, deliveries, subscriptions, operations, publisher, limits)
         life.on_close(replays.close)  # before the publisher and the store close: jobs record their interruption
         dead_letters = DeadLetterManager(operations, events, publisher)
+        life.on_close(dead_letters.close)  # before the publisher and the store close: redrives under way end
         services = [
             Service(
                 "webhooks.v1.Subscriptions",

@@ -36,6 +36,7 @@ _KIND = {
 _KIND_OF_PB = {v: k for k, v in _KIND.items()}
 _STATE = {
     DeadLetterState.DEAD: dl.DEAD_LETTER_STATE_DEAD,
+    DeadLetterState.REDRIVING: dl.DEAD_LETTER_STATE_REDRIVING,
     DeadLetterState.REDRIVEN: dl.DEAD_LETTER_STATE_REDRIVEN,
     DeadLetterState.PURGED: dl.DEAD_LETTER_STATE_PURGED,
 }

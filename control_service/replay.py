@@ -47,8 +47,9 @@ PAGE = 500
 PROGRESS_EVERY = 1.0
 # The slowest pace a job may ask for (events per second): one event every ten seconds.
 MIN_RATE = 0.1
-# How many of a job's enqueued events one read checks for being done (oldest first).
+# How many of a job's enqueued events one read checks for being done, and the pause between two reads.
 WAIT_CHUNK = 256
+CHUNK_PAUSE = 0.05
 # How long CancelReplay waits for the job to end (on this replica or another one).
 CANCEL_WAIT_SECONDS = 10.0
 # The final write of a job that ended: tried again after these pauses before giving up (the job then reads
@@ -324,11 +325,14 @@ class ReplayManager:
             try:
                 if await self.jobs.replay_cancel_requested(job.id):
                     cancel.set()
-                if loop.time() >= next_beat:
-                    next_beat = loop.time() + self.limits.heartbeat_seconds
+            except SwitchboardError as exc:  # the beat below is written all the same
+                log.warning("replay cancel not read", extra={"replay": job.id, "error": exc.message})
+            if loop.time() >= next_beat:
+                next_beat = loop.time() + self.limits.heartbeat_seconds
+                try:
                     await self._put(job)
-            except SwitchboardError as exc:
-                log.warning("replay progress not recorded", extra={"replay": job.id, "error": exc.message})
+                except SwitchboardError as exc:
+                    log.warning("replay progress not recorded", extra={"replay": job.id, "error": exc.message})
 
     async def _put(self, job: ReplayJob) -> None:
         job.updated_us = now_us()
@@ -389,24 +393,32 @@ class ReplayManager:
     async def _wait_done(
         self, job: ReplayJob, sel: Selection, queued: list[InboundEvent], cancel: asyncio.Event
     ) -> None:
-        """Counts the replayed events processed (or delivered) until all are, or nothing moves for a minute.
-        One read checks the oldest ``WAIT_CHUNK`` still pending: a job of 100,000 events no longer asks for all
-        of them twice a second."""
+        """Counts the replayed events processed (or delivered) until all are, or a whole pass over those still
+        pending finds nothing done a minute after the last that was. One read checks ``WAIT_CHUNK`` of them,
+        going round (a job of 100,000 events no longer asks for all of them twice a second, and events that take
+        long do not hide the ones behind them)."""
+        loop = asyncio.get_running_loop()
         pending = list(queued)
-        idle_since = asyncio.get_running_loop().time()
+        idle_since = loop.time()
+        offset = 0
         while pending and not cancel.is_set():
-            head = pending[:WAIT_CHUNK]
-            finished, failed = await self._finished(job, sel, head)
+            chunk = pending[offset : offset + WAIT_CHUNK]
+            finished, failed = await self._finished(job, sel, chunk)
             if finished:
-                idle_since = asyncio.get_running_loop().time()
+                idle_since = loop.time()
             job.done += len(finished - failed)
             job.failed += len(failed)
-            pending = [e for e in head if e.key not in finished] + pending[WAIT_CHUNK:]
-            if asyncio.get_running_loop().time() - idle_since > 60:
+            kept = [e for e in chunk if e.key not in finished]
+            pending[offset : offset + WAIT_CHUNK] = kept
+            offset += len(kept)
+            if offset < len(pending):
+                await asyncio.sleep(CHUNK_PAUSE)
+                continue
+            offset = 0  # a whole pass
+            if pending and loop.time() - idle_since > 60:
                 job.message = f"{len(pending)} replayed events not finished after a minute without progress"
                 return
-            if len(finished) < len(head):
-                await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)
 
     async def _finished(self, job: ReplayJob, sel: Selection, events: list[InboundEvent]) -> tuple[set[str], set[str]]:
         """The keys of ``events`` whose replay is over, and of those the ones that failed."""

@@ -13,6 +13,7 @@ class DeadLetterKind(enum.Enum):
 
 class DeadLetterState(enum.Enum):
     DEAD = "dead"
+    REDRIVING = "redriving"  # claimed by a redrive (``redriven_us``: when)
     REDRIVEN = "redriven"
     PURGED = "purged"
 

@@ -66,18 +66,30 @@ class OperationsStore:
         return _dead_letter(found[0]) if found else None
 
     async def set_dead_letter_state(
-        self, d: DeadLetter, state: DeadLetterState, at_us: int, *, only_from: DeadLetterState | None = None
+        self,
+        d: DeadLetter,
+        state: DeadLetterState,
+        at_us: int,
+        *,
+        only_from: DeadLetterState | None = None,
+        only_at_us: int | None = None,
     ) -> bool:
-        """Marks ``d``; with ``only_from``, only if its stored state is that one (a lightweight transaction:
-        of two redrives of one row, one claims it). Whether it was written. The cells written expire with the
-        row (``_ttl_left``)."""
+        """Marks ``d`` (``at_us`` is kept as its ``redriven_at``, except for DEAD). With ``only_from``, only if
+        its stored state is that one, and with ``only_at_us`` too, only if its stored ``redriven_at`` is that
+        (a lightweight transaction: of two redrives of one row, one claims it). Whether it was written. The
+        cells written expire with the row (``_ttl_left``)."""
         left = self._ttl_left(d, at_us)
         key = (d.kind.value, day_of(d.dead_us), ts(d.dead_us), d.id)
         at = ts(at_us) if state is not DeadLetterState.DEAD else None
         if only_from is None:
             await self.store.execute(self.q.dead_state, (left, state.value, at, *key))
             return True
-        rows = await self.store.execute(self.q.dead_state_from, (left, state.value, at, *key, only_from.value))
+        if only_at_us is None:
+            params: tuple[Any, ...] = (left, state.value, at, *key, only_from.value)
+            rows = await self.store.execute(self.q.dead_state_from, params)
+        else:
+            params = (left, state.value, at, *key, only_from.value, ts(only_at_us))
+            rows = await self.store.execute(self.q.dead_state_from_at, params)
         return bool(rows) and bool(rows[0][0])
 
     async def dead_letters(

@@ -146,6 +146,8 @@ def _operations_cql(ks: str) -> dict[str, str]:
             WHERE kind = ? AND day = ? AND dead_at = ? AND id = ?""",
         "dead_state_from": f"""UPDATE {ks}.dead_letters USING TTL ? SET state = ?, redriven_at = ?
             WHERE kind = ? AND day = ? AND dead_at = ? AND id = ? IF state = ?""",
+        "dead_state_from_at": f"""UPDATE {ks}.dead_letters USING TTL ? SET state = ?, redriven_at = ?
+            WHERE kind = ? AND day = ? AND dead_at = ? AND id = ? IF state = ? AND redriven_at = ?""",
         "replay_put": f"""INSERT INTO {ks}.replays (id, request, state, matched, queued, done, failed, started_at,
             finished_at, message, dry_run, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
         "replay_get": f"SELECT * FROM {ks}.replays WHERE id = ?",
@@ -234,6 +236,7 @@ class OperationStatements:
     dead_after: PreparedStatement
     dead_state: PreparedStatement
     dead_state_from: PreparedStatement
+    dead_state_from_at: PreparedStatement
     replay_put: PreparedStatement
     replay_get: PreparedStatement
     replay_cancel_put: PreparedStatement

@@ -22,7 +22,7 @@ from tests.unit.factories import event
 
 pytestmark = pytest.mark.integration
 
-DEAD, REDRIVEN = DeadLetterState.DEAD, DeadLetterState.REDRIVEN
+DEAD, REDRIVING = DeadLetterState.DEAD, DeadLetterState.REDRIVING
 
 
 def test_a_redrive_resets_only_its_own_failed_receipt(stack: Stack, stack_config: PlatformConfig) -> None:
@@ -62,8 +62,8 @@ def test_a_redrive_resets_only_its_own_failed_receipt(stack: Stack, stack_config
 
 
 def test_a_dead_letter_is_claimed_once_and_its_marks_expire_with_it(stack: Stack, stack_config: PlatformConfig) -> None:
-    """The redrive's claim (DEAD → REDRIVEN only from DEAD, a lightweight transaction on Cassandra 2.1) and
-    its give-back; a mark carries the TTL the row has left, not a fresh one."""
+    """The redrive's claim (DEAD → REDRIVING only from DEAD, a lightweight transaction on Cassandra 2.1), its
+    take-over and its give-back; a mark carries the TTL the row has left, not a fresh one."""
 
     async def run() -> None:
         session = StoreSession.connect(stack_config.cassandra)
@@ -73,17 +73,27 @@ def test_a_dead_letter_is_claimed_once_and_its_marks_expire_with_it(stack: Stack
             d = DeadLetter("dl_claim_" + secrets.token_hex(6), DeadLetterKind.PROCESSING, dead_us, message_id="m")
             await ops.put_dead_letter(d)
             claims = await asyncio.gather(
-                *(ops.set_dead_letter_state(d, REDRIVEN, now_us(), only_from=DEAD) for _ in range(3))
+                *(ops.set_dead_letter_state(d, REDRIVING, now_us(), only_from=DEAD) for _ in range(3))
             )
             assert sorted(claims) == [False, False, True]
             got = await ops.get_dead_letter(d.id)
-            assert got is not None and got.state is REDRIVEN and got.redriven_us > 0
-            assert await ops.set_dead_letter_state(d, DEAD, now_us(), only_from=REDRIVEN)  # given back
+            assert got is not None and got.state is REDRIVING and got.redriven_us > 0
+            claimed_at = got.redriven_us
+            # A take-over compares the claim's time too: only the claim it read is replaced.
+            assert not await ops.set_dead_letter_state(
+                d, REDRIVING, now_us(), only_from=REDRIVING, only_at_us=claimed_at - 1000
+            )
+            later = now_us()
+            assert await ops.set_dead_letter_state(d, REDRIVING, later, only_from=REDRIVING, only_at_us=claimed_at)
             got = await ops.get_dead_letter(d.id)
-            assert got is not None and (got.state, got.redriven_us) == (DEAD, 0)
-            assert not await ops.set_dead_letter_state(d, DEAD, now_us(), only_from=REDRIVEN)
+            assert got is not None and got.redriven_us // 1000 == later // 1000  # kept to the millisecond
+            back = got.redriven_us
+            assert await ops.set_dead_letter_state(d, DEAD, now_us(), only_from=REDRIVING, only_at_us=back)
+            got = await ops.get_dead_letter(d.id)
+            assert got is not None and (got.state, got.redriven_us) == (DEAD, 0)  # given back
+            assert not await ops.set_dead_letter_state(d, DEAD, now_us(), only_from=REDRIVING)
             missing = DeadLetter("dl_none_" + secrets.token_hex(6), DeadLetterKind.PROCESSING, dead_us)
-            assert not await ops.set_dead_letter_state(missing, REDRIVEN, now_us(), only_from=DEAD)
+            assert not await ops.set_dead_letter_state(missing, REDRIVING, now_us(), only_from=DEAD)
             ks = stack_config.cassandra.keyspace  # a keyspace name the config checked
             rows = await session.execute(
                 f"SELECT TTL(state), TTL(message_id) FROM {ks}.dead_letters WHERE kind = %s AND day = %s "  # noqa: S608

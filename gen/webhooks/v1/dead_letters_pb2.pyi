@@ -22,6 +22,7 @@ class DeadLetterState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEAD_LETTER_STATE_DEAD: _ClassVar[DeadLetterState]
     DEAD_LETTER_STATE_REDRIVEN: _ClassVar[DeadLetterState]
     DEAD_LETTER_STATE_PURGED: _ClassVar[DeadLetterState]
+    DEAD_LETTER_STATE_REDRIVING: _ClassVar[DeadLetterState]
 DEAD_LETTER_KIND_UNSPECIFIED: DeadLetterKind
 DEAD_LETTER_KIND_PROCESSING: DeadLetterKind
 DEAD_LETTER_KIND_DELIVERY: DeadLetterKind
@@ -29,6 +30,7 @@ DEAD_LETTER_STATE_UNSPECIFIED: DeadLetterState
 DEAD_LETTER_STATE_DEAD: DeadLetterState
 DEAD_LETTER_STATE_REDRIVEN: DeadLetterState
 DEAD_LETTER_STATE_PURGED: DeadLetterState
+DEAD_LETTER_STATE_REDRIVING: DeadLetterState
 
 class DeadLetter(_message.Message):
     __slots__ = ("id", "kind", "source", "event_id", "event_type", "subscription_id", "delivery_id", "attempts", "last_error", "reason", "dead_lettered_at", "state", "headers", "body", "redriven_at")

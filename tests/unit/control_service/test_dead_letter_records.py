@@ -14,13 +14,14 @@ import pytest
 
 from control_service.dead_letters import (
     MAX_GENERATIONS,
+    STALE_CLAIM_US,
     DeadLetterManager,
     DeadLetterRecorder,
     Filter,
     RedriveProgress,
 )
 from switchboard.errors import BrokerUnavailable
-from switchboard.model.events import InboundEvent
+from switchboard.model.events import InboundEvent, now_us
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState
 from switchboard.queue import Ack, QueueMessage
 from switchboard.wire import encode_inbound
@@ -58,17 +59,31 @@ async def test_copies_of_one_death_are_one_row_and_the_first_is_kept() -> None:
     assert row.dead_us == 1_700_000_000_000_000
 
 
-async def test_a_purged_death_is_not_recorded_again_but_one_after_a_redrive_is() -> None:
+async def test_a_death_after_a_redrive_or_a_purge_is_a_new_row_and_a_copy_from_before_is_not() -> None:
     rows = Rows()
     recorder = DeadLetterRecorder(rows, DeadLetterKind.PROCESSING)  # type: ignore[arg-type]
-    await recorder.handle([copy(1)])
+    await recorder.handle([copy(10)])
     (first,) = rows.rows.values()
-    first.state = DeadLetterState.PURGED
-    assert await recorder.handle([copy(2)]) == [Ack("duplicate")]
-    first.state = DeadLetterState.REDRIVEN  # it was redriven, and failed again with the same attempts
-    assert await recorder.handle([copy(3)]) == [Ack("recorded")]
-    assert await recorder.handle([copy(4)]) == [Ack("duplicate")]  # and copies of that death are one row too
-    assert sorted(d.dead_us for d in rows.rows.values()) == [1, 3]
+    first.state, first.redriven_us = DeadLetterState.REDRIVING, 20  # a redrive claimed it at 20
+    assert await recorder.handle([copy(15)]) == [Ack("duplicate")]  # a copy of that death, during the claim
+    first.state, first.redriven_us = DeadLetterState.REDRIVEN, 30  # sent again at 30
+    assert await recorder.handle([copy(25)]) == [Ack("duplicate")]  # a copy from before the redrive
+    assert await recorder.handle([copy(40)]) == [Ack("recorded")]  # it died again after the redrive
+    assert await recorder.handle([copy(45)]) == [Ack("duplicate")]  # and copies of that death are one row too
+    second = next(d for d in rows.rows.values() if d.dead_us == 40)
+    second.state, second.redriven_us = DeadLetterState.PURGED, 50  # purged (it had not been redriven)
+    assert await recorder.handle([copy(48)]) == [Ack("duplicate")]
+    assert await recorder.handle([copy(60)]) == [Ack("recorded")]  # a later death is not swallowed by the purge
+    assert sorted(d.dead_us for d in rows.rows.values()) == [10, 40, 60]
+
+
+async def test_the_same_message_handled_again_counts_as_recorded() -> None:
+    """A batch retried after an outage hands the recorder messages it already wrote: they were acked as
+    duplicates and missing from the dead-letter metric (found in review)."""
+    rows = Rows()
+    recorder = DeadLetterRecorder(rows, DeadLetterKind.PROCESSING)  # type: ignore[arg-type]
+    assert await recorder.handle([copy(10)]) == [Ack("recorded")]
+    assert await recorder.handle([copy(10)]) == [Ack("recorded")] and rows.writes == 1
 
 
 async def test_other_attempts_other_messages_and_other_kinds_are_other_rows() -> None:
@@ -95,15 +110,24 @@ async def test_messages_without_an_id_and_a_chain_past_its_end_get_an_id_per_dea
 
 
 class Claimable(Rows):
-    """Rows whose state changes only from the state named (what the store's lightweight transaction does)."""
+    """Rows whose state changes only from the state (and claim time) named, as the store's lightweight
+    transaction does."""
 
     async def set_dead_letter_state(
-        self, d: DeadLetter, state: DeadLetterState, at_us: int, *, only_from: DeadLetterState | None = None
+        self,
+        d: DeadLetter,
+        state: DeadLetterState,
+        at_us: int,
+        *,
+        only_from: DeadLetterState | None = None,
+        only_at_us: int | None = None,
     ) -> bool:
         row = self.rows[d.id]
         if only_from is not None and row.state is not only_from:
             return False
-        row.state = state
+        if only_at_us is not None and row.redriven_us != only_at_us:
+            return False
+        row.state, row.redriven_us = state, (at_us if state is not DeadLetterState.DEAD else 0)
         return True
 
     async def reset_delivery(self, delivery_id: str, now_us: int) -> bool:
@@ -172,6 +196,45 @@ async def test_a_client_that_goes_away_does_not_cut_a_rows_redrive() -> None:
         await asyncio.sleep(0)
     assert task.cancelled() and len(events.published) == 1
     assert rows.rows[d.id].state is DeadLetterState.REDRIVEN
+
+
+async def test_a_claim_left_by_a_stopped_control_service_is_taken_over_once_stale() -> None:
+    """The claim comes before the reset and the publish: a control service killed in between leaves the row
+    REDRIVING, maybe with its event reset and nothing queued. The next redrive takes a stale claim over."""
+    rows = Claimable()
+    d = await recorded(rows)
+    events = Events()
+    manager = DeadLetterManager(rows, events, events)  # type: ignore[arg-type]
+    row = rows.rows[d.id]
+    row.state, row.redriven_us = DeadLetterState.REDRIVING, now_us() - 60_000_000  # claimed a minute ago
+    progress = [p async for p in manager.redrive([d.id], Filter(), everything=False, dry_run=False)]
+    assert (progress[-1].redriven, progress[-1].failed) == (0, 1) and events.published == []  # not stale yet
+    row.redriven_us = now_us() - STALE_CLAIM_US - 1
+    progress = [p async for p in manager.redrive([d.id], Filter(), everything=False, dry_run=False)]
+    assert (progress[-1].redriven, progress[-1].failed) == (1, 0) and len(events.published) == 1
+    assert rows.rows[d.id].state is DeadLetterState.REDRIVEN
+
+
+async def test_close_waits_for_a_redrive_whose_caller_went_away() -> None:
+    rows = Claimable()
+    d = await recorded(rows)
+    gate = asyncio.Event()
+    events = Events(gate)
+    manager = DeadLetterManager(rows, events, events)  # type: ignore[arg-type]
+
+    async def redrive() -> None:
+        async for _ in manager.redrive([d.id], Filter(), everything=False, dry_run=False):
+            pass
+
+    task = asyncio.create_task(redrive())
+    await asyncio.sleep(0.01)
+    task.cancel()  # the server cancels the call as it stops
+    closing = asyncio.create_task(manager.close())
+    await asyncio.sleep(0.01)
+    assert not closing.done()  # the redrive is still sending
+    gate.set()
+    await closing
+    assert len(events.published) == 1 and rows.rows[d.id].state is DeadLetterState.REDRIVEN
 
 
 async def test_a_redrive_whose_publish_fails_gives_the_row_back() -> None:

@@ -23,7 +23,9 @@ class NoDeadLetters:
         self.reads: list[tuple[DeadLetterKind, Any]] = []
         self.states: list[str] = []
 
-    async def set_dead_letter_state(self, d: DeadLetter, state: Any, at_us: int, *, only_from: Any = None) -> bool:
+    async def set_dead_letter_state(
+        self, d: DeadLetter, state: Any, at_us: int, *, only_from: Any = None, only_at_us: Any = None
+    ) -> bool:
         self.states.append(state.value)
         return True
 
@@ -146,7 +148,7 @@ async def test_a_redrive_does_not_send_again_a_delivery_that_was_delivered() -> 
     manager = DeadLetterManager(store, None, publisher)  # type: ignore[arg-type]
     progress = [p async for p in manager.redrive(["dl_1"], Filter(), everything=False, dry_run=False)]
     assert (progress[-1].redriven, progress[-1].failed) == (0, 1)
-    assert publisher.tasks == [] and store.states == ["redriven", "dead"]  # claimed, then given back
+    assert publisher.tasks == [] and store.states == ["redriving", "dead"]  # claimed, then given back
 
 
 async def test_a_redrive_of_an_event_processed_since_publishes_nothing() -> None:

@@ -133,3 +133,23 @@ async def test_checking_what_is_done_reads_a_chunk_at_a_time() -> None:
     job = await manager(events, jobs, Limits(rate_per_second=100_000.0)).start(SEL)
     await until(lambda: job.state is ReplayState.DONE, seconds=20)
     assert job.done == n and max(events.asked) <= WAIT_CHUNK
+
+
+async def test_events_that_take_long_do_not_hide_the_ones_behind_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checking only the oldest chunk, events still retrying filled it and every event behind them went
+    uncounted until the job gave up as idle (found in review). The check goes round instead."""
+    n = WAIT_CHUNK * 4
+    events, jobs = Events(n), Jobs()
+    slow = {f"shop/evt_{i}" for i in range(WAIT_CHUNK)}  # the oldest chunk: still retrying
+
+    async def priors(batch: Sequence[InboundEvent]) -> dict[str, Prior]:
+        events.asked.append(len(batch))
+        status = {k: EventStatus.RETRYING if k in slow else EventStatus.PROCESSED for k in events.published}
+        return {e.key: Prior(events.published[e.key], status[e.key], 1) for e in batch}
+
+    monkeypatch.setattr(events, "priors", priors)
+    job = await manager(events, jobs, Limits(rate_per_second=100_000.0)).start(SEL)
+    await until(lambda: job.done == n - WAIT_CHUNK, seconds=20)
+    slow.clear()  # the slow ones end too
+    await until(lambda: job.state is ReplayState.DONE, seconds=20)
+    assert job.done == n and max(events.asked) <= WAIT_CHUNK
