@@ -316,23 +316,26 @@ class ReplayManager:
 
     async def _heartbeat(self, job: ReplayJob, cancel: asyncio.Event) -> None:
         """Writes the running job (its progress) every ``heartbeat_seconds``, so that readers can tell a job
-        that runs from one whose runner is gone (a failed write is retried at the next beat), and looks every
-        ``PROGRESS_EVERY`` for a cancel asked on another replica."""
-        loop = asyncio.get_running_loop()
-        next_beat = loop.time() + self.limits.heartbeat_seconds
+        that runs from one whose runner is gone (a failed write is retried at the next beat); alongside, looks
+        every ``PROGRESS_EVERY`` for a cancel asked on another replica. Two loops: neither waits on the other."""
+        await asyncio.gather(self._beat(job), self._watch_cancel(job, cancel))
+
+    async def _beat(self, job: ReplayJob) -> None:
         while True:
+            await asyncio.sleep(self.limits.heartbeat_seconds)
+            try:
+                await self._put(job)
+            except SwitchboardError as exc:
+                log.warning("replay progress not recorded", extra={"replay": job.id, "error": exc.message})
+
+    async def _watch_cancel(self, job: ReplayJob, cancel: asyncio.Event) -> None:
+        while not cancel.is_set():
             await asyncio.sleep(PROGRESS_EVERY)
             try:
                 if await self.jobs.replay_cancel_requested(job.id):
                     cancel.set()
-            except SwitchboardError as exc:  # the beat below is written all the same
+            except SwitchboardError as exc:
                 log.warning("replay cancel not read", extra={"replay": job.id, "error": exc.message})
-            if loop.time() >= next_beat:
-                next_beat = loop.time() + self.limits.heartbeat_seconds
-                try:
-                    await self._put(job)
-                except SwitchboardError as exc:
-                    log.warning("replay progress not recorded", extra={"replay": job.id, "error": exc.message})
 
     async def _put(self, job: ReplayJob) -> None:
         job.updated_us = now_us()

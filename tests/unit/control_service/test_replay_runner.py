@@ -153,3 +153,28 @@ async def test_events_that_take_long_do_not_hide_the_ones_behind_them(monkeypatc
     slow.clear()  # the slow ones end too
     await until(lambda: job.state is ReplayState.DONE, seconds=20)
     assert job.done == n and max(events.asked) <= WAIT_CHUNK
+
+
+async def test_beats_go_on_every_heartbeat_while_reading_cancels_fails() -> None:
+    """The beat and the cancel watch are two loops: a beat shorter than the watch's second is kept, and a
+    failing cancel read holds no beat back (found in review; other replicas would take the job for dead)."""
+
+    class NoCancels(Jobs):
+        async def replay_cancel_requested(self, replay_id: str) -> bool:
+            raise StoreUnavailable("the read timed out")
+
+    events, jobs = Events(50), NoCancels()
+    writes: list[int] = []
+    put = jobs.put_replay
+
+    async def counting(job: ReplayJob) -> None:
+        writes.append(job.queued)
+        await put(job)
+
+    jobs.put_replay = counting  # type: ignore[method-assign]
+    limits = Limits(stale_after_us=1_200_000)  # a beat every 0.2 s
+    runner = manager(events, jobs, limits)
+    job = await runner.start(Selection(**{**SEL.__dict__, "rate_per_second": 1.0}))
+    await asyncio.sleep(1.1)
+    assert len(writes) >= 5  # the start, then a beat every 0.2 s
+    assert (await runner.cancel(job.id)).state is ReplayState.CANCELLED
