@@ -8,16 +8,19 @@ purged (marked, never deleted).
   and its attempts, and a copy of a death already recorded is acked without a write. Copies arise when a
   worker dies before its ack (the recorder's own, or a processor's or delivery worker's whose dead-letter copy
   was already out: a FAILED message that comes back is dead-lettered again) and when an older copy of a
-  delivery, deferred behind its retry, ends too. A death after the row was redriven or purged (the message
-  died after the mark) takes the next id in the chain (``dead_letter_id``'s ``generation``). Two recorders
-  that take two copies at the same moment can still write two rows: the check is a read, not a transaction.
+  delivery, deferred behind its retry, ends too. A death after the row was claimed by a redrive or purged
+  (the message died after the claim or the purge) takes the next id in the chain (``dead_letter_id``'s
+  ``generation``); a copy dead-lettered a second time says so (``x-dead-again``) and belongs to the newest
+  death (``_earlier_death``). Two recorders that take two copies at the same moment can still write two
+  rows: the check is a read, not a transaction.
 * **Redrive.** An event: its stored status goes back to RETRYING with its attempts at 0, and its message is
   published to the events stream again; the processor resumes it like a retry (operations already OK are not
   run again). A delivery: its state goes back to PENDING with 0 attempts and its task is published to the
   deliveries stream. The row is claimed first (DEAD → REDRIVING, a lightweight transaction), marked REDRIVEN
-  once sent and given back (DEAD) if sending fails, so concurrent redrives send a row once; a claim left by a
-  control service that stopped is taken over after five minutes. A message that could not be decoded cannot
-  be redriven.
+  once sent (tried again, never raised: the message is out) and given back (DEAD) if sending fails, so
+  concurrent redrives send a row once; a claim left by a control service that stopped is taken over after
+  five minutes. A message that could not be decoded cannot be redriven. A purge leaves a row a redrive is
+  sending.
 * **Purge** marks rows PURGED (hidden from listings, never redriven); it needs a filter or ids and
   ``confirm``.
 """
@@ -38,6 +41,7 @@ from switchboard.model.events import InboundEvent, now_us
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState
 from switchboard.model.subscriptions import DeliveryTask
 from switchboard.queue import Ack, QueueMessage, Verdict
+from switchboard.queue.message import DEAD_AGAIN_HEADER
 from switchboard.wire import decode_inbound, decode_task
 
 log = logging.getLogger(__name__)
@@ -121,12 +125,26 @@ class RedriveProgress:
 CLOSE_WAIT_SECONDS = 10.0
 # A redrive's claim this old lost its control service: the next redrive takes it over.
 STALE_CLAIM_US = 5 * 60 * 1_000_000
-# The states a redrive takes (a REDRIVING one only once its claim is stale).
+# The states listed by default: not yet dealt with (a REDRIVING one is taken by a redrive once its claim is
+# stale: _takeable).
 REDRIVABLE = frozenset({DeadLetterState.DEAD, DeadLetterState.REDRIVING})
+# The REDRIVEN mark after a redrive has sent: tried again after these pauses.
+MARK_PAUSES = (0.2, 1.0, 3.0)
 
 # How many redrives of one message (same id, same attempts) get ids of their own in the chain; past that each
 # death gets an id of its own from the moment it happened (no check for copies).
 MAX_GENERATIONS = 20
+
+
+def _earlier_death(row: DeadLetter, d: DeadLetter, again: bool) -> bool:
+    """Whether ``row`` (same message, same attempts) records a death before ``d``'s, so that ``d`` is a new
+    death further along the chain. A DEAD row is ``d``'s own death. A row marked (claimed, redriven, purged:
+    ``redriven_us``) before ``d`` died was an earlier death: the message was sent again and died again. A
+    copy dated later than its death (``again``: dead-lettered a second time) is the newest death's, so only
+    a row REDRIVEN lies before it."""
+    if again:
+        return row.state is DeadLetterState.REDRIVEN
+    return row.state is not DeadLetterState.DEAD and d.dead_us > row.redriven_us
 
 
 def dead_letter_id(kind: DeadLetterKind, message_id: str, attempts: int, generation: int) -> str:
@@ -152,14 +170,13 @@ class DeadLetterRecorder:
         return None
 
     async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
-        return [Ack(await self.put_once(self.record(m))) for m in batch]
+        return [Ack(await self.put_once(self.record(m), again=bool(m.headers.get(DEAD_AGAIN_HEADER)))) for m in batch]
 
-    async def put_once(self, d: DeadLetter) -> str:
+    async def put_once(self, d: DeadLetter, *, again: bool = False) -> str:
         """Writes ``d`` unless its death is recorded already; the outcome: ``recorded``, or ``duplicate`` for a
         copy of a death that is. ``d.id`` is the first of its chain (``record``) and moves along the chain past
-        rows of earlier deaths: a row REDRIVEN or PURGED before this message died. A row DEAD or REDRIVING, or
-        one marked after this message died, is this death's (a copy: the worker's and the broker's timestamps
-        are of the death, the mark's of the redrive or purge)."""
+        the rows of earlier deaths (``_earlier_death``). ``again``: the message is a copy of a death already
+        dead-lettered once (``x-dead-again``), dated when it was dead-lettered again."""
         if not d.message_id:
             await self.store.put_dead_letter(d)
             return "recorded"
@@ -169,9 +186,9 @@ class DeadLetterRecorder:
             if existing is None:
                 await self.store.put_dead_letter(d)
                 return "recorded"
-            if existing.dead_us == d.dead_us:
+            if existing.dead_us // 1000 == d.dead_us // 1000:  # the store keeps milliseconds
                 return "recorded"  # this very message, handled again (its batch was retried after an outage)
-            if existing.state in (DeadLetterState.DEAD, DeadLetterState.REDRIVING) or d.dead_us <= existing.redriven_us:
+            if not _earlier_death(existing, d, again):
                 return "duplicate"
         d.id = unique_dead_letter_id(d.message_id, str(d.dead_us))
         await self.store.put_dead_letter(d)
@@ -282,7 +299,8 @@ class DeadLetterManager:
     async def redrive(
         self, ids: Sequence[str], f: Filter, *, everything: bool, dry_run: bool
     ) -> AsyncIterator[RedriveProgress]:
-        chosen = [d for d in await self.selection(ids, f, everything) if d.state in REDRIVABLE]
+        now = now_us()
+        chosen = [d for d in await self.selection(ids, f, everything) if _takeable(d, now)]
         redriven = failed = 0
         yield RedriveProgress(len(chosen), 0, 0, False, "dry run" if dry_run else "")
         if dry_run:
@@ -336,9 +354,26 @@ class DeadLetterManager:
                     extra={"dead_letter": d.id, "error": str(exc)},
                 )
             raise
-        await self.store.set_dead_letter_state(
-            d, DeadLetterState.REDRIVEN, now_us(), only_from=DeadLetterState.REDRIVING, only_at_us=claimed_at
-        )
+        await self._mark_redriven(d, claimed_at)
+
+    async def _mark_redriven(self, d: DeadLetter, claimed_at: int) -> None:
+        """REDRIVEN, dated by the claim (the recorder takes a death after it for a new one). It is sent: the
+        mark is tried again rather than raised, since a raise would give the row back and a second redrive
+        would send it twice. Still REDRIVING after the tries, it is taken over (and sent again) once stale."""
+        for pause in (*MARK_PAUSES, None):
+            try:
+                await self.store.set_dead_letter_state(
+                    d, DeadLetterState.REDRIVEN, claimed_at, only_from=DeadLetterState.REDRIVING, only_at_us=claimed_at
+                )
+                return
+            except SwitchboardError as exc:
+                if pause is None:
+                    log.error(
+                        "a dead letter sent again is left REDRIVING: the store refused the mark",
+                        extra={"dead_letter": d.id, "error": str(exc)},
+                    )
+                    return
+                await asyncio.sleep(pause)
 
     async def _claim(self, d: DeadLetter) -> int:
         """Claims ``d`` for this redrive; the claim's time. A DEAD row is claimed; a REDRIVING one whose claim
@@ -388,11 +423,20 @@ class DeadLetterManager:
     async def purge(self, ids: Sequence[str], f: Filter, *, confirm: bool) -> int:
         if not confirm:
             raise FailedPrecondition("a purge needs confirm = true", reason="CONFIRMATION_MISSING")
-        chosen = await self.selection(ids, f, everything=False)
         now = now_us()
-        for d in chosen:
-            await self.store.set_dead_letter_state(d, DeadLetterState.PURGED, now)
-        return len(chosen)
+        chosen = [d for d in await self.selection(ids, f, everything=False) if _takeable(d, now, purge=True)]
+        purged = 0
+        for d in chosen:  # only from the state it was selected in: a redrive that claimed it meanwhile goes on
+            purged += await self.store.set_dead_letter_state(d, DeadLetterState.PURGED, now, only_from=d.state)
+        return purged
+
+
+def _takeable(d: DeadLetter, now: int, *, purge: bool = False) -> bool:
+    """Whether a redrive (or a purge) takes ``d``: DEAD, or REDRIVING under a stale claim (its control service
+    stopped); a purge also takes rows REDRIVEN or PURGED (named by id or all states)."""
+    if d.state is DeadLetterState.REDRIVING:
+        return now - d.redriven_us > STALE_CLAIM_US
+    return d.state is DeadLetterState.DEAD or purge
 
 
 def _query(f: Filter, start: int, end: int) -> dict[str, Any]:

@@ -327,6 +327,8 @@ class ReplayManager:
                 await self._put(job)
             except SwitchboardError as exc:
                 log.warning("replay progress not recorded", extra={"replay": job.id, "error": exc.message})
+            except Exception:  # a bug: logged, and the beats go on (one loop ending would leave the other)
+                log.exception("replay progress not recorded", extra={"replay": job.id})
 
     async def _watch_cancel(self, job: ReplayJob, cancel: asyncio.Event) -> None:
         while not cancel.is_set():
@@ -336,6 +338,8 @@ class ReplayManager:
                     cancel.set()
             except SwitchboardError as exc:
                 log.warning("replay cancel not read", extra={"replay": job.id, "error": exc.message})
+            except Exception:
+                log.exception("replay cancel not read", extra={"replay": job.id})
 
     async def _put(self, job: ReplayJob) -> None:
         job.updated_us = now_us()

@@ -367,7 +367,7 @@ class SubscriptionManager:
             s.event_types = check_event_types(globs or ("*",), self._catalogue(s.sources))
         if "trigger_conditions" in fields:
             expression = (draft.trigger_conditions or "").strip()
-            if expression:
+            if expression and expression != s.trigger_conditions:  # one stored under older rules may be sent back
                 compile_condition(expression)
             s.trigger_conditions = expression
         if "retry_policy" in fields and draft.retry_set:

@@ -304,7 +304,7 @@ class DeliveryPipeline:
         if state is not None and state.status is DeliveryStatus.FAILED:
             # Its dead letter may never have been published (the copy refused, or the worker died before it):
             # dead-lettered again, with nothing sent. A second record of it at worst, never none.
-            return DeadLetter(state.attempts, state.last_error or "failed", outcome="failed")
+            return DeadLetter(state.attempts, state.last_error or "failed", outcome="failed", again=True)
         if state is not None and state.status in FINAL_DELIVERY:
             return Ack("already_final")
         sub = self.subscriptions.get(task.subscription_id) or await self.subscriptions.refresh(task.subscription_id)

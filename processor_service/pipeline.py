@@ -79,7 +79,7 @@ def verdict(event: InboundEvent, handled: Handled) -> Verdict:
                 "event failed after its last attempt, dead-lettered",
                 extra={"event": event.key, "attempts": handled.attempt, "error": handled.last_error[:300]},
             )
-            return DeadLetter(handled.attempt, handled.last_error, outcome="failed")
+            return DeadLetter(handled.attempt, handled.last_error, outcome="failed", again=handled.again)
         case Disposition.PROCESSED | Disposition.STALE:
             return Ack(_OUTCOME[handled.disposition], (now_us() - event.received_us) / 1000)
         case _:

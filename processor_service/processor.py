@@ -96,6 +96,7 @@ class Handled:
     attempt: int = 0
     last_error: str = ""
     applied: int = 0  # operations that ran and succeeded in this pass
+    again: bool = False  # FAILED before this pass: its dead letter is a copy of that death (DeadLetter.again)
 
 
 @dataclass
@@ -169,7 +170,7 @@ class Processor:
                 if prior.status is EventStatus.FAILED:
                     # Its dead letter may never have been published (the copy refused, or the processor died
                     # before it): dead-lettered again. A second record of it at worst, never none.
-                    out[i] = Handled(Disposition.FAILED, prior.attempts, REDELIVERED_FAILED)
+                    out[i] = Handled(Disposition.FAILED, prior.attempts, REDELIVERED_FAILED, again=True)
                 else:
                     out[i] = Handled(Disposition.DONE, prior.attempts)
             else:

@@ -145,11 +145,12 @@ def _dlq(stub: Any, args: argparse.Namespace) -> int:
     )
     if args.action == "list":
         reply = stub.ListDeadLetters(dl.ListDeadLettersRequest(filter=f, page_size=args.limit), timeout=30)
-        print(f"{'id':28} {'kind':10} {'source':10} {'event':32} {'type':24} {'tries':>5}  last error")
+        print(f"{'id':28} {'kind':10} {'state':9} {'source':10} {'event':32} {'type':24} {'tries':>5}  last error")
         for d in reply.dead_letters:
             kind = dl.DeadLetterKind.Name(d.kind).removeprefix("DEAD_LETTER_KIND_").lower()
+            state = dl.DeadLetterState.Name(d.state).removeprefix("DEAD_LETTER_STATE_").lower()
             print(
-                f"{d.id:28} {kind:10} {d.source[:10]:10} {d.event_id[:32]:32} {d.event_type[:24]:24} "
+                f"{d.id:28} {kind:10} {state:9} {d.source[:10]:10} {d.event_id[:32]:32} {d.event_type[:24]:24} "
                 f"{d.attempts:5d}  {d.last_error[:60]}"
             )
         if reply.next_page_token:

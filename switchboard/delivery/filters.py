@@ -233,6 +233,18 @@ def _is(tokens: list[_Token], i: int, text: str) -> bool:
 def _receiver_root(tokens: list[_Token], dot: int) -> str | None:
     """The identifier a member chain ending just before ``tokens[dot]`` (a '.') starts from, or None when the
     chain starts from anything else (a literal, a parenthesised expression, a global function call)."""
+    start = _receiver_start(tokens, dot)
+    return tokens[start].text if start is not None else None
+
+
+def _receiver_text(tokens: list[_Token], dot: int) -> str:
+    """The member chain ending just before ``tokens[dot]`` as written (tokens joined), "" if not rooted."""
+    start = _receiver_start(tokens, dot)
+    return "".join(t.text for t in tokens[start:dot]) if start is not None else ""
+
+
+def _receiver_start(tokens: list[_Token], dot: int) -> int | None:
+    """Where the member chain ending just before ``tokens[dot]`` starts: the index of its identifier."""
     k = dot - 1
     while k >= 0:
         token = tokens[k]
@@ -260,7 +272,7 @@ def _receiver_root(tokens: list[_Token], dot: int) -> str | None:
                 continue
             if _is(tokens, k + 1, "("):
                 return None  # a global function call
-            return token.text
+            return k
         return None
     return None
 
@@ -285,6 +297,7 @@ def _check_names(source: str, variables: Collection[str], *, strict: bool = True
     frames: list[tuple[str, str | None]] = []  # (closing bracket, name bound by a macro call or None)
     declared: set[str] = set()
     declarations: set[int] = set()
+    ranged: list[str] = []  # what the enclosing macros range over, as written (innermost last)
     free: list[str] = []
     balanced = True
     for i, token in enumerate(tokens):
@@ -309,21 +322,28 @@ def _check_names(source: str, variables: Collection[str], *, strict: bool = True
                     bound = tokens[i + 1].text
                     bound_names = [name for _, name in frames if name is not None]
                     root = _receiver_root(tokens, i - 2)
-                    if bound_names and (root != bound_names[-1] if strict else root not in bound_names):
+                    receiver = _receiver_text(tokens, i - 2)
+                    if bound_names and (
+                        root != bound_names[-1] if strict else root not in bound_names or receiver in ranged
+                    ):
                         # Ranging over an outer macro's variable again (l.exists(x, l.exists(y, ...))) costs
-                        # the list's size to the power of the depth: 10 s for 200 integers at depth 4.
+                        # the list's size to the power of the depth: 10 s for 200 integers at depth 4. Stored
+                        # conditions (strict=False) may range over any enclosing variable, not over a list an
+                        # enclosing macro already ranges over.
                         raise _condition_error(
                             f"a nested {macro}() must range over the variable of the macro it is in "
                             "(e.g. event.items.exists(i, i.tags.exists(t, t == 'x')))"
                         )
                     declared.add(bound)
                     declarations.add(i + 1)
+                    ranged.append(receiver)
             frames.append((_CLOSERS[token.text], bound))
         elif token.kind == "punct" and token.text in (")", "]", "}"):
             if not frames or frames[-1][0] != token.text:
                 balanced = False
                 break
-            frames.pop()
+            if frames.pop()[1] is not None:
+                ranged.pop()
         elif token.kind == "ident" and i not in declarations:
             if _is(tokens, i - 1, ".") or _is(tokens, i + 1, "("):
                 continue  # a field, a method or a function

@@ -74,6 +74,10 @@ class Retry:
     outcome: str = "retried"
 
 
+# On a dead-letter copy of a death already dead-lettered once (``DeadLetter.again``).
+DEAD_AGAIN_HEADER = "x-dead-again"
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """Give up: the worker republishes the message to the dead-letter queue with ``x-attempt`` and
@@ -82,6 +86,9 @@ class DeadLetter:
     attempt: int
     error: str
     outcome: str = "dead_lettered"
+    # A copy of a death that was already dead-lettered (a FAILED message that came back): the copy says so
+    # (``x-dead-again``), so that the recorder never takes it for a new death.
+    again: bool = False
 
 
 Verdict = Ack | Retry | DeadLetter

@@ -82,7 +82,7 @@ from switchboard.queue.amqp import (
     reconnect,
 )
 from switchboard.queue.connection import with_backoff
-from switchboard.queue.message import Ack, DeadLetter, QueueMessage, Retry, Verdict
+from switchboard.queue.message import DEAD_AGAIN_HEADER, Ack, DeadLetter, QueueMessage, Retry, Verdict
 from switchboard.queue.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -793,6 +793,8 @@ class QueueWorker:
                     "x-dead-reason": verdict.outcome,
                     "x-dead-at": time.time_ns() // 1000,
                 }
+                if verdict.again:
+                    headers[DEAD_AGAIN_HEADER] = 1
                 if verdict.outcome == CRASHED:
                     headers[CRASH_HEADER] = crash_count(message) + 1
                 await self._publish(

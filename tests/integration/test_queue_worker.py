@@ -575,7 +575,7 @@ class Forwarding:
         for m in batch:
             self.seen.append((m.message_id, m.attempt, time.monotonic()))
             self.types.append(m.type)
-            out.append(Retry(1, "boom") if m.attempt == 0 else DeadLetter(m.attempt + 1, "gave up"))
+            out.append(Retry(1, "boom") if m.attempt == 0 else DeadLetter(m.attempt + 1, "gave up", again=True))
         return out
 
 
@@ -619,6 +619,7 @@ async def test_a_retry_comes_back_after_its_delay_and_a_dead_letter_keeps_the_or
     headers = dead.headers
     assert headers["receipt-id"] == "r9" and headers["x-attempt"] == 2 and headers["x-last-error"] == "gave up"
     assert headers["x-dead-reason"] == "dead_lettered" and isinstance(headers["x-dead-at"], int)
+    assert headers["x-dead-again"] == 1  # DeadLetter(again=True): a copy of a death dead-lettered before
     assert not any(str(k).startswith("x-death") for k in headers), "the broker's dead-letter history was kept"
 
 

@@ -8,7 +8,9 @@ lightweight transaction on Cassandra: tests/e2e/test_operations.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+from typing import Any
 
 import pytest
 
@@ -20,7 +22,7 @@ from control_service.dead_letters import (
     Filter,
     RedriveProgress,
 )
-from switchboard.errors import BrokerUnavailable
+from switchboard.errors import BrokerUnavailable, StoreUnavailable
 from switchboard.model.events import InboundEvent, now_us
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState
 from switchboard.queue import Ack, QueueMessage
@@ -41,8 +43,19 @@ class Rows:
         return self.rows.get(dead_letter_id)
 
 
-def copy(dead_at: int, *, attempt: int = 3, message_id: str = "shop/evt_1") -> QueueMessage:
-    headers = {"x-attempt": attempt, "x-last-error": "boom", "x-dead-reason": "failed", "x-dead-at": dead_at}
+S = 1_000_000  # a second, in microseconds
+
+
+def copy(dead_at: int, *, attempt: int = 3, message_id: str = "shop/evt_1", again: bool = False) -> QueueMessage:
+    """A dead-letter copy of the message, dead-lettered at ``dead_at`` seconds."""
+    headers: dict[str, object] = {
+        "x-attempt": attempt,
+        "x-last-error": "boom",
+        "x-dead-reason": "failed",
+        "x-dead-at": dead_at * S,
+    }
+    if again:
+        headers["x-dead-again"] = 1
     return QueueMessage(
         body=encode_inbound(event()), message_id=message_id, headers=headers, redelivered=False, queue="q"
     )
@@ -51,12 +64,12 @@ def copy(dead_at: int, *, attempt: int = 3, message_id: str = "shop/evt_1") -> Q
 async def test_copies_of_one_death_are_one_row_and_the_first_is_kept() -> None:
     rows = Rows()
     recorder = DeadLetterRecorder(rows, DeadLetterKind.PROCESSING)  # type: ignore[arg-type]
-    first = await recorder.handle([copy(1_700_000_000_000_000)])
-    again = await recorder.handle([copy(1_700_000_005_000_000), copy(1_700_000_009_000_000)])
+    first = await recorder.handle([copy(1_700_000_000)])
+    again = await recorder.handle([copy(1_700_000_005), copy(1_700_000_009, again=True)])
     assert first == [Ack("recorded")] and again == [Ack("duplicate"), Ack("duplicate")]
     assert rows.writes == 1
     (row,) = rows.rows.values()
-    assert row.dead_us == 1_700_000_000_000_000
+    assert row.dead_us == 1_700_000_000 * S
 
 
 async def test_a_death_after_a_redrive_or_a_purge_is_a_new_row_and_a_copy_from_before_is_not() -> None:
@@ -64,17 +77,37 @@ async def test_a_death_after_a_redrive_or_a_purge_is_a_new_row_and_a_copy_from_b
     recorder = DeadLetterRecorder(rows, DeadLetterKind.PROCESSING)  # type: ignore[arg-type]
     await recorder.handle([copy(10)])
     (first,) = rows.rows.values()
-    first.state, first.redriven_us = DeadLetterState.REDRIVING, 20  # a redrive claimed it at 20
+    first.state, first.redriven_us = DeadLetterState.REDRIVING, 20 * S  # a redrive claimed it at 20
     assert await recorder.handle([copy(15)]) == [Ack("duplicate")]  # a copy of that death, during the claim
-    first.state, first.redriven_us = DeadLetterState.REDRIVEN, 30  # sent again at 30
-    assert await recorder.handle([copy(25)]) == [Ack("duplicate")]  # a copy from before the redrive
+    first.state = DeadLetterState.REDRIVEN  # sent again (the mark is dated by the claim)
+    assert await recorder.handle([copy(18)]) == [Ack("duplicate")]  # a copy from before the redrive
     assert await recorder.handle([copy(40)]) == [Ack("recorded")]  # it died again after the redrive
     assert await recorder.handle([copy(45)]) == [Ack("duplicate")]  # and copies of that death are one row too
-    second = next(d for d in rows.rows.values() if d.dead_us == 40)
-    second.state, second.redriven_us = DeadLetterState.PURGED, 50  # purged (it had not been redriven)
+    second = next(d for d in rows.rows.values() if d.dead_us == 40 * S)
+    second.state, second.redriven_us = DeadLetterState.PURGED, 50 * S  # purged (it had not been redriven)
     assert await recorder.handle([copy(48)]) == [Ack("duplicate")]
     assert await recorder.handle([copy(60)]) == [Ack("recorded")]  # a later death is not swallowed by the purge
-    assert sorted(d.dead_us for d in rows.rows.values()) == [10, 40, 60]
+    # dead-lettered again after the purge (a FAILED message that came back): a copy, not a new death
+    assert await recorder.handle([copy(55, again=True)]) == [Ack("duplicate")]
+    assert sorted(d.dead_us for d in rows.rows.values()) == [10 * S, 40 * S, 60 * S]
+
+
+async def test_a_death_during_a_claim_is_a_new_row_and_a_copy_dead_lettered_again_follows_the_newest() -> None:
+    """A redriven message can die before its REDRIVEN mark: dated after the claim, it is a new death (it was
+    swallowed as a copy). A copy dead-lettered again is dated when it was, not when it died: it belongs to the
+    newest death, behind the rows that were redriven."""
+    rows = Rows()
+    recorder = DeadLetterRecorder(rows, DeadLetterKind.PROCESSING)  # type: ignore[arg-type]
+    await recorder.handle([copy(10)])
+    (first,) = rows.rows.values()
+    first.state, first.redriven_us = DeadLetterState.REDRIVING, 20 * S
+    assert await recorder.handle([copy(21)]) == [Ack("recorded")]  # sent, died again, not yet marked
+    first.state = DeadLetterState.REDRIVEN
+    assert await recorder.handle([copy(30, again=True)]) == [Ack("duplicate")]  # a copy of the death at 21
+    second = next(d for d in rows.rows.values() if d.dead_us == 21 * S)
+    second.state, second.redriven_us = DeadLetterState.REDRIVEN, 40 * S  # redriven too; its next death was lost
+    assert await recorder.handle([copy(50, again=True)]) == [Ack("recorded")]  # so the copy records it
+    assert len(rows.rows) == 3
 
 
 async def test_the_same_message_handled_again_counts_as_recorded() -> None:
@@ -83,7 +116,10 @@ async def test_the_same_message_handled_again_counts_as_recorded() -> None:
     rows = Rows()
     recorder = DeadLetterRecorder(rows, DeadLetterKind.PROCESSING)  # type: ignore[arg-type]
     assert await recorder.handle([copy(10)]) == [Ack("recorded")]
-    assert await recorder.handle([copy(10)]) == [Ack("recorded")] and rows.writes == 1
+    message = copy(10)
+    message = dataclasses.replace(message, headers={**message.headers, "x-dead-at": 10 * S + 700})
+    # a worker's microseconds; the row, read back from Cassandra, has milliseconds
+    assert await recorder.handle([message]) == [Ack("recorded")] and rows.writes == 1
 
 
 async def test_other_attempts_other_messages_and_other_kinds_are_other_rows() -> None:
@@ -101,9 +137,10 @@ async def test_messages_without_an_id_and_a_chain_past_its_end_get_an_id_per_dea
     assert await recorder.handle([copy(1, message_id=""), copy(2, message_id="")]) == [Ack("recorded")] * 2
     assert len(rows.rows) == 2
     for n in range(MAX_GENERATIONS):
-        await recorder.handle([copy(10 + n)])
+        await recorder.handle([copy(10 + 2 * n)])
         for d in rows.rows.values():
-            d.state = DeadLetterState.REDRIVEN
+            if d.state is DeadLetterState.DEAD:
+                d.state, d.redriven_us = DeadLetterState.REDRIVEN, (11 + 2 * n) * S
     assert await recorder.handle([copy(100)]) == [Ack("recorded")]
     assert await recorder.handle([copy(101)]) == [Ack("recorded")]  # past the chain: no check for copies
     assert len(rows.rows) == 2 + MAX_GENERATIONS + 2
@@ -157,18 +194,23 @@ async def recorded(rows: Claimable) -> DeadLetter:
     return d
 
 
-async def test_of_two_redrives_of_one_row_one_publishes() -> None:
+async def redrive(manager: DeadLetterManager, d: DeadLetter) -> list[RedriveProgress]:
+    return [p async for p in manager.redrive([d.id], Filter(), everything=False, dry_run=False)]
+
+
+async def gated() -> tuple[Claimable, DeadLetter, asyncio.Event, Events, DeadLetterManager]:
+    """One dead letter, and a manager whose publish waits for the gate."""
     rows = Claimable()
     d = await recorded(rows)
     gate = asyncio.Event()
     events = Events(gate)
-    manager = DeadLetterManager(rows, events, events)  # type: ignore[arg-type]
+    return rows, d, gate, events, DeadLetterManager(rows, events, events)  # type: ignore[arg-type]
 
-    async def redrive() -> list[RedriveProgress]:
-        return [p async for p in manager.redrive([d.id], Filter(), everything=False, dry_run=False)]
 
-    first = asyncio.create_task(redrive())
-    second = asyncio.create_task(redrive())
+async def test_of_two_redrives_of_one_row_one_publishes() -> None:
+    rows, d, gate, events, manager = await gated()
+    first = asyncio.create_task(redrive(manager, d))
+    second = asyncio.create_task(redrive(manager, d))
     await asyncio.sleep(0.01)  # both selected the row while it was DEAD; one claimed it
     gate.set()
     outcomes = sorted((p[-1].redriven, p[-1].failed) for p in await asyncio.gather(first, second))
@@ -177,17 +219,8 @@ async def test_of_two_redrives_of_one_row_one_publishes() -> None:
 
 
 async def test_a_client_that_goes_away_does_not_cut_a_rows_redrive() -> None:
-    rows = Claimable()
-    d = await recorded(rows)
-    gate = asyncio.Event()
-    events = Events(gate)
-    manager = DeadLetterManager(rows, events, events)  # type: ignore[arg-type]
-
-    async def redrive() -> None:
-        async for _ in manager.redrive([d.id], Filter(), everything=False, dry_run=False):
-            pass
-
-    task = asyncio.create_task(redrive())
+    rows, d, gate, events, manager = await gated()
+    task = asyncio.create_task(redrive(manager, d))
     await asyncio.sleep(0.01)  # claimed, publishing
     task.cancel()
     await asyncio.sleep(0)
@@ -207,26 +240,17 @@ async def test_a_claim_left_by_a_stopped_control_service_is_taken_over_once_stal
     manager = DeadLetterManager(rows, events, events)  # type: ignore[arg-type]
     row = rows.rows[d.id]
     row.state, row.redriven_us = DeadLetterState.REDRIVING, now_us() - 60_000_000  # claimed a minute ago
-    progress = [p async for p in manager.redrive([d.id], Filter(), everything=False, dry_run=False)]
-    assert (progress[-1].redriven, progress[-1].failed) == (0, 1) and events.published == []  # not stale yet
+    progress = await redrive(manager, d)
+    assert (progress[-1].matched, progress[-1].redriven) == (0, 0) and events.published == []  # not stale yet
     row.redriven_us = now_us() - STALE_CLAIM_US - 1
-    progress = [p async for p in manager.redrive([d.id], Filter(), everything=False, dry_run=False)]
+    progress = await redrive(manager, d)
     assert (progress[-1].redriven, progress[-1].failed) == (1, 0) and len(events.published) == 1
     assert rows.rows[d.id].state is DeadLetterState.REDRIVEN
 
 
 async def test_close_waits_for_a_redrive_whose_caller_went_away() -> None:
-    rows = Claimable()
-    d = await recorded(rows)
-    gate = asyncio.Event()
-    events = Events(gate)
-    manager = DeadLetterManager(rows, events, events)  # type: ignore[arg-type]
-
-    async def redrive() -> None:
-        async for _ in manager.redrive([d.id], Filter(), everything=False, dry_run=False):
-            pass
-
-    task = asyncio.create_task(redrive())
+    rows, d, gate, events, manager = await gated()
+    task = asyncio.create_task(redrive(manager, d))
     await asyncio.sleep(0.01)
     task.cancel()  # the server cancels the call as it stops
     closing = asyncio.create_task(manager.close())
@@ -243,8 +267,7 @@ async def test_a_redrive_whose_publish_fails_gives_the_row_back() -> None:
     events = Events(fail=True)
     manager = DeadLetterManager(rows, events, events)  # type: ignore[arg-type]
     with pytest.raises(BrokerUnavailable):
-        async for _ in manager.redrive([d.id], Filter(), everything=False, dry_run=False):
-            pass
+        await redrive(manager, d)
     assert rows.rows[d.id].state is DeadLetterState.DEAD  # a later redrive can take it
 
 
@@ -268,3 +291,43 @@ def test_a_retried_message_the_broker_dead_lettered_is_a_delivery_limit_not_a_fa
     assert d.reason == "DELIVERY_LIMIT"
     assert d.last_error.endswith("the last error before: operation ledger failed: timeout")
     assert d.dead_us == int(at.timestamp() * 1_000_000)
+
+
+async def test_a_purge_leaves_a_row_a_redrive_is_sending() -> None:
+    rows, d, gate, events, manager = await gated()
+    task = asyncio.create_task(redrive(manager, d))
+    await asyncio.sleep(0.01)  # claimed, publishing
+    assert await manager.purge([d.id], Filter(), confirm=True) == 0
+    gate.set()
+    await task
+    assert rows.rows[d.id].state is DeadLetterState.REDRIVEN and len(events.published) == 1
+
+
+async def test_a_mark_the_store_refuses_after_the_publish_is_tried_again_and_never_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Raised, it failed the call; run again, the row (still REDRIVING) was taken over and sent a second
+    time (found in review)."""
+    monkeypatch.setattr("control_service.dead_letters.MARK_PAUSES", (0.0, 0.0))
+    rows = Claimable()
+    d = await recorded(rows)
+    events = Events()
+    manager = DeadLetterManager(rows, events, events)  # type: ignore[arg-type]
+    claim = rows.set_dead_letter_state
+    refusals = [2]
+
+    async def flaky(x: DeadLetter, state: DeadLetterState, at_us: int, **kw: Any) -> bool:
+        if state is DeadLetterState.REDRIVEN and refusals[0]:
+            refusals[0] -= 1
+            raise StoreUnavailable("the write timed out")
+        return await claim(x, state, at_us, **kw)
+
+    monkeypatch.setattr(rows, "set_dead_letter_state", flaky)
+    progress = await redrive(manager, d)
+    assert (progress[-1].redriven, progress[-1].failed) == (1, 0) and len(events.published) == 1
+    assert rows.rows[d.id].state is DeadLetterState.REDRIVEN  # on the third try
+    refusals[0] = 10
+    rows.rows[d.id].state = DeadLetterState.DEAD
+    progress = await redrive(manager, d)
+    assert (progress[-1].redriven, progress[-1].failed) == (1, 0)  # sent: counted, not raised
+    assert rows.rows[d.id].state is DeadLetterState.REDRIVING and len(events.published) == 2

@@ -651,6 +651,7 @@ async def test_a_task_whose_delivery_failed_is_dead_lettered_again_without_a_sen
     store.rows["dlv_f"] = stored("dlv_f", DeliveryStatus.FAILED, 8, last_error="http_5xx: HTTP 503")
     (verdict,) = await pipeline.handle([copy("dlv_f")])
     assert isinstance(verdict, DeadLetter) and (verdict.attempt, verdict.error) == (8, "http_5xx: HTTP 503")
+    assert verdict.again  # a copy of that death: the recorder never takes it for a new one
     assert sender.posts == 0
 
 

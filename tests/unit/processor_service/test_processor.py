@@ -11,9 +11,11 @@ import pytest
 
 import processor_service.processor as processor_module
 from processor_service.operations import Operation, OperationContext, Registry
+from processor_service.pipeline import verdict
 from processor_service.processor import Disposition, Handled, Processor
 from switchboard.errors import StoreUnavailable
 from switchboard.model.events import EventStatus, InboundEvent, Outcome, StoredEvent
+from switchboard.queue import DeadLetter
 from tests.unit.factories import event
 from tests.unit.processor_service.fakes import MemoryEvents
 
@@ -257,8 +259,9 @@ async def test_a_redelivered_receipt_whose_pass_failed_is_dead_lettered_again(st
     p = processor(store, Operation("flaky", Flaky(ok_from=99), takes_context=True), max_attempts=1)
     assert (await one(p, event())).disposition is Disposition.FAILED
     again = await one(p, event())
-    assert (again.disposition, again.attempt) == (Disposition.FAILED, 1)
+    assert (again.disposition, again.attempt, again.again) == (Disposition.FAILED, 1, True)
     assert "redelivered" in again.last_error and store.ok_runs("shop/evt_1") == {}
+    assert verdict(event(), again) == DeadLetter(1, again.last_error, outcome="failed", again=True)
 
 
 class GatedCommits(MemoryEvents):

@@ -386,3 +386,24 @@ def test_the_subscription_cache_loads_stored_conditions_leniently() -> None:
     )
     entry = _entry(stored)
     assert entry is not None and entry.filter.condition is not None
+
+
+@pytest.mark.parametrize(
+    ("expression", "loads"),
+    [
+        ("event.orders.exists(o, o.lines.exists(l, o.tags.exists(t, t == l.tag)))", True),
+        ("event.orders.exists(o, o.lines.exists(a, true) && o.lines.exists(b, true))", True),  # siblings
+        ("[event.a].exists(l, l.exists(x, l.exists(y, x == y)))", False),  # one list ranged at every depth
+        ("event.orders.exists(o, o.lines.exists(a, o.lines.exists(b, a == b)))", False),
+    ],
+)
+def test_stored_conditions_may_not_range_again_over_what_an_enclosing_macro_ranges_over(
+    expression: str, loads: bool
+) -> None:
+    """Loaded leniently, a stored condition still may not nest a macro over a list an enclosing one already
+    ranges over: that is the list's size to the power of the depth (found in review of the lenient load)."""
+    if loads:
+        compile_condition(expression, strict=False)
+    else:
+        with pytest.raises(InvalidRequest):
+            compile_condition(expression, strict=False)
