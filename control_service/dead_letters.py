@@ -22,7 +22,7 @@ purged (marked, never deleted).
   five minutes. A message that could not be decoded cannot be redriven. A purge leaves a row a redrive is
   sending.
 * **Purge** marks rows PURGED (hidden from listings, never redriven); it needs a filter or ids and
-  ``confirm``.
+  ``confirm``. It takes DEAD rows (and claims gone stale), not REDRIVEN ones.
 """
 
 from __future__ import annotations
@@ -142,8 +142,8 @@ def _earlier_death(row: DeadLetter, d: DeadLetter, again: bool) -> bool:
     ``redriven_us``) before ``d`` died was an earlier death: the message was sent again and died again. A
     copy dated later than its death (``again``: dead-lettered a second time) is the newest death's, so only
     a row REDRIVEN lies before it."""
-    if again:
-        return row.state is DeadLetterState.REDRIVEN
+    if again:  # a copy of death N+1 is always dead-lettered after the claim of death N
+        return row.state is DeadLetterState.REDRIVEN and d.dead_us > row.redriven_us
     return row.state is not DeadLetterState.DEAD and d.dead_us > row.redriven_us
 
 
@@ -424,19 +424,23 @@ class DeadLetterManager:
         if not confirm:
             raise FailedPrecondition("a purge needs confirm = true", reason="CONFIRMATION_MISSING")
         now = now_us()
-        chosen = [d for d in await self.selection(ids, f, everything=False) if _takeable(d, now, purge=True)]
+        chosen = [d for d in await self.selection(ids, f, everything=False) if _takeable(d, now)]
         purged = 0
-        for d in chosen:  # only from the state it was selected in: a redrive that claimed it meanwhile goes on
-            purged += await self.store.set_dead_letter_state(d, DeadLetterState.PURGED, now, only_from=d.state)
+        for d in chosen:  # only over what it selected: a redrive that claimed it meanwhile goes on
+            claim = d.redriven_us if d.state is DeadLetterState.REDRIVING else None
+            purged += await self.store.set_dead_letter_state(
+                d, DeadLetterState.PURGED, now, only_from=d.state, only_at_us=claim
+            )
         return purged
 
 
-def _takeable(d: DeadLetter, now: int, *, purge: bool = False) -> bool:
-    """Whether a redrive (or a purge) takes ``d``: DEAD, or REDRIVING under a stale claim (its control service
-    stopped); a purge also takes rows REDRIVEN or PURGED (named by id or all states)."""
+def _takeable(d: DeadLetter, now: int) -> bool:
+    """Whether a redrive or a purge takes ``d``: DEAD, or REDRIVING under a stale claim (its control service
+    stopped). A REDRIVEN row is not purged: its ``redriven_at`` dates the redrive, which tells the recorder a
+    later death from a copy."""
     if d.state is DeadLetterState.REDRIVING:
         return now - d.redriven_us > STALE_CLAIM_US
-    return d.state is DeadLetterState.DEAD or purge
+    return d.state is DeadLetterState.DEAD
 
 
 def _query(f: Filter, start: int, end: int) -> dict[str, Any]:

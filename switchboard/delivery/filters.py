@@ -89,6 +89,9 @@ __all__ = [
 MAX_GLOBS: Final = 64
 MAX_GLOB_LENGTH: Final = 128
 MAX_CONDITION_LENGTH: Final = 1024
+# Stored conditions loaded under the older nesting rule (compile_condition's strict=False): how many macros
+# deep one that does not range over its innermost variable may sit.
+MAX_LENIENT_DEPTH: Final = 3
 MAX_SOURCES: Final = 64
 MAX_SOURCE_LENGTH: Final = 128
 _MAX_ERROR_TEXT = 1500
@@ -323,13 +326,22 @@ def _check_names(source: str, variables: Collection[str], *, strict: bool = True
                     bound_names = [name for _, name in frames if name is not None]
                     root = _receiver_root(tokens, i - 2)
                     receiver = _receiver_text(tokens, i - 2)
-                    if bound_names and (
-                        root != bound_names[-1] if strict else root not in bound_names or receiver in ranged
+                    innermost = bool(bound_names) and root == bound_names[-1]
+                    if (
+                        bound_names
+                        and not innermost
+                        and (
+                            strict
+                            or root not in bound_names
+                            or receiver in ranged
+                            or len(bound_names) >= MAX_LENIENT_DEPTH
+                        )
                     ):
                         # Ranging over an outer macro's variable again (l.exists(x, l.exists(y, ...))) costs
                         # the list's size to the power of the depth: 10 s for 200 integers at depth 4. Stored
                         # conditions (strict=False) may range over any enclosing variable, not over a list an
-                        # enclosing macro already ranges over.
+                        # enclosing macro already ranges over as written, and, since the same list can be
+                        # written many ways, at most MAX_LENIENT_DEPTH deep: the cost stays polynomial.
                         raise _condition_error(
                             f"a nested {macro}() must range over the variable of the macro it is in "
                             "(e.g. event.items.exists(i, i.tags.exists(t, t == 'x')))"

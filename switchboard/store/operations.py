@@ -78,7 +78,7 @@ class OperationsStore:
         its stored state is that one, and with ``only_at_us`` too, only if its stored ``redriven_at`` is that
         (a lightweight transaction: of two redrives of one row, one claims it). Whether it was written. The
         cells written expire with the row (``_ttl_left``)."""
-        left = self._ttl_left(d, at_us)
+        left = self._ttl_left(d, now_us())  # from now: at_us may date a claim made seconds ago
         key = (d.kind.value, day_of(d.dead_us), ts(d.dead_us), d.id)
         at = ts(at_us) if state is not DeadLetterState.DEAD else None
         if only_from is None:

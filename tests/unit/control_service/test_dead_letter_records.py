@@ -331,3 +331,38 @@ async def test_a_mark_the_store_refuses_after_the_publish_is_tried_again_and_nev
     progress = await redrive(manager, d)
     assert (progress[-1].redriven, progress[-1].failed) == (1, 0)  # sent: counted, not raised
     assert rows.rows[d.id].state is DeadLetterState.REDRIVING and len(events.published) == 2
+
+
+async def test_a_copy_dead_lettered_again_before_a_redrive_is_no_new_death() -> None:
+    """Death at 10, dead-lettered again at 12 (it came back FAILED), the copy still queued when the row is
+    redriven at 20: it belongs to death 10 (it became a second DEAD row; found in the third review)."""
+    rows = Rows()
+    recorder = DeadLetterRecorder(rows, DeadLetterKind.PROCESSING)  # type: ignore[arg-type]
+    await recorder.handle([copy(10)])
+    (row,) = rows.rows.values()
+    row.state, row.redriven_us = DeadLetterState.REDRIVEN, 20 * S
+    assert await recorder.handle([copy(12, again=True)]) == [Ack("duplicate")] and len(rows.rows) == 1
+
+
+async def test_a_purge_takes_neither_a_redriven_row_nor_a_claim_taken_over_since() -> None:
+    """A purge rewrote a REDRIVEN row's date, and the recorder then took later deaths for copies; a purge of
+    a stale claim overwrote a redrive that had just taken it over (found in the third review)."""
+    rows, d, gate, events, manager = await gated()
+    row = rows.rows[d.id]
+    row.state, row.redriven_us = DeadLetterState.REDRIVEN, 20 * S
+    assert await manager.purge([d.id], Filter(), confirm=True) == 0 and row.state is DeadLetterState.REDRIVEN
+    row.state, row.redriven_us = DeadLetterState.REDRIVING, now_us() - STALE_CLAIM_US - 1
+    selected = dataclasses.replace(row)  # what the purge's selection read
+    task = asyncio.create_task(redrive(manager, d))
+    await asyncio.sleep(0.01)  # the redrive takes the stale claim over
+    assert row.state is DeadLetterState.REDRIVING and row.redriven_us != selected.redriven_us
+
+    async def stale_selection(ids: Any, f: Any, everything: bool) -> list[DeadLetter]:
+        return [selected]
+
+    manager.selection = stale_selection  # type: ignore[method-assign]
+    assert await manager.purge([d.id], Filter(), confirm=True) == 0
+    gate.set()
+    progress = await task
+    assert progress[-1].redriven == 1 and len(events.published) == 1
+    assert rows.rows[d.id].state is DeadLetterState.REDRIVEN  # not PURGED

@@ -407,3 +407,26 @@ def test_stored_conditions_may_not_range_again_over_what_an_enclosing_macro_rang
     else:
         with pytest.raises(InvalidRequest):
             compile_condition(expression, strict=False)
+
+
+def test_the_lenient_load_takes_whatever_the_strict_rule_takes() -> None:
+    """A shadowed name: the same text, another list (linear). Accepted at create, refused on load, the
+    subscription fell out of the cache (found in the third review)."""
+    shadowing = "event.nodes.exists(n, n.children.exists(n, n.children.exists(c, c.ok)))"
+    compile_condition(shadowing)
+    compile_condition(shadowing, strict=False)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "[[event.a]].exists(p, p[0].exists(x, p[00].exists(y, p[0u].exists(z, x + y + z < 0))))",
+        "[{'x': event.a, 'y': event.a, 'z': event.a}].exists(t, t.x.exists(i, t.y.exists(j, t.z.exists(k, k < 0))))",
+        "[event].exists(e, e.a.exists(x, e['a'].exists(y, e[\"a\"].exists(z, x + y + z < 0))))",
+    ],
+)
+def test_a_stored_condition_nesting_four_deep_over_outer_variables_is_refused(expression: str) -> None:
+    """One list written three ways passes a comparison of text; the depth cap keeps such a stored condition
+    polynomial of at most the third degree (found in the third review)."""
+    with pytest.raises(InvalidRequest):
+        compile_condition(expression, strict=False)
