@@ -141,7 +141,7 @@ def _earlier_death(row: DeadLetter, d: DeadLetter, again: bool) -> bool:
     death further along the chain. A DEAD row is ``d``'s own death. A row marked (claimed, redriven, purged:
     ``redriven_us``) before ``d`` died was an earlier death: the message was sent again and died again. A
     copy dated later than its death (``again``: dead-lettered a second time) is the newest death's, so only
-    a row REDRIVEN lies before it."""
+    a row REDRIVEN (claimed) before the copy was dead-lettered lies before it."""
     if again:  # a copy of death N+1 is always dead-lettered after the claim of death N
         return row.state is DeadLetterState.REDRIVEN and d.dead_us > row.redriven_us
     return row.state is not DeadLetterState.DEAD and d.dead_us > row.redriven_us
