@@ -50,7 +50,9 @@ ROUTER = "envoy.filters.http.router"
 # Route metadata namespace (the source a route serves).
 METADATA_NAMESPACE = "switchboard"
 # Rate limit descriptor keys.
-IP_DESCRIPTOR = "remote_address"
+# The client's address, an IPv6 one masked to its /64 (one subscriber's block: with the full address, one /64
+# was endless buckets, each evicting real clients' from the filter's bounded table).
+IP_DESCRIPTOR = "masked_remote_address"
 SOURCE_DESCRIPTOR = "source"
 # Per-IP buckets kept at once (least recently used are dropped).
 MAX_DYNAMIC_DESCRIPTORS = 100_000

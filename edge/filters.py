@@ -220,7 +220,7 @@ def _rate_limit_filters(cfg: PlatformConfig) -> list[JSON]:
                     descriptors=[
                         {"entries": [{"key": IP_DESCRIPTOR}], "token_bucket": _token_bucket(cfg.edge.per_ip_rate_limit)}
                     ],
-                    actions=[{"remote_address": {}}],
+                    actions=[{"masked_remote_address": {"v4_prefix_mask_len": 32, "v6_prefix_mask_len": 64}}],
                     x_ratelimit_headers=True,
                 ),
             }
