@@ -12,6 +12,7 @@ aiohttp measured here at ~15k requests per CPU-second with 64 in flight (``share
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ssl
 import time
@@ -25,6 +26,9 @@ from switchboard.delivery.urls import ForbiddenDestination, GuardedResolver, Par
 from switchboard.errors import InvalidRequest
 
 BODY_EXCERPT_BYTES = 4096
+# How long the rest of an excerpt that arrives in pieces is waited for, once the status is in (never past the
+# request's own deadline: a slow body does not turn an answer into a timeout).
+EXCERPT_WAIT_SECONDS = 0.5
 # Response headers kept with an attempt (the rest can be large and says little).
 KEPT_HEADERS = ("content-type", "content-length", "retry-after", "location", "server", "date", "x-request-id")
 
@@ -123,7 +127,7 @@ class Sender:
             async with self._session.request(
                 method, target.url, data=body or None, headers=headers, allow_redirects=False, timeout=limits
             ) as resp:
-                excerpt = await resp.content.read(BODY_EXCERPT_BYTES)
+                excerpt = await _excerpt(resp, min(EXCERPT_WAIT_SECONDS, started + within - time.monotonic() - 0.05))
                 kept = {k: resp.headers[k] for k in KEPT_HEADERS if k in resp.headers}
                 return done(status=resp.status, headers=kept, body=excerpt)
         except ForbiddenDestination as exc:
@@ -138,3 +142,18 @@ class Sender:
             return done(status=None, error_class=policy.ERROR_DNS, error=str(exc)[:500])
         except (aiohttp.ClientError, OSError) as exc:
             return done(status=None, error_class=policy.ERROR_CONNECTION, error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+async def _excerpt(resp: aiohttp.ClientResponse, wait: float) -> bytes:
+    """Up to ``BODY_EXCERPT_BYTES`` of the body: what arrives within ``wait`` seconds after the first piece.
+    One read returned what was buffered, so a body sent in small pieces was recorded as its first byte."""
+    out = await resp.content.read(BODY_EXCERPT_BYTES)
+    if wait <= 0:
+        return out
+    try:
+        async with asyncio.timeout(wait):
+            while len(out) < BODY_EXCERPT_BYTES and (piece := await resp.content.read(BODY_EXCERPT_BYTES - len(out))):
+                out += piece
+    except TimeoutError:  # the answer stands; the excerpt is what came
+        pass
+    return out

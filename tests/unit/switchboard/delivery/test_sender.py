@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 
 import pytest
@@ -21,3 +22,49 @@ def test_a_url_is_checked_once_and_a_refused_one_every_time() -> None:
         with pytest.raises(ForbiddenDestination):
             sender._checked("https://10.0.0.7/hook")
     assert sender._checked.cache_info().currsize == 1
+
+
+async def test_an_answer_whose_body_comes_in_pieces_is_recorded_whole_and_a_stalled_one_stands() -> None:
+    """One read returned what was buffered: a body sent in small pieces was recorded as its first piece
+    (found in review). The rest is read for a moment; a body that stalls leaves the answer standing, not a
+    timeout."""
+    from aiohttp import web
+
+    async def pieces(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200)
+        await resp.prepare(request)
+        for piece in (b"first,", b"second,", b"third"):
+            await resp.write(piece)
+            await asyncio.sleep(0.05)
+        await resp.write_eof()
+        return resp
+
+    released = asyncio.Event()
+
+    async def stalled(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=202)
+        await resp.prepare(request)
+        await resp.write(b"accepted,")
+        await released.wait()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/pieces", pieces)
+    app.router.add_post("/stalled", stalled)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    sender = Sender(allow_http_hosts=("127.0.0.1",), allow_networks=("127.0.0.0/8",))
+    await sender.start()
+    try:
+        whole = await sender.post(f"http://127.0.0.1:{port}/pieces", b"{}", {}, within=5.0)
+        assert (whole.status, whole.body) == (200, b"first,second,third")
+        stood = await sender.post(f"http://127.0.0.1:{port}/stalled", b"{}", {}, within=5.0)
+        assert (stood.status, stood.error_class, stood.body) == (202, "", b"accepted,")
+        assert stood.duration_us < 4_000_000  # the answer, not the deadline
+    finally:
+        released.set()
+        await sender.close()
+        await runner.cleanup()
