@@ -233,21 +233,10 @@ def _is(tokens: list[_Token], i: int, text: str) -> bool:
     return 0 <= i < len(tokens) and tokens[i].kind == "punct" and tokens[i].text == text
 
 
-def _receiver_root(tokens: list[_Token], dot: int) -> str | None:
-    """The identifier a member chain ending just before ``tokens[dot]`` (a '.') starts from, or None when the
-    chain starts from anything else (a literal, a parenthesised expression, a global function call)."""
-    start = _receiver_start(tokens, dot)
-    return tokens[start].text if start is not None else None
-
-
-def _receiver_text(tokens: list[_Token], dot: int) -> str:
-    """The member chain ending just before ``tokens[dot]`` as written (tokens joined), "" if not rooted."""
-    start = _receiver_start(tokens, dot)
-    return "".join(t.text for t in tokens[start:dot]) if start is not None else ""
-
-
 def _receiver_start(tokens: list[_Token], dot: int) -> int | None:
-    """Where the member chain ending just before ``tokens[dot]`` starts: the index of its identifier."""
+    """Where the member chain ending just before ``tokens[dot]`` (a '.') starts: the index of the identifier it
+    starts from, or None when it starts from anything else (a literal, a parenthesised expression, a global
+    function call)."""
     k = dot - 1
     while k >= 0:
         token = tokens[k]
@@ -324,8 +313,9 @@ def _check_names(source: str, variables: Collection[str], *, strict: bool = True
                 if macro in _BINDING_MACROS:
                     bound = tokens[i + 1].text
                     bound_names = [name for _, name in frames if name is not None]
-                    root = _receiver_root(tokens, i - 2)
-                    receiver = _receiver_text(tokens, i - 2)
+                    start = _receiver_start(tokens, i - 2)
+                    root = tokens[start].text if start is not None else None
+                    receiver = "".join(t.text for t in tokens[start : i - 2]) if start is not None else ""
                     innermost = bool(bound_names) and root == bound_names[-1]
                     if (
                         bound_names

@@ -23,14 +23,15 @@ class OperationsStore:
         self.q = store.statements.operations
 
     # -- dead letters -------------------------------------------------------------------------------------
-    def _ttl_left(self, d: DeadLetter, at_us: int) -> int:
+    def _ttl_left(self, d: DeadLetter) -> int:
         """A dead letter is kept for the retention from the moment it died: its row, written late (a recorder
-        that was down) or marked later, expires with it, so no row of a mark's cells alone outlives it."""
-        return max(1, self.ttl - max(0, at_us - d.dead_us) // 1_000_000)
+        that was down) or marked later, expires with it, so no row of a mark's cells alone outlives it (the TTL
+        counts from now, when the cells are written)."""
+        return max(1, self.ttl - max(0, now_us() - d.dead_us) // 1_000_000)
 
     async def put_dead_letter(self, d: DeadLetter) -> None:
         day = day_of(d.dead_us)
-        ttl = self._ttl_left(d, now_us())
+        ttl = self._ttl_left(d)
         params = (
             d.kind.value,
             day,
@@ -78,7 +79,7 @@ class OperationsStore:
         its stored state is that one, and with ``only_at_us`` too, only if its stored ``redriven_at`` is that
         (a lightweight transaction: of two redrives of one row, one claims it). Whether it was written. The
         cells written expire with the row (``_ttl_left``)."""
-        left = self._ttl_left(d, now_us())  # from now: at_us may date a claim made seconds ago
+        left = self._ttl_left(d)  # from now: at_us may date a claim made seconds ago
         key = (d.kind.value, day_of(d.dead_us), ts(d.dead_us), d.id)
         at = ts(at_us) if state is not DeadLetterState.DEAD else None
         if only_from is None:
