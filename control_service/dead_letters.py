@@ -42,6 +42,7 @@ from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterS
 from switchboard.model.subscriptions import DeliveryTask
 from switchboard.queue import Ack, QueueMessage, Verdict
 from switchboard.queue.message import DEAD_AGAIN_HEADER
+from switchboard.runtime.loop import after_pauses
 from switchboard.wire import decode_inbound, decode_task
 
 log = logging.getLogger(__name__)
@@ -360,20 +361,18 @@ class DeadLetterManager:
         """REDRIVEN, dated by the claim (the recorder takes a death after it for a new one). It is sent: the
         mark is tried again rather than raised, since a raise would give the row back and a second redrive
         would send it twice. Still REDRIVING after the tries, it is taken over (and sent again) once stale."""
-        for pause in (*MARK_PAUSES, None):
-            try:
-                await self.store.set_dead_letter_state(
-                    d, DeadLetterState.REDRIVEN, claimed_at, only_from=DeadLetterState.REDRIVING, only_at_us=claimed_at
-                )
-                return
-            except SwitchboardError as exc:
-                if pause is None:
-                    log.error(
-                        "a dead letter sent again is left REDRIVING: the store refused the mark",
-                        extra={"dead_letter": d.id, "error": str(exc)},
-                    )
-                    return
-                await asyncio.sleep(pause)
+        error = await after_pauses(
+            lambda: self.store.set_dead_letter_state(
+                d, DeadLetterState.REDRIVEN, claimed_at, only_from=DeadLetterState.REDRIVING, only_at_us=claimed_at
+            ),
+            MARK_PAUSES,
+            SwitchboardError,
+        )
+        if error is not None:
+            log.error(
+                "a dead letter sent again is left REDRIVING: the store refused the mark",
+                extra={"dead_letter": d.id, "error": str(error)},
+            )
 
     async def _claim(self, d: DeadLetter) -> int:
         """Claims ``d`` for this redrive; the claim's time. A DEAD row is claimed; a REDRIVING one whose claim

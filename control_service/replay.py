@@ -39,6 +39,7 @@ from switchboard.model.events import EventStatus, EventSummary, InboundEvent, Pr
 from switchboard.model.operations import ReplayJob, ReplayState
 from switchboard.model.subscriptions import FINAL_DELIVERY, Delivery, DeliveryTask, Subscription
 from switchboard.pagination import check_range
+from switchboard.runtime.loop import after_pauses
 
 log = logging.getLogger(__name__)
 
@@ -300,19 +301,16 @@ class ReplayManager:
     async def _put_final(self, job: ReplayJob) -> None:
         """The job's end, written again after a failure (it used to escape the task after one: the row said
         RUNNING, and read as interrupted, FAILED, a minute later, though the job had ended)."""
-        for pause in (*FINAL_WRITE_PAUSES, None):
-            try:
-                await self._put(job)
-                return
-            except SwitchboardError as exc:
-                if pause is None:
-                    log.error(
-                        "replay end not recorded: it will read as interrupted",
-                        extra={"replay": job.id, "state": job.state.value, "error": exc.message},
-                    )
-                    return
-                log.warning("replay end not recorded yet", extra={"replay": job.id, "error": exc.message})
-                await asyncio.sleep(pause)
+
+        def not_yet(exc: SwitchboardError) -> None:
+            log.warning("replay end not recorded yet", extra={"replay": job.id, "error": exc.message})
+
+        error = await after_pauses(lambda: self._put(job), FINAL_WRITE_PAUSES, SwitchboardError, not_yet)
+        if error is not None:
+            log.error(
+                "replay end not recorded: it will read as interrupted",
+                extra={"replay": job.id, "state": job.state.value, "error": error.message},
+            )
 
     async def _heartbeat(self, job: ReplayJob, cancel: asyncio.Event) -> None:
         """Writes the running job (its progress) every ``heartbeat_seconds``, so that readers can tell a job

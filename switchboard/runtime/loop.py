@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -32,3 +33,25 @@ async def gather_settled(*aws: Awaitable[T]) -> list[T]:
     if failures:
         raise next((f for f in failures if not isinstance(f, asyncio.CancelledError)), failures[0])
     return [r for r in results if not isinstance(r, BaseException)]
+
+
+async def after_pauses(
+    attempt: Callable[[], Awaitable[object]],
+    pauses: Sequence[float],
+    retry_on: type[E],
+    on_failure: Callable[[E], None] | None = None,
+) -> E | None:
+    """Runs ``attempt``, and again after each of ``pauses`` while it raises ``retry_on`` (each failure that is
+    tried again goes to ``on_failure``); None once it succeeds, else the last failure, which the caller
+    reports. For a write that must not be given up at the first refusal, nor raised."""
+    for pause in (*pauses, None):
+        try:
+            await attempt()
+            return None
+        except retry_on as exc:
+            if pause is None:
+                return exc
+            if on_failure is not None:
+                on_failure(exc)
+            await asyncio.sleep(pause)
+    return None  # pragma: no cover - the loop returns on its last round
