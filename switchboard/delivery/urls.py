@@ -408,10 +408,9 @@ async def resolve_and_check(
         raise _invalid(f"host {name!r} is not a valid host name") from None
     finally:
         await resolver.close()
-    infos = [(node.family, node.addr) for node in result.nodes]
     addresses: list[str] = []
-    for _family, sockaddr in infos:
-        raw = sockaddr[0]
+    for node in result.nodes:
+        raw = node.addr[0]
         text = raw.decode("ascii") if isinstance(raw, bytes) else str(raw)
         if text not in addresses:
             addresses.append(text)

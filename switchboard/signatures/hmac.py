@@ -95,17 +95,18 @@ class HmacSettings:
 
 
 class HmacVerifier(Verifier):
-    __slots__ = ("_macs", "_needs_json", "_prefix", "_settings", "_size")
+    __slots__ = ("_macs", "_needs_json", "_prefix", "_settings", "_signature_headers", "_size")
 
     scheme = SCHEME
 
     @property
     def signature_headers(self) -> frozenset[str]:
-        return frozenset({self._settings.header})
+        return self._signature_headers
 
     def __init__(self, source: str, secrets: Sequence[str], settings: HmacSettings) -> None:
         super().__init__(source)
         self._settings = settings
+        self._signature_headers = frozenset({settings.header})  # built once: ingest asks on every request
         self._prefix = settings.prefix.lower()
         self._macs = MacSet(source, utf8_keys(source, secrets), settings.algorithm)
         self._size = hashlib.new(settings.algorithm).digest_size
