@@ -363,7 +363,7 @@ class SubscriptionManager:
             s.sources = tuple(draft.sources or ())
         if "event_types" in fields or "sources" in fields:
             # Named in the change with no globs: every type again (as for sources); kept when not named.
-            globs = (draft.event_types or ("*",)) if "event_types" in fields else s.event_types
+            globs = draft.event_types if "event_types" in fields else s.event_types
             s.event_types = check_event_types(globs or ("*",), self._catalogue(s.sources))
         if "trigger_conditions" in fields:
             expression = (draft.trigger_conditions or "").strip()
