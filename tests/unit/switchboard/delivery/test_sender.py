@@ -9,6 +9,7 @@ import pytest
 
 from switchboard.delivery.sender import Sender
 from switchboard.delivery.urls import ForbiddenDestination
+from tests.unit.switchboard.delivery.local_server import local_server
 
 
 def test_a_url_is_checked_once_and_a_refused_one_every_time() -> None:
@@ -48,23 +49,15 @@ async def test_an_answer_whose_body_comes_in_pieces_is_recorded_whole_and_a_stal
         await released.wait()
         return resp
 
-    app = web.Application()
-    app.router.add_post("/pieces", pieces)
-    app.router.add_post("/stalled", stalled)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     sender = Sender(allow_http_hosts=("127.0.0.1",), allow_networks=("127.0.0.0/8",))
     await sender.start()
-    try:
-        whole = await sender.post(f"http://127.0.0.1:{port}/pieces", b"{}", {}, within=5.0)
-        assert (whole.status, whole.body) == (200, b"first,second,third")
-        stood = await sender.post(f"http://127.0.0.1:{port}/stalled", b"{}", {}, within=5.0)
-        assert (stood.status, stood.error_class, stood.body) == (202, "", b"accepted,")
-        assert stood.duration_us < 4_000_000  # the answer, not the deadline
-    finally:
-        released.set()
-        await sender.close()
-        await runner.cleanup()
+    async with local_server({"/pieces": pieces, "/stalled": stalled}) as port:
+        try:
+            whole = await sender.post(f"http://127.0.0.1:{port}/pieces", b"{}", {}, within=5.0)
+            assert (whole.status, whole.body) == (200, b"first,second,third")
+            stood = await sender.post(f"http://127.0.0.1:{port}/stalled", b"{}", {}, within=5.0)
+            assert (stood.status, stood.error_class, stood.body) == (202, "", b"accepted,")
+            assert stood.duration_us < 4_000_000  # the answer, not the deadline
+        finally:
+            released.set()  # before the server stops: it waits for its handlers
+            await sender.close()

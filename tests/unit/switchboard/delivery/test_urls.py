@@ -26,6 +26,7 @@ from switchboard.delivery.urls import (
     resolve_and_check,
 )
 from switchboard.errors import ConfigError, InvalidRequest, Unavailable
+from tests.unit.switchboard.delivery.local_server import local_server
 
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 
@@ -388,20 +389,8 @@ async def server() -> AsyncIterator[int]:
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    app.router.add_post("/redirect", redirect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    assert site._server is not None
-    sockets = site._server.sockets  # type: ignore[attr-defined]
-    port: int = sockets[0].getsockname()[1]
-    try:
+    async with local_server({"/hook": hook, "/redirect": redirect}) as port:
         yield port
-    finally:
-        await runner.cleanup()
 
 
 def session_for(resolver: AbstractResolver) -> aiohttp.ClientSession:
