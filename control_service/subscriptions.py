@@ -270,8 +270,7 @@ class SubscriptionManager:
             found = [d for d in await self.deliveries.by_event(source, event_id) if d.subscription_id == s.id]
             return [d for d in found if status is None or d.status is status], ""
         limit = _page_size(page_size)
-        end = end_us or now_us()
-        start = start_us or end - DEFAULT_LISTING_US
+        start, end = pagination.listing_range(start_us, end_us, DEFAULT_LISTING_US)
         if start >= end:
             raise _field_error("start_time", "must be before end_time")
         query = {"s": s.id, "a": start, "b": end, "st": status.value if status else ""}
@@ -309,8 +308,7 @@ class SubscriptionManager:
         if delivery_id:
             return [a for a in await self.deliveries.attempts_of(delivery_id) if a.subscription_id == s.id], ""
         limit = _page_size(page_size)
-        end = end_us or now_us()
-        start = start_us or end - DEFAULT_LISTING_US
+        start, end = pagination.listing_range(start_us, end_us, DEFAULT_LISTING_US)
         if start >= end:
             raise _field_error("start_time", "must be before end_time")
         query = {"s": s.id, "a": start, "b": end}

@@ -15,14 +15,16 @@ from switchboard.model.events import (
     EventSummary,
     StoredEvent,
     key_bytes,
-    now_us,
 )
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 DEFAULT_RANGE_US = 24 * 3600 * 1_000_000
-# A status-filtered page scans at most this many index rows before it returns (possibly short, with a token).
+# A status-filtered page scans at most this many index rows before it returns (possibly short, with a token),
+# reading at least FILTER_READ rows at a time: asking only for what was missing, a page of one FAILED event
+# among thousands of others took one store read per row scanned.
 MAX_SCAN = 5000
+FILTER_READ = 500
 
 
 Cursor = tuple[int, int, str]  # the store's position in the listing index (bucket, received_at ms, event_id)
@@ -34,6 +36,10 @@ class EventReader(Protocol):
     async def list(
         self, source: str, start_us: int, end_us: int, limit: int, after: Cursor | None
     ) -> tuple[list[EventSummary], Cursor | None]: ...
+
+    def cursor_of(self, event: EventSummary) -> Cursor:
+        """The cursor that continues a listing right after ``event``."""
+        ...
 
 
 class EntityReader(Protocol):
@@ -108,10 +114,13 @@ class EventQueries:
     ) -> Page:
         if not source:
             raise InvalidRequest("source is required", reason="FIELD_REQUIRED")
+        if len(source.encode()) > MAX_KEY_BYTES:
+            raise InvalidRequest(
+                f"source is longer than any stored event's ({MAX_KEY_BYTES} bytes)", reason="SOURCE_INVALID"
+            )
         if page_size < 0 or page_size > MAX_PAGE:
             raise InvalidRequest(f"page_size must be between 0 and {MAX_PAGE}", reason="PAGE_SIZE_INVALID")
-        end = end_us if end_us else now_us()
-        start = start_us if start_us else end - DEFAULT_RANGE_US
+        start, end = pagination.listing_range(start_us, end_us, DEFAULT_RANGE_US)
         if start >= end:
             raise InvalidRequest("start_time must be before end_time", reason="TIME_RANGE_INVALID")
         wanted = status.value if status else ""
@@ -125,12 +134,26 @@ class EventQueries:
         if status is None:
             events, next_cursor = await self.store.list(source, start, end, limit, cursor)
         else:
-            events, scanned = [], 0
-            while True:  # ask only for what is missing, so the store's cursor stays exact
-                batch, cursor = await self.store.list(source, start, end, limit - len(events), cursor)
-                scanned += len(batch)
-                events += [e for e in batch if e.status is status]
-                if cursor is None or len(events) >= limit or scanned >= MAX_SCAN:
-                    break
-            next_cursor = cursor
+            events, next_cursor = await self._filtered(source, start, end, limit, cursor, status)
         return Page(events, encode_token(source, start, end, next_cursor, wanted) if next_cursor else "")
+
+    async def _filtered(
+        self, source: str, start: int, end: int, limit: int, cursor: Cursor | None, status: EventStatus
+    ) -> tuple[list[EventSummary], Cursor | None]:
+        """Up to ``limit`` events of ``status``, reading ``FILTER_READ`` rows or more at a time, at most
+        ``MAX_SCAN``; a page that fills inside a read goes on after its last event, not after the read's."""
+        events: list[EventSummary] = []
+        scanned = 0
+        while True:
+            batch, after_batch = await self.store.list(
+                source, start, end, max(limit - len(events), FILTER_READ), cursor
+            )
+            scanned += len(batch)
+            for i, e in enumerate(batch):
+                if e.status is status:
+                    events.append(e)
+                    if len(events) == limit:
+                        return events, (self.store.cursor_of(e) if i < len(batch) - 1 else after_batch)
+            cursor = after_batch
+            if cursor is None or scanned >= MAX_SCAN:
+                return events, cursor

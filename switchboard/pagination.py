@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,8 +16,9 @@ from switchboard.errors import InvalidRequest
 # Tokens this module issues are a few hundred characters.
 MAX_TOKEN_CHARS = 4096
 _INT64 = 2**63
-# Milliseconds since the epoch up to 9999-12-31, what a stored time can be.
+# Milliseconds (microseconds) since the epoch up to 9999-12-31, what a stored time can be.
 MAX_EPOCH_MS = 253_402_300_799_999
+MAX_EPOCH_US = MAX_EPOCH_MS * 1000 + 999
 MAX_TEXT = 1024
 DAY_US = 86_400 * 1_000_000
 
@@ -68,13 +70,23 @@ def position(value: object, kinds: str) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def listing_range(start_us: int | None, end_us: int | None, default_us: int) -> tuple[int, int]:
+    """A first page's range: the bounds given (the epoch is a time, not "unset": unset is None), else up to now
+    and ``default_us`` before the end (not before the epoch). Callers check start < end."""
+    end = time.time_ns() // 1000 if end_us is None else end_us
+    return (max(0, end - default_us) if start_us is None else start_us), end
+
+
 def pinned_range(start: object, end: object, start_us: int | None, end_us: int | None) -> tuple[int, int]:
     """The time range a listing's next page reads: the token's ``start`` and ``end``, in which the first page
     pinned the bounds the caller left to their defaults (now, and a day before it); ``PAGE_TOKEN_MISMATCH``
     if the caller now sends a bound the token does not hold. (Defaults move with the clock: compared with the
-    token, every next page of a listing without an end time was refused.)"""
+    token, every next page of a listing without an end time was refused.) The token's range must be one a
+    first page could have pinned: times from the epoch to the end of 9999, start before end."""
     a, b = position([start, end], "ii")
-    if (start_us and a != start_us) or (end_us and b != end_us):
+    if not 0 <= a < b <= MAX_EPOCH_US:
+        raise invalid_token()
+    if (start_us is not None and a != start_us) or (end_us is not None and b != end_us):
         raise mismatched_token()
     return a, b
 

@@ -22,6 +22,15 @@ from switchboard.errors import ERROR_DOMAIN
 
 log = logging.getLogger(__name__)
 
+# An error's text and metadata travel in trailers (the message twice: percent-encoded in grpc-message and in the
+# base64 details), and gRPC refuses a call whose metadata passes 8 KB at random and 16 KB always: a message that
+# quoted a caller's 4 KB id came back RESOURCE_EXHAUSTED, not its own status. UTF-8 bytes; at most ~4.5 KB of
+# trailers in all.
+MAX_MESSAGE_BYTES = 512
+MAX_METADATA_KEY_BYTES = 64
+MAX_METADATA_VALUE_BYTES = 128
+MAX_METADATA_ENTRIES = 8
+
 _CODES: list[tuple[type[errors.SwitchboardError], grpc.StatusCode]] = [
     (errors.SignatureError, grpc.StatusCode.UNAUTHENTICATED),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
@@ -39,6 +48,14 @@ def status_code_for(exc: errors.SwitchboardError) -> grpc.StatusCode:
         if isinstance(exc, cls):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` UTF-8 bytes: cut at a character boundary and ended with '...' if longer."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode("utf-8", "ignore") + "..."
 
 
 def status_details(code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]) -> bytes:
@@ -62,36 +79,64 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             unary = handler.unary_unary
 
             async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
+                    if request is UNDECODABLE:
+                        raise _undecodable(method)
                     return await unary(request, context)
                 except Exception as exc:
                     await _abort(context, method, exc)
 
             return grpc.unary_unary_rpc_method_handler(
-                guarded,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                guarded, request_deserializer=deserializer, response_serializer=handler.response_serializer
             )
         if handler.unary_stream is not None:
             stream = handler.unary_stream
 
             async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
+                    if request is UNDECODABLE:
+                        raise _undecodable(method)
                     async for item in stream(request, context):
                         yield item
                 except Exception as exc:
                     await _abort(context, method, exc)
 
             return grpc.unary_stream_rpc_method_handler(
-                guarded_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                guarded_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
             )
         return handler
+
+
+UNDECODABLE = object()
+"""What ``_tolerant`` hands the handler for a request that does not decode: the guard answers it."""
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The handler's request decoder, giving ``UNDECODABLE`` instead of raising. Left to gRPC, a request that is not
+    the method's message (a string field that is not UTF-8, truncated bytes) was answered UNKNOWN with the
+    parser's text."""
+    if deserializer is None:
+        return None
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:
+            return UNDECODABLE
+
+    return decode
+
+
+def _undecodable(method: str) -> errors.InvalidRequest:
+    return errors.InvalidRequest(
+        f"the request is not a valid {method.rsplit('/', 1)[-1]} message (e.g. a string that is not UTF-8)",
+        reason="REQUEST_UNDECODABLE",
+    )
 
 
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
@@ -101,8 +146,13 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception)
         code = status_code_for(exc)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
             log.warning("rpc failed", extra={"method": method, "reason": exc.reason, "error": exc.message})
-        details = status_details(code, exc.message, exc.reason, exc.metadata)
-        await context.abort(code, exc.message, trailing_metadata=(("grpc-status-details-bin", details),))
+        message = clip(exc.message, MAX_MESSAGE_BYTES)
+        metadata = {
+            clip(k, MAX_METADATA_KEY_BYTES): clip(v, MAX_METADATA_VALUE_BYTES)
+            for k, v in list(exc.metadata.items())[:MAX_METADATA_ENTRIES]
+        }
+        details = status_details(code, message, exc.reason, metadata)
+        await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", details),))
     log.exception("unhandled error", extra={"method": method}, exc_info=exc)
     details = status_details(grpc.StatusCode.INTERNAL, "internal error", "INTERNAL", {})
     await context.abort(

@@ -273,10 +273,11 @@ class EventStore:
             found = next((b for b, first in probed if first), None)
             bucket = found if found is not None else (probed[-1][0] if probed else bucket) + 1
             ahead = 1 if rows or found is not None else min(LIST_LOOKAHEAD, 2 * ahead)
-        if len(out) >= limit:
-            last = out[-1]
-            return out, (self.bucket_of(last.received_us), last.received_us // 1000, last.event_id)
-        return out, None
+        return out, (self.cursor_of(out[-1]) if len(out) >= limit else None)
+
+    def cursor_of(self, event: EventSummary) -> Cursor:
+        """Where ``list`` goes on after ``event``: its bucket, received time in ms, and id."""
+        return self.bucket_of(event.received_us), event.received_us // 1000, event.event_id
 
     async def _list_read(self, statement: Any, params: tuple[Any, ...]) -> Sequence[Any]:
         async with self._list_reads:

@@ -6,10 +6,13 @@ import calendar
 import datetime as dt
 from typing import Any
 
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
 
 def ts(us: int) -> dt.datetime:
-    """Microseconds since the epoch as an aware UTC datetime (the driver writes milliseconds)."""
-    return dt.datetime.fromtimestamp(us / 1_000_000, tz=dt.UTC)
+    """Microseconds since the epoch as an aware UTC datetime (the driver writes milliseconds). Exact, in
+    integers: through a float, the last microsecond of 9999 rounded up into the year 10000 and raised."""
+    return EPOCH + dt.timedelta(microseconds=us)
 
 
 def us_of(value: Any) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from query_service.queries import MAX_PAGE, Cursor, EventQueries, decode_token, encode_token
+from query_service.queries import FILTER_READ, MAX_PAGE, Cursor, EventQueries, decode_token, encode_token
 from switchboard import errors, pagination
 from switchboard.model.events import Entity, EventStatus, EventSummary, StoredEvent, now_us
 from tests.unit.factories import event
@@ -34,7 +34,10 @@ class MemoryReader:
             rows = [s for s in rows if (s.received_us // 1000, s.event_id) > (after[1], after[2])]
         page = rows[:limit]
         more = len(rows) > limit
-        return page, ((0, page[-1].received_us // 1000, page[-1].event_id) if more and page else None)
+        return page, (self.cursor_of(page[-1]) if more and page else None)
+
+    def cursor_of(self, event: EventSummary) -> Cursor:
+        return 0, event.received_us // 1000, event.event_id
 
 
 class MemoryEntities:
@@ -99,10 +102,26 @@ async def test_a_status_filter_keeps_scanning_until_the_page_is_full() -> None:
     assert [e.event_id for e in rest.events] == ["evt_0018"]
 
 
+async def test_a_status_filter_reads_the_index_in_large_reads_not_one_per_row() -> None:
+    """One FAILED event after 2,500 others, a page of one: it took 2,501 store reads (each asked for the one
+    row missing); now a read takes FILTER_READ rows at least."""
+    reader = MemoryReader(summaries(3000, {2500: EventStatus.FAILED}))
+    page = await queries(reader).list_events("shop", 1, 10**9, 1, "", EventStatus.FAILED)
+    assert [e.event_id for e in page.events] == ["evt_2500"]
+    assert reader.calls == 2500 // FILTER_READ + 1
+    rest = await queries(reader).list_events("shop", 1, 10**9, 1, page.next_token, EventStatus.FAILED)
+    assert rest.events == [] and rest.next_token == ""  # 499 rows after it, none FAILED: the end
+
+
 @pytest.mark.parametrize(
     ("kwargs", "reason"),
     [
         ({"source": ""}, "FIELD_REQUIRED"),
+        ({"source": "s" * 256}, "SOURCE_INVALID"),
+        ({"start_us": None, "end_us": 0}, "TIME_RANGE_INVALID"),  # the epoch is a time, not "no end time"
+        ({"page_token": encode_token("shop", 2**62, 2**62 + 10, (0, 1, "e"))}, "PAGE_TOKEN_INVALID"),
+        ({"page_token": encode_token("shop", 5, 5, (0, 1, "e"))}, "PAGE_TOKEN_INVALID"),
+        ({"start_us": 0, "page_token": encode_token("shop", 1, 10**9, (0, 1, "e"))}, "PAGE_TOKEN_MISMATCH"),
         ({"page_size": MAX_PAGE + 1}, "PAGE_SIZE_INVALID"),
         ({"page_size": -1}, "PAGE_SIZE_INVALID"),
         ({"start_us": 10, "end_us": 5}, "TIME_RANGE_INVALID"),

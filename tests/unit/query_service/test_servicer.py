@@ -15,7 +15,7 @@ from query_service.queries import EventQueries
 from query_service.servicer import QueryServicer
 from switchboard import errors
 from switchboard.model.events import EventStatus, StoredEvent
-from switchboard.rpc.errors import ErrorInterceptor
+from switchboard.rpc.errors import MAX_MESSAGE_BYTES, ErrorInterceptor
 from tests.unit.factories import event
 from tests.unit.query_service.test_queries import MemoryEntities, MemoryReader
 from tests.unit.rpc_tree import EXPECTED, tree
@@ -111,3 +111,29 @@ async def test_received_is_not_a_listable_status(stub: Any) -> None:
         await stub.ListEvents(query_pb2.ListEventsRequest(source="shop", status=event_pb2.EVENT_STATUS_RECEIVED))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(raised.value).reason == "STATUS_INVALID"
+
+
+async def test_an_error_quoting_a_long_id_keeps_its_status_with_its_text_cut(stub: Any) -> None:
+    """A 4 KB entity id (the longest there is), quoted in the message and the metadata, made trailers that gRPC
+    refused: RESOURCE_EXHAUSTED instead of NOT_FOUND. Every message is cut to MAX_MESSAGE_BYTES."""
+    for entity_id in ("é" * 2048, "x" * 4096):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.GetEntity(query_pb2.GetEntityRequest(source="shop", entity_id=entity_id))
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        info = error_info(raised.value)
+        assert info.reason == "ENTITY_NOT_FOUND" and info.metadata["source"] == "shop"
+        assert entity_id.startswith(info.metadata["entity_id"][:-3]) and info.metadata["entity_id"].endswith("...")
+        details = raised.value.details() or ""
+        assert details.startswith("no entity '") and details.endswith("...")
+        assert len(details.encode()) <= MAX_MESSAGE_BYTES
+
+
+async def test_a_request_that_is_not_its_message_is_invalid_argument(stub: Any, grpc_addr: str) -> None:
+    """A string field that is not UTF-8: gRPC answered UNKNOWN with the parser's text."""
+    async with grpc.aio.insecure_channel(grpc_addr) as channel:
+        call = channel.unary_unary("/webhooks.v1.Query/GetEvent")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call(b"\x0a\x02\xff\xfe\x12\x01e")
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(raised.value).reason == "REQUEST_UNDECODABLE"
+    assert "GetEvent" in (raised.value.details() or "")
