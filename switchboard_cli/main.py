@@ -4,7 +4,7 @@ switchboard stack up [--config FILE] [--processors N] [--with-prometheus]   star
 switchboard status [--window S] [--json]                health, rates, queues, dead letters, p99s, alerts
 switchboard send [--source NAME] [--type TYPE]          sign and send a realistic sample event
 switchboard events get SOURCE EVENT_ID                  read a stored event through the Query service
-switchboard events list SOURCE [--minutes N] [--status S]  list a source's recent events (e.g. --status failed)
+switchboard events list SOURCE [--minutes N] [--status S]  a source's events of the last N minutes, oldest first
 switchboard events entity SOURCE ENTITY_ID              the latest applied state of a provider entity
 switchboard subs create URL [--types G...] [--condition CEL] ...   a subscription; prints its secret once
 switchboard subs list | get ID | delete ID | enable ID | disable ID | rotate ID [--overlap S]
@@ -32,9 +32,13 @@ from switchboard.config import PlatformConfig, load_config
 from switchboard.errors import ConfigError, StackError
 from switchboard.runtime.logs import setup_logging
 from switchboard_cli import listen, operations, status, subs, trace
+from switchboard_cli.args import MAX_MINUTES, MAX_PAGE, whole
 from switchboard_devstack.paths import DevPaths
 
 log = logging.getLogger(__name__)
+
+# `events list` follows at most this many pages per run (each scans at most 5,000 rows with a status filter).
+LIST_CALLS = 10
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     stack_sub = stack.add_subparsers(dest="action", required=True)
     up = stack_sub.add_parser("up", help="start RabbitMQ, Cassandra, Envoy and the services; Ctrl-C stops them")
     up.add_argument("--config", type=Path, default=None, dest="sub_config")
-    up.add_argument("--processors", type=int, default=None, help="processor processes (default: from config)")
+    up.add_argument("--processors", type=whole(1, 64), default=None, help="processor processes (default: from config)")
     up.add_argument(
         "--with-prometheus", action="store_true", help="also run Prometheus (scrapes everything, evaluates alerts)"
     )
@@ -55,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("--config", type=Path, default=None, dest="sub_config")
     send.add_argument("--source", default=None, help="source name (default: the edge's default source)")
     send.add_argument("--type", dest="event_type", default=None, help="event type (default: a typical one)")
-    send.add_argument("--size", type=int, default=None, help="pad the payload to about this many bytes")
+    send.add_argument(
+        "--size", type=whole(0, 16 * 2**20), default=None, help="pad the payload to about this many bytes"
+    )
     send.add_argument("--url", default=None, help="edge base URL (default: from config)")
-    send.add_argument("--count", type=int, default=1, help="how many events to send")
+    send.add_argument("--count", type=whole(1, 10**7), default=1, help="how many events to send")
 
     events = sub.add_parser("events", help="read stored events through the Query service")
     events.add_argument("--config", type=Path, default=None, dest="sub_config")
@@ -67,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("event_id")
     lst = ev_sub.add_parser("list")
     lst.add_argument("source")
-    lst.add_argument("--minutes", type=int, default=60)
-    lst.add_argument("--limit", type=int, default=20)
+    lst.add_argument("--minutes", type=whole(1, MAX_MINUTES), default=60)
+    lst.add_argument("--limit", type=whole(1, MAX_PAGE), default=20)
     lst.add_argument("--status", choices=["processed", "retrying", "failed", "stale"], help="only events in it")
+    lst.add_argument("--page-token", default="", help="go on where a listing's next_page_token left off")
     ent = ev_sub.add_parser("entity")
     ent.add_argument("source")
     ent.add_argument("entity_id")
@@ -93,6 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a directory, no permission
+        print(f"switchboard: cannot read the configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _dispatch(cfg, args)
+    except KeyboardInterrupt:
+        print("switchboard: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     if args.command == "stack":
         return stack_up(cfg, args.processors, with_prometheus=args.with_prometheus)
     if args.command == "send":
@@ -197,11 +215,38 @@ def send_events(
     return worst
 
 
+def _list_events(stub: Any, args: argparse.Namespace) -> Any:
+    """Up to ``--limit`` events of the last ``--minutes``, oldest first, following the service's pages (a
+    status-filtered page can come back short or empty with a token: the service scans a bounded number of rows
+    per call); the reply's ``next_page_token`` continues with ``--page-token``."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from webhooks.v1 import event_pb2, query_pb2
+
+    start = Timestamp()
+    start.FromSeconds(int(time.time()) - args.minutes * 60)
+    status = event_pb2.EventStatus.Value(f"EVENT_STATUS_{args.status.upper()}") if args.status else 0
+    reply = query_pb2.ListEventsResponse(next_page_token=args.page_token)
+    for _ in range(LIST_CALLS):
+        request = query_pb2.ListEventsRequest(
+            source=args.source,
+            page_size=args.limit - len(reply.events),
+            status=status,
+            page_token=reply.next_page_token,
+        )
+        if not reply.next_page_token:  # a token holds the range its first page pinned
+            request.start_time.CopyFrom(start)
+        page = stub.ListEvents(request, timeout=10)
+        reply.events.extend(page.events)
+        reply.next_page_token = page.next_page_token
+        if not page.next_page_token or len(reply.events) >= args.limit:
+            break
+    return reply
+
+
 def query_events(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
-    from google.protobuf.timestamp_pb2 import Timestamp
-    from webhooks.v1 import event_pb2, query_pb2, query_pb2_grpc
+    from webhooks.v1 import query_pb2, query_pb2_grpc
 
     with grpc.insecure_channel(f"{cfg.query.host}:{cfg.query.port}") as channel:
         stub = query_pb2_grpc.QueryStub(channel)
@@ -215,15 +260,7 @@ def query_events(cfg: PlatformConfig, args: argparse.Namespace) -> int:
                     query_pb2.GetEntityRequest(source=args.source, entity_id=args.entity_id), timeout=10
                 )
             else:
-                start = Timestamp()
-                start.FromSeconds(int(time.time()) - args.minutes * 60)
-                status = event_pb2.EventStatus.Value(f"EVENT_STATUS_{args.status.upper()}") if args.status else 0
-                reply = stub.ListEvents(
-                    query_pb2.ListEventsRequest(
-                        source=args.source, start_time=start, page_size=args.limit, status=status
-                    ),
-                    timeout=10,
-                )
+                reply = _list_events(stub, args)
         except grpc.RpcError as exc:
             print(f"switchboard: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1

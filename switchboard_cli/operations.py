@@ -17,6 +17,7 @@ from webhooks.v1 import dead_letters_pb2 as dl
 from webhooks.v1 import dead_letters_pb2_grpc, event_pb2, replay_pb2, replay_pb2_grpc
 
 from switchboard.config import PlatformConfig
+from switchboard_cli.args import INT32_MAX, MAX_MINUTES, MAX_PAGE, number, whole
 
 BAR = 30
 
@@ -31,12 +32,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     one.add_argument("--reason", default="")
     many = r.add_parser("range", help="replay a source's events in a time range (a job, with a progress bar)")
     many.add_argument("source")
-    many.add_argument("--minutes", type=float, required=True, help="the last N minutes")
+    many.add_argument(
+        "--minutes", type=number(0, MAX_MINUTES, above_low=True), required=True, help="the last N minutes"
+    )
     many.add_argument("--types", nargs="*", default=[], help="event type globs")
     many.add_argument("--status", choices=["processed", "retrying", "failed", "stale"])
     many.add_argument("--subscription", default="")
-    many.add_argument("--rate", type=float, default=0.0, help="events per second at most")
-    many.add_argument("--max", type=int, default=0, help="at most this many events")
+    many.add_argument("--rate", type=number(0, 1e6), default=0.0, help="events per second at most")
+    many.add_argument("--max", type=whole(0, INT32_MAX), default=0, help="at most this many events")
     many.add_argument("--dry-run", action="store_true")
     many.add_argument("--force", action="store_true", help="allow a range over the configured cap")
     many.add_argument("--reason", default="")
@@ -47,7 +50,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     d = dlq.add_subparsers(dest="action", required=True)
     lst = d.add_parser("list", help="as a table, newest first")
     _filters(lst)
-    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--limit", type=whole(1, MAX_PAGE), default=50)
     d.add_parser("show").add_argument("id")
     red = d.add_parser("redrive", help="back to their stream with a fresh attempt budget (progress bar)")
     red.add_argument("ids", nargs="*")

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from switchboard.config import PlatformConfig
+from switchboard_cli.args import number
 from switchboard_devstack.prometheus import read_targets
 from switchboard_devstack.rabbitmq import amqp_handshake
 
@@ -39,7 +40,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "status", help="one screen: health, rates, queue depths, dead letters, p99s, alerts", parents=[common]
     )
-    p.add_argument("--window", type=float, default=2.0, help="seconds between the two reads of the metrics")
+    p.add_argument(
+        "--window",
+        type=number(0, 3600, above_low=True),
+        default=2.0,
+        help="seconds between the two reads of the metrics",
+    )
     p.add_argument("--prometheus", default=None, help="Prometheus URL for alerts (default: the stack's, if any)")
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON")
 
@@ -262,11 +268,14 @@ def collect(cfg: PlatformConfig, *, window: float = 2.0, prometheus: str | None 
     if url:
         status, body = http_get(f"{url.rstrip('/')}/api/v1/alerts")
         if status == 200:
-            snap["alerts"] = [
-                {"name": a["labels"].get("alertname", "?"), "state": a["state"], "labels": a["labels"]}
-                for a in json.loads(body)["data"]["alerts"]
-            ]
-            snap["prometheus"] = url
+            try:
+                snap["alerts"] = [
+                    {"name": a["labels"].get("alertname", "?"), "state": a["state"], "labels": a["labels"]}
+                    for a in json.loads(body)["data"]["alerts"]
+                ]
+                snap["prometheus"] = url
+            except (ValueError, KeyError, TypeError, AttributeError):  # not Prometheus' alerts API
+                snap["prometheus_error"] = f"{url} answered something that is not Prometheus' alerts list"
     return snap
 
 
@@ -399,7 +408,9 @@ def render(snap: Mapping[str, Any]) -> str:
         f"{_counts(snap['in_flight']) or '-'}"
     )
     lines.append("")
-    if snap["alerts"] is None:
+    if snap["alerts"] is None and snap.get("prometheus_error"):
+        lines.append(f"alerts: {snap['prometheus_error']}")
+    elif snap["alerts"] is None:
         lines.append("alerts: Prometheus not running (switchboard stack up --with-prometheus)")
     else:
         active = snap["alerts"]

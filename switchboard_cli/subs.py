@@ -17,6 +17,7 @@ from webhooks.v1 import subscriptions_pb2 as pb
 from webhooks.v1 import subscriptions_pb2_grpc
 
 from switchboard.config import PlatformConfig
+from switchboard_cli.args import INT32_MAX, MAX_PAGE, MAX_SECONDS, number, whole
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -29,12 +30,16 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--condition", default="", help="CEL expression over `event`, e.g. 'event.data.object.amount_due > 1000'"
     )
-    create.add_argument("--schedule", type=float, nargs="*", default=None, help="retry delays in seconds")
-    create.add_argument("--timeout", type=float, default=None, help="per-attempt timeout in seconds")
-    create.add_argument("--rate", type=int, default=0, help="deliveries per second at most")
+    create.add_argument(
+        "--schedule", type=number(0, MAX_SECONDS), nargs="*", default=None, help="retry delays in seconds"
+    )
+    create.add_argument(
+        "--timeout", type=number(0, 3600, above_low=True), default=None, help="per-attempt timeout in seconds"
+    )
+    create.add_argument("--rate", type=whole(0, INT32_MAX), default=0, help="deliveries per second at most")
     create.add_argument(
         "--max-in-flight",
-        type=int,
+        type=whole(0, INT32_MAX),
         default=0,
         help="requests sent at once at most (per worker without delivery.partitions)",
     )
@@ -46,18 +51,18 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         s.add_parser(name).add_argument("id")
     rotate = s.add_parser("rotate", help="a new signing secret; the old one signs too for --overlap seconds")
     rotate.add_argument("id")
-    rotate.add_argument("--overlap", type=float, default=None)
+    rotate.add_argument("--overlap", type=number(0, MAX_SECONDS), default=None)
 
     deliveries = sub.add_parser("deliveries", help="deliveries and attempts of a subscription", parents=[common])
     d = deliveries.add_subparsers(dest="action", required=True)
     lst = d.add_parser("list", help="newest first")
     lst.add_argument("subscription")
     lst.add_argument("--status", choices=["pending", "delivered", "retrying", "failed", "cancelled"])
-    lst.add_argument("--limit", type=int, default=20)
+    lst.add_argument("--limit", type=whole(1, MAX_PAGE), default=20)
     att = d.add_parser("attempts", help="every attempt, newest first (of one delivery with --delivery)")
     att.add_argument("subscription")
     att.add_argument("--delivery", default="")
-    att.add_argument("--limit", type=int, default=20)
+    att.add_argument("--limit", type=whole(1, MAX_PAGE), default=20)
 
 
 @contextmanager

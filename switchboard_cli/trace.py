@@ -15,6 +15,7 @@ from typing import Any
 
 from switchboard.config import PlatformConfig
 from switchboard.observability.tracing import sampled
+from switchboard_cli.args import number
 from switchboard_devstack.traces import read_trace, render_tree
 
 
@@ -23,7 +24,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("event_id", nargs="?", help="the event's id (its trace id is read from the stored event)")
     p.add_argument("--source", default=None, help="the event's source (default: the edge's default source)")
     p.add_argument("--trace-id", default=None, help="a trace id (32 hex digits) instead of an event")
-    p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for spans still being exported")
+    p.add_argument("--wait", type=number(0, 600), default=5.0, help="seconds to wait for spans still being exported")
 
 
 def run(cfg: PlatformConfig, args: argparse.Namespace) -> int:
