@@ -34,6 +34,8 @@ from switchboard.streams import (
 from switchboard.subscription_cache import ChangeNotices
 
 log = logging.getLogger(__name__)
+# A dead-letter recorder's batch is one Cassandra write: a stop waits this long for the running one.
+RECORDER_DRAIN_SECONDS = 10.0
 
 
 def rules(cfg: PlatformConfig) -> Rules:
@@ -90,6 +92,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
         publisher = Republisher(cfg)
         await publisher.start(life.stopping)
         life.on_close(publisher.close)
+        recorders: list[QueueWorker] = []
         for kind, topology in (
             (DeadLetterKind.PROCESSING, events_topology(cfg)),
             (DeadLetterKind.DELIVERY, deliveries_topology(cfg)),
@@ -105,6 +108,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
             )
             await recorder.start(life.stopping)
             life.on_close(recorder.close)
+            recorders.append(recorder)
         c = cfg.control
         limits = Limits(
             max_range_us=round(c.replay_max_range_hours * 3.6e9),
@@ -134,6 +138,8 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
         log.info("control ready")
         await life.until_stopped()
         log.info("control stopping")
+        for recorder in recorders:  # acks what they recorded; what they had not started goes back to the queue
+            await recorder.stop(RECORDER_DRAIN_SECONDS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,14 +32,25 @@ OPEN_TIMEOUT = 5.0  # seconds for opening a connection or a channel, or for a me
 PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
 
 OnClosed = Callable[[AsyncioConnection, BaseException], None]
+# A confirming channel refuses a publish while this many bytes of its messages wait for a confirm: pika buffers
+# what the socket does not take, without a limit, and a broker that stops reading (a resource alarm, a dead
+# path not yet noticed) grew a publisher's memory by every request it answered 503 meanwhile.
+MAX_UNCONFIRMED_BYTES = 64 * 2**20
 
 
 async def open_connection(
-    url: str, *, purpose: str, on_closed: OnClosed, heartbeat: int | None = None
+    url: str,
+    *,
+    purpose: str,
+    on_closed: OnClosed,
+    heartbeat: int | None = None,
+    on_blocked: Callable[[bool], None] | None = None,
 ) -> AsyncioConnection:
     """One attempt to open a connection (``OPEN_TIMEOUT``); raises ``BrokerUnavailable`` or ``TimeoutError``.
     ``on_closed`` is called when it closes, whoever closed it (an attempt that failed included).
     ``heartbeat`` (seconds) bounds how long the broker takes to notice this process frozen or cut off.
+    ``on_blocked`` hears ``connection.blocked`` (True) and ``unblocked`` (False): during a resource alarm the
+    broker stops reading from connections that publish, so a publisher fails fast instead of buffering.
 
     An attempt given up while pika is still opening (the timeout, or the caller cancelled: a service stopping
     during a reconnect) is not aborted: pika 1.4 then logs its own errors, with a traceback of an assertion of
@@ -77,6 +88,9 @@ async def open_connection(
         on_close_callback=closed,
         custom_ioloop=loop,
     )
+    if on_blocked is not None:
+        connection.add_on_connection_blocked_callback(lambda _conn, _frame: on_blocked(True))
+        connection.add_on_connection_unblocked_callback(lambda _conn, _frame: on_blocked(False))
     try:
         async with asyncio.timeout(OPEN_TIMEOUT):
             return await ready
@@ -224,7 +238,9 @@ class ConfirmingChannel:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self._tag = 0  # the delivery tag of the channel's last publish
-        self._waiting: dict[int, tuple[asyncio.Future[None], str]] = {}  # tag -> (call's future, message id)
+        # tag -> (call's future, message id, body bytes); a call that timed out stays until the broker answers
+        self._waiting: dict[int, tuple[asyncio.Future[None], str, int]] = {}
+        self._unconfirmed = 0  # body bytes in _waiting (MAX_UNCONFIRMED_BYTES)
         self._returned: set[int] = set()
 
     @classmethod
@@ -256,13 +272,19 @@ class ConfirmingChannel:
         """Publishes ``body`` (mandatory); the awaitable returned completes once the broker confirmed it (see the
         class). ``properties.message_id`` matches a return to its call."""
         confirm: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiting and self._unconfirmed + len(body) > MAX_UNCONFIRMED_BYTES:
+            confirm.set_exception(
+                BrokerUnavailable(f"over {MAX_UNCONFIRMED_BYTES >> 20} MiB wait for the broker's confirm: not sent")
+            )
+            return confirm
         try:
             self.channel.channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
         except PIKA_ERRORS as exc:  # closed under us
             confirm.set_exception(BrokerUnavailable(f"broker refused or lost the message: {exc.__class__.__name__}"))
         else:
             self._tag += 1
-            self._waiting[self._tag] = (confirm, properties.message_id or "")
+            self._waiting[self._tag] = (confirm, properties.message_id or "", len(body))
+            self._unconfirmed += len(body)
         return confirm
 
     async def publish_confirmed(
@@ -274,8 +296,9 @@ class ConfirmingChannel:
     def lost(self, why: str) -> None:
         """Fails every call waiting for a confirm: its message may or may not be queued."""
         waiting, self._waiting = self._waiting, {}
+        self._unconfirmed = 0
         self._returned.clear()
-        for confirm, _message_id in waiting.values():
+        for confirm, _message_id, _size in waiting.values():
             if not confirm.done():
                 confirm.set_exception(BrokerUnavailable(f"broker refused or lost the message: {why}"))
 
@@ -293,6 +316,8 @@ class ConfirmingChannel:
             tags = [last]
         for tag in tags:
             entry = self._waiting.pop(tag, None)
+            if entry is not None:
+                self._unconfirmed -= entry[2]
             if entry is None or entry[0].done():  # timed out, or an unknown tag
                 self._returned.discard(tag)
                 continue
@@ -305,7 +330,7 @@ class ConfirmingChannel:
                 entry[0].set_exception(BrokerUnavailable("broker did not accept the message: Nack"))
 
     def _on_return(self, _channel: Any, _method: Any, properties: Any, _body: bytes) -> None:
-        for tag, (_confirm, message_id) in self._waiting.items():
+        for tag, (_confirm, message_id, _size) in self._waiting.items():
             if message_id == properties.message_id and tag not in self._returned:
                 self._returned.add(tag)
                 return

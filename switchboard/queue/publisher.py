@@ -33,7 +33,9 @@ class Publisher:
     Calls pipeline on one ``ConfirmingChannel`` (``switchboard.queue.amqp``: what returns, what raises, how a
     returned message finds its call). While the connection is down every call fails at once instead of
     queueing up behind a dead socket, and a task reconnects (``CONNECT_BACKOFF``) until the broker answers
-    again.
+    again. While the broker blocks the connection (``connection.blocked``: a memory or disk alarm) every call
+    fails at once too: the broker reads nothing from it meanwhile, and each message would wait in this
+    process's memory for a confirm that cannot come before the alarm ends.
 
     The stream's topology is declared through aio-pika (``Topology.declare``, on a connection closed right
     after) at ``start`` and again on every reconnect. Publishing runs on pika's ``AsyncioConnection`` on the
@@ -52,6 +54,7 @@ class Publisher:
         self._live: AsyncioConnection | None = None  # the one publishing, once open
         self._confirms: ConfirmingChannel | None = None  # open and in confirm mode, or None
         self._reconnecting: asyncio.Task[None] | None = None
+        self._blocked = False  # the broker blocked the live connection (a resource alarm)
 
     async def start(self, stop: asyncio.Event | None = None) -> None:
         """Declares the topology and connects; waits (with back-off) until the broker answers or ``stop`` is
@@ -97,6 +100,8 @@ class Publisher:
         confirms = self._confirms
         if confirms is None or not confirms.is_open:
             raise BrokerUnavailable("message broker is not connected")
+        if self._blocked:
+            raise BrokerUnavailable("the message broker blocks publishers (a memory or disk alarm)")
         properties = pika.BasicProperties(
             content_type=CONTENT_TYPE,
             delivery_mode=2,  # persistent
@@ -118,7 +123,9 @@ class Publisher:
     # -- connecting --------------------------------------------------------------------------------------------
     async def _open(self) -> None:
         """One attempt: a connection, a channel in confirm mode. Raises ``BrokerUnavailable`` or ``TimeoutError``."""
-        connection = await open_connection(self.url, purpose=self.purpose, on_closed=self._on_closed)
+        connection = await open_connection(
+            self.url, purpose=self.purpose, on_closed=self._on_closed, on_blocked=self._set_blocked
+        )
         try:
             confirms = await ConfirmingChannel.open(connection, self._on_channel_closed)
         except BaseException:
@@ -126,6 +133,13 @@ class Publisher:
             raise
         self._confirms = confirms
         self._live = connection
+        self._blocked = False
+
+    def _set_blocked(self, blocked: bool) -> None:
+        if blocked != self._blocked:
+            what = "the broker blocks publishing (a resource alarm)" if blocked else "the broker unblocked publishing"
+            log.warning(what, extra={"purpose": self.purpose})
+        self._blocked = blocked
 
     def _on_channel_closed(self, reason: BaseException) -> None:
         """The broker closed the channel (a protocol error; its calls have failed): the connection is closed

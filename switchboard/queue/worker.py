@@ -51,7 +51,11 @@ The worker owns, so that no handler repeats them:
   is a plain callback on the event loop that queues a ``QueueMessage``, an ack a frame written at once, ~20 µs
   of CPU per message where aio-pika took ~75 (docs/benchmarks.md). When the connection is lost, every channel on
   it is closed (what they delivered is the broker's again), and a task declares the topology again,
-  reconnects with back-off, joins the members queue and subscribes every queue it consumed before.
+  reconnects with back-off, joins the members queue and subscribes every queue it consumed before. Copies
+  (retries, dead letters) are published on a second connection: during a resource alarm the broker stops
+  reading from a connection that publishes, and on the consuming one that held back every ack with it (the
+  acks are what drain the queues). While the broker blocks that connection a forward fails at once, and the
+  message returns to its queue. Either connection lost, both are closed and reopened together.
 """
 
 from __future__ import annotations
@@ -93,6 +97,9 @@ FORWARD_CONFIRM_TIMEOUT = 5.0
 # likely failing; an immediate redelivery would spin).
 FORWARD_FAILURE_PAUSE = 1.0
 MAX_ERROR_HEADER = 1000
+# A message that made the handler raise goes back to its queue this long after, where nothing else takes it
+# (WorkerSettings.crash_attempts 0).
+CRASH_RETURN_PAUSE = 5.0
 # The verdicts' outcome for a message that made the handler raise, and the header that counts those times.
 CRASHED = "crashed"
 CRASH_HEADER = "x-crash-attempt"
@@ -146,8 +153,8 @@ class WorkerSettings:
     # message at a time, in order, so that the others go on; a message that raises on its own goes back
     # through the delay queues (Retry, counted in its ``x-crash-attempt`` header, its ``x-attempt`` left to
     # the handler) until it raised this many times, then to the dead letters (``crashed``).
-    # 0: neither (the batch is left unacked until the channel closes): for a worker of a stream's dead
-    # letters, whose retries and dead letters would go back where they came from.
+    # 0: neither: such a message returns to its queue ``CRASH_RETURN_PAUSE`` later (nack, requeue), for a
+    # worker of a stream's dead letters, whose retries and dead letters would go back where they came from.
     crash_attempts: int = 5
 
 
@@ -218,8 +225,10 @@ class QueueWorker:
         self.stopping = asyncio.Event()
         self._stop: asyncio.Event | None = None  # the service's: set, it ends a wait for the broker
         self._closing = False
-        self._live: AsyncioConnection | None = None
+        self._live: AsyncioConnection | None = None  # consuming
+        self._live_forwarding: AsyncioConnection | None = None  # publishing the copies, opened with _live
         self._forwarding: ConfirmingChannel | None = None  # the channel copies are published on
+        self._forwarding_blocked = False  # the broker blocked _live_forwarding (a resource alarm)
         self._reconnecting: asyncio.Task[None] | None = None
         self._subs = {name: _Subscription(name) for name in (queues or topology.work_queues)}
         # Consuming a partitioned stream's partitions: join its members, prefer a share, hand over.
@@ -282,9 +291,18 @@ class QueueWorker:
         connection = await open_connection(
             self.url, purpose=self.purpose, on_closed=self._on_closed, heartbeat=self.settings.heartbeat
         )
+        forwarding: AsyncioConnection | None = None
         try:
+            forwarding = await open_connection(
+                self.url,
+                purpose=f"{self.purpose}-forward",
+                on_closed=self._on_closed,
+                heartbeat=self.settings.heartbeat,
+                on_blocked=self._set_forwarding_blocked,
+            )
+            self._forwarding_blocked = False
             self._forwarding = await ConfirmingChannel.open(
-                connection, lambda reason: self._channel_lost(connection, "forwarding", reason)
+                forwarding, lambda reason: self._channel_lost(connection, "forwarding", reason)
             )
             if self._partitions:
                 await self._join(connection)
@@ -296,17 +314,31 @@ class QueueWorker:
                     await self._subscribe(sub, connection)
         except BaseException:
             await close_and_wait(connection)
+            if forwarding is not None:
+                await close_and_wait(forwarding)
             raise
-        self._live = connection
+        self._live, self._live_forwarding = connection, forwarding
+
+    def _set_forwarding_blocked(self, blocked: bool) -> None:
+        if blocked != self._forwarding_blocked:
+            what = "the broker blocks forwarding (a resource alarm)" if blocked else "the broker unblocked forwarding"
+            log.warning(what, extra={"purpose": self.purpose})
+        self._forwarding_blocked = blocked
 
     def _on_closed(self, connection: AsyncioConnection, reason: BaseException) -> None:
-        """A connection closed. Only the live one matters (an attempt that failed is retried by whoever made
-        it): its channels are closed (their unacked messages are the broker's again) and, unless the worker is
-        closing, a task reconnects and subscribes again."""
+        """A connection closed. Only the live pair matters (an attempt that failed is retried by whoever made
+        it): the other of the two is closed too, their channels with them (their unacked messages are the
+        broker's again) and, unless the worker is closing or stopping, a task reconnects and subscribes again."""
+        if connection is self._live_forwarding:
+            self._live_forwarding = None
+            close_connection(self._live)  # its own close starts the reconnect
+            return
         if connection is not self._live:
             return
         self._live = None
-        if self._closing:
+        forwarding, self._live_forwarding = self._live_forwarding, None
+        close_connection(forwarding)
+        if self._closing or self.stopping.is_set():
             return
         log.warning("lost the connection to RabbitMQ", extra={"purpose": self.purpose, "error": repr(reason)})
         self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
@@ -334,7 +366,7 @@ class QueueWorker:
         )
 
     def _stopped(self) -> bool:
-        return self._closing or (self._stop is not None and self._stop.is_set())
+        return self._closing or self.stopping.is_set() or (self._stop is not None and self._stop.is_set())
 
     def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
@@ -472,8 +504,9 @@ class QueueWorker:
         self._closing = True
         if self._reconnecting is not None:
             self._reconnecting.cancel()
-        if self._live is not None:
-            await close_and_wait(self._live)
+        for connection in (self._live, self._live_forwarding):
+            if connection is not None:
+                await close_and_wait(connection)
 
     async def depths(self) -> dict[str, int]:
         """Messages ready in each queue of the topology (for the stats line and metrics)."""
@@ -678,11 +711,11 @@ class QueueWorker:
         else:
             self._idle.clear()
 
-    def _abandoned(self, batch: Sequence[QueueMessage]) -> bool:
-        """True once the messages can no longer be acked here: the broker hands them to another consumer."""
-        return not all(m.held for m in batch)
-
     async def _process(self, batch: Sequence[QueueMessage]) -> None:
+        """Handles ``batch`` until the handler returns its verdicts, then forwards and acks. After a store
+        outage's pause the batch is tried again with the messages still held only: one channel closed (a
+        batch mixes partitions, each on a channel of its own) leaves the others to be settled here, not
+        held unacked, blocking their channel's acks, until that channel closes too."""
         started = time.monotonic()
         for delay in STORE_BACKOFF.delays():
             try:
@@ -696,17 +729,19 @@ class QueueWorker:
                     "store unavailable, retrying the batch",
                     extra={"size": len(batch), "error": exc.message, "retry_in": delay},
                 )
-                if self._abandoned(batch):
-                    return
                 await asyncio.sleep(delay)
-                if self._abandoned(batch):
+                batch = [m for m in batch if m.held]  # the others are the broker's again
+                if not batch:
                     return
             except Exception as exc:
-                if self.settings.crash_attempts <= 0 or self._abandoned(batch):
+                if not any(m.held for m in batch):
                     raise
                 if len(batch) > 1:  # one of them may be what it cannot handle: each alone, the others go on
                     log.exception("batch failed; handling its messages one at a time", extra={"size": len(batch)})
                     await self._one_at_a_time(batch)
+                    return
+                if self.settings.crash_attempts <= 0:
+                    self._return_later(batch[0], exc)
                     return
                 verdicts = [self._crashed(batch[0], exc)]
                 break
@@ -733,6 +768,29 @@ class QueueWorker:
                 failed = failed or exc
         if failed is not None:
             raise failed
+
+    def _return_later(self, message: QueueMessage, exc: Exception) -> None:
+        """A message that made the handler raise, with no retries or dead letters to send it to
+        (``crash_attempts`` 0): returned to its queue ``CRASH_RETURN_PAUSE`` later. Held unacked until its
+        channel closed, a few such messages filled the prefetch window and stopped the worker without a word."""
+        log.error(
+            "message failed the handler; returned to its queue later",
+            exc_info=exc,
+            extra={"message_id": message.message_id, "retry_in": CRASH_RETURN_PAUSE},
+        )
+        asyncio.get_running_loop().call_later(CRASH_RETURN_PAUSE, self._return, message)
+
+    @staticmethod
+    def _return(message: QueueMessage) -> None:
+        """Gives ``message`` back to the broker (nack, requeue), unless its channel closed: then it has it."""
+        delivery: _Delivery = message.raw
+        if not delivery.held:
+            return
+        delivery.tracker.forget(delivery.tag)
+        try:
+            delivery.channel.channel.basic_nack(delivery.tag, requeue=True)
+        except PIKA_ERRORS as exc:
+            log.info("nack failed", extra={"message_id": message.message_id, "error": repr(exc)})
 
     def _crashed(self, message: QueueMessage, exc: Exception) -> Verdict:
         """The verdict for a message whose handling raised on its own (``WorkerSettings.crash_attempts``): its
@@ -765,9 +823,13 @@ class QueueWorker:
 
     # -- forwarding -------------------------------------------------------------------------------------
     async def _forward(self, message: QueueMessage, verdict: Verdict) -> bool:
-        """Publishes the copy a Retry or DeadLetter asks for; False if it could not (returned to the queue)."""
+        """Publishes the copy a Retry or DeadLetter asks for; False if it could not (returned to the queue), or
+        if the message is no longer held: its channel closed, and the broker hands it out again, so a copy now
+        would make two (a delivery sent twice more, an operation run again)."""
         if isinstance(verdict, Ack):
             return True
+        if not message.held:
+            return False
         try:
             if isinstance(verdict, Retry):
                 if verdict.delay_ms is None:
@@ -811,21 +873,17 @@ class QueueWorker:
                 "could not forward, returning the message",
                 extra={"message_id": message.message_id, "error": exc.message},
             )
-            delivery: _Delivery = message.raw
-            if delivery.held:
+            if message.held:
                 await asyncio.sleep(FORWARD_FAILURE_PAUSE)
-            if delivery.held:  # else the channel closed meanwhile: the broker has it back
-                delivery.tracker.forget(delivery.tag)
-                try:
-                    delivery.channel.channel.basic_nack(delivery.tag, requeue=True)
-                except PIKA_ERRORS as nack_exc:
-                    log.info("nack failed", extra={"message_id": message.message_id, "error": repr(nack_exc)})
+            self._return(message)
             return False
 
     async def _publish(self, exchange: str, routing_key: str, copy: tuple[bytes, pika.BasicProperties]) -> None:
         forward = self._forwarding
         if forward is None or not forward.is_open:
             raise BrokerUnavailable("message broker is not connected")
+        if self._forwarding_blocked:
+            raise BrokerUnavailable("the message broker blocks publishers (a memory or disk alarm)")
         body, properties = copy
         await forward.publish_confirmed(exchange, routing_key, body, properties, FORWARD_CONFIRM_TIMEOUT)
 

@@ -18,7 +18,18 @@ import aiormq
 import pytest
 
 from switchboard.errors import BrokerUnavailable, ConfigError, InvalidRequest
-from switchboard.queue import Ack, DeadLetter, QueueMessage, QueueWorker, Retry, Topology, Verdict, WorkerSettings
+from switchboard.queue import (
+    Ack,
+    DeadLetter,
+    QueueMessage,
+    QueueWorker,
+    Retry,
+    Topology,
+    Verdict,
+    WorkerHooks,
+    WorkerSettings,
+)
+from switchboard.queue import worker as worker_module
 from switchboard.queue.amqp import close_and_wait, declare, open_connection
 from switchboard.queue.publisher import Publisher
 from switchboard.queue.retire import retire_unpartitioned
@@ -821,3 +832,104 @@ async def test_a_message_the_handler_fails_on_is_retried_alone_then_dead_lettere
     assert dead.headers["x-crash-attempt"] == 3 and dead.headers["x-dead-reason"] == "crashed"
     assert dead.headers["x-attempt"] == 0
     assert dead.headers["x-last-error"] == "the handler failed: InvalidRequest: the store refused the request: m3"
+
+
+class HeldThenRetry:
+    """Holds every batch until ``gate`` opens; then asks a retry for ids starting with "retry", acks the rest."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    def key(self, message: QueueMessage) -> str:
+        return message.message_id
+
+    async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+        await self.gate.wait()
+        return [Retry(1, "later") if m.message_id.startswith("retry") else Ack() for m in batch]
+
+
+class ForwardLog(WorkerHooks):
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self.copied: list[str] = []
+
+    def forward_failed(self, message: QueueMessage, error: BrokerUnavailable) -> None:
+        self.failures.append(error.message)
+
+    def forwarded(self, message: QueueMessage, verdict: Verdict) -> None:
+        self.copied.append(message.message_id)
+
+
+def messages_in(rabbit: RabbitNode, queues: Sequence[str]) -> int:
+    listing = rabbit.rabbitmqctl("list_queues", "name", "messages", "--no-table-headers", "--quiet")
+    counts = dict(line.split("\t") for line in listing.stdout.splitlines() if "\t" in line)
+    return sum(int(counts.get(q, 0)) for q in queues)
+
+
+async def refuses_at_once(publisher: Publisher) -> bool:
+    """True if a publish fails within a quarter of a second saying the broker blocks publishers."""
+    started = time.monotonic()
+    try:
+        await publisher.publish(b"x", message_id=f"probe-{started}", headers={}, timestamp=time.time(), type="t")
+    except BrokerUnavailable as exc:
+        return "blocks" in exc.message and time.monotonic() - started < 0.25
+    return False
+
+
+async def test_during_a_memory_alarm_acks_go_on_while_copies_and_publishes_fail_at_once(rabbit: RabbitNode) -> None:
+    """A memory alarm while a batch of nine runs (eight acks, one retry). RabbitMQ stops reading from every
+    connection that publishes: the retry's copy used to go out on the consuming connection, which then held
+    back the eight acks with it until the alarm ended (the queues keep all nine). Now the copy has a connection
+    of its own: the acks go through, the copy fails (at once once the broker said it blocks) and its message
+    returns to the queue, and ingest's publisher fails at once instead of buffering; after the alarm the copy
+    is forwarded."""
+    topology = Topology(f"t{free_port()}", "events", (200,))
+    handler, hooks = HeldThenRetry(), ForwardLog()
+    settings = WorkerSettings(prefetch=16, max_batch=16, linger=0.3)
+    worker = QueueWorker(rabbit.amqp_url, topology, handler, settings, purpose="alarm", hooks=[hooks])
+    publisher = Publisher(rabbit.amqp_url, topology, confirm_timeout=2.0, purpose=f"alarm-pub-{free_port()}")
+    await worker.start()
+    await publisher.start()
+    ids = [f"ack-{i}" for i in range(8)] + ["retry-0"]
+    try:
+        for message_id in ids:
+            await publisher.publish(b"x", message_id=message_id, headers={}, timestamp=time.time(), type="t")
+        await wait_for(lambda: worker.running == len(ids), "the nine messages in the handler")
+        rabbit.rabbitmqctl("set_vm_memory_high_watermark", "0.000001")
+        try:
+            deadline = time.monotonic() + 30
+            while not await refuses_at_once(publisher):
+                assert time.monotonic() < deadline, "the publisher never failed at once during the alarm"
+            handler.gate.set()
+            await wait_for(lambda: messages_in(rabbit, topology.work_queues) == 1, "the eight acks", within=30)
+            await wait_for(lambda: any("blocks" in e for e in hooks.failures), "a copy refused at once", within=30)
+            assert hooks.copied == []
+        finally:
+            rabbit.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+        await wait_for(lambda: "retry-0" in hooks.copied, "the copy forwarded after the alarm", within=30)
+    finally:
+        await publisher.close()
+        await worker.stop(5)
+        await worker.close()
+
+
+async def test_a_worker_without_retries_returns_what_fails_its_handler_and_the_others_go_on(
+    rabbit: RabbitNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """crash_attempts 0 (the dead-letter recorders): a message that makes the handler raise went nowhere and
+    stayed unacked until the channel closed, and its batch with it; 64 of them stopped a recorder. Now the
+    others are handled and it returns to its queue, to be tried again."""
+    monkeypatch.setattr(worker_module, "CRASH_RETURN_PAUSE", 0.3)
+    topology = Topology(f"t{free_port()}", "events", (50,))
+    handler = Crashing("m3")
+    settings = WorkerSettings(prefetch=16, max_batch=8, linger=0.3, crash_attempts=0)
+    worker = QueueWorker(rabbit.amqp_url, topology, handler, settings, purpose="no-retries")
+    await worker.start()
+    ids = [f"m{i}" for i in range(8)]
+    try:
+        await publish(rabbit.amqp_url, topology, ids, rate=1000)
+        await wait_for(lambda: len(handler.poison_attempts) >= 3, "the poison tried three times")
+        await wait_for(lambda: sorted(handler.done) == sorted(i for i in ids if i != "m3"), "the other seven")
+    finally:
+        await worker.stop(5)
+        await worker.close()

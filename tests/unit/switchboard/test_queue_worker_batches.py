@@ -1,0 +1,70 @@
+"""QueueWorker._process without a broker: what a batch does when one of its channels closes during a store
+outage's pause. Only the worker's own decisions are under test here; the stand-ins are the ack tracker's and
+the pika channel's two methods it calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pika
+
+from switchboard.errors import Unavailable
+from switchboard.queue import Ack, QueueMessage, QueueWorker, Topology, Verdict, WorkerSettings
+from switchboard.queue import worker as worker_module
+
+
+@dataclass
+class OpenFlag:
+    is_open: bool = True
+
+
+@dataclass(eq=False)
+class Tracker:
+    settled: list[int] = field(default_factory=list)
+
+    def settle(self, tags: Sequence[int]) -> None:
+        self.settled += tags
+
+
+class OutageThenAck:
+    """Raises Unavailable on the first batch and closes partition 'b''s channel meanwhile; then acks."""
+
+    def __init__(self, closing: OpenFlag) -> None:
+        self.closing = closing
+        self.batches: list[list[str]] = []
+
+    def key(self, message: QueueMessage) -> str:
+        return message.message_id
+
+    async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+        self.batches.append([m.message_id for m in batch])
+        if len(self.batches) == 1:
+            self.closing.is_open = False
+            raise Unavailable("the store is down")
+        return [Ack() for _ in batch]
+
+
+async def test_a_channel_closed_during_a_store_outage_leaves_out_its_messages_only(monkeypatch: object) -> None:
+    """A batch mixes partitions, each on a channel of its own. Partition b's channel closes while the batch
+    waits out a store outage: the batch is tried again with partition a's messages, which are acked (the
+    whole batch used to be abandoned: a's messages stayed unacked, holding back a's acks)."""
+    a, b = OpenFlag(), OpenFlag()
+    tracker_a, tracker_b = Tracker(), Tracker()
+    handler = OutageThenAck(b)
+    worker = QueueWorker("amqp://unused", Topology("t", "events", (100,)), handler, WorkerSettings(), purpose="unit")
+    batch = [
+        QueueMessage(
+            b"x",
+            f"{queue}{tag}",
+            {},
+            False,
+            queue,
+            raw=worker_module._Delivery(channel, tracker, tag, pika.BasicProperties()),  # type: ignore[arg-type]
+        )
+        for tag in (1, 2)
+        for queue, channel, tracker in (("a", a, tracker_a), ("b", b, tracker_b))
+    ]
+    await worker._process(batch)
+    assert handler.batches == [["a1", "b1", "a2", "b2"], ["a1", "a2"]]
+    assert tracker_a.settled == [1, 2] and tracker_b.settled == []
