@@ -76,7 +76,7 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
     box = cfg.delivery.secret_box()
     async with serve() as life:
         await life.enter(metrics_endpoint(cfg.metrics, "control"))
-        store = await life.enter(open_store(cfg.cassandra, create_schema=True))
+        store = await life.enter(open_store(cfg.cassandra, create_schema=True, stop=life.stopping))
         notices = ChangeNotices(cfg.rabbitmq.amqp_url, changes_exchange(cfg), purpose="control-notices")
         await notices.start(life.stopping)
         life.on_close(notices.close)

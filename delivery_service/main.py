@@ -59,7 +59,7 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
         tracer, flush_spans = setup_tracing("switchboard-delivery", cfg.tracing)
         life.push(flush_spans)  # last: after the worker drained
         await life.enter(metrics.metrics_endpoint(cfg.metrics, "delivery", args.member or 0))
-        store = await life.enter(open_store(cfg.cassandra, create_schema=True))
+        store = await life.enter(open_store(cfg.cassandra, create_schema=True, stop=life.stopping))
         subscriptions = SubscriptionStore(store, box)
         cache = SubscriptionCache(subscriptions, cfg.rabbitmq.amqp_url, changes_exchange(cfg), purpose="delivery-cache")
         await cache.start(life.stopping)

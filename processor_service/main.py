@@ -35,7 +35,7 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
         tracer, flush_spans = setup_tracing("switchboard-processor", cfg.tracing)
         life.push(flush_spans)  # last: after the worker drained
         await life.enter(metrics.metrics_endpoint(cfg.metrics, "processor", args.member or 0))
-        store = await life.enter(open_store(cfg.cassandra, create_schema=True))
+        store = await life.enter(open_store(cfg.cassandra, create_schema=True, stop=life.stopping))
         bound = {}
         if box is not None:
             cache = SubscriptionCache(

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
     async with serve() as life:
         await life.enter(metrics_endpoint(cfg.metrics, "query"))
-        store = await life.enter(open_store(cfg.cassandra))
+        store = await life.enter(open_store(cfg.cassandra, stop=life.stopping))
         entities = EntityStore(store)
         queries = EventQueries(EventStore(store, entities), entities)
         await life.enter(

@@ -132,34 +132,56 @@ def _dispatch(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return query_events(cfg, args)
 
 
+class StartInterrupted(BaseException):
+    """A stop signal while the stack starts (a BaseException, as KeyboardInterrupt: no ``except Exception`` in a
+    readiness check swallows it)."""
+
+
 def stack_up(cfg: PlatformConfig, processors: int | None, *, with_prometheus: bool = False) -> int:
+    """Starts the stack and supervises it until SIGINT, SIGTERM or SIGHUP (a closed terminal). A signal while it
+    starts stops what started at once (it used to be noticed only once everything was up, after up to three
+    minutes per component); a second one while it stops SIGKILLs every process group it started."""
     from switchboard_devstack.stack import Stack
 
     setup_logging("stack", cfg.log_level)
     stack = Stack(cfg, processors=processors, with_prometheus=with_prometheus)
-    stopping = False
+    phase = "starting"
 
     def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
+        nonlocal phase
+        if phase == "starting":
+            phase = "stopping"
+            raise StartInterrupted(signal.Signals(signum).name)
+        if phase == "running":
+            phase = "stopping"
+            return
+        print("switchboard: stopping now: SIGKILL to every process started", file=sys.stderr, flush=True)
+        stack.kill()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     try:
         try:
             stack.up()
+            if phase == "stopping":  # the signal landed where it could not be raised
+                return 130
+            phase = "running"
+        except StartInterrupted as exc:
+            print(f"switchboard: {exc} while starting; stopping what started", file=sys.stderr)
+            return 130
         except (StackError, ConfigError) as exc:
             print(f"switchboard: the stack did not start: {exc}", file=sys.stderr)
             return 1
         print(stack.describe(), flush=True)
         try:
-            stack.supervise(lambda: stopping)
+            stack.supervise(lambda: phase == "stopping")
         except StackError as exc:
             print(f"switchboard: {exc}", file=sys.stderr)
             return 1
         return 0
     finally:  # whatever happened, stop everything this command started, and nothing else
-        print("stopping...", flush=True)
+        phase = "stopping"
+        print("stopping... (again: kill at once)", flush=True)
         stack.down()
         print("stopped.", flush=True)
 

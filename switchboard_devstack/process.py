@@ -201,6 +201,12 @@ class ManagedProcess:
         self._proc.wait()
         self._reap_group()
 
+    def kill_now(self) -> None:
+        """SIGKILL to the whole process group without waiting for it: safe in a signal handler that may have
+        interrupted a ``wait`` on this very process (the stop that follows reaps it)."""
+        if self._proc is not None:
+            self._signal_group(signal.SIGKILL)
+
     # -- helpers ---------------------------------------------------------------------------------------
     def log_tail(self, lines: int = _TAIL_LINES) -> str:
         """The last ``lines`` lines this run wrote to the log."""

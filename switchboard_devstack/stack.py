@@ -27,6 +27,7 @@ from switchboard.queue import Topology
 from switchboard.store import StoreSession
 from switchboard.streams import deliveries_topology, events_topology
 from switchboard_devstack.cassandra import CassandraNode
+from switchboard_devstack.claim import check_ports, lock_data_dir, unlock
 from switchboard_devstack.envoy import EnvoyProcess
 from switchboard_devstack.jwt import ensure_local_jwks, jwt_dir, local_api_edge
 from switchboard_devstack.paths import DevPaths
@@ -129,6 +130,7 @@ class Stack:
     ca_cert: Path | None = None
     _processors_started: int = field(default=0, init=False)
     _deliveries_started: int = field(default=0, init=False)
+    _lock: int | None = field(default=None, init=False)  # the data directory's lock (claim.lock_data_dir)
 
     @property
     def data_dir(self) -> Path:
@@ -150,6 +152,8 @@ class Stack:
 
     def _up(self, timeout: float) -> None:
         cfg = self.cfg
+        self._lock = lock_data_dir(self.data_dir)  # before anything else touches it
+        check_ports(cfg, self.processors or cfg.processor.count, cfg.delivery.count)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for source in cfg.sources:  # create generated secrets and fail early on missing ones
             for ref in source.secrets:
@@ -377,13 +381,22 @@ class Stack:
 
     # -- stop -------------------------------------------------------------------------------------------
     def down(self) -> None:
-        """Stops everything this stack started, newest first, and nothing else."""
-        while self.started:
-            proc = self.started.pop()
+        """Stops everything this stack started, newest first, and nothing else; then lets the data directory
+        go."""
+        for proc in reversed(list(self.started)):  # each stays listed until stopped: ``kill`` reaches it
             try:
                 proc.stop()
             except Exception as exc:  # keep stopping the rest
                 log.warning("stop failed", extra={"component": proc.name, "error": repr(exc)})
+            self.started.remove(proc)
+        unlock(self._lock)
+        self._lock = None
+
+    def kill(self) -> None:
+        """SIGKILL to every process group this stack started, at once, without waiting (a second Ctrl-C while
+        stopping: safe in a signal handler; ``down`` reaps them)."""
+        for proc in list(self.started):
+            proc.kill_now()
 
     # -- report -----------------------------------------------------------------------------------------
     def describe(self) -> str:

@@ -5,7 +5,7 @@ logging, runs the service's coroutine on the event loop and maps errors to exit 
 builds its parts in a ``serve()`` block::
 
     async with serve() as life:
-        store = await life.enter(open_store(cfg.cassandra))
+        store = await life.enter(open_store(cfg.cassandra, stop=life.stopping))
         await life.enter(GrpcServer(...))
         await life.until_stopped()          # SIGTERM / SIGINT
 

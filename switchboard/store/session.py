@@ -12,6 +12,7 @@ import functools
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -95,16 +96,24 @@ class StoreSession:
         name_statements(statements)  # labels switchboard_store_statement_seconds by statement name
 
     @classmethod
-    def connect(cls, cfg: CassandraConfig, *, wait_seconds: float = 300.0, create_schema: bool = False) -> StoreSession:
+    def connect(
+        cls,
+        cfg: CassandraConfig,
+        *,
+        wait_seconds: float = 300.0,
+        create_schema: bool = False,
+        stop: threading.Event | None = None,
+    ) -> StoreSession:
         """Connects (blocking), waiting with a log line per attempt until Cassandra answers; creates the schema
         when asked; prepares every statement, waiting until the schema exists (another process may be
-        creating it). ``StoreUnavailable`` after ``wait_seconds``."""
+        creating it). ``StoreUnavailable`` after ``wait_seconds``, or at the next wait once ``stop`` is set (a
+        service told to stop while it waits: it took up to the whole ``wait_seconds`` to go)."""
         deadline = time.monotonic() + wait_seconds
-        cluster, session = _connect(cfg, deadline)
+        cluster, session = _connect(cfg, deadline, stop)
         try:
             if create_schema:
                 ensure_schema(session, cfg)
-            statements = _prepare(session, cfg, deadline)
+            statements = _prepare(session, cfg, deadline, stop)
         except BaseException:
             cluster.shutdown()
             raise
@@ -144,16 +153,38 @@ class StoreSession:
 
 
 @asynccontextmanager
-async def open_store(cfg: CassandraConfig, *, create_schema: bool = False) -> AsyncIterator[StoreSession]:
-    """``StoreSession.connect`` off the event loop, closed on exit."""
-    store = await asyncio.to_thread(StoreSession.connect, cfg, create_schema=create_schema)
+async def open_store(
+    cfg: CassandraConfig, *, create_schema: bool = False, stop: asyncio.Event | None = None
+) -> AsyncIterator[StoreSession]:
+    """``StoreSession.connect`` off the event loop, closed on exit; ``stop`` set ends its waiting for Cassandra
+    (``StoreUnavailable``)."""
+    halt = threading.Event()
+    relay = asyncio.create_task(_relay(stop, halt)) if stop is not None else None
+    try:
+        store = await asyncio.to_thread(StoreSession.connect, cfg, create_schema=create_schema, stop=halt)
+    finally:
+        if relay is not None:
+            relay.cancel()
     try:
         yield store
     finally:
         await asyncio.to_thread(store.close)
 
 
-def _connect(cfg: CassandraConfig, deadline: float) -> tuple[Cluster, Session]:
+async def _relay(stop: asyncio.Event, halt: threading.Event) -> None:
+    await stop.wait()
+    halt.set()
+
+
+def _pause(delay: float, stop: threading.Event | None, waiting_for: str) -> None:
+    """Sleeps ``delay`` seconds; ``StoreUnavailable`` at once if ``stop`` is or gets set."""
+    if stop is None:
+        time.sleep(delay)
+    elif stop.wait(delay):
+        raise StoreUnavailable(f"stopped while waiting for {waiting_for}")
+
+
+def _connect(cfg: CassandraConfig, deadline: float, stop: threading.Event | None = None) -> tuple[Cluster, Session]:
     for attempt, delay in enumerate(CONNECT_BACKOFF.delays(), start=1):
         cluster = _cluster(cfg)
         try:
@@ -168,11 +199,13 @@ def _connect(cfg: CassandraConfig, deadline: float) -> tuple[Cluster, Session]:
                 "waiting for Cassandra",
                 extra={"hosts": list(cfg.hosts), "port": cfg.port, "attempt": attempt, "error": str(exc)[:300]},
             )
-            time.sleep(delay)
+            _pause(delay, stop, "Cassandra")
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _prepare(session: Session, cfg: CassandraConfig, deadline: float) -> Statements:
+def _prepare(
+    session: Session, cfg: CassandraConfig, deadline: float, stop: threading.Event | None = None
+) -> Statements:
     for delay in PREPARE_BACKOFF.delays():
         try:
             return Statements.prepare(session, cfg)
@@ -180,7 +213,7 @@ def _prepare(session: Session, cfg: CassandraConfig, deadline: float) -> Stateme
             if time.monotonic() > deadline:
                 raise StoreUnavailable(f"cannot prepare statements: {exc}") from None
             log.warning("waiting for the schema", extra={"error": str(exc)[:200]})
-            time.sleep(delay)
+            _pause(delay, stop, "the schema")
     raise AssertionError("unreachable")  # pragma: no cover
 
 

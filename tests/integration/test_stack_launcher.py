@@ -1,0 +1,70 @@
+"""``switchboard stack up`` (what ``make run`` runs) against its own data: a second launcher on the same data
+directory is refused before it starts anything, and a stop signal while the stack starts stops everything it
+started at once (it used to be noticed only once the whole stack was up)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.stack_fixture import REPO, write_test_config
+
+pytestmark = pytest.mark.integration
+
+
+def processes_under(root: Path, but: set[int]) -> list[str]:
+    """Command lines of the processes (other than ``but``) that name a path under ``root``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in but:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(root) in cmdline:
+            found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+def wait_until(condition: object, what: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_second_launcher_is_refused_and_a_signal_while_starting_stops_what_started(tmp_path: Path) -> None:
+    cfg = write_test_config(tmp_path)
+    cmd = [sys.executable, "-m", "switchboard_cli.main", "--config", str(cfg.path), "stack", "up"]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'gen'}"}
+    first = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        lock = cfg.data_dir / ".stack.lock"
+        wait_until(lambda: lock.exists() and lock.read_text().strip() == str(first.pid), "the first one's lock", 60)
+        wait_until(lambda: processes_under(tmp_path, {first.pid}), "a component started", 60)
+
+        second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert f"another stack runs on {cfg.data_dir} (pid {first.pid})" in second.stderr
+
+        assert first.poll() is None, "the first stack is still starting"
+        started = time.monotonic()
+        first.send_signal(signal.SIGINT)
+        output, _ = first.communicate(timeout=120)
+        assert first.returncode == 130, output
+        assert "SIGINT while starting" in output and "Switchboard is up." not in output
+        assert time.monotonic() - started < 60, "stopping took as long as starting"
+        wait_until(lambda: not processes_under(tmp_path, {first.pid}), "every component gone", 30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
