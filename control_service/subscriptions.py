@@ -20,8 +20,8 @@ from typing import Protocol
 
 from switchboard import pagination
 from switchboard.delivery.filters import check_event_types, compile_condition
-from switchboard.delivery.policy import RetryPolicy
-from switchboard.delivery.signing import new_secret
+from switchboard.delivery.policy import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, RetryPolicy
+from switchboard.delivery.signing import MAX_OVERLAP_SECONDS, new_secret
 from switchboard.delivery.urls import check_url, resolve_and_check
 from switchboard.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 from switchboard.model.events import now_us
@@ -222,7 +222,7 @@ class SubscriptionManager:
         """A new secret; the current one keeps signing beside it for ``overlap_us`` (the configured default
         when None). Returns the new secret and when the previous one stops signing."""
         overlap = self.rules.secret_overlap_us if overlap_us is None else overlap_us
-        if not 0 <= overlap <= 30 * 86_400 * 1_000_000:
+        if not 0 <= overlap <= MAX_OVERLAP_SECONDS * 1_000_000:
             raise _field_error("overlap", "must be between 0 and 30 days")
 
         async def rotate(s: Subscription) -> Subscription:
@@ -400,7 +400,7 @@ class SubscriptionManager:
 
     def _retry(self, draft: Draft) -> RetrySchedule | None:
         timeout = draft.timeout_ms or self.rules.default_timeout_ms
-        if not 1_000 <= timeout <= 60_000:
+        if not MIN_TIMEOUT_MS <= timeout <= MAX_TIMEOUT_MS:
             raise _field_error("retry_policy", "timeout must be between 1 s and 60 s")
         policy = RetryPolicy.custom(draft.retry_schedule_s) if draft.retry_schedule_s else RetryPolicy()
         attempts = draft.max_attempts or policy.max_attempts

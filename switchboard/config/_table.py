@@ -2,13 +2,16 @@
 
 ``Table(raw, where, SomeConfig)`` refuses keys that are not fields of ``SomeConfig`` (plus ``extra``), and its
 typed getters return the value from the file or, when absent, the field's own default. Every problem is a
-``ConfigError`` naming the key, so that services refuse to start rather than guess.
+``ConfigError`` naming the key, so that services refuse to start rather than guess. Every number a getter
+returns is finite: TOML has ``nan`` and ``inf``, and a NaN timeout expires at once in asyncio while an infinite
+one never does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -112,15 +115,18 @@ class Table:
             raise self.error(name, f"must be an integer between {low} and {high}, got {v!r}")
         return v
 
-    def pos_float(self, name: str) -> float:
+    def pos_float(self, name: str, *, at_most: float | None = None) -> float:
+        """A finite number above 0 (and at most ``at_most``)."""
         v = self.get(name)
-        if not isinstance(v, int | float) or isinstance(v, bool) or v <= 0:
-            raise self.error(name, f"must be a positive number, got {v!r}")
+        if not _finite(v) or v <= 0:
+            raise self.error(name, f"must be a positive finite number, got {v!r}")
+        if at_most is not None and v > at_most:
+            raise self.error(name, f"must be at most {at_most:g}, got {v!r}")
         return float(v)
 
     def float_between(self, name: str, low: float, high: float) -> float:
         v = self.get(name)
-        if not isinstance(v, int | float) or isinstance(v, bool) or not low <= v <= high:
+        if not _finite(v) or not low <= v <= high:
             raise self.error(name, f"must be a number between {low:g} and {high:g}, got {v!r}")
         return float(v)
 
@@ -136,6 +142,13 @@ class Table:
     def optional_path(self, name: str, base: Path) -> Path | None:
         v = self.get(name)
         return resolve_path(base, v) if v else None
+
+
+def _finite(v: Any) -> bool:
+    """``v`` is an int or a float (not a bool) and neither NaN nor infinite."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    return isinstance(v, int) or math.isfinite(v)
 
 
 def resolve_path(base: Path, v: Any) -> Path:

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from switchboard.config._table import Table, parse_secret_ref
-from switchboard.config.processor import MAX_PARTITIONS
+from switchboard.config.processor import MAX_PARTITIONS, MAX_PREFETCH
 from switchboard.delivery.inflight import MIN_HOST_LIMIT
+from switchboard.delivery.policy import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS
+from switchboard.delivery.signing import MAX_OVERLAP_SECONDS
 from switchboard.errors import ConfigError
 from switchboard.secrets import SecretBox, SecretRef
 
@@ -62,7 +64,7 @@ class DeliveryConfig:
     # 0: always deferred. At most 1000 (the shortest deferral); breaker_cooldown_seconds must be longer than
     # twice this.
     slot_wait_ms: int = 250
-    # Per attempt, unless a subscription's retry policy says otherwise.
+    # Per attempt, unless a subscription's retry policy says otherwise (1 to 60 s, as a subscription's own).
     timeout_seconds: float = 10.0
     rate_limit_per_second: int = 1000
     # A Retry-After longer than this is cut down to it.
@@ -73,7 +75,8 @@ class DeliveryConfig:
     breaker_failures: int = 20
     breaker_cooldown_seconds: float = 30.0
     breaker_max_cooldown_seconds: float = 600.0
-    # How long a rotated-out signing secret keeps signing beside the new one, unless the rotation says.
+    # How long a rotated-out signing secret keeps signing beside the new one, unless the rotation says (at
+    # most 30 days, as a rotation's own).
     secret_overlap_seconds: float = 86400.0
     # Callback URLs: plain HTTP is refused except for these hosts; these networks are allowed although not
     # public (for local development only: never allow loopback or private networks in production).
@@ -124,19 +127,21 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
     delivery = DeliveryConfig(
         count=t.pos_int("count"),
         partitions=t.int_between("partitions", 0, MAX_PARTITIONS),
-        prefetch=t.pos_int("prefetch"),
+        prefetch=t.int_between("prefetch", 1, MAX_PREFETCH),
         batch=t.pos_int("batch"),
         concurrency=t.pos_int("concurrency"),
         subscription_in_flight=t.pos_int("subscription_in_flight"),
         host_in_flight=host_in_flight,
         slot_wait_ms=t.int_between("slot_wait_ms", 0, 1000),
-        timeout_seconds=t.pos_float("timeout_seconds"),
+        # A subscription without a timeout of its own takes this one, and must be given one in range.
+        timeout_seconds=t.float_between("timeout_seconds", MIN_TIMEOUT_MS / 1000, MAX_TIMEOUT_MS / 1000),
         rate_limit_per_second=t.pos_int("rate_limit_per_second"),
         max_retry_after_seconds=t.pos_float("max_retry_after_seconds"),
         breaker_failures=t.pos_int("breaker_failures"),
         breaker_cooldown_seconds=cooldown,
         breaker_max_cooldown_seconds=max_cooldown,
-        secret_overlap_seconds=t.pos_float("secret_overlap_seconds"),
+        # A rotation that names no overlap takes this one, and a longer one is refused.
+        secret_overlap_seconds=t.pos_float("secret_overlap_seconds", at_most=MAX_OVERLAP_SECONDS),
         allow_http_hosts=t.strings("allow_http_hosts"),
         allow_networks=networks,
         secrets_key=parse_secret_ref(key, "delivery.secrets_key", base) if key is not None else None,

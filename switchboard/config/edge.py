@@ -18,6 +18,9 @@ GRPC_MAX_MESSAGE_BYTES = 16 * MiB
 # with room for the request's other fields. A larger limit would let Envoy pass bodies that ingest's server
 # refuses (RESOURCE_EXHAUSTED, a 429 the provider retries for ever).
 MAX_BODY_BYTES = GRPC_MAX_MESSAGE_BYTES - 64 * 1024
+# Envoy's token bucket holds at most this many tokens (max_tokens is a uint32): a larger rate limit makes
+# Envoy refuse its configuration.
+MAX_RATE_LIMIT_REQUESTS = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,9 @@ def parse_rate_limit(v: Any, where: str) -> RateLimit | None:
     if "requests" not in v:
         raise ConfigError(f"{where}.requests is required")
     t = Table(v, where, RateLimit)
-    return RateLimit(requests=t.pos_int("requests"), per_seconds=t.pos_int("per_seconds"))
+    return RateLimit(
+        requests=t.int_between("requests", 1, MAX_RATE_LIMIT_REQUESTS), per_seconds=t.pos_int("per_seconds")
+    )
 
 
 def parse_edge(raw: Mapping[str, Any], base: Path) -> EdgeConfig:

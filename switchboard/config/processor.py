@@ -13,6 +13,11 @@ from switchboard.errors import ConfigError
 
 MAX_DELAY_LEVELS = 24
 MAX_PARTITIONS = 100  # of a stream (processor.partitions, delivery.partitions)
+# A consumer's prefetch count is a 16-bit field of AMQP's basic.qos (processor.prefetch, delivery.prefetch).
+MAX_PREFETCH = 65_535
+# The longest TTL RabbitMQ takes for a delay queue (x-message-ttl, in ms: Erlang's timer limit); a longer
+# retry level would make every declaration of the events stream fail.
+MAX_DELAY_MS = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ def parse_processor(raw: Mapping[str, Any], base: Path) -> ProcessorConfig:
     processor = ProcessorConfig(
         count=t.pos_int("count"),
         partitions=t.int_between("partitions", 1, MAX_PARTITIONS),
-        prefetch=t.pos_int("prefetch"),
+        prefetch=t.int_between("prefetch", 1, MAX_PREFETCH),
         batch=t.pos_int("batch"),
         concurrency=t.pos_int("concurrency"),
         batch_linger_ms=t.int_between("batch_linger_ms", 0, 1000),
@@ -128,7 +133,7 @@ def _retry(raw: Mapping[str, Any]) -> RetryConfig:
     retry = RetryConfig(
         max_attempts=t.pos_int("max_attempts"),
         min_backoff_seconds=t.pos_float("min_backoff_seconds"),
-        max_backoff_seconds=t.pos_float("max_backoff_seconds"),
+        max_backoff_seconds=t.pos_float("max_backoff_seconds", at_most=MAX_DELAY_MS / 1000),
     )
     if retry.max_backoff_seconds < retry.min_backoff_seconds:
         raise ConfigError("processor.retry.max_backoff_seconds must not be less than min_backoff_seconds")

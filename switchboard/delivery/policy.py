@@ -72,6 +72,8 @@ __all__ = [
     "JITTER",
     "MAX_RETRIES",
     "MAX_RETRY_AFTER",
+    "MAX_TIMEOUT_MS",
+    "MIN_TIMEOUT_MS",
     "Decision",
     "Outcome",
     "RetryPolicy",
@@ -85,6 +87,9 @@ MAX_DELAY: Final = 24 * 3600.0
 MAX_RETRIES: Final = 20
 JITTER: Final = 0.10
 MAX_RETRY_AFTER: Final = 3600.0
+# An attempt's timeout (a subscription's, or delivery.timeout_seconds for those that set none).
+MIN_TIMEOUT_MS: Final = 1_000
+MAX_TIMEOUT_MS: Final = 60_000
 
 ERROR_TIMEOUT: Final = "timeout"
 ERROR_CONNECTION: Final = "connection"

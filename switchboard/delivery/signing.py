@@ -36,7 +36,7 @@ from typing import Final
 from switchboard.errors import InvalidRequest, SwitchboardError
 from switchboard.signatures import standard_webhooks
 
-__all__ = ["MAX_SECRETS", "USER_AGENT", "check_secret", "delivery_headers", "new_secret"]
+__all__ = ["MAX_OVERLAP_SECONDS", "MAX_SECRETS", "USER_AGENT", "check_secret", "delivery_headers", "new_secret"]
 
 
 def _version() -> str:
@@ -49,6 +49,9 @@ def _version() -> str:
 USER_AGENT: Final = f"Switchboard-Webhooks/{_version()}"
 # Our own verifier (standard_webhooks.parse_signatures) accepts at most 32 v1 entries.
 MAX_SECRETS: Final = 32
+# The longest a rotated-out secret keeps signing beside the new one (a rotation's overlap, or
+# delivery.secret_overlap_seconds for a rotation that names none).
+MAX_OVERLAP_SECONDS: Final = 30 * 86_400
 _MIN_KEY_BYTES = 24
 _MAX_KEY_BYTES = 64
 # A header-safe token: 1 to 255 visible ASCII characters (no spaces, no CR/LF).
