@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import struct
 from pathlib import Path
 from typing import Any
 
+from switchboard.config.store import check_heap
 from switchboard.errors import StackError
 from switchboard_devstack.paths import DevPaths
 from switchboard_devstack.ports import free_port
@@ -101,8 +101,7 @@ class CassandraNode(ManagedProcess):
         # 300 events/s 0.15 of a core instead of 0.29, drain 1,418-1,443 events/s instead of 1,188-1,210
         # (docs/benchmarks.md).
         super().__init__("cassandra", base_dir, timer_slack_ns=timer_slack_us * 1000)
-        if not re.fullmatch(r"\d+[kKmMgG]?", heap):
-            raise ValueError(f"heap must look like 512m or 1g, not {heap!r}")
+        check_heap(heap)
         self.native_port = native_port
         self.storage_port = storage_port
         self.home = Path(home).absolute()

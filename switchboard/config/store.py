@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,17 @@ from switchboard.errors import ConfigError
 
 CONSISTENCY_LEVELS = frozenset({"ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "ALL"})
 MIN_TTL_SECONDS = 24 * 3600
+# Cassandra refuses a TTL above 20 years: every write would fail.
+MAX_TTL_SECONDS = 630_720_000
+# The latest expiry Cassandra before 5.0 (and 5.0 in its default storage compatibility mode) can store,
+# 2038-01-19T03:14:06Z in Unix seconds. A write expiring later is refused from 3.0.16 and 3.11.2 on; on 2.1 run
+# without assertions, as the local stack runs it, the expiry overflows and the row is dropped at once
+# (CASSANDRA-14092).
+MAX_EXPIRY_UNIX = 2**31 - 2
 MAX_TIMER_SLACK_US = 10_000
+# A JVM heap as -Xms and -Xmx take it: a number of bytes, or of KiB, MiB or GiB.
+_HEAP = re.compile(r"([0-9]+)([kKmMgG]?)")
+_HEAP_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,7 @@ def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
         storage_port=t.port("storage_port"),
         keyspace=keyspace,
         replication_factor=t.pos_int("replication_factor"),
-        heap=t.string("heap"),
+        heap=check_heap(t.string("heap")),
         protocol_version=protocol or None,
         consistency=t.string("consistency", choices=CONSISTENCY_LEVELS, upper=True),
         bucket_seconds=t.pos_int("bucket_seconds"),
@@ -74,4 +85,34 @@ def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
         )
     if cass.ttl_seconds < MIN_TTL_SECONDS:
         raise ConfigError("cassandra.ttl_seconds: must be at least one day (events are kept for audit and replay)")
+    check_ttl(cass.ttl_seconds, time.time())
     return cass
+
+
+def check_ttl(ttl_seconds: int, now: float) -> None:
+    """``ConfigError`` unless Cassandra stores a row written at ``now`` (Unix seconds) with this TTL: at most
+    20 years, and expiring no later than ``MAX_EXPIRY_UNIX``."""
+    if ttl_seconds > MAX_TTL_SECONDS:
+        raise ConfigError(
+            f"cassandra.ttl_seconds: at most {MAX_TTL_SECONDS} (20 years, Cassandra's limit), got {ttl_seconds}: "
+            "Cassandra would refuse every write"
+        )
+    if now + ttl_seconds > MAX_EXPIRY_UNIX:
+        raise ConfigError(
+            f"cassandra.ttl_seconds: {ttl_seconds} makes rows written now expire after 2038-01-19T03:14:06Z, the "
+            "latest expiry Cassandra before 5.0 can store (it refuses such writes, or on 2.1 drops the rows at "
+            "once: CASSANDRA-14092)"
+        )
+
+
+def check_heap(heap: str) -> str:
+    """``heap`` if the JVM takes it for -Xms and -Xmx (digits, then k, m or g or nothing for bytes; a multiple
+    of 1 KiB and more than 2 MiB, as the JVM requires), else ``ConfigError``. The local stack's Cassandra
+    node checks its heap with this too."""
+    m = _HEAP.fullmatch(heap)
+    size = int(m[1]) * _HEAP_UNITS[m[2].lower()] if m else 0
+    if not m or size % 1024 or size <= 2 << 20:
+        raise ConfigError(
+            f"cassandra.heap: {heap!r} is not a JVM heap size of more than 2 MiB (a multiple of 1 KiB: 512m, 1g)"
+        )
+    return heap
