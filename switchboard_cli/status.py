@@ -323,11 +323,13 @@ def _components(
         }
     )
     r = cfg.rabbitmq
-    amqp = amqp_handshake(r.host, r.port, "guest", "guest") if r.url is None else tcp_open(r.host, r.port)
+    # An existing broker is probed where the services connect (its url), not on the managed node's host:port.
+    host, port = r.endpoint()
+    amqp = amqp_handshake(host, port, "guest", "guest") if r.url is None else tcp_open(host, port)
     out.append(
         {
             "name": "rabbitmq",
-            "address": f"{r.host}:{r.port}",
+            "address": f"{host}:{port}",
             "health": "up" if amqp else "DOWN",
             "metrics": None,
             "ok": amqp,

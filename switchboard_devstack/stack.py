@@ -195,7 +195,7 @@ class Stack:
             self._start(self.cassandra)
         if self.rabbit:
             self.rabbit.wait_ready(timeout)
-            log.info("rabbitmq ready", extra={"url": cfg.rabbitmq.amqp_url, "s": round(time.monotonic() - t0, 1)})
+            log.info("rabbitmq ready", extra={"url": cfg.rabbitmq.display_url, "s": round(time.monotonic() - t0, 1)})
         if self.cassandra:
             self.cassandra.wait_ready(timeout)
             log.info("cassandra ready", extra={"port": cfg.cassandra.port, "s": round(time.monotonic() - t0, 1)})
@@ -413,7 +413,7 @@ class Stack:
                 else []
             ),
             f"  envoy admin       http://127.0.0.1:{cfg.edge.admin_port}",
-            f"  rabbitmq (AMQP)   {cfg.rabbitmq.amqp_url.replace('guest:guest@', '')}",
+            f"  rabbitmq (AMQP)   {cfg.rabbitmq.display_url}",
             f"  cassandra (CQL)   {','.join(cfg.cassandra.hosts)}:{cfg.cassandra.port}"
             f"  keyspace {cfg.cassandra.keyspace}",
             f"  processors        {len(self.processor_procs)}   delivery workers {len(self.delivery_procs)}",

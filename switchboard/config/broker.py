@@ -3,36 +3,86 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+from switchboard.addresses import redacted_url
 from switchboard.config._table import Table
+from switchboard.errors import ConfigError
+
+AMQP_PORTS = {"amqp": 5672, "amqps": 5671}
 
 
 @dataclass(frozen=True)
 class RabbitConfig:
-    # managed: the stack starts its own node; otherwise `url` points at an existing broker.
+    """Either ``managed`` (the stack starts its own node on ``host:port``) or ``url`` (an existing broker),
+    never both. ``url`` may hold a password: it is left out of the repr, and everything that shows where the
+    broker is shows :attr:`display_url`."""
+
     managed: bool = True
     host: str = "127.0.0.1"
     port: int = 5682
     nodename: str = "switchboard"
-    url: str | None = None
+    url: str | None = field(default=None, repr=False)
     queue_prefix: str = "switchboard"
 
     @property
     def amqp_url(self) -> str:
+        """The URL the services connect with, credentials included: never log it (``display_url``)."""
         return self.url or f"amqp://guest:guest@{self.host}:{self.port}/"
+
+    @property
+    def display_url(self) -> str:
+        """``amqp_url`` without its password, for logs and messages."""
+        return redacted_url(self.amqp_url)
+
+    def endpoint(self) -> tuple[str, int]:
+        """The host and port the services connect to (the url's when one is given)."""
+        if self.url is None:
+            return self.host, self.port
+        parts = urlsplit(self.url)
+        return parts.hostname or "", parts.port or AMQP_PORTS[parts.scheme]
 
 
 def parse_rabbitmq(raw: Mapping[str, Any]) -> RabbitConfig:
     t = Table(raw, "rabbitmq", RabbitConfig)
     url = t.optional_string("url")
+    if url is not None:
+        check_amqp_url(url)
+    # An explicit url means an existing broker unless `managed` says otherwise.
+    managed = t.boolean("managed") if t.present("managed") else url is None
+    if managed and url is not None:
+        # The stack would start its own node on host:port and wait for it, while every service connected to
+        # the url.
+        raise ConfigError(
+            "rabbitmq: managed = true and a url: the local stack would start and probe its own node while the "
+            "services connect to the url; set managed = false to use that broker, or remove the url"
+        )
     return RabbitConfig(
-        # An explicit url means an existing broker unless `managed` says otherwise.
-        managed=t.boolean("managed") if t.present("managed") else url is None,
+        managed=managed,
         host=t.ip("host"),
         port=t.port("port"),
         nodename=t.string("nodename"),
         url=url,
         queue_prefix=t.string("queue_prefix"),
     )
+
+
+def check_amqp_url(url: str) -> None:
+    """``ConfigError`` (showing the url without its password) unless ``url`` is ``amqp://`` or ``amqps://``
+    with a host, a valid port if any, no fragment, and no ``@`` past the userinfo (a password's ``@``, ``/``,
+    ``?`` or ``#`` is percent-encoded: unescaped, the broker's client would read another host or user)."""
+    shown = redacted_url(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise ConfigError(f"rabbitmq.url: {shown} is not a URL with a valid host and port") from None
+    if parts.scheme not in AMQP_PORTS or not parts.hostname:
+        raise ConfigError(f"rabbitmq.url: {shown} must be amqp://[user:password@]host[:port][/vhost] (or amqps://)")
+    if parts.fragment or "#" in url or "@" in parts.path + parts.query:
+        raise ConfigError(
+            f"rabbitmq.url: {shown} has a '#' or an '@' outside the userinfo: percent-encode them in the password "
+            "(%23, %40) and the vhost"
+        )
