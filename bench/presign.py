@@ -28,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from switchboard.addresses import host_port
 from switchboard.signatures import sign
 
 MAGIC = b"SBREQ1"
@@ -229,7 +230,7 @@ def main() -> int:
         args.out,
         args.count,
         args.secret_file.read_text().strip(),
-        host=f"{args.host}:{args.port}",
+        host=host_port(args.host, args.port),
         size=args.size,
         dup_share=args.dup_share,
     )

@@ -1,14 +1,23 @@
-"""Network addresses as they are shown: URLs whose password never reaches a log line, a message or a repr.
+"""Network addresses as they are dialled and shown: ``host:port`` with an IPv6 literal in brackets, and URLs
+whose password never reaches a log line, a message or a repr.
 
-Invariant: :func:`redacted_url` never returns a password that its input carries, whatever the input; a URL it
-cannot take apart unambiguously is shown as its scheme and ``***``.
+Invariants: :func:`host_port` is what gRPC targets, URLs and Prometheus take for any IP literal or name (a bare
+``::1:50051`` is none of them); :func:`redacted_url` never returns a password that its input carries, whatever
+the input; a URL it cannot take apart unambiguously is shown as its scheme and ``***``.
 """
 
 from __future__ import annotations
 
-__all__ = ["REDACTED", "redacted_url"]
+__all__ = ["REDACTED", "host_port", "redacted_url"]
 
 REDACTED = "***"
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``; an IPv6 literal (any host with a colon) in brackets: ``[::1]:50051``."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
 
 
 def redacted_url(url: str) -> str:

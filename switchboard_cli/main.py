@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from switchboard.addresses import host_port
 from switchboard.config import PlatformConfig, load_config
 from switchboard.errors import ConfigError, StackError
 from switchboard.runtime.logs import setup_logging
@@ -215,7 +216,7 @@ def send_events(
     if not name:
         print("switchboard: no source configured", file=sys.stderr)
         return 2
-    base = url or f"https://{cfg.edge.bind}:{cfg.edge.https_port}"
+    base = url or f"https://{host_port(cfg.edge.bind, cfg.edge.https_port)}"
     ca = cfg.tls_dir / "ca.pem"
     verify: Any = ssl.create_default_context(cafile=ca) if ca.exists() and not url else True
     worst = 0
@@ -270,7 +271,7 @@ def query_events(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
     from webhooks.v1 import query_pb2, query_pb2_grpc
 
-    with grpc.insecure_channel(f"{cfg.query.host}:{cfg.query.port}") as channel:
+    with grpc.insecure_channel(host_port(cfg.query.host, cfg.query.port)) as channel:
         stub = query_pb2_grpc.QueryStub(channel)
         try:
             if args.action == "get":

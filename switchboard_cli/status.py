@@ -27,6 +27,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from switchboard.addresses import host_port
 from switchboard.config import PlatformConfig
 from switchboard_cli.args import number
 from switchboard_devstack.prometheus import read_targets
@@ -126,10 +127,10 @@ def metrics_targets(cfg: PlatformConfig) -> dict[str, list[tuple[str, str]]]:
         for i in range(count):
             if m.port(job, i):
                 name = f"{job}-{i}" if job == "processor" else job
-                out.setdefault(job, []).append((name, f"{m.host}:{m.port(job, i)}"))
+                out.setdefault(job, []).append((name, host_port(m.host, m.port(job, i))))
     for i in range(cfg.delivery.count):
         if m.port("delivery", i):
-            out.setdefault("delivery", []).append((f"delivery-{i}", f"{m.host}:{m.port('delivery', i)}"))
+            out.setdefault("delivery", []).append((f"delivery-{i}", host_port(m.host, m.port("delivery", i))))
     return out
 
 
@@ -291,14 +292,14 @@ def _components(
     for job in ("ingest", "query", "control", "processor", "delivery"):
         procs = targets.get(job, [])
         grpc_target = grpc_services.get(job)
-        health = grpc_health(f"{grpc_target[0]}:{grpc_target[1]}", grpc_target[2]) if grpc_target else None
+        health = grpc_health(host_port(grpc_target[0], grpc_target[1]), grpc_target[2]) if grpc_target else None
         if not procs and grpc_target:
             if job == "control" and health == "UNREACHABLE":
                 continue  # outbound delivery not set up
             out.append(
                 {
                     "name": job,
-                    "address": f"{grpc_target[0]}:{grpc_target[1]}",
+                    "address": host_port(grpc_target[0], grpc_target[1]),
                     "health": health,
                     "metrics": None,
                     "ok": health == "SERVING",
@@ -329,7 +330,7 @@ def _components(
     out.append(
         {
             "name": "rabbitmq",
-            "address": f"{host}:{port}",
+            "address": host_port(host, port),
             "health": "up" if amqp else "DOWN",
             "metrics": None,
             "ok": amqp,
@@ -340,7 +341,7 @@ def _components(
     out.append(
         {
             "name": "cassandra",
-            "address": f"{c.hosts[0]}:{c.port}",
+            "address": host_port(c.hosts[0], c.port),
             "health": "up" if cql else "DOWN",
             "metrics": None,
             "ok": cql,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from switchboard.addresses import host_port
 from switchboard.config import PlatformConfig
 from switchboard.errors import StackError
 from switchboard_devstack.jwt import ensure_local_jwks, jwt_dir, mint_token
@@ -28,9 +29,10 @@ def run_token(cfg: PlatformConfig, client_id: str, ttl: int) -> int:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2
     print(token)
+    api = f"https://{host_port(cfg.edge.bind, cfg.edge.https_port)}/api/v1/webhooks"
     print(
         f"switchboard: token for client {client_id!r} (iss {jwks.issuer}, aud {jwks.audience}), valid {ttl} s; "
-        f'use it as "Authorization: Bearer <token>" on https://{cfg.edge.bind}:{cfg.edge.https_port}/api/v1/webhooks',
+        f'use it as "Authorization: Bearer <token>" on {api}',
         file=sys.stderr,
     )
     return 0

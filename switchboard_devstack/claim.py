@@ -16,7 +16,9 @@ import os
 import socket
 from pathlib import Path
 
+from switchboard.addresses import host_port
 from switchboard.config import PlatformConfig
+from switchboard.config.ports import Listener, listeners
 from switchboard.errors import StackError
 
 LOCK_NAME = ".stack.lock"
@@ -46,56 +48,29 @@ def unlock(fd: int | None) -> None:
         os.close(fd)  # closing the descriptor releases the flock
 
 
-def planned_ports(cfg: PlatformConfig, processors: int, deliveries: int) -> list[tuple[str, int]]:
-    """(setting, port) of every port the stack will listen on that the configuration names."""
-    ports: list[tuple[str, int]] = []
-    if cfg.rabbitmq.managed:
-        ports.append(("rabbitmq.port", cfg.rabbitmq.port))
-    if cfg.cassandra.managed:
-        ports += [("cassandra.port", cfg.cassandra.port), ("cassandra.storage_port", cfg.cassandra.storage_port)]
-    ports += [
-        ("ingest.port", cfg.ingest.port),
-        ("query.port", cfg.query.port),
-        ("edge.https_port", cfg.edge.https_port),
-        ("edge.admin_port", cfg.edge.admin_port),
-    ]
-    if cfg.delivery.secrets_key is not None:
-        ports.append(("control.port", cfg.control.port))
-    if cfg.tracing.local:
-        ports.append(("tracing.local_port", cfg.tracing.local_port))
-    m = cfg.metrics
-    if m.enabled:
-        counts = {"ingest": 1, "query": 1, "control": 1, "processor": processors, "delivery": deliveries}
-        for service, n in counts.items():
-            ports += [(f"metrics.{service}_port", m.port(service, i)) for i in range(n) if m.port(service, i)]
-        for name in ("rabbitmq", "prometheus"):
-            if getattr(m, f"{name}_port"):
-                ports.append((f"metrics.{name}_port", getattr(m, f"{name}_port")))
-    return ports
-
-
-def listened_on(port: int) -> bool:
-    """Whether a process listens on ``port`` (on 127.0.0.1 or every address). With SO_REUSEADDR, as the
+def listened_on(host: str, port: int) -> bool:
+    """Whether a process listens on ``port`` where ``host`` would bind it. With SO_REUSEADDR, as the
     components bind: the connections an earlier run closed (TIME_WAIT) do not count."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return True
     return False
 
 
-def ports_in_use(cfg: PlatformConfig, processors: int, deliveries: int) -> list[tuple[str, int]]:
-    """The planned ports something already listens on."""
-    return [(name, port) for name, port in planned_ports(cfg, processors, deliveries) if listened_on(port)]
+def ports_in_use(cfg: PlatformConfig, *, processors: int | None = None) -> list[Listener]:
+    """The stack's listeners (``switchboard.config.ports.listeners``) whose port something listens on already."""
+    return [x for x in listeners(cfg, processors=processors) if listened_on(x.host, x.port)]
 
 
-def check_ports(cfg: PlatformConfig, processors: int, deliveries: int) -> None:
-    """``StackError`` naming every planned port in use, before anything starts."""
-    taken = ports_in_use(cfg, processors, deliveries)
+def check_free(cfg: PlatformConfig, *, processors: int | None = None) -> None:
+    """``StackError`` naming every listener whose port is in use, before anything starts."""
+    taken = ports_in_use(cfg, processors=processors)
     if taken:
-        listed = ", ".join(f"{port} ({name})" for name, port in taken)
+        listed = ", ".join(f"{host_port(x.host, x.port)} ({x.key})" for x in taken)
         raise StackError(
             f"in use already: {listed}. A stack still running (an earlier `switchboard stack up` whose "
             "launcher was killed leaves its components behind: `ss -ltnp` names them), or another program"

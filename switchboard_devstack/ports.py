@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from switchboard.addresses import host_port
 from switchboard.errors import StackError
 
 __all__ = ["ephemeral_range", "free_port", "port_is_free", "reserve_port", "wait_port"]
@@ -123,5 +124,5 @@ def wait_port(host: str, port: int, timeout: float) -> None:
         except OSError as exc:
             last = exc
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"{host}:{port} did not accept connections within {timeout:g} s ({last})")
+            raise TimeoutError(f"{host_port(host, port)} did not accept connections within {timeout:g} s ({last})")
         time.sleep(0.05)

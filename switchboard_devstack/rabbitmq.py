@@ -25,6 +25,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+from switchboard.config.ports import RABBITMQ_DIST_OFFSET, RABBITMQ_PROMETHEUS_OFFSET
 from switchboard_devstack.ports import free_port, port_is_free, reserve_port
 from switchboard_devstack.process import ManagedProcess
 
@@ -202,14 +203,14 @@ class RabbitNode(ManagedProcess):
 
 
 def _default_prometheus_port(port: int) -> int:
-    candidate = port + 10000
+    candidate = port + RABBITMQ_PROMETHEUS_OFFSET
     if candidate < 65536 and port_is_free(candidate) and reserve_port(candidate):
         return candidate
     return free_port()
 
 
 def _default_dist_port(port: int) -> int:
-    candidate = port + 20000
+    candidate = port + RABBITMQ_DIST_OFFSET
     if candidate < 65536 and port_is_free(candidate):
         reserve_port(candidate)  # keep free_port() from handing it out meanwhile
         return candidate

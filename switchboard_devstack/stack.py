@@ -20,14 +20,16 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge.envoy_config import write_envoy_config
+from switchboard.addresses import host_port
 from switchboard.config import PlatformConfig
+from switchboard.config.ports import check_ports
 from switchboard.errors import StackError
 from switchboard.observability.hooks import PORT_ENV
 from switchboard.queue import Topology
 from switchboard.store import StoreSession
 from switchboard.streams import deliveries_topology, events_topology
 from switchboard_devstack.cassandra import CassandraNode
-from switchboard_devstack.claim import check_ports, lock_data_dir, unlock
+from switchboard_devstack.claim import check_free, lock_data_dir, unlock
 from switchboard_devstack.envoy import EnvoyProcess
 from switchboard_devstack.jwt import ensure_local_jwks, jwt_dir, local_api_edge
 from switchboard_devstack.paths import DevPaths
@@ -73,7 +75,7 @@ class ServiceProcess(ManagedProcess):
 
 def grpc_serving(host: str, port: int, service: str) -> bool:
     try:
-        with grpc.insecure_channel(f"{host}:{port}") as channel:
+        with grpc.insecure_channel(host_port(host, port)) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
@@ -153,7 +155,9 @@ class Stack:
     def _up(self, timeout: float) -> None:
         cfg = self.cfg
         self._lock = lock_data_dir(self.data_dir)  # before anything else touches it
-        check_ports(cfg, self.processors or cfg.processor.count, cfg.delivery.count)
+        if self.processors is not None:  # their metrics ports, as load_config checked them for processor.count
+            check_ports(cfg, processors=self.processors)
+        check_free(cfg, processors=self.processors)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for source in cfg.sources:  # create generated secrets and fail early on missing ones
             for ref in source.secrets:
@@ -283,7 +287,7 @@ class Stack:
         for p in self.started:
             if isinstance(p, ServiceProcess) and p.metrics_port:
                 job = p.name.split("-")[0]
-                targets.setdefault(job, []).append((p.name, f"{self.cfg.metrics.host}:{p.metrics_port}"))
+                targets.setdefault(job, []).append((p.name, host_port(self.cfg.metrics.host, p.metrics_port)))
         write_targets(self.metrics_dir, targets)
 
     def start_processor(self, env: dict[str, str] | None = None) -> ServiceProcess:
@@ -401,20 +405,20 @@ class Stack:
     # -- report -----------------------------------------------------------------------------------------
     def describe(self) -> str:
         cfg = self.cfg
-        edge = f"https://{cfg.edge.bind}:{cfg.edge.https_port}"
+        edge = f"https://{host_port(cfg.edge.bind, cfg.edge.https_port)}"
         lines = [
             "Switchboard is up.",
             f"  edge (HTTPS)      {edge}/webhook/<source>   sources: {', '.join(s.name for s in cfg.sources)}",
-            f"  ingest (gRPC)     {cfg.ingest.host}:{cfg.ingest.port}   webhooks.v1.Ingest",
-            f"  query (gRPC)      {cfg.query.host}:{cfg.query.port}   webhooks.v1.Query (reflection on)",
+            f"  ingest (gRPC)     {host_port(cfg.ingest.host, cfg.ingest.port)}   webhooks.v1.Ingest",
+            f"  query (gRPC)      {host_port(cfg.query.host, cfg.query.port)}   webhooks.v1.Query (reflection on)",
             *(
-                [f"  control (gRPC)    {cfg.control.host}:{cfg.control.port}   webhooks.v1.Subscriptions"]
+                [f"  control (gRPC)    {host_port(cfg.control.host, cfg.control.port)}   webhooks.v1.Subscriptions"]
                 if self.control is not None
                 else []
             ),
             f"  envoy admin       http://127.0.0.1:{cfg.edge.admin_port}",
             f"  rabbitmq (AMQP)   {cfg.rabbitmq.display_url}",
-            f"  cassandra (CQL)   {','.join(cfg.cassandra.hosts)}:{cfg.cassandra.port}"
+            f"  cassandra (CQL)   {','.join(host_port(h, cfg.cassandra.port) for h in cfg.cassandra.hosts)}"
             f"  keyspace {cfg.cassandra.keyspace}",
             f"  processors        {len(self.processor_procs)}   delivery workers {len(self.delivery_procs)}",
             f"  data / logs       {self.data_dir} / {self.log_dir}",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from switchboard.addresses import redacted_url
+from switchboard.addresses import host_port, redacted_url
 from switchboard.config._table import Table
 from switchboard.errors import ConfigError
 
@@ -30,7 +30,7 @@ class RabbitConfig:
     @property
     def amqp_url(self) -> str:
         """The URL the services connect with, credentials included: never log it (``display_url``)."""
-        return self.url or f"amqp://guest:guest@{self.host}:{self.port}/"
+        return self.url or f"amqp://guest:guest@{host_port(self.host, self.port)}/"
 
     @property
     def display_url(self) -> str:

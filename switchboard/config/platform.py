@@ -20,6 +20,7 @@ from switchboard.config.broker import RabbitConfig, parse_rabbitmq
 from switchboard.config.delivery import ControlConfig, DeliveryConfig, parse_control, parse_delivery
 from switchboard.config.edge import EdgeConfig, parse_edge
 from switchboard.config.metrics import MetricsConfig, parse_metrics
+from switchboard.config.ports import check_ports
 from switchboard.config.processor import ProcessorConfig, parse_processor
 from switchboard.config.services import IngestConfig, QueryConfig, parse_ingest, parse_query
 from switchboard.config.sources import SourceConfig, parse_sources
@@ -135,7 +136,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
                     "(Envoy checks them in front of it): set platform.services_on_network = true only if that "
                     "network is the platform's own; refusing to start"
                 )
-    return PlatformConfig(
+    cfg = PlatformConfig(
         path=path,
         data_dir=plat.path("data_dir", base),
         log_level=plat.string("log_level", choices=LOG_LEVELS, upper=True),
@@ -151,3 +152,5 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
         tracing=parse_tracing(table(raw, "tracing")),
         sources=sources,
     )
+    check_ports(cfg)  # every port in range, none shared (switchboard.config.ports)
+    return cfg

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from switchboard.addresses import host_port
 from switchboard.config._table import Table
 
 LOCAL = "local"
@@ -60,7 +61,7 @@ def parse_tracing(raw: Mapping[str, Any]) -> TracingConfig:
             port = None
         if parts.scheme not in ("", "http", "grpc") or not parts.hostname or port is None:
             raise t.error("endpoint", f"expected 'local', 'off' or host:port of an OTLP/gRPC collector: {endpoint!r}")
-        endpoint = f"{parts.hostname}:{port}"
+        endpoint = host_port(parts.hostname, port)
     return TracingConfig(
         endpoint=endpoint,
         sample_percent=t.float_between("sample_percent", 0.0, 100.0),

@@ -21,6 +21,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from switchboard.addresses import host_port
 from switchboard.config import MetricsConfig
 from switchboard.errors import BrokerUnavailable, ConfigError, SwitchboardError, Unavailable
 from switchboard.observability import metrics as m
@@ -53,8 +54,8 @@ async def metrics_endpoint(cfg: MetricsConfig, service: str, index: int = 0) -> 
     try:
         server, port = m.serve_metrics(cfg.host, wanted)
     except OSError as exc:
-        raise ConfigError(f"metrics: cannot listen on {cfg.host}:{wanted} ({exc.strerror or exc})") from None
-    log.info("metrics listening", extra={"address": f"{cfg.host}:{port}", "path": "/metrics"})
+        raise ConfigError(f"metrics: cannot listen on {host_port(cfg.host, wanted)} ({exc.strerror or exc})") from None
+    log.info("metrics listening", extra={"address": host_port(cfg.host, port), "path": "/metrics"})
     try:
         yield port
     finally:

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from switchboard import errors
+from switchboard.addresses import host_port
 from switchboard.config.edge import GRPC_MAX_MESSAGE_BYTES
 from switchboard.observability.rpc import MetricsInterceptor
 from switchboard.rpc.errors import ErrorInterceptor
@@ -51,7 +52,7 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [s.name for s in self.services]
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
-        self.address = f"{host}:{port}"
+        self.address = host_port(host, port)
         bound = self.server.add_insecure_port(self.address)
         if bound == 0:
             raise errors.ConfigError(f"cannot listen on {self.address} (port in use?)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from switchboard.addresses import redacted_url
+from switchboard.addresses import host_port, redacted_url
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,17 @@ def test_the_password_is_replaced_and_the_rest_kept(url: str, shown: str) -> Non
 def test_a_url_that_does_not_part_cleanly_shows_only_its_scheme(url: str) -> None:
     assert redacted_url(url) == "amqp://***"
     assert "pa" not in redacted_url(url).removeprefix("amqp://")
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "address"),
+    [
+        ("127.0.0.1", 50051, "127.0.0.1:50051"),
+        ("::1", 50051, "[::1]:50051"),
+        ("2001:db8::5", 9611, "[2001:db8::5]:9611"),
+        ("[::1]", 1, "[::1]:1"),
+        ("broker.internal", 5672, "broker.internal:5672"),
+    ],
+)
+def test_host_port_brackets_ipv6_literals(host: str, port: int, address: str) -> None:
+    assert host_port(host, port) == address
