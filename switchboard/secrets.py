@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import os
 import secrets as _secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from switchboard.errors import ConfigError
+from switchboard.files import create_new
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,8 @@ class Secret:
 class SecretRef:
     """Where a secret lives: an environment variable or a file, stripped; one line (a file with a second line,
     a note or a second key, is refused rather than read whole into a key that verifies nothing: several
-    secrets are several entries)."""
+    secrets are several entries). A file open to its group or to others is refused (``chmod 600``): a webhook
+    secret or the key that seals signing secrets must be readable, and replaceable, by its owner only."""
 
     env: str | None = None
     file: Path | None = None
@@ -50,11 +53,23 @@ class SecretRef:
         if not self.file.exists() and self.generate:
             generate_secret_file(self.file, self.generate)
         try:
+            mode = stat.S_IMODE(self.file.stat().st_mode)
+            if mode & 0o077:
+                raise ConfigError(
+                    f"secret file {self.file} is open to its group or others (mode {mode:04o}): run "
+                    f"chmod 600 {self.file} (and consider rotating the secret)"
+                )
             value = self.file.read_text().strip()
         except OSError as exc:
             raise ConfigError(f"cannot read secret file {self.file}: {exc.strerror}") from None
         if not value:
-            raise ConfigError(f"secret file {self.file} is empty")
+            hint = (
+                " (an interrupted first start before it was written atomically? remove it to have a new one "
+                "generated: an empty secret never signed or sealed anything)"
+                if self.generate
+                else ""
+            )
+            raise ConfigError(f"secret file {self.file} is empty{hint}")
         _one_line(value, f"secret file {self.file}")
         return Secret(value, f"file:{self.file}")
 
@@ -69,7 +84,9 @@ GENERATED_KINDS = ("whsec", "hex", "fernet")
 
 def generate_secret_file(path: Path, kind: str) -> None:
     """Write a new random secret readable by the owner only: ``whsec_`` + base64 of 32 bytes, 64 hex digits,
-    or a Fernet key (URL-safe base64 of 32 bytes)."""
+    or a Fernet key (URL-safe base64 of 32 bytes). The file appears whole or not at all (``create_new``: a
+    crash never leaves it empty), and never replaces one a concurrent start wrote first: a Fernet key that
+    sealed secrets must not be swapped for another."""
     raw = _secrets.token_bytes(32)
     if kind == "whsec":
         value = "whsec_" + base64.b64encode(raw).decode()
@@ -77,10 +94,7 @@ def generate_secret_file(path: Path, kind: str) -> None:
         value = base64.urlsafe_b64encode(raw).decode()
     else:
         value = raw.hex()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value + "\n")
+    create_new(path, value + "\n", mode=0o600)
 
 
 class SecretBox:

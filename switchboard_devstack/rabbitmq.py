@@ -26,6 +26,7 @@ import subprocess
 from pathlib import Path
 
 from switchboard.config.ports import RABBITMQ_DIST_OFFSET, RABBITMQ_PROMETHEUS_OFFSET
+from switchboard.files import create_new
 from switchboard_devstack.ports import free_port, port_is_free, reserve_port
 from switchboard_devstack.process import ManagedProcess
 
@@ -110,11 +111,13 @@ class RabbitNode(ManagedProcess):
     def prepare(self) -> None:
         for d in (self.mnesia_base, self.log_base):
             d.mkdir(parents=True, exist_ok=True)
+        if self.cookie_file.exists() and self.cookie_file.stat().st_size == 0:
+            # Left by a start that crashed between creating and writing it (before create_new): no node can
+            # have used it.
+            self.cookie_file.unlink()
         if not self.cookie_file.exists():
             cookie = "".join(secrets.choice(string.ascii_uppercase) for _ in range(32))
-            fd = os.open(self.cookie_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-            with os.fdopen(fd, "w") as f:
-                f.write(cookie)
+            create_new(self.cookie_file, cookie, mode=0o400)
         # Replaces /etc/rabbitmq/rabbitmq-env.conf (which names the system node); settings come from the
         # environment below.
         self.env_file.write_text("# Settings come from the environment of switchboard_devstack.RabbitNode.\n")

@@ -45,12 +45,15 @@ def write_test_config(
     ``scrape_interval`` seconds. Traces: the local receiver on a free port, ``trace_percent`` of the requests
     traced (all by default, so that a test can look at any event's trace)."""
     root.mkdir(parents=True, exist_ok=True)
+    # Secret files are the owner's only: the services refuse one open to others.
     (root / "stripe.secret").write_text(STRIPE_SECRET + "\n")
     (root / "hmac.secret").write_text(HMAC_SECRET + "\n")
     os.chmod(root / "stripe.secret", 0o600)
+    os.chmod(root / "hmac.secret", 0o600)
     provider_sources = ""
     for name, (scheme, secret) in PROVIDER_SOURCES.items():
         (root / f"{name}.secret").write_text(secret + "\n")
+        os.chmod(root / f"{name}.secret", 0o600)
         provider_sources += f"""
 [[sources]]
 name = "{name}"

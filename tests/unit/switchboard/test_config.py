@@ -137,6 +137,7 @@ def test_a_secret_of_more_than_one_line_is_refused(tmp_path: Path, monkeypatch: 
     """Read whole, such a file made a key that verified nothing: every request a 401 (found in review)."""
     noted = tmp_path / "noted.secret"
     noted.write_text("whsec_abc\n# rotated 2026-12-01\n")
+    noted.chmod(0o600)
     with pytest.raises(ConfigError, match="more than one line") as caught:
         SecretRef(file=noted).resolve()
     assert "whsec_abc" not in str(caught.value)
@@ -144,6 +145,7 @@ def test_a_secret_of_more_than_one_line_is_refused(tmp_path: Path, monkeypatch: 
     with pytest.raises(ConfigError, match="more than one line"):
         SecretRef(env="SB_TEST_TWO").resolve()
     (tmp_path / "trailing.secret").write_text("\n  whsec_abc  \n\n")
+    (tmp_path / "trailing.secret").chmod(0o600)
     assert SecretRef(file=tmp_path / "trailing.secret").resolve().reveal() == "whsec_abc"
 
 

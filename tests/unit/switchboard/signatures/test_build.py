@@ -86,6 +86,7 @@ def test_each_scheme_names_the_headers_that_carry_its_signature(
 def test_secret_from_file(tmp_path: Path) -> None:
     path = tmp_path / "gh.secret"
     path.write_text("file-secret\n")
+    path.chmod(0o600)
     verifier = build_verifier(source("github", SecretRef(file=path)))
     body = b"{}"
     assert verifier.verify(sign("github", "file-secret", body, now=NOW, event_id="d1"), body, NOW).event_id == "d1"
@@ -120,6 +121,7 @@ def test_unresolvable_secret_names_the_source(monkeypatch: pytest.MonkeyPatch, t
 def test_undecodable_secret_file_does_not_leak(tmp_path: Path) -> None:
     path = tmp_path / "bin.secret"
     path.write_bytes(b"abc\xffSECRETPART")
+    path.chmod(0o600)
     with pytest.raises(ConfigError) as exc:
         build_verifier(source("github", SecretRef(file=path)))
     assert "'src-1'" in str(exc.value)
