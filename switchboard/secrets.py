@@ -31,8 +31,9 @@ class Secret:
 class SecretRef:
     """Where a secret lives: an environment variable or a file, stripped; one line (a file with a second line,
     a note or a second key, is refused rather than read whole into a key that verifies nothing: several
-    secrets are several entries). A file open to its group or to others is refused (``chmod 600``): a webhook
-    secret or the key that seals signing secrets must be readable, and replaceable, by its owner only."""
+    secrets are several entries). A file others may read or write, or its group write, is refused (``chmod
+    600``): a webhook secret or the key that seals signing secrets is no one else's to read or replace. Its
+    group may read it (0640, 0440: how an orchestrator mounts a secret for a non-root container's group)."""
 
     env: str | None = None
     file: Path | None = None
@@ -54,9 +55,9 @@ class SecretRef:
             generate_secret_file(self.file, self.generate)
         try:
             mode = stat.S_IMODE(self.file.stat().st_mode)
-            if mode & 0o077:
+            if mode & 0o027:
                 raise ConfigError(
-                    f"secret file {self.file} is open to its group or others (mode {mode:04o}): run "
+                    f"secret file {self.file} is open to others or writable by its group (mode {mode:04o}): run "
                     f"chmod 600 {self.file} (and consider rotating the secret)"
                 )
             value = self.file.read_text().strip()
