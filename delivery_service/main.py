@@ -92,6 +92,7 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
                 subscription_in_flight=d.subscription_in_flight,
                 host_in_flight=d.host_in_flight,
                 slot_wait_ms=d.slot_wait_ms,
+                max_retry_after_s=d.max_retry_after_seconds,
             ),
             tracer=tracer,
             breakers=breakers,

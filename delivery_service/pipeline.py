@@ -124,6 +124,7 @@ class Defaults:
     subscription_in_flight: int = 32
     host_in_flight: int = 64
     slot_wait_ms: int = 250
+    max_retry_after_s: float = policy.MAX_RETRY_AFTER
 
 
 class DeliveryPipeline:
@@ -393,6 +394,7 @@ class DeliveryPipeline:
             attempt=attempt_no,
             policy=schedule,
             rng=self.rng,
+            max_retry_after=self.defaults.max_retry_after_s,
         )
         finished = now_us()
         self.tracer.record(

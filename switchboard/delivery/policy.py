@@ -31,7 +31,8 @@ Outcome rules (:func:`classify`; a status always wins over an error class):
 * 410 → ``FAILED`` without retry and ``disable_subscription=True`` (reason ``GONE``, recorded).
 * 408, 429, 502, 503, 504 → ``THROTTLED``, retried. ``Retry-After`` (delta-seconds or an HTTP-date) is
   honoured only to wait LONGER: the delay is ``max(jittered schedule delay, min(Retry-After,
-  MAX_RETRY_AFTER))``, with ``MAX_RETRY_AFTER`` = 1 h. A receiver can thus slow us down (up to an hour per
+  max_retry_after))``, ``max_retry_after`` the worker's ``delivery.max_retry_after_seconds`` (by default
+  ``MAX_RETRY_AFTER`` = 1 h). A receiver can thus slow us down (up to an hour per
   attempt) but never burn through the attempts faster than the schedule (``Retry-After: 0`` on a load
   balancer's 503 would otherwise spend all 8 attempts in seconds); a value that does not parse is ignored.
 * any other 4xx → ``FAILED`` without retry (dead-letter): ``CLIENT_ERROR``.
@@ -213,7 +214,13 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 def _retry(
-    policy: RetryPolicy, attempt: int, rng: random.Random, reason: str, detail: str, floor_s: float | None = None
+    policy: RetryPolicy,
+    attempt: int,
+    rng: random.Random,
+    reason: str,
+    detail: str,
+    floor_s: float | None = None,
+    cap_s: float = MAX_RETRY_AFTER,
 ) -> Decision:
     delay = policy.delay_ms(attempt, rng)
     if delay is None:
@@ -221,7 +228,7 @@ def _retry(
             Outcome.FAILED, reason, exhausted=True, detail=f"{detail}; no attempt left ({policy.max_attempts} made)"
         )
     if floor_s is not None:
-        wanted = round(min(floor_s, MAX_RETRY_AFTER) * 1000)
+        wanted = round(min(floor_s, cap_s) * 1000)
         if wanted > delay:
             delay = wanted
             detail = f"{detail}; Retry-After honoured ({wanted / 1000:g} s)"
@@ -237,10 +244,12 @@ def classify(
     attempt: int,
     policy: RetryPolicy = DEFAULT_POLICY,
     rng: random.Random | None = None,
+    max_retry_after: float = MAX_RETRY_AFTER,
 ) -> Decision:
     """Decide what follows attempt number ``attempt`` (1-based), which ended with an HTTP ``status`` or,
-    without one, an ``error`` class; ``retry_after`` is the response's ``Retry-After`` header, ``now`` the
-    current Unix time (for HTTP-dates). Rules in the module docstring."""
+    without one, an ``error`` class; ``retry_after`` is the response's ``Retry-After`` header (honoured up to
+    ``max_retry_after`` seconds), ``now`` the current Unix time (for HTTP-dates). Rules in the module
+    docstring."""
     if attempt < 1:
         raise ValueError(f"attempt numbers start at 1, not {attempt}")
     rng = rng if rng is not None else random.Random()
@@ -255,7 +264,13 @@ def classify(
             )
         if status in _THROTTLE_STATUSES:
             return _retry(
-                policy, attempt, rng, "THROTTLED", f"HTTP {status}", floor_s=parse_retry_after(retry_after, now)
+                policy,
+                attempt,
+                rng,
+                "THROTTLED",
+                f"HTTP {status}",
+                floor_s=parse_retry_after(retry_after, now),
+                cap_s=max_retry_after,
             )
         if 400 <= status <= 499:
             return Decision(Outcome.FAILED, "CLIENT_ERROR", detail=f"HTTP {status} (not retried)")

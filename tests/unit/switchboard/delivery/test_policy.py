@@ -217,6 +217,13 @@ def test_retry_after_is_capped_at_an_hour() -> None:
     assert decide(503, retry_after="86400", attempt=5).delay_ms == 18_000_000
 
 
+def test_retry_after_is_capped_at_the_configured_maximum() -> None:
+    """delivery.max_retry_after_seconds reaches the decision (it was read and never used: the cap was always
+    an hour)."""
+    capped = classify(503, None, "86400", NOW, attempt=1, rng=MIDDLE, max_retry_after=600)
+    assert capped.delay_ms == 600_000 and "honoured (600 s)" in capped.detail
+
+
 def test_retry_after_http_date() -> None:
     when = datetime.fromtimestamp(NOW + 600, tz=UTC)
     header = format_datetime(when, usegmt=True)
