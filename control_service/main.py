@@ -15,6 +15,7 @@ from control_service.replay import Limits, ReplayManager
 from control_service.servicer import SubscriptionsServicer
 from control_service.subscriptions import Rules, SubscriptionManager
 from switchboard.config import PlatformConfig
+from switchboard.config.ports import platform_ports
 from switchboard.delivery.sender import Sender
 from switchboard.model.events import InboundEvent
 from switchboard.model.operations import DeadLetterKind
@@ -45,6 +46,7 @@ def rules(cfg: PlatformConfig) -> Rules:
         event_types={s.name: s.event_types for s in cfg.sources},
         allow_http_hosts=d.allow_http_hosts,
         allow_networks=d.allow_networks,
+        reserved_ports=platform_ports(cfg),
         default_timeout_ms=round(d.timeout_seconds * 1000),
         secret_overlap_us=round(d.secret_overlap_seconds * 1_000_000),
     )
@@ -81,7 +83,12 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
         await notices.start(life.stopping)
         life.on_close(notices.close)
         d = cfg.delivery
-        prober = Sender(allow_http_hosts=d.allow_http_hosts, allow_networks=d.allow_networks, ca_file=d.ca_file)
+        prober = Sender(
+            allow_http_hosts=d.allow_http_hosts,
+            allow_networks=d.allow_networks,
+            reserved_ports=platform_ports(cfg),
+            ca_file=d.ca_file,
+        )
         await prober.start()
         life.on_close(prober.close)
         subscriptions = SubscriptionStore(store, box)

@@ -84,6 +84,8 @@ class Rules:
     event_types: Mapping[str, Collection[str]]
     allow_http_hosts: tuple[str, ...] = ()
     allow_networks: tuple[str, ...] = ()
+    # The platform's own ports: no callback on one of them while allow_networks opens internal addresses.
+    reserved_ports: frozenset[int] = frozenset()
     default_timeout_ms: int = 10_000
     secret_overlap_us: int = 86_400 * 1_000_000
 
@@ -344,7 +346,12 @@ class SubscriptionManager:
         """``s`` with the draft's values for ``fields``, each validated."""
         r = self.rules
         if "callback_url" in fields and draft.callback_url is not None:
-            parsed = check_url(draft.callback_url, allow_http_hosts=r.allow_http_hosts, allow_networks=r.allow_networks)
+            parsed = check_url(
+                draft.callback_url,
+                allow_http_hosts=r.allow_http_hosts,
+                allow_networks=r.allow_networks,
+                reserved_ports=r.reserved_ports,
+            )
             if parsed.ip is None:  # the host must resolve, and every address must be allowed
                 await resolve_and_check(parsed.host, parsed.port, r.allow_networks)
             s.callback_url = parsed.url

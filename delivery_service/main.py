@@ -10,6 +10,7 @@ from delivery_service import failpoints
 from delivery_service.limiter import Limiter
 from delivery_service.pipeline import FORGET_EVERY_S, Defaults, DeliveryPipeline
 from switchboard.config import PlatformConfig
+from switchboard.config.ports import platform_ports
 from switchboard.delivery.breaker import Breakers, BreakerSettings
 from switchboard.delivery.sender import Sender
 from switchboard.errors import BrokerUnavailable
@@ -70,6 +71,7 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
         sender = Sender(
             allow_http_hosts=d.allow_http_hosts,
             allow_networks=d.allow_networks,
+            reserved_ports=platform_ports(cfg),
             ca_file=d.ca_file,
             user_agent=d.user_agent,
             max_per_host=d.host_in_flight,  # the pipeline takes no more per host: none waits for a connection

@@ -20,7 +20,7 @@ from switchboard.errors import ConfigError
 if TYPE_CHECKING:
     from switchboard.config.platform import PlatformConfig
 
-__all__ = ["Listener", "check_ports", "listeners"]
+__all__ = ["Listener", "check_ports", "listeners", "platform_ports"]
 
 MAX_PORT = 65535
 LOOPBACK = "127.0.0.1"  # where the local stack's nodes, Envoy's admin and the trace receiver listen
@@ -85,6 +85,14 @@ def listeners(cfg: PlatformConfig, *, processors: int | None = None) -> list[Lis
     if cfg.tracing.local:
         add("tracing.local_port", LOOPBACK, cfg.tracing.local_port)
     return out
+
+
+def platform_ports(cfg: PlatformConfig) -> frozenset[int]:
+    """Every port ``cfg`` listens on (``listeners``), the managed broker's and store's included even where this
+    process does not run them: no delivery may be sent to one (``switchboard.delivery.urls.check_url``)."""
+    ports = {x.port for x in listeners(cfg)}
+    ports |= {cfg.rabbitmq.port, cfg.cassandra.port, cfg.cassandra.storage_port, cfg.edge.admin_port}
+    return frozenset(p for p in ports if p)
 
 
 def check_ports(cfg: PlatformConfig, *, processors: int | None = None) -> None:

@@ -53,6 +53,7 @@ class Sender:
         *,
         allow_http_hosts: tuple[str, ...] = (),
         allow_networks: tuple[str, ...] = (),
+        reserved_ports: frozenset[int] = frozenset(),
         ca_file: Path | None = None,
         user_agent: str = "Switchboard-Webhooks",
         max_connections: int = 512,
@@ -61,6 +62,7 @@ class Sender:
     ) -> None:
         self.allow_http_hosts = allow_http_hosts
         self.allow_networks = parse_networks(allow_networks)  # once: check_url runs before every request
+        self.reserved_ports = reserved_ports
         # A subscription's URL is checked once per process, not before every send (a few percent of the
         # worker's CPU). Only the text is checked here; where its name resolves is checked at each connect.
         self._checked = functools.lru_cache(maxsize=4096)(self._check)
@@ -107,7 +109,12 @@ class Sender:
         )
 
     def _check(self, url: str) -> ParsedUrl:
-        return check_url(url, allow_http_hosts=self.allow_http_hosts, allow_networks=self.allow_networks)
+        return check_url(
+            url,
+            allow_http_hosts=self.allow_http_hosts,
+            allow_networks=self.allow_networks,
+            reserved_ports=self.reserved_ports,
+        )
 
     async def _request(self, method: str, url: str, body: bytes, headers: dict[str, str], within: float) -> Response:
         assert self._session is not None, "start() first"

@@ -326,8 +326,13 @@ def check_url(
     *,
     allow_http_hosts: Collection[str] = (),
     allow_networks: Collection[NetworkSpec] = (),
+    reserved_ports: Collection[int] = (),
 ) -> ParsedUrl:
-    """Validate a callback URL (see the module docstring); returns its canonical form."""
+    """Validate a callback URL (see the module docstring); returns its canonical form. With an allowlist
+    (``allow_networks``: internal addresses are reachable), a port in ``reserved_ports`` (the platform's own:
+    Envoy's admin, the services, their metrics, the broker and the store) is ``CALLBACK_URL_FORBIDDEN``
+    whatever the host: with loopback allowed, a subscription to ``http://127.0.0.1:9901/quitquitquit`` made the
+    delivery worker stop Envoy, and ``/logging?level=debug`` made it log every request's headers."""
     if not isinstance(url, str):
         raise _invalid("must be a string")
     if not url:
@@ -370,6 +375,8 @@ def check_url(
         raise _invalid("has no port")
     if len(canonical) > MAX_URL_LENGTH:
         raise _invalid(f"is longer than {MAX_URL_LENGTH} characters once encoded")
+    if allow and port in reserved_ports:
+        raise ForbiddenDestination(f"callback_url: port {port} is one this platform listens on", label="platform port")
     ip = _check_host(host, allow)
     return ParsedUrl(url=canonical, scheme=scheme, host=host, port=port, ip=ip)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -232,6 +233,36 @@ def test_http_only_for_allowed_hosts_and_networks_open_ip_literals() -> None:
     allowed = check_url("http://127.0.0.1:8080/", allow_http_hosts=["127.0.0.1"], allow_networks=LOOPBACK)
     assert allowed.ip == ipaddress.ip_address("127.0.0.1")
     assert check_url("https://[::1]:9/", allow_networks=LOOPBACK).ip == ipaddress.ip_address("::1")
+
+
+def test_the_platforms_own_ports_are_refused_while_internal_addresses_are_open() -> None:
+    """With loopback allowed (the shipped development configuration), a subscription to Envoy's admin
+    (http://127.0.0.1:9901/quitquitquit) made the delivery worker stop the edge; by name or by address, any
+    port the platform listens on is refused then. Without an allowlist no internal address is reachable, and a
+    public receiver may listen on any port."""
+    reserved = frozenset({9901, 50051})
+    for url in ("http://127.0.0.1:9901/quitquitquit", "http://localhost:50051/", "https://[::1]:9901/logging"):
+        with pytest.raises(ForbiddenDestination, match="one this platform listens on"):
+            check_url(
+                url,
+                allow_http_hosts=["127.0.0.1", "localhost", "::1"],
+                allow_networks=LOOPBACK,
+                reserved_ports=reserved,
+            )
+    assert check_url(
+        "http://127.0.0.1:4400/", allow_http_hosts=["127.0.0.1"], allow_networks=LOOPBACK, reserved_ports=reserved
+    )
+    assert check_url("https://example.com:9901/", reserved_ports=reserved).port == 9901
+
+
+def test_the_shipped_configuration_reserves_its_admin_and_service_ports() -> None:
+    from switchboard.config import load_config
+    from switchboard.config.ports import platform_ports
+
+    cfg = load_config(Path(__file__).resolve().parents[4] / "switchboard.toml")
+    ports = platform_ports(cfg)
+    assert {cfg.edge.admin_port, cfg.edge.https_port, cfg.ingest.port, cfg.query.port, cfg.control.port} <= ports
+    assert {cfg.rabbitmq.port, cfg.cassandra.port} <= ports
 
 
 def test_check_url_accepts_names_without_resolving_them() -> None:
