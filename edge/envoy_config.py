@@ -89,6 +89,7 @@ from edge.filters import access_log_config, downstream_tls, http_filters
 from edge.local_replies import local_reply_config
 from edge.routes import route_config
 from switchboard.config import PlatformConfig
+from switchboard.config.edge import MAX_REQUEST_HEADERS_KB
 from switchboard.files import atomic_write
 
 # The edge's public names, for the stack, the CLI and the tests: the filter and cluster names a test looks up
@@ -150,6 +151,7 @@ def render_envoy_config(
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "server_name": "switchboard",
+        "max_request_headers_kb": MAX_REQUEST_HEADERS_KB,
         "request_headers_timeout": "10s",
         "stream_idle_timeout": "60s",
         "request_timeout": "120s",

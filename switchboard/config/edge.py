@@ -18,6 +18,12 @@ GRPC_MAX_MESSAGE_BYTES = 16 * MiB
 # with room for the request's other fields. A larger limit would let Envoy pass bodies that ingest's server
 # refuses (RESOURCE_EXHAUSTED, a 429 the provider retries for ever).
 MAX_BODY_BYTES = GRPC_MAX_MESSAGE_BYTES - 64 * 1024
+# Request headers Envoy takes, in KiB (its default is 60): more is its own JSON 431 (HEADERS_TOO_LARGE). They
+# reach ingest as gRPC metadata, which a server takes up to GRPC_MAX_METADATA_BYTES (gRPC's default refuses
+# 8-16 KiB at random and more always, RESOURCE_EXHAUSTED: a 429 the provider retried for days), with room for
+# what Envoy adds.
+MAX_REQUEST_HEADERS_KB = 16
+GRPC_MAX_METADATA_BYTES = 32 * 1024
 # Envoy's token bucket holds at most this many tokens (max_tokens is a uint32): a larger rate limit makes
 # Envoy refuse its configuration.
 MAX_RATE_LIMIT_REQUESTS = 2**32 - 1

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from switchboard import errors
 from switchboard.addresses import host_port
-from switchboard.config.edge import GRPC_MAX_MESSAGE_BYTES
+from switchboard.config.edge import GRPC_MAX_MESSAGE_BYTES, GRPC_MAX_METADATA_BYTES
 from switchboard.observability.rpc import MetricsInterceptor
 from switchboard.rpc.errors import ErrorInterceptor
 
@@ -31,6 +31,16 @@ class Service:
     servicer: Any
 
 
+# What every service's server takes: a message up to GRPC_MAX_MESSAGE_BYTES, metadata (the request headers
+# Envoy passes on) up to GRPC_MAX_METADATA_BYTES, 1000 calls at once per connection.
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.max_metadata_size", GRPC_MAX_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", GRPC_MAX_METADATA_BYTES),
+    ("grpc.max_concurrent_streams", 1000),
+]
+
+
 class GrpcServer:
     def __init__(self, host: str, port: int, services: Iterable[Service], *, grace_seconds: float = 5.0) -> None:
         self.services = list(services)
@@ -40,11 +50,7 @@ class GrpcServer:
         self.server = grpc.aio.server(
             # The metrics interceptor is outermost: it sees the status the error interceptor chose.
             interceptors=[metrics, ErrorInterceptor()],
-            options=[
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
-                ("grpc.max_concurrent_streams", 1000),
-            ],
+            options=[("grpc.so_reuseport", 0), *SERVER_OPTIONS],
         )
         self.health = health.aio.HealthServicer()
         for svc in self.services:

@@ -31,6 +31,7 @@ from webhooks.v1 import ingest_pb2, ingest_pb2_grpc
 from edge import envoy_config
 from edge.envoy_config import render_envoy_config, route_timeout_seconds, write_envoy_config
 from switchboard.config import PlatformConfig, parse_config
+from switchboard.rpc.server import SERVER_OPTIONS
 from switchboard_devstack import tls
 from switchboard_devstack.envoy import EnvoyProcess
 from switchboard_devstack.ports import free_port
@@ -147,7 +148,7 @@ def edge_config(
 
 async def start_edge(cfg: PlatformConfig, *, otlp_endpoint: str | None = None) -> Edge:
     ingest = FakeIngest()
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=SERVER_OPTIONS)  # what the real ingest's server takes
     ingest_pb2_grpc.add_IngestServicer_to_server(ingest, server)
     server.add_insecure_port(f"{cfg.ingest.host}:{cfg.ingest.port}")
     await server.start()
@@ -492,6 +493,20 @@ GRPC_CONTENT_TYPES = (
 # Source routes, the default source, an unknown path, and the path a gRPC client calls.
 GRPC_PATHS = ("/webhook/alpha", "/webhook", "/nope", "/webhooks.v1.Ingest/Receive")
 EMPTY_RECEIVE_REQUEST = b"\x00\x00\x00\x00\x00"  # one gRPC message frame: an empty ReceiveRequest
+
+
+async def test_request_headers_up_to_16_kib_reach_ingest_and_more_are_json_431(edge: Edge) -> None:
+    """Envoy took 60 KiB of headers and passed them on as metadata, which gRPC's default refuses above 8 KiB at
+    random and 16 KiB always (RESOURCE_EXHAUSTED, a 429 the provider retries for days). Now 12 KiB arrive, and
+    more than 16 KiB is Envoy's own 431."""
+    async with edge.client() as client:
+        test_id, headers = tagged(**{f"x-extra-{i}": "v" * 1000 for i in range(12)})
+        resp = await client.post("/webhook/alpha", content=b"{}", headers=headers)
+        assert resp.status_code == 200, resp.text
+        assert edge.ingest.by_test_id(test_id).metadata["x-extra-11"] == "v" * 1000
+        _, headers = tagged(**{f"x-extra-{i}": "v" * 1000 for i in range(20)})
+        resp = await client.post("/webhook/alpha", content=b"{}", headers=headers)
+    assert_error(resp, 431, 3, "HEADERS_TOO_LARGE")
 
 
 async def test_grpc_requests_are_json_415_never_a_200(edge: Edge) -> None:
