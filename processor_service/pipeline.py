@@ -53,7 +53,11 @@ class EventPipeline:
             for i, e in events:
                 (later if e.key in keys else now).append((i, e))
                 keys.add(e.key)
-            handled = await self.processor.handle([e for _, e in now], held=_held([batch[i] for i, _ in now]))
+            handled = await self.processor.handle(
+                [e for _, e in now],
+                held=_held([batch[i] for i, _ in now]),
+                sent_attempts=[batch[i].attempt for i, _ in now],
+            )
             for (i, e), h in zip(now, handled, strict=True):
                 verdicts[i] = verdict(e, h)
             events = later
@@ -74,6 +78,12 @@ def verdict(event: InboundEvent, handled: Handled) -> Verdict:
                 extra={"event": event.key, "attempt": handled.attempt, "error": handled.last_error[:300]},
             )
             return Retry(handled.attempt, handled.last_error)
+        case Disposition.BEHIND:
+            log.info(
+                "a copy behind its stored attempts, sent back to wait",
+                extra={"event": event.key, "attempt": handled.attempt},
+            )
+            return Retry(handled.attempt, handled.last_error, outcome="behind")
         case Disposition.FAILED:
             log.error(
                 "event failed after its last attempt, dead-lettered",

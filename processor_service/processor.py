@@ -52,6 +52,7 @@ from switchboard.model.events import (
     OperationResult,
     Outcome,
     Prior,
+    Runs,
     StoredEvent,
     now_us,
 )
@@ -66,7 +67,7 @@ REDELIVERED_FAILED = "failed on its last attempt (redelivered before its dead le
 
 class EventStore(Protocol):
     async def priors(self, events: Sequence[InboundEvent]) -> dict[str, Prior]: ...
-    async def done_operations(self, source: str, event_id: str) -> frozenset[str]: ...
+    async def runs_of(self, source: str, event_id: str, receipt_id: str) -> Runs: ...
     async def commit(
         self,
         commits: Sequence[Commit],
@@ -88,6 +89,7 @@ class Disposition(enum.Enum):
     DUPLICATE = "duplicate"  # another receipt of this event was applied: ack
     DONE = "done"  # this receipt was already committed in a final state (a redelivery): ack
     ABANDONED = "abandoned"  # no longer held when the batch was about to commit: nothing committed, no ack
+    BEHIND = "behind"  # a copy behind the stored attempts of a RETRYING pass: nothing run, back to wait, ack
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,15 @@ class Handled:
 
 @dataclass
 class _Pass:
-    """One receipt to apply: its attempt number and the operations still to run."""
+    """One receipt to apply: its attempt number, the operations still to run, and its last attempt (the
+    receipt's first attempt + ``max_attempts`` - 1: a replay counts its attempts on from the event's, and gets
+    as many as a new event)."""
 
     event: InboundEvent
     attempt: int
     ops: list[Operation]
     guarded: bool
+    last_attempt: int
 
 
 class Processor:
@@ -130,13 +135,24 @@ class Processor:
         self._pending: dict[tuple[str, str], dict[int, int]] = {}
         self._batches = itertools.count()
 
-    async def handle(self, events: Sequence[InboundEvent], held: Callable[[int], bool] | None = None) -> list[Handled]:
+    async def handle(
+        self,
+        events: Sequence[InboundEvent],
+        held: Callable[[int], bool] | None = None,
+        sent_attempts: Sequence[int] | None = None,
+    ) -> list[Handled]:
         """Decides, applies and commits a batch of receipts with distinct keys; one ``Handled`` each, in order.
 
         ``held(i)`` says whether ``events[i]`` is still this processor's to decide; it is asked right before
         the commit. A receipt no longer held (its queue channel closed while the batch ran, so the broker
         hands it to the partition's next processor) is left out of the commit and answered ``ABANDONED``:
-        committing it would race that processor's read (see "Windows that remain", docs/processing.md)."""
+        committing it would race that processor's read (see "Windows that remain", docs/processing.md).
+
+        ``sent_attempts[i]``: the attempts made before ``events[i]``'s copy was sent (its ``x-attempt``). A
+        copy of a pass still RETRYING that is behind the stored attempts (its retry copy was never published:
+        the broker refused it, during a resource alarm at once, or the batch was retried after an outage once
+        its commit had landed) runs nothing and is answered ``BEHIND``: sent back to wait in the delay queue
+        of the stored attempt. Run at once, such copies spent an event's attempts in seconds."""
         assert len({e.key for e in events}) == len(events), "one receipt per event in a batch"
         started_ns = time.time_ns()
         # The entity versions are read together with the priors, for every event that names a versioned
@@ -157,11 +173,13 @@ class Processor:
                 # A row with no receipt was never committed: what a redrive's reset of attempts leaves for an
                 # event dead-lettered before its first commit (a batch the store refused). Nothing is applied.
                 prior = None
-            if e.replay:
-                # A replay is applied again on purpose: every operation runs, as the next attempt.
-                passes[i] = self._pass(e, (prior.attempts if prior else 0) + 1, frozenset())
+            if e.replay and (prior is None or prior.receipt_id != e.receipt_id):
+                # A replay is applied again on purpose: every operation runs, as the next attempt. Its own
+                # retries and redeliveries (the same receipt) resume like any other pass below.
+                attempt = (prior.attempts if prior else 0) + 1
+                passes[i] = self._pass(e, attempt, frozenset(), attempt)
             elif prior is None:
-                passes[i] = self._pass(e, 1, frozenset())
+                passes[i] = self._pass(e, 1, frozenset(), 1)
             elif prior.receipt_id != e.receipt_id:
                 duplicates.append(e)
                 out[i] = Handled(Disposition.DUPLICATE)
@@ -173,12 +191,17 @@ class Processor:
                     out[i] = Handled(Disposition.FAILED, prior.attempts, REDELIVERED_FAILED, again=True)
                 else:
                     out[i] = Handled(Disposition.DONE, prior.attempts)
+            elif sent_attempts is not None and sent_attempts[i] < prior.attempts:
+                out[i] = Handled(Disposition.BEHIND, prior.attempts, f"behind attempt {prior.attempts}: sent to wait")
             else:
                 resumed.append((i, e, prior))
-        if resumed:  # retries and redeliveries of a non-final pass: skip what is done
-            done = await asyncio.gather(*(self.store.done_operations(e.source, e.event_id) for _, e, _ in resumed))
-            for (i, e, prior), ops_done in zip(resumed, done, strict=True):
-                passes[i] = self._pass(e, prior.attempts + 1, ops_done)
+        if resumed:  # retries and redeliveries of a non-final pass: skip what this receipt did
+            runs = await asyncio.gather(
+                *(self.store.runs_of(e.source, e.event_id, e.receipt_id) for _, e, _ in resumed)
+            )
+            for (i, e, prior), run in zip(resumed, runs, strict=True):
+                attempt = prior.attempts + 1
+                passes[i] = self._pass(e, attempt, run.done, run.first_attempt(attempt))
 
         commits: dict[int, Commit] = {}
         # No await from here to the end of _decide: batches running concurrently decide one after the other.
@@ -344,9 +367,9 @@ class Processor:
         while len(self._decided) > DECIDED_VERSIONS:
             del self._decided[next(iter(self._decided))]
 
-    def _pass(self, event: InboundEvent, attempt: int, done: frozenset[str]) -> _Pass:
+    def _pass(self, event: InboundEvent, attempt: int, done: frozenset[str], first_attempt: int) -> _Pass:
         ops = [op for op in self.registry.matching(event) if op.name not in done]
-        return _Pass(event, attempt, ops, guarded=_guarded(event))
+        return _Pass(event, attempt, ops, _guarded(event), first_attempt + self.max_attempts - 1)
 
     async def _run(self, p: _Pass) -> tuple[Commit, Handled]:
         """Runs the pass's operations one after another and builds what to commit."""
@@ -360,7 +383,7 @@ class Processor:
         last_error = "; ".join(f"{r.operation}: {r.error}" for r in failed)[:2000]
         if not failed:
             status, disposition = EventStatus.PROCESSED, Disposition.PROCESSED
-        elif p.attempt < self.max_attempts:
+        elif p.attempt < p.last_attempt:
             status, disposition = EventStatus.RETRYING, Disposition.RETRY
         else:
             status, disposition = EventStatus.FAILED, Disposition.FAILED

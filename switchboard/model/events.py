@@ -93,6 +93,21 @@ Effect = EntitySnapshot
 
 
 @dataclass(frozen=True, slots=True)
+class Runs:
+    """What one receipt of an event did in the passes committed for it: the operations it ran OK or skipped
+    (never run again for that receipt) and the attempt numbers of its results."""
+
+    done: frozenset[str] = frozenset()
+    attempts: frozenset[int] = frozenset()
+
+    def first_attempt(self, attempt: int) -> int:
+        """The first attempt of the run that ``attempt`` continues: the receipt's lowest attempt before it (a
+        redrive numbers attempts from 1 again, so later ones of an earlier run do not count), else
+        ``attempt`` itself."""
+        return min((a for a in self.attempts if a < attempt), default=attempt)
+
+
+@dataclass(frozen=True, slots=True)
 class Prior:
     """What the store holds of an event before a new processing pass: the receipt that was applied (the first
     to be committed), the status of its last pass and the attempts made."""

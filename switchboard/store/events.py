@@ -18,6 +18,7 @@ from switchboard.model.events import (
     OperationResult,
     Outcome,
     Prior,
+    Runs,
     StoredEvent,
 )
 from switchboard.pagination import check_range
@@ -67,10 +68,17 @@ class EventStore:
                     )
         return out
 
-    async def done_operations(self, source: str, event_id: str) -> frozenset[str]:
-        """Operations of the event with an OK or SKIPPED run: they never run again for it."""
+    async def runs_of(self, source: str, event_id: str, receipt_id: str) -> Runs:
+        """What ``receipt_id`` did for the event: its operations with an OK or SKIPPED run (they never run again
+        for it) and its attempts. Another receipt's runs do not count: a replay's retry ran again what the
+        replay had already run, taken for done by the event's first receipt. (A result without a receipt,
+        written before results had one, counts for every receipt: never applied twice.)"""
         rows = await self.store.execute(self.q.run_records, (source, event_id))
-        return frozenset(r.operation for r in rows if r.outcome in (Outcome.OK.value, Outcome.SKIPPED.value))
+        mine = [r for r in rows if r.receipt_id in (receipt_id, None)]
+        return Runs(
+            done=frozenset(r.operation for r in mine if r.outcome in (Outcome.OK.value, Outcome.SKIPPED.value)),
+            attempts=frozenset(r.attempt for r in mine if r.attempt),
+        )
 
     async def commit(
         self,

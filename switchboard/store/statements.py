@@ -24,7 +24,7 @@ def _event_cql(ks: str) -> dict[str, str]:
     return {
         "priors": f"""SELECT event_id, receipt_id, status, attempts FROM {ks}.events
             WHERE source = ? AND event_id IN ?""",
-        "run_records": f"""SELECT rec, operation, outcome FROM {ks}.event_records
+        "run_records": f"""SELECT rec, operation, outcome, attempt, receipt_id FROM {ks}.event_records
             WHERE source = ? AND event_id = ? AND rec >= 'r:' AND rec < 'r;'""",
         "entity_versions": f"SELECT entity_id, version FROM {ks}.entities WHERE source = ? AND entity_id IN ?",
         "get_entity": f"""SELECT source, entity_id, version, event_id, event_type, updated_at, content_type,

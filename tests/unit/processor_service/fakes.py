@@ -15,6 +15,7 @@ from switchboard.model.events import (
     OperationResult,
     Outcome,
     Prior,
+    Runs,
     StoredEvent,
 )
 
@@ -23,6 +24,7 @@ from switchboard.model.events import (
 class MemoryEvents:
     stored: dict[str, StoredEvent] = field(default_factory=dict)  # key -> the last committed pass
     results: dict[str, list[OperationResult]] = field(default_factory=dict)  # key -> every result committed
+    receipts: dict[str, list[tuple[OperationResult, str]]] = field(default_factory=dict)  # each with its receipt
     effects: list[Effect] = field(default_factory=list)
     marks: dict[tuple[str, str], int] = field(default_factory=dict)
     index: dict[str, EventStatus] = field(default_factory=dict)
@@ -47,11 +49,11 @@ class MemoryEvents:
             if (s := self.stored.get(e.key)) is not None
         }
 
-    async def done_operations(self, source: str, event_id: str) -> frozenset[str]:
-        return frozenset(
-            r.operation
-            for r in self.results.get(f"{source}/{event_id}", [])
-            if r.outcome in (Outcome.OK, Outcome.SKIPPED)
+    async def runs_of(self, source: str, event_id: str, receipt_id: str) -> Runs:
+        mine = [r for r, receipt in self.receipts.get(f"{source}/{event_id}", []) if receipt == receipt_id]
+        return Runs(
+            done=frozenset(r.operation for r in mine if r.outcome in (Outcome.OK, Outcome.SKIPPED)),
+            attempts=frozenset(r.attempt for r in mine),
         )
 
     async def commit(
@@ -69,6 +71,7 @@ class MemoryEvents:
                 self.marks[(e.source, e.entity_id)] = max(current, e.entity_version)
             self.stored[e.key] = c.stored
             self.results.setdefault(e.key, []).extend(c.stored.results)
+            self.receipts.setdefault(e.key, []).extend((r, e.receipt_id) for r in c.stored.results)
             self.index[e.key] = c.stored.status
         for e in duplicates:
             self.duplicates.setdefault(e.key, []).append(e.receipt_id)

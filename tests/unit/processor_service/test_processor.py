@@ -15,7 +15,7 @@ from processor_service.pipeline import verdict
 from processor_service.processor import Disposition, Handled, Processor
 from switchboard.errors import StoreUnavailable
 from switchboard.model.events import EventStatus, InboundEvent, Outcome, StoredEvent
-from switchboard.queue import DeadLetter
+from switchboard.queue import DeadLetter, Retry
 from tests.unit.factories import event
 from tests.unit.processor_service.fakes import MemoryEvents
 
@@ -131,6 +131,47 @@ async def test_a_replay_runs_every_operation_again_without_a_claim(store: Memory
     assert (replayed.disposition, replayed.attempt) == (Disposition.PROCESSED, 2)
     assert entity.calls == 2 and store.ok_runs("shop/evt_1") == {"entity": 2}
     assert store.duplicates == {}
+
+
+async def test_a_replays_own_retries_skip_what_the_replay_did_and_it_gets_a_full_budget(store: MemoryEvents) -> None:
+    """Found in review: a replay's retry copy (or its redelivery: the replay's receipt again) was taken for a
+    new replay, so what the replay had run OK ran again; and a replay counted on from the event's attempts
+    against the same limit, so replaying an event that had used them up left it no retry at all."""
+    entity, flaky = Counter(), Flaky(ok_from=99)
+    p = processor(
+        store,
+        Operation("entity", entity, takes_context=True),
+        Operation("flaky", flaky, takes_context=True),
+        max_attempts=2,
+    )
+    original = event()
+    await one(p, original)
+    assert (await one(p, original)).disposition is Disposition.FAILED  # attempts 1 and 2 used
+    replay = replace(original, receipt_id="r-replay", replay=True)
+    first = await one(p, replay)  # every operation again, as attempt 3 of the event, the replay's first
+    assert (first.disposition, first.attempt, entity.calls) == (Disposition.RETRY, 3, 2)
+    second = await one(p, replay)  # its retry: what the replay ran OK is not run again
+    assert (second.disposition, second.attempt) == (Disposition.FAILED, 4)
+    assert (entity.calls, flaky.calls) == (2, 4)
+    assert store.ok_runs("shop/evt_1") == {"entity": 2}
+
+
+async def test_a_copy_behind_the_stored_attempts_runs_nothing_and_goes_back_to_wait(store: MemoryEvents) -> None:
+    """Found in review: when a retry copy cannot be published (during a broker alarm, at once), the message
+    comes back with the attempts it was sent with, behind the stored ones; run at once, the attempts of an
+    event went in seconds instead of the backoff's minutes. Such a copy runs nothing and is sent to wait in
+    the delay queue of the stored attempt."""
+    flaky = Flaky(ok_from=99)
+    p = processor(store, Operation("flaky", flaky, takes_context=True), max_attempts=8)
+    e = event()
+    (first,) = await p.handle([e], sent_attempts=[0])
+    assert (first.disposition, first.attempt) == (Disposition.RETRY, 1)
+    (behind,) = await p.handle([e], sent_attempts=[0])  # the original again: its retry copy never went out
+    assert (behind.disposition, behind.attempt, flaky.calls) == (Disposition.BEHIND, 1, 1)
+    assert store.stored["shop/evt_1"].attempts == 1
+    assert verdict(e, behind) == Retry(1, behind.last_error, outcome="behind")
+    (retried,) = await p.handle([e], sent_attempts=[1])  # the retry copy, after its delay
+    assert (retried.disposition, retried.attempt, flaky.calls) == (Disposition.RETRY, 2, 2)
 
 
 async def test_a_batch_is_decided_with_one_read_and_guards_one_entity_in_arrival_order(store: MemoryEvents) -> None:
