@@ -17,7 +17,8 @@ CRASH_EVENT_TYPE = "test.crash_after_forward"
 
 class ExitAfterForward(WorkerHooks):
     def forwarded(self, message: QueueMessage, verdict: Verdict) -> None:
-        first_retry = isinstance(verdict, Retry) and verdict.attempt == 1
+        # A pass's own retry copy, not one that sends a copy behind its stored attempts back to wait.
+        first_retry = isinstance(verdict, Retry) and verdict.attempt == 1 and verdict.outcome == "retried"
         if first_retry and decode_inbound(message.body).event_type == CRASH_EVENT_TYPE:
             crash("exit_after_forward", event=message.message_id)
 

@@ -68,8 +68,9 @@ def test_a_crash_between_the_retry_copy_and_the_ack_applies_each_operation_once(
         ("fail_first", 2, OK),
         ("log", 1, OK),
     ]
-    # Both copies of the receipt reached the surviving processor and were settled: the redelivered original
-    # and the retry copy, one of them found the committed pass (no third run of anything).
+    # Both copies of the receipt reached the surviving processor and were settled: the redelivered original,
+    # behind the stored attempt, ran nothing and was sent back to wait; the retry copy ran attempt 2 (no third
+    # run of anything).
     assert Counter(r.operation for r in event.results if r.outcome == OK) == Counter(
         {"deliver": 1, "entity": 1, "fail_first": 1, "log": 1}
     )
