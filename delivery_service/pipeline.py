@@ -208,7 +208,7 @@ class DeliveryPipeline:
             else:
                 state = known.get(t.delivery_id)
                 ahead = _ahead_of_schedule(state, m)
-                jobs.append(_ready(ahead) if ahead else self._one(t, state, saturated_wait(m)))
+                jobs.append(_ready(ahead) if ahead else self._one(t, state, saturated_wait(m), _held(m)))
         # A failure is raised only once every task of the batch is over, their outcomes recorded: the worker
         # runs the batch again, and a task still sending then would be sent a second time at once.
         return await gather_settled(*jobs)
@@ -286,22 +286,35 @@ class DeliveryPipeline:
         self.in_flight.release(subscription_id, host)
         self.slots.handover(subscription_id, time.monotonic())
 
-    async def _one(self, task: DeliveryTask, state: Delivery | None, waited: float) -> Verdict:
-        """``waited``: seconds this copy was deferred for an in-flight limit (0 if it was not)."""
+    async def _one(
+        self, task: DeliveryTask, state: Delivery | None, waited: float, held: Callable[[], bool] = lambda: True
+    ) -> Verdict:
+        """``waited``: seconds this copy was deferred for an in-flight limit (0 if it was not); ``held()``: the
+        copy is still this worker's (its channel is open)."""
         attributes = {
             "switchboard.delivery_id": task.delivery_id,
             "switchboard.subscription_id": task.subscription_id,
             "switchboard.event_id": task.event.event_id,
         }
         with self.tracer.span("deliver", task.event.traceparent, kind="consumer", attributes=attributes) as span:
-            verdict = await self._deliver(task, state, waited, span.traceparent if span else "")
+            verdict = await self._deliver(task, state, waited, span.traceparent if span else "", held)
             if span is not None:
                 span.set("switchboard.verdict", type(verdict).__name__.lower())
                 span.set("switchboard.outcome", getattr(verdict, "outcome", "") or "")
             return verdict
 
-    async def _deliver(self, task: DeliveryTask, state: Delivery | None, waited: float, trace: str) -> Verdict:
-        """One task; ``trace`` is the parent of its spans ("" when its event is not traced)."""
+    async def _deliver(
+        self,
+        task: DeliveryTask,
+        state: Delivery | None,
+        waited: float,
+        trace: str,
+        held: Callable[[], bool] = lambda: True,
+    ) -> Verdict:
+        """One task; ``trace`` is the parent of its spans ("" when its event is not traced). A copy whose channel
+        closed while it waited for a slot or a rate token (this worker missed its heartbeats, or lost its
+        connection) is not sent: the broker has handed it to the partition's next worker, which reads the same
+        state and sends the same attempt, and the two records would race (a late RETRYING over a DELIVERED)."""
         if state is not None and state.status is DeliveryStatus.FAILED:
             # Its dead letter may never have been published (the copy refused, or the worker died before it):
             # dead-lettered again, with nothing sent. A second record of it at worst, never none.
@@ -359,7 +372,7 @@ class DeliveryPipeline:
             ):  # disabled, deleted or moved: this task starts over (cancelled, or in line for its new host)
                 self._release(sub.id, host)
                 self.breakers.release(sub.id, probe)
-                return await self._deliver(task, state, waited, trace)
+                return await self._deliver(task, state, waited, trace, held)
             sub = current or sub  # a new path, secret or retry policy on the same host: this send uses it
             hold = self.breakers.held(sub.id, time.monotonic())  # it may have opened meanwhile
             if not hold and not probe and self.breakers.state(sub.id) is not State.CLOSED:
@@ -367,6 +380,10 @@ class DeliveryPipeline:
             if hold > 0:
                 self._release(sub.id, host)
                 return await self._defer(delivery, state is None, hold, circuit_open(hold), trace)
+        if not held():
+            self._release(sub.id, host)
+            self.breakers.release(sub.id, probe)
+            return Ack("abandoned")
         try:  # from here the slot is released whatever happens
             attempt_no = delivery.attempts + 1
             retry = sub.retry
@@ -543,6 +560,10 @@ def _ahead_of_schedule(state: Delivery | None, message: QueueMessage) -> Verdict
 def _deferral(attempts: int, reason: str, hold: float) -> Retry:
     """The verdict that parks a task for ``hold`` seconds without an attempt (``attempts``: made so far)."""
     return Retry(attempts, reason, delay_ms=max(1, round(hold * 1000)), outcome="deferred")
+
+
+def _held(message: QueueMessage) -> Callable[[], bool]:
+    return lambda: message.held
 
 
 async def _ready(verdict: Verdict) -> Verdict:

@@ -34,10 +34,11 @@ PORT_ENV = "SWITCHBOARD_METRICS_PORT"
 DEPTH_INTERVAL_SECONDS = 5.0
 
 PROCESSOR_OUTCOMES = (
-    "processed", "duplicate", "stale", "redelivered", "retried", "failed", "undecodable", "abandoned",
+    "processed", "duplicate", "stale", "redelivered", "retried", "behind", "failed", "undecodable", "abandoned",
 )  # fmt: skip
 DELIVERY_OUTCOMES = (
     "delivered", "retried", "deferred", "failed", "disabled", "cancelled", "already_final", "undecodable",
+    "abandoned",
 )  # fmt: skip
 DEAD_REASONS = ("failed", "undecodable", "disabled", "crashed")
 

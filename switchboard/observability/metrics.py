@@ -79,7 +79,8 @@ INGEST_REJECTED = Counter(
 # -- queue workers (processor, delivery, dead-letter recorders) ------------------------------------------------
 PROCESSOR_EVENTS = Counter(
     "switchboard_processor_events",
-    "Receipts settled by the processors, by outcome: processed, duplicate, stale, redelivered, retried, failed "
+    "Receipts settled by the processors, by outcome: processed, duplicate, stale, redelivered, retried, behind "
+    "(a copy behind its stored attempts, sent back to wait), failed "
     "(dead-lettered after the last attempt), undecodable, abandoned (its channel closed before the commit: "
     "nothing committed, left to the next consumer).",
     ["outcome"],
@@ -98,7 +99,8 @@ OPERATION_SECONDS = Histogram(
 DELIVERIES = Counter(
     "switchboard_delivery_deliveries",
     "Delivery tasks settled by the delivery workers, by outcome: delivered, retried, deferred (circuit open or "
-    "in-flight limit), failed, disabled, cancelled, already_final, undecodable.",
+    "in-flight limit), failed, disabled, cancelled, already_final, undecodable, abandoned (its channel closed "
+    "while it waited: not sent, left to the next worker).",
     ["outcome"],
 )
 OPEN_CIRCUITS = Gauge(

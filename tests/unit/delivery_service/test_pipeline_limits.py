@@ -467,6 +467,30 @@ async def test_a_task_that_waited_for_its_rate_token_sends_to_the_new_path_signe
     assert store.rows["dlv_a"].status is DeliveryStatus.DELIVERED
 
 
+class Holding:
+    """The driver's side of a message, as the worker's: held while its channel is open."""
+
+    held = True
+
+
+async def test_a_task_whose_channel_closes_while_it_waits_for_its_rate_token_sends_nothing() -> None:
+    """Found in review: the worker lost its channel (missed heartbeats, a dropped connection) while the task
+    waited; the broker hands it to the partition's next worker, which reads the same state and sends the same
+    attempt. Sent here as well, the endpoint got it twice and the two records raced (a late RETRYING over a
+    DELIVERED). Nothing is sent, nothing recorded, the slot is given back."""
+    limiter = GatedLimiter()
+    pipeline, store, sender = build(slot_wait_ms=250, max_in_flight=4, limiter=limiter)
+    sender.release.set()
+    raw = Holding()
+    task = asyncio.create_task(pipeline.handle([dataclasses.replace(copy("dlv_a"), raw=raw)]))
+    await soon(lambda: limiter.waiting == 1)
+    raw.held = False
+    limiter.open.set()
+    (verdict,) = await task
+    assert isinstance(verdict, Ack) and verdict.outcome == "abandoned"
+    assert sender.posts == 0 and store.rows == {} and pipeline.in_flight.total() == 0
+
+
 async def test_a_task_whose_subscription_moved_host_while_it_waited_for_its_rate_token_goes_to_the_new_one() -> None:
     verdict, store, sender = await waiting_for_a_token(
         lambda p: change_subscription(p, callback_url="https://elsewhere.example.com/in")
