@@ -71,7 +71,7 @@ def scan(cache: SubscriptionCache, e: InboundEvent) -> list[str]:
     return [
         x.subscription.id
         for x in cache._entries.values()
-        if x.subscription.enabled and x.filter.matches_meta(e.source, e.event_type)
+        if x.subscription.enabled and x.filter is not None and x.filter.matches_meta(e.source, e.event_type)
     ]
 
 

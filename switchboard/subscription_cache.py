@@ -36,17 +36,19 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Entry:
     subscription: Subscription
-    filter: Filter
+    filter: Filter | None  # None: its stored filter no longer compiles; it matches nothing, and it still exists
 
 
-def _entry(s: Subscription) -> Entry | None:
+def _entry(s: Subscription) -> Entry:
     try:
         condition = s.trigger_conditions or None
         # Held to the rules of the day it was stored (strict=False), not refused by a later, stricter one.
         return Entry(s, Filter(sources=s.sources, event_types=s.event_types, condition=condition, strict=False))
-    except SwitchboardError as exc:  # validated at create; a stored one that no longer compiles matches nothing
+    except SwitchboardError as exc:
+        # Validated at create; a stored one that no longer compiles matches nothing, but the subscription is
+        # there: taken for deleted, its queued retries were recorded CANCELLED and its circuit forgotten.
         log.error("subscription filter does not compile", extra={"subscription": s.id, "error": exc.message})
-        return None
+        return Entry(s, None)
 
 
 class SubscriptionCache:
@@ -98,11 +100,9 @@ class SubscriptionCache:
         entries = {}
         index = FilterIndex()
         for s in stored:
-            entry = _entry(s)
-            if entry is not None:
-                entries[s.id] = entry
-                if s.enabled:
-                    index.add(s.id, entry.filter)
+            entry = entries[s.id] = _entry(s)
+            if s.enabled and entry.filter is not None:
+                index.add(s.id, entry.filter)
         self._entries, self._index = entries, index
         log.info("subscriptions loaded", extra={"subscriptions": len(entries)})
         for subscription_id in meanwhile:
@@ -113,13 +113,12 @@ class SubscriptionCache:
         if self._refreshed_meanwhile is not None:
             self._refreshed_meanwhile.add(subscription_id)
         s = await self.store.get(subscription_id)
-        entry = _entry(s) if s is not None else None
-        if entry is None:
+        if s is None:
             self._entries.pop(subscription_id, None)
             self._index.remove(subscription_id)
             return None
-        self._entries[subscription_id] = entry
-        if entry.subscription.enabled:
+        entry = self._entries[subscription_id] = _entry(s)
+        if entry.subscription.enabled and entry.filter is not None:
             self._index.add(subscription_id, entry.filter)
         else:
             self._index.remove(subscription_id)
@@ -137,22 +136,22 @@ class SubscriptionCache:
         is parsed as JSON once, and only if a candidate has a condition (an unparsable body matches none)."""
         entries = self._entries
         candidates = [
-            e
+            (e.subscription, f)
             for e in (entries[k] for k in self._index.candidates(event.source, event.event_type))
-            if e.subscription.enabled and e.filter.matches_meta(event.source, event.event_type)
+            if (f := e.filter) is not None and e.subscription.enabled and f.matches_meta(event.source, event.event_type)
         ]
         if not candidates:
             return []
         document: Any = None
-        if any(e.filter.condition is not None for e in candidates):
+        if any(f.condition is not None for _, f in candidates):
             try:
                 document = json.loads(event.body)
             except (ValueError, RecursionError):
                 document = None
         out = []
-        for e in candidates:
-            if e.filter.condition is None or (isinstance(document, dict) and e.filter.condition.matches(document)):
-                out.append(e.subscription)
+        for sub, f in candidates:
+            if f.condition is None or (isinstance(document, dict) and f.condition.matches(document)):
+                out.append(sub)
         return out
 
     async def _on_notice(self, message: AbstractIncomingMessage) -> None:

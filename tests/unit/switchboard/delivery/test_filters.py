@@ -385,7 +385,7 @@ def test_the_subscription_cache_loads_stored_conditions_leniently() -> None:
         trigger_conditions="event.orders.exists(o, o.lines.exists(l, o.tags.exists(t, t == l.tag)))",
     )
     entry = _entry(stored)
-    assert entry is not None and entry.filter.condition is not None
+    assert entry.filter is not None and entry.filter.condition is not None
 
 
 @pytest.mark.parametrize(

@@ -163,6 +163,17 @@ async def test_the_cache_matches_through_reloads_changes_disables_and_deletes() 
             assert len(got) == len(set(got))
 
 
+async def test_a_subscription_whose_stored_filter_no_longer_compiles_matches_nothing_but_exists() -> None:
+    """Found in review: taken for deleted, its queued retries were recorded CANCELLED ("the subscription is
+    deleted") and its circuit forgotten every minute."""
+    broken = sub(1, trigger_conditions="event.amount >")  # stored before a rule that now refuses it
+    store = Store([broken, sub(2)])
+    cache = SubscriptionCache(store, "", "", purpose="test")  # type: ignore[arg-type]
+    await cache.reload()
+    assert cache.get("sub_1") == broken and await cache.refresh("sub_1") == broken
+    assert [s.id for s in cache.matching(event(source="shop", event_type="invoice.paid"))] == ["sub_2"]
+
+
 class SlowStore(Store):
     """``all`` answers with what the store held when it was called, once ``release`` is set."""
 
