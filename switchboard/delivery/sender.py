@@ -152,9 +152,11 @@ class Sender:
 
 
 async def _excerpt(resp: aiohttp.ClientResponse, wait: float) -> bytes:
-    """Up to ``BODY_EXCERPT_BYTES`` of the body: what arrives within ``wait`` seconds after the first piece.
-    One read returned what was buffered, so a body sent in small pieces was recorded as its first byte."""
-    out = await resp.content.read(BODY_EXCERPT_BYTES)
+    """Up to ``BODY_EXCERPT_BYTES`` of the body: what arrived with the status and what follows within ``wait``
+    seconds. One read returned what was buffered, so a body sent in small pieces was recorded
+    as its first byte; and the first read waited for the first byte under the request's whole deadline, so a
+    200 whose body was slow to start was recorded as a timeout (and sent again)."""
+    out = resp.content.read_nowait(BODY_EXCERPT_BYTES)  # what has arrived already
     if wait <= 0:
         return out
     try:

@@ -49,15 +49,25 @@ async def test_an_answer_whose_body_comes_in_pieces_is_recorded_whole_and_a_stal
         await released.wait()
         return resp
 
+    async def silent(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200)  # the status, then no byte of the body
+        await resp.prepare(request)
+        await released.wait()
+        return resp
+
     sender = Sender(allow_http_hosts=("127.0.0.1",), allow_networks=("127.0.0.0/8",))
     await sender.start()
-    async with local_server({"/pieces": pieces, "/stalled": stalled}) as port:
+    async with local_server({"/pieces": pieces, "/stalled": stalled, "/silent": silent}) as port:
         try:
             whole = await sender.post(f"http://127.0.0.1:{port}/pieces", b"{}", {}, within=5.0)
             assert (whole.status, whole.body) == (200, b"first,second,third")
             stood = await sender.post(f"http://127.0.0.1:{port}/stalled", b"{}", {}, within=5.0)
             assert (stood.status, stood.error_class, stood.body) == (202, "", b"accepted,")
             assert stood.duration_us < 4_000_000  # the answer, not the deadline
+            # The first read waited for a first byte until the deadline: a 200 was recorded as a timeout.
+            quiet = await sender.post(f"http://127.0.0.1:{port}/silent", b"{}", {}, within=5.0)
+            assert (quiet.status, quiet.error_class, quiet.body) == (200, "", b"")
+            assert quiet.duration_us < 4_000_000
         finally:
             released.set()  # before the server stops: it waits for its handlers
             await sender.close()
