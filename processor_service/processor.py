@@ -188,7 +188,8 @@ class Processor:
                 if prior.status is EventStatus.FAILED:
                     # Its dead letter may never have been published (the copy refused, or the processor died
                     # before it): dead-lettered again. A second record of it at worst, never none.
-                    out[i] = Handled(Disposition.FAILED, prior.attempts, REDELIVERED_FAILED, again=True)
+                    error = f"{prior.last_error} ({REDELIVERED_FAILED})" if prior.last_error else REDELIVERED_FAILED
+                    out[i] = Handled(Disposition.FAILED, prior.attempts, error, again=True)
                 else:
                     out[i] = Handled(Disposition.DONE, prior.attempts)
             elif sent_attempts is not None and sent_attempts[i] < prior.attempts:

@@ -115,6 +115,7 @@ class Prior:
     receipt_id: str
     status: EventStatus
     attempts: int
+    last_error: str = ""  # why its last pass failed, if it did
 
 
 @dataclass(frozen=True, slots=True)

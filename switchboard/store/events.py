@@ -64,7 +64,7 @@ class EventStore:
             for r in rows:
                 if r.status:
                     out[f"{source}/{r.event_id}"] = Prior(
-                        r.receipt_id or "", EventStatus(r.status), int(r.attempts or 0)
+                        r.receipt_id or "", EventStatus(r.status), int(r.attempts or 0), r.last_error or ""
                     )
         return out
 

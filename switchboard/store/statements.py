@@ -22,7 +22,7 @@ _S = TypeVar("_S")
 
 def _event_cql(ks: str) -> dict[str, str]:
     return {
-        "priors": f"""SELECT event_id, receipt_id, status, attempts FROM {ks}.events
+        "priors": f"""SELECT event_id, receipt_id, status, attempts, last_error FROM {ks}.events
             WHERE source = ? AND event_id IN ?""",
         "run_records": f"""SELECT rec, operation, outcome, attempt, receipt_id FROM {ks}.event_records
             WHERE source = ? AND event_id = ? AND rec >= 'r:' AND rec < 'r;'""",

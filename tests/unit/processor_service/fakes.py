@@ -44,7 +44,7 @@ class MemoryEvents:
         self.reads += 1
         await self._read()
         return {
-            e.key: Prior(s.event.receipt_id, s.status, s.attempts)
+            e.key: Prior(s.event.receipt_id, s.status, s.attempts, s.last_error)
             for e in events
             if (s := self.stored.get(e.key)) is not None
         }

@@ -302,6 +302,7 @@ async def test_a_redelivered_receipt_whose_pass_failed_is_dead_lettered_again(st
     again = await one(p, event())
     assert (again.disposition, again.attempt, again.again) == (Disposition.FAILED, 1, True)
     assert "redelivered" in again.last_error and store.ok_runs("shop/evt_1") == {}
+    assert again.last_error.startswith("flaky: ConnectionError: attempt 1 refused")  # the cause, not only how
     assert verdict(event(), again) == DeadLetter(1, again.last_error, outcome="failed", again=True)
 
 
