@@ -70,7 +70,20 @@ MAX_DOWNSTREAM_CONNECTIONS = 50_000
 OTEL_MIN_FLUSH_SPANS = 512
 OTEL_FLUSH_INTERVAL_MS = 1000
 # Trace context a caller may send; removed at the edge (``strip_caller_trace_context``).
-CALLER_TRACE_HEADERS = ("traceparent", "tracestate", "x-client-trace-id", "b3", "x-b3-traceid", "x-b3-sampled")
+CALLER_TRACE_HEADERS = (
+    "traceparent",
+    "tracestate",
+    "x-client-trace-id",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-ot-span-context",
+    "grpc-trace-bin",
+    "baggage",
+)
 
 # The REST API (webhooks.v1.Subscriptions through the transcoder), when render_envoy_config gets an ApiEdge.
 API_PREFIX = "/api/v1/"

@@ -340,7 +340,16 @@ async def test_bare_webhook_goes_to_the_default_source(edge: Edge) -> None:
 
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
-CALLER_CONTEXT = {"tracestate": "vendor=1", "x-client-trace-id": "force-me", "b3": "80f198ee56343ba864fe8b2a57d3eff7-1"}
+CALLER_CONTEXT = {
+    "tracestate": "vendor=1",
+    "x-client-trace-id": "force-me",
+    "b3": "80f198ee56343ba864fe8b2a57d3eff7-1",
+    # every x-b3-* and the other propagators' headers (only two x-b3-* were removed; docs said all)
+    "x-b3-spanid": "e457b5a2e4d86bd1",
+    "x-b3-flags": "1",
+    "x-ot-span-context": "x",
+    "baggage": "k=v",
+}
 
 
 async def test_a_callers_trace_context_never_reaches_ingest(edge: Edge) -> None:
