@@ -17,8 +17,12 @@ class LocalReplyError:
     http_status: int
     grpc_code: int
     reason: str
+    # The body's message; None: Envoy's own text (%LOCAL_REPLY_BODY%). Set where that text tells a caller
+    # about the platform's inside ("upstream connect error ... delayed connect error: Connection refused").
+    message: str | None = None
 
 
+UNAVAILABLE_MESSAGE = "the webhook service is unavailable; retry later"
 # gRPC codes: 3 INVALID_ARGUMENT, 4 DEADLINE_EXCEEDED, 5 NOT_FOUND, 7 PERMISSION_DENIED,
 # 8 RESOURCE_EXHAUSTED, 12 UNIMPLEMENTED, 13 INTERNAL, 14 UNAVAILABLE, 16 UNAUTHENTICATED.
 LOCAL_REPLY_ERRORS: tuple[LocalReplyError, ...] = (
@@ -33,9 +37,9 @@ LOCAL_REPLY_ERRORS: tuple[LocalReplyError, ...] = (
     LocalReplyError(415, 3, "UNSUPPORTED_MEDIA_TYPE"),
     LocalReplyError(429, 8, "RATE_LIMITED"),
     LocalReplyError(431, 3, "HEADERS_TOO_LARGE"),
-    LocalReplyError(500, 13, "EDGE_INTERNAL"),
-    LocalReplyError(502, 14, "UPSTREAM_UNAVAILABLE"),
-    LocalReplyError(503, 14, "UPSTREAM_UNAVAILABLE"),
+    LocalReplyError(500, 13, "EDGE_INTERNAL", "internal error at the edge; retry later"),
+    LocalReplyError(502, 14, "UPSTREAM_UNAVAILABLE", UNAVAILABLE_MESSAGE),
+    LocalReplyError(503, 14, "UPSTREAM_UNAVAILABLE", UNAVAILABLE_MESSAGE),
     LocalReplyError(504, 4, "TIMEOUT"),
 )
 # A 403 of Envoy's on an API path is jwt_authn's (a valid token not meant for this API: its audience); no
@@ -133,7 +137,7 @@ def _error_body(err: LocalReplyError) -> JSON:
     return {
         "json_format": {
             "code": err.grpc_code,
-            "message": "%LOCAL_REPLY_BODY%",
+            "message": "%LOCAL_REPLY_BODY%" if err.message is None else err.message,
             "details": [{"@type": ERROR_INFO_TYPE, "reason": err.reason, "domain": ERROR_DOMAIN}],
         },
         "content_type": "application/json",

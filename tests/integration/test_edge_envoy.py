@@ -622,7 +622,9 @@ async def test_upstream_down_is_json_503(tmp_path: Path) -> None:
         await e.server.stop(0)
         async with e.client() as client:
             resp = await client.post("/webhook/alpha", content=b"{}")
-        assert_error(resp, 503, 14, "UPSTREAM_UNAVAILABLE")
+        body = assert_error(resp, 503, 14, "UPSTREAM_UNAVAILABLE")
+        # Envoy's own text named its connection error ("upstream connect error ... Connection refused").
+        assert body["message"] == "the webhook service is unavailable; retry later"
     finally:
         await stop_edge(e)
 
