@@ -67,6 +67,10 @@ UPSTREAM_DEADLINE_SLACK_SECONDS = 0.5
 # the largest body limit plus this too.
 TRANSCODER_BODY_HEADROOM = 64 * 1024
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
+# Envoy's heap: past 90% it returns freed memory to the system, past 98% it answers new requests 503 (retry)
+# instead of buffering more bodies. Each webhook stream buffers its whole body (up to its source's limit),
+# so slow uploads on many streams (100 per HTTP/2 connection) could otherwise run it out of memory.
+MAX_HEAP_BYTES = 1024 * 1024 * 1024
 OTEL_MIN_FLUSH_SPANS = 512
 OTEL_FLUSH_INTERVAL_MS = 1000
 # Trace context a caller may send; removed at the edge (``strip_caller_trace_context``).

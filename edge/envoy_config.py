@@ -64,6 +64,7 @@ from edge.base import (
     JWT_AUTHN,
     LISTENER_NAME,
     MAX_DOWNSTREAM_CONNECTIONS,
+    MAX_HEAP_BYTES,
     OTEL_FLUSH_INTERVAL_MS,
     OTEL_MIN_FLUSH_SPANS,
     PER_IP_RATELIMIT,
@@ -200,8 +201,19 @@ def render_envoy_config(
                         ".DownstreamConnectionsConfig",
                         "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
                     },
-                }
-            ]
+                },
+                {
+                    "name": FIXED_HEAP,
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                        "max_heap_size_bytes": MAX_HEAP_BYTES,
+                    },
+                },
+            ],
+            "actions": [
+                {"name": "envoy.overload_actions.shrink_heap", "triggers": [_heap_over(0.90)]},
+                {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": [_heap_over(0.98)]},
+            ],
         },
     }
     if otlp_endpoint is not None:
@@ -233,6 +245,13 @@ def render_envoy_config(
             ]
         }
     return bootstrap
+
+
+FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
+
+
+def _heap_over(fraction: float) -> JSON:
+    return {"name": FIXED_HEAP, "threshold": {"value": fraction}}
 
 
 def write_envoy_config(

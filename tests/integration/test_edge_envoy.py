@@ -707,6 +707,23 @@ async def test_a_webhooks_query_string_never_reaches_a_span(tmp_path: Path) -> N
 
 
 # -- rendering and TLS, without Envoy ---------------------------------------------------------------------
+def test_envoy_stops_taking_requests_before_its_heap_runs_out(tmp_path: Path) -> None:
+    """Found in review: every webhook stream buffers its body, and slow uploads on many streams were bounded by
+    nothing but the connection limit. The heap is watched (every Envoy of these tests starts with it)."""
+    from edge.base import MAX_HEAP_BYTES
+
+    cfg = edge_config(tmp_path, sources=[{"name": "alpha"}])
+    doc = render_envoy_config(cfg, descriptor_set=DESCRIPTOR_SET, tls_cert=tmp_path / "c", tls_key=tmp_path / "k")
+    overload = doc["overload_manager"]
+    (heap,) = [m for m in overload["resource_monitors"] if m["name"] == "envoy.resource_monitors.fixed_heap"]
+    assert heap["typed_config"]["max_heap_size_bytes"] == MAX_HEAP_BYTES
+    actions = {a["name"]: a["triggers"][0]["threshold"]["value"] for a in overload["actions"]}
+    assert actions == {
+        "envoy.overload_actions.shrink_heap": 0.9,
+        "envoy.overload_actions.stop_accepting_requests": 0.98,
+    }
+
+
 def test_rendered_filter_chain_order(tmp_path: Path) -> None:
     cfg = edge_config(
         tmp_path,
