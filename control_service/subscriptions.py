@@ -353,7 +353,7 @@ class SubscriptionManager:
                 reserved_ports=r.reserved_ports,
             )
             if parsed.ip is None:  # the host must resolve, and every address must be allowed
-                await resolve_and_check(parsed.host, parsed.port, r.allow_networks)
+                await resolve_and_check(parsed.host, parsed.port, r.allow_networks, reserved_ports=r.reserved_ports)
             s.callback_url = parsed.url
         if "description" in fields:
             s.description = _text(draft.description or "", "description", MAX_DESCRIPTION)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import secrets as _secrets
 import stat
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from switchboard.errors import ConfigError
 from switchboard.files import create_new
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,10 @@ class Secret:
 class SecretRef:
     """Where a secret lives: an environment variable or a file, stripped; one line (a file with a second line,
     a note or a second key, is refused rather than read whole into a key that verifies nothing: several
-    secrets are several entries). A file others may read or write, or its group write, is refused (``chmod
-    600``): a webhook secret or the key that seals signing secrets is no one else's to read or replace. Its
-    group may read it (0640, 0440: how an orchestrator mounts a secret for a non-root container's group)."""
+    secrets are several entries). A file its group or others may write is refused (``chmod 600``): a webhook
+    secret or the key that seals signing secrets is no one else's to replace. One others may read is taken
+    with a warning: orchestrators mount secrets 0644 (Kubernetes' default) or 0444 (Docker's) into containers
+    of their own, where that is the norm; on a shared machine, ``chmod 600`` it."""
 
     env: str | None = None
     file: Path | None = None
@@ -55,9 +59,11 @@ class SecretRef:
             generate_secret_file(self.file, self.generate)
         try:
             mode = stat.S_IMODE(self.file.stat().st_mode)
-            if mode & 0o027:
+            if mode & 0o004:
+                log.warning("secret file readable by every user", extra={"file": str(self.file), "mode": f"{mode:04o}"})
+            if mode & 0o022:
                 raise ConfigError(
-                    f"secret file {self.file} is open to others or writable by its group (mode {mode:04o}): run "
+                    f"secret file {self.file} is writable by its group or others (mode {mode:04o}): run "
                     f"chmod 600 {self.file} (and consider rotating the secret)"
                 )
             value = self.file.read_text().strip()

@@ -19,11 +19,13 @@ switchboard trace EVENT_ID [--source S] | --trace-id ID   the event's spans, Env
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
 import ssl
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -133,30 +135,29 @@ def _dispatch(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     return query_events(cfg, args)
 
 
-class StartInterrupted(BaseException):
-    """A stop signal while the stack starts (a BaseException, as KeyboardInterrupt: no ``except Exception`` in a
-    readiness check swallows it)."""
-
-
 def stack_up(cfg: PlatformConfig, processors: int | None, *, with_prometheus: bool = False) -> int:
     """Starts the stack and supervises it until SIGINT, SIGTERM or SIGHUP (a closed terminal). A signal while it
     starts stops what started at once (it used to be noticed only once everything was up, after up to three
-    minutes per component); a second one while it stops SIGKILLs every process group it started."""
+    minutes per component); a second one while it stops SIGKILLs every process group it started. The handler
+    only sets flags (``Stack.stop``): raised from it, an exception could land between a spawn and its being
+    listed, leaving a component nothing stops. What it prints may fail (a closed terminal's tty answers EIO):
+    the components are stopped first."""
     from switchboard_devstack.stack import Stack
 
     setup_logging("stack", cfg.log_level)
-    stack = Stack(cfg, processors=processors, with_prometheus=with_prometheus)
+    starting = threading.Event()
+    stack = Stack(cfg, processors=processors, with_prometheus=with_prometheus, stop=starting)
     phase = "starting"
+    received: list[str] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
         nonlocal phase
-        if phase == "starting":
+        received.append(signal.Signals(signum).name)
+        if phase != "stopping":
             phase = "stopping"
-            raise StartInterrupted(signal.Signals(signum).name)
-        if phase == "running":
-            phase = "stopping"
+            starting.set()
             return
-        print("switchboard: stopping now: SIGKILL to every process started", file=sys.stderr, flush=True)
+        _say("switchboard: stopping now: SIGKILL to every process started", sys.stderr)
         stack.kill()
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -164,27 +165,33 @@ def stack_up(cfg: PlatformConfig, processors: int | None, *, with_prometheus: bo
     try:
         try:
             stack.up()
-            if phase == "stopping":  # the signal landed where it could not be raised
-                return 130
-            phase = "running"
-        except StartInterrupted as exc:
-            print(f"switchboard: {exc} while starting; stopping what started", file=sys.stderr)
-            return 130
         except (StackError, ConfigError) as exc:
-            print(f"switchboard: the stack did not start: {exc}", file=sys.stderr)
+            if received:
+                _say(f"switchboard: {received[0]} while starting; stopping what started", sys.stderr)
+                return 130
+            _say(f"switchboard: the stack did not start: {exc}", sys.stderr)
             return 1
-        print(stack.describe(), flush=True)
+        if phase == "stopping":
+            return 130
+        phase = "running"
+        _say(stack.describe(), sys.stdout)
         try:
             stack.supervise(lambda: phase == "stopping")
         except StackError as exc:
-            print(f"switchboard: {exc}", file=sys.stderr)
+            _say(f"switchboard: {exc}", sys.stderr)
             return 1
         return 0
     finally:  # whatever happened, stop everything this command started, and nothing else
         phase = "stopping"
-        print("stopping... (again: kill at once)", flush=True)
+        _say("stopping... (again: kill at once)", sys.stdout)
         stack.down()
-        print("stopped.", flush=True)
+        _say("stopped.", sys.stdout)
+
+
+def _say(text: str, stream: Any) -> None:
+    """Prints ``text``; a closed terminal (EIO, a broken pipe) is no reason not to go on stopping."""
+    with contextlib.suppress(OSError):
+        print(text, file=stream, flush=True)
 
 
 def _sign(

@@ -50,7 +50,10 @@ def unlock(fd: int | None) -> None:
 
 def listened_on(host: str, port: int) -> bool:
     """Whether a process listens on ``port`` where ``host`` would bind it. With SO_REUSEADDR, as the
-    components bind: the connections an earlier run closed (TIME_WAIT) do not count."""
+    components bind: an earlier run's connections to it (TIME_WAIT) do not count. A live client connection
+    whose local port it is does (the component's own bind would fail on it as well); the test stacks' ports
+    come from below the kernel's ephemeral range (``switchboard_devstack.ports.free_port``), where no client
+    connection gets one."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -61,14 +64,23 @@ def listened_on(host: str, port: int) -> bool:
     return False
 
 
-def ports_in_use(cfg: PlatformConfig, *, processors: int | None = None) -> list[Listener]:
-    """The stack's listeners (``switchboard.config.ports.listeners``) whose port something listens on already."""
-    return [x for x in listeners(cfg, processors=processors) if listened_on(x.host, x.port)]
+def ports_in_use(
+    cfg: PlatformConfig, *, processors: int | None = None, with_prometheus: bool = False
+) -> list[Listener]:
+    """The listeners the stack will open (``switchboard.config.ports.listeners``, less the control service's
+    without outbound delivery and Prometheus' without ``with_prometheus``) whose port something listens on."""
+    skip = set()
+    if cfg.delivery.secrets_key is None:  # the stack runs no control service
+        skip |= {"control.port", "metrics.control_port"}
+    if not with_prometheus:
+        skip.add("metrics.prometheus_port")
+    planned = [x for x in listeners(cfg, processors=processors) if x.key not in skip]
+    return [x for x in planned if listened_on(x.host, x.port)]
 
 
-def check_free(cfg: PlatformConfig, *, processors: int | None = None) -> None:
+def check_free(cfg: PlatformConfig, *, processors: int | None = None, with_prometheus: bool = False) -> None:
     """``StackError`` naming every listener whose port is in use, before anything starts."""
-    taken = ports_in_use(cfg, processors=processors)
+    taken = ports_in_use(cfg, processors=processors, with_prometheus=with_prometheus)
     if taken:
         listed = ", ".join(f"{host_port(x.host, x.port)} ({x.key})" for x in taken)
         raise StackError(

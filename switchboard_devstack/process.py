@@ -19,6 +19,7 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -152,14 +153,16 @@ class ManagedProcess:
         self.ready_seconds = None
         return self
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, *, stop: threading.Event | None = None) -> None:
         """Polls ``ready()`` until it is true. Raises ``StackError`` (with the end of the log) if the
-        process exits first or ``timeout`` seconds pass."""
+        process exits first or ``timeout`` seconds pass, or at once when ``stop`` is set."""
         if self._proc is None:
             raise StackError(f"{self.name} was never started")
         deadline = time.monotonic() + timeout
         last_error = ""
         while True:
+            if stop is not None and stop.is_set():
+                raise StackError(f"stopped while {self.name} was starting")
             if not self.is_running():
                 raise StackError(
                     f"{self.name} exited with status {self.returncode} before it was ready"

@@ -23,6 +23,7 @@ import socket
 import string
 import struct
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 
 from switchboard.config.ports import RABBITMQ_DIST_OFFSET, RABBITMQ_PROMETHEUS_OFFSET
@@ -56,19 +57,22 @@ class RabbitNode(ManagedProcess):
         password: str = "guest",  # noqa: S107 - RabbitMQ's default user, only allowed from loopback
         plugins: tuple[str, ...] = PLUGINS,
         prometheus_port: int | None = None,
+        avoid_ports: Collection[int] = (),
     ) -> None:
+        """``avoid_ports``: ports the rest of the platform will listen on, never taken for the node's default
+        metrics (AMQP port + 10000) and Erlang distribution (+ 20000) ports: a free port is taken instead."""
         super().__init__("rabbitmq", base_dir)
         if not nodename or "@" in nodename:
             raise ValueError(f"nodename must be a bare name without '@host': {nodename!r}")
         self.port = port
         self.nodename = nodename
         self.node = f"{nodename}@localhost"
-        self.dist_port = dist_port if dist_port is not None else _default_dist_port(port)
+        self.dist_port = dist_port if dist_port is not None else _default_dist_port(port, avoid_ports)
         self.bin_dir = Path(bin_dir)
         self.user = user
         self.password = password
         self.plugins = plugins
-        self.prometheus_port = prometheus_port or _default_prometheus_port(port)
+        self.prometheus_port = prometheus_port or _default_prometheus_port(port, avoid_ports)
 
     # -- paths ----------------------------------------------------------------------------------------
     @property
@@ -205,16 +209,16 @@ class RabbitNode(ManagedProcess):
         )
 
 
-def _default_prometheus_port(port: int) -> int:
+def _default_prometheus_port(port: int, avoid: Collection[int] = ()) -> int:
     candidate = port + RABBITMQ_PROMETHEUS_OFFSET
-    if candidate < 65536 and port_is_free(candidate) and reserve_port(candidate):
+    if candidate < 65536 and candidate not in avoid and port_is_free(candidate) and reserve_port(candidate):
         return candidate
     return free_port()
 
 
-def _default_dist_port(port: int) -> int:
+def _default_dist_port(port: int, avoid: Collection[int] = ()) -> int:
     candidate = port + RABBITMQ_DIST_OFFSET
-    if candidate < 65536 and port_is_free(candidate):
+    if candidate < 65536 and candidate not in avoid and port_is_free(candidate):
         reserve_port(candidate)  # keep free_port() from handing it out meanwhile
         return candidate
     return free_port()

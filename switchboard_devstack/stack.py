@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from edge.envoy_config import write_envoy_config
 from switchboard.addresses import host_port
 from switchboard.config import PlatformConfig
-from switchboard.config.ports import check_ports
+from switchboard.config.ports import check_ports, platform_ports
 from switchboard.errors import StackError
 from switchboard.observability.hooks import PORT_ENV
 from switchboard.queue import Topology
@@ -133,6 +134,9 @@ class Stack:
     _processors_started: int = field(default=0, init=False)
     _deliveries_started: int = field(default=0, init=False)
     _lock: int | None = field(default=None, init=False)  # the data directory's lock (claim.lock_data_dir)
+    # Set (by a signal handler, say): ``up`` stops waiting for components and raises, and what started is
+    # stopped. A signal handler that raised instead could land between a spawn and its being listed.
+    stop: threading.Event | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -157,7 +161,7 @@ class Stack:
         self._lock = lock_data_dir(self.data_dir)  # before anything else touches it
         if self.processors is not None:  # their metrics ports, as load_config checked them for processor.count
             check_ports(cfg, processors=self.processors)
-        check_free(cfg, processors=self.processors)
+        check_free(cfg, processors=self.processors, with_prometheus=self.with_prometheus)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for source in cfg.sources:  # create generated secrets and fail early on missing ones
             for ref in source.secrets:
@@ -186,6 +190,7 @@ class Stack:
                 cfg.rabbitmq.port,
                 nodename=cfg.rabbitmq.nodename,
                 prometheus_port=cfg.metrics.rabbitmq_port or None,
+                avoid_ports=platform_ports(cfg),
             )
             self._start(self.rabbit)
         if cfg.cassandra.managed:
@@ -198,15 +203,15 @@ class Stack:
             )
             self._start(self.cassandra)
         if self.rabbit:
-            self.rabbit.wait_ready(timeout)
+            self.rabbit.wait_ready(timeout, stop=self.stop)
             log.info("rabbitmq ready", extra={"url": cfg.rabbitmq.display_url, "s": round(time.monotonic() - t0, 1)})
         if self.cassandra:
-            self.cassandra.wait_ready(timeout)
+            self.cassandra.wait_ready(timeout, stop=self.stop)
             log.info("cassandra ready", extra={"port": cfg.cassandra.port, "s": round(time.monotonic() - t0, 1)})
         if self.trace_sink:
-            self.trace_sink.wait_ready(timeout)
+            self.trace_sink.wait_ready(timeout, stop=self.stop)
 
-        StoreSession.connect(cfg.cassandra, wait_seconds=timeout, create_schema=True).close()
+        StoreSession.connect(cfg.cassandra, wait_seconds=timeout, create_schema=True, stop=self.stop).close()
 
         self.query = self._grpc_service("query", cfg.query.host, cfg.query.port, "webhooks.v1.Query")
         self._start(self.query)
@@ -250,15 +255,15 @@ class Stack:
             )
             self._start(self.prometheus)
 
-        self.query.wait_ready(timeout)
+        self.query.wait_ready(timeout, stop=self.stop)
         if self.control is not None:
-            self.control.wait_ready(timeout)
+            self.control.wait_ready(timeout, stop=self.stop)
             self.wait_deliveries(timeout)
-        self.ingest.wait_ready(timeout)
+        self.ingest.wait_ready(timeout, stop=self.stop)
         self.wait_processors(timeout)
-        self.envoy.wait_ready(timeout)
+        self.envoy.wait_ready(timeout, stop=self.stop)
         if self.prometheus is not None:
-            self.prometheus.wait_ready(timeout)
+            self.prometheus.wait_ready(timeout, stop=self.stop)
         log.info("stack ready", extra={"s": round(time.monotonic() - t0, 1)})
 
     def _grpc_service(self, name: str, host: str, port: int, service: str) -> ServiceProcess:
@@ -375,6 +380,8 @@ class Stack:
                     raise StackError(f"{p.name} exited during start-up; see {p.log_path}")
             if time.monotonic() > deadline:
                 raise StackError(f"{what} did not start consuming within {timeout:g} s")
+            if self.stop is not None and self.stop.is_set():
+                raise StackError(f"stopped while the {what} were starting")
             time.sleep(0.2)
 
     def _start(self, proc: ManagedProcess) -> None:

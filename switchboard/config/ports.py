@@ -67,18 +67,8 @@ def listeners(cfg: PlatformConfig, *, processors: int | None = None) -> list[Lis
         add("rabbitmq.port", LOOPBACK, r.port)
         if m.rabbitmq_port:
             add("metrics.rabbitmq_port", LOOPBACK, m.rabbitmq_port)
-        elif r.port + RABBITMQ_PROMETHEUS_OFFSET <= MAX_PORT:  # else the node picks a free port
-            add(
-                f"rabbitmq.port + {RABBITMQ_PROMETHEUS_OFFSET} (its metrics)",
-                LOOPBACK,
-                r.port + RABBITMQ_PROMETHEUS_OFFSET,
-            )
-        if r.port + RABBITMQ_DIST_OFFSET <= MAX_PORT:
-            add(
-                f"rabbitmq.port + {RABBITMQ_DIST_OFFSET} (its Erlang distribution)",
-                LOOPBACK,
-                r.port + RABBITMQ_DIST_OFFSET,
-            )
+        # Its default metrics and distribution ports (AMQP + 10000, + 20000) are not listed: the node takes
+        # a free port instead of one the platform lists (RabbitNode's avoid_ports) or one in use.
     if cfg.cassandra.managed:
         add("cassandra.port", LOOPBACK, cfg.cassandra.port)
         add("cassandra.storage_port", LOOPBACK, cfg.cassandra.storage_port)
@@ -88,10 +78,13 @@ def listeners(cfg: PlatformConfig, *, processors: int | None = None) -> list[Lis
 
 
 def platform_ports(cfg: PlatformConfig) -> frozenset[int]:
-    """Every port ``cfg`` listens on (``listeners``), the managed broker's and store's included even where this
-    process does not run them: no delivery may be sent to one (``switchboard.delivery.urls.check_url``)."""
-    ports = {x.port for x in listeners(cfg)}
-    ports |= {cfg.rabbitmq.port, cfg.cassandra.port, cfg.cassandra.storage_port, cfg.edge.admin_port}
+    """Every port ``cfg`` listens on (``listeners``), the stack's broker and store included: no delivery may be
+    sent to one of them at an internal address (``switchboard.delivery.urls.check_url``)."""
+    ports = {x.port for x in listeners(cfg)} | {cfg.edge.admin_port}
+    if cfg.rabbitmq.managed:
+        ports.add(cfg.rabbitmq.port)
+    if cfg.cassandra.managed:
+        ports |= {cfg.cassandra.port, cfg.cassandra.storage_port}
     return frozenset(p for p in ports if p)
 
 

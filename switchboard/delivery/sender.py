@@ -77,7 +77,7 @@ class Sender:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(self.allow_networks),
+            resolver=GuardedResolver(self.allow_networks, reserved_ports=self.reserved_ports),
             limit=self._max_connections,
             limit_per_host=self._max_per_host,
             ssl=self._tls,

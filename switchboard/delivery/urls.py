@@ -328,11 +328,13 @@ def check_url(
     allow_networks: Collection[NetworkSpec] = (),
     reserved_ports: Collection[int] = (),
 ) -> ParsedUrl:
-    """Validate a callback URL (see the module docstring); returns its canonical form. With an allowlist
-    (``allow_networks``: internal addresses are reachable), a port in ``reserved_ports`` (the platform's own:
-    Envoy's admin, the services, their metrics, the broker and the store) is ``CALLBACK_URL_FORBIDDEN``
-    whatever the host: with loopback allowed, a subscription to ``http://127.0.0.1:9901/quitquitquit`` made the
-    delivery worker stop Envoy, and ``/logging?level=debug`` made it log every request's headers."""
+    """Validate a callback URL (see the module docstring); returns its canonical form. An internal address (one
+    only ``allow_networks`` lets through) on a port in ``reserved_ports`` (the platform's own: Envoy's admin,
+    the services, their metrics, the broker and the store) is ``CALLBACK_URL_FORBIDDEN``: with loopback
+    allowed, a subscription to ``http://127.0.0.1:9901/quitquitquit`` made the delivery worker stop Envoy,
+    and ``/logging?level=debug`` made it log every request's headers. Here for IP literals; a name is
+    checked where it resolves (``GuardedResolver``, ``resolve_and_check``). Public addresses keep every
+    port."""
     if not isinstance(url, str):
         raise _invalid("must be a string")
     if not url:
@@ -375,10 +377,29 @@ def check_url(
         raise _invalid("has no port")
     if len(canonical) > MAX_URL_LENGTH:
         raise _invalid(f"is longer than {MAX_URL_LENGTH} characters once encoded")
-    if allow and port in reserved_ports:
-        raise ForbiddenDestination(f"callback_url: port {port} is one this platform listens on", label="platform port")
     ip = _check_host(host, allow)
+    if ip is not None:
+        _check_port(str(ip), port, reserved_ports)
     return ParsedUrl(url=canonical, scheme=scheme, host=host, port=port, ip=ip)
+
+
+def _internal(address: str | IPAddress) -> bool:
+    """An address only an allowlist lets through (loopback, private, link-local, ...)."""
+    try:
+        check_ip(address)
+    except (ForbiddenDestination, InvalidRequest):
+        return True
+    return False
+
+
+def _check_port(address: str, port: int, reserved_ports: Collection[int]) -> None:
+    """``ForbiddenDestination`` for an internal ``address`` on one of the platform's own ports."""
+    if port in reserved_ports and _internal(address):
+        raise ForbiddenDestination(
+            f"callback_url: port {port} of an internal address is one this platform listens on",
+            address=address,
+            label="platform port",
+        )
 
 
 async def resolve_and_check(
@@ -387,6 +408,7 @@ async def resolve_and_check(
     allow_networks: Collection[NetworkSpec] = (),
     *,
     dns_timeout: float = 10.0,
+    reserved_ports: Collection[int] = (),
 ) -> list[str]:
     """Resolve ``host`` (DNS, through c-ares) and vet EVERY address; returns the distinct addresses in the
     resolver's order. Refused if any one is refused (a name that answers with both a public and a private
@@ -398,6 +420,7 @@ async def resolve_and_check(
     except ValueError:
         literal = None
     if literal is not None:
+        _check_port(str(literal), port, reserved_ports)
         return [str(check_ip(literal, allow))]
     resolver = aiodns.DNSResolver(timeout=DNS_TRY_SECONDS, tries=DNS_TRIES)
     try:
@@ -425,6 +448,7 @@ async def resolve_and_check(
         raise _invalid(f"host {name!r} resolves to no address")
     for text in addresses:
         _check_answer(name, text, allow)
+        _check_port(text, port, reserved_ports)
     return addresses
 
 
@@ -453,9 +477,16 @@ class GuardedResolver(AbstractResolver):
     ``inner`` defaults to aiohttp's ``AsyncResolver`` (c-ares; created on first use, inside the running loop).
     """
 
-    def __init__(self, allow_networks: Collection[NetworkSpec] = (), *, inner: AbstractResolver | None = None) -> None:
+    def __init__(
+        self,
+        allow_networks: Collection[NetworkSpec] = (),
+        *,
+        inner: AbstractResolver | None = None,
+        reserved_ports: Collection[int] = (),
+    ) -> None:
         self._allow = parse_networks(allow_networks)
         self._inner = inner
+        self._reserved = frozenset(reserved_ports)
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -465,6 +496,7 @@ class GuardedResolver(AbstractResolver):
         infos = await self._inner.resolve(host, port, family)
         for info in infos:
             _check_answer(host, info["host"], self._allow)
+            _check_port(info["host"], port, self._reserved)
         return infos
 
     async def close(self) -> None:

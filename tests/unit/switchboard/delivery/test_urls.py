@@ -235,24 +235,40 @@ def test_http_only_for_allowed_hosts_and_networks_open_ip_literals() -> None:
     assert check_url("https://[::1]:9/", allow_networks=LOOPBACK).ip == ipaddress.ip_address("::1")
 
 
-def test_the_platforms_own_ports_are_refused_while_internal_addresses_are_open() -> None:
+def test_the_platforms_own_ports_are_refused_on_internal_addresses_only() -> None:
     """With loopback allowed (the shipped development configuration), a subscription to Envoy's admin
-    (http://127.0.0.1:9901/quitquitquit) made the delivery worker stop the edge; by name or by address, any
-    port the platform listens on is refused then. Without an allowlist no internal address is reachable, and a
-    public receiver may listen on any port."""
-    reserved = frozenset({9901, 50051})
-    for url in ("http://127.0.0.1:9901/quitquitquit", "http://localhost:50051/", "https://[::1]:9901/logging"):
+    (http://127.0.0.1:9901/quitquitquit) made the delivery worker stop the edge: an internal address on any
+    port the platform listens on is refused. A public receiver keeps every port (an edge on 443 must not
+    refuse every https callback); a name is judged where it resolves (the resolver tests below)."""
+    reserved = frozenset({443, 9901, 50051})
+    hosts = ["127.0.0.1", "localhost", "::1"]
+    for url in ("http://127.0.0.1:9901/quitquitquit", "https://[::1]:9901/logging", "http://127.0.0.1:50051/"):
         with pytest.raises(ForbiddenDestination, match="one this platform listens on"):
-            check_url(
-                url,
-                allow_http_hosts=["127.0.0.1", "localhost", "::1"],
-                allow_networks=LOOPBACK,
-                reserved_ports=reserved,
-            )
-    assert check_url(
-        "http://127.0.0.1:4400/", allow_http_hosts=["127.0.0.1"], allow_networks=LOOPBACK, reserved_ports=reserved
-    )
-    assert check_url("https://example.com:9901/", reserved_ports=reserved).port == 9901
+            check_url(url, allow_http_hosts=hosts, allow_networks=LOOPBACK, reserved_ports=reserved)
+    assert check_url("http://127.0.0.1:4400/", allow_http_hosts=hosts, allow_networks=LOOPBACK, reserved_ports=reserved)
+    assert check_url("https://hooks.example.com/x", allow_networks=LOOPBACK, reserved_ports=reserved).port == 443
+    assert check_url("https://93.184.216.34:9901/", allow_networks=LOOPBACK, reserved_ports=reserved).port == 9901
+
+
+async def test_a_name_that_resolves_to_an_internal_address_on_a_platform_port_is_refused() -> None:
+    class Fixed(AbstractResolver):
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+        async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[Any]:
+            return [{"hostname": host, "host": self.address, "port": port, "family": family, "proto": 0, "flags": 0}]
+
+        async def close(self) -> None:
+            pass
+
+    internal = GuardedResolver(LOOPBACK, inner=Fixed("127.0.0.1"), reserved_ports={9901})
+    with pytest.raises(ForbiddenDestination, match="one this platform listens on"):
+        await internal.resolve("localhost", 9901)
+    assert await internal.resolve("localhost", 4400)
+    public = GuardedResolver(LOOPBACK, inner=Fixed("93.184.216.34"), reserved_ports={9901})
+    assert await public.resolve("hooks.example.com", 9901)
+    with pytest.raises(ForbiddenDestination, match="one this platform listens on"):
+        await resolve_and_check("127.0.0.1", 9901, LOOPBACK, reserved_ports={9901})
 
 
 def test_the_shipped_configuration_reserves_its_admin_and_service_ports() -> None:
