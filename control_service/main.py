@@ -145,8 +145,8 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
         log.info("control ready")
         await life.until_stopped()
         log.info("control stopping")
-        for recorder in recorders:  # acks what they recorded; what they had not started goes back to the queue
-            await recorder.stop(RECORDER_DRAIN_SECONDS)
+        # Each acks what it recorded; what it had not started goes back to its queue.
+        await asyncio.gather(*(recorder.stop(RECORDER_DRAIN_SECONDS) for recorder in recorders))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,6 +166,7 @@ class Processor:
         duplicates: list[InboundEvent] = []
         reindex: list[tuple[InboundEvent, EventStatus]] = []
         resumed: list[tuple[int, InboundEvent, Prior]] = []
+        replays: list[tuple[int, InboundEvent, Prior]] = []
         passes: dict[int, _Pass] = {}
         for i, e in enumerate(events):
             prior = priors.get(e.key)
@@ -173,11 +174,10 @@ class Processor:
                 # A row with no receipt was never committed: what a redrive's reset of attempts leaves for an
                 # event dead-lettered before its first commit (a batch the store refused). Nothing is applied.
                 prior = None
-            if e.replay and (prior is None or prior.receipt_id != e.receipt_id):
-                # A replay is applied again on purpose: every operation runs, as the next attempt. Its own
-                # retries and redeliveries (the same receipt) resume like any other pass below.
-                attempt = (prior.attempts if prior else 0) + 1
-                passes[i] = self._pass(e, attempt, frozenset(), attempt)
+            if e.replay and prior is None:
+                passes[i] = self._pass(e, 1, frozenset(), 1)
+            elif e.replay and prior is not None and prior.receipt_id != e.receipt_id:
+                replays.append((i, e, prior))  # a new replay, or one another replay took over since
             elif prior is None:
                 passes[i] = self._pass(e, 1, frozenset(), 1)
             elif prior.receipt_id != e.receipt_id:
@@ -188,21 +188,33 @@ class Processor:
                 if prior.status is EventStatus.FAILED:
                     # Its dead letter may never have been published (the copy refused, or the processor died
                     # before it): dead-lettered again. A second record of it at worst, never none.
-                    error = f"{prior.last_error} ({REDELIVERED_FAILED})" if prior.last_error else REDELIVERED_FAILED
+                    error = f"{REDELIVERED_FAILED}: {prior.last_error}" if prior.last_error else REDELIVERED_FAILED
                     out[i] = Handled(Disposition.FAILED, prior.attempts, error, again=True)
                 else:
                     out[i] = Handled(Disposition.DONE, prior.attempts)
             elif sent_attempts is not None and sent_attempts[i] < prior.attempts:
-                out[i] = Handled(Disposition.BEHIND, prior.attempts, f"behind attempt {prior.attempts}: sent to wait")
+                out[i] = Handled(Disposition.BEHIND, prior.attempts, prior.last_error)
             else:
                 resumed.append((i, e, prior))
-        if resumed:  # retries and redeliveries of a non-final pass: skip what this receipt did
+        if resumed or replays:  # what these receipts did before
             runs = await asyncio.gather(
-                *(self.store.runs_of(e.source, e.event_id, e.receipt_id) for _, e, _ in resumed)
+                *(self.store.runs_of(e.source, e.event_id, e.receipt_id) for _, e, _ in [*resumed, *replays])
             )
-            for (i, e, prior), run in zip(resumed, runs, strict=True):
+            for (i, e, prior), run in zip([*resumed, *replays], runs, strict=True):
                 attempt = prior.attempts + 1
-                passes[i] = self._pass(e, attempt, run.done, run.first_attempt(attempt))
+                if not e.replay or prior.receipt_id == e.receipt_id:
+                    # A retry or redelivery of a non-final pass: what this receipt did is skipped.
+                    passes[i] = self._pass(e, attempt, run.done, run.first_attempt(attempt))
+                elif not run.attempts:
+                    # A replay is applied again on purpose: every operation runs, as the event's next attempt,
+                    # with as many attempts as a new event from there.
+                    passes[i] = self._pass(e, attempt, frozenset(), attempt)
+                else:
+                    # A copy of a replay that another replay of the event took over since: that one runs
+                    # everything again; this one giving itself a fresh budget, two overlapping replays of a
+                    # failing event ran every operation by turns, without end.
+                    duplicates.append(e)
+                    out[i] = Handled(Disposition.DUPLICATE)
 
         commits: dict[int, Commit] = {}
         # No await from here to the end of _decide: batches running concurrently decide one after the other.

@@ -54,13 +54,15 @@ The worker owns, so that no handler repeats them:
   reconnects with back-off, joins the members queue and subscribes every queue it consumed before. Copies
   (retries, dead letters) are published on a second connection: during a resource alarm the broker stops
   reading from a connection that publishes, and on the consuming one that held back every ack with it (the
-  acks are what drain the queues). While the broker blocks that connection a forward fails at once, and the
-  message returns to its queue. Either connection lost, both are closed and reopened together.
+  acks are what drain the queues). While the broker blocks that connection the message is held and its copy
+  published once the alarm ends (acks go on meanwhile). Either connection lost, both are closed and reopened
+  together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -96,6 +98,8 @@ FORWARD_CONFIRM_TIMEOUT = 5.0
 # A forward that failed while the channel is up is returned to the queue after this pause (the broker is
 # likely failing; an immediate redelivery would spin).
 FORWARD_FAILURE_PAUSE = 1.0
+# How often a copy held during a resource alarm looks whether the broker unblocked publishing.
+BLOCKED_POLL_SECONDS = 0.5
 MAX_ERROR_HEADER = 1000
 # A message that made the handler raise goes back to its queue this long after, where nothing else takes it
 # (WorkerSettings.crash_attempts 0).
@@ -229,6 +233,8 @@ class QueueWorker:
         self._live_forwarding: AsyncioConnection | None = None  # publishing the copies, opened with _live
         self._forwarding: ConfirmingChannel | None = None  # the channel copies are published on
         self._forwarding_blocked = False  # the broker blocked _live_forwarding (a resource alarm)
+        self._unblocked = asyncio.Event()  # set while not _forwarding_blocked
+        self._unblocked.set()
         self._reconnecting: asyncio.Task[None] | None = None
         self._subs = {name: _Subscription(name) for name in (queues or topology.work_queues)}
         # Consuming a partitioned stream's partitions: join its members, prefer a share, hand over.
@@ -300,7 +306,7 @@ class QueueWorker:
                 heartbeat=self.settings.heartbeat,
                 on_blocked=self._set_forwarding_blocked,
             )
-            self._forwarding_blocked = False
+            self._set_forwarding_blocked(False)
             self._forwarding = await ConfirmingChannel.open(
                 forwarding, lambda reason: self._channel_lost(connection, "forwarding", reason)
             )
@@ -324,6 +330,10 @@ class QueueWorker:
             what = "the broker blocks forwarding (a resource alarm)" if blocked else "the broker unblocked forwarding"
             log.warning(what, extra={"purpose": self.purpose})
         self._forwarding_blocked = blocked
+        if blocked:
+            self._unblocked.clear()
+        else:
+            self._unblocked.set()
 
     def _on_closed(self, connection: AsyncioConnection, reason: BaseException) -> None:
         """A connection closed. Only the live pair matters (an attempt that failed is retried by whoever made
@@ -748,8 +758,16 @@ class QueueWorker:
         assert len(verdicts) == len(batch), "one verdict per message"
         for hook in self.hooks:
             hook.batch_done(len(batch), time.monotonic() - started)
-        forwarded = await asyncio.gather(*(self._forward(m, v) for m, v in zip(batch, verdicts, strict=True)))
-        done = [(m, v) for (m, v), ok in zip(zip(batch, verdicts, strict=True), forwarded, strict=True) if ok]
+        pairs = list(zip(batch, verdicts, strict=True))
+        # The acks first: a copy may wait (a resource alarm), and the acks are what drain the queues meanwhile.
+        self._settle([(m, v) for m, v in pairs if isinstance(v, Ack)])
+        copies = [(m, v) for m, v in pairs if not isinstance(v, Ack)]
+        if copies:
+            forwarded = await asyncio.gather(*(self._forward(m, v) for m, v in copies))
+            self._settle([pair for pair, ok in zip(copies, forwarded, strict=True) if ok])
+
+    def _settle(self, done: Sequence[tuple[QueueMessage, Verdict]]) -> None:
+        """Acks messages whose outcome is committed and whose copy, if any, is confirmed; tells the hooks."""
         self._ack([m for m, _ in done])
         for message, verdict in done:
             for hook in self.hooks:
@@ -825,58 +843,76 @@ class QueueWorker:
     async def _forward(self, message: QueueMessage, verdict: Verdict) -> bool:
         """Publishes the copy a Retry or DeadLetter asks for; False if it could not (returned to the queue), or
         if the message is no longer held: its channel closed, and the broker hands it out again, so a copy now
-        would make two (a delivery sent twice more, an operation run again)."""
+        would make two (a delivery sent twice more, an operation run again). While the broker blocks the
+        forwarding connection (a resource alarm) the message is held, and its copy published once the alarm
+        ends: returned at once, it came straight back, failed again, and each return counted toward its
+        queue's delivery limit until the broker dead-lettered it, its event or delivery left RETRYING."""
         if isinstance(verdict, Ack):
             return True
         if not message.held:
             return False
-        try:
-            if isinstance(verdict, Retry):
-                if verdict.delay_ms is None:
-                    level = self.topology.level_for_attempt(verdict.attempt)
-                    delay_ms = max(1, round(jittered(level, self.rng)))
-                else:
-                    level = self.topology.level_for_delay(verdict.delay_ms)
-                    delay_ms = max(1, min(verdict.delay_ms, level))
-                headers = {
-                    "x-attempt": verdict.attempt,
-                    "x-retry-delay-ms": delay_ms,
-                    "x-last-error": verdict.error[:MAX_ERROR_HEADER],
-                }
-                if verdict.outcome == CRASHED:
-                    headers[CRASH_HEADER] = crash_count(message) + 1
-                copy = self._copy(message, headers, expiration_ms=delay_ms)
-                await self._publish(self.topology.retry_exchange, str(level), copy)
-            else:
-                assert isinstance(verdict, DeadLetter)
-                headers = {
-                    "x-attempt": verdict.attempt,
-                    "x-last-error": verdict.error[:MAX_ERROR_HEADER],
-                    "x-dead-reason": verdict.outcome,
-                    "x-dead-at": time.time_ns() // 1000,
-                }
-                if verdict.again:
-                    headers[DEAD_AGAIN_HEADER] = 1
-                if verdict.outcome == CRASHED:
-                    headers[CRASH_HEADER] = crash_count(message) + 1
-                await self._publish(
-                    self.topology.dead_exchange, self.topology.routing_key, self._copy(message, headers)
+        exchange, routing_key, copy = self._copy_for(message, verdict)
+        while True:
+            try:
+                await self._publish(exchange, routing_key, copy)
+                break
+            except BrokerUnavailable as exc:
+                if self._forwarding_blocked and message.held:
+                    await self._while_blocked(message)
+                    if message.held:
+                        continue
+                # The outcome is committed; a redelivery resumes from it once the broker is back.
+                for hook in self.hooks:
+                    hook.forward_failed(message, exc)
+                log.warning(
+                    "could not forward, returning the message",
+                    extra={"message_id": message.message_id, "error": exc.message},
                 )
-            for hook in self.hooks:
-                hook.forwarded(message, verdict)
-            return True
-        except BrokerUnavailable as exc:
-            # The outcome is committed; a redelivery resumes from it once the broker is back.
-            for hook in self.hooks:
-                hook.forward_failed(message, exc)
-            log.warning(
-                "could not forward, returning the message",
-                extra={"message_id": message.message_id, "error": exc.message},
-            )
-            if message.held:
-                await asyncio.sleep(FORWARD_FAILURE_PAUSE)
-            self._return(message)
-            return False
+                if message.held:
+                    await asyncio.sleep(FORWARD_FAILURE_PAUSE)
+                self._return(message)
+                return False
+        for hook in self.hooks:
+            hook.forwarded(message, verdict)
+        return True
+
+    async def _while_blocked(self, message: QueueMessage) -> None:
+        """Waits while the broker blocks the forwarding connection and ``message`` is held (a stop that runs
+        out of time cancels the wait: the message goes back with its channel)."""
+        log.info("holding a message until the broker unblocks publishing", extra={"message_id": message.message_id})
+        while self._forwarding_blocked and message.held:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._unblocked.wait(), BLOCKED_POLL_SECONDS)
+
+    def _copy_for(self, message: QueueMessage, verdict: Verdict) -> tuple[str, str, tuple[bytes, pika.BasicProperties]]:
+        """Where the copy a Retry or DeadLetter asks for goes (exchange, routing key), and the copy."""
+        if isinstance(verdict, Retry):
+            if verdict.delay_ms is None:
+                level = self.topology.level_for_attempt(verdict.attempt)
+                delay_ms = max(1, round(jittered(level, self.rng)))
+            else:
+                level = self.topology.level_for_delay(verdict.delay_ms)
+                delay_ms = max(1, min(verdict.delay_ms, level))
+            headers: dict[str, Any] = {
+                "x-attempt": verdict.attempt,
+                "x-retry-delay-ms": delay_ms,
+                "x-last-error": verdict.error[:MAX_ERROR_HEADER],
+            }
+            if verdict.outcome == CRASHED:
+                headers[CRASH_HEADER] = crash_count(message) + 1
+            return self.topology.retry_exchange, str(level), self._copy(message, headers, expiration_ms=delay_ms)
+        assert isinstance(verdict, DeadLetter)
+        headers = {
+            "x-attempt": verdict.attempt,
+            "x-last-error": verdict.error[:MAX_ERROR_HEADER],
+            "x-dead-reason": verdict.outcome,
+            "x-dead-at": time.time_ns() // 1000,
+        }
+        if verdict.again:
+            headers[DEAD_AGAIN_HEADER] = 1
+        if verdict.outcome == CRASHED:
+            headers[CRASH_HEADER] = crash_count(message) + 1
+        return self.topology.dead_exchange, self.topology.routing_key, self._copy(message, headers)
 
     async def _publish(self, exchange: str, routing_key: str, copy: tuple[bytes, pika.BasicProperties]) -> None:
         forward = self._forwarding

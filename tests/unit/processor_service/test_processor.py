@@ -156,6 +156,26 @@ async def test_a_replays_own_retries_skip_what_the_replay_did_and_it_gets_a_full
     assert store.ok_runs("shop/evt_1") == {"entity": 2}
 
 
+async def test_a_copy_of_a_replay_another_replay_took_over_is_a_duplicate(store: MemoryEvents) -> None:
+    """Found in the review of the replay fix: two replays of a failing event overlapping, each copy of one found
+    the row under the other and was taken for a new replay with a fresh budget: every operation ran by turns,
+    without end. A replay whose receipt already ran is superseded: a duplicate, nothing runs."""
+    entity, flaky = Counter(), Flaky(ok_from=99)
+    p = processor(
+        store,
+        Operation("entity", entity, takes_context=True),
+        Operation("flaky", flaky, takes_context=True),
+        max_attempts=3,
+    )
+    original = event()
+    r2, r3 = replace(original, receipt_id="r2", replay=True), replace(original, receipt_id="r3", replay=True)
+    assert (await one(p, r2)).disposition is Disposition.RETRY
+    assert (await one(p, r3)).disposition is Disposition.RETRY  # r3 takes the row over
+    assert (await one(p, r2)).disposition is Disposition.DUPLICATE  # r2's retry copy: superseded
+    assert (entity.calls, flaky.calls) == (2, 2)
+    assert (await one(p, r3)).disposition is Disposition.RETRY  # r3 goes on with its own budget
+
+
 async def test_a_copy_behind_the_stored_attempts_runs_nothing_and_goes_back_to_wait(store: MemoryEvents) -> None:
     """Found in review: when a retry copy cannot be published (during a broker alarm, at once), the message
     comes back with the attempts it was sent with, behind the stored ones; run at once, the attempts of an
@@ -169,6 +189,7 @@ async def test_a_copy_behind_the_stored_attempts_runs_nothing_and_goes_back_to_w
     (behind,) = await p.handle([e], sent_attempts=[0])  # the original again: its retry copy never went out
     assert (behind.disposition, behind.attempt, flaky.calls) == (Disposition.BEHIND, 1, 1)
     assert store.stored["shop/evt_1"].attempts == 1
+    assert behind.last_error == first.last_error  # the operation's error stays the copy's x-last-error
     assert verdict(e, behind) == Retry(1, behind.last_error, outcome="behind")
     (retried,) = await p.handle([e], sent_attempts=[1])  # the retry copy, after its delay
     assert (retried.disposition, retried.attempt, flaky.calls) == (Disposition.RETRY, 2, 2)
@@ -302,7 +323,7 @@ async def test_a_redelivered_receipt_whose_pass_failed_is_dead_lettered_again(st
     again = await one(p, event())
     assert (again.disposition, again.attempt, again.again) == (Disposition.FAILED, 1, True)
     assert "redelivered" in again.last_error and store.ok_runs("shop/evt_1") == {}
-    assert again.last_error.startswith("flaky: ConnectionError: attempt 1 refused")  # the cause, not only how
+    assert again.last_error.endswith("flaky: ConnectionError: attempt 1 refused")  # the cause, not only how
     assert verdict(event(), again) == DeadLetter(1, again.last_error, outcome="failed", again=True)
 
 
