@@ -133,17 +133,18 @@ async def test_a_replay_runs_every_operation_again_without_a_claim(store: Memory
     assert store.duplicates == {}
 
 
+def entity_then_failing(store: MemoryEvents, *, max_attempts: int) -> tuple[Processor, Counter, Flaky]:
+    """A processor whose events run an operation that succeeds, then one that always fails."""
+    entity, flaky = Counter(), Flaky(ok_from=99)
+    ops = (Operation("entity", entity, takes_context=True), Operation("flaky", flaky, takes_context=True))
+    return processor(store, *ops, max_attempts=max_attempts), entity, flaky
+
+
 async def test_a_replays_own_retries_skip_what_the_replay_did_and_it_gets_a_full_budget(store: MemoryEvents) -> None:
     """Found in review: a replay's retry copy (or its redelivery: the replay's receipt again) was taken for a
     new replay, so what the replay had run OK ran again; and a replay counted on from the event's attempts
     against the same limit, so replaying an event that had used them up left it no retry at all."""
-    entity, flaky = Counter(), Flaky(ok_from=99)
-    p = processor(
-        store,
-        Operation("entity", entity, takes_context=True),
-        Operation("flaky", flaky, takes_context=True),
-        max_attempts=2,
-    )
+    p, entity, flaky = entity_then_failing(store, max_attempts=2)
     original = event()
     await one(p, original)
     assert (await one(p, original)).disposition is Disposition.FAILED  # attempts 1 and 2 used
@@ -160,13 +161,7 @@ async def test_a_copy_of_a_replay_another_replay_took_over_is_a_duplicate(store:
     """Found in the review of the replay fix: two replays of a failing event overlapping, each copy of one found
     the row under the other and was taken for a new replay with a fresh budget: every operation ran by turns,
     without end. A replay whose receipt already ran is superseded: a duplicate, nothing runs."""
-    entity, flaky = Counter(), Flaky(ok_from=99)
-    p = processor(
-        store,
-        Operation("entity", entity, takes_context=True),
-        Operation("flaky", flaky, takes_context=True),
-        max_attempts=3,
-    )
+    p, entity, flaky = entity_then_failing(store, max_attempts=3)
     original = event()
     r2, r3 = replace(original, receipt_id="r2", replay=True), replace(original, receipt_id="r3", replay=True)
     assert (await one(p, r2)).disposition is Disposition.RETRY
