@@ -32,7 +32,7 @@ from typing import Any
 
 from switchboard.addresses import host_port
 from switchboard.config import PlatformConfig, load_config
-from switchboard.errors import ConfigError, StackError
+from switchboard.errors import ConfigError, StackError, SwitchboardError
 from switchboard.runtime.logs import setup_logging
 from switchboard_cli import listen, operations, status, subs, trace
 from switchboard_cli.args import MAX_MINUTES, MAX_PAGE, whole
@@ -165,7 +165,7 @@ def stack_up(cfg: PlatformConfig, processors: int | None, *, with_prometheus: bo
     try:
         try:
             stack.up()
-        except (StackError, ConfigError) as exc:
+        except SwitchboardError as exc:  # StackError, ConfigError; StoreUnavailable when stopped during its wait
             if received:
                 _say(f"switchboard: {received[0]} while starting; stopping what started", sys.stderr)
                 return 130

@@ -69,12 +69,12 @@ def ports_in_use(
 ) -> list[Listener]:
     """The listeners the stack will open (``switchboard.config.ports.listeners``, less the control service's
     without outbound delivery and Prometheus' without ``with_prometheus``) whose port something listens on."""
-    skip = set()
-    if cfg.delivery.secrets_key is None:  # the stack runs no control service
-        skip |= {"control.port", "metrics.control_port"}
+    skip: tuple[str, ...] = ()
+    if cfg.delivery.secrets_key is None:  # the stack runs no control service and no delivery worker
+        skip += ("control.port", "metrics.control_port", "metrics.delivery_port")
     if not with_prometheus:
-        skip.add("metrics.prometheus_port")
-    planned = [x for x in listeners(cfg, processors=processors) if x.key not in skip]
+        skip += ("metrics.prometheus_port",)
+    planned = [x for x in listeners(cfg, processors=processors) if not x.key.startswith(skip)]
     return [x for x in planned if listened_on(x.host, x.port)]
 
 

@@ -212,6 +212,7 @@ class Stack:
             self.trace_sink.wait_ready(timeout, stop=self.stop)
 
         StoreSession.connect(cfg.cassandra, wait_seconds=timeout, create_schema=True, stop=self.stop).close()
+        self._check_stop()
 
         self.query = self._grpc_service("query", cfg.query.host, cfg.query.port, "webhooks.v1.Query")
         self._start(self.query)
@@ -385,10 +386,16 @@ class Stack:
             time.sleep(0.2)
 
     def _start(self, proc: ManagedProcess) -> None:
+        self._check_stop()
         proc.start()
         self.started.append(proc)
         if isinstance(proc, ServiceProcess) and proc.metrics_port:
             self._write_targets()
+
+    def _check_stop(self) -> None:
+        """``StackError`` once ``stop`` is set: nothing more is started."""
+        if self.stop is not None and self.stop.is_set():
+            raise StackError("stopped while starting")
 
     # -- stop -------------------------------------------------------------------------------------------
     def down(self) -> None:

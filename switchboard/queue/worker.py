@@ -248,6 +248,7 @@ class QueueWorker:
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._batches: set[asyncio.Task[None]] = set()  # running batches, for stop() to cancel
+        self._held: set[asyncio.Task[None]] = set()  # messages held through a resource alarm (_after_alarm)
         self._slots_taken = 0  # batches started and not finished (at most ``concurrency``)
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -461,7 +462,7 @@ class QueueWorker:
     @property
     def in_flight(self) -> int:
         """Messages held: started by the handler or waiting to be."""
-        return self._running + len(self._pending)
+        return self._running + len(self._pending) + len(self._held)
 
     @property
     def running(self) -> int:
@@ -484,7 +485,7 @@ class QueueWorker:
             drained = True
         except TimeoutError:
             drained = False
-        tasks = [*self._tasks, *self._batches]
+        tasks = [*self._tasks, *self._batches, *self._held]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -764,7 +765,7 @@ class QueueWorker:
         copies = [(m, v) for m, v in pairs if not isinstance(v, Ack)]
         if copies:
             forwarded = await asyncio.gather(*(self._forward(m, v) for m, v in copies))
-            self._settle([pair for pair, ok in zip(copies, forwarded, strict=True) if ok])
+            self._settle([pair for pair, ok in zip(copies, forwarded, strict=True) if ok])  # None: held
 
     def _settle(self, done: Sequence[tuple[QueueMessage, Verdict]]) -> None:
         """Acks messages whose outcome is committed and whose copy, if any, is confirmed; tells the hooks."""
@@ -840,49 +841,80 @@ class QueueWorker:
                 log.warning("ack failed", extra={"messages": len(tags), "error": repr(exc)})
 
     # -- forwarding -------------------------------------------------------------------------------------
-    async def _forward(self, message: QueueMessage, verdict: Verdict) -> bool:
-        """Publishes the copy a Retry or DeadLetter asks for; False if it could not (returned to the queue), or
-        if the message is no longer held: its channel closed, and the broker hands it out again, so a copy now
-        would make two (a delivery sent twice more, an operation run again). While the broker blocks the
-        forwarding connection (a resource alarm) the message is held, and its copy published once the alarm
-        ends: returned at once, it came straight back, failed again, and each return counted toward its
-        queue's delivery limit until the broker dead-lettered it, its event or delivery left RETRYING."""
+    async def _forward(self, message: QueueMessage, verdict: Verdict) -> bool | None:
+        """Publishes the copy a Retry or DeadLetter asks for; True once confirmed; False if it could not
+        (returned to the queue), or if the message is no longer held: its channel closed, and the broker hands
+        it out again, so a copy now would make two (a delivery sent twice more, an operation run again).
+
+        None: the broker blocks the forwarding connection (a resource alarm). The message is handed to a
+        task of its own that publishes its copy once the alarm ends, then acks it (``_held``); its batch ends
+        meanwhile, so the worker goes on with other messages and their acks, which are what drain the queues.
+        Returned at once instead, it came straight back, failed again, and each return counted toward its
+        queue's delivery limit until the broker dead-lettered it, its event or delivery left RETRYING; waited
+        for in its batch, it held the batch's slot, and a processor (one batch at a time) stopped."""
         if isinstance(verdict, Ack):
             return True
         if not message.held:
             return False
         exchange, routing_key, copy = self._copy_for(message, verdict)
-        while True:
-            try:
-                await self._publish(exchange, routing_key, copy)
-                break
-            except BrokerUnavailable as exc:
-                if self._forwarding_blocked and message.held:
-                    await self._while_blocked(message)
-                    if message.held:
-                        continue
-                # The outcome is committed; a redelivery resumes from it once the broker is back.
-                for hook in self.hooks:
-                    hook.forward_failed(message, exc)
-                log.warning(
-                    "could not forward, returning the message",
-                    extra={"message_id": message.message_id, "error": exc.message},
-                )
-                if message.held:
-                    await asyncio.sleep(FORWARD_FAILURE_PAUSE)
-                self._return(message)
-                return False
+        try:
+            await self._publish(exchange, routing_key, copy)
+        except BrokerUnavailable as exc:
+            if self._forwarding_blocked and message.held:
+                task = self._background(self._after_alarm(message, verdict, exchange, routing_key, copy))
+                self._held.add(task)
+                task.add_done_callback(self._held.discard)
+                return None
+            await self._forward_failed(message, exc)
+            return False
         for hook in self.hooks:
             hook.forwarded(message, verdict)
         return True
 
-    async def _while_blocked(self, message: QueueMessage) -> None:
-        """Waits while the broker blocks the forwarding connection and ``message`` is held (a stop that runs
-        out of time cancels the wait: the message goes back with its channel)."""
+    async def _after_alarm(
+        self,
+        message: QueueMessage,
+        verdict: Verdict,
+        exchange: str,
+        routing_key: str,
+        copy: tuple[bytes, pika.BasicProperties],
+    ) -> None:
+        """Holds ``message`` while the broker blocks publishing, then publishes its copy and acks it; returns it
+        to its queue if publishing fails otherwise (a lost connection: held no longer, nothing to do). A stop
+        cancels the wait: the message goes back with its channel."""
         log.info("holding a message until the broker unblocks publishing", extra={"message_id": message.message_id})
-        while self._forwarding_blocked and message.held:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._unblocked.wait(), BLOCKED_POLL_SECONDS)
+        while True:
+            while (
+                self._forwarding_blocked and message.held and self._forwarding is not None and self._forwarding.is_open
+            ):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._unblocked.wait(), BLOCKED_POLL_SECONDS)
+            if not message.held:
+                return
+            try:
+                await self._publish(exchange, routing_key, copy)
+            except BrokerUnavailable as exc:
+                if self._forwarding_blocked and message.held:
+                    continue
+                await self._forward_failed(message, exc)
+                return
+            for hook in self.hooks:
+                hook.forwarded(message, verdict)
+            self._settle([(message, verdict)])
+            return
+
+    async def _forward_failed(self, message: QueueMessage, exc: BrokerUnavailable) -> None:
+        """The outcome is committed and the copy could not be published: the message returns to its queue after
+        a pause (a redelivery resumes from the outcome once the broker is back)."""
+        for hook in self.hooks:
+            hook.forward_failed(message, exc)
+        log.warning(
+            "could not forward, returning the message",
+            extra={"message_id": message.message_id, "error": exc.message},
+        )
+        if message.held:
+            await asyncio.sleep(FORWARD_FAILURE_PAUSE)
+        self._return(message)
 
     def _copy_for(self, message: QueueMessage, verdict: Verdict) -> tuple[str, str, tuple[bytes, pika.BasicProperties]]:
         """Where the copy a Retry or DeadLetter asks for goes (exchange, routing key), and the copy."""

@@ -172,15 +172,22 @@ class EventStore:
         """An event redriven from the dead letters (``event``: the dead-lettered receipt): RETRYING with a fresh
         attempt budget (its history of runs stays; the next passes number their attempts from 1 again). False,
         writing nothing, for one processed since (a replay, say), or stored under another receipt that is not a
-        replay: the redriven receipt would be a duplicate there, acked with nothing run, and the row would have
-        said RETRYING for good. An event with no row (dead-lettered before its first commit) gets one with no
-        receipt, which the processor takes for nothing stored."""
+        replay, or that is a replay that ran and that another replay took over since: the redriven receipt
+        would be a duplicate there, acked with nothing run, and the row would have said RETRYING for good. An
+        event with no row (dead-lettered before its first commit) gets one with no receipt, which the
+        processor takes for nothing stored."""
         source, event_id = event.source, event.event_id
         rows = await self.store.execute(self.q.get_event, (source, event_id))
         if rows and rows[0].status in (EventStatus.PROCESSED.value, EventStatus.STALE.value):
             return False
-        if rows and rows[0].receipt_id and rows[0].receipt_id != event.receipt_id and not event.replay:
-            return False
+        if rows and rows[0].receipt_id and rows[0].receipt_id != event.receipt_id:
+            if not event.replay:
+                return False
+            # A replay under another receipt: taken for a new replay only if its own receipt never ran. One
+            # that ran and that another replay took over since is a duplicate to the processor, so resetting
+            # the row for it left the event RETRYING for good.
+            if (await self.runs_of(source, event_id, event.receipt_id)).attempts:
+                return False
         await self.store.execute(self.q.reset_attempts, (self.ttl, EventStatus.RETRYING.value, source, event_id))
         return True
 

@@ -171,17 +171,26 @@ async def open_store(
         await asyncio.to_thread(store.close)
 
 
+STOP_POLL_SECONDS = 0.1
+
+
 async def _relay(stop: asyncio.Event, halt: threading.Event) -> None:
     await stop.wait()
     halt.set()
 
 
 def _pause(delay: float, stop: threading.Event | None, waiting_for: str) -> None:
-    """Sleeps ``delay`` seconds; ``StoreUnavailable`` at once if ``stop`` is or gets set."""
-    if stop is None:
-        time.sleep(delay)
-    elif stop.wait(delay):
-        raise StoreUnavailable(f"stopped while waiting for {waiting_for}")
+    """Sleeps ``delay`` seconds; ``StoreUnavailable`` within a tenth of a second if ``stop`` is or gets set.
+    Polled (``is_set`` takes no lock), not ``stop.wait``: a signal handler on this thread that sets ``stop``
+    while ``wait`` holds the event's lock would wait for that lock for ever."""
+    deadline = time.monotonic() + delay
+    while True:
+        if stop is not None and stop.is_set():
+            raise StoreUnavailable(f"stopped while waiting for {waiting_for}")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(STOP_POLL_SECONDS, left))
 
 
 def _connect(cfg: CassandraConfig, deadline: float, stop: threading.Event | None = None) -> tuple[Cluster, Session]:

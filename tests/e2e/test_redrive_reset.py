@@ -7,12 +7,13 @@ cancel asked through the store."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 
 import pytest
 
 from switchboard.config import PlatformConfig
-from switchboard.model.events import Commit, EventStatus, InboundEvent, StoredEvent, now_us
+from switchboard.model.events import Commit, EventStatus, InboundEvent, OperationResult, Outcome, StoredEvent, now_us
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState
 from switchboard.store import EntityStore, EventStore, OperationsStore, StoreSession
 from switchboard.store.deliveries import day_of
@@ -50,6 +51,17 @@ def test_a_redrive_resets_only_its_own_failed_receipt(stack: Stack, stack_config
             done = receipt("evt_done", "r1")
             await events.commit([Commit(StoredEvent(done, EventStatus.PROCESSED, attempts=1))])
             assert not await events.reset_attempts(done)
+
+            # Replays under another receipt: one that never ran is reset for (the processor applies it as a new
+            # replay); one that ran and another replay took over since is not (the processor would take it for
+            # a duplicate, and the row would say RETRYING for good).
+            r3 = dataclasses.replace(receipt("evt_replays", "r3"), replay=True)
+            r2, r4 = dataclasses.replace(r3, receipt_id="r2"), dataclasses.replace(r3, receipt_id="r4")
+            for replay, attempt in ((r2, 1), (r3, 2)):  # a run of each (its own run id: its own record)
+                ran = [OperationResult("op", Outcome.FAILED, attempt, 0, now_us(), "boom")]
+                await events.commit([Commit(StoredEvent(replay, EventStatus.FAILED, ran, attempts=attempt))])
+            assert not await events.reset_attempts(r2)
+            assert await events.reset_attempts(r4)
 
             never = receipt("evt_never", "r1")
             assert await events.reset_attempts(never)

@@ -882,9 +882,10 @@ async def test_during_a_memory_alarm_acks_go_on_copies_wait_and_publishes_fail_a
     """A memory alarm while a batch of nine runs (eight acks, one retry). RabbitMQ stops reading from every
     connection that publishes: the retry's copy used to go out on the consuming connection, which then held
     back the eight acks with it until the alarm ended (the queues kept all nine). Now the copy has a connection
-    of its own: the acks go through, the retried message is held (not returned to its queue, where each return
-    counted toward its delivery limit) and its copy goes out once the alarm ends; ingest's publisher fails at
-    once instead of buffering."""
+    of its own: the acks go through, the retried message is held apart from its batch (not returned to its
+    queue, where each return counted toward its delivery limit; not in its batch's slot, which stopped a worker
+    running one batch at a time) and its copy goes out once the alarm ends; ingest's publisher fails at once
+    instead of buffering."""
     topology = Topology(f"t{free_port()}", "events", (200,))
     handler, hooks = HeldThenRetry(), ForwardLog()
     settings = WorkerSettings(prefetch=16, max_batch=16, linger=0.3)
@@ -907,6 +908,9 @@ async def test_during_a_memory_alarm_acks_go_on_copies_wait_and_publishes_fail_a
             await asyncio.sleep(8)  # past the first copy's confirm timeout (5 s) and a return's pause (1 s)
             assert (hooks.copied, hooks.failures) == ([], []), "the copy went out or failed during the alarm"
             assert handler.seen["retry-0"] == 1, "the retried message was returned and handled again"
+            # Held apart from its batch: the batch's slot is free for other messages (one batch at a time
+            # stopped the worker for the whole alarm), and the message still counts as in flight.
+            assert (worker.running, worker.in_flight) == (0, 1)
         finally:
             rabbit.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
         await wait_for(lambda: "retry-0" in hooks.copied, "the copy forwarded after the alarm", within=30)
