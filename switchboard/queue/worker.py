@@ -760,7 +760,7 @@ class QueueWorker:
         for hook in self.hooks:
             hook.batch_done(len(batch), time.monotonic() - started)
         pairs = list(zip(batch, verdicts, strict=True))
-        # The acks first: a copy may wait (a resource alarm), and the acks are what drain the queues meanwhile.
+        # The acks first: they wait for no copy's confirm.
         self._settle([(m, v) for m, v in pairs if isinstance(v, Ack)])
         copies = [(m, v) for m, v in pairs if not isinstance(v, Ack)]
         if copies:
