@@ -165,8 +165,8 @@ class Processor:
         out: list[Handled | None] = [None] * len(events)
         duplicates: list[InboundEvent] = []
         reindex: list[tuple[InboundEvent, EventStatus]] = []
-        resumed: list[tuple[int, InboundEvent, Prior]] = []
-        replays: list[tuple[int, InboundEvent, Prior]] = []
+        # Receipts whose own earlier runs decide their pass: retries, redeliveries and replays.
+        rereads: list[tuple[int, InboundEvent, Prior]] = []
         passes: dict[int, _Pass] = {}
         for i, e in enumerate(events):
             prior = priors.get(e.key)
@@ -174,15 +174,14 @@ class Processor:
                 # A row with no receipt was never committed: what a redrive's reset of attempts leaves for an
                 # event dead-lettered before its first commit (a batch the store refused). Nothing is applied.
                 prior = None
-            if e.replay and prior is None:
-                passes[i] = self._pass(e, 1, frozenset(), 1)
-            elif e.replay and prior is not None and prior.receipt_id != e.receipt_id:
-                replays.append((i, e, prior))  # a new replay, or one another replay took over since
-            elif prior is None:
+            if prior is None:
                 passes[i] = self._pass(e, 1, frozenset(), 1)
             elif prior.receipt_id != e.receipt_id:
-                duplicates.append(e)
-                out[i] = Handled(Disposition.DUPLICATE)
+                if e.replay:  # a new replay, or one another replay took over since
+                    rereads.append((i, e, prior))
+                else:
+                    duplicates.append(e)
+                    out[i] = Handled(Disposition.DUPLICATE)
             elif prior.status in TERMINAL:
                 reindex.append((e, prior.status))  # repairs an index row lost to a crash
                 if prior.status is EventStatus.FAILED:
@@ -195,14 +194,14 @@ class Processor:
             elif sent_attempts is not None and sent_attempts[i] < prior.attempts:
                 out[i] = Handled(Disposition.BEHIND, prior.attempts, prior.last_error)
             else:
-                resumed.append((i, e, prior))
-        if resumed or replays:  # what these receipts did before
+                rereads.append((i, e, prior))
+        if rereads:  # what these receipts did before
             runs = await asyncio.gather(
-                *(self.store.runs_of(e.source, e.event_id, e.receipt_id) for _, e, _ in [*resumed, *replays])
+                *(self.store.runs_of(e.source, e.event_id, e.receipt_id) for _, e, _ in rereads)
             )
-            for (i, e, prior), run in zip([*resumed, *replays], runs, strict=True):
+            for (i, e, prior), run in zip(rereads, runs, strict=True):
                 attempt = prior.attempts + 1
-                if not e.replay or prior.receipt_id == e.receipt_id:
+                if prior.receipt_id == e.receipt_id:
                     # A retry or redelivery of a non-final pass: what this receipt did is skipped.
                     passes[i] = self._pass(e, attempt, run.done, run.first_attempt(attempt))
                 elif not run.attempts:

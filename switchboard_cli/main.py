@@ -145,8 +145,8 @@ def stack_up(cfg: PlatformConfig, processors: int | None, *, with_prometheus: bo
     from switchboard_devstack.stack import Stack
 
     setup_logging("stack", cfg.log_level)
-    starting = threading.Event()
-    stack = Stack(cfg, processors=processors, with_prometheus=with_prometheus, stop=starting)
+    stop_requested = threading.Event()
+    stack = Stack(cfg, processors=processors, with_prometheus=with_prometheus, stop=stop_requested)
     phase = "starting"
     received: list[str] = []
 
@@ -155,7 +155,7 @@ def stack_up(cfg: PlatformConfig, processors: int | None, *, with_prometheus: bo
         received.append(signal.Signals(signum).name)
         if phase != "stopping":
             phase = "stopping"
-            starting.set()
+            stop_requested.set()
             return
         _say("switchboard: stopping now: SIGKILL to every process started", sys.stderr)
         stack.kill()

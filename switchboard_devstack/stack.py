@@ -381,8 +381,7 @@ class Stack:
                     raise StackError(f"{p.name} exited during start-up; see {p.log_path}")
             if time.monotonic() > deadline:
                 raise StackError(f"{what} did not start consuming within {timeout:g} s")
-            if self.stop is not None and self.stop.is_set():
-                raise StackError(f"stopped while the {what} were starting")
+            self._check_stop()
             time.sleep(0.2)
 
     def _start(self, proc: ManagedProcess) -> None:
