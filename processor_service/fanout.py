@@ -1,9 +1,10 @@
 """The fan-out: the built-in ``deliver`` operation (``call = "processor_service.fanout:deliver"``).
 
-For an event that is processed (never for a duplicate or a stale one: their operations do not run), one
-delivery task per matching subscription (sources, event type globs, CEL condition; from the in-process
-cache, no per-event read) goes to the ``deliveries`` stream, each confirmed by the broker before the
-operation succeeds, hence before the event is committed and its message acked. The delivery id is
+For an event that is processed, stale ones included (``runs_when_stale``: a subscriber gets every event the
+provider sent, in the order they arrive; never for a duplicate, whose operations do not run), one delivery
+task per matching subscription (sources, event type globs, CEL condition; from the in-process cache, no
+per-event read) goes to the ``deliveries`` stream, each confirmed by the broker before the operation
+succeeds, hence before the event is committed and its message acked. The delivery id is
 deterministic per (event, subscription), so a processor that dies after publishing and before its commit
 publishes the same deliveries again on redelivery: the delivery workers recognise them (a delivery already
 final is acked without a send), and receivers deduplicate on ``webhook-id``. A delivery is never lost: an
@@ -25,6 +26,10 @@ CALL = "processor_service.fanout:deliver"
 
 
 class FanOut:
+    # A delivery changes no entity: an event older than its entity's version (STALE) is delivered too, and a
+    # replay of such an event delivers it again.
+    runs_when_stale = True
+
     def __init__(self, subscriptions: SubscriptionCache, publisher: DeliveryPublisher) -> None:
         self.subscriptions = subscriptions
         self.publisher = publisher

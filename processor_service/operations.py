@@ -6,6 +6,12 @@ own without touching the processor::
     async def op(event: InboundEvent) -> None: ...
     async def op(event: InboundEvent, ctx: OperationContext) -> None: ...
 
+An event older than its entity's applied version is STALE: its operations are skipped (recorded SKIPPED with
+the reason), except those that run for stale events too. An operation declares that with a
+``runs_when_stale = True`` attribute (the built-in ``deliver`` does: a subscriber gets every event, and an
+outbound delivery changes no entity); ``run_when_stale`` in its configuration overrides it. Operations that
+change state stay guarded, so nothing older is ever applied over newer state.
+
 Raise ``SkipOperation`` to record a skip; any other exception (or the timeout) records a failure, and the
 operation runs again on the event's next attempt. An operation that succeeded (or skipped) never runs again
 for that event.
@@ -76,6 +82,7 @@ class Operation:
     sources: tuple[str, ...] = ()
     timeout_seconds: float = 10.0
     takes_context: bool = False
+    runs_when_stale: bool = False  # runs for a STALE event too (see the module docstring)
 
     def matches(self, event: InboundEvent) -> bool:
         if self.sources and event.source not in self.sources:
@@ -125,7 +132,10 @@ def load_operation(cfg: OperationConfig, bound: Mapping[str, OperationFn] | None
     ]
     if len(positional) not in (1, 2):
         raise ConfigError(f"operation {cfg.name!r}: {cfg.call} must take (event) or (event, ctx)")
-    return Operation(cfg.name, fn, cfg.event_types, cfg.sources, cfg.timeout_seconds, len(positional) == 2)
+    when_stale = cfg.run_when_stale
+    if when_stale is None:
+        when_stale = getattr(fn, "runs_when_stale", False) is True
+    return Operation(cfg.name, fn, cfg.event_types, cfg.sources, cfg.timeout_seconds, len(positional) == 2, when_stale)
 
 
 class Registry:

@@ -77,7 +77,7 @@ def verdict(event: InboundEvent, handled: Handled) -> Verdict:
                 "operation failed, retry scheduled",
                 extra={"event": event.key, "attempt": handled.attempt, "error": handled.last_error[:300]},
             )
-            return Retry(handled.attempt, handled.last_error)
+            return Retry(handled.attempt, handled.last_error, backoff_attempt=handled.backoff_attempt or None)
         case Disposition.BEHIND:
             log.info(
                 "a copy behind its stored attempts, sent back to wait",

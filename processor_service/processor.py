@@ -11,8 +11,9 @@ receipts at a time (one read of what is stored, one write of every outcome):
   redelivery (the processor died before its ack) or a retry, which resumes from what was committed and only
   runs the operations with no OK or SKIPPED result yet. Replays (``replay``) are applied again on purpose.
 * **Out-of-order guard.** An event whose entity already holds a higher version is recorded as STALE and its
-  operations are not run; equal versions are applied. Events of one entity in the same batch are guarded in
-  arrival order against each other too.
+  operations are not run, except those that run when stale (``Operation.runs_when_stale``: ``deliver``; a
+  stale pass whose such operation fails retries like any pass, and moves no version mark). Equal versions
+  are applied. Events of one entity in the same batch are guarded in arrival order against each other too.
   Batches running at the same time in one processor (``processor.concurrency`` > 1) are guarded against each
   other too: the processor remembers the versions it committed (the latest ``DECIDED_VERSIONS`` entities)
   and those its batches in flight decided, and takes the highest of those and what it read, so a batch whose
@@ -41,7 +42,7 @@ import enum
 import itertools
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from processor_service.operations import Operation, Registry
@@ -98,6 +99,9 @@ class Handled:
     attempt: int = 0
     last_error: str = ""
     applied: int = 0  # operations that ran and succeeded in this pass
+    # The attempt within the receipt's own budget (1 for the first attempt of a replay that comes after the
+    # event's attempts): what a retry's backoff is counted from. 0: ``attempt``.
+    backoff_attempt: int = 0
     again: bool = False  # FAILED before this pass: its dead letter is a copy of that death (DeadLetter.again)
 
 
@@ -112,6 +116,8 @@ class _Pass:
     ops: list[Operation]
     guarded: bool
     last_attempt: int
+    stale: str = ""  # why the guard found it stale: only the operations that run when stale are left in ops
+    skipped: list[OperationResult] = field(default_factory=list)  # the guarded operations, skipped as stale
 
 
 class Processor:
@@ -243,11 +249,20 @@ class Processor:
         """Runs the passes and commits the batch (``handle``'s second half); returns the answers and when the
         commit started."""
         for i, reason in stale.items():
-            p = passes.pop(i)
+            # Guarded operations are skipped with the reason; those that run when stale (deliver) still run.
+            p = passes[i]
             finished = now_us()
-            skipped = [OperationResult(op.name, Outcome.SKIPPED, p.attempt, 0, finished, reason) for op in p.ops]
-            commits[i] = Commit(StoredEvent(p.event, EventStatus.STALE, skipped, finished, p.attempt, reason))
-            out[i] = Handled(Disposition.STALE, p.attempt, reason)
+            p.stale = reason
+            p.skipped = [
+                OperationResult(op.name, Outcome.SKIPPED, p.attempt, 0, finished, reason)
+                for op in p.ops
+                if not op.runs_when_stale
+            ]
+            p.ops = [op for op in p.ops if op.runs_when_stale]
+            if not p.ops:
+                del passes[i]
+                commits[i] = Commit(StoredEvent(p.event, EventStatus.STALE, p.skipped, finished, p.attempt, reason))
+                out[i] = Handled(Disposition.STALE, p.attempt, reason)
         ran = await asyncio.gather(*(self._run(p) for p in passes.values()))
         for i, (commit, handled) in zip(passes, ran, strict=True):
             commits[i] = commit
@@ -384,16 +399,19 @@ class Processor:
         return _Pass(event, attempt, ops, _guarded(event), first_attempt + self.max_attempts - 1)
 
     async def _run(self, p: _Pass) -> tuple[Commit, Handled]:
-        """Runs the pass's operations one after another and builds what to commit."""
-        results: list[OperationResult] = []
-        commit = Commit(StoredEvent(p.event, EventStatus.PROCESSED), mark_entity=p.guarded)
+        """Runs the pass's operations one after another and builds what to commit. A stale pass ends STALE
+        once its operations succeeded, and moves no version mark."""
+        results: list[OperationResult] = list(p.skipped)
+        commit = Commit(StoredEvent(p.event, EventStatus.PROCESSED), mark_entity=p.guarded and not p.stale)
         for op in p.ops:
             result, staged = await op.run(p.event, p.attempt)
             results.append(result)
             commit.effects.extend(staged)
         failed = [r for r in results if r.outcome is Outcome.FAILED]
         last_error = "; ".join(f"{r.operation}: {r.error}" for r in failed)[:2000]
-        if not failed:
+        if not failed and p.stale:
+            status, disposition, last_error = EventStatus.STALE, Disposition.STALE, p.stale
+        elif not failed:
             status, disposition = EventStatus.PROCESSED, Disposition.PROCESSED
         elif p.attempt < p.last_attempt:
             status, disposition = EventStatus.RETRYING, Disposition.RETRY
@@ -401,7 +419,9 @@ class Processor:
             status, disposition = EventStatus.FAILED, Disposition.FAILED
         commit.stored = StoredEvent(p.event, status, results, now_us(), p.attempt, last_error)
         applied = sum(1 for r in results if r.outcome is Outcome.OK)
-        return commit, Handled(disposition, p.attempt, last_error, applied)
+        return commit, Handled(
+            disposition, p.attempt, last_error, applied, p.attempt - p.last_attempt + self.max_attempts
+        )
 
 
 def _guarded(event: InboundEvent) -> bool:

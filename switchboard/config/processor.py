@@ -29,6 +29,10 @@ class OperationConfig:
     event_types: tuple[str, ...] = ("*",)
     sources: tuple[str, ...] = ()  # empty: every source
     timeout_seconds: float = 10.0
+    # Runs for a STALE event too (one older than its entity's applied version); None: what the operation
+    # itself declares (``runs_when_stale``; the built-in ``deliver`` does, so every event reaches its
+    # subscribers), else not.
+    run_when_stale: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -158,4 +162,5 @@ def _operation(o: Any, idx: int) -> OperationConfig:
         event_types=t.strings("event_types"),
         sources=t.strings("sources"),
         timeout_seconds=t.pos_float("timeout_seconds"),
+        run_when_stale=t.boolean("run_when_stale") if t.present("run_when_stale") else None,
     )

@@ -66,12 +66,14 @@ class Ack:
 class Retry:
     """Try again later: the worker parks a copy in a delay queue, then acks this one. ``attempt`` is the
     attempt that just failed (1-based). Without ``delay_ms`` the delay is the stream's backoff level for that
-    attempt, jittered; with it, exactly that (capped at the longest level)."""
+    attempt (for ``backoff_attempt`` when set: a replay counts its backoff from its own first attempt, not the
+    event's), jittered; with it, exactly that (capped at the longest level)."""
 
     attempt: int
     error: str
     delay_ms: int | None = None
     outcome: str = "retried"
+    backoff_attempt: int | None = None
 
 
 # On a dead-letter copy of a death already dead-lettered once (``DeadLetter.again``).

@@ -920,7 +920,7 @@ class QueueWorker:
         """Where the copy a Retry or DeadLetter asks for goes (exchange, routing key), and the copy."""
         if isinstance(verdict, Retry):
             if verdict.delay_ms is None:
-                level = self.topology.level_for_attempt(verdict.attempt)
+                level = self.topology.level_for_attempt(verdict.backoff_attempt or verdict.attempt)
                 delay_ms = max(1, round(jittered(level, self.rng)))
             else:
                 level = self.topology.level_for_delay(verdict.delay_ms)

@@ -23,7 +23,7 @@ from webhooks.v1 import dead_letters_pb2_grpc, event_pb2, replay_pb2, replay_pb2
 from switchboard.config import PlatformConfig
 from switchboard.streams import events_topology
 from switchboard_devstack.stack import Stack
-from tests.e2e.helpers import edge_client, stripe_headers, wait_for_event
+from tests.e2e.helpers import edge_client, get_entity, stripe_headers, wait_for_event
 from tests.e2e.receivers import Receiver
 from tests.e2e.test_delivery import subscribe
 from tests.stack_fixture import MAX_ATTEMPTS, STRIPE_SECRET
@@ -44,13 +44,18 @@ def stubs(cfg: PlatformConfig) -> Iterator[tuple[Any, Any]]:
 
 
 def post(cfg: PlatformConfig, event_id: str, event_type: str, **obj: Any) -> None:
+    post_at(cfg, event_id, event_type, "in_" + event_id[-12:], int(time.time()), **obj)
+
+
+def post_at(cfg: PlatformConfig, event_id: str, event_type: str, entity_id: str, created: int, **obj: Any) -> None:
+    """Posts a signed Stripe event about invoice ``entity_id`` whose version is ``created``."""
     body = json.dumps(
         {
             "id": event_id,
             "object": "event",
             "type": event_type,
-            "created": int(time.time()),
-            "data": {"object": {"id": "in_" + event_id[-12:], "object": "invoice", **obj}},
+            "created": created,
+            "data": {"object": {"id": entity_id, "object": "invoice", **obj}},
         },
         separators=(",", ":"),
     ).encode()
@@ -206,6 +211,43 @@ def test_replay_one_event_applies_it_again_as_a_replay(stack: Stack, stack_confi
     assert Counter(r.operation for r in event.results if r.outcome == OK) == Counter(
         {"log": 2, "entity": 2, "deliver": 2}
     )
+
+
+def test_a_stale_event_and_a_replay_of_it_are_delivered_without_changing_the_entity(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    """The out-of-order guard keeps older state from being applied, not events from subscribers: the older
+    event arriving late is STALE with its entity operation skipped and its delivery sent, and a replay of it
+    (an event older than its entity's version) delivers it again."""
+    cfg = stack_config
+    entity_id = "in_stale_" + secrets.token_hex(6)
+    newer, older = "evt_newer_" + secrets.token_hex(6), "evt_older_" + secrets.token_hex(6)
+    now = int(time.time())
+    with Receiver(cfg.tls_dir) as rx, stubs(cfg) as (_, replay):
+        subscribe(
+            cfg, rx.url("/ooo"), event_types=["invoice.*"], trigger_conditions=f'event.data.object.id == "{entity_id}"'
+        )
+        post_at(cfg, newer, "invoice.paid", entity_id, now + 10)
+        wait_status(cfg, newer, event_pb2.EVENT_STATUS_PROCESSED)
+        post_at(cfg, older, "invoice.created", entity_id, now)
+        stale = wait_status(cfg, older, event_pb2.EVENT_STATUS_STALE)
+        assert stale.last_error.startswith(f"stale: entity {entity_id} is at version {(now + 10) * 1_000_000}")
+        assert {(r.operation, r.outcome) for r in stale.results} == {
+            ("log", event_pb2.OPERATION_OUTCOME_SKIPPED),
+            ("entity", event_pb2.OPERATION_OUTCOME_SKIPPED),
+            ("deliver", OK),
+        }
+        assert sorted(json.loads(r.body)["id"] for r in rx.wait("/ooo", 2)) == sorted([newer, older])
+
+        replay_id = replay.ReplayEvent(
+            replay_pb2.ReplayEventRequest(source="shop", event_id=older, reason="test"), timeout=10
+        ).replay_id
+        again = rx.wait("/ooo", 3)[2]
+        assert json.loads(again.body)["id"] == older
+        replayed = wait_for_event(cfg, "shop", older)
+        assert (replayed.replay_id, replayed.status) == (replay_id, event_pb2.EVENT_STATUS_STALE)
+    entity = get_entity(cfg, entity_id)
+    assert (entity.event_id, entity.version) == (newer, (now + 10) * 1_000_000)
 
 
 def test_a_replay_job_streams_its_progress_and_can_target_one_subscription(

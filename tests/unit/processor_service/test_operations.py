@@ -64,3 +64,16 @@ def test_operations_are_loaded_from_config_and_checked() -> None:
         load_operation(OperationConfig("x", "processor_service.builtin:nope"))
     with pytest.raises(errors.ConfigError, match="async function"):
         load_operation(OperationConfig("x", "switchboard.model.events:now_us"))
+
+
+def test_an_operation_runs_when_stale_if_it_says_so_or_its_configuration_does() -> None:
+    """``run_when_stale`` unset takes the callable's ``runs_when_stale``; set, it decides either way."""
+    from processor_service.fanout import CALL, FanOut
+
+    fan_out = FanOut.__new__(FanOut)  # the declaration is on the class; no cache or publisher is needed
+    bound = {CALL: fan_out}
+    assert load_operation(OperationConfig("deliver", CALL), bound).runs_when_stale
+    assert not load_operation(OperationConfig("deliver", CALL, run_when_stale=False), bound).runs_when_stale
+    log_event = OperationConfig("log", "processor_service.builtin:log_event")
+    assert not load_operation(log_event).runs_when_stale
+    assert load_operation(OperationConfig("log", log_event.call, run_when_stale=True)).runs_when_stale

@@ -151,6 +151,8 @@ async def test_a_replays_own_retries_skip_what_the_replay_did_and_it_gets_a_full
     replay = replace(original, receipt_id="r-replay", replay=True)
     first = await one(p, replay)  # every operation again, as attempt 3 of the event, the replay's first
     assert (first.disposition, first.attempt, entity.calls) == (Disposition.RETRY, 3, 2)
+    # Its retry waits the first backoff level, not the third (the event's attempt).
+    assert verdict(replay, first) == Retry(3, first.last_error, backoff_attempt=1)
     second = await one(p, replay)  # its retry: what the replay ran OK is not run again
     assert (second.disposition, second.attempt) == (Disposition.FAILED, 4)
     assert (entity.calls, flaky.calls) == (2, 4)
@@ -370,3 +372,68 @@ async def soon_gates(store: GatedCommits, n: int) -> None:
             return
         await asyncio.sleep(0.001)
     raise AssertionError(f"{len(store.gates)} commits out, expected {n}")
+
+
+async def test_a_stale_event_runs_the_operations_that_run_when_stale_and_moves_no_mark(store: MemoryEvents) -> None:
+    """A delivery changes no entity: a stale event is still delivered (and a replay of an old event delivers
+    it again), while the guarded operations are skipped with the reason and the entity's mark stays."""
+    entity, deliver = Counter(), Flaky(ok_from=1)
+    p = processor(
+        store,
+        Operation("entity", entity, takes_context=True),
+        Operation("deliver", deliver, takes_context=True, runs_when_stale=True),
+    )
+    await one(p, event(event_id="evt_new", entity_version=20))
+    old = event(event_id="evt_old", entity_version=10)
+    stale = await one(p, old)
+    reason = "stale: entity in_1 is at version 20, this event carries 10"
+    assert (stale.disposition, stale.last_error, stale.applied) == (Disposition.STALE, reason, 1)
+    stored = store.stored["shop/evt_old"]
+    assert stored.status is EventStatus.STALE and stored.last_error == reason
+    assert [(r.operation, r.outcome, r.error) for r in stored.results] == [
+        ("entity", Outcome.SKIPPED, reason),
+        ("deliver", Outcome.OK, ""),
+    ]
+    assert (entity.calls, deliver.calls, store.marks[("shop", "in_1")]) == (1, 2, 20)
+
+    replayed = await one(p, replace(old, receipt_id="r-replay", replay=True))
+    assert (replayed.disposition, replayed.attempt) == (Disposition.STALE, 2)
+    assert (entity.calls, deliver.calls, store.marks[("shop", "in_1")]) == (1, 3, 20)
+    assert store.ok_runs("shop/evt_old") == {"deliver": 2}
+
+
+async def test_a_stale_pass_whose_delivery_fails_retries_it_and_ends_stale(store: MemoryEvents) -> None:
+    """Its retry runs only what is not done (the delivery; the skipped entity operation stays skipped), and
+    the last attempt's failure is FAILED like any pass's."""
+    entity, deliver = Counter(), Flaky(ok_from=3)
+    p = processor(
+        store,
+        Operation("entity", entity, takes_context=True),
+        Operation("deliver", deliver, takes_context=True, runs_when_stale=True),
+        max_attempts=3,
+    )
+    await one(p, event(event_id="evt_new", entity_version=20))  # deliver fails: RETRYING, the mark is 20
+    old = event(event_id="evt_old", entity_version=10)
+    first = await one(p, old)
+    assert (first.disposition, first.attempt) == (Disposition.RETRY, 1)
+    assert first.last_error == "deliver: ConnectionError: attempt 1 refused"
+    assert [store.stored["shop/evt_old"].status] == [EventStatus.RETRYING]
+    second = await one(p, old)
+    assert (second.disposition, second.attempt) == (Disposition.RETRY, 2)
+    third = await one(p, old)
+    assert (third.disposition, third.attempt) == (Disposition.STALE, 3)
+    assert third.last_error == "stale: entity in_1 is at version 20, this event carries 10"
+    assert store.stored["shop/evt_old"].status is EventStatus.STALE
+    assert entity.calls == 1 and store.ok_runs("shop/evt_old") == {"deliver": 1}
+    assert store.marks[("shop", "in_1")] == 20
+
+    never = Flaky(ok_from=99)
+    q = processor(
+        MemoryEvents(),
+        Operation("entity", Counter(), takes_context=True),
+        Operation("deliver", never, takes_context=True, runs_when_stale=True),
+        max_attempts=2,
+    )
+    await one(q, event(event_id="evt_new", entity_version=20))
+    assert (await one(q, old)).disposition is Disposition.RETRY
+    assert (await one(q, old)).disposition is Disposition.FAILED

@@ -28,6 +28,7 @@ def test_default_config_file_parses_with_a_demo_source() -> None:
     assert cfg.source("demo") is not None
     assert cfg.data_dir.name == "var"
     assert [op.name for op in cfg.processor.operations] == ["log", "entity", "deliver"]
+    assert [op.run_when_stale for op in cfg.processor.operations] == [None, None, None]  # each its own default
     assert cfg.delivery.secrets_key is not None and "invoice.paid" in (cfg.event_types() or ())
     assert cfg.processor.retry.max_attempts == 8 and cfg.processor.retry.levels_ms()[0] == 1000
     assert cfg.processor.heartbeat_seconds == 10
@@ -94,6 +95,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(cassandra={"ttl_seconds": 60}), "at least one day"),
         (base(bogus={}), "unknown key"),
         (base(processor={"operations": [{"name": "x", "call": "no colon"}]}), "module:function"),
+        (base(processor={"operations": [{"name": "x", "call": "m:f", "run_when_stale": "yes"}]}), "true or false"),
         (base(processor={"retry": {"max_attempts": 0}}), "positive integer"),
         (base(processor={"retry": {"min_backoff_seconds": 5, "max_backoff_seconds": 1}}), "must not be less"),
         (base(processor={"retry": {"min_backoff_seconds": 0.001, "max_backoff_seconds": 86400}}), "24 delay"),

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pika
 
 from switchboard.errors import Unavailable
-from switchboard.queue import Ack, QueueMessage, QueueWorker, Topology, Verdict, WorkerSettings
+from switchboard.queue import Ack, QueueMessage, QueueWorker, Retry, Topology, Verdict, WorkerSettings
 from switchboard.queue import worker as worker_module
 
 
@@ -68,3 +68,23 @@ async def test_a_channel_closed_during_a_store_outage_leaves_out_its_messages_on
     await worker._process(batch)
     assert handler.batches == [["a1", "b1", "a2", "b2"], ["a1", "a2"]]
     assert tracker_a.settled == [1, 2] and tracker_b.settled == []
+
+
+def test_a_retry_waits_the_level_of_its_backoff_attempt_and_keeps_its_attempt() -> None:
+    """A replay's first failure is the event's attempt 3 but its own first: it waits level 1, not level 3
+    (it used to wait the event's level, the longest for an event that had used up the ladder)."""
+    topology = Topology("t", "events", (1000, 2000, 4000))
+    worker = QueueWorker("amqp://unused", topology, OutageThenAck(OpenFlag()), WorkerSettings(), purpose="unit")
+    message = QueueMessage(
+        b"x",
+        "m1",
+        {},
+        False,
+        "q",
+        raw=worker_module._Delivery(OpenFlag(), Tracker(), 1, pika.BasicProperties()),  # type: ignore[arg-type]
+    )
+    for verdict, level in ((Retry(3, "e", backoff_attempt=1), "1000"), (Retry(3, "e"), "4000")):
+        _, routing_key, (_, properties) = worker._copy_for(message, verdict)
+        assert routing_key == level
+        assert properties.headers["x-attempt"] == 3
+        assert int(level) // 2 <= properties.headers["x-retry-delay-ms"] <= int(level)
