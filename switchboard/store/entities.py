@@ -15,6 +15,13 @@ redelivery commits it (a few seconds, ``processor.redelivery_delay_seconds`` and
 ``Unavailable`` (``ENTITY_STATE_PENDING``, retry) meanwhile. Any other staged state (another body, or another
 event's) is stored in the row (``state_encoded``), as before.
 
+**Two events with the same version** (provider timestamps in whole seconds: an invoice created and
+finalized in one second) write the row with the same cell timestamp, and Cassandra settles such a tie cell
+by cell, the larger value winning each: the row's event id may come from one event and its type from the
+other. The id is one cell, and a state by reference names the same event (same tie, same values), so ``get``
+takes the type (and, for such a state, the content type) from that event's own row, never the row's
+mixed cells.
+
 A row may hold its state three ways, from three versions of this code: the reference, the encoded column,
 and the old column as received (``state``, from before payloads were encoded). Every write of a state sets
 ``state_event_id``, so the newest of the three by write time is the state; a write by value sets the
@@ -62,15 +69,28 @@ class EntityStore:
         if not rows or rows[0].version is None:
             return None
         r = rows[0]
-        state = await self._state(r)
+        state, referenced = await self._state(r)
+        content_type = r.content_type or ""
+        if referenced is not None and referenced.content_type:
+            content_type = referenced.content_type
+        # The type of the event the row names, from that event's row (module docstring: ties).
+        event_type = r.event_type or ""
+        if r.event_id:
+            if referenced is not None and r.state_event_id == r.event_id:
+                own = referenced
+            else:
+                found = await self.store.execute(self.q.event_type, (r.source, r.event_id))
+                own = found[0] if found else None
+            if own is not None and own.event_type:
+                event_type = own.event_type
         return Entity(
             source=r.source,
             entity_id=r.entity_id,
             version=int(r.version),
             event_id=r.event_id or "",
-            event_type=r.event_type or "",
+            event_type=event_type,
             updated_us=us_of(r.updated_at),
-            content_type=r.content_type or "",
+            content_type=content_type,
             state=state,
             state_event_id=r.state_event_id or "",
         )
@@ -112,9 +132,9 @@ class EntityStore:
         params = (fx.version, self.ttl, fx.content_type, encode(fx.body), fx.event_id, fx.source, fx.entity_id)
         return self.q.snapshot_entity, params
 
-    async def _state(self, r: Any) -> bytes:
+    async def _state(self, r: Any) -> tuple[bytes, Any]:
         """The row's state: the newest of the reference, the encoded column and the old column (module
-        docstring); ``b""`` when no state was ever staged."""
+        docstring); ``b""`` when no state was ever staged. With it, the event row read for a reference."""
         held = [
             (r.state_encoded_written, 2, "encoded") if r.state_encoded is not None else None,
             (r.state_written, 1, "received") if r.state is not None else None,
@@ -122,11 +142,11 @@ class EntityStore:
         ]
         newest = max((h for h in held if h is not None), default=None)
         if newest is None:
-            return b""
+            return b"", None
         if newest[2] == "encoded":
-            return decode(r.state_encoded)
+            return decode(r.state_encoded), None
         if newest[2] == "received":
-            return bytes(r.state)
+            return bytes(r.state), None
         rows = await self.store.execute(self.q.event_body, (r.source, r.state_event_id))
         if not rows:
             raise Unavailable(
@@ -135,4 +155,4 @@ class EntityStore:
                 reason="ENTITY_STATE_PENDING",
                 metadata={"source": r.source, "entity_id": r.entity_id, "event_id": r.state_event_id},
             )
-        return decode_or(rows[0].body_encoded, rows[0].body)
+        return decode_or(rows[0].body_encoded, rows[0].body), rows[0]

@@ -53,7 +53,9 @@ def _event_cql(ks: str) -> dict[str, str]:
         "insert_index": f"""INSERT INTO {ks}.events_by_source (source, bucket, received_at, event_id,
             event_type, status, receipt_id) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
         "get_event": f"SELECT * FROM {ks}.events WHERE source = ? AND event_id = ?",
-        "event_body": f"SELECT body, body_encoded FROM {ks}.events WHERE source = ? AND event_id = ?",
+        "event_body": f"""SELECT body, body_encoded, event_type, content_type FROM {ks}.events
+            WHERE source = ? AND event_id = ?""",
+        "event_type": f"SELECT event_type FROM {ks}.events WHERE source = ? AND event_id = ?",
         "reset_attempts": f"""UPDATE {ks}.events USING TTL ? SET status = ?, attempts = 0
             WHERE source = ? AND event_id = ?""",
         "get_records": f"SELECT * FROM {ks}.event_records WHERE source = ? AND event_id = ?",
@@ -187,6 +189,7 @@ class EventStatements:
     insert_index: PreparedStatement
     get_event: PreparedStatement
     event_body: PreparedStatement
+    event_type: PreparedStatement
     reset_attempts: PreparedStatement
     get_records: PreparedStatement
     list_range: PreparedStatement

@@ -179,6 +179,60 @@ def test_an_entity_state_by_reference_reads_its_event_and_gives_way_to_newer_ver
         session.close()
 
 
+def test_two_events_of_one_entity_with_the_same_version_read_back_as_one_of_them(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    """Found in review: both events are applied and write the entity row with one cell timestamp, and
+    Cassandra settles that tie cell by cell (the larger value wins each): the row's id is b's, its type a's.
+    GetEntity answers with the id, type and state of one event."""
+    run = secrets.token_hex(5)
+    session = StoreSession.connect(stack_config.cassandra)
+    entities = EntityStore(session)
+    events = EventStore(session, entities)
+
+    def commit(entity_id: str, event_id: str, event_type: str, *, by_reference: bool) -> bytes:
+        body = b'{"id":"' + event_id.encode() + b'","type":"' + event_type.encode() + b'"}'
+        event = InboundEvent(
+            source="shop",
+            event_id=event_id,
+            event_type=event_type,
+            provider="stripe",
+            received_us=int(time.time() * 1_000_000),
+            body=body,
+            content_type="application/json",
+            headers={},
+            receipt_id=f"rcpt_{event_id}",
+            entity_id=entity_id,
+            entity_version=1_700_000_000_000_000,
+        )
+        effects = [
+            EntitySnapshot("shop", entity_id, event.entity_version, event_id, event_type, "application/json", body)
+        ]
+        commit = Commit(StoredEvent(event, EventStatus.PROCESSED), mark_entity=True)
+        commit.effects.extend(effects if by_reference else [])
+        asyncio.run(events.commit([commit]))
+        return body
+
+    try:
+        for by_reference in (True, False):
+            a, b = f"evt_tie_a_{by_reference:d}_{run}", f"evt_tie_b_{by_reference:d}_{run}"
+            entity_id = f"in_tie_{by_reference:d}_{run}"
+            commit(entity_id, a, "invoice.paid", by_reference=by_reference)
+            body_b = commit(entity_id, b, "invoice.created", by_reference=by_reference)
+            cql = session.session
+            cql.set_keyspace(stack_config.cassandra.keyspace)
+            row = cql.execute(
+                "SELECT event_id, event_type FROM entities WHERE source = %s AND entity_id = %s", ("shop", entity_id)
+            ).one()
+            assert (row.event_id, row.event_type) == (b, "invoice.paid")  # the tie, settled cell by cell
+            got = get_entity(stack_config, entity_id)
+            assert (got.event_id, got.event_type) == (b, "invoice.created")
+            if by_reference:
+                assert (got.state, got.state_event_id) == (body_b, b)
+    finally:
+        session.close()
+
+
 def test_a_stored_payload_that_does_not_decode_is_an_internal_error_naming_it(
     stack: Stack, stack_config: PlatformConfig
 ) -> None:
