@@ -120,8 +120,22 @@ class Sender:
         assert self._session is not None, "start() first"
         started = time.monotonic()
 
-        def done(**kw: object) -> Response:
-            return Response(duration_us=int((time.monotonic() - started) * 1_000_000), **kw)  # type: ignore[arg-type]
+        def done(
+            *,
+            status: int | None,
+            headers: dict[str, str] | None = None,
+            body: bytes = b"",
+            error_class: str = "",
+            error: str = "",
+        ) -> Response:
+            return Response(
+                status,
+                int((time.monotonic() - started) * 1_000_000),
+                {k: utf8(v) for k, v in (headers or {}).items()},
+                body,
+                error_class,
+                utf8(error),
+            )
 
         try:
             target = self._checked(url)
@@ -149,6 +163,13 @@ class Sender:
             return done(status=None, error_class=policy.ERROR_DNS, error=str(exc)[:500])
         except (aiohttp.ClientError, OSError) as exc:
             return done(status=None, error_class=policy.ERROR_CONNECTION, error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def utf8(text: str) -> str:
+    """``text`` as valid UTF-8: aiohttp keeps a header's non-UTF-8 bytes as lone surrogates, which the store's
+    driver cannot encode (a receiver answering ``Server: caf\\xe9`` made its delivery impossible to record: sent
+    again and again, then dead-lettered as CRASHED). Each such character becomes ``?``."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 async def _excerpt(resp: aiohttp.ClientResponse, wait: float) -> bytes:

@@ -71,3 +71,33 @@ async def test_an_answer_whose_body_comes_in_pieces_is_recorded_whole_and_a_stal
         finally:
             released.set()  # before the server stops: it waits for its handlers
             await sender.close()
+
+
+async def test_an_answer_with_bytes_that_are_not_utf8_in_a_header_is_kept_as_valid_text() -> None:
+    """Found in review: aiohttp keeps such bytes as lone surrogates, which the store's driver cannot encode,
+    so the attempt of a receiver answering ``Server: caf\\xe9`` could never be recorded (its message crashed
+    the worker until it was dead-lettered)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        await reader.readexactly(2)  # the body, b"{}"
+        head = b"HTTP/1.1 200 OK\r\nServer: caf\xe9\xff\r\nX-Request-Id: r\xc3\x28\r\nContent-Length: 2\r\n"
+        writer.write(head + b"\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = Sender(allow_http_hosts=("127.0.0.1",), allow_networks=("127.0.0.0/8",))
+    await sender.start()
+    try:
+        got = await sender.post(f"http://127.0.0.1:{port}/hook", b"{}", {}, within=5.0)
+    finally:
+        await sender.close()
+        server.close()
+        await server.wait_closed()
+    assert (got.status, got.body) == (200, b"ok")
+    assert got.headers["server"] == "caf??" and got.headers["x-request-id"] == "r?("
+    for value in got.headers.values():
+        value.encode("utf-8")  # what the store's driver does with it
