@@ -14,6 +14,7 @@ not with the number of subscriptions (``python -m bench.matching``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ class SubscriptionCache:
         self._entries: dict[str, Entry] = {}
         self._index = FilterIndex()  # the enabled entries', by source and event type
         self._refreshed_meanwhile: set[str] | None = None  # while a reload reads: the ids refreshed meanwhile
+        self._reads = itertools.count()
+        self._latest_read: dict[str, int] = {}  # id → the refresh read started last, while one is in flight
         self._conn: AbstractRobustConnection | None = None
         self._refresher: asyncio.Task[None] | None = None
 
@@ -109,10 +112,20 @@ class SubscriptionCache:
             await self.refresh(subscription_id)
 
     async def refresh(self, subscription_id: str) -> Subscription | None:
-        """Reloads one subscription from the store (after a notice, or on a miss)."""
+        """Reloads one subscription from the store (after a notice, or on a miss). Only the read started last
+        for an id is applied: notices are handled concurrently and reads may end in any order, so two quick
+        changes (disable, enable) left whichever read ended last, the older state until the next reload."""
         if self._refreshed_meanwhile is not None:
             self._refreshed_meanwhile.add(subscription_id)
-        s = await self.store.get(subscription_id)
+        ticket = self._latest_read[subscription_id] = next(self._reads)
+        try:
+            s = await self.store.get(subscription_id)
+        finally:
+            latest = self._latest_read.get(subscription_id) == ticket
+            if latest:
+                del self._latest_read[subscription_id]
+        if not latest:
+            return s  # a later read applies what it finds
         if s is None:
             self._entries.pop(subscription_id, None)
             self._index.remove(subscription_id)

@@ -203,3 +203,46 @@ async def test_a_change_refreshed_while_a_reload_reads_is_not_undone_by_the_relo
     assert changed is not None and changed.event_types == ("charge.*",)
     assert [s.id for s in cache.matching(event(source="shop", event_type="charge.paid"))] == ["sub_1"]
     assert cache.matching(event(source="shop", event_type="invoice.paid")) == []
+
+
+class SlowFirstRead(Store):
+    """Its first ``get`` reads the subscription as it is, then answers after the second read returned."""
+
+    def __init__(self, subs: list[Subscription]) -> None:
+        super().__init__(subs)
+        self.second_done = asyncio.Event()
+        self.reads = 0
+
+    async def get(self, subscription_id: str) -> Subscription | None:
+        self.reads += 1
+        found = self.subs.get(subscription_id)
+        if self.reads == 1:
+            await self.second_done.wait()
+        else:
+            self.second_done.set()
+        return found
+
+
+@pytest.mark.parametrize("second", ["enabled", "deleted"])
+async def test_of_two_refreshes_of_one_subscription_the_one_started_last_is_applied(second: str) -> None:
+    """Found in review: notices are handled concurrently and the cache applied whichever read ended last, so
+    disabling then re-enabling a subscription quickly left it disabled (no fan-out to it) until the next
+    reload, and updating then deleting one left it matched."""
+    store = SlowFirstRead([sub(1)])
+    cache = SubscriptionCache(store, "", "", purpose="test")  # type: ignore[arg-type]
+    await cache.reload()
+    store.subs["sub_1"] = sub(1, status=SubscriptionStatus.DISABLED)
+    first = asyncio.create_task(cache.refresh("sub_1"))  # reads DISABLED, answers late
+    await asyncio.sleep(0)
+    if second == "enabled":
+        store.subs["sub_1"] = sub(1)
+    else:
+        del store.subs["sub_1"]
+    await cache.refresh("sub_1")
+    await first
+    matched = [s.id for s in cache.matching(event(source="shop", event_type="invoice.paid"))]
+    if second == "enabled":
+        assert cache.get("sub_1") == sub(1) and matched == ["sub_1"]
+    else:
+        assert cache.get("sub_1") is None and matched == []
+    assert cache._latest_read == {}
