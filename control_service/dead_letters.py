@@ -256,8 +256,6 @@ class DeadLetterManager:
             raise InvalidRequest(f"page_size must be between 0 and {MAX_PAGE}", reason="PAGE_SIZE_INVALID")
         limit = page_size or DEFAULT_PAGE
         start, end = pagination.listing_range(f.start_us, f.end_us, DEFAULT_RANGE_US)
-        if start >= end:
-            raise InvalidRequest("start_time must be before end_time", reason="TIME_RANGE_INVALID")
         kinds = [f.kind] if f.kind else [DeadLetterKind.PROCESSING, DeadLetterKind.DELIVERY]
         query = _query(f, start, end)
         index, cursor = 0, None

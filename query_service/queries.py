@@ -121,8 +121,6 @@ class EventQueries:
         if page_size < 0 or page_size > MAX_PAGE:
             raise InvalidRequest(f"page_size must be between 0 and {MAX_PAGE}", reason="PAGE_SIZE_INVALID")
         start, end = pagination.listing_range(start_us, end_us, DEFAULT_RANGE_US)
-        if start >= end:
-            raise InvalidRequest("start_time must be before end_time", reason="TIME_RANGE_INVALID")
         wanted = status.value if status else ""
         cursor: Cursor | None = None
         if page_token:

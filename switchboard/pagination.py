@@ -72,9 +72,15 @@ def position(value: object, kinds: str) -> tuple[Any, ...]:
 
 def listing_range(start_us: int | None, end_us: int | None, default_us: int) -> tuple[int, int]:
     """A first page's range: the bounds given (the epoch is a time, not "unset": unset is None), else up to now
-    and ``default_us`` before the end (not before the epoch). Callers check start < end."""
+    and ``default_us`` before the end (not before the epoch); ``TIME_RANGE_INVALID`` unless start < end (one
+    reason for every listing: the subscriptions' deliveries and attempts answered ``FIELD_INVALID``)."""
     end = time.time_ns() // 1000 if end_us is None else end_us
-    return (max(0, end - default_us) if start_us is None else start_us), end
+    start = max(0, end - default_us) if start_us is None else start_us
+    if start >= end:
+        raise InvalidRequest(
+            "start_time must be before end_time", reason="TIME_RANGE_INVALID", metadata={"field": "start_time"}
+        )
+    return start, end
 
 
 def pinned_range(start: object, end: object, start_us: int | None, end_us: int | None) -> tuple[int, int]:

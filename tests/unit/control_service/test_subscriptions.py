@@ -221,6 +221,8 @@ async def test_listing_deliveries_or_attempts_over_a_reversed_range_is_an_invali
     with pytest.raises(errors.InvalidRequest) as attempts:  # (it answered an empty page)
         await manager.list_attempts(ALICE, created.subscription.id, delivery_id="", **common)  # type: ignore[arg-type]
     assert deliveries.value.metadata == attempts.value.metadata == {"field": "start_time"}
+    # The reason every other listing gives (it was FIELD_INVALID here).
+    assert deliveries.value.reason == attempts.value.reason == "TIME_RANGE_INVALID"
 
 
 class PagedDeliveries(NoDeliveries):
