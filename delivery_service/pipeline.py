@@ -473,7 +473,10 @@ class DeliveryPipeline:
             await self.disabler.disable(sub.id, f"the endpoint answered {response.status} ({decision.detail})")
         await self._record(delivery, attempt, trace)
         if outcome is DeliveryStatus.DELIVERED:
-            return Ack("delivered", (finished - task.event.received_us) / 1000)
+            # Timed for a fresh delivery only (no row before this send: not retried, deferred or redriven, and
+            # not a replay): a replay or redrive of an old event reported its age, and filled the alert's p99.
+            fresh = state is None and not task.replay_id
+            return Ack("delivered", (finished - task.event.received_us) / 1000 if fresh else None)
         if outcome is DeliveryStatus.RETRYING:
             assert decision.delay_ms is not None
             return Retry(attempt_no, error, delay_ms=decision.delay_ms)

@@ -103,6 +103,7 @@ class Handled:
     # event's attempts): what a retry's backoff is counted from. 0: ``attempt``.
     backoff_attempt: int = 0
     again: bool = False  # FAILED before this pass: its dead letter is a copy of that death (DeadLetter.again)
+    first: bool = False  # the event's first pass (nothing was stored for it): what its e2e latency times
 
 
 @dataclass
@@ -116,6 +117,7 @@ class _Pass:
     ops: list[Operation]
     guarded: bool
     last_attempt: int
+    first: bool = False  # nothing was stored for the event: not a retry, redelivery, replay or redrive
     stale: str = ""  # why the guard found it stale: only the operations that run when stale are left in ops
     skipped: list[OperationResult] = field(default_factory=list)  # the guarded operations, skipped as stale
 
@@ -182,6 +184,7 @@ class Processor:
                 prior = None
             if prior is None:
                 passes[i] = self._pass(e, 1, frozenset(), 1)
+                passes[i].first = True
             elif prior.receipt_id != e.receipt_id:
                 if e.replay:  # a new replay, or one another replay took over since
                     rereads.append((i, e, prior))
@@ -262,7 +265,7 @@ class Processor:
             if not p.ops:
                 del passes[i]
                 commits[i] = Commit(StoredEvent(p.event, EventStatus.STALE, p.skipped, finished, p.attempt, reason))
-                out[i] = Handled(Disposition.STALE, p.attempt, reason)
+                out[i] = Handled(Disposition.STALE, p.attempt, reason, first=p.first)
         ran = await asyncio.gather(*(self._run(p) for p in passes.values()))
         for i, (commit, handled) in zip(passes, ran, strict=True):
             commits[i] = commit
@@ -420,7 +423,7 @@ class Processor:
         commit.stored = StoredEvent(p.event, status, results, now_us(), p.attempt, last_error)
         applied = sum(1 for r in results if r.outcome is Outcome.OK)
         return commit, Handled(
-            disposition, p.attempt, last_error, applied, p.attempt - p.last_attempt + self.max_attempts
+            disposition, p.attempt, last_error, applied, p.attempt - p.last_attempt + self.max_attempts, first=p.first
         )
 
 

@@ -30,7 +30,7 @@ class TracingConfig:
     sample_percent: float = 1.0
     local_port: int = 4317
     keep_hours: float = 24.0
-    # Spans a service holds while the exporter is behind; more are dropped (and counted), never waited for.
+    # Spans a service holds while the exporter is behind; more are dropped (logged once), never waited for.
     max_queue: int = 32768
 
     @property

@@ -179,7 +179,8 @@ BROKER_CONFIRM_SECONDS = Histogram(
 )
 BROKER_PUBLISH_FAILURES = Counter(
     "switchboard_broker_publish_failures",
-    "Publishes not confirmed (timeout, refusal, connection lost), by exchange.",
+    "Publishes not confirmed (timeout, refusal, connection lost) or not sent (not connected, broker blocking), "
+    "by exchange.",
     ["exchange"],
 )
 

@@ -17,14 +17,16 @@ Two ways to make a span:
   events in batches and records each sampled event's spans once the batch is committed: one Cassandra write
   for the batch shows in every sampled event's trace, with the batch size as an attribute).
 
-Export: a ``BatchSpanProcessor`` (large queue, so a burst drops nothing; what it drops is counted by the SDK)
-with the OTLP/gRPC exporter to ``[tracing]``'s endpoint; :func:`setup_tracing` returns the shutdown that flushes
-it. Attributes carry ids, names, sizes and status codes: never bodies, headers or secrets.
+Export: a ``BatchSpanProcessor`` (large queue, so a burst drops nothing; what it drops is logged once by the
+SDK, "Queue full", and not counted in any metric of ours) with the OTLP/gRPC exporter to ``[tracing]``'s
+endpoint; :func:`setup_tracing` returns the shutdown that flushes it, for at most ``SHUTDOWN_SECONDS``.
+Attributes carry ids, names, sizes and status codes: never bodies, headers or secrets.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
@@ -36,6 +38,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from switchboard.config import TracingConfig
 
 log = logging.getLogger(__name__)
+
+# How long a stopping service waits for its queued spans to be exported.
+SHUTDOWN_SECONDS: Final = 3.0
 
 __all__ = ["NO_TRACER", "Attributes", "LiveSpan", "Tracer", "sampled", "setup_tracing", "traceparent_of"]
 
@@ -158,6 +163,12 @@ def setup_tracing(service: str, cfg: TracingConfig) -> tuple[Tracer, Callable[[]
     log.info("tracing to %s (spans of sampled requests only)", target, extra={"service": service})
 
     def shutdown() -> None:
-        provider.shutdown()
+        # The SDK's shutdown waits up to 30 s for its export thread, which retries while the collector is away:
+        # every service took 30 s to stop (killed past its stop deadline). Spans still queued then are lost.
+        flushing = threading.Thread(target=provider.shutdown, name="span-flush", daemon=True)
+        flushing.start()
+        flushing.join(SHUTDOWN_SECONDS)
+        if flushing.is_alive():
+            log.warning("spans not exported within %g s of stopping are dropped", SHUTDOWN_SECONDS)
 
     return Tracer(provider.get_tracer("switchboard")), shutdown

@@ -100,6 +100,14 @@ async def _acked(publishing: Awaitable[object]) -> None:
         raise BrokerUnavailable(f"broker did not accept the message: {type(confirmation).__name__}")
 
 
+def not_sent(exchange: str, why: str) -> BrokerUnavailable:
+    """The error of a publish to ``exchange`` refused before anything was sent (no connection, or the broker
+    blocks publishers), counted with the publishes not confirmed: during an outage nothing reaches
+    ``confirmed``, and the failure counter stayed at 0 while ingest answered 503 to every request."""
+    BROKER_PUBLISH_FAILURES.labels(exchange).inc()
+    return BrokerUnavailable(why)
+
+
 async def confirmed(exchange: str, confirming: Awaitable[None], confirm_timeout: float) -> None:
     """Awaits ``confirming``, which returns once the broker acked a message published to ``exchange`` and raises
     ``BrokerUnavailable`` if it refused or lost it, as ``publish_confirmed`` describes: ``BrokerUnavailable``

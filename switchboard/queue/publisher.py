@@ -19,7 +19,7 @@ from switchboard.queue.amqp import (
     open_connection,
     reconnect,
 )
-from switchboard.queue.connection import with_backoff
+from switchboard.queue.connection import not_sent, with_backoff
 from switchboard.queue.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,9 @@ class Publisher:
     ) -> None:
         confirms = self._confirms
         if confirms is None or not confirms.is_open:
-            raise BrokerUnavailable("message broker is not connected")
+            raise not_sent(self.topology.exchange, "message broker is not connected")
         if self._blocked:
-            raise BrokerUnavailable("the message broker blocks publishers (a memory or disk alarm)")
+            raise not_sent(self.topology.exchange, "the message broker blocks publishers (a memory or disk alarm)")
         properties = pika.BasicProperties(
             content_type=CONTENT_TYPE,
             delivery_mode=2,  # persistent

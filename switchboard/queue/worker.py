@@ -87,7 +87,7 @@ from switchboard.queue.amqp import (
     open_connection,
     reconnect,
 )
-from switchboard.queue.connection import with_backoff
+from switchboard.queue.connection import not_sent, with_backoff
 from switchboard.queue.message import DEAD_AGAIN_HEADER, Ack, DeadLetter, QueueMessage, Retry, Verdict
 from switchboard.queue.topology import Topology
 
@@ -949,9 +949,9 @@ class QueueWorker:
     async def _publish(self, exchange: str, routing_key: str, copy: tuple[bytes, pika.BasicProperties]) -> None:
         forward = self._forwarding
         if forward is None or not forward.is_open:
-            raise BrokerUnavailable("message broker is not connected")
+            raise not_sent(exchange, "message broker is not connected")
         if self._forwarding_blocked:
-            raise BrokerUnavailable("the message broker blocks publishers (a memory or disk alarm)")
+            raise not_sent(exchange, "the message broker blocks publishers (a memory or disk alarm)")
         body, properties = copy
         await forward.publish_confirmed(exchange, routing_key, body, properties, FORWARD_CONFIRM_TIMEOUT)
 

@@ -692,3 +692,22 @@ async def test_a_copy_from_before_the_last_attempt_waits_for_the_scheduled_one()
     assert 55_000 <= (early.delay_ms or 0) <= 60_000 and sender.posts == 0
     (scheduled,) = await pipeline.handle([copy("dlv_r", {"x-attempt": 3})])
     assert isinstance(scheduled, Ack) and scheduled.outcome == "delivered" and sender.posts == 1
+
+
+async def test_only_a_fresh_delivery_reports_its_latency(parts: tuple[DeliveryPipeline, Store, HeldSender]) -> None:
+    """Found in review: a replay's or a redrive's delivery keeps the event's arrival time, so it reported the
+    event's age (days) as its latency. Timed: a delivery with no row before its send, not a replay."""
+    pipeline, store, sender = parts
+    sender.release.set()
+    (fresh,) = await pipeline.handle([copy("dlv_fresh")])
+    assert isinstance(fresh, Ack) and fresh.outcome == "delivered" and fresh.latency_ms is not None
+
+    redriven = copy("dlv_redriven")  # its row says PENDING with 0 attempts: a redrive's reset
+    store.rows["dlv_redriven"] = Delivery(
+        "dlv_redriven", "sub_1", "shop", "evt_1", "invoice.paid", DeliveryStatus.PENDING, created_us=1
+    )
+    task = DeliveryTask("dlv_replayed", "sub_1", event(), created_us=1, replay_id="rpl_1")
+    replayed = QueueMessage(body=encode_task(task), message_id="dlv_replayed", headers={}, redelivered=False, queue="q")
+    for message in (redriven, replayed):
+        (ack,) = await pipeline.handle([message])
+        assert isinstance(ack, Ack) and (ack.outcome, ack.latency_ms) == ("delivered", None)

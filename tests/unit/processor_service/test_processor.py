@@ -15,7 +15,7 @@ from processor_service.pipeline import verdict
 from processor_service.processor import Disposition, Handled, Processor
 from switchboard.errors import StoreUnavailable
 from switchboard.model.events import EventStatus, InboundEvent, Outcome, StoredEvent
-from switchboard.queue import DeadLetter, Retry
+from switchboard.queue import Ack, DeadLetter, Retry
 from tests.unit.factories import event
 from tests.unit.processor_service.fakes import MemoryEvents
 
@@ -296,7 +296,7 @@ async def test_a_batch_whose_commit_fails_takes_back_the_versions_it_decided(sto
     assert (first.disposition, second.disposition) == (Disposition.PROCESSED, Disposition.PROCESSED)
     assert store.marks == {("shop", "in_1"): 40}
     assert await one(p, event(event_id="evt_35", entity_version=35)) == Handled(
-        Disposition.STALE, 1, "stale: entity in_1 is at version 40, this event carries 35"
+        Disposition.STALE, 1, "stale: entity in_1 is at version 40, this event carries 35", first=True
     )
 
 
@@ -437,3 +437,22 @@ async def test_a_stale_pass_whose_delivery_fails_retries_it_and_ends_stale(store
     await one(q, event(event_id="evt_new", entity_version=20))
     assert (await one(q, old)).disposition is Disposition.RETRY
     assert (await one(q, old)).disposition is Disposition.FAILED
+
+
+async def test_only_an_events_first_pass_reports_its_e2e_latency(store: MemoryEvents) -> None:
+    """Found in review: a replay or a redrive keeps the event's arrival time, so it reported the event's age
+    (days) as its end-to-end latency and filled the alert's p99; a retry's latency is its backoff, on purpose.
+    Counted by outcome, not timed."""
+    p, _, _ = entity_then_failing(store, max_attempts=3)
+    e = event()
+    first = await one(p, e)
+    assert first.first and verdict(e, first).outcome == "retried"
+    retried = await one(p, e)  # the retry: not the first pass
+    assert not retried.first
+    q = processor(MemoryEvents(), Operation("entity", Counter(), takes_context=True))
+    done = await one(q, e)
+    ack = verdict(e, done)
+    assert isinstance(ack, Ack) and ack.latency_ms is not None and ack.latency_ms >= 0
+    replayed = await one(q, replace(e, receipt_id="r-replay", replay=True))
+    ack = verdict(e, replayed)
+    assert isinstance(ack, Ack) and (ack.outcome, ack.latency_ms) == ("processed", None)

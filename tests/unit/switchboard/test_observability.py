@@ -127,6 +127,8 @@ def test_trace_ids_and_dead_letter_reasons() -> None:
     assert hooks.trace_id(f"00-{TRACE}-00f067aa0ba902b7-01".encode()) == TRACE
     assert hooks.trace_id("00-" + "0" * 32 + "-00f067aa0ba902b7-01") is None
     assert hooks.trace_id("nonsense") is None and hooks.trace_id(None) is None
+    # Not sampled (Envoy's 99%): no spans were recorded, so no exemplar names it.
+    assert hooks.trace_id(f"00-{TRACE}-00f067aa0ba902b7-00") is None
     assert hooks.dead_reason({"x-dead-reason": "failed"}) == "failed"
     assert hooks.dead_reason({"x-death": [{"reason": "delivery_limit", "queue": "q"}]}) == "delivery_limit"
     assert hooks.dead_reason({"x-dead-reason": "made-up"}) == "other"
@@ -229,3 +231,16 @@ def test_metrics_section(tmp_path: Path) -> None:
         parse_config({"metrics": {"query_port": 70000}}, tmp_path / "x.toml")
     with pytest.raises(ConfigError, match="unknown key"):
         parse_config({"metrics": {"port": 1}}, tmp_path / "x.toml")
+
+
+async def test_a_publish_refused_before_sending_counts_as_a_publish_failure() -> None:
+    """Found in review: with the broker away, ingest answered 503 to every request and
+    switchboard_broker_publish_failures_total stayed at 0 (only confirms that failed were counted)."""
+    from switchboard.queue import Topology
+    from switchboard.queue.publisher import Publisher
+
+    publisher = Publisher("amqp://unused", Topology("t", "events", ()), confirm_timeout=1.0, purpose="unit")
+    before = value("switchboard_broker_publish_failures_total", exchange=publisher.topology.exchange)
+    with pytest.raises(errors.BrokerUnavailable, match="not connected"):
+        await publisher.publish(b"x", message_id="m", headers={}, timestamp=0.0, type="t")
+    assert value("switchboard_broker_publish_failures_total", exchange=publisher.topology.exchange) == before + 1

@@ -22,9 +22,11 @@ from switchboard.config import SourceConfig, TracingConfig
 from switchboard.config.tracing import parse_tracing
 from switchboard.errors import ConfigError, SignatureError
 from switchboard.model.events import InboundEvent
+from switchboard.observability import tracing as tracing_module
 from switchboard.observability.tracing import NO_TRACER, Tracer, sampled, setup_tracing
 from switchboard.secrets import SecretRef
 from switchboard.signatures import build_verifier, sign
+from switchboard_devstack.ports import free_port
 from tests.unit.factories import event
 from tests.unit.processor_service.fakes import MemoryEvents
 
@@ -110,6 +112,17 @@ def test_tracing_off_loads_nothing_and_bad_endpoints_are_refused() -> None:
     for bad in ({"endpoint": "collector"}, {"endpoint": "https://c:1"}, {"sample_percent": 101}, {"nope": 1}):
         with pytest.raises(ConfigError):
             parse_tracing(bad)
+
+
+def test_stopping_with_the_collector_away_waits_seconds_not_the_sdks_thirty() -> None:
+    """Found in review: the SDK's shutdown waits up to 30 s for its export thread while the exporter retries
+    a collector that is not there, so every service took 30 s to stop (and was killed past its deadline)."""
+    tracer, shutdown = setup_tracing("x", parse_tracing({"endpoint": f"http://127.0.0.1:{free_port()}"}))
+    for i in range(2_000):
+        tracer.record(f"span {i}", SAMPLED, 1_000, 2_000)
+    started = time.monotonic()
+    shutdown()
+    assert time.monotonic() - started < tracing_module.SHUTDOWN_SECONDS + 2  # the SDK alone: 10-30 s
 
 
 # -- the services' spans ------------------------------------------------------------------------------------
