@@ -169,11 +169,13 @@ class SubscriptionManager:
         now = now_us()
         blank = Subscription(id="", client_id=owner, callback_url="", created_us=now, updated_us=now)
         s = await self._apply(blank, draft, set(MUTABLE))
+        # Probed before anything is stored: probed after, a create that ran out of time (the probe takes up to
+        # 5 s after a DNS check of up to 10) left a subscription whose one-time secret its client never saw.
+        reachability = await self.prober.probe(s.callback_url) if check_reachable and self.prober else ""
         s.id = "sub_" + secrets.token_hex(12)
         s.secret = new_secret()
         await self.subscriptions.put(s)
         await self.notices.changed(s.id)
-        reachability = await self.prober.probe(s.callback_url) if check_reachable and self.prober else ""
         return Created(s, s.secret, reachability)
 
     async def get(self, caller: Caller, subscription_id: str) -> Subscription:
@@ -371,18 +373,22 @@ class SubscriptionManager:
             if expression and expression != s.trigger_conditions:  # one stored under older rules may be sent back
                 compile_condition(expression)
             s.trigger_conditions = expression
-        if "retry_policy" in fields and draft.retry_set:
-            s.retry = self._retry(draft)
-        if "rate_limit_per_second" in fields and draft.rate_limit_per_second is not None:
-            if not 0 <= draft.rate_limit_per_second <= MAX_RATE:
+        # Named in the change and left empty (0, unset): back to the platform's default, as the API says 0 means.
+        # (It answered OK and kept the old value: no way back to a default that follows the configuration.)
+        if "retry_policy" in fields:
+            s.retry = self._retry(draft) if draft.retry_set else None
+        if "rate_limit_per_second" in fields:
+            rate = draft.rate_limit_per_second or 0
+            if not 0 <= rate <= MAX_RATE:
                 raise _field_error("rate_limit_per_second", f"must be between 0 and {MAX_RATE}")
-            s.rate_limit_per_second = draft.rate_limit_per_second
-        if "max_in_flight" in fields and draft.max_in_flight is not None:
-            if not 0 <= draft.max_in_flight <= MAX_IN_FLIGHT:
+            s.rate_limit_per_second = rate
+        if "max_in_flight" in fields:
+            in_flight = draft.max_in_flight or 0
+            if not 0 <= in_flight <= MAX_IN_FLIGHT:
                 raise _field_error("max_in_flight", f"must be between 0 and {MAX_IN_FLIGHT}")
-            s.max_in_flight = draft.max_in_flight
-        if "tier" in fields and draft.tier is not None:
-            s.tier = Tier(draft.tier)
+            s.max_in_flight = in_flight
+        if "tier" in fields:
+            s.tier = Tier.STANDARD if draft.tier is None else Tier(draft.tier)
         if "public_key" in fields:
             s.public_key = check_public_key(draft.public_key or "")
         if "metadata" in fields:

@@ -183,6 +183,43 @@ async def test_a_source_that_declares_no_types_accepts_any_glob(manager: Subscri
     assert created.subscription.event_types == ("push", "pull_*")
 
 
+async def test_an_update_that_names_a_limit_or_the_retry_policy_without_a_value_takes_the_default_again(
+    manager: SubscriptionManager,
+) -> None:
+    """Found in review: 0 means "the platform's default" in the API, but an update naming these fields with
+    0 (or no policy) answered OK and kept the old values, so a subscription could never follow the
+    configured default again."""
+    draft = Draft(callback_url=URL, rate_limit_per_second=10, max_in_flight=2, retry_set=True, max_attempts=3)
+    s = (await manager.create(ALICE, draft)).subscription
+    assert (s.rate_limit_per_second, s.max_in_flight, s.retry is not None) == (10, 2, True)
+    kept = await manager.update(ALICE, s.id, Draft(description="unmasked"), [])  # not named: kept
+    assert (kept.rate_limit_per_second, kept.max_in_flight, kept.retry) == (10, 2, s.retry)
+    reset = await manager.update(ALICE, s.id, Draft(), ["rate_limit_per_second", "max_in_flight", "retry_policy"])
+    assert (reset.rate_limit_per_second, reset.max_in_flight, reset.retry) == (0, 0, None)
+
+
+class SlowProber:
+    """Says what a HEAD got; records whether the subscription was stored when it was asked."""
+
+    def __init__(self, memory: Memory) -> None:
+        self.memory = memory
+        self.stored_when_probed: list[int] = []
+
+    async def probe(self, url: str) -> str:
+        self.stored_when_probed.append(len(self.memory.subs))
+        return "HEAD answered 200 in 3 ms"
+
+
+async def test_a_create_probes_the_endpoint_before_storing_anything(memory: Memory) -> None:
+    """Found in review: probed after the subscription was stored, a create that ran out of time in the probe
+    left a subscription whose one-time secret its client never saw (and a retry made a second one)."""
+    prober = SlowProber(memory)
+    manager = SubscriptionManager(RULES, memory, NoDeliveries(), Notices(memory), prober)
+    created = await manager.create(ALICE, Draft(callback_url=URL), check_reachable=True)
+    assert created.reachability == "HEAD answered 200 in 3 ms"
+    assert prober.stored_when_probed == [0] and list(memory.subs) == [created.subscription.id]
+
+
 async def test_update_changes_only_the_named_fields_and_is_announced(
     manager: SubscriptionManager, memory: Memory
 ) -> None:
