@@ -9,6 +9,7 @@ callers share ``IN`` reads (``GroupRead``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -124,7 +125,13 @@ class DeliveryStore:
         await self.group.write(unit)
 
     async def by_event(self, source: str, event_id: str) -> list[Delivery]:
-        ids = [r.id for r in await self.store.execute(self.q.by_event, (source, event_id))]
+        """Every delivery of the event: the originals and each replay's, from ``deliveries_of_event`` and from
+        the index written before it (one row per subscription, which a replay's delivery overwrote)."""
+        rows, before = await asyncio.gather(
+            self.store.execute(self.q.by_event, (source, event_id)),
+            self.store.execute(self.q.by_event_before, (source, event_id)),
+        )
+        ids = list(dict.fromkeys(r.id for r in (*rows, *before)))
         found = await self.get_many(ids)
         return [found[i] for i in ids if i in found]
 

@@ -17,7 +17,9 @@
 * ``subscriptions`` and ``subscriptions_by_client`` — outbound subscriptions (no TTL: they live until
   deleted). Signing secrets are stored encrypted (``switchboard.store.subscriptions``).
 * ``deliveries`` (by delivery id), ``deliveries_by_subscription`` (partitioned by subscription and day, newest
-  first) and ``deliveries_by_event`` — the state of each delivery of an event to a subscription.
+  first) and ``deliveries_of_event`` — the state of each delivery of an event to a subscription, a replay's
+  beside the original's. ``deliveries_by_event`` (one row per event and subscription: a replay's delivery
+  hid the original's) is read, no longer written; it empties as its rows expire (drop it after a TTL).
 * ``dead_letters`` (by kind and day, newest first) and ``dead_letters_by_id`` — every message dead-lettered,
   with its headers and body (what a redrive republishes) and its state (dead, redriven, purged).
 * ``replays`` — each replay job's request and progress; ``replay_cancels`` — cancels asked of a job on a
@@ -99,6 +101,10 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {ks}.deliveries_by_event (
             source text, event_id text, subscription_id text, id text, status text,
             PRIMARY KEY ((source, event_id), subscription_id)
+        ) WITH {opts}""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.deliveries_of_event (
+            source text, event_id text, subscription_id text, id text, status text,
+            PRIMARY KEY ((source, event_id), subscription_id, id)
         ) WITH {opts}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.delivery_attempts (
             delivery_id text, attempt int, run text, subscription_id text, source text, event_id text,

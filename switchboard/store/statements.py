@@ -111,9 +111,10 @@ def _delivery_cql(ks: str) -> dict[str, str]:
             WHERE subscription_id = ? AND day = ? AND created_at >= ? AND created_at < ? LIMIT ?""",
         "by_subscription_after": f"""SELECT created_at, id FROM {ks}.deliveries_by_subscription
             WHERE subscription_id = ? AND day = ? AND (created_at, id) < (?, ?) LIMIT ?""",
-        "by_event_put": f"""INSERT INTO {ks}.deliveries_by_event (source, event_id, subscription_id, id, status)
+        "by_event_put": f"""INSERT INTO {ks}.deliveries_of_event (source, event_id, subscription_id, id, status)
             VALUES (?, ?, ?, ?, ?) USING TTL ?""",
-        "by_event": f"SELECT id FROM {ks}.deliveries_by_event WHERE source = ? AND event_id = ?",
+        "by_event": f"SELECT id FROM {ks}.deliveries_of_event WHERE source = ? AND event_id = ?",
+        "by_event_before": f"SELECT id FROM {ks}.deliveries_by_event WHERE source = ? AND event_id = ?",
         "attempt_put": f"""INSERT INTO {ks}.delivery_attempts (delivery_id, attempt, run, subscription_id,
             {attempt_columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
         "attempts_of": f"SELECT * FROM {ks}.delivery_attempts WHERE delivery_id = ?",
@@ -220,6 +221,7 @@ class DeliveryStatements:
     by_subscription_after: PreparedStatement
     by_event_put: PreparedStatement
     by_event: PreparedStatement
+    by_event_before: PreparedStatement
     attempt_put: PreparedStatement
     attempts_of: PreparedStatement
     attempt_by_subscription_put: PreparedStatement

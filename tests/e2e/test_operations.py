@@ -19,13 +19,14 @@ import grpc
 import pytest
 from webhooks.v1 import dead_letters_pb2 as dl
 from webhooks.v1 import dead_letters_pb2_grpc, event_pb2, replay_pb2, replay_pb2_grpc
+from webhooks.v1 import subscriptions_pb2 as sub_pb
 
 from switchboard.config import PlatformConfig
 from switchboard.streams import events_topology
 from switchboard_devstack.stack import Stack
 from tests.e2e.helpers import edge_client, get_entity, stripe_headers, wait_for_event
 from tests.e2e.receivers import Receiver
-from tests.e2e.test_delivery import subscribe
+from tests.e2e.test_delivery import control, subscribe
 from tests.stack_fixture import MAX_ATTEMPTS, STRIPE_SECRET
 
 pytestmark = pytest.mark.integration
@@ -224,7 +225,7 @@ def test_a_stale_event_and_a_replay_of_it_are_delivered_without_changing_the_ent
     newer, older = "evt_newer_" + secrets.token_hex(6), "evt_older_" + secrets.token_hex(6)
     now = int(time.time())
     with Receiver(cfg.tls_dir) as rx, stubs(cfg) as (_, replay):
-        subscribe(
+        sub, _ = subscribe(
             cfg, rx.url("/ooo"), event_types=["invoice.*"], trigger_conditions=f'event.data.object.id == "{entity_id}"'
         )
         post_at(cfg, newer, "invoice.paid", entity_id, now + 10)
@@ -246,6 +247,19 @@ def test_a_stale_event_and_a_replay_of_it_are_delivered_without_changing_the_ent
         assert json.loads(again.body)["id"] == older
         replayed = wait_for_event(cfg, "shop", older)
         assert (replayed.replay_id, replayed.status) == (replay_id, event_pb2.EVENT_STATUS_STALE)
+        # Both deliveries of the event to the subscription are listed: the replay's beside the original's (one
+        # index row per event and subscription used to hold whichever was recorded last).
+        deadline = time.monotonic() + 30
+        while True:
+            with control(cfg) as stub:
+                listed = stub.ListDeliveries(
+                    sub_pb.ListDeliveriesRequest(subscription_id=sub.id, source="shop", event_id=older), timeout=10
+                ).deliveries
+            if len(listed) == 2 and all(d.status == sub_pb.DELIVERY_STATUS_DELIVERED for d in listed):
+                break
+            assert time.monotonic() < deadline, f"listed {[(d.id, d.status) for d in listed]}"
+            time.sleep(0.2)
+        assert len({d.id for d in listed}) == 2
     entity = get_entity(cfg, entity_id)
     assert (entity.event_id, entity.version) == (newer, (now + 10) * 1_000_000)
 
