@@ -64,6 +64,7 @@ Trigger conditions (:func:`compile_condition`, :class:`Condition`)
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
@@ -554,3 +555,16 @@ class Filter:
         if not self.matches_meta(source, event_type):
             return False
         return self.condition is None or self.condition.matches(event_json)
+
+    def matches_body(self, source: str, event_type: str, body: bytes) -> bool:
+        """``matches`` for an event's raw body, parsed only if a condition needs it (a body that is not a JSON
+        object matches no condition); never raises."""
+        if not self.matches_meta(source, event_type):
+            return False
+        if self.condition is None:
+            return True
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            return False
+        return isinstance(document, dict) and self.condition.matches(document)
