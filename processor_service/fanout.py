@@ -1,7 +1,7 @@
 """The fan-out: the built-in ``deliver`` operation (``call = "processor_service.fanout:deliver"``).
 
 For an event that is processed, stale ones included (``runs_when_stale``: a subscriber gets every event the
-provider sent, in the order they arrive; never for a duplicate, whose operations do not run), one delivery
+provider sent, late ones too; never for a duplicate, whose operations do not run), one delivery
 task per matching subscription (sources, event type globs, CEL condition; from the in-process cache, no
 per-event read) goes to the ``deliveries`` stream, each confirmed by the broker before the operation
 succeeds, hence before the event is committed and its message acked. The delivery id is

@@ -184,7 +184,7 @@ class Processor:
                 prior = None
             if prior is None:
                 passes[i] = self._pass(e, 1, frozenset(), 1)
-                passes[i].first = True
+                passes[i].first = e.key not in priors  # a redrive's receiptless row: not the first pass
             elif prior.receipt_id != e.receipt_id:
                 if e.replay:  # a new replay, or one another replay took over since
                     rereads.append((i, e, prior))
@@ -418,6 +418,9 @@ class Processor:
             status, disposition = EventStatus.PROCESSED, Disposition.PROCESSED
         elif p.attempt < p.last_attempt:
             status, disposition = EventStatus.RETRYING, Disposition.RETRY
+            # A stale pass that retries records only what it ran: SKIPPED counts as done, and its retry guards
+            # the skipped operations again (should the version that made it stale not hold, they run then).
+            results = results[len(p.skipped) :]
         else:
             status, disposition = EventStatus.FAILED, Disposition.FAILED
         commit.stored = StoredEvent(p.event, status, results, now_us(), p.attempt, last_error)

@@ -71,7 +71,8 @@ class SubscriptionCache:
         self._index = FilterIndex()  # the enabled entries', by source and event type
         self._refreshed_meanwhile: set[str] | None = None  # while a reload reads: the ids refreshed meanwhile
         self._reads = itertools.count()
-        self._latest_read: dict[str, int] = {}  # id → the refresh read started last, while one is in flight
+        # id → [refresh reads in flight, the ticket of the newest read applied], while reads are in flight
+        self._reading: dict[str, list[int]] = {}
         self._conn: AbstractRobustConnection | None = None
         self._refresher: asyncio.Task[None] | None = None
 
@@ -112,20 +113,24 @@ class SubscriptionCache:
             await self.refresh(subscription_id)
 
     async def refresh(self, subscription_id: str) -> Subscription | None:
-        """Reloads one subscription from the store (after a notice, or on a miss). Only the read started last
-        for an id is applied: notices are handled concurrently and reads may end in any order, so two quick
-        changes (disable, enable) left whichever read ended last, the older state until the next reload."""
+        """Reloads one subscription from the store (after a notice, or on a miss). A read is applied only if no
+        read of the id started after it was applied already: notices are handled concurrently and reads may
+        end in any order, so two quick changes (disable, enable) left whichever read ended last, the older
+        state until the next reload. A later read that fails does not hold back an earlier one's result."""
         if self._refreshed_meanwhile is not None:
             self._refreshed_meanwhile.add(subscription_id)
-        ticket = self._latest_read[subscription_id] = next(self._reads)
+        ticket = next(self._reads)
+        reading = self._reading.setdefault(subscription_id, [0, -1])
+        reading[0] += 1
         try:
             s = await self.store.get(subscription_id)
         finally:
-            latest = self._latest_read.get(subscription_id) == ticket
-            if latest:
-                del self._latest_read[subscription_id]
-        if not latest:
-            return s  # a later read applies what it finds
+            reading[0] -= 1
+            if reading[0] == 0:
+                del self._reading[subscription_id]
+        if ticket < reading[1]:
+            return s  # a read started later was applied: it saw this change or a newer one
+        reading[1] = ticket
         if s is None:
             self._entries.pop(subscription_id, None)
             self._index.remove(subscription_id)

@@ -36,6 +36,7 @@ DEPTH_INTERVAL_SECONDS = 5.0
 
 PROCESSOR_OUTCOMES = (
     "processed", "duplicate", "stale", "redelivered", "retried", "behind", "failed", "undecodable", "abandoned",
+    "crashed",
 )  # fmt: skip
 DELIVERY_OUTCOMES = (
     "delivered", "retried", "deferred", "failed", "disabled", "cancelled", "already_final", "undecodable",

@@ -82,12 +82,13 @@ PROCESSOR_EVENTS = Counter(
     "Receipts settled by the processors, by outcome: processed, duplicate, stale, redelivered, retried, behind "
     "(a copy behind its stored attempts, sent back to wait), failed "
     "(dead-lettered after the last attempt), undecodable, abandoned (its channel closed before the commit: "
-    "nothing committed, left to the next consumer).",
+    "nothing committed, left to the next consumer), crashed (its handling raised: retried, then dead-lettered).",
     ["outcome"],
 )
 E2E_LATENCY = Histogram(
     "switchboard_processor_e2e_latency_seconds",
-    "Arrival at ingest to outcome committed, for processed and stale events (exemplar: the trace id).",
+    "Arrival at ingest to outcome committed, for an event's first pass (not retries, replays or redrives), "
+    "processed or stale (exemplar: the trace id when sampled).",
     buckets=E2E,
 )
 OPERATION_SECONDS = Histogram(
@@ -129,7 +130,8 @@ BUSY_HOSTS = Gauge(
 )
 DELIVERY_LATENCY = Histogram(
     "switchboard_delivery_latency_seconds",
-    "Arrival of the event at ingest to its delivery accepted by the endpoint (exemplar: the trace id).",
+    "Arrival of the event at ingest to its delivery accepted by the endpoint, for a delivery sent fresh (not "
+    "retried, deferred, redriven or replayed; exemplar: the trace id when sampled).",
     buckets=DELIVERY,
 )
 DEAD_LETTERS = Counter(

@@ -19,7 +19,8 @@
 * ``deliveries`` (by delivery id), ``deliveries_by_subscription`` (partitioned by subscription and day, newest
   first) and ``deliveries_of_event`` — the state of each delivery of an event to a subscription, a replay's
   beside the original's. ``deliveries_by_event`` (one row per event and subscription: a replay's delivery
-  hid the original's) is read, no longer written; it empties as its rows expire (drop it after a TTL).
+  hid the original's) is still created and read, no longer written, and empties as its rows expire: leave it
+  (a later version can stop reading it one retention after this one is everywhere).
 * ``dead_letters`` (by kind and day, newest first) and ``dead_letters_by_id`` — every message dead-lettered,
   with its headers and body (what a redrive republishes) and its state (dead, redriven, purged).
 * ``replays`` — each replay job's request and progress; ``replay_cancels`` — cancels asked of a job on a

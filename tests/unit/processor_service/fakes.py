@@ -27,6 +27,7 @@ class MemoryEvents:
     receipts: dict[str, list[tuple[OperationResult, str]]] = field(default_factory=dict)  # each with its receipt
     effects: list[Effect] = field(default_factory=list)
     marks: dict[tuple[str, str], int] = field(default_factory=dict)
+    marked: list[str] = field(default_factory=list)  # the keys of the commits that wrote a version mark
     index: dict[str, EventStatus] = field(default_factory=dict)
     duplicates: dict[str, list[str]] = field(default_factory=dict)
     reads: int = 0
@@ -67,6 +68,7 @@ class MemoryEvents:
             e = c.stored.event
             self.effects.extend(c.effects)
             if c.mark_entity:
+                self.marked.append(e.key)
                 current = self.marks.get((e.source, e.entity_id), 0)
                 self.marks[(e.source, e.entity_id)] = max(current, e.entity_version)
             self.stored[e.key] = c.stored

@@ -310,6 +310,7 @@ async def test_a_row_without_a_receipt_is_nothing_stored_not_another_receipts(st
     handled = await one(p, event(receipt_id="r_redriven"))
     assert (handled.disposition, handled.attempt, entity.calls) == (Disposition.PROCESSED, 1, 1)
     assert store.stored["shop/evt_1"].event.receipt_id == "r_redriven"
+    assert not handled.first  # a redrive: its latency is the event's age, not timed (found in review)
 
 
 async def test_a_redelivered_receipt_whose_pass_failed_is_dead_lettered_again(store: MemoryEvents) -> None:
@@ -400,6 +401,7 @@ async def test_a_stale_event_runs_the_operations_that_run_when_stale_and_moves_n
     assert (replayed.disposition, replayed.attempt) == (Disposition.STALE, 2)
     assert (entity.calls, deliver.calls, store.marks[("shop", "in_1")]) == (1, 3, 20)
     assert store.ok_runs("shop/evt_old") == {"deliver": 2}
+    assert store.marked == ["shop/evt_new"]  # the stale passes wrote no version mark
 
 
 async def test_a_stale_pass_whose_delivery_fails_retries_it_and_ends_stale(store: MemoryEvents) -> None:
@@ -425,7 +427,7 @@ async def test_a_stale_pass_whose_delivery_fails_retries_it_and_ends_stale(store
     assert third.last_error == "stale: entity in_1 is at version 20, this event carries 10"
     assert store.stored["shop/evt_old"].status is EventStatus.STALE
     assert entity.calls == 1 and store.ok_runs("shop/evt_old") == {"deliver": 1}
-    assert store.marks[("shop", "in_1")] == 20
+    assert store.marked == ["shop/evt_new"]
 
     never = Flaky(ok_from=99)
     q = processor(
@@ -456,3 +458,25 @@ async def test_only_an_events_first_pass_reports_its_e2e_latency(store: MemoryEv
     replayed = await one(q, replace(e, receipt_id="r-replay", replay=True))
     ack = verdict(e, replayed)
     assert isinstance(ack, Ack) and (ack.outcome, ack.latency_ms) == ("processed", None)
+
+
+async def test_a_stale_pass_that_retries_guards_its_operations_again(store: MemoryEvents) -> None:
+    """Found in review: a stale pass that failed recorded its guarded operations SKIPPED, which counts as done,
+    so a retry that was no longer stale (the version that made it stale was taken back) ran none of them and
+    still moved the mark. A retrying stale pass records only what it ran; its final pass records the skips."""
+    entity, deliver = Counter(), Flaky(ok_from=2)
+    p = processor(
+        store,
+        Operation("entity", entity, takes_context=True),
+        Operation("deliver", deliver, takes_context=True, runs_when_stale=True),
+        max_attempts=3,
+    )
+    old = event(event_id="evt_old", entity_version=10)
+    p._decided[("shop", "in_1")] = 20  # a version that will not hold (a batch that never committed it)
+    first = await one(p, old)
+    assert (first.disposition, first.attempt) == (Disposition.RETRY, 1)
+    assert [r.operation for r in store.stored["shop/evt_old"].results] == ["deliver"]
+    del p._decided[("shop", "in_1")]
+    second = await one(p, old)  # no longer stale: the entity operation runs, and the mark moves
+    assert (second.disposition, second.attempt, entity.calls) == (Disposition.PROCESSED, 2, 1)
+    assert store.marked == ["shop/evt_old"] and store.marks[("shop", "in_1")] == 10

@@ -13,6 +13,7 @@ import pytest
 
 from switchboard.delivery.filters import Filter
 from switchboard.delivery.routing import FilterIndex
+from switchboard.errors import SwitchboardError
 from switchboard.model.subscriptions import Subscription, SubscriptionStatus
 from switchboard.subscription_cache import SubscriptionCache
 from tests.unit.factories import event
@@ -245,4 +246,27 @@ async def test_of_two_refreshes_of_one_subscription_the_one_started_last_is_appl
         assert cache.get("sub_1") == sub(1) and matched == ["sub_1"]
     else:
         assert cache.get("sub_1") is None and matched == []
-    assert cache._latest_read == {}
+    assert cache._reading == {}
+
+
+class FailingSecondRead(SlowFirstRead):
+    async def get(self, subscription_id: str) -> Subscription | None:
+        second = self.reads == 1  # the read about to start is the second
+        found = await super().get(subscription_id)
+        if second:
+            raise SwitchboardError("the store timed out")
+        return found
+
+
+async def test_a_later_refresh_that_fails_does_not_hold_back_an_earlier_ones_result() -> None:
+    """Found in the review of the fix above: the failing later read took the earlier read's result with it."""
+    store = FailingSecondRead([sub(1)])
+    cache = SubscriptionCache(store, "", "", purpose="test")  # type: ignore[arg-type]
+    await cache.reload()
+    store.subs["sub_1"] = sub(1, status=SubscriptionStatus.DISABLED)
+    first = asyncio.create_task(cache.refresh("sub_1"))  # reads DISABLED, answers after the second failed
+    await asyncio.sleep(0)
+    with pytest.raises(SwitchboardError):
+        await cache.refresh("sub_1")
+    await first
+    assert cache.get("sub_1") == sub(1, status=SubscriptionStatus.DISABLED) and cache._reading == {}
