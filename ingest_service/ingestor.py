@@ -45,6 +45,10 @@ _DROP = frozenset(
         "tracestate",
     }
 )
+# Nor any header whose name says it carries a credential (senders add their own: ``x-api-key``,
+# ``x-webhook-token``, ...): headers are stored for the retention and returned by GetEvent.
+_CREDENTIAL_WORDS = ("auth", "token", "secret", "password", "passwd", "apikey", "api-key", "api_key", "session",
+                     "cookie", "signature", "hmac", "credential", "private")  # fmt: skip
 MAX_HEADER_VALUE = 4096
 MAX_CONTENT_TYPE = 255
 
@@ -72,6 +76,8 @@ def select_headers(metadata: Iterable[tuple[str, str | bytes]], drop: frozenset[
     for key, value in metadata:
         k = key.lower()
         if k in _DROP or k.startswith(_DROP_PREFIXES) or k.endswith("-bin") or not isinstance(value, str):
+            continue
+        if any(word in k for word in _CREDENTIAL_WORDS):
             continue
         if k in drop:
             continue
@@ -158,10 +164,15 @@ class Ingestor:
                 f"at most {MAX_KEY_BYTES} (UTF-8)",
                 reason="EVENT_ID_INVALID",
             )
-        if len(verified.entity_id.encode()) > MAX_ENTITY_ID_BYTES:
-            raise InvalidRequest(
-                f"the event's entity id is longer than {MAX_ENTITY_ID_BYTES} bytes (UTF-8)", reason="ENTITY_ID_INVALID"
+        entity_id, entity_version = verified.entity_id, verified.entity_version
+        if len(entity_id.encode()) > MAX_ENTITY_ID_BYTES:
+            # Authentic, so never refused for it (a 400 is retried until the provider gives up, then the event is
+            # lost): taken without its entity, hence without the out-of-order guard and the entity's state.
+            log.warning(
+                "entity id too long: the event is taken without its entity",
+                extra={"source": name, "event_id": verified.event_id, "bytes": len(entity_id.encode())},
             )
+            entity_id, entity_version = "", 0
         with self.tracer.span("publish events", parent, kind="producer") as publish:
             event = InboundEvent(
                 source=name,
@@ -174,8 +185,8 @@ class Ingestor:
                 headers=select_headers(metadata, source.verifier.signature_headers),
                 receipt_id=new_receipt_id(),
                 provider_time_us=int(verified.provider_time * 1_000_000) if verified.provider_time else 0,
-                entity_id=verified.entity_id,
-                entity_version=verified.entity_version,
+                entity_id=entity_id,
+                entity_version=entity_version,
                 # the publish span's context when traced (the processors' spans hang under it), else Envoy's
                 traceparent=(
                     publish.traceparent if publish else parent if valid_traceparent(parent) else new_traceparent()

@@ -2,7 +2,10 @@
 
 The legacy ``X-Hub-Signature: sha1=<hex>`` is refused (``SIGNATURE_SCHEME_REFUSED``) unless the source sets
 ``allow_sha1 = true``; when both headers are present the SHA-256 one is the one checked. GitHub signs no
-timestamp: replays are caught by deduplicating on ``X-GitHub-Delivery`` (the event id). The body is never
+timestamp and no header: a faithful re-send is caught by deduplicating on ``X-GitHub-Delivery`` (the event
+id), but whoever holds one signed body (GitHub shows recent deliveries to the hook's admins) can send it again
+under a new delivery id or ``X-GitHub-Event`` type, and it is taken as a new event. Restrict the source with
+``allow_cidrs`` to GitHub's hook addresses. The body is never
 parsed (GitHub may send form-encoded payloads), so there is no entity or provider time.
 """
 

@@ -11,7 +11,10 @@
     type_header / type_field  where the event type is (header first, then dotted JSON path)
 
 Without a signed timestamp, replays are caught only by deduplicating on the event id, which falls back to
-the content hash ``sha256:<hex of the body>``; the type falls back to ``""``. The body is parsed only when a
+the content hash ``sha256:<hex of the body>``; the type falls back to ``""``. An id or type read from a
+header is not signed: a signed body sent again with another ``id_header`` value (within the tolerance, if a
+timestamp is signed) is a new event. Take them from the body (``id_field``, ``type_field``) where the sender
+puts them there. The body is parsed only when a
 JSON field is configured, and a body that is not JSON just falls back.
 """
 

@@ -1,10 +1,11 @@
 """Shopify: ``X-Shopify-Hmac-Sha256`` = base64(HMAC-SHA256(app secret, raw body)).
 
-Nothing time-related is signed, so there is no tolerance check: replays are caught by deduplicating on
-``X-Shopify-Webhook-Id`` (the event id). Type: ``X-Shopify-Topic``. Provider time: ``X-Shopify-Triggered-At``
-(ISO 8601) when present. Entity: the payload's ``id`` (as a string); version: the payload's ``updated_at``
-(ISO 8601) in microseconds. The body is parsed only for those optional fields: a body that is not JSON still
-verifies, with no entity.
+Nothing time-related is signed, so there is no tolerance check; only the body is signed: a faithful re-send
+is caught by deduplicating on ``X-Shopify-Webhook-Id`` (the event id), but a signed body sent again under a
+new webhook id or topic is taken as a new event (``allow_cidrs`` narrows who can). Type: ``X-Shopify-Topic``.
+Provider time: ``X-Shopify-Triggered-At`` (ISO 8601) when present. Entity: the payload's ``id`` (as a
+string); version: the payload's ``updated_at`` (ISO 8601) in microseconds. The body is parsed only for those
+optional fields: a body that is not JSON still verifies, with no entity.
 """
 
 from __future__ import annotations
