@@ -41,7 +41,7 @@ from switchboard.model.events import InboundEvent, now_us
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState
 from switchboard.model.subscriptions import DeliveryTask
 from switchboard.queue import Ack, QueueMessage, Verdict
-from switchboard.queue.message import DEAD_AGAIN_HEADER
+from switchboard.queue.message import DEAD_AGAIN_HEADER, RECEIPT_HEADER
 from switchboard.runtime.loop import after_pauses
 from switchboard.wire import decode_inbound, decode_task
 
@@ -148,10 +148,15 @@ def _earlier_death(row: DeadLetter, d: DeadLetter, again: bool) -> bool:
     return row.state is not DeadLetterState.DEAD and d.dead_us > row.redriven_us
 
 
-def dead_letter_id(kind: DeadLetterKind, message_id: str, attempts: int, generation: int) -> str:
+def dead_letter_id(kind: DeadLetterKind, message_id: str, attempts: int, generation: int, receipt: str = "") -> str:
     """The id of one death of a message: the same for every copy of it, the next ``generation`` after a
-    redrive."""
+    redrive. An event's message id is its key, the same for every receipt of it (a replay's too), so the
+    receipt is part of the id: without it, a replay's death at the same attempt count as an earlier receipt's
+    was taken for a copy of that one and acked as a duplicate (the event FAILED with no dead letter of its
+    own to redrive; found in review)."""
     key = f"{kind.value}\0{message_id}\0{attempts}\0{generation}"
+    if receipt:
+        key += f"\0{receipt}"
     return "dl_" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
@@ -181,8 +186,9 @@ class DeadLetterRecorder:
         if not d.message_id:
             await self.store.put_dead_letter(d)
             return "recorded"
+        receipt = d.headers.get(RECEIPT_HEADER, "")
         for generation in range(MAX_GENERATIONS):
-            d.id = dead_letter_id(self.kind, d.message_id, d.attempts, generation)
+            d.id = dead_letter_id(self.kind, d.message_id, d.attempts, generation, receipt)
             existing = await self.store.get_dead_letter(d.id)
             if existing is None:
                 await self.store.put_dead_letter(d)
@@ -211,7 +217,7 @@ class DeadLetterRecorder:
                 error += f"; the last error before: {m.last_error}"
         d = DeadLetter(
             id=(
-                dead_letter_id(self.kind, m.message_id, m.attempt, 0)
+                dead_letter_id(self.kind, m.message_id, m.attempt, 0, headers.get(RECEIPT_HEADER, ""))
                 if m.message_id
                 else unique_dead_letter_id(m.message_id, str(dead_at or dead_us))
             ),

@@ -23,6 +23,7 @@ from switchboard.errors import InvalidRequest
 from switchboard.model.events import InboundEvent
 from switchboard.model.subscriptions import DeliveryTask
 from switchboard.queue import Publisher, Topology
+from switchboard.queue.message import RECEIPT_HEADER
 from switchboard.queue.retire import retire_unpartitioned
 from switchboard.wire import decode_task, encode_inbound, encode_task
 
@@ -114,7 +115,7 @@ class EventPublisher:
 
     async def publish_event(self, event: InboundEvent) -> None:
         """Queues ``event`` with its key as message id and its trace context in the headers."""
-        headers: dict[str, FieldValue] = {"traceparent": event.traceparent, "receipt-id": event.receipt_id}
+        headers: dict[str, FieldValue] = {"traceparent": event.traceparent, RECEIPT_HEADER: event.receipt_id}
         await self._publisher.publish(
             encode_inbound(event),
             message_id=event.key,

@@ -78,6 +78,8 @@ class Retry:
 
 # On a dead-letter copy of a death already dead-lettered once (``DeadLetter.again``).
 DEAD_AGAIN_HEADER = "x-dead-again"
+# The receipt id on an event's message (every receipt of one event shares its message id, the event key).
+RECEIPT_HEADER = "receipt-id"
 
 
 @dataclass(frozen=True, slots=True)

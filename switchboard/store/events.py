@@ -188,8 +188,18 @@ class EventStore:
             # the row for it left the event RETRYING for good.
             if (await self.runs_of(source, event_id, event.receipt_id)).attempts:
                 return False
-        await self.store.execute(self.q.reset_attempts, (self.ttl, EventStatus.RETRYING.value, source, event_id))
-        return True
+        head = (self.ttl, EventStatus.RETRYING.value, source, event_id)
+        if not rows or rows[0].status is None:
+            await self.store.execute(self.q.reset_attempts, head)
+            return True
+        # Only the row as read: a pass committed since the read (a replay's PROCESSED, say) is not turned back
+        # into RETRYING, which nothing would ever process (found in review). A compare-and-set, once per redrive.
+        row = rows[0]
+        if row.receipt_id:
+            done = await self.store.execute(self.q.reset_attempts_if, (*head, row.status, row.receipt_id))
+        else:
+            done = await self.store.execute(self.q.reset_attempts_if_status, (*head, row.status))
+        return bool(done) and bool(done[0][0])
 
     # -- reads ------------------------------------------------------------------------------------------
     async def get(self, source: str, event_id: str) -> StoredEvent | None:

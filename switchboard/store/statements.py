@@ -58,6 +58,10 @@ def _event_cql(ks: str) -> dict[str, str]:
         "event_type": f"SELECT event_type FROM {ks}.events WHERE source = ? AND event_id = ?",
         "reset_attempts": f"""UPDATE {ks}.events USING TTL ? SET status = ?, attempts = 0
             WHERE source = ? AND event_id = ?""",
+        "reset_attempts_if": f"""UPDATE {ks}.events USING TTL ? SET status = ?, attempts = 0
+            WHERE source = ? AND event_id = ? IF status = ? AND receipt_id = ?""",
+        "reset_attempts_if_status": f"""UPDATE {ks}.events USING TTL ? SET status = ?, attempts = 0
+            WHERE source = ? AND event_id = ? IF status = ?""",
         "get_records": f"SELECT * FROM {ks}.event_records WHERE source = ? AND event_id = ?",
         "list_range": f"""SELECT received_at, event_id, event_type, status, receipt_id
             FROM {ks}.events_by_source
@@ -192,6 +196,8 @@ class EventStatements:
     event_body: PreparedStatement
     event_type: PreparedStatement
     reset_attempts: PreparedStatement
+    reset_attempts_if: PreparedStatement
+    reset_attempts_if_status: PreparedStatement
     get_records: PreparedStatement
     list_range: PreparedStatement
     list_after: PreparedStatement

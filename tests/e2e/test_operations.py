@@ -165,7 +165,12 @@ def test_copies_of_one_dead_letter_are_recorded_once(stack: Stack, stack_config:
     post(cfg, event_id, "test.poison")
     (dead,) = wait_dead_letter(cfg, event_id)
     later = int(time.time() * 1_000_000)
-    headers = {"x-attempt": dead.attempts, "x-last-error": dead.last_error, "x-dead-reason": "failed"}
+    headers = {
+        "x-attempt": dead.attempts,
+        "x-last-error": dead.last_error,
+        "x-dead-reason": "failed",
+        "receipt-id": dead.headers["receipt-id"],  # a copy keeps the message's headers, its receipt among them
+    }
     marker = "evt_dlmark_" + secrets.token_hex(6)
     publish_dead(
         cfg,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+from typing import Any
 
 import pytest
 
@@ -67,6 +68,25 @@ def test_a_redrive_resets_only_its_own_failed_receipt(stack: Stack, stack_config
             assert await events.reset_attempts(never)
             (prior,) = (await events.priors([never])).values()
             assert (prior.receipt_id, prior.status) == ("", EventStatus.RETRYING)
+
+            # A replay processed the event between the reset's read and its write (found in review): the
+            # reset was unconditional, and the row said RETRYING for good. It is a compare-and-set now.
+            racing = receipt("evt_race", "r1")
+            await events.commit([Commit(StoredEvent(racing, EventStatus.FAILED, attempts=8))])
+            replayed = dataclasses.replace(racing, receipt_id="r_replay", replay=True)
+            execute = session.execute
+
+            async def replay_right_after_the_read(statement: Any, params: Any = (), *args: Any, **kw: Any) -> Any:
+                rows = await execute(statement, params, *args, **kw)
+                if statement is events.q.get_event and params[1] == racing.event_id:
+                    session.execute = execute  # type: ignore[method-assign]
+                    await events.commit([Commit(StoredEvent(replayed, EventStatus.PROCESSED, attempts=9))])
+                return rows
+
+            session.execute = replay_right_after_the_read  # type: ignore[method-assign]
+            assert not await events.reset_attempts(racing)
+            after = await events.get(racing.source, racing.event_id)
+            assert after is not None and (after.status, after.event.receipt_id) == (EventStatus.PROCESSED, "r_replay")
         finally:
             session.close()
 

@@ -46,13 +46,16 @@ class Rows:
 S = 1_000_000  # a second, in microseconds
 
 
-def copy(dead_at: int, *, attempt: int = 3, message_id: str = "shop/evt_1", again: bool = False) -> QueueMessage:
-    """A dead-letter copy of the message, dead-lettered at ``dead_at`` seconds."""
+def copy(
+    dead_at: int, *, attempt: int = 3, message_id: str = "shop/evt_1", again: bool = False, receipt: str = "r1"
+) -> QueueMessage:
+    """A dead-letter copy of the message (of receipt ``receipt``), dead-lettered at ``dead_at`` seconds."""
     headers: dict[str, object] = {
         "x-attempt": attempt,
         "x-last-error": "boom",
         "x-dead-reason": "failed",
         "x-dead-at": dead_at * S,
+        "receipt-id": receipt,
     }
     if again:
         headers["x-dead-again"] = 1
@@ -70,6 +73,18 @@ async def test_copies_of_one_death_are_one_row_and_the_first_is_kept() -> None:
     assert rows.writes == 1
     (row,) = rows.rows.values()
     assert row.dead_us == 1_700_000_000 * S
+
+
+async def test_a_replays_death_is_its_own_though_it_has_the_event_key_and_attempts_of_an_earlier_one() -> None:
+    """Found in review: the id was the event key and the attempts, the same for every receipt of one event, so
+    a replay that died at the attempt count of an earlier receipt's death (after a redrive reset it) was
+    acked as a duplicate of that row, which cannot be redriven (the event is under the replay's receipt)."""
+    rows = Rows()
+    recorder = DeadLetterRecorder(rows, DeadLetterKind.PROCESSING)  # type: ignore[arg-type]
+    assert await recorder.handle([copy(10, attempt=8, receipt="r_original")]) == [Ack("recorded")]
+    assert await recorder.handle([copy(90, attempt=8, receipt="r_replay")]) == [Ack("recorded")]
+    assert await recorder.handle([copy(95, attempt=8, receipt="r_replay")]) == [Ack("duplicate")]  # its copy
+    assert sorted(d.dead_us for d in rows.rows.values()) == [10 * S, 90 * S]
 
 
 async def test_a_death_after_a_redrive_or_a_purge_is_a_new_row_and_a_copy_from_before_is_not() -> None:
