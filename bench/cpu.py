@@ -9,7 +9,9 @@ A sample reads ``utime + stime + cutime + cstime`` (clock ticks) of each member:
 move into its ``c*`` fields, so short-lived helpers are counted too. A member that appears between two
 samples counts with everything it used; one that is gone at the second sample (and was not reaped by a
 member) is lost. The load generator is counted separately (``RUSAGE_CHILDREN`` of this process, see
-``ChildrenClock``); the whole machine from ``/proc/stat``, so that what others ran meanwhile shows.
+``ChildrenClock``); the whole machine from ``/proc/stat``, so that what others ran meanwhile shows: "box" is
+the time its CPUs ran anything (user, nice, system, irq, softirq), without the time the hypervisor gave them to
+other guests (steal), which is reported apart (until 2026-12-07 box included steal).
 
     meter = CpuMeter.for_stack(stack)
     before = meter.sample()
@@ -24,7 +26,7 @@ import resource
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
@@ -57,14 +59,22 @@ def cpu_seconds(pid: int) -> float:
     return st[1] / CLK_TCK
 
 
-def machine_busy_ticks() -> tuple[int, int]:
-    """(busy, total) clock ticks of all CPUs since boot, from the ``cpu`` line of ``/proc/stat``."""
+class MachineTicks(NamedTuple):
+    busy: int  # user nice system irq softirq (guest is inside user): this machine's CPUs running anything
+    steal: int  # the hypervisor ran another guest on them
+    total: int  # the above, idle and iowait
+
+
+def machine_busy_ticks() -> MachineTicks:
+    """Clock ticks of all CPUs since boot, from the ``cpu`` line of ``/proc/stat``: busy (steal left out),
+    steal, total."""
     with open("/proc/stat") as f:
         parts = f.readline().split()
-    values = [int(v) for v in parts[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    total = sum(values[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
-    return total - idle, total
+    values = [int(v) for v in parts[1:]] + [0] * 8
+    idle = values[3] + values[4]  # idle + iowait
+    steal = values[7]
+    total = sum(values[:8])  # user nice system idle iowait irq softirq steal
+    return MachineTicks(total - idle - steal, steal, total)
 
 
 @dataclass
@@ -73,6 +83,7 @@ class Sample:
     ticks: dict[str, dict[int, int]]  # component -> pid -> ticks
     busy: int
     total: int
+    steal: int
     children: float  # RUSAGE_CHILDREN of this process, seconds
     own: float  # RUSAGE_SELF of this process, seconds
 
@@ -90,14 +101,15 @@ class Sample:
         wall = self.at - before.at
         # /proc/stat: all CPUs together (2 cores busy for 1 s = 2 s)
         box = (self.busy - before.busy) / CLK_TCK
-        return Usage(wall, seconds, box)
+        return Usage(wall, seconds, box, (self.steal - before.steal) / CLK_TCK)
 
 
 @dataclass
 class Usage:
     wall: float
     seconds: dict[str, float] = field(default_factory=dict)
-    box: float = 0.0  # CPU seconds of the whole machine (every process, kernel included)
+    box: float = 0.0  # CPU seconds of the whole machine (every process, kernel included; steal left out)
+    steal: float = 0.0  # CPU seconds the hypervisor gave this machine's CPUs to other guests
 
     @property
     def components(self) -> float:
@@ -123,6 +135,7 @@ class Usage:
         out["total"] = 100 * self.components / self.wall
         out["box"] = 100 * self.box / self.wall
         out["others"] = 100 * self.others / self.wall
+        out["steal"] = 100 * self.steal / self.wall
         return out
 
     def as_dict(self, events: int) -> dict[str, Any]:
@@ -132,6 +145,7 @@ class Usage:
             "cpu_s": {k: round(v, 3) for k, v in sorted(self.seconds.items(), key=_order)},
             "box_cpu_s": round(self.box, 3),
             "others_cpu_s": round(self.others, 3),
+            "steal_cpu_s": round(self.steal, 3),
             "ms_per_event": {k: _r(v) for k, v in self.per_event_ms(events).items()},
             "pct_of_a_core": {k: round(v, 1) for k, v in self.core_pct().items()},
             "cores": NCPU,
@@ -185,10 +199,12 @@ class CpuMeter:
             name = by_group.get(st[0])
             if name is not None:
                 ticks[name][int(entry)] = st[1]
-        busy, total = machine_busy_ticks()
+        m = machine_busy_ticks()
         ch = resource.getrusage(resource.RUSAGE_CHILDREN)
         me = resource.getrusage(resource.RUSAGE_SELF)
-        return Sample(time.monotonic(), ticks, busy, total, ch.ru_utime + ch.ru_stime, me.ru_utime + me.ru_stime)
+        return Sample(
+            time.monotonic(), ticks, m.busy, m.total, m.steal, ch.ru_utime + ch.ru_stime, me.ru_utime + me.ru_stime
+        )
 
     def group_seconds(self, name: str) -> float:
         """CPU seconds used so far by the live members of one component (for idle detection)."""

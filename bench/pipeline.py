@@ -959,6 +959,16 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(shared)
             + "; the figures above are lower than on an otherwise idle machine"
         )
+    stolen = [
+        f"{ph.name} {ph.cpu.core_pct().get('steal', 0):.0f}%"
+        for ph in bench.phases
+        if ph.cpu and ph.cpu.wall > 0 and ph.cpu.core_pct().get("steal", 0) > 5
+    ]
+    if stolen:
+        print(
+            "note: the hypervisor gave this machine's CPUs to others (steal, not in box), in % of a core: "
+            + ", ".join(stolen)
+        )
     for ph in bench.phases:
         if ph.stages:
             print(f"stages {ph.name} (p50/p99 from the services' histograms): {stages.line(ph.stages)}")
