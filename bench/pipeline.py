@@ -515,8 +515,19 @@ class Bench:
             " WHERE source = ? AND event_id IN ?"
         )
 
-    async def _batched(self, stmt: Any, ids: list[str], batch: int = 100) -> list[Any]:
+    async def _rows(self, stmt: Any, params: tuple[Any, ...]) -> list[Any]:
+        """Every row of every page: ``StoreSession.execute`` (the services' path) returns the driver's first page
+        only (fetch size 5000), which an ``IN`` over many event_records partitions can pass. The driver's
+        synchronous ``execute`` fetches the next pages as its result is iterated; on a thread."""
         assert self.store is not None
+        session = self.store.session
+
+        def read() -> list[Any]:
+            return list(session.execute(stmt, params, timeout=30.0))
+
+        return await asyncio.to_thread(read)
+
+    async def _batched(self, stmt: Any, ids: list[str], batch: int = 100) -> list[Any]:
         sem = asyncio.Semaphore(8)
         out: list[Any] = []
 
@@ -524,7 +535,7 @@ class Bench:
             async with sem:
                 for attempt in range(5):
                     try:
-                        out.extend(await self.store.execute(stmt, (SOURCE, chunk)))  # type: ignore[union-attr]
+                        out.extend(await self._rows(stmt, (SOURCE, chunk)))
                         return
                     except Exception:
                         if attempt == 4:
