@@ -28,8 +28,9 @@ than once) and unexpected arrivals; CPU ms per accepted event per component and 
 delivery (from /proc, load start → every delivery arrived, or processing idle at fan-out 0; "platform" is
 every component of the stack, without wrk, this script and the receiver). A sample of the round's deliveries
 is looked up through the Subscriptions service (``ListDeliveries``): each must be DELIVERED with its attempts
-recorded. Exit status 1 if a delivery is missing or duplicated or an accepted event was lost, 2 if the
-benchmark itself failed. Everything goes to ``var/bench/delivery-<date>-<git rev>.json`` (``--out``).
+recorded. Exit status 1 if a delivery is missing or duplicated or an accepted event was lost, applied twice,
+left unfinished or STALE (as ``bench.pipeline``), 2 if the benchmark itself failed. Everything goes to
+``var/bench/delivery-<date>-<git rev>.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from bench.pipeline import (
     QueueDepth,
     add_overrides,
     bench_stack_config,
+    failures,
     git_rev,
     pct,
 )
@@ -515,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     if ver:
         print(
             f"inbound verification: {ver['accepted_events']} accepted events, {ver['stored']} stored,"
-            f" {ver['lost']} lost, {ver['applied_twice']} applied twice"
+            f" {ver['lost']} lost, by stored status {ver['statuses']}, {ver['unfinished']} unfinished,"
+            f" {ver['stale']} stale, {ver['applied_twice']} applied twice"
         )
     for rnd in bench.rounds:
         bad = f", not DELIVERED: {rnd.sample_bad[:3]}" if rnd.sample_bad else ""
@@ -546,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed is not None or not ver:
         return 2
     broken = any(r.missing or r.duplicates or r.sample_bad for r in bench.rounds)
-    return 1 if broken or ver["lost"] or ver["applied_twice"] else 0
+    return 1 if broken or failures(ver) else 0
 
 
 if __name__ == "__main__":

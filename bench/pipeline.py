@@ -47,9 +47,12 @@ runs made on different days.
 Then every accepted event (the ids the 200 answers carried) is read back from Cassandra (``events`` and
 ``event_records``): lost = accepted but not stored; applied twice = an event with more than one OK run of the
 same operation (``r:`` records; index rows are not looked at); duplicates seen (``d:`` records) against
-re-sends sent and accepted; end-to-end latency (received_at → processed_at) per phase. The ratio processing
-ceiling / ingest ceiling closes the report. Exit status 1 if any accepted event was lost or applied twice, 2 if
-the benchmark itself failed (the rows measured so far are still printed and saved).
+re-sends sent and accepted; the events by stored status; end-to-end latency (received_at → processed_at) per
+phase. The ratio processing ceiling / ingest ceiling closes the report. Exit status 1 if any accepted event was
+lost, applied twice, left unfinished (stored RETRYING, FAILED or without a final status once the run settled:
+every pass writes processed_at, so its presence says nothing) or STALE (none expected: every event the bench
+signs has an entity of its own), 2 if the benchmark itself failed (the rows measured so far are still printed
+and saved).
 
 Table columns: sent (requests wrk handed out), 200, !200 (refused, failed, or unanswered when wrk stopped),
 ev/s (accepted per second; open loop over the planned seconds or until the last answer if later), HTTP
@@ -102,6 +105,10 @@ LUA = Path(__file__).resolve().parent / "load.lua"
 SOURCE = "shop"
 PHASES = ("ingest", "drain", "steady", "spike")
 EPOCH = dt.datetime(1970, 1, 1)
+# Stored statuses (switchboard.model.EventStatus values) of an event whose processing is over. STALE is over too,
+# but the bench never causes one: every event it signs names an entity (invoice) of its own, and a re-send is
+# the same event (a duplicate), so a STALE row means the guard took an event for out of order.
+FINISHED = frozenset({"processed", "stale"})
 log = logging.getLogger("bench")
 
 
@@ -125,6 +132,21 @@ def mid_rate(times: list[float], low: float = 0.1, high: float = 0.9) -> float |
     s = sorted(times)
     a, b = int(len(s) * low), int(len(s) * high)
     return (b - a) / (s[b] - s[a]) if s[b] > s[a] else None
+
+
+def _status(value: str | None) -> str:
+    return (value or "").lower() or "none"
+
+
+def status_counts(ids: list[str], events: dict[str, tuple[float | None, float | None, str | None]]) -> Counter[str]:
+    """The accepted events by stored status (lower case; "missing": no row; "none": a row without status)."""
+    return Counter(_status(events[i][2]) if i in events else "missing" for i in ids)
+
+
+def failures(ver: dict[str, Any]) -> list[str]:
+    """What makes a run fail (exit status 1), from ``Bench.verify``: events lost, applied twice, left
+    unfinished (RETRYING, FAILED or without a final status after the run settled) or STALE (none expected)."""
+    return [f"{ver[k]} {k.replace('_', ' ')}" for k in ("lost", "applied_twice", "unfinished", "stale") if ver.get(k)]
 
 
 def wall_of(mono: float) -> float:
@@ -426,8 +448,10 @@ class Bench:
         self, phase: Phase | None, ids: list[str], before: Sample | None = None, scraped: stages.Scrape | None = None
     ) -> None:
         """Waits until idle (then takes the CPU sample that ends the phase's window, if ``before`` is given), then
-        until every id in ``ids`` has a processed_at in Cassandra; records the phase's end-to-end latencies
-        and its last processed_at."""
+        until every id in ``ids`` has a processed_at in Cassandra (every pass writes one: a RETRYING or FAILED
+        row has it too, and after idle, with the delay queues empty, it changes no more; ``verify`` counts
+        statuses); records the phase's received_at → processed_at of the finished rows and its last
+        processed_at."""
         idle = await self.wait_idle(phase, self.args.drain_timeout)
         if phase is not None:
             phase.idle_wall = idle
@@ -437,13 +461,16 @@ class Bench:
                 phase.stages = stages.summary(stages.difference(self.scrape(), scraped))
         pending = sorted(set(ids))
         done: dict[str, tuple[float, float]] = {}
+        finished: set[str] = set()
         deadline = time.monotonic() + self.args.drain_timeout
         while pending:
             rows = await self.read_events(pending)
             for i in pending:
-                rec, proc, _ = rows.get(i, (None, None, None))
+                rec, proc, status = rows.get(i, (None, None, None))
                 if rec is not None and proc is not None:
                     done[i] = (rec, proc)
+                    if _status(status) in FINISHED:
+                        finished.add(i)
             pending = [i for i in pending if i not in done]
             if not pending or time.monotonic() > deadline:
                 break
@@ -451,8 +478,8 @@ class Bench:
         if pending:
             log.warning("%d accepted events still unprocessed after %g s", len(pending), self.args.drain_timeout)
         if phase is not None:
-            phase.unfinished_after_wait = len(pending)
-            phase.e2e_ms = [(proc - rec) * 1000 for rec, proc in done.values()]
+            phase.unfinished_after_wait = len(pending) + len(done) - len(finished)
+            phase.e2e_ms = [(proc - rec) * 1000 for i, (rec, proc) in done.items() if i in finished]
             phase.last_processed = max((proc for _, proc in done.values()), default=None)
 
     # -- phases --------------------------------------------------------------------------------------------
@@ -565,8 +592,11 @@ class Bench:
                 ok_runs[(r.event_id, r.operation)] += 1
             elif r.rec.startswith("d:"):
                 dup_seen[r.event_id] += 1
+        statuses = status_counts(ids, events)
         lost = [i for i in ids if i not in events]
-        unfinished = [i for i in ids if i in events and events[i][1] is None]
+        # stored but not finished: RETRYING (a retry due, or stuck), FAILED (dead-lettered), RECEIVED or no status
+        unfinished = [i for i in ids if i in events and _status(events[i][2]) not in FINISHED]
+        stale = [i for i in ids if i in events and _status(events[i][2]) == "stale"]
         twice = sorted({eid for (eid, _op), n in ok_runs.items() if n > 1})
         shown = set(twice[:20])
         twice_detail: dict[str, list[dict[str, Any]]] = {}
@@ -581,14 +611,14 @@ class Bench:
                         "finished_at": epoch(r.finished_at),
                     }
                 )
-        statuses = Counter(v[2] for v in events.values())
         for ph in self.phases:
             mine = set(ph.ok_ids) if ph.kind != "drain" else set(ph.backlog_ids)
             e2e, done = [], []
             for i in mine:
-                rec, proc, _ = events.get(i, (None, None, None))
+                rec, proc, status = events.get(i, (None, None, None))
                 if rec is not None and proc is not None:
-                    e2e.append((proc - rec) * 1000)
+                    if _status(status) in FINISHED:
+                        e2e.append((proc - rec) * 1000)
                     done.append(proc)
             last = max(done, default=None)
             ph.e2e_ms, ph.last_processed = e2e, last
@@ -608,11 +638,13 @@ class Bench:
             "lost_ids": lost[:100],
             "unfinished": len(unfinished),
             "unfinished_ids": unfinished[:100],
+            "stale": len(stale),
+            "stale_ids": stale[:100],
             "applied_twice": len(twice),
             "applied_twice_ids": twice[:100],
             "applied_twice_records": twice_detail,
             "accepted_receipts_of_applied_twice": {i: accepted_receipts[i] for i in twice[:20]},
-            "statuses": dict(statuses),
+            "statuses": dict(statuses),  # every accepted event by stored status ("missing": not stored)
             "duplicates_sent": resends_sent,
             "duplicates_accepted": extra_accepted,
             "duplicates_seen": sum(dup_seen.values()),
@@ -937,9 +969,11 @@ def main(argv: list[str] | None = None) -> int:
     if ver:
         print(
             f"\nverification: {ver['accepted_events']} accepted events ({ver['accepted_receipts']} accepted"
-            f" requests), {ver['stored']} stored, {ver['lost']} lost, {ver['unfinished']} unfinished,"
-            f" {ver['applied_twice']} applied twice; duplicates sent {ver['duplicates_sent']},"
-            f" accepted {ver['duplicates_accepted']}, seen (d: records) {ver['duplicates_seen']}"
+            f" requests), {ver['stored']} stored, {ver['lost']} lost; by stored status {ver['statuses']};"
+            f" {ver['unfinished']} unfinished (retrying, failed or no final status), {ver['stale']} stale (none"
+            f" expected: every event has an entity of its own), {ver['applied_twice']} applied twice; duplicates"
+            f" sent {ver['duplicates_sent']}, accepted {ver['duplicates_accepted']}, seen (d: records)"
+            f" {ver['duplicates_seen']}"
         )
     if ic is not None:
         print(f"ingest ceiling      {ic:8.0f} accepted/s  ({args.connections} connections, processors paused)")
@@ -1012,7 +1046,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     if failed is not None or not ver:
         return 2
-    return 0 if ver["lost"] == 0 and ver["applied_twice"] == 0 else 1
+    bad = failures(ver)
+    if bad:
+        print(f"FAILED: {', '.join(bad)}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

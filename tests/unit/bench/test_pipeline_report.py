@@ -1,4 +1,4 @@
-"""bench/pipeline.py's reads back from Cassandra, without a stack: every page of a result."""
+"""bench/pipeline.py's verification, without a stack: statuses, every page of a read."""
 
 from __future__ import annotations
 
@@ -9,6 +9,43 @@ from typing import Any
 from bench import pipeline as P
 
 Row = collections.namedtuple("Row", "event_id rec operation outcome receipt_id finished_at")
+
+
+def bench_with_phase(ph: P.Phase) -> P.Bench:
+    b = P.Bench.__new__(P.Bench)
+    b.phases = [ph]
+    return b
+
+
+def test_events_retrying_failed_or_stale_are_counted_and_fail_the_run() -> None:
+    ph = P.Phase("steady", "open 800/s", "open", 800, 60, 128, 5)
+    ph.ok_ids = ["e1", "e2", "e3", "e4", "e5"]
+    b = bench_with_phase(ph)
+    b._q_records = None
+    stored = {
+        "e1": (0.0, 0.1, "processed"),
+        "e2": (0.0, 0.2, "failed"),  # every pass writes processed_at: FAILED and RETRYING rows have one
+        "e3": (0.0, 0.3, "retrying"),
+        "e4": (0.0, 0.4, "stale"),
+    }
+
+    async def read_events(ids: list[str]) -> dict[str, Any]:
+        return {i: stored[i] for i in ids if i in stored}
+
+    async def batched(stmt: Any, ids: list[str], batch: int = 100) -> list[Any]:
+        return [Row("e1", "r:log:0001:aa", "log", "ok", "r1", None)]
+
+    b.read_events = read_events  # type: ignore[method-assign]
+    b._batched = batched  # type: ignore[method-assign]
+    v = asyncio.run(b.verify())
+    assert v["statuses"] == {"processed": 1, "failed": 1, "retrying": 1, "stale": 1, "missing": 1}
+    assert v["lost"] == 1 and v["unfinished"] == 2 and v["stale"] == 1
+    assert sorted(v["unfinished_ids"]) == ["e2", "e3"]
+    assert P.failures(v) == ["1 lost", "2 unfinished", "1 stale"]
+    # received_at → processed_at only of the finished rows (processed, stale)
+    assert sorted(ph.e2e_ms) == [100.0, 400.0]
+    v.update(lost=0, unfinished=0, stale=0)
+    assert P.failures(v) == []
 
 
 class Pages:
