@@ -33,6 +33,7 @@ from __future__ import annotations
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -90,6 +91,19 @@ class Histogram:
             lower, below = le, cum
         return lower
 
+    def bucket(self, q: float) -> tuple[float, float] | None:
+        """The bounds (lower, upper] of the bucket that holds rank ``q * count``: how precisely the histogram
+        knows that quantile (upper is ``inf`` past the last finite bound); None without observations."""
+        n = self.count
+        if n <= 0:
+            return None
+        lower = 0.0
+        for le in sorted(self.buckets):
+            if self.buckets[le] >= q * n:
+                return lower, le
+            lower = le
+        return lower, float("inf")
+
 
 Snapshot = dict[str, Histogram]
 
@@ -116,6 +130,8 @@ def parse(text: str) -> Snapshot:
 
 
 Scrape = dict[int, Snapshot]  # by the port scraped
+# per stage: count, mean_ms, p50_ms, p99_ms (float or None), p50_bucket_ms and p99_bucket_ms ([lower, upper])
+Summary = dict[str, dict[str, Any]]
 METRICS = "/metrics"  # the services'
 ENVOY_METRICS = "/stats/prometheus"  # Envoy's admin endpoint
 
@@ -169,24 +185,27 @@ def difference(after: Scrape, before: Scrape) -> Snapshot:
     return out
 
 
-def summary(window: Snapshot) -> dict[str, dict[str, float | None]]:
-    """Per stage: observations, mean, p50 and p99 in ms."""
-    out: dict[str, dict[str, float | None]] = {}
+def summary(window: Snapshot) -> Summary:
+    """Per stage: observations, mean, p50 and p99 in ms, and the bounds of the buckets they fall in (ms)."""
+    out: Summary = {}
     for stage in STAGES:
         h = window.get(stage)
         if h is None or h.count <= 0:
             continue
         p50, p99 = h.quantile(0.5), h.quantile(0.99)
+        b50, b99 = h.bucket(0.5), h.bucket(0.99)
         out[stage] = {
             "count": h.count,
             "mean_ms": 1000 * h.total / h.count,
             "p50_ms": None if p50 is None else 1000 * p50,
             "p99_ms": None if p99 is None else 1000 * p99,
+            "p50_bucket_ms": None if b50 is None else [1000 * b50[0], 1000 * b50[1]],
+            "p99_bucket_ms": None if b99 is None else [1000 * b99[0], 1000 * b99[1]],
         }
     return out
 
 
-def line(stages: dict[str, dict[str, float | None]]) -> str:
+def line(stages: Summary) -> str:
     """``ingest rpc 3/41 ms (n=48000) | confirm ...``: p50/p99 per stage."""
     parts = []
     for stage, s in stages.items():

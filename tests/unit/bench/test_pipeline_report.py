@@ -1,4 +1,5 @@
-"""bench/pipeline.py's verification, without a stack: statuses, every page of a read."""
+"""bench/pipeline.py's verification and report, without a stack: statuses, every page of a read, the two
+end-to-end figures."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_events_retrying_failed_or_stale_are_counted_and_fail_the_run() -> None:
     assert sorted(v["unfinished_ids"]) == ["e2", "e3"]
     assert P.failures(v) == ["1 lost", "2 unfinished", "1 stale"]
     # received_at → processed_at only of the finished rows (processed, stale)
-    assert sorted(ph.e2e_ms) == [100.0, 400.0]
+    assert sorted(ph.e2e_before_commit_ms) == [100.0, 400.0]
     v.update(lost=0, unfinished=0, stale=0)
     assert P.failures(v) == []
 
@@ -76,3 +77,33 @@ def test_the_bench_reads_every_page_of_a_result() -> None:
     b.store = Store()  # type: ignore[assignment]
     rows = asyncio.run(b._batched("SELECT", ["e0", "e1", "e2"], batch=50))
     assert len(rows) == 15_000
+
+
+def test_the_headline_e2e_is_the_committed_histogram_and_paused_phases_have_none_in_the_json() -> None:
+    ph = P.Phase("steady", "open 800/s", "open", 800, 60, 128, 3)
+    ph.ok_ids = ph.sent_ids = ["a", "b", "c"]
+    ph.wrk = {"answered": 3, "latency_ms": {"p50": 5.0, "p99": 9.0}}
+    ph.stages = {
+        "e2e": {
+            "count": 3.0, "mean_ms": 140.0, "p50_ms": 120.0, "p99_ms": 290.0,
+            "p50_bucket_ms": [100.0, 150.0], "p99_bucket_ms": [200.0, 300.0],
+        }
+    }  # fmt: skip
+    ph.e2e_before_commit_ms = [20.0, 30.0, 40.0]
+    b = bench_with_phase(ph)
+    d = b.phase_json(ph)
+    assert d["e2e_committed_ms"]["p99_ms"] == 290.0
+    assert d["e2e_before_commit_ms"]["p99"] == 40.0 and d["e2e_before_commit_ms"]["n"] == 3
+    assert "e2e_ms" not in d
+    cells = b.row(ph).split("│")[0].split()
+    assert cells[-3:-1] == ["120", "290"]  # e2e committed p50/p99, not the rows' 30/40
+    line = P.e2e_line(ph)
+    assert "committed" in line and "(200, 300] ms" in line and "before the commit" in line
+
+    for kind, name in (("closed", "ingest"), ("drain", "drain")):
+        paused = P.Phase(name, "x", kind)
+        paused.e2e_before_commit_ms, paused.stages = [5000.0], dict(ph.stages)
+        d = b.phase_json(paused)
+        assert d["e2e"] == "paused"  # as the table prints
+        assert not {"e2e_ms", "e2e_committed_ms", "e2e_before_commit_ms"} & set(d)
+        assert paused.e2e("p99_ms") is None
