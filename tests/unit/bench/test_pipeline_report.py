@@ -1,13 +1,15 @@
 """bench/pipeline.py's verification and report, without a stack: statuses, every page of a read, the two
-end-to-end figures."""
+end-to-end figures, the drain's basis."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 from typing import Any
 
 from bench import pipeline as P
+from bench.cpu import Usage
 
 Row = collections.namedtuple("Row", "event_id rec operation outcome receipt_id finished_at")
 
@@ -107,3 +109,33 @@ def test_the_headline_e2e_is_the_committed_histogram_and_paused_phases_have_none
         assert d["e2e"] == "paused"  # as the table prints
         assert not {"e2e_ms", "e2e_committed_ms", "e2e_before_commit_ms"} & set(d)
         assert paused.e2e("p99_ms") is None
+
+
+def test_the_drain_counts_cpu_per_backlog_event_as_its_events_per_second() -> None:
+    ingest = P.Phase("ingest", "closed 32 conn", "closed", 0, 20, 32, 1000)
+    ingest.ok_ids = [f"e{i}" for i in range(100)] + [f"e{i}" for i in range(10)]  # 10 re-sends accepted
+
+    class Meter:
+        def sample(self) -> Any:
+            class S:
+                def minus(self, before: Any) -> Usage:
+                    return Usage(10.0, {"processor": 1.0}, 2.0)
+
+            return S()
+
+    b = P.Bench.__new__(P.Bench)
+    b.meter = Meter()  # type: ignore[assignment]
+    b.after_ingest = {}
+    b.args = argparse.Namespace()
+    b.resume_processors = lambda: None  # type: ignore[method-assign]
+
+    async def settle(phase: P.Phase | None, ids: list[str], before: Any = None, scraped: Any = None) -> None:
+        assert phase is not None
+        phase.cpu = before.minus(None)
+        phase.last_processed = phase.start_wall + 1.0
+
+    b.settle = settle  # type: ignore[method-assign]
+    drain = asyncio.run(b.drain_phase(ingest))
+    assert drain.backlog_receipts == 110 and len(drain.backlog_ids) == 100
+    assert drain.cpu_requests == 100  # the basis of its events/s
+    assert drain.rate_result == 100.0
