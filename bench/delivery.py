@@ -20,9 +20,9 @@ With ``--slow N`` the first N subscriptions point at paths the receiver answers 
 slow endpoint beside fast ones. Each round then also prints accepted → delivered for the slow endpoints and
 for the others (how much the slow ones hold the others back).
 
-Per round: inbound accepted/s, HTTP p50/p99 (wrk) and e2e p50/p99 (arrival at ingest → outcome committed: the
-processors' histogram; the rows' received_at → processed_at, which ends before the commit, is in the JSON
-beside it); deliveries/s
+Per round: inbound accepted/s, HTTP p50/p99 (wrk, without its coordinated-omission correction) and e2e
+p50/p99 (arrival at ingest → outcome committed: the processors' histogram; the rows' received_at →
+processed_at, which ends before the commit, is in the JSON beside it); deliveries/s
 (delivered / (last arrival - load start)); accepted → delivered latency (the event's ``received_at`` in
 Cassandra → its arrival at the receiver) p50, p99 and max; the seconds from the end of the load until the last
 delivery arrived; missing deliveries (expected, not arrived), duplicates (a ``webhook-id`` that arrived more
@@ -67,6 +67,7 @@ from bench.pipeline import (
     BenchError,
     Phase,
     QueueDepth,
+    add_on_time,
     add_overrides,
     bench_stack_config,
     failures,
@@ -441,6 +442,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wrk", default=None, help="the wrk binary (default: wrk on PATH)")
     p.add_argument("--drain-timeout", type=float, default=900.0, help="seconds to wait for inbound processing")
     p.add_argument("--stall-seconds", type=float, default=60.0, help="give up when no delivery arrives this long")
+    add_on_time(p)
     p.add_argument("--out", type=Path, default=None, help="JSON result (default var/bench/delivery-<date>-<rev>.json)")
     add_overrides(p)
     p.add_argument("--keep", action="store_true", help="keep the temp dir (stack data, logs)")
@@ -514,9 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     for rnd in bench.rounds:
         print(bench.round_row(rnd))
     print(
-        "\nin/s: inbound events accepted per second; proc99: arrival at ingest → outcome committed p99, the"
-        "\nprocessors' histogram (to its buckets; the rows' received_at → processed_at, which ends before the"
-        "\ncommit, is in the JSON); deliv: deliveries"
+        "\nin/s: inbound events accepted per second; http99: wrk, without its coordinated-omission correction;"
+        "\nproc99: arrival at ingest → outcome committed p99, the processors' histogram (to its buckets; the rows'"
+        "\nreceived_at → processed_at, which ends before the commit, is in the JSON); deliv: deliveries"
         "\nthat arrived at the receiver; deliv/s: those / (last arrival - load start); accepted→delivered:"
         "\nreceived_at in Cassandra → arrival at the receiver; →0 s: end of the load → last arrival; miss:"
         "\nexpected and never arrived; dup: arrived more than once; platf: every component of the stack (not"

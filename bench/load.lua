@@ -21,9 +21,25 @@
 --   SB_OUT       where done() writes its JSON result (it is printed on stdout as one line as well).
 --   SB_IDS_OUT   where done() writes the event id of every 200 answer, one per line (else they are inlined
 --                in the JSON as "ok_ids").
+--   SB_LAGS_OUT  open loop: where done() writes, for every request sent, "<thread> <ms>": how late it was sent
+--                against its schedule (T0 + k / SB_RATE for the k-th request), thread by thread in send order
+--                (the order bench/pipeline.py knows the ids in). Negative: a little early (the timer's ms).
+--   SB_HIST_OUT  where done() writes wrk's latency histogram, "<µs> <count>" per non-empty value, read from
+--                wrk's own memory (below); bench/wrkstats.py takes wrk's correction out of it.
 --
 -- wrk 4.1 calls request() once on thread 0 before the run (to count pipelined requests); that call is not
 -- counted as sent and hands out the request the first real call sends again.
+--
+-- Latency. wrk 4.1.0 (src/wrk.c) calls stats_correct(latency, runtime_us / (requests / connections)) before
+-- done(): for every recorded latency n of at least twice that interval it adds synthetic samples at
+-- n - interval, n - 2 interval, ... while above the interval (its correction for coordinated omission, with
+-- one interval averaged over the whole run). So latency:percentile() and latency.mean in done() are not the
+-- latencies measured. done() dumps the histogram as it stands (SB_HIST_OUT) and the script's JSON gives wrk's
+-- figures only as "latency_ms_wrk"; bench/wrkstats.py rebuilds the measured histogram exactly. The Lua API
+-- (latency(i): the i-th non-empty value and its count) rescans the histogram from its smallest value on each
+-- call, far too slow for tens of thousands of values, so done() reads wrk's stats struct (src/stats.h: count,
+-- limit, min, max, then one uint64 per µs) through the FFI, and checks what it read against the API's min,
+-- max and #latency (the count of non-empty values): "latency_hist_error" says why when they disagree.
 --
 -- wrk does not tell response() which request it answers, so the ids come from the answers: a 200 carries
 -- {"status":"success","event_id":"..."}. The requests handed out but not answered 200 (refused, failed or
@@ -55,11 +71,13 @@ end
 -- per thread
 tid = tid or 0
 local nthreads, rate, planned, t0
+local late_s = tonumber(os.getenv("SB_LATE_MS") or "10") / 1000 -- read here: done() runs where init() did not
 local reqs, ids = {}, {}
 local nreq, nxt, slot = 0, 1, 0
 local probe = false
 st = { sent = 0, wrapped = 0, answered = 0, late = 0, lag_sum = 0.0, lag_max = 0.0,
        first_send = -1, last_send = -1, last_answer = -1, load_s = 0, file_requests = 0 }
+lags = {} -- open loop: ms each request was sent after it was due, in send order
 statuses = {}
 ok_ids = {}
 samples = {} -- a few bodies of non-200 answers, per status
@@ -112,13 +130,8 @@ function delay()
     return 86400000 -- all sent: stay idle until wrk's -d runs out
   end
   slot = k + 1
-  local due = t0 + (k * nthreads + tid) / rate
-  local wait = due - now
+  local wait = t0 + (k * nthreads + tid) / rate - now
   if wait <= 0 then
-    local lag = -wait
-    st.lag_sum = st.lag_sum + lag
-    if lag > st.lag_max then st.lag_max = lag end
-    if lag > 0.005 then st.late = st.late + 1 end
     return 0
   end
   return math.floor(wait * 1000 + 0.5)
@@ -134,6 +147,16 @@ function request()
   local now = mono()
   if st.first_send < 0 then st.first_send = now end
   st.last_send = now
+  if rate > 0 and t0 ~= nil then
+    -- the k-th request sent is due at T0 + k / rate (wrk starts its latency clock right after this call)
+    local lag = now - (t0 + (st.sent * nthreads + tid) / rate)
+    lags[#lags + 1] = lag * 1000
+    if lag > 0 then
+      st.lag_sum = st.lag_sum + lag
+      if lag > st.lag_max then st.lag_max = lag end
+    end
+    if lag > late_s then st.late = st.late + 1 end
+  end
   if nxt > nreq then
     nxt = 1
     st.wrapped = st.wrapped + 1
@@ -198,13 +221,48 @@ local function json(v)
   return "null"
 end
 
+-- wrk's latency histogram as it stands in done() (wrk's correction included): the non-empty values (µs) in
+-- increasing order, their counts, the sum of the counts and the histogram's size (--timeout in µs + 1); or
+-- nil and why when what was read through the
+-- FFI disagrees with what the Lua API says (api_min, api_max: latency.min and .max; api_values: #latency).
+-- Every value from 0 on is read: the correction may add samples below the smallest measured one, which the
+-- API's scans (from min) never show but its count includes.
+function latency_histogram(latency, api_min, api_max, api_values)
+  local s = ffi.cast("uint64_t **", ffi.cast("void *", latency))[0]
+  local count, limit, lo, hi = s[0], s[1], s[2], s[3]
+  if tonumber(lo) ~= api_min or tonumber(hi) ~= api_max or hi >= limit then
+    return nil, string.format("stats struct read as min %s max %s limit %s; the API says min %s max %s",
+                              tostring(lo), tostring(hi), tostring(limit), tostring(api_min), tostring(api_max))
+  end
+  local data = s + 4
+  local values, counts, total, from_min = {}, {}, 0, 0
+  local first, last = tonumber(lo), tonumber(hi)
+  for v = 0, last do
+    local c = data[v]
+    if c ~= 0 then
+      local n = tonumber(c)
+      values[#values + 1] = v
+      counts[#counts + 1] = n
+      total = total + n
+      if v >= first then from_min = from_min + 1 end
+    end
+  end
+  if from_min ~= api_values or total ~= tonumber(count) then
+    return nil, string.format("read %d non-empty values from min (the API: %d) holding %d samples (wrk: %s)",
+                              from_min, api_values, total, tostring(count))
+  end
+  return values, counts, total, tonumber(limit)
+end
+
 function done(summary, latency, requests)
   local out = {
     requests = summary.requests,
     duration_s = summary.duration / 1e6,
+    duration_us = summary.duration,
     bytes = summary.bytes,
     errors = summary.errors,
-    latency_ms = {
+    -- wrk's own figures, its correction for coordinated omission included: not the latencies measured
+    latency_ms_wrk = {
       p50 = latency:percentile(50) / 1000,
       p90 = latency:percentile(90) / 1000,
       p99 = latency:percentile(99) / 1000,
@@ -214,11 +272,49 @@ function done(summary, latency, requests)
     rate = tonumber(os.getenv("SB_RATE") or "0"),
     threads = {},
   }
+  local hist_out = os.getenv("SB_HIST_OUT")
+  if hist_out and hist_out ~= "" then
+    local ok, values, counts, total, limit = pcall(latency_histogram, latency, latency.min, latency.max, #latency)
+    if not ok then
+      out.latency_hist_error = tostring(values)
+    elseif values == nil then
+      out.latency_hist_error = counts
+    else
+      local f = assert(io.open(hist_out, "wb"))
+      local chunk = {}
+      for i = 1, #values do
+        chunk[#chunk + 1] = string.format("%d %d\n", values[i], counts[i])
+        if #chunk == 4096 then
+          f:write(table.concat(chunk))
+          chunk = {}
+        end
+      end
+      f:write(table.concat(chunk))
+      f:close()
+      out.latency_hist_file = hist_out
+      out.latency_hist_samples = total
+      out.latency_hist_limit = limit
+    end
+  end
   local status_total, all_ok, bodies = {}, {}, {}
   local sent, wrapped, answered, late, lag_sum, lag_max = 0, 0, 0, 0, 0, 0
   local first, last_send, last_answer = math.huge, -1, -1
+  local lags_out = os.getenv("SB_LAGS_OUT")
+  local lags_file = nil
+  if lags_out and lags_out ~= "" then lags_file = assert(io.open(lags_out, "wb")) end
   for i, thread in ipairs(threads) do
     local s = thread:get("st")
+    if lags_file then
+      local chunk = {}
+      for _, lag in ipairs(thread:get("lags")) do
+        chunk[#chunk + 1] = string.format("%d %.3f\n", i - 1, lag)
+        if #chunk == 4096 then
+          lags_file:write(table.concat(chunk))
+          chunk = {}
+        end
+      end
+      lags_file:write(table.concat(chunk))
+    end
     local sc = thread:get("statuses")
     local ok = thread:get("ok_ids")
     local smp = thread:get("samples")
@@ -252,7 +348,14 @@ function done(summary, latency, requests)
   if sent > 1 and last_send > first then
     out.send_rate = (sent - 1) / (last_send - first)
   end
-  out.late = late -- open loop: requests sent more than 5 ms after they were due (every connection busy)
+  if lags_file then
+    lags_file:close()
+    out.lags_file = lags_out
+  end
+  -- open loop: requests sent more than SB_LATE_MS (10) after they were due (every connection busy), and the
+  -- lateness of the requests sent late or on time (early ones count as 0)
+  out.late = late
+  out.late_ms = late_s * 1000
   out.lag_ms = { mean = sent > 0 and lag_sum / sent * 1000 or 0, max = lag_max * 1000 }
   local ids_out = os.getenv("SB_IDS_OUT")
   if ids_out and ids_out ~= "" then

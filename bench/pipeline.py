@@ -22,13 +22,18 @@ Phases (``--phases``, default all, in this order), after a warm-up (``--warmup``
   same drain without its start-up and its tail.
   The bench's processors get a broker heartbeat longer than the pause (``bench_stack_config``), so that the
   broker keeps their connections through it.
-* ``steady``: open loop at ``--rate`` (800/s) for ``--steady`` seconds (60): the share accepted at that rate,
-  HTTP p50/p99, and the seconds after the end of the load until the backlog was processed.
+* ``steady``: open loop at ``--rate`` (800/s) for ``--steady`` seconds (60): the share accepted at that rate
+  (sent on time and answered 200, below), HTTP p50/p99, and the seconds after the end of the load until the
+  backlog was processed.
 * ``spike``: open loop at ``--spike-rate`` (300/s: 5x the 60/s seed level) for ``--spike-seconds`` (10).
 
 Open loop: request k is due at T0 + k/rate whatever the answers (wrk's ``delay()``, on CLOCK_MONOTONIC); a
-request leaves late only when all ``--open-connections`` (128) are busy: the "pacing" lines give the rate
-achieved, how many left more than 5 ms late and the largest lag. After each phase the script waits until the
+request leaves late only when all ``--open-connections`` (128) are busy. The "pacing" lines give the rate
+achieved, the share of the planned requests sent on time (at most ``--on-time-ms``, 10, after they were due),
+the lateness p50/p90/p99/max, and **accepted at the rate**: the planned requests that were sent on time and
+answered 200 (each 200 is paired with its send by the event id it carries, ``bench/wrkstats.py``). Beside it,
+the share answered 200 at all before wrk's ``-d`` ran out, however late sent (until 2026-12-07 the only share
+printed, and called accepted at the rate). After each phase the script waits until the
 work and delay queues are empty (passive declares: the leader's count, not ``rabbitmqctl``'s lagging one)
 and the processors idle, then until Cassandra has every accepted event processed; it gives up if a backlog
 stops shrinking for ``--stall-seconds`` (60) or a processor exits.
@@ -44,6 +49,10 @@ Cassandra reads and commits, e2e; ``bench/stages.py``), which says where the HTT
 reference (``bench/cpu.reference_ms``: one idle core's speed) is printed before and after the run, to compare
 runs made on different days.
 
+HTTP latency is wrk's, from the moment a request is written to its answer, without the synthetic samples wrk
+4.1.0 adds before the script's ``done()`` (its coordinated-omission correction, ``bench/wrkstats.py``: the
+histogram is rebuilt exactly, and reported unavailable when it does not check out); how late requests left
+against the schedule is the pacing lines' business.
 The headline end-to-end latency ("e2e committed") is the processors' ``switchboard_processor_e2e_latency_seconds``
 over the phase's window: arrival at ingest → outcome committed, interpolated inside its buckets (5, 10, 25, 50,
 100, 150, 200, 300, 500 ms, 1 s, ...; the e2e lines name the bucket its p99 falls in). The rows' received_at →
@@ -98,7 +107,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import stages
+from bench import stages, wrkstats
 from bench.cpu import CpuMeter, Sample, Usage, reference_ms
 from bench.presign import Presigned, presign
 from switchboard.config import PlatformConfig, TracingConfig
@@ -111,6 +120,7 @@ REPO = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "load.lua"
 SOURCE = "shop"
 PHASES = ("ingest", "drain", "steady", "spike")
+WRK_TIMEOUT_S = 30  # wrk --timeout: its latency histogram has a slot per µs up to this
 EPOCH = dt.datetime(1970, 1, 1)
 # Stored statuses (switchboard.model.EventStatus values) of an event whose processing is over. STALE is over too,
 # but the bench never causes one: every event it signs names an entity (invoice) of its own, and a re-send is
@@ -194,6 +204,7 @@ class Phase:
     # drain phase: the backlog it processes (ids and receipts)
     backlog_ids: list[str] = field(default_factory=list)
     backlog_receipts: int = 0
+    sent_by_thread: list[list[str]] = field(default_factory=list)  # sent_ids, per wrk thread
     # filled by verification: received_at → processed_at of the stored rows, which the processor sets when
     # the operations are done, before its commit (the committed e2e is the ``e2e`` stage: its histogram)
     e2e_before_commit_ms: list[float] = field(default_factory=list)
@@ -227,6 +238,8 @@ class Phase:
         return self.seconds or None
 
     def latency(self, key: str) -> float | None:
+        """HTTP latency from wrk's histogram without wrk's correction (``bench/wrkstats.py``); None when it
+        could not be rebuilt (``wrk["latency_unavailable"]`` says why)."""
         lat = self.wrk.get("latency_ms") or {}
         return lat.get(key) if self.wrk.get("answered") else None
 
@@ -243,6 +256,55 @@ class Phase:
             return None
         value = (self.stages.get("e2e") or {}).get(key)
         return None if value is None else float(value)
+
+    @property
+    def pacing(self) -> dict[str, Any]:
+        """Open loop: how the requests kept to the schedule (``wrkstats.pacing``); {} if unknown."""
+        return dict(self.wrk.get("pacing") or {})
+
+
+def absorb_wrk(
+    phase: Phase, threads: int, out: Path, ids_out: Path, hist_out: Path, lags_out: Path, on_time_ms: float
+) -> None:
+    """Fills ``phase`` from what ``load.lua`` wrote: its JSON (``out``), the ids of the 200s (``ids_out``), the
+    requests each thread handed out (from the file: its slice in order, wrapping around when exhausted), the
+    HTTP latency without wrk's correction (``hist_out``: ``wrk["latency_ms"]``, or None and
+    ``wrk["latency_unavailable"]``) and, open loop, how the requests kept to the schedule (``lags_out``:
+    ``wrk["pacing"]``)."""
+    assert phase.file is not None
+    w = json.loads(out.read_text())
+    phase.wrk = w
+    phase.ok_ids = [line for line in ids_out.read_text().splitlines() if line]
+    for i, th in enumerate(w.get("threads") or []):
+        mine = range(i, phase.file.count, threads)
+        ids = []
+        for j in range(int(th["sent"])):
+            k = mine[j % len(mine)]
+            ids.append(phase.file.ids[k])
+            phase.resends_sent += 1 if (phase.file.resend[k] or j >= len(mine)) else 0
+        phase.sent_by_thread.append(ids)
+        phase.sent_ids.extend(ids)
+    w["latency_ms"], w["latency_unavailable"] = None, w.get("latency_hist_error")
+    limit = w.get("latency_hist_limit")
+    if w["latency_unavailable"] is None and limit is not None and limit != WRK_TIMEOUT_S * 1_000_000 + 1:
+        w["latency_unavailable"] = f"wrk's histogram read as {limit} slots, not --timeout {WRK_TIMEOUT_S}s in µs + 1"
+    if w["latency_unavailable"] is None and hist_out.exists():
+        w["latency_ms"], w["latency_unavailable"] = wrkstats.raw_latency(
+            wrkstats.read_histogram(hist_out),
+            duration_us=int(w["duration_us"]),
+            requests=int(w["requests"]),
+            timeouts=int((w.get("errors") or {}).get("timeout") or 0),
+            connections=phase.connections,
+        )
+    elif w["latency_unavailable"] is None:
+        w["latency_unavailable"] = "load.lua wrote no latency histogram"
+    if phase.kind != "closed" and lags_out.exists():
+        lags = wrkstats.read_lags(lags_out, len(phase.sent_by_thread))
+        ok = wrkstats.split(phase.ok_ids, [int(th.get("ok") or 0) for th in w.get("threads") or []])
+        try:
+            w["pacing"] = wrkstats.pacing(phase.sent_by_thread, lags, ok, phase.planned, on_time_ms)
+        except ValueError as exc:
+            w["pacing"] = {"error": f"{exc}: {[len(x) for x in lags]} lags for {len(phase.sent_ids)} requests"}
 
 
 class QueueDepth:
@@ -371,6 +433,8 @@ class Bench:
         threads = max(1, min(self.args.wrk_threads, phase.connections))
         out = self.root / f"wrk-{phase.name}.json"
         ids_out = self.root / f"wrk-{phase.name}.ok"
+        hist_out = self.root / f"wrk-{phase.name}.hist"
+        lags_out = self.root / f"wrk-{phase.name}.lags"
         env = {
             **os.environ,
             "SB_REQUESTS": str(phase.file.path),
@@ -379,6 +443,9 @@ class Bench:
             "SB_COUNT": str(phase.planned if phase.kind != "closed" else phase.file.count),
             "SB_OUT": str(out),
             "SB_IDS_OUT": str(ids_out),
+            "SB_HIST_OUT": str(hist_out),
+            "SB_LAGS_OUT": str(lags_out),
+            "SB_LATE_MS": f"{self.args.on_time_ms:g}",
         }
         if phase.kind == "closed":
             duration = max(1, math.ceil(phase.seconds))
@@ -392,7 +459,7 @@ class Bench:
         cmd = [
             *(["wrk"] if not self.args.wrk else [self.args.wrk]),
             "-t", str(threads), "-c", str(phase.connections), "-d", f"{duration}s",
-            "--timeout", "30s", "--latency", "-s", str(LUA), self.url,
+            "--timeout", f"{WRK_TIMEOUT_S}s", "--latency", "-s", str(LUA), self.url,
         ]  # fmt: skip
         self.wrk_proc = await asyncio.create_subprocess_exec(
             *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -402,16 +469,9 @@ class Bench:
         self.wrk_proc = None
         if code != 0 or not out.exists():
             raise BenchError(f"wrk exited with {code}:\n{stdout.decode()[-2000:]}\n{stderr.decode()[-2000:]}")
-        phase.wrk = json.loads(out.read_text())
+        absorb_wrk(phase, threads, out, ids_out, hist_out, lags_out, self.args.on_time_ms)
+        # wrk's own report: its latency lines carry its correction (bench/wrkstats.py)
         phase.wrk["stdout"] = [line for line in stdout.decode().splitlines() if not line.startswith("{")]
-        phase.ok_ids = [line for line in ids_out.read_text().splitlines() if line]
-        # what each thread handed out: its slice of the file in order, wrapping around when exhausted
-        for i, th in enumerate(phase.wrk.get("threads") or []):
-            mine = range(i, phase.file.count, threads)
-            for j in range(int(th["sent"])):
-                k = mine[j % len(mine)]
-                phase.sent_ids.append(phase.file.ids[k])
-                phase.resends_sent += 1 if (phase.file.resend[k] or j >= len(mine)) else 0
         if (phase.wrk.get("last_answer") or -1) > 0:
             phase.last_answer_wall = wall_of(phase.wrk["last_answer"])
         if phase.kind != "closed" and (phase.wrk.get("last_send") or -1) > 0:
@@ -419,8 +479,9 @@ class Bench:
         if phase.kind == "closed":
             phase.start_wall = wall_of(phase.wrk["first_send"]) if phase.wrk.get("first_send") else time.time()
             phase.end_wall = wall_of(phase.wrk["last_send"]) if phase.wrk.get("last_send", -1) > 0 else time.time()
-        with contextlib.suppress(OSError):
-            phase.file.path.unlink()
+        for path in (phase.file.path, hist_out, lags_out):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     # -- waiting for the backlog ---------------------------------------------------------------------------
     async def wait_idle(self, phase: Phase | None, limit: float) -> float:
@@ -798,9 +859,17 @@ class Bench:
         if ph.kind == "closed" and wrk.get("duration_s"):
             d["accepted_per_s"] = ph.ok / wrk["duration_s"]
         if ph.kind in ("open", "warmup"):
+            pace = ph.pacing
             d["accepted_per_s"] = ph.ok / ph.load_seconds if ph.load_seconds else None
             d["load_seconds"] = ph.load_seconds
-            d["accepted_share"] = ph.ok / ph.planned if ph.planned else None
+            # sent at most on_time_ms after it was due and answered 200 (wrkstats.pacing), of the planned
+            d["accepted_at_rate_share"] = pace.get("accepted_on_time_share")
+            # answered 200 before wrk's -d ran out, however late the request was sent (until 2026-12-07 this
+            # was "accepted_share", printed as accepted at the rate)
+            d["accepted_any_time_share"] = ph.ok / ph.planned if ph.planned else None
+            d["sent_on_time_share"] = pace.get("sent_on_time_share")
+            d["send_lag_ms"] = pace.get("lag_ms")
+            d["on_time_ms"] = pace.get("on_time_ms")
             d["achieved_send_rate"] = wrk.get("send_rate")
             d["late_requests"] = wrk.get("late")
             if ph.last_processed is not None:
@@ -852,6 +921,30 @@ def e2e_line(ph: Phase) -> str:
     )
 
 
+def pacing_line(ph: Phase) -> str:
+    """How an open-loop phase kept to its schedule, and what was accepted at the rate."""
+    w, pace = ph.wrk, ph.pacing
+    head = f"pacing {ph.name}: target {ph.rate:g}/s, sent {w.get('send_rate') or 0:.1f}/s"
+    any_time = (
+        f"answered 200 at all before wrk stopped {ph.ok} of {ph.planned} planned"
+        f" ({100 * ph.ok / max(1, ph.planned):.1f}%, however late sent)"
+    )
+    if not pace or "error" in pace:
+        return f"{head}; send lateness unknown ({pace.get('error', 'no lags')}); {any_time}"
+    lag = pace["lag_ms"]
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+    return (
+        f"{head}; {pace['sent_on_time']} of {ph.planned} planned sent on time (≤ {pace['on_time_ms']:g} ms after"
+        f" due: {100 * (pace['sent_on_time_share'] or 0):.1f}%; later only with all {ph.connections} connections"
+        f" busy), lateness p50/p90/p99/max {ms(lag['p50'])}/{ms(lag['p90'])}/{ms(lag['p99'])}/{ms(lag['max'])} ms;"
+        f" accepted at the rate (sent on time and answered 200) {pace['accepted_on_time']}"
+        f" ({100 * (pace['accepted_on_time_share'] or 0):.1f}%); {any_time}"
+    )
+
+
 def edge_protocols(stack: Stack) -> dict[str, int]:
     """Protocols of the last requests in Envoy's access log (wrk must speak HTTP/1.1 over TLS)."""
     path = stack.log_dir / "envoy-access.log"
@@ -900,6 +993,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tail", type=float, default=3.0, help="open loop: seconds wrk waits for answers after the last request"
     )
+    add_on_time(p)
     p.add_argument("--size", type=int, default=5000, help="approximate event size in bytes")
     p.add_argument("--dup-share", type=float, default=0.02, help="share of requests that re-send an earlier event")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1 keeps a core for the stack)")
@@ -925,6 +1019,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--phases: drain measures the backlog the ingest phase leaves; add ingest")
     args.phase_list = phases
     return args
+
+
+def add_on_time(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--on-time-ms", type=float, default=10.0,
+        help="open loop: a request sent at most this late against its schedule is on time; accepted at the rate"
+        " = sent on time and answered 200",
+    )  # fmt: skip
 
 
 def add_overrides(p: argparse.ArgumentParser) -> None:
@@ -1019,7 +1121,8 @@ def main(argv: list[str] | None = None) -> int:
         "\nev/s: accepted per second (ingest: closed loop, processors paused; open loop: over the planned seconds"
         "\nor until the last answer if later); drain: backlog events / (last processed_at - resume). →0 s:"
         "\nseconds from the end of the load until the phase's last event was processed. !200: refused, failed or"
-        "\nunanswered when wrk stopped. e2e committed:"
+        "\nunanswered when wrk stopped. http: from the moment wrk wrote the request (not from when it was due:"
+        "\nsee the pacing lines), wrk's histogram without its coordinated-omission correction. e2e committed:"
         "\narrival at ingest → outcome committed, the processors' histogram (interpolated inside its buckets);"
         "\nthe e2e lines also give received_at → processed_at of the rows, which ends before the commit. CPU:"
         "\nper accepted request, drain per backlog event (its re-sends' processing included)."
@@ -1044,13 +1147,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio processing / ingest = {pc / ic:.2f}")
     for ph in bench.phases:
         if ph.kind in ("open", "warmup") and ph.wrk:
-            w = ph.wrk
-            print(
-                f"pacing {ph.name}: target {ph.rate:g}/s, sent {w.get('send_rate') or 0:.1f}/s;"
-                f" {w.get('late')} of {len(ph.sent_ids)} requests left > 5 ms late (all {ph.connections} connections"
-                f" busy), max lag {w.get('lag_ms', {}).get('max', 0):.0f} ms; accepted {ph.ok} of {ph.planned}"
-                f" planned ({100 * ph.ok / max(1, ph.planned):.1f}%)"
-            )
+            print(pacing_line(ph))
+    for ph in bench.phases:
+        if ph.wrk and ph.kind != "drain" and ph.wrk.get("latency_unavailable"):
+            print(f"http latency {ph.name}: unavailable ({ph.wrk['latency_unavailable']})")
     shared = [
         f"{ph.name} {ph.cpu.core_pct().get('others', 0):.0f}%"
         for ph in bench.phases
