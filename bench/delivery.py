@@ -30,7 +30,10 @@ than once) and unexpected arrivals; CPU ms per accepted event per component and 
 delivery (from /proc, load start → every delivery arrived, or processing idle at fan-out 0; "platform" is
 every component of the stack, without wrk, this script and the receiver). A sample of the round's deliveries
 is looked up through the Subscriptions service (``ListDeliveries``): each must be DELIVERED with its attempts
-recorded. Exit status 1 if a delivery is missing or duplicated or an accepted event was lost, applied twice,
+recorded. Duplicates are watched for until the last round's deliveries have all arrived plus ``--dup-wait``
+(by default the delivery timeout plus the first retry delay: how late a delivery sent again would come). A
+warm-up (``--warmup`` s at ``--warmup-rate``) runs at fan-out 1 on a subscription of its own, deleted before
+the rounds. Exit status 1 if a delivery is missing or duplicated or an accepted event was lost, applied twice,
 left unfinished or STALE (as ``bench.pipeline``), 2 if the benchmark itself failed. Everything goes to
 ``var/bench/delivery-<date>-<git rev>.json`` (``--out``).
 """
@@ -77,6 +80,7 @@ from bench.pipeline import (
 from bench.receiver import SLOW_PREFIX, ReceiverEnvoy
 from switchboard.config import PlatformConfig, TracingConfig
 from switchboard.delivery.ids import delivery_id
+from switchboard.delivery.policy import DEFAULT_POLICY, JITTER
 from switchboard_devstack.stack import Stack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -210,6 +214,15 @@ def _summary(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
+def duplicate_wait(cfg: PlatformConfig, override: float | None = None) -> float:
+    """Seconds to watch for duplicates after the last expected delivery: ``override`` if given, else the
+    delivery timeout plus the first retry delay at its longest (the bench's subscriptions have the default
+    retry policy) plus a second."""
+    if override is not None:
+        return override
+    return cfg.delivery.timeout_seconds + DEFAULT_POLICY.retry_delays[0] * (1 + JITTER) + 1.0
+
+
 def _platform_ms(per: dict[str, float | None]) -> float | None:
     values = [per.get(k) for k in PLATFORM]
     known = [v for v in values if v is not None]
@@ -235,21 +248,41 @@ class DeliveryBench(Bench):
         channel = grpc.insecure_channel(f"127.0.0.1:{self.cfg.control.port}")
         return channel, subscriptions_pb2_grpc.SubscriptionsStub(channel)
 
+    def _create(self, stub: Any, path: str, description: str) -> tuple[str, str]:
+        sub = pb.Subscription(
+            callback_url=self.receiver.url(path), sources=[SOURCE], event_types=["invoice.*"], description=description
+        )
+        reply = stub.CreateSubscription(pb.CreateSubscriptionRequest(subscription=sub), timeout=10)
+        return reply.subscription.id, path
+
     def ensure_subscriptions(self, n: int) -> None:
         channel, stub = self._stub()
         try:
             while len(self.subscriptions) < n:
                 i = len(self.subscriptions)
                 path = f"{SLOW_PREFIX}s{i}" if i < self.args.slow else f"/hooks/s{i}"
-                sub = pb.Subscription(
-                    callback_url=self.receiver.url(path), sources=[SOURCE], event_types=["invoice.*"],
-                    description=f"bench subscription {len(self.subscriptions)}",
-                )  # fmt: skip
-                reply = stub.CreateSubscription(pb.CreateSubscriptionRequest(subscription=sub), timeout=10)
-                self.subscriptions.append((reply.subscription.id, path))
+                self.subscriptions.append(self._create(stub, path, f"bench subscription {i}"))
         finally:
             channel.close()
         time.sleep(1.0)  # the processors' caches hear of a new subscription within milliseconds (change notices)
+
+    def warmup_subscription(self) -> tuple[str, str]:
+        """One subscription of its own for the warm-up (a fast endpoint), apart from the rounds' ones."""
+        channel, stub = self._stub()
+        try:
+            sub = self._create(stub, "/hooks/warmup", "bench warm-up subscription")
+        finally:
+            channel.close()
+        time.sleep(1.0)
+        return sub
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        channel, stub = self._stub()
+        try:
+            stub.DeleteSubscription(pb.DeleteSubscriptionRequest(id=subscription_id), timeout=10)
+        finally:
+            channel.close()
+        time.sleep(1.0)  # as for a new one: the processors' caches drop it on the change notice
 
     def check_sample(self, rnd: Round, k: int) -> None:
         """Looks up ``k`` of the round's deliveries through the Subscriptions service: each must be DELIVERED
@@ -281,8 +314,9 @@ class DeliveryBench(Bench):
             for rnd in self.rounds:
                 if a.webhook_id in rnd.expected:
                     rnd.arrived[a.webhook_id] += 1
-                    rnd.first_arrival.setdefault(a.webhook_id, a.at)
-                    rnd.last_arrival = a.at if rnd.last_arrival is None else max(rnd.last_arrival, a.at)
+                    if a.webhook_id not in rnd.first_arrival:  # a late duplicate does not move the last delivery
+                        rnd.first_arrival[a.webhook_id] = a.at
+                        rnd.last_arrival = a.at if rnd.last_arrival is None else max(rnd.last_arrival, a.at)
                     if a.status != 200:
                         rnd.non_200 += 1
                     break
@@ -298,7 +332,7 @@ class DeliveryBench(Bench):
             if self.collect():
                 last_progress = time.monotonic()
             if rnd.missing == 0:
-                await asyncio.sleep(1.0)  # late duplicates (a retry after a lost answer) would show here
+                await asyncio.sleep(1.0)  # the last round waits longer for late duplicates (duplicate_wait)
                 self.collect()
                 return
             for p in self.stack.delivery_procs:
@@ -320,11 +354,15 @@ class DeliveryBench(Bench):
         return totals
 
     # -- a round -------------------------------------------------------------------------------------------
-    async def run_round(self, name: str, fanout: int, rate: float, seconds: float) -> Round:
-        """Subscriptions up to ``fanout``, an open loop of ``rate`` events/s for ``seconds``, then waits until
-        every accepted event reached every subscription (or gives up), and measures."""
-        await asyncio.to_thread(self.ensure_subscriptions, fanout)
-        subs = list(self.subscriptions)
+    async def run_round(
+        self, name: str, fanout: int, rate: float, seconds: float, subs: list[tuple[str, str]] | None = None
+    ) -> Round:
+        """Subscriptions up to ``fanout`` (or exactly ``subs``), an open loop of ``rate`` events/s for
+        ``seconds``, then waits until every accepted event reached every subscription (or gives up), and
+        measures."""
+        if subs is None:
+            await asyncio.to_thread(self.ensure_subscriptions, fanout)
+            subs = list(self.subscriptions)
         settled = await asyncio.to_thread(self.settled)
         before = self.meter.sample()
         phase = await self.open_phase(name, rate, seconds)
@@ -358,14 +396,28 @@ class DeliveryBench(Bench):
         try:
             self.depth = QueueDepth.discover(self.stack)
             if self.args.warmup > 0:
-                warm = await self.run_round("warmup", fanouts[0], self.args.warmup_rate, self.args.warmup)
+                # fan-out 1 on a subscription of its own, deleted after: the delivery path warms up whatever the
+                # first round's fan-out (0 by default), and the rounds keep exactly their own subscriptions
+                sub = await asyncio.to_thread(self.warmup_subscription)
+                try:
+                    warm = await self.run_round("warmup", 1, self.args.warmup_rate, self.args.warmup, subs=[sub])
+                finally:
+                    await asyncio.to_thread(self.delete_subscription, sub[0])
                 self.rounds.remove(warm)
                 print(
-                    f"warm-up: {warm.phase.ok} events accepted, {warm.delivered} of {len(warm.expected)} delivered",
+                    f"warm-up: {warm.phase.ok} events accepted, {warm.delivered} of {len(warm.expected)} delivered"
+                    " (fan-out 1)",
                     flush=True,
                 )
             for fanout in fanouts:
                 self.print_round(await self.run_round(f"fan{fanout}", fanout, self.args.rate, self.args.seconds))
+            # A duplicate is a delivery sent again: its first attempt timed out (delivery.timeout_seconds) although
+            # the receiver got it, and the retry came the first retry delay later. The rounds before the last
+            # had the next rounds for theirs to show; the last waits that long.
+            wait = duplicate_wait(self.cfg, self.args.dup_wait)
+            log.info("waiting %.1f s for late duplicates", wait)
+            await asyncio.sleep(wait)
+            self.collect()
             self.verification = await self.verify()
         finally:
             if self.depth is not None:
@@ -428,7 +480,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--processors", type=int, default=1)
     p.add_argument("--delivery-workers", type=int, default=1)
     p.add_argument("--open-connections", type=int, default=128, help="wrk connections")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up (fan-out 1) before the rounds")
+    p.add_argument(
+        "--warmup", type=float, default=3.0,
+        help="seconds of warm-up before the rounds, at fan-out 1 on a subscription of its own (deleted after)",
+    )  # fmt: skip
     p.add_argument("--warmup-rate", type=float, default=100.0)
     p.add_argument("--tail", type=float, default=3.0, help="seconds wrk waits for answers after the last request")
     p.add_argument("--size", type=int, default=5000, help="approximate event size in bytes")
@@ -442,6 +497,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wrk", default=None, help="the wrk binary (default: wrk on PATH)")
     p.add_argument("--drain-timeout", type=float, default=900.0, help="seconds to wait for inbound processing")
     p.add_argument("--stall-seconds", type=float, default=60.0, help="give up when no delivery arrives this long")
+    p.add_argument(
+        "--dup-wait", type=float, default=None,
+        help="seconds to watch for late duplicates after the last round (default: the stack's delivery timeout"
+        " + the first retry delay + 10%% jitter + 1 s, 16.5 s with the defaults)",
+    )  # fmt: skip
     add_on_time(p)
     p.add_argument("--out", type=Path, default=None, help="JSON result (default var/bench/delivery-<date>-<rev>.json)")
     add_overrides(p)
