@@ -112,7 +112,14 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
         self, request: replay_pb2.ReplayEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[replay_pb2.ReplayEventsResponse]:
         if request.status and request.status not in _EVENT_STATUS:
-            raise InvalidRequest("status: RECEIVED is never stored", reason="STATUS_INVALID")
+            known = request.status in event_pb2.EventStatus.values()
+            raise InvalidRequest(
+                f"status: {event_pb2.EventStatus.Name(request.status)} is never stored"
+                if known
+                else f"status: {request.status} is not an event status",
+                reason="STATUS_INVALID",
+                metadata={"field": "status"},
+            )
         job = await self.manager.start(
             Selection(
                 source=request.source,

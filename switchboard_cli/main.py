@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 LIST_CALLS = 10
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (every subcommand)."""
     parser = argparse.ArgumentParser(prog="switchboard", description="Switchboard webhook platform")
     parser.add_argument("--config", type=Path, default=None, help="configuration file (default: switchboard.toml)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     status.add_parser(sub, common)
     trace.add_parser(sub, common)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         cfg = load_config(getattr(args, "sub_config", None) or args.config or DevPaths.default().default_config)
     except ConfigError as exc:

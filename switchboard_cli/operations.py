@@ -119,8 +119,10 @@ def _replay(stub: Any, args: argparse.Namespace) -> int:
         rate_per_second=args.rate,
         force=args.force,
     )
-    request.start_time.FromSeconds(now - round(args.minutes * 60))
+    # Up to the next second (this second's events included), and exactly --minutes long: the end of the
+    # range at now + 1 and its start at now made --minutes 10080 (the 168 h limit) one second too long.
     request.end_time.FromSeconds(now + 1)
+    request.start_time.FromSeconds(now + 1 - round(args.minutes * 60))
     last = None
     for reply in stub.ReplayEvents(request):
         last = reply.progress
@@ -131,9 +133,11 @@ def _replay(stub: Any, args: argparse.Namespace) -> int:
             f"queued {last.queued}, failed {last.failed}",
         )
     print()
-    if last is not None:
-        _print(last)
-    return 0
+    if last is None:
+        return 1
+    _print(last)
+    # Scripts can tell: 0 only for a job that ended DONE with nothing failed.
+    return 0 if last.state == replay_pb2.REPLAY_STATE_DONE and not last.failed else 1
 
 
 def _dlq(stub: Any, args: argparse.Namespace) -> int:
@@ -165,10 +169,12 @@ def _dlq(stub: Any, args: argparse.Namespace) -> int:
         print(f"{reply.purged} dead letters marked purged")
         return 0
     request = dl.RedriveDeadLettersRequest(ids=args.ids, filter=f, all=args.all, dry_run=args.dry_run)
+    failed = 0
     for p in stub.RedriveDeadLetters(request):
         _bar("redrive", p.redriven + p.failed, p.matched, f"redriven {p.redriven}, failed {p.failed} {p.message}")
+        failed = p.failed
     print()
-    return 0
+    return 1 if failed else 0  # scripts can tell a redrive that left some behind
 
 
 def _bar(label: str, done: int, total: int, detail: str) -> None:
