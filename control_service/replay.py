@@ -29,13 +29,14 @@ import fnmatch
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from functools import partial
+from typing import Protocol, TypeVar
 
 from switchboard.delivery.filters import Filter
 from switchboard.delivery.ids import delivery_id
-from switchboard.errors import FailedPrecondition, InvalidRequest, NotFound, SwitchboardError
+from switchboard.errors import FailedPrecondition, InvalidRequest, NotFound, SwitchboardError, Unavailable
 from switchboard.model.events import EventStatus, EventSummary, InboundEvent, Prior, StoredEvent, new_receipt_id, now_us
 from switchboard.model.operations import ReplayJob, ReplayState
 from switchboard.model.subscriptions import FINAL_DELIVERY, Delivery, DeliveryTask, Subscription
@@ -43,6 +44,8 @@ from switchboard.pagination import check_range
 from switchboard.runtime.loop import after_pauses
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 TERMINAL = frozenset({EventStatus.PROCESSED, EventStatus.STALE, EventStatus.FAILED})
 PAGE = 500
@@ -57,6 +60,9 @@ CANCEL_WAIT_SECONDS = 10.0
 # The final write of a job that ended: tried again after these pauses before giving up (the job then reads
 # as interrupted once stale: FAILED with what it had enqueued).
 FINAL_WRITE_PAUSES = (0.2, 0.5, 1.0, 2.0, 4.0)
+# A job's reads and publishes are tried again after these pauses while the store or the broker is unavailable
+# (about a minute in all; the heartbeat goes on meanwhile).
+OUTAGE_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 class Events(Protocol):
@@ -368,7 +374,8 @@ class ReplayManager:
         queued: list[InboundEvent] = []
         cursor: tuple[int, int, str] | None = None
         while not cancel.is_set() and job.matched < limit:
-            page, cursor = await self.events.list(sel.source, sel.start_us, sel.end_us, PAGE, cursor)
+            listing = partial(self.events.list, sel.source, sel.start_us, sel.end_us, PAGE, cursor)
+            page, cursor = await _patiently("list", listing, cancel)
             for summary in page:
                 if job.matched >= limit or cancel.is_set():
                     break
@@ -385,7 +392,7 @@ class ReplayManager:
                 due = t0 + job.queued / rate
                 if due > loop.time() and await _cancelled_within(cancel, due - loop.time()):
                     break  # a cancel during the pause: nothing more is enqueued
-                stored = await self.events.get(summary.source, summary.event_id)
+                stored = await _patiently("read", partial(self.events.get, summary.source, summary.event_id), cancel)
                 if stored is None:
                     job.failed += 1
                     continue
@@ -393,14 +400,19 @@ class ReplayManager:
                 if target is not None and not target.matches_body(e.source, e.event_type, e.body):
                     job.matched -= 1  # its condition does not take it
                     continue
-                enqueued = await self._enqueue(stored.event, job.id, sel.subscription_id)
+                enqueued = await self._enqueue(stored.event, job.id, sel.subscription_id, cancel)
                 queued.append(replace(enqueued, body=b"", headers={}))  # what _wait_done reads: ids, not bodies
                 job.queued += 1
             if cursor is None:
                 break
         return queued
 
-    async def _enqueue(self, original: InboundEvent, replay_id: str, subscription_id: str) -> InboundEvent:
+    async def _enqueue(
+        self, original: InboundEvent, replay_id: str, subscription_id: str, cancel: asyncio.Event | None = None
+    ) -> InboundEvent:
+        """Publishes the replay of ``original``; with ``cancel`` (a job), again after pauses while the broker is
+        unavailable. The copy is built once: a publish tried again carries the same receipt (or delivery id),
+        so one that reached the broker after all is a redelivery to the processor, not a second replay."""
         event = replace(
             original, receipt_id=new_receipt_id(), replay=True, replay_id=replay_id, received_us=original.received_us
         )
@@ -412,9 +424,13 @@ class ReplayManager:
                 now_us(),
                 replay_id,
             )
-            await self.publisher.publish_task(task)
+            publish = partial(self.publisher.publish_task, task)
         else:
-            await self.publisher.publish_event(event)
+            publish = partial(self.publisher.publish_event, event)
+        if cancel is None:
+            await publish()
+        else:
+            await _patiently("publish", publish, cancel)
         return event
 
     async def _wait_done(
@@ -430,7 +446,7 @@ class ReplayManager:
         offset = 0
         while pending and not cancel.is_set():
             chunk = pending[offset : offset + WAIT_CHUNK]
-            finished, failed = await self._finished(job, sel, chunk)
+            finished, failed = await _patiently("check", partial(self._finished, job, sel, chunk), cancel)
             if finished:
                 idle_since = loop.time()
             job.done += len(finished - failed)
@@ -481,6 +497,23 @@ class ReplayManager:
                 reason="SUBSCRIPTION_FILTER_INVALID",
                 metadata={"subscription_id": subscription_id[:64]},
             ) from None
+
+
+async def _patiently(what: str, call: Callable[[], Awaitable[T]], cancel: asyncio.Event) -> T:
+    """``call()``, and again after each of ``OUTAGE_PAUSES`` while the store or the broker is unavailable (one
+    Cassandra timeout or broker reconnect ended a job of 100,000 events FAILED, with no way to resume it
+    short of replaying what it had sent again; found in review). The last failure, or one during a cancel,
+    is raised: the job fails then, as before."""
+    for pause in (*OUTAGE_PAUSES, None):
+        try:
+            return await call()
+        except Unavailable as exc:
+            if pause is None or cancel.is_set():
+                raise
+            log.warning("replay waits out an outage", extra={"step": what, "error": exc.message, "pause_s": pause})
+            if await _cancelled_within(cancel, pause):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises on its last round
 
 
 async def _cancelled_within(cancel: asyncio.Event, seconds: float) -> bool:

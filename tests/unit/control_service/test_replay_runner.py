@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+import control_service.replay as replay_module
 from control_service.replay import WAIT_CHUNK, Limits, ReplayManager, Selection
-from switchboard.errors import InvalidRequest, StoreUnavailable
+from switchboard.errors import BrokerUnavailable, InvalidRequest, StoreUnavailable
 from switchboard.model.events import EventStatus, EventSummary, InboundEvent, Prior, StoredEvent
 from switchboard.model.operations import ReplayJob, ReplayState
 from tests.unit.factories import event
@@ -178,3 +179,37 @@ async def test_beats_go_on_every_heartbeat_while_reading_cancels_fails() -> None
     await asyncio.sleep(1.1)
     assert len(writes) >= 5  # the start, then a beat every 0.2 s
     assert (await runner.cancel(job.id)).state is ReplayState.CANCELLED
+
+
+class Flaky(Events):
+    """The 4th read and the 2nd publish fail once, as a Cassandra timeout and a broker reconnect would."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.reads = self.publishes = 0
+        self.receipts: list[str] = []
+
+    async def get(self, source: str, event_id: str) -> StoredEvent:
+        self.reads += 1
+        if self.reads == 4:
+            raise StoreUnavailable("the store timed out")
+        return await super().get(source, event_id)
+
+    async def publish_event(self, e: InboundEvent) -> None:
+        self.publishes += 1
+        self.receipts.append(e.receipt_id)
+        if self.publishes == 2:
+            raise BrokerUnavailable("message broker is not connected")
+        await super().publish_event(e)
+
+
+async def test_a_job_waits_out_a_store_timeout_and_a_broker_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: the first StoreUnavailable or BrokerUnavailable ended the job FAILED (a 17-minute job
+    on any 2 s Cassandra timeout), and re-running it replayed again what it had sent. A publish tried again
+    carries the same receipt (one that reached the broker after all is a redelivery, not a second replay)."""
+    monkeypatch.setattr(replay_module, "OUTAGE_PAUSES", (0.01, 0.01))
+    events, jobs = Flaky(6), Jobs()
+    job = await manager(events, jobs).start(SEL)
+    await until(lambda: job.state is not ReplayState.RUNNING)
+    assert (job.state, job.matched, job.queued, job.done, job.failed) == (ReplayState.DONE, 6, 6, 6, 0)
+    assert len(events.published) == 6 and events.receipts[1] == events.receipts[2]  # the same copy, again
