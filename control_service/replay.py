@@ -186,10 +186,19 @@ class ReplayManager:
             json.dumps({"source": source, "event_id": event_id, "subscription_id": subscription_id, "reason": reason}),
             started_us=now,
         )
-        await self._enqueue(stored.event, replay_id, subscription_id)
-        job.matched = job.queued = 1
+        job.matched = 1
+        # Recorded before the publish, and the end after it is never raised: the publish went first and a failed
+        # write answered UNAVAILABLE for a replay that had gone out, which a client retry sent twice.
+        await self._put(job)
+        try:
+            await self._enqueue(stored.event, replay_id, subscription_id)
+        except SwitchboardError as exc:
+            job.state, job.message, job.failed, job.finished_us = ReplayState.FAILED, exc.message, 1, now_us()
+            await self._put_final(job)
+            raise
+        job.queued = 1
         job.state, job.finished_us = ReplayState.DONE, now_us()
-        await self.jobs.put_replay(job)
+        await self._put_final(job)
         log.info("event replayed", extra={"replay": replay_id, "event": stored.event.key, "reason": reason[:200]})
         return replay_id
 

@@ -213,3 +213,12 @@ async def test_a_job_waits_out_a_store_timeout_and_a_broker_reconnect(monkeypatc
     await until(lambda: job.state is not ReplayState.RUNNING)
     assert (job.state, job.matched, job.queued, job.done, job.failed) == (ReplayState.DONE, 6, 6, 6, 0)
     assert len(events.published) == 6 and events.receipts[1] == events.receipts[2]  # the same copy, again
+
+
+async def test_a_single_replay_whose_end_is_not_written_at_first_is_not_reported_failed() -> None:
+    """Found in review: the replay was published first and its job row written after; a failed write answered
+    UNAVAILABLE for a replay that had gone out, and the client's retry sent it twice."""
+    events, jobs = Events(1), Jobs(fail_puts=1)
+    replay_id = await manager(events, jobs).replay_event("shop", "evt_0", "", "test")
+    assert len(events.published) == 1 and jobs.rows[replay_id].state is ReplayState.DONE
+    assert (jobs.rows[replay_id].matched, jobs.rows[replay_id].queued) == (1, 1)
