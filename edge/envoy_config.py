@@ -49,6 +49,7 @@ upstream's ``google.rpc.Status`` (with its details).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 
@@ -181,7 +182,7 @@ def render_envoy_config(
             "listeners": [
                 {
                     "name": LISTENER_NAME,
-                    "address": {"socket_address": {"address": cfg.edge.bind, "port_value": cfg.edge.https_port}},
+                    "address": {"socket_address": listen_address(cfg.edge.bind, cfg.edge.https_port)},
                     "filter_chains": [
                         {
                             "transport_socket": downstream_tls(tls_cert, tls_key),
@@ -278,3 +279,12 @@ def write_envoy_config(
     )
     atomic_write(out, json.dumps(doc, indent=2) + "\n")
     return out
+
+
+def listen_address(bind: str, port: int) -> JSON:
+    """The listener's socket address. Bound to ``::``, Envoy takes IPv6 connections only unless told to map
+    IPv4 ones (``ipv4_compat``): every IPv4 sender (most providers) could not connect (found in review)."""
+    address: JSON = {"address": bind, "port_value": port}
+    if ipaddress.ip_address(bind) == ipaddress.IPv6Address("::"):
+        address["ipv4_compat"] = True
+    return address

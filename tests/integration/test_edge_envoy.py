@@ -599,6 +599,33 @@ async def test_allowlist_uses_the_peer_address_not_x_forwarded_for(edge: Edge) -
     assert edge.ingest.by_test_id(test_id).source == "locked"
 
 
+async def test_bound_to_all_ipv6_addresses_it_takes_ipv4_senders_and_checks_their_allowlist(tmp_path: Path) -> None:
+    """Found in review: bound to ``::`` without ``ipv4_compat`` Envoy took IPv6 connections only, so IPv4
+    senders (most providers) could not connect; and an IPv4 allowlist must still match them."""
+    cfg = edge_config(
+        tmp_path,
+        extra_edge={"bind": "::"},
+        sources=[{"name": "alpha"}, {"name": "locked", "allow_cidrs": ["127.0.0.1/32"]}],
+    )
+    e = await start_edge(cfg)
+    try:
+        open_id, headers = tagged()
+        async with e.client("127.0.0.1") as insider:
+            assert (await insider.post("/webhook/alpha", content=b"x", headers=headers)).status_code == 200
+            assert e.ingest.by_test_id(open_id).source == "alpha"
+            locked_id, locked = tagged()
+            resp = await insider.post("/webhook/locked", content=b"x", headers=locked)
+            assert resp.status_code == 200, resp.text
+        assert e.ingest.by_test_id(locked_id).source == "locked"
+        refused_id, refused = tagged()
+        async with e.client("127.0.0.3") as outsider:
+            resp = await outsider.post("/webhook/locked", content=b"x", headers=refused)
+        assert_error(resp, 403, 7, "IP_NOT_ALLOWED")
+        e.ingest.assert_never_received(refused_id)
+    finally:
+        await stop_edge(e)
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is needed for HTTP/2 (httpx has no h2 here)")
 async def test_http2_success_and_413(edge: Edge) -> None:
     test_id, headers = tagged()
