@@ -63,6 +63,8 @@ FINAL_WRITE_PAUSES = (0.2, 0.5, 1.0, 2.0, 4.0)
 # A job's reads and publishes are tried again after these pauses while the store or the broker is unavailable
 # (about a minute in all; the heartbeat goes on meanwhile).
 OUTAGE_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+# A progress check that took longer than this waited out an outage: that time does not count as idle.
+CHECK_SECONDS = 5.0
 
 
 class Events(Protocol):
@@ -307,8 +309,11 @@ class ReplayManager:
                 await self._wait_done(job, sel, queued, cancel)
             job.state = ReplayState.CANCELLED if cancel.is_set() else ReplayState.DONE
         except SwitchboardError as exc:
-            job.state, job.message = ReplayState.FAILED, exc.message
-            log.warning("replay failed", extra={"replay": job.id, "error": exc.message})
+            if cancel.is_set():  # cancelled while it waited out an outage: what was asked, not a failure
+                job.state = ReplayState.CANCELLED
+            else:
+                job.state, job.message = ReplayState.FAILED, exc.message
+                log.warning("replay failed", extra={"replay": job.id, "error": exc.message})
         except asyncio.CancelledError:  # the service is stopping
             _mark_interrupted(job)
             raise
@@ -455,9 +460,12 @@ class ReplayManager:
         offset = 0
         while pending and not cancel.is_set():
             chunk = pending[offset : offset + WAIT_CHUNK]
+            asked = loop.time()
             finished, failed = await _patiently("check", partial(self._finished, job, sel, chunk), cancel)
             if finished:
                 idle_since = loop.time()
+            elif loop.time() - asked > CHECK_SECONDS:
+                idle_since += loop.time() - asked  # an outage waited out is not time without progress
             job.done += len(finished - failed)
             job.failed += len(failed)
             kept = [e for e in chunk if e.key not in finished]

@@ -136,8 +136,9 @@ def _replay(stub: Any, args: argparse.Namespace) -> int:
     if last is None:
         return 1
     _print(last)
-    # Scripts can tell: 0 only for a job that ended DONE with nothing failed.
-    return 0 if last.state == replay_pb2.REPLAY_STATE_DONE and not last.failed else 1
+    # Scripts can tell: 0 only for a job that ended DONE with every event it queued done (a dry run: DONE).
+    settled = args.dry_run or last.done == last.queued
+    return 0 if last.state == replay_pb2.REPLAY_STATE_DONE and not last.failed and settled else 1
 
 
 def _dlq(stub: Any, args: argparse.Namespace) -> int:

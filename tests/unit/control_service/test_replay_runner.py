@@ -222,3 +222,55 @@ async def test_a_single_replay_whose_end_is_not_written_at_first_is_not_reported
     replay_id = await manager(events, jobs).replay_event("shop", "evt_0", "", "test")
     assert len(events.published) == 1 and jobs.rows[replay_id].state is ReplayState.DONE
     assert (jobs.rows[replay_id].matched, jobs.rows[replay_id].queued) == (1, 1)
+
+
+class SlowOutage(Events):
+    """The progress check fails ``times`` times, each after ``seconds`` (a store timing out), then answers."""
+
+    def __init__(self, n: int, times: int, seconds: float) -> None:
+        super().__init__(n)
+        self.times, self.seconds = times, seconds
+        self.answered = 0
+
+    async def priors(self, events: Sequence[InboundEvent]) -> dict[str, Prior]:
+        if self.times:
+            self.times -= 1
+            await asyncio.sleep(self.seconds)
+            raise StoreUnavailable("the store timed out")
+        self.answered += 1
+        if self.answered == 1:
+            return {}  # the store is back; the replayed events are processed a moment later
+        return await super().priors(events)
+
+
+async def test_time_spent_waiting_out_an_outage_is_not_time_without_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in the review of the outage retries: the minute waited out counted toward "a minute without
+    progress", so the job stopped waiting and ended DONE with its events unfinished."""
+    monkeypatch.setattr(replay_module, "OUTAGE_PAUSES", (0.01,) * 3)
+    monkeypatch.setattr(replay_module, "CHECK_SECONDS", 0.05)
+    loop_time = asyncio.get_running_loop().time
+    skew = [0.0]
+    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: loop_time() + skew[0])
+    events = SlowOutage(2, times=3, seconds=0.1)
+    real_priors = events.priors
+
+    async def slow_priors(batch: Sequence[InboundEvent]) -> dict[str, Prior]:
+        if events.times:
+            skew[0] += 25  # each failed check "takes" 25 s of the loop's clock
+        return await real_priors(batch)
+
+    events.priors = slow_priors  # type: ignore[method-assign,assignment]
+    job = await manager(events, Jobs()).start(SEL)
+    await until(lambda: job.state is not ReplayState.RUNNING)
+    assert (job.state, job.queued, job.done, job.failed, job.message) == (ReplayState.DONE, 2, 2, 0, "")
+
+
+async def test_a_cancel_while_waiting_out_an_outage_ends_the_job_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replay_module, "OUTAGE_PAUSES", (5.0,))
+    events, jobs = SlowOutage(1, times=5, seconds=0.0), Jobs()
+    replicas = manager(events, jobs)
+    job = await replicas.start(SEL)
+    await until(lambda: job.queued == 1)
+    await asyncio.sleep(0.05)  # its check failed and it pauses for 5 s
+    cancelled = await replicas.cancel(job.id)
+    assert cancelled.state is ReplayState.CANCELLED and cancelled.message == ""

@@ -18,14 +18,14 @@ from switchboard_cli.main import build_parser
 
 
 class Stub:
-    def __init__(self, *, state: int = replay_pb2.REPLAY_STATE_DONE, failed: int = 0) -> None:
-        self.state, self.failed = state, failed
+    def __init__(self, *, state: int = replay_pb2.REPLAY_STATE_DONE, failed: int = 0, unfinished: int = 0) -> None:
+        self.state, self.failed, self.unfinished = state, failed, unfinished
         self.requests: list[Any] = []
 
     def ReplayEvents(self, request: Any) -> Iterator[Any]:
         self.requests.append(request)
         progress = replay_pb2.ReplayProgress(replay_id="rpl_1", state=self.state, matched=3, queued=3)
-        progress.done, progress.failed = 3 - self.failed, self.failed
+        progress.done, progress.failed = 3 - self.failed - self.unfinished, self.failed
         yield replay_pb2.ReplayEventsResponse(progress=progress)
 
     def RedriveDeadLetters(self, request: Any) -> Iterator[Any]:
@@ -43,6 +43,7 @@ def args(argv: list[str]) -> argparse.Namespace:
         (Stub(failed=1), 1),
         (Stub(state=replay_pb2.REPLAY_STATE_FAILED), 1),
         (Stub(state=replay_pb2.REPLAY_STATE_CANCELLED), 1),
+        (Stub(unfinished=1), 1),  # DONE, but it stopped waiting for one event (a minute without progress)
     ],
 )
 def test_a_replay_range_exits_1_unless_done_with_nothing_failed(stub: Stub, code: int) -> None:
