@@ -7,6 +7,7 @@ with ``async publish(event)`` that returns only once the event is durably queued
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,9 +47,21 @@ _DROP = frozenset(
     }
 )
 # Nor any header whose name says it carries a credential (senders add their own: ``x-api-key``,
-# ``x-webhook-token``, ...): headers are stored for the retention and returned by GetEvent.
-_CREDENTIAL_WORDS = ("auth", "token", "secret", "password", "passwd", "apikey", "api-key", "api_key", "session",
-                     "cookie", "signature", "hmac", "credential", "private")  # fmt: skip
+# ``x-webhook-token``, ``x-functions-key``, ...): headers are stored for the retention and returned by GetEvent.
+# Matched on the name's words (split at ``-``, ``_`` and ``.``), so ``x-author`` is kept; any word ending in
+# ``key`` counts (an idempotency key is dropped with them: better than storing a secret).
+_CREDENTIAL_WORDS = frozenset(
+    {"auth", "authorization", "token", "secret", "password", "passwd", "passphrase", "pass", "session", "cookie",
+     "signature", "sig", "hmac", "credential", "credentials", "private", "jwt", "bearer", "otp"}
+)  # fmt: skip
+_WORD_SPLIT = re.compile(r"[-_.]")
+
+
+def _credential(name: str) -> bool:
+    words = _WORD_SPLIT.split(name)
+    return any(w in _CREDENTIAL_WORDS or w.endswith("key") or w.endswith("token") for w in words)
+
+
 MAX_HEADER_VALUE = 4096
 MAX_CONTENT_TYPE = 255
 
@@ -77,7 +90,7 @@ def select_headers(metadata: Iterable[tuple[str, str | bytes]], drop: frozenset[
         k = key.lower()
         if k in _DROP or k.startswith(_DROP_PREFIXES) or k.endswith("-bin") or not isinstance(value, str):
             continue
-        if any(word in k for word in _CREDENTIAL_WORDS):
+        if _credential(k):
             continue
         if k in drop:
             continue

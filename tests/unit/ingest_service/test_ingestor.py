@@ -163,9 +163,16 @@ def test_select_headers_drops_transport_and_credentials() -> None:
             ("x-webhook-token", "tok"),
             ("X-Shopify-Hmac-Sha256", "abc="),
             ("x-session-id", "s"),
+            ("x-functions-key", "k"),
+            ("Ocp-Apim-Subscription-Key", "k"),
+            ("x-jwt", "j"),
+            ("x-bearer", "b"),
+            ("x-passphrase", "p"),
+            ("x-accesstoken", "t"),
+            ("x-author", "kept: not a credential"),
         ]
     )
-    assert kept == {"x-forwarded-for": "1.2.3.4", "x-custom": "a, b"}
+    assert kept == {"x-forwarded-for": "1.2.3.4", "x-custom": "a, b", "x-author": "kept: not a credential"}
     assert select_headers([("X-Custom-Sig", "v")], frozenset({"x-custom-sig"})) == {}  # a source's own signature
 
 
