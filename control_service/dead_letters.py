@@ -4,11 +4,12 @@ purged (marked, never deleted).
 * **Recording.** The control service consumes both streams' dead-letter queues (``switchboard.events.dead``,
   ``switchboard.deliveries.dead``) with the shared queue worker and writes one row per message (its headers
   and body, the attempts, the last error, why). Listing therefore never pages through a queue. One death of a
-  message is one row, however many copies of it reach the queue: the row's id is derived from the message id
-  and its attempts, and a copy of a death already recorded is acked without a write. Copies arise when a
-  worker dies before its ack (the recorder's own, or a processor's or delivery worker's whose dead-letter copy
-  was already out: a FAILED message that comes back is dead-lettered again) and when an older copy of a
-  delivery, deferred behind its retry, ends too. A death after the row was claimed by a redrive or purged
+  message is one row, however many copies of it reach the queue: the row's id is derived from the message id,
+  its receipt (an event's message id is its key, shared by every receipt of it) and its attempts, and a copy
+  of a death already recorded is acked without a write. Copies arise when a worker dies before its ack (the
+  recorder's own, or a processor's or delivery worker's whose dead-letter copy was already out: a FAILED
+  message that comes back is dead-lettered again) and when an older copy of a delivery, deferred behind its
+  retry, ends too. A death after the row was claimed by a redrive or purged
   (the message died after the claim or the purge) takes the next id in the chain (``dead_letter_id``'s
   ``generation``); a copy dead-lettered a second time says so (``x-dead-again``) and belongs to the newest
   death (``_earlier_death``). Two recorders that take two copies at the same moment can still write two
