@@ -911,7 +911,9 @@ def e2e_line(ph: Phase) -> str:
 
     committed = ph.stages.get("e2e") or {}
     bucket = committed.get("p99_bucket_ms")
-    within = f", p99 in the bucket ({ms(bucket[0])}, {ms(bucket[1])}] ms" if isinstance(bucket, list) else ""
+    within = ""
+    if isinstance(bucket, list):  # the last bucket has no finite upper bound (None)
+        within = f", p99 in the bucket ({ms(bucket[0])}, {'inf' if bucket[1] is None else ms(bucket[1])}] ms"
     b = ph.e2e_before_commit_ms
     return (
         f"e2e {ph.name}: committed (the processors' histogram, arrival at ingest → outcome committed; resolution"

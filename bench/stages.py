@@ -199,8 +199,9 @@ def summary(window: Snapshot) -> Summary:
             "mean_ms": 1000 * h.total / h.count,
             "p50_ms": None if p50 is None else 1000 * p50,
             "p99_ms": None if p99 is None else 1000 * p99,
-            "p50_bucket_ms": None if b50 is None else [1000 * b50[0], 1000 * b50[1]],
-            "p99_bucket_ms": None if b99 is None else [1000 * b99[0], 1000 * b99[1]],
+            # The upper bound past the last finite one is None, not inf: json.dumps wrote Infinity, not JSON.
+            "p50_bucket_ms": None if b50 is None else [1000 * b50[0], _finite_ms(b50[1])],
+            "p99_bucket_ms": None if b99 is None else [1000 * b99[0], _finite_ms(b99[1])],
         }
     return out
 
@@ -212,3 +213,7 @@ def line(stages: Summary) -> str:
         p50, p99 = s["p50_ms"], s["p99_ms"]
         parts.append(f"{stage} {p50 or 0:.0f}/{p99 or 0:.0f} ms (n={s['count']:.0f})")
     return " | ".join(parts)
+
+
+def _finite_ms(seconds: float) -> float | None:
+    return None if seconds == float("inf") else 1000 * seconds

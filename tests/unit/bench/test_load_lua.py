@@ -177,3 +177,45 @@ def test_done_writes_the_histogram_the_lateness_and_the_json_the_bench_reads(
     absorb_wrk(phase, 1, paths["out.json"], paths["ids"], paths["hist"], paths["lags"], 10.0)
     assert phase.latency("p50") == 10.0 and phase.latency("max") == 900.0
     assert phase.pacing["sent"] == 4 and phase.pacing["accepted"] == 4 and phase.pacing["accepted_on_time"] == 0
+
+
+def test_a_send_after_a_reconnect_takes_its_own_slot(lua: Lua, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: after a reconnect wrk calls request() without delay(); that send took no slot, so every
+    later request left on a schedule one slot early while its lateness was measured against the number of
+    sends: under-reported by 1/rate per reconnect. Here a request sent when due is on time, not 10 ms early."""
+    req = b"POST /webhook/shop HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    ids = [f"evt_{i}" for i in range(3)]
+    (tmp_path / "req.bin").write_bytes(
+        b"SBREQ1 3\n" + b"".join(b"%s 0 %d\n%s" % (i.encode(), len(req), req) for i in ids)
+    )
+    paths = {k: tmp_path / k for k in ("out.json", "ids", "hist", "lags")}
+    for key, value in {
+        "SB_REQUESTS": str(tmp_path / "req.bin"), "SB_THREADS": "1", "SB_RATE": "100", "SB_COUNT": "3",
+        "SB_START": f"{time.monotonic():.6f}", "SB_LATE_MS": "10", "SB_OUT": str(paths["out.json"]),
+        "SB_IDS_OUT": str(paths["ids"]), "SB_HIST_OUT": str(paths["hist"]), "SB_LAGS_OUT": str(paths["lags"]),
+    }.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    load_script(lua)
+    lua.run("setup({ set = function() end, get = function(self, k) return _G[k] end }) init({})")
+    lua.run(
+        """local ffi = require("ffi")
+        ffi.cdef("int poll(void *fds, unsigned long nfds, int timeout);")
+        request()  -- wrk's probe
+        ffi.C.poll(nil, 0, delay())
+        request()  -- slot 0, due at T0
+        request()  -- after a reconnect: no delay() first
+        ffi.C.poll(nil, 0, delay())  -- waits for its own due time
+        request()"""
+    )
+    lua.stats("LAT", {10_000: 3}, 30_000_001, 10_000, 10_000)
+    lua.run(
+        """debug.setmetatable(LAT, { __len = function() return 1 end, __index = function(_, k)
+            if k == "min" or k == "max" then return 10000 end
+            if k == "mean" then return 0 end
+            if k == "percentile" then return function() return 0 end end end })
+        done({ duration = 100000, requests = 3, bytes = 0,
+               errors = { connect = 0, read = 0, write = 0, status = 0, timeout = 0 } }, LAT, nil)"""
+    )
+    lags = wrkstats.read_lags(paths["lags"], 1)[0]
+    assert len(lags) == 3
+    assert lags[2] > -2  # sent when due (slot 2, 20 ms): on time; it was measured ~10 ms early
