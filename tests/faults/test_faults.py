@@ -195,14 +195,14 @@ def test_a_live_processor_cut_off_from_the_broker(own_stack: Stack, capsys: pyte
         victim = busy_processor(stack)
         victims.append(victim)
         assert victim.pid is not None
+        mine = conns.get(victim.log_path) or connections_of(victim)  # a processor started meanwhile: listed now
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(
                 pool.map(
-                    lambda conn: rabbit.rabbitmqctl("close_connection", conn, "fault test: processor cut off"),
-                    conns[victim.log_path],
+                    lambda conn: rabbit.rabbitmqctl("close_connection", conn, "fault test: processor cut off"), mine
                 )
             )
-        closed.extend(conns[victim.log_path])
+        closed.extend(mine)
         time.sleep(5)
 
     def connections_of(proc: ServiceProcess) -> list[str]:
