@@ -47,19 +47,30 @@ _DROP = frozenset(
     }
 )
 # Nor any header whose name says it carries a credential (senders add their own: ``x-api-key``,
-# ``x-webhook-token``, ``x-functions-key``, ...): headers are stored for the retention and returned by GetEvent.
-# Matched on the name's words (split at ``-``, ``_`` and ``.``), so ``x-author`` is kept; any word ending in
-# ``key`` counts (an idempotency key is dropped with them: better than storing a secret).
-_CREDENTIAL_WORDS = frozenset(
-    {"auth", "authorization", "token", "secret", "password", "passwd", "passphrase", "pass", "session", "cookie",
-     "signature", "sig", "hmac", "credential", "credentials", "private", "jwt", "bearer", "otp"}
-)  # fmt: skip
+# ``x-webhook-token``, ``x-functions-key``, ``X-ClientSecret``, ...): headers are stored for the retention and
+# returned by GetEvent. Long stems count anywhere in the name (names run words together: ``x-webhooksecret``);
+# short ones only as a word (split at ``-``, ``_``, ``.``) or a word's start, so ``x-author`` is kept; a word
+# ending in ``key`` counts, except the few known not to be secrets (Bitbucket's ``X-Event-Key``).
+_CREDENTIAL_STEMS = ("secret", "password", "passwd", "passphrase", "signature", "session", "cookie",
+                     "credential", "token", "hmac", "apikey", "bearer", "private", "jwt")  # fmt: skip
+_CREDENTIAL_WORDS = frozenset({"auth", "authorization", "authentication", "oauth", "pass", "sig", "otp"})
+_NOT_CREDENTIALS = frozenset({"x-event-key", "x-idempotency-key", "idempotency-key"})
 _WORD_SPLIT = re.compile(r"[-_.]")
 
 
 def _credential(name: str) -> bool:
-    words = _WORD_SPLIT.split(name)
-    return any(w in _CREDENTIAL_WORDS or w.endswith("key") or w.endswith("token") for w in words)
+    if name in _NOT_CREDENTIALS:
+        return False
+    if any(stem in name for stem in _CREDENTIAL_STEMS):
+        return True
+    for word in _WORD_SPLIT.split(name):
+        if (
+            word in _CREDENTIAL_WORDS
+            or word.endswith("key")
+            or (word.startswith("auth") and not word.startswith("author"))
+        ):
+            return True
+    return False
 
 
 MAX_HEADER_VALUE = 4096

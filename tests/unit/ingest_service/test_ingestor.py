@@ -170,9 +170,25 @@ def test_select_headers_drops_transport_and_credentials() -> None:
             ("x-passphrase", "p"),
             ("x-accesstoken", "t"),
             ("x-author", "kept: not a credential"),
+            # Words run together (found in the review of the word-based check, which kept them).
+            ("X-ClientSecret", "s"),
+            ("X-SessionId", "s"),
+            ("X-OAuth", "o"),
+            ("X-Authentication", "a"),
+            ("X-WebhookSignature", "s"),
+            ("Cookies", "c"),
+            ("X-Tokens", "t"),
+            ("x-userpassword", "p"),
+            ("x-authenticated-userid", "u"),
+            ("X-Event-Key", "repo:push"),  # Bitbucket's event type, not a secret
         ]
     )
-    assert kept == {"x-forwarded-for": "1.2.3.4", "x-custom": "a, b", "x-author": "kept: not a credential"}
+    assert kept == {
+        "x-forwarded-for": "1.2.3.4",
+        "x-custom": "a, b",
+        "x-author": "kept: not a credential",
+        "x-event-key": "repo:push",
+    }
     assert select_headers([("X-Custom-Sig", "v")], frozenset({"x-custom-sig"})) == {}  # a source's own signature
 
 
