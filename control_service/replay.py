@@ -60,11 +60,12 @@ CANCEL_WAIT_SECONDS = 10.0
 # The final write of a job that ended: tried again after these pauses before giving up (the job then reads
 # as interrupted once stale: FAILED with what it had enqueued).
 FINAL_WRITE_PAUSES = (0.2, 0.5, 1.0, 2.0, 4.0)
+# How long ReplayEvent tries to record the end of a replay that went out before it answers anyway (the CLI
+# waits 30 s; the full retries could take a minute, and a caller timing out would send the replay again).
+SINGLE_END_SECONDS = 8.0
 # A job's reads and publishes are tried again after these pauses while the store or the broker is unavailable
 # (about a minute in all; the heartbeat goes on meanwhile).
 OUTAGE_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-# A progress check that took longer than this waited out an outage: that time does not count as idle.
-CHECK_SECONDS = 5.0
 
 
 class Events(Protocol):
@@ -200,7 +201,11 @@ class ReplayManager:
             raise
         job.queued = 1
         job.state, job.finished_us = ReplayState.DONE, now_us()
-        await self._put_final(job)
+        try:  # the replay went out: answered within the caller's deadline whatever the store does now
+            async with asyncio.timeout(SINGLE_END_SECONDS):
+                await self._put_final(job)
+        except TimeoutError:
+            log.error("replay end not recorded: it will read as interrupted", extra={"replay": replay_id})
         log.info("event replayed", extra={"replay": replay_id, "event": stored.event.key, "reason": reason[:200]})
         return replay_id
 
@@ -309,7 +314,7 @@ class ReplayManager:
                 await self._wait_done(job, sel, queued, cancel)
             job.state = ReplayState.CANCELLED if cancel.is_set() else ReplayState.DONE
         except SwitchboardError as exc:
-            if cancel.is_set():  # cancelled while it waited out an outage: what was asked, not a failure
+            if cancel.is_set() and isinstance(exc, Unavailable):  # cancelled while it waited out an outage
                 job.state = ReplayState.CANCELLED
             else:
                 job.state, job.message = ReplayState.FAILED, exc.message
@@ -460,12 +465,13 @@ class ReplayManager:
         offset = 0
         while pending and not cancel.is_set():
             chunk = pending[offset : offset + WAIT_CHUNK]
+            paused = [0.0]
             asked = loop.time()
-            finished, failed = await _patiently("check", partial(self._finished, job, sel, chunk), cancel)
+            finished, failed = await _patiently("check", partial(self._finished, job, sel, chunk), cancel, paused)
             if finished:
                 idle_since = loop.time()
-            elif loop.time() - asked > CHECK_SECONDS:
-                idle_since += loop.time() - asked  # an outage waited out is not time without progress
+            elif paused[0]:  # an outage waited out (its pauses and the failed tries) is not time without progress
+                idle_since += loop.time() - asked
             job.done += len(finished - failed)
             job.failed += len(failed)
             kept = [e for e in chunk if e.key not in finished]
@@ -516,11 +522,13 @@ class ReplayManager:
             ) from None
 
 
-async def _patiently(what: str, call: Callable[[], Awaitable[T]], cancel: asyncio.Event) -> T:
+async def _patiently(
+    what: str, call: Callable[[], Awaitable[T]], cancel: asyncio.Event, paused: list[float] | None = None
+) -> T:
     """``call()``, and again after each of ``OUTAGE_PAUSES`` while the store or the broker is unavailable (one
     Cassandra timeout or broker reconnect ended a job of 100,000 events FAILED, with no way to resume it
     short of replaying what it had sent again; found in review). The last failure, or one during a cancel,
-    is raised: the job fails then, as before."""
+    is raised: the job fails then, as before. The seconds paused are added to ``paused[0]``."""
     for pause in (*OUTAGE_PAUSES, None):
         try:
             return await call()
@@ -528,6 +536,8 @@ async def _patiently(what: str, call: Callable[[], Awaitable[T]], cancel: asynci
             if pause is None or cancel.is_set():
                 raise
             log.warning("replay waits out an outage", extra={"step": what, "error": exc.message, "pause_s": pause})
+            if paused is not None:
+                paused[0] += pause
             if await _cancelled_within(cancel, pause):
                 raise
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises on its last round

@@ -247,7 +247,6 @@ async def test_time_spent_waiting_out_an_outage_is_not_time_without_progress(mon
     """Found in the review of the outage retries: the minute waited out counted toward "a minute without
     progress", so the job stopped waiting and ended DONE with its events unfinished."""
     monkeypatch.setattr(replay_module, "OUTAGE_PAUSES", (0.01,) * 3)
-    monkeypatch.setattr(replay_module, "CHECK_SECONDS", 0.05)
     loop_time = asyncio.get_running_loop().time
     skew = [0.0]
     monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: loop_time() + skew[0])
@@ -274,3 +273,20 @@ async def test_a_cancel_while_waiting_out_an_outage_ends_the_job_cancelled(monke
     await asyncio.sleep(0.05)  # its check failed and it pauses for 5 s
     cancelled = await replicas.cancel(job.id)
     assert cancelled.state is ReplayState.CANCELLED and cancelled.message == ""
+
+
+async def test_a_real_failure_racing_a_cancel_is_still_a_failure() -> None:
+    """Only an outage waited out when the cancel came ends CANCELLED; any other error is the job's failure
+    (found in review: every error during a cancel was recorded CANCELLED, without a log)."""
+    events, jobs = Events(3), Jobs()
+    replays = manager(events, jobs)
+
+    async def refused(source: str, event_id: str) -> StoredEvent:
+        for _, _, cancel in replays._running.values():
+            cancel.set()  # the cancel arrives just as the store refuses the read
+        raise InvalidRequest("a value the store refuses", reason="STORE_REFUSED")
+
+    events.get = refused  # type: ignore[method-assign]
+    job = await replays.start(SEL)
+    await until(lambda: job.state is not ReplayState.RUNNING)
+    assert (job.state, job.message) == (ReplayState.FAILED, "a value the store refuses")
