@@ -152,8 +152,9 @@ function request()
     -- Counted by sends, not by the slot delay() handed out: a thread's connections wait on their timers at
     -- once, so the slot a delay() took is not the next request()'s (one "due" per thread, tried on
     -- 2026-12-07, gave one connection's due time to another and spent the slots twice: a run sent 57% of
-    -- its plan). After a reconnect wrk sends without a delay(): that send shifts the later ones' due times
-    -- by 1/rate, an error the bench reports as !200 anyway.
+    -- its plan). After a reconnect (an error, or an answer with "Connection: close") wrk sends without a
+    -- delay(): that send shifts the later ones' due times by 1/rate, so each such reconnect understates the
+    -- lateness of what follows by one interval (Envoy keeps the bench's connections open).
     local lag = now - (t0 + (st.sent * nthreads + tid) / rate)
     lags[#lags + 1] = lag * 1000
     if lag > 0 then

@@ -196,6 +196,7 @@ def test_a_live_processor_cut_off_from_the_broker(own_stack: Stack, capsys: pyte
         victims.append(victim)
         assert victim.pid is not None
         mine = conns.get(victim.log_path) or connections_of(victim)  # a processor started meanwhile: listed now
+        offsets.setdefault(victim.log_path, 0)  # and its stats read from its log's start
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(
                 pool.map(

@@ -139,3 +139,27 @@ def test_the_drain_counts_cpu_per_backlog_event_as_its_events_per_second() -> No
     assert drain.backlog_receipts == 110 and len(drain.backlog_ids) == 100
     assert drain.cpu_requests == 100  # the basis of its events/s
     assert drain.rate_result == 100.0
+
+
+def test_a_p99_past_the_last_bucket_is_valid_json_and_printed_as_inf() -> None:
+    """Found in review: the last bucket's upper bound was float inf, which json.dumps writes as Infinity (not
+    JSON); it is null now, and the e2e line prints it as inf."""
+    import json
+
+    from bench import stages
+
+    window: Any = stages.parse(
+        "# TYPE switchboard_processor_e2e_latency_seconds histogram\n"
+        'switchboard_processor_e2e_latency_seconds_bucket{le="0.1"} 0\n'
+        'switchboard_processor_e2e_latency_seconds_bucket{le="300.0"} 0\n'
+        'switchboard_processor_e2e_latency_seconds_bucket{le="+Inf"} 10\n'
+        "switchboard_processor_e2e_latency_seconds_count 10\n"
+        "switchboard_processor_e2e_latency_seconds_sum 5000\n"
+    )
+    summary = stages.summary(window)
+    e2e = summary["e2e"]
+    assert e2e["p99_bucket_ms"] == [300_000.0, None]
+    json.loads(json.dumps(summary, allow_nan=False))  # raises on Infinity
+    ph = P.Phase("steady", "open 800/s", "open", 800, 60, 128, 3)
+    ph.stages = summary
+    assert "(300000, inf] ms" in P.e2e_line(ph)
