@@ -195,7 +195,8 @@ class EventStore:
         # Only the row as read: a pass committed since the read (a replay's PROCESSED, say) is not turned back
         # into RETRYING, which nothing would ever process (found in review). A compare-and-set, once per redrive.
         # Exact on one node (this stack). On a cluster its SERIAL read may miss a commit written at ONE (the
-        # processors' default consistency) on another replica: there, write at QUORUM (docs/scaling.md).
+        # processors' default consistency) on another replica: there, write at QUORUM, or LOCAL_QUORUM with
+        # LOCAL_SERIAL in one datacentre (docs/scaling.md).
         row = rows[0]
         if row.receipt_id:
             done = await self.store.execute(self.q.reset_attempts_if, (*head, row.status, row.receipt_id))
