@@ -87,6 +87,29 @@ def load_script(lua: Lua) -> None:
     lua.run(LUA.read_text())
 
 
+def one_thread(
+    lua: Lua, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> tuple[list[str], dict[str, Path]]:
+    """The script loaded as one wrk thread of an open loop at 100/s whose schedule began 1 s ago (every request
+    leaves ~1 s late), with ``count`` requests to send; the event ids and the files ``done()`` writes."""
+    req = b"POST /webhook/shop HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    ids = [f"evt_{i}" for i in range(count)]
+    (tmp_path / "req.bin").write_bytes(
+        b"SBREQ1 %d\n" % count + b"".join(b"%s 0 %d\n%s" % (i.encode(), len(req), req) for i in ids)
+    )
+    paths = {k: tmp_path / k for k in ("out.json", "ids", "hist", "lags")}
+    for key, value in {
+        "SB_REQUESTS": str(tmp_path / "req.bin"), "SB_THREADS": "1", "SB_RATE": "100", "SB_COUNT": str(count),
+        "SB_START": f"{time.monotonic() - 1.0:.6f}", "SB_LATE_MS": "10", "SB_OUT": str(paths["out.json"]),
+        "SB_IDS_OUT": str(paths["ids"]), "SB_HIST_OUT": str(paths["hist"]), "SB_LAGS_OUT": str(paths["lags"]),
+    }.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    load_script(lua)
+    # one wrk thread in the same state: its globals are the thread's
+    lua.run("setup({ set = function() end, get = function(self, k) return _G[k] end }) init({})")
+    return ids, paths
+
+
 def test_latency_histogram_reads_wrks_stats_struct_with_copies_below_the_minimum(lua: Lua) -> None:
     load_script(lua)
     measured = {150: 4, 320: 1, 1_000: 2}
@@ -118,22 +141,7 @@ def test_latency_histogram_reads_wrks_stats_struct_with_copies_below_the_minimum
 def test_done_writes_the_histogram_the_lateness_and_the_json_the_bench_reads(
     lua: Lua, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    req = b"POST /webhook/shop HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-    ids = [f"evt_{i}" for i in range(4)]
-    (tmp_path / "req.bin").write_bytes(
-        b"SBREQ1 4\n" + b"".join(b"%s 0 %d\n%s" % (i.encode(), len(req), req) for i in ids)
-    )
-    paths = {k: tmp_path / k for k in ("out.json", "ids", "hist", "lags")}
-    start = time.monotonic() - 1.0  # the schedule began 1 s ago: every request leaves ~1 s late
-    for key, value in {
-        "SB_REQUESTS": str(tmp_path / "req.bin"), "SB_THREADS": "1", "SB_RATE": "100", "SB_COUNT": "4",
-        "SB_START": f"{start:.6f}", "SB_LATE_MS": "10", "SB_OUT": str(paths["out.json"]),
-        "SB_IDS_OUT": str(paths["ids"]), "SB_HIST_OUT": str(paths["hist"]), "SB_LAGS_OUT": str(paths["lags"]),
-    }.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
-    load_script(lua)
-    # one wrk thread in the same state: its globals are the thread's
-    lua.run("setup({ set = function() end, get = function(self, k) return _G[k] end }) init({})")
+    ids, paths = one_thread(lua, tmp_path, monkeypatch, 4)
     lua.run(
         """request()  -- wrk's probe on thread 0: not counted
         for k = 1, 4 do
@@ -186,20 +194,7 @@ def test_connections_waiting_on_their_timers_at_once_each_send_once_in_slot_orde
     is not the one after its own delay(). A due time kept per thread (tried in review) gave one connection's
     due time to another and took a second slot for it: a run sent 57% of its plan. Three connections, three
     slots, three sends, each measured against the k-th due time."""
-    req = b"POST /webhook/shop HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-    ids = [f"evt_{i}" for i in range(3)]
-    (tmp_path / "req.bin").write_bytes(
-        b"SBREQ1 3\n" + b"".join(b"%s 0 %d\n%s" % (i.encode(), len(req), req) for i in ids)
-    )
-    paths = {k: tmp_path / k for k in ("out.json", "ids", "hist", "lags")}
-    for key, value in {
-        "SB_REQUESTS": str(tmp_path / "req.bin"), "SB_THREADS": "1", "SB_RATE": "100", "SB_COUNT": "3",
-        "SB_START": f"{time.monotonic() - 1.0:.6f}", "SB_LATE_MS": "10", "SB_OUT": str(paths["out.json"]),
-        "SB_IDS_OUT": str(paths["ids"]), "SB_HIST_OUT": str(paths["hist"]), "SB_LAGS_OUT": str(paths["lags"]),
-    }.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
-    load_script(lua)
-    lua.run("setup({ set = function() end, get = function(self, k) return _G[k] end }) init({})")
+    _, paths = one_thread(lua, tmp_path, monkeypatch, 3)
     waits = lua.run(
         """request()  -- wrk's probe
         local a, b, c = delay(), delay(), delay()  -- three connections take their slots

@@ -375,15 +375,21 @@ async def soon_gates(store: GatedCommits, n: int) -> None:
     raise AssertionError(f"{len(store.gates)} commits out, expected {n}")
 
 
+def entity_and_deliver(store: MemoryEvents, entity: Counter, deliver: Flaky, max_attempts: int = 3) -> Processor:
+    """A processor with the ``entity`` operation and a delivery that runs for stale events too."""
+    return processor(
+        store,
+        Operation("entity", entity, takes_context=True),
+        Operation("deliver", deliver, takes_context=True, runs_when_stale=True),
+        max_attempts=max_attempts,
+    )
+
+
 async def test_a_stale_event_runs_the_operations_that_run_when_stale_and_moves_no_mark(store: MemoryEvents) -> None:
     """A delivery changes no entity: a stale event is still delivered (and a replay of an old event delivers
     it again), while the guarded operations are skipped with the reason and the entity's mark stays."""
     entity, deliver = Counter(), Flaky(ok_from=1)
-    p = processor(
-        store,
-        Operation("entity", entity, takes_context=True),
-        Operation("deliver", deliver, takes_context=True, runs_when_stale=True),
-    )
+    p = entity_and_deliver(store, entity, deliver)
     await one(p, event(event_id="evt_new", entity_version=20))
     old = event(event_id="evt_old", entity_version=10)
     stale = await one(p, old)
@@ -408,12 +414,7 @@ async def test_a_stale_pass_whose_delivery_fails_retries_it_and_ends_stale(store
     """Its retry runs only what is not done (the delivery; the skipped entity operation stays skipped), and
     the last attempt's failure is FAILED like any pass's."""
     entity, deliver = Counter(), Flaky(ok_from=3)
-    p = processor(
-        store,
-        Operation("entity", entity, takes_context=True),
-        Operation("deliver", deliver, takes_context=True, runs_when_stale=True),
-        max_attempts=3,
-    )
+    p = entity_and_deliver(store, entity, deliver, max_attempts=3)
     await one(p, event(event_id="evt_new", entity_version=20))  # deliver fails: RETRYING, the mark is 20
     old = event(event_id="evt_old", entity_version=10)
     first = await one(p, old)
@@ -430,12 +431,7 @@ async def test_a_stale_pass_whose_delivery_fails_retries_it_and_ends_stale(store
     assert store.marked == ["shop/evt_new"]
 
     never = Flaky(ok_from=99)
-    q = processor(
-        MemoryEvents(),
-        Operation("entity", Counter(), takes_context=True),
-        Operation("deliver", never, takes_context=True, runs_when_stale=True),
-        max_attempts=2,
-    )
+    q = entity_and_deliver(MemoryEvents(), Counter(), never, max_attempts=2)
     await one(q, event(event_id="evt_new", entity_version=20))
     assert (await one(q, old)).disposition is Disposition.RETRY
     assert (await one(q, old)).disposition is Disposition.FAILED
@@ -465,12 +461,7 @@ async def test_a_stale_pass_that_retries_guards_its_operations_again(store: Memo
     so a retry that was no longer stale (the version that made it stale was taken back) ran none of them and
     still moved the mark. A retrying stale pass records only what it ran; its final pass records the skips."""
     entity, deliver = Counter(), Flaky(ok_from=2)
-    p = processor(
-        store,
-        Operation("entity", entity, takes_context=True),
-        Operation("deliver", deliver, takes_context=True, runs_when_stale=True),
-        max_attempts=3,
-    )
+    p = entity_and_deliver(store, entity, deliver, max_attempts=3)
     old = event(event_id="evt_old", entity_version=10)
     p._decided[("shop", "in_1")] = 20  # a version that will not hold (a batch that never committed it)
     first = await one(p, old)
