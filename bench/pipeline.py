@@ -1153,22 +1153,14 @@ def main(argv: list[str] | None = None) -> int:
     for ph in bench.phases:
         if ph.wrk and ph.kind != "drain" and ph.wrk.get("latency_unavailable"):
             print(f"http latency {ph.name}: unavailable ({ph.wrk['latency_unavailable']})")
-    shared = [
-        f"{ph.name} {ph.cpu.core_pct().get('others', 0):.0f}%"
-        for ph in bench.phases
-        if ph.cpu and ph.cpu.wall > 0 and ph.cpu.core_pct().get("others", 0) > 20
-    ]
+    shared = _phases_over(bench, "others", 20)
     if shared:
         print(
             "note: other processes (not this stack, not wrk) kept the machine busy, in % of a core: "
             + ", ".join(shared)
             + "; the figures above are lower than on an otherwise idle machine"
         )
-    stolen = [
-        f"{ph.name} {ph.cpu.core_pct().get('steal', 0):.0f}%"
-        for ph in bench.phases
-        if ph.cpu and ph.cpu.wall > 0 and ph.cpu.core_pct().get("steal", 0) > 5
-    ]
+    stolen = _phases_over(bench, "steal", 5)
     if stolen:
         print(
             "note: the hypervisor gave this machine's CPUs to others (steal, not in box), in % of a core: "
@@ -1216,3 +1208,14 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _phases_over(bench: Bench, share: str, percent: float) -> list[str]:
+    """``"<phase> <n>%"`` for each phase in which ``share`` of the CPU (``others``, ``steal``) took more than
+    ``percent`` of a core."""
+    out = []
+    for ph in bench.phases:
+        pct = ph.cpu.core_pct().get(share, 0) if ph.cpu and ph.cpu.wall > 0 else 0
+        if pct > percent:
+            out.append(f"{ph.name} {pct:.0f}%")
+    return out

@@ -28,6 +28,7 @@ from switchboard.store.session import StoreSession
 from switchboard_devstack.stack import Stack
 from tests.e2e.helpers import edge_client, get_entity, query_stub, stripe_headers, wait_for_event
 from tests.stack_fixture import STRIPE_SECRET
+from tests.unit import factories
 
 pytestmark = pytest.mark.integration
 
@@ -192,15 +193,11 @@ def test_two_events_of_one_entity_with_the_same_version_read_back_as_one_of_them
 
     def commit(entity_id: str, event_id: str, event_type: str, *, by_reference: bool) -> bytes:
         body = b'{"id":"' + event_id.encode() + b'","type":"' + event_type.encode() + b'"}'
-        event = InboundEvent(
-            source="shop",
+        event = factories.event(
             event_id=event_id,
             event_type=event_type,
-            provider="stripe",
             received_us=int(time.time() * 1_000_000),
             body=body,
-            content_type="application/json",
-            headers={},
             receipt_id=f"rcpt_{event_id}",
             entity_id=entity_id,
             entity_version=1_700_000_000_000_000,
