@@ -6,6 +6,7 @@ with ``async publish(event)`` that returns only once the event is durably queued
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -58,6 +59,7 @@ _NOT_CREDENTIALS = frozenset({"x-event-key", "x-idempotency-key", "idempotency-k
 _WORD_SPLIT = re.compile(r"[-_.]")
 
 
+@functools.lru_cache(maxsize=4096)  # every request asks for the same few names: decided once per name
 def _credential(name: str) -> bool:
     if name in _NOT_CREDENTIALS:
         return False
