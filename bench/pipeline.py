@@ -1066,6 +1066,17 @@ def bench_stack_config(args: argparse.Namespace, *, paused_seconds: float = 0.0)
     return root, cfg
 
 
+def _phases_over(bench: Bench, share: str, percent: float) -> list[str]:
+    """``"<phase> <n>%"`` for each phase in which ``share`` of the CPU (``others``, ``steal``) took more than
+    ``percent`` of a core."""
+    out = []
+    for ph in bench.phases:
+        pct = ph.cpu.core_pct().get(share, 0) if ph.cpu and ph.cpu.wall > 0 else 0
+        if pct > percent:
+            out.append(f"{ph.name} {pct:.0f}%")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -1208,14 +1219,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def _phases_over(bench: Bench, share: str, percent: float) -> list[str]:
-    """``"<phase> <n>%"`` for each phase in which ``share`` of the CPU (``others``, ``steal``) took more than
-    ``percent`` of a core."""
-    out = []
-    for ph in bench.phases:
-        pct = ph.cpu.core_pct().get(share, 0) if ph.cpu and ph.cpu.wall > 0 else 0
-        if pct > percent:
-            out.append(f"{ph.name} {pct:.0f}%")
-    return out
