@@ -11,6 +11,7 @@ import pytest
 from control_service.dead_letters import DeadLetterManager, DeadLetterRecorder, Filter, _query
 from switchboard import pagination
 from switchboard.errors import InvalidRequest
+from switchboard.model.events import InboundEvent
 from switchboard.model.operations import DeadLetter, DeadLetterKind
 from switchboard.model.subscriptions import DeliveryTask
 from switchboard.queue import QueueMessage
@@ -174,3 +175,45 @@ async def test_a_redrive_of_an_event_processed_since_publishes_nothing() -> None
     manager = DeadLetterManager(OneEvent(), ProcessedSince(), publisher)  # type: ignore[arg-type]
     progress = [p async for p in manager.redrive(["dl_1"], Filter(), everything=False, dry_run=False)]
     assert (progress[-1].redriven, progress[-1].failed) == (0, 1) and publisher.events == []
+
+
+async def test_a_selection_holds_no_bodies_and_a_redrive_reads_each_body_back_when_it_sends_it() -> None:
+    """A redrive of a filter held every selected dead letter's body and headers until it ended (100,000 rows
+    of an outage: half a gigabyte). The selection keeps neither; each body is read back when it is sent, and a
+    row gone meanwhile (expired) is counted failed and given back."""
+    bodies = {f"dl_{i}": encode_inbound(event(event_id=f"evt_{i}")) for i in range(3)}
+    gone = {"dl_2"}  # listed, then expired before the redrive reached it
+
+    class Listed(NoDeadLetters):
+        async def dead_letters(
+            self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any
+        ) -> tuple[list[DeadLetter], Any]:
+            if kind is not DeadLetterKind.PROCESSING:
+                return [], None
+            return [DeadLetter(i, kind, end_us - 1, body=b, headers={"x": "y"}) for i, b in bodies.items()], None
+
+        async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
+            if dead_letter_id in gone:
+                return None
+            return DeadLetter(dead_letter_id, DeadLetterKind.PROCESSING, 1, body=bodies[dead_letter_id])
+
+    class Resettable:
+        async def reset_attempts(self, e: object) -> bool:
+            return True
+
+    class Publisher:
+        def __init__(self) -> None:
+            self.events: list[InboundEvent] = []
+
+        async def publish_event(self, e: InboundEvent) -> None:
+            self.events.append(e)
+
+    store, publisher = Listed(), Publisher()
+    manager = DeadLetterManager(store, Resettable(), publisher)  # type: ignore[arg-type]
+    f = Filter(kind=DeadLetterKind.PROCESSING)
+    selected = await manager.selection([], f, everything=False)
+    assert [(d.id, d.body, d.headers) for d in selected] == [(f"dl_{i}", b"", {}) for i in range(3)]
+    progress = [p async for p in manager.redrive([], f, everything=False, dry_run=False)]
+    assert (progress[-1].matched, progress[-1].redriven, progress[-1].failed) == (3, 2, 1)
+    assert [e.event_id for e in publisher.events] == ["evt_0", "evt_1"]
+    assert store.states[-2:] == ["redriving", "dead"]  # the gone one claimed, then given back
