@@ -208,9 +208,11 @@ class EventStore:
     async def get(self, source: str, event_id: str) -> StoredEvent | None:
         """The event with its runs and duplicates. The row is read first and its records after it, not both at
         once: a pass commits both in one batch, and two concurrent reads could straddle that write and return
-        the new status with the runs from before it (a PROCESSED event without its OK run)."""
+        the new status with the runs from before it (a PROCESSED event without its OK run). A row without a
+        receipt is no event yet: the mark a redrive leaves for an event dead-lettered before its first commit
+        (``reset_attempts``), which the processor takes for nothing stored too."""
         rows = await self.store.execute(self.q.get_event, (source, event_id))
-        if not rows:
+        if not rows or not rows[0].receipt_id:
             return None
         records = await self.store.execute(self.q.get_records, (source, event_id))
         r = rows[0]

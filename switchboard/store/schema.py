@@ -136,6 +136,8 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {ks}.replay_cancels (
             id text PRIMARY KEY, requested_at timestamp
         ) WITH {opts}""",
+        # What the keyspace was laid out with (never expires): ``session.check_layout``.
+        f"CREATE TABLE IF NOT EXISTS {ks}.settings (name text PRIMARY KEY, value text)",
         f"""CREATE TABLE IF NOT EXISTS {ks}.events_by_source (
             source text, bucket bigint, received_at timestamp, event_id text, event_type text,
             status text, receipt_id text,

@@ -26,7 +26,7 @@ from cassandra.query import named_tuple_factory
 
 from switchboard.backoff import Backoff
 from switchboard.config import CassandraConfig
-from switchboard.errors import InvalidRequest, StoreUnavailable
+from switchboard.errors import ConfigError, InvalidRequest, StoreUnavailable
 from switchboard.observability.metrics import name_statements, statement_timer
 from switchboard.store.schema import ensure_schema
 from switchboard.store.statements import Statements
@@ -114,20 +114,34 @@ class StoreSession:
             if create_schema:
                 ensure_schema(session, cfg)
             statements = _prepare(session, cfg, deadline, stop)
+            check_layout(session, statements, cfg)
         except BaseException:
             cluster.shutdown()
             raise
         return cls(cfg, cluster, session, statements)
 
     async def execute(self, statement: Any, params: Sequence[Any] | None = None) -> list[Any]:
-        """Runs ``statement`` on the driver's threads and awaits its rows without blocking the loop (timed into
-        ``switchboard_store_statement_seconds``)."""
+        """Runs ``statement`` on the driver's threads and awaits all its rows without blocking the loop (timed
+        into ``switchboard_store_statement_seconds``). Every page: the driver hands a callback one page (5,000
+        rows by default) and fetches the next only when asked, so a read without a ``LIMIT`` (an event's
+        records, every subscription) used to end silently at its first 5,000 rows. Reads that must stay small
+        say so with their ``LIMIT``."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
+        collected: list[Any] = []
 
         def ok(rows: Any) -> None:
-            loop.call_soon_threadsafe(_resolve, fut, list(rows) if rows is not None else [], None)
+            if rows is not None:
+                collected.extend(rows)
+            try:
+                if rf.has_more_pages and not fut.done():
+                    rf.start_fetching_next_page()  # this callback runs again with the next page
+                    return
+            except Exception as exc:  # handed to the awaiting task, translated there
+                fail(exc)
+                return
+            loop.call_soon_threadsafe(_resolve, fut, collected, None)
 
         def fail(exc: BaseException) -> None:
             loop.call_soon_threadsafe(_resolve, fut, None, exc)
@@ -224,6 +238,28 @@ def _prepare(
             log.warning("waiting for the schema", extra={"error": str(exc)[:200]})
             _pause(delay, stop, "the schema")
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_layout(session: Session, statements: Statements, cfg: CassandraConfig) -> None:
+    """The listing index's partitions are buckets of ``cassandra.bucket_seconds`` (``EventStore.bucket_of``),
+    computed from the configuration on every read: after a change every event stored before it was out of
+    every listing and replay selection, with nothing said. The first process to connect records the size in
+    the keyspace (a lightweight transaction: of two first starts with different sizes, one is refused); a
+    process configured with another size refuses to start. Changing it needs a new keyspace."""
+    try:
+        claimed = session.execute(statements.events.layout_claim, ("bucket_seconds", str(cfg.bucket_seconds))).one()
+        if claimed[0]:
+            return
+        row = session.execute(statements.events.layout_get, ("bucket_seconds",)).one()
+    except (NoHostAvailable, DriverException, OSError) as exc:
+        raise _unavailable(exc) from None
+    stored = row[0] if row is not None else None
+    if stored != str(cfg.bucket_seconds):
+        raise ConfigError(
+            f"cassandra.bucket_seconds: {cfg.bucket_seconds}, but keyspace {cfg.keyspace!r} indexes events in "
+            f"buckets of {stored} s: with another size every event stored so far would drop out of every listing "
+            "and replay; keep the keyspace's size, or use a new keyspace"
+        )
 
 
 def _refused(exc: BaseException) -> InvalidRequest:

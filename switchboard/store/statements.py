@@ -66,6 +66,8 @@ def _event_cql(ks: str) -> dict[str, str]:
         "list_range": f"""SELECT received_at, event_id, event_type, status, receipt_id
             FROM {ks}.events_by_source
             WHERE source = ? AND bucket = ? AND received_at >= ? AND received_at < ? LIMIT ?""",
+        "layout_claim": f"INSERT INTO {ks}.settings (name, value) VALUES (?, ?) IF NOT EXISTS",
+        "layout_get": f"SELECT value FROM {ks}.settings WHERE name = ?",
         "list_after": f"""SELECT received_at, event_id, event_type, status, receipt_id
             FROM {ks}.events_by_source
             WHERE source = ? AND bucket = ? AND (received_at, event_id) > (?, ?) LIMIT ?""",
@@ -201,6 +203,8 @@ class EventStatements:
     get_records: PreparedStatement
     list_range: PreparedStatement
     list_after: PreparedStatement
+    layout_claim: PreparedStatement
+    layout_get: PreparedStatement
 
 
 @dataclass(frozen=True)

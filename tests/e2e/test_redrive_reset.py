@@ -68,6 +68,8 @@ def test_a_redrive_resets_only_its_own_failed_receipt(stack: Stack, stack_config
             assert await events.reset_attempts(never)
             (prior,) = (await events.priors([never])).values()
             assert (prior.receipt_id, prior.status) == ("", EventStatus.RETRYING)
+            # Nor is it an event to GetEvent (it answered one of type "", received in 1970, with no body).
+            assert await events.get(never.source, never.event_id) is None
 
             # A replay processed the event between the reset's read and its write (found in review): the
             # reset was unconditional, and the row said RETRYING for good. It is a compare-and-set now.
