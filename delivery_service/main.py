@@ -13,6 +13,7 @@ from switchboard.config import PlatformConfig
 from switchboard.config.ports import platform_ports
 from switchboard.delivery.breaker import Breakers, BreakerSettings
 from switchboard.delivery.sender import Sender
+from switchboard.delivery.signing import USER_AGENT
 from switchboard.errors import BrokerUnavailable
 from switchboard.model.events import now_us
 from switchboard.model.subscriptions import SubscriptionStatus
@@ -73,7 +74,7 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
             allow_networks=d.allow_networks,
             reserved_ports=platform_ports(cfg),
             ca_file=d.ca_file,
-            user_agent=d.user_agent,
+            user_agent=d.user_agent or USER_AGENT,
             max_per_host=d.host_in_flight,  # the pipeline takes no more per host: none waits for a connection
         )
         await sender.start()

@@ -96,7 +96,7 @@ SATURATED = "deferred: the endpoint has"  # how the reason of such a deferral st
 
 class Deliveries(Protocol):
     async def get_many(self, ids: Sequence[str]) -> dict[str, Delivery]: ...
-    async def record(self, d: Delivery, attempt: Attempt | None = None) -> None: ...
+    async def record(self, d: Delivery, attempt: Attempt | None = None, *, state: bool = True) -> None: ...
 
 
 class Subscriptions(Protocol):
@@ -471,6 +471,14 @@ class DeliveryPipeline:
             # redelivery acks without a send, so disabling after the record could be lost. This way round, the
             # redelivery finds the subscription disabled and records the task CANCELLED.
             await self.disabler.disable(sub.id, f"the endpoint answered {response.status} ({decision.detail})")
+        if outcome is not DeliveryStatus.DELIVERED and not held():
+            # The task was lost while its POST was out (the channel closed): the broker gave it to the
+            # partition's next worker, which may have recorded its own send already. This failure is history (the
+            # attempt's row), not the delivery's state: written over the other worker's DELIVERED, it said
+            # RETRYING for good (this Retry copy is dropped with the message). A success is recorded: a worker
+            # that takes the task after it then acks without sending it again.
+            await self._record(delivery, attempt, trace, state=False)
+            return Ack("abandoned")
         await self._record(delivery, attempt, trace)
         if outcome is DeliveryStatus.DELIVERED:
             # Timed for a fresh delivery only (no row before this send: not retried, deferred or redriven, and
@@ -499,15 +507,16 @@ class DeliveryPipeline:
         # 30 s one), and when they all come back the half-open circuit lets one through and defers the rest 1 s.
         return _deferral(delivery.attempts, reason, hold)
 
-    async def _record(self, delivery: Delivery, attempt: Attempt | None, trace: str) -> None:
+    async def _record(self, delivery: Delivery, attempt: Attempt | None, trace: str, *, state: bool = True) -> None:
         with self.tracer.span("cassandra record", trace, kind="client", attributes={"db.system.name": "cassandra"}):
-            await self._record_retrying(delivery, attempt)
+            await self._record_retrying(delivery, attempt, state=state)
 
-    async def _record_retrying(self, delivery: Delivery, attempt: Attempt | None) -> None:
-        """Writes the outcome, retrying the store for a while: giving up would send the delivery again."""
+    async def _record_retrying(self, delivery: Delivery, attempt: Attempt | None, *, state: bool = True) -> None:
+        """Writes the outcome, retrying the store for a while: giving up would send the delivery again. Every
+        try writes the same rows (the attempt's run id is drawn once, with the attempt)."""
         for tries, delay in enumerate(RECORD_BACKOFF.delays(), start=1):
             try:
-                await self.deliveries.record(delivery, attempt)
+                await self.deliveries.record(delivery, attempt, state=state)
                 return
             except StoreUnavailable:
                 if tries >= RECORD_TRIES:

@@ -94,7 +94,9 @@ class DeliveryConfig:
             raise ConfigError("delivery.secrets_key is not configured: signing secrets would be stored in clear")
         return SecretBox(self.secrets_key.resolve())
 
-    user_agent: str = "Switchboard-Webhooks/0.1"
+    # The deliveries' User-Agent; empty: ``Switchboard-Webhooks/<version>``. (It was set, and every delivery
+    # carried the built-in one anyway: the signing headers replaced it.)
+    user_agent: str = ""
 
 
 def parse_control(raw: Mapping[str, Any]) -> ControlConfig:
@@ -145,7 +147,7 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
         allow_http_hosts=t.strings("allow_http_hosts"),
         allow_networks=networks,
         secrets_key=parse_secret_ref(key, "delivery.secrets_key", base) if key is not None else None,
-        user_agent=t.string("user_agent"),
+        user_agent=_user_agent(t.string("user_agent")),
         ca_file=t.optional_path("ca_file", base),
     )
     if 2 * delivery.slot_wait_ms / 1000 >= delivery.breaker_cooldown_seconds:
@@ -159,3 +161,9 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
             "subscription; set delivery.partitions (a few per worker)"
         )
     return delivery
+
+
+def _user_agent(value: str) -> str:
+    if len(value) > 200 or not (value.isascii() and value.isprintable()):
+        raise ConfigError("delivery.user_agent: must be printable ASCII of at most 200 characters")
+    return value

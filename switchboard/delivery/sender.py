@@ -22,8 +22,9 @@ from pathlib import Path
 import aiohttp
 
 from switchboard.delivery import policy
+from switchboard.delivery.signing import USER_AGENT
 from switchboard.delivery.urls import ForbiddenDestination, GuardedResolver, ParsedUrl, check_url, parse_networks
-from switchboard.errors import InvalidRequest
+from switchboard.errors import ConfigError, InvalidRequest
 
 BODY_EXCERPT_BYTES = 4096
 # How long the rest of an excerpt that arrives in pieces is waited for, once the status is in (never past the
@@ -55,7 +56,7 @@ class Sender:
         allow_networks: tuple[str, ...] = (),
         reserved_ports: frozenset[int] = frozenset(),
         ca_file: Path | None = None,
-        user_agent: str = "Switchboard-Webhooks",
+        user_agent: str = USER_AGENT,
         max_connections: int = 512,
         max_per_host: int = 64,
         connect_timeout: float = 5.0,
@@ -70,7 +71,12 @@ class Sender:
         self.connect_timeout = connect_timeout
         self._tls = ssl.create_default_context()
         if ca_file is not None:
-            self._tls.load_verify_locations(cafile=str(ca_file))
+            try:
+                self._tls.load_verify_locations(cafile=str(ca_file))
+            except (OSError, ssl.SSLError) as exc:  # a refusal to start, not a traceback (exit 1)
+                raise ConfigError(
+                    f"delivery.ca_file: {ca_file}: not a readable file of CA certificates ({exc})"
+                ) from None
         self._max_connections = max_connections
         self._max_per_host = max_per_host
         self._session: aiohttp.ClientSession | None = None
@@ -176,14 +182,18 @@ async def _excerpt(resp: aiohttp.ClientResponse, wait: float) -> bytes:
     """Up to ``BODY_EXCERPT_BYTES`` of the body: what arrived with the status and what follows within ``wait``
     seconds. One read returned what was buffered, so a body sent in small pieces was recorded
     as its first byte; and the first read waited for the first byte under the request's whole deadline, so a
-    200 whose body was slow to start was recorded as a timeout (and sent again)."""
-    out = resp.content.read_nowait(BODY_EXCERPT_BYTES)  # what has arrived already
-    if wait <= 0:
-        return out
+    200 whose body was slow to start was recorded as a timeout (and sent again). A body cut short (the
+    connection closed before its ``Content-Length``, a broken chunk) is the same: the status arrived, so the
+    answer stands; it was recorded as a connection error, sent again and counted against the endpoint's
+    circuit, although the endpoint had taken the event."""
+    out = b""
     try:
+        out = resp.content.read_nowait(BODY_EXCERPT_BYTES)  # what has arrived already
+        if wait <= 0:
+            return out
         async with asyncio.timeout(wait):
             while len(out) < BODY_EXCERPT_BYTES and (piece := await resp.content.read(BODY_EXCERPT_BYTES - len(out))):
                 out += piece
-    except TimeoutError:  # the answer stands; the excerpt is what came
-        pass
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError):
+        pass  # the answer stands; the excerpt is what came
     return out

@@ -11,7 +11,8 @@ Contract
 * ``webhook-signature``: ``v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`` once per active
   secret, space-separated, in the order given (during a rotation the new and the old secret both sign, so a
   receiver holding either one verifies);
-* ``user-agent``: :data:`USER_AGENT` (``Switchboard-Webhooks/<version>``).
+* ``user-agent`` is the sender's (``delivery.user_agent``, by default :data:`USER_AGENT`,
+  ``Switchboard-Webhooks/<version>``), not set here.
 
 The body is signed as the exact bytes sent; the caller sends those bytes and passes the event's
 ``content-type`` through itself. Signing is :func:`switchboard.signatures.standard_webhooks.sign`, the same
@@ -100,5 +101,4 @@ def delivery_headers(delivery_id: str, body: bytes, secrets: Sequence[str], now:
         )
     except ValueError as exc:  # secret_key's message never contains the secret
         raise SwitchboardError(f"cannot sign: {exc}", reason="SIGNING_FAILED") from None
-    headers["user-agent"] = USER_AGENT
     return headers

@@ -4,6 +4,7 @@ free of gRPC, protobuf and drivers. Times are integer microseconds since the epo
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 
 from switchboard.model.events import InboundEvent
@@ -108,6 +109,9 @@ class Attempt:
     error_class: str = ""
     error: str = ""
     outcome: DeliveryStatus = DeliveryStatus.RETRYING
+    # The attempt's own key in the history (two sends of one attempt number, by two workers, are two rows; one
+    # write tried again is one row).
+    run_id: str = field(default_factory=lambda: os.urandom(6).hex())
 
 
 @dataclass(slots=True)

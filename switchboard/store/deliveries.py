@@ -10,7 +10,6 @@ callers share ``IN`` reads (``GroupRead``).
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,46 +61,51 @@ class DeliveryStore:
         rows = await self.store.execute(self.q.get, (ids,))
         return {r.id: _delivery(r) for r in rows}
 
-    async def record(self, d: Delivery, attempt: Attempt | None = None) -> None:
+    async def record(self, d: Delivery, attempt: Attempt | None = None, *, state: bool = True) -> None:
         """Writes the delivery's state (and the attempt that led to it): five rows, one unit of the group
-        commit, so that the records of a worker's concurrent deliveries share requests."""
-        unit: list[BoundStatement] = [
-            (
-                self.q.put,
+        commit, so that the records of a worker's concurrent deliveries share requests. Without ``state``, the
+        attempt's rows only. Written again (a retried write), the same rows: the attempt's run id is its own."""
+        unit: list[BoundStatement] = (
+            []
+            if not state
+            else [
                 (
-                    d.id,
-                    d.subscription_id,
-                    d.source,
-                    d.event_id,
-                    d.event_type,
-                    d.status.value,
-                    d.attempts,
-                    d.last_http_status,
-                    d.last_error,
-                    ts(d.created_us),
-                    ts(d.updated_us),
-                    ts(d.next_attempt_us) if d.next_attempt_us else None,
-                    self.ttl,
+                    self.q.put,
+                    (
+                        d.id,
+                        d.subscription_id,
+                        d.source,
+                        d.event_id,
+                        d.event_type,
+                        d.status.value,
+                        d.attempts,
+                        d.last_http_status,
+                        d.last_error,
+                        ts(d.created_us),
+                        ts(d.updated_us),
+                        ts(d.next_attempt_us) if d.next_attempt_us else None,
+                        self.ttl,
+                    ),
                 ),
-            ),
-            (
-                self.q.by_subscription_put,
                 (
-                    d.subscription_id,
-                    day_of(d.created_us),
-                    ts(d.created_us),
-                    d.id,
-                    d.source,
-                    d.event_id,
-                    d.event_type,
-                    d.status.value,
-                    self.ttl,
+                    self.q.by_subscription_put,
+                    (
+                        d.subscription_id,
+                        day_of(d.created_us),
+                        ts(d.created_us),
+                        d.id,
+                        d.source,
+                        d.event_id,
+                        d.event_type,
+                        d.status.value,
+                        self.ttl,
+                    ),
                 ),
-            ),
-            (self.q.by_event_put, (d.source, d.event_id, d.subscription_id, d.id, d.status.value, self.ttl)),
-        ]
+                (self.q.by_event_put, (d.source, d.event_id, d.subscription_id, d.id, d.status.value, self.ttl)),
+            ]
+        )
         if attempt is not None:
-            run = os.urandom(6).hex()
+            run = attempt.run_id
             common = (
                 ts(attempt.started_us),
                 attempt.source,

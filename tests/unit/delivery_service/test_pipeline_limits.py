@@ -39,13 +39,17 @@ class Store:
     def __init__(self) -> None:
         self.rows: dict[str, Delivery] = {}
         self.reads: list[str] = []
+        self.attempts: list[Attempt] = []
 
     async def get_many(self, ids: Sequence[str]) -> dict[str, Delivery]:
         self.reads += ids
         return {i: self.rows[i] for i in ids if i in self.rows}
 
-    async def record(self, d: Delivery, attempt: Attempt | None = None) -> None:
-        self.rows[d.id] = d
+    async def record(self, d: Delivery, attempt: Attempt | None = None, *, state: bool = True) -> None:
+        if state:
+            self.rows[d.id] = dataclasses.replace(d)
+        if attempt is not None:
+            self.attempts.append(attempt)
 
 
 class Subscriptions:
@@ -526,10 +530,10 @@ async def test_a_task_that_fails_leaves_no_task_of_its_batch_sending_when_the_wo
     pipeline.sender = sender
     recorded = store.record
 
-    async def record(d: Delivery, attempt: Attempt | None = None) -> None:
+    async def record(d: Delivery, attempt: Attempt | None = None, *, state: bool = True) -> None:
         if d.id == "dlv_b":
             raise RuntimeError("the disk is full")
-        await recorded(d, attempt)
+        await recorded(d, attempt, state=state)
 
     store.record = record  # type: ignore[method-assign]
     first = asyncio.create_task(pipeline.handle([copy("dlv_a"), copy("dlv_b")]))
@@ -711,3 +715,43 @@ async def test_only_a_fresh_delivery_reports_its_latency(parts: tuple[DeliveryPi
     for message in (redriven, replayed):
         (ack,) = await pipeline.handle([message])
         assert isinstance(ack, Ack) and (ack.outcome, ack.latency_ms) == ("delivered", None)
+
+
+async def test_a_failed_send_of_a_task_lost_while_its_post_was_out_is_history_not_the_deliverys_state() -> None:
+    """Found in review: worker A lost its channel while its POST was out; the partition's next worker B sent the
+    task and recorded DELIVERED; A's late failure was then written over it (RETRYING, for good: A's Retry copy
+    is dropped with the message). A records its attempt only and gives the task up; B's DELIVERED stands."""
+    a, store, a_sender = build(slot_wait_ms=250)
+    a_sender.status = 503
+    raw = Holding()
+    lost = asyncio.create_task(a.handle([dataclasses.replace(copy("dlv_a"), raw=raw)]))
+    await a_sender.posted.wait()
+    raw.held = False  # the broker hands the task to the partition's next worker
+    b, _, b_sender = build(slot_wait_ms=250)
+    b.deliveries = store
+    b_sender.release.set()
+    (taken,) = await b.handle([copy("dlv_a")])
+    assert isinstance(taken, Ack) and store.rows["dlv_a"].status is DeliveryStatus.DELIVERED
+    a_sender.release.set()
+    (verdict,) = await lost
+    assert isinstance(verdict, Ack) and verdict.outcome == "abandoned"
+    assert store.rows["dlv_a"].status is DeliveryStatus.DELIVERED
+    assert sorted((x.outcome.value, x.http_status) for x in store.attempts) == [("delivered", 200), ("retrying", 503)]
+    assert len({x.run_id for x in store.attempts}) == 2
+
+
+async def test_a_success_of_a_task_lost_while_its_post_was_out_is_recorded() -> None:
+    """The other way round: A's send succeeded after it lost the task. Recorded DELIVERED, so that the worker
+    that takes the task next acks it without sending it a second time."""
+    a, store, a_sender = build(slot_wait_ms=250)
+    raw = Holding()
+    lost = asyncio.create_task(a.handle([dataclasses.replace(copy("dlv_a"), raw=raw)]))
+    await a_sender.posted.wait()
+    raw.held = False
+    a_sender.release.set()
+    await lost
+    assert store.rows["dlv_a"].status is DeliveryStatus.DELIVERED
+    b, _, b_sender = build(slot_wait_ms=250)
+    b.deliveries = store
+    (taken,) = await b.handle([copy("dlv_a")])
+    assert isinstance(taken, Ack) and b_sender.posts == 0

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
+from pathlib import Path
 
 import pytest
 
 from switchboard.delivery.sender import Sender
+from switchboard.delivery.signing import delivery_headers, new_secret
 from switchboard.delivery.urls import ForbiddenDestination
+from switchboard.errors import ConfigError
 from tests.unit.switchboard.delivery.local_server import local_server
 
 
@@ -101,3 +105,43 @@ async def test_an_answer_with_bytes_that_are_not_utf8_in_a_header_is_kept_as_val
     assert got.headers["server"] == "caf??" and got.headers["x-request-id"] == "r?("
     for value in got.headers.values():
         value.encode("utf-8")  # what the store's driver does with it
+
+
+def test_a_ca_file_that_cannot_be_read_is_a_refusal_to_start_naming_the_key(tmp_path: Path) -> None:
+    """The shipped config names var/tls/ca.pem, which only the stack's own TLS bootstrap writes: without it the
+    control and delivery services died with a FileNotFoundError traceback instead of a refusal."""
+    with pytest.raises(ConfigError, match=r"^delivery\.ca_file: .*missing\.pem"):
+        Sender(ca_file=tmp_path / "missing.pem")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"^delivery\.ca_file: "):
+        Sender(ca_file=junk)
+
+
+async def test_a_2xx_whose_body_is_cut_short_stands_and_the_configured_user_agent_is_sent() -> None:
+    """A receiver that answered 200 with ``Content-Length: 100`` and closed after 5 bytes was recorded as a
+    connection error: sent again, and counted against its circuit. And ``delivery.user_agent`` was replaced by
+    the signing headers' built-in one on every delivery (found in review)."""
+    seen: list[str] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        lines = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in head.split("\r\n")[1:] if x)}
+        seen.append(lines.get("user-agent", ""))
+        await reader.readexactly(int(lines["content-length"]))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = Sender(allow_http_hosts=("127.0.0.1",), allow_networks=("127.0.0.0/8",), user_agent="Acme-Hooks/2")
+    await sender.start()
+    try:
+        headers = delivery_headers("msg_1", b"{}", [new_secret()], time.time())
+        response = await sender.post(f"http://127.0.0.1:{port}/hook", b"{}", headers, within=5.0)
+    finally:
+        await sender.close()
+        server.close()
+    assert (response.status, response.error_class, response.body) == (200, "", b"short")
+    assert seen == ["Acme-Hooks/2"]
