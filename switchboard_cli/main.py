@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -32,10 +33,12 @@ from typing import Any
 
 from switchboard.addresses import host_port
 from switchboard.config import PlatformConfig, load_config
+from switchboard.config.platform import CONFIG_ENV
 from switchboard.errors import ConfigError, StackError, SwitchboardError
 from switchboard.runtime.logs import setup_logging
 from switchboard_cli import listen, operations, status, subs, trace
 from switchboard_cli.args import MAX_MINUTES, MAX_PAGE, whole
+from switchboard_cli.channels import open_channel
 from switchboard_devstack.paths import DevPaths
 
 log = logging.getLogger(__name__)
@@ -104,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_config(getattr(args, "sub_config", None) or args.config or DevPaths.default().default_config)
+        # As the services: --config, else $SWITCHBOARD_CONFIG, else the checkout's switchboard.toml.
+        chosen = getattr(args, "sub_config", None) or args.config or os.environ.get(CONFIG_ENV)
+        cfg = load_config(chosen or DevPaths.default().default_config)
     except ConfigError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
         return 2
@@ -283,7 +288,7 @@ def query_events(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
     from webhooks.v1 import query_pb2, query_pb2_grpc
 
-    with grpc.insecure_channel(host_port(cfg.query.host, cfg.query.port)) as channel:
+    with open_channel(cfg.query.host, cfg.query.port) as channel:
         stub = query_pb2_grpc.QueryStub(channel)
         try:
             if args.action == "get":

@@ -16,9 +16,9 @@ from google.protobuf.json_format import MessageToDict
 from webhooks.v1 import dead_letters_pb2 as dl
 from webhooks.v1 import dead_letters_pb2_grpc, event_pb2, replay_pb2, replay_pb2_grpc
 
-from switchboard.addresses import host_port
 from switchboard.config import PlatformConfig
 from switchboard_cli.args import INT32_MAX, MAX_MINUTES, MAX_PAGE, number, whole
+from switchboard_cli.channels import open_channel
 
 BAR = 30
 
@@ -74,7 +74,7 @@ def _filters(p: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def stubs(cfg: PlatformConfig) -> Iterator[tuple[Any, Any]]:
-    channel = grpc.insecure_channel(host_port(cfg.control.host, cfg.control.port))
+    channel = open_channel(cfg.control.host, cfg.control.port)
     try:
         yield replay_pb2_grpc.ReplayStub(channel), dead_letters_pb2_grpc.DeadLettersStub(channel)
     finally:

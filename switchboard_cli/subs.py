@@ -16,9 +16,9 @@ from google.protobuf.json_format import MessageToDict
 from webhooks.v1 import subscriptions_pb2 as pb
 from webhooks.v1 import subscriptions_pb2_grpc
 
-from switchboard.addresses import host_port
 from switchboard.config import PlatformConfig
 from switchboard_cli.args import INT32_MAX, MAX_PAGE, MAX_SECONDS, number, whole
+from switchboard_cli.channels import open_channel
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -68,7 +68,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def stub(cfg: PlatformConfig) -> Iterator[Any]:
-    channel = grpc.insecure_channel(host_port(cfg.control.host, cfg.control.port))
+    channel = open_channel(cfg.control.host, cfg.control.port)
     try:
         yield subscriptions_pb2_grpc.SubscriptionsStub(channel)
     finally:

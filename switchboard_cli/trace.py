@@ -13,10 +13,10 @@ import sys
 import time
 from typing import Any
 
-from switchboard.addresses import host_port
 from switchboard.config import PlatformConfig
 from switchboard.observability.tracing import sampled
 from switchboard_cli.args import number
+from switchboard_cli.channels import open_channel
 from switchboard_devstack.traces import read_trace, render_tree
 
 
@@ -72,7 +72,7 @@ def traceparent_of_event(cfg: PlatformConfig, source: str, event_id: str) -> str
     import grpc
     from webhooks.v1 import query_pb2, query_pb2_grpc
 
-    with grpc.insecure_channel(host_port(cfg.query.host, cfg.query.port)) as channel:
+    with open_channel(cfg.query.host, cfg.query.port) as channel:
         try:
             reply = query_pb2_grpc.QueryStub(channel).GetEvent(
                 query_pb2.GetEventRequest(source=source, event_id=event_id), timeout=10

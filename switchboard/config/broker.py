@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from switchboard.addresses import host_port, redacted_url
 from switchboard.config._table import Table
 from switchboard.errors import ConfigError
 
 AMQP_PORTS = {"amqp": 5672, "amqps": 5671}
+MANAGED_HOST = "127.0.0.1"
+# Query parameters of the url the platform refuses: the broker client turns certificate checks off with
+# ``no_verify_ssl`` (a man in the middle reads every event and the broker's password), and the processors'
+# failover rests on the heartbeat the platform sets (``processor.heartbeat_seconds``): ``heartbeat=0`` turns it
+# off, and a cut-off processor's partitions were never handed over.
+REFUSED_QUERY = frozenset({"no_verify_ssl", "heartbeat"})
 
 
 @dataclass(frozen=True)
@@ -59,9 +65,17 @@ def parse_rabbitmq(raw: Mapping[str, Any]) -> RabbitConfig:
             "rabbitmq: managed = true and a url: the local stack would start and probe its own node while the "
             "services connect to the url; set managed = false to use that broker, or remove the url"
         )
+    host = t.ip("host")
+    if managed and host != MANAGED_HOST:
+        # The node listens on 127.0.0.1 only: its readiness probe passed while every service dialled the
+        # configured address and waited for RabbitMQ until the stack gave up.
+        raise ConfigError(
+            f"rabbitmq.host: {host}: the local stack runs its node on {MANAGED_HOST} only; "
+            "for a broker elsewhere set managed = false and a url"
+        )
     return RabbitConfig(
         managed=managed,
-        host=t.ip("host"),
+        host=host,
         port=t.port("port"),
         nodename=t.string("nodename"),
         url=url,
@@ -85,4 +99,10 @@ def check_amqp_url(url: str) -> None:
         raise ConfigError(
             f"rabbitmq.url: {shown} has a '#' or an '@' outside the userinfo: percent-encode them in the password "
             "(%23, %40) and the vhost"
+        )
+    refused = sorted(REFUSED_QUERY & {k.lower() for k, _ in parse_qsl(parts.query, keep_blank_values=True)})
+    if refused:
+        raise ConfigError(
+            f"rabbitmq.url: {shown} sets {', '.join(refused)}: the platform does not turn off certificate checks, "
+            "and sets the heartbeat itself (processor.heartbeat_seconds); refusing to start"
         )

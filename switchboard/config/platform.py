@@ -153,4 +153,18 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
         sources=sources,
     )
     check_ports(cfg)  # every port in range, none shared (switchboard.config.ports)
+    _check_operations(cfg)
     return cfg
+
+
+def _check_operations(cfg: PlatformConfig) -> None:
+    """An operation whose filter can take no event is a typo (``sources = ["stirpe"]``, ``event_types = []``):
+    it loaded, and the operation silently never ran."""
+    names = {s.name for s in cfg.sources}
+    for i, op in enumerate(cfg.processor.operations):
+        where = f"processor.operations[{i}] ({op.name})"
+        unknown = [s for s in op.sources if s not in names]
+        if unknown:
+            raise ConfigError(f"{where}.sources: no source named {', '.join(map(repr, unknown))}")
+        if not op.event_types:
+            raise ConfigError(f'{where}.event_types: empty, so it runs for no event (every type: ["*"])')

@@ -15,6 +15,9 @@ MAX_DELAY_LEVELS = 24
 MAX_PARTITIONS = 100  # of a stream (processor.partitions, delivery.partitions)
 # A consumer's prefetch count is a 16-bit field of AMQP's basic.qos (processor.prefetch, delivery.prefetch).
 MAX_PREFETCH = 65_535
+# A redelivered event's wait must outlast a write the dead processor had in flight (Cassandra's write timeout:
+# 2 s by default); with 0 the processor-cut-off fault test applied 11 events twice (docs/processing.md).
+MIN_REDELIVERY_DELAY_SECONDS = 2.5
 # The longest TTL RabbitMQ takes for a delay queue (x-message-ttl, in ms: Erlang's timer limit); a longer
 # retry level would make every declaration of the events stream fail.
 MAX_DELAY_MS = 2**32 - 1
@@ -119,7 +122,7 @@ def parse_processor(raw: Mapping[str, Any], base: Path) -> ProcessorConfig:
         batch=t.pos_int("batch"),
         concurrency=t.pos_int("concurrency"),
         batch_linger_ms=t.int_between("batch_linger_ms", 0, 1000),
-        redelivery_delay_seconds=t.float_between("redelivery_delay_seconds", 0, 60),
+        redelivery_delay_seconds=t.float_between("redelivery_delay_seconds", MIN_REDELIVERY_DELAY_SECONDS, 60),
         heartbeat_seconds=t.int_between("heartbeat_seconds", 1, 3600),
         operations=tuple(_operation(o, j) for j, o in enumerate(operations)),
         retry=_retry(table(raw, "retry", "processor")),

@@ -13,6 +13,7 @@ from switchboard.errors import ConfigError
 
 CONSISTENCY_LEVELS = frozenset({"ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "ALL"})
 MIN_TTL_SECONDS = 24 * 3600
+MANAGED_HOST = "127.0.0.1"  # where the local stack's node listens
 # Cassandra refuses a TTL above 20 years: every write would fail.
 MAX_TTL_SECONDS = 630_720_000
 # The latest expiry Cassandra before 5.0 (and 5.0 in its default storage compatibility mode) can store,
@@ -39,7 +40,8 @@ class CassandraConfig:
     protocol_version: int | None = 3
     # Consistency for reads and writes (ONE locally, LOCAL_QUORUM on a cluster).
     consistency: str = "ONE"
-    # Size of the time buckets of the per-source listing table.
+    # Size of the time buckets of the per-source listing table. Fixed when the keyspace is created: a process
+    # configured with another size than the keyspace's refuses to start (switchboard.store.session.check_layout).
     bucket_seconds: int = 3600
     ttl_seconds: int = 30 * 24 * 3600
     # Event bodies and entity states stored zstd-compressed where that pays (switchboard.store.payloads);
@@ -62,9 +64,16 @@ def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
     protocol = t.get("protocol_version")
     if protocol is not None and (not isinstance(protocol, int) or isinstance(protocol, bool) or protocol < 0):
         raise ConfigError(f"cassandra.protocol_version: must be a protocol number, got {protocol!r}")
+    managed, hosts = t.boolean("managed"), t.strings("hosts")
+    if managed and hosts != (MANAGED_HOST,):
+        # The stack started a useless local node (on 127.0.0.1 only) and created the schema on the hosts given.
+        raise ConfigError(
+            f"cassandra.hosts: {list(hosts)}: the local stack runs its node on {MANAGED_HOST} only; "
+            "for a cluster elsewhere set managed = false"
+        )
     cass = CassandraConfig(
-        managed=t.boolean("managed"),
-        hosts=t.strings("hosts"),
+        managed=managed,
+        hosts=hosts,
         port=t.port("port"),
         storage_port=t.port("storage_port"),
         keyspace=keyspace,

@@ -3,6 +3,8 @@ tokens, and ``listen`` receiving a real delivery and verifying its signature."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import secrets
 import subprocess
@@ -12,10 +14,13 @@ import time
 import pytest
 
 from switchboard.config import PlatformConfig
+from switchboard.model.events import Commit, EventStatus, StoredEvent, now_us
+from switchboard.store import EntityStore, EventStore, StoreSession
 from switchboard_cli.main import main
 from switchboard_devstack.ports import free_port
 from switchboard_devstack.stack import Stack
 from tests.e2e.test_operations import post
+from tests.unit.factories import event
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +91,23 @@ def test_listen_receives_a_delivery_and_verifies_its_signature(stack: Stack, sta
         listener.terminate()
         out, _ = listener.communicate(timeout=30)
     assert "deleted" in out  # the listener's own subscription is removed when it stops
+
+
+def test_events_get_reads_an_event_over_grpcs_default_message_limit(
+    stack: Stack, stack_config: PlatformConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A source may take bodies of up to 16 MiB: the CLI's channel kept gRPC's 4 MiB default, and ``events get``
+    of a 5 MB event failed with RESOURCE_EXHAUSTED."""
+    body = secrets.token_bytes(5_000_000)
+    e = event(event_id=f"evt_big_{secrets.token_hex(4)}", received_us=now_us(), body=body, entity_id="")
+
+    async def store() -> None:
+        session = StoreSession.connect(stack_config.cassandra)
+        try:
+            await EventStore(session, EntityStore(session)).commit([Commit(StoredEvent(e, EventStatus.PROCESSED))])
+        finally:
+            session.close()
+
+    asyncio.run(store())
+    got = json.loads(cli(stack_config, capsys, "events", "get", e.source, e.event_id))
+    assert base64.b64decode(got["event"]["body"]) == body

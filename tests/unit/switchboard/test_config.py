@@ -115,6 +115,13 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(delivery={"host_in_flight": 7}), "host_in_flight must be at least 8"),
         (base(delivery={"slot_wait_ms": 1001}), "slot_wait_ms"),
         (base(delivery={"slot_wait_ms": 500, "breaker_cooldown_seconds": 1}), "longer than twice"),
+        (base(processor={"redelivery_delay_seconds": 0}), "between 2.5 and 60"),
+        (base(processor={"operations": [{"name": "x", "call": "m:f", "sources": ["stirpe"]}]}), "no source named"),
+        (base(processor={"operations": [{"name": "x", "call": "m:f", "event_types": []}]}), "runs for no event"),
+        (base(rabbitmq={"host": "10.0.0.9"}), "runs its node on 127.0.0.1 only"),
+        (base(cassandra={"hosts": ["10.0.0.9"]}), "runs its node on 127.0.0.1 only"),
+        (base(rabbitmq={"url": "amqps://u:p@broker.internal/?no_verify_ssl=1"}), "does not turn off certificate"),
+        (base(rabbitmq={"url": "amqp://u:p@127.0.0.1/?heartbeat=0"}), "sets the heartbeat itself"),
     ],
 )
 def test_unsafe_or_invalid_config_is_refused(raw: dict[str, object], message: str) -> None:

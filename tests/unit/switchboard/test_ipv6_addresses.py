@@ -28,7 +28,7 @@ def ipv6_config() -> Any:
             "query": {"host": "::1"},
             "control": {"host": "::1"},
             "metrics": {"host": "::1", "ingest_port": 9611},
-            "cassandra": {"hosts": ["::1"]},
+            "cassandra": {"hosts": ["::1"], "managed": False},
         },
         Path("/tmp/switchboard.toml"),
     )
@@ -42,8 +42,8 @@ async def test_the_grpc_server_binds_an_ipv6_host() -> None:
         await server.server.stop(None)
 
 
-def test_the_managed_brokers_url_brackets_an_ipv6_host() -> None:
-    assert parse_rabbitmq({"host": "::1"}).amqp_url == "amqp://guest:guest@[::1]:5682/"
+def test_the_brokers_url_brackets_an_ipv6_host() -> None:
+    assert parse_rabbitmq({"host": "::1", "managed": False}).amqp_url == "amqp://guest:guest@[::1]:5682/"
 
 
 def test_a_collector_at_an_ipv6_address_keeps_its_brackets() -> None:
