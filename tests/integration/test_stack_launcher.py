@@ -4,6 +4,7 @@ started at once (it used to be noticed only once the whole stack was up)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,9 +19,9 @@ from tests.stack_fixture import REPO, write_test_config
 pytestmark = pytest.mark.integration
 
 
-def processes_under(root: Path, but: set[int]) -> list[str]:
-    """Command lines of the processes (other than ``but``) that name a path under ``root``."""
-    found = []
+def processes_under(root: Path, but: set[int]) -> dict[int, str]:
+    """The processes (other than ``but``) that name a path under ``root``: pid -> the start of its command line."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in but:
             continue
@@ -29,8 +30,27 @@ def processes_under(root: Path, but: set[int]) -> list[str]:
         except OSError:
             continue
         if str(root) in cmdline:
-            found.append(f"{entry.name}: {cmdline[:200]}")
+            found[int(entry.name)] = cmdline[:200]
     return found
+
+
+def stop_everything(launcher: subprocess.Popen[str], root: Path) -> None:
+    """Cleanup for a test that failed half-way: the launcher stops what it started (SIGINT, as Ctrl-C), else is
+    killed; then every process group with a process under ``root`` is killed. The components run in sessions of
+    their own, so killing the launcher's group alone left them running."""
+    if launcher.poll() is None:
+        launcher.send_signal(signal.SIGINT)
+        try:
+            launcher.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.communicate()
+    ours = os.getpgrp()
+    for pid in processes_under(root, set()):
+        with contextlib.suppress(ProcessLookupError):
+            pgid = os.getpgid(pid)
+            if pgid != ours:
+                os.killpg(pgid, signal.SIGKILL)
 
 
 def wait_until(condition: object, what: str, within: float) -> None:
@@ -65,6 +85,4 @@ def test_a_second_launcher_is_refused_and_a_signal_while_starting_stops_what_sta
         assert time.monotonic() - started < 60, "stopping took as long as starting"
         wait_until(lambda: not processes_under(tmp_path, {first.pid}), "every component gone", 30)
     finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
+        stop_everything(first, tmp_path)
