@@ -5,6 +5,10 @@ Every process is started with ``start_new_session=True``: it leads a new session
 nothing of it survives a ``kill()``. Processes that deliberately detach into a session of their own (Erlang's
 ``epmd -daemon``, shared by every Erlang node on the machine) are not part of the group and are left alone.
 
+``pass_fds`` are descriptors the process inherits (``subprocess.Popen``'s): the local stack passes its data
+directory's lock (``switchboard_devstack.claim``) to every component, so that the lock lasts as long as any of
+them, and whatever they spawn without closing it, lives. Every other descriptor is closed in the child.
+
 ``timer_slack_ns`` starts the process with that timer slack (prctl(2) ``PR_SET_TIMERSLACK``): how late the
 kernel may fire the timed sleeps of every thread of it, so that they wake together instead of one by one.
 The slack is inherited by every thread and child the process creates and is kept across ``execve``, so it is
@@ -72,6 +76,7 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         timer_slack_ns: int | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         if timer_slack_ns is not None and timer_slack_ns < 1:
             raise ValueError(f"timer_slack_ns must be at least 1, not {timer_slack_ns}")
@@ -81,6 +86,8 @@ class ManagedProcess:
         self._env = dict(env) if env is not None else None
         self._cwd = cwd
         self.timer_slack_ns = timer_slack_ns
+        self.pass_fds: tuple[int, ...] = tuple(pass_fds)
+        """Descriptors every later ``start()`` passes to the process (they must be open then)."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self._started_at = 0.0
@@ -148,6 +155,7 @@ class ManagedProcess:
                     cwd=self._cwd or self.base_dir,
                     start_new_session=True,
                     close_fds=True,
+                    pass_fds=self.pass_fds,
                 )
         self._started_at = time.monotonic()
         self.ready_seconds = None

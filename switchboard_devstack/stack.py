@@ -385,7 +385,12 @@ class Stack:
             time.sleep(0.2)
 
     def _start(self, proc: ManagedProcess) -> None:
+        """Starts ``proc`` and lists it. Every process this stack starts inherits the data directory's lock
+        (``pass_fds``, restarts included), so that the lock outlives a killed launcher for as long as any of its
+        components runs (``switchboard_devstack.claim``)."""
         self._check_stop()
+        if self._lock is not None:
+            proc.pass_fds = (self._lock,)
         proc.start()
         self.started.append(proc)
         if isinstance(proc, ServiceProcess) and proc.metrics_port:
@@ -399,7 +404,7 @@ class Stack:
     # -- stop -------------------------------------------------------------------------------------------
     def down(self) -> None:
         """Stops everything this stack started, newest first, and nothing else; then lets the data directory
-        go."""
+        go (the lock stays held by any component that survived its stop)."""
         for proc in reversed(list(self.started)):  # each stays listed until stopped: ``kill`` reaches it
             try:
                 proc.stop()

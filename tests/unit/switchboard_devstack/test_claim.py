@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,14 +19,19 @@ from switchboard.errors import StackError
 from switchboard_devstack.claim import check_free, lock_data_dir, ports_in_use, unlock
 from switchboard_devstack.ports import free_port
 
+REPO = Path(__file__).parents[3]
 
-def config(tmp_path: Path, **sections: dict[str, object]) -> PlatformConfig:
-    raw: dict[str, object] = {
+
+def raw_config(tmp_path: Path, **sections: dict[str, object]) -> dict[str, object]:
+    return {
         "platform": {"data_dir": str(tmp_path / "var")},
         "sources": [{"name": "demo", "scheme": "github", "secrets": [{"env": "UNUSED_SECRET"}]}],
         **sections,
     }
-    return parse_config(raw, tmp_path / "switchboard.toml")
+
+
+def config(tmp_path: Path, **sections: dict[str, object]) -> PlatformConfig:
+    return parse_config(raw_config(tmp_path, **sections), tmp_path / "switchboard.toml")
 
 
 def test_a_second_stack_on_the_same_data_directory_is_refused_until_the_first_lets_go(tmp_path: Path) -> None:
@@ -36,8 +46,58 @@ def test_a_second_stack_on_the_same_data_directory_is_refused_until_the_first_le
 def test_a_dead_holder_leaves_no_lock(tmp_path: Path) -> None:
     """The kernel drops the lock with the process that held it, however it died (here it exits holding it)."""
     code = f"import pathlib, switchboard_devstack.claim as c; c.lock_data_dir(pathlib.Path({str(tmp_path / 'var')!r}))"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[3])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     unlock(lock_data_dir(tmp_path / "var"))
+
+
+# A launcher as `stack up` is one, with a cheap component: it takes the lock as Stack.up does first, starts the
+# component through Stack._start, prints its pid and waits to be killed.
+LAUNCHER = """
+import json, sys, time
+from pathlib import Path
+from switchboard.config import parse_config
+from switchboard_devstack.claim import lock_data_dir
+from switchboard_devstack.process import ManagedProcess
+from switchboard_devstack.stack import Stack
+
+stack = Stack(parse_config(json.loads(sys.argv[1]), Path(sys.argv[2])))
+stack._lock = lock_data_dir(stack.data_dir)
+stack._start(ManagedProcess("component", stack.log_dir, ["sleep", "300"]))
+print(stack.started[0].pid, flush=True)
+time.sleep(300)
+"""
+
+
+def test_the_components_of_a_killed_launcher_hold_the_lock_until_the_last_one_exits(tmp_path: Path) -> None:
+    """A launcher SIGKILLed (or OOM-killed) runs no cleanup and its components, in sessions of their own, keep
+    running: the lock used to go with the launcher, and a second stack started a second Cassandra on the files
+    of an orphaned one that still replayed its commit log."""
+    argv = [sys.executable, "-c", LAUNCHER, json.dumps(raw_config(tmp_path)), str(tmp_path / "switchboard.toml")]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'gen'}"}
+    launcher = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    assert launcher.stdout is not None
+    component = int(launcher.stdout.readline())
+    try:
+        launcher.kill()
+        launcher.wait()
+        with pytest.raises(StackError) as refused:
+            lock_data_dir(tmp_path / "var")
+        message = str(refused.value)
+        assert f"components of an earlier stack on {tmp_path / 'var'} still run" in message
+        assert f"its launcher, pid {launcher.pid}, is gone" in message
+        assert f"process group {component}: {component} sleep" in message
+        assert f"kill -- -{component}`" in message
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(component, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while True:  # the kernel drops the lock once the component has exited (a zombie holds no descriptor)
+        try:
+            unlock(lock_data_dir(tmp_path / "var"))
+            break
+        except StackError:
+            assert time.monotonic() < deadline, "the lock outlived its last holder"
+            time.sleep(0.05)
 
 
 def test_a_planned_port_something_listens_on_is_named_before_anything_starts(tmp_path: Path) -> None:
