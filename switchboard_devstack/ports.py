@@ -6,7 +6,8 @@ outgoing connection on the machine between the moment it is chosen and the momen
 a full test run once lost a RabbitMQ node to ``eaddrinuse`` that way. Ports below the range are never given
 to outgoing connections, so only another listener can take them, and that is checked. A short-lived
 reservation file per port (in the system temporary directory, shared by every process on the machine) makes
-parallel test runs skip ports another run has just been given.
+parallel test runs skip ports another run has just been given. ``host`` may be an IPv4 or an IPv6 address (a
+``:`` in it, e.g. ``::1``): the socket's family follows it, as the components bind.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def free_port(host: str = "127.0.0.1") -> int:
             if not port_is_free(port, host):
                 continue
         else:  # no room below the range (an unusual kernel setting): let the kernel choose
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
                 sock.bind((host, 0))
                 port = int(sock.getsockname()[1])
         if reserve_port(port):
@@ -66,12 +67,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether ``port`` can be bound on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
         except OSError:
             return False
     return True
+
+
+def _family(host: str) -> socket.AddressFamily:
+    """The address family of a socket bound on ``host``: IPv6 for an address with a ``:``, else IPv4."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def reserve_port(port: int) -> bool:
