@@ -28,7 +28,7 @@ from pathlib import Path
 
 from switchboard.config.ports import RABBITMQ_DIST_OFFSET, RABBITMQ_PROMETHEUS_OFFSET
 from switchboard.files import create_new
-from switchboard_devstack.ports import free_port, port_is_free, reserve_port
+from switchboard_devstack.ports import ephemeral_range, free_port, port_is_free, reserve_port
 from switchboard_devstack.process import ManagedProcess
 
 __all__ = ["RABBITMQ_BIN", "RabbitNode"]
@@ -42,8 +42,8 @@ PLUGINS = ("rabbitmq_consistent_hash_exchange", "rabbitmq_prometheus")
 
 class RabbitNode(ManagedProcess):
     """``RabbitNode(base_dir, port, nodename="switchboard")``: AMQP on ``127.0.0.1:port``, Prometheus metrics on
-    ``127.0.0.1:prometheus_port`` (default: AMQP port + 10000 if free, else any free port; never the plugin's
-    15692, which a system broker may hold)."""
+    ``127.0.0.1:prometheus_port`` (default: AMQP port + 10000 if free and outside the kernel's ephemeral range,
+    else a free port from ``free_port``; never the plugin's 15692, which a system broker may hold)."""
 
     def __init__(
         self,
@@ -60,7 +60,8 @@ class RabbitNode(ManagedProcess):
         avoid_ports: Collection[int] = (),
     ) -> None:
         """``avoid_ports``: ports the rest of the platform will listen on, never taken for the node's default
-        metrics (AMQP port + 10000) and Erlang distribution (+ 20000) ports: a free port is taken instead."""
+        metrics (AMQP port + 10000) and Erlang distribution (+ 20000) ports: a free port is taken instead, as it
+        is for one in use or in the kernel's ephemeral range (``_default_port``)."""
         super().__init__("rabbitmq", base_dir)
         if not nodename or "@" in nodename:
             raise ValueError(f"nodename must be a bare name without '@host': {nodename!r}")
@@ -209,16 +210,26 @@ class RabbitNode(ManagedProcess):
         )
 
 
+def _usable_default(candidate: int, avoid: Collection[int]) -> bool:
+    """Whether ``candidate`` (the AMQP port + an offset) may be a default listening port of the node: within
+    65535, not one the platform lists, free now, and outside the kernel's ephemeral range. A port in that range
+    (the test stacks' AMQP ports come from ``free_port``, 20768-32767 by default, so + 20000 always lands in
+    32768-60999) can be taken by any outgoing connection between this check and the node's bind
+    (``eaddrinuse``); below it only another listener can take it."""
+    low, high = ephemeral_range()
+    return candidate < 65536 and not low <= candidate <= high and candidate not in avoid and port_is_free(candidate)
+
+
 def _default_prometheus_port(port: int, avoid: Collection[int] = ()) -> int:
     candidate = port + RABBITMQ_PROMETHEUS_OFFSET
-    if candidate < 65536 and candidate not in avoid and port_is_free(candidate) and reserve_port(candidate):
+    if _usable_default(candidate, avoid) and reserve_port(candidate):
         return candidate
     return free_port()
 
 
 def _default_dist_port(port: int, avoid: Collection[int] = ()) -> int:
     candidate = port + RABBITMQ_DIST_OFFSET
-    if candidate < 65536 and candidate not in avoid and port_is_free(candidate):
+    if _usable_default(candidate, avoid):
         reserve_port(candidate)  # keep free_port() from handing it out meanwhile
         return candidate
     return free_port()

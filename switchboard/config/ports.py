@@ -68,7 +68,8 @@ def listeners(cfg: PlatformConfig, *, processors: int | None = None) -> list[Lis
         if m.rabbitmq_port:
             add("metrics.rabbitmq_port", LOOPBACK, m.rabbitmq_port)
         # Its default metrics and distribution ports (AMQP + 10000, + 20000) are not listed: the node takes
-        # a free port instead of one the platform lists (RabbitNode's avoid_ports) or one in use.
+        # a free port instead of one the platform lists (RabbitNode's avoid_ports), one in use or one in the
+        # kernel's ephemeral range.
     if cfg.cassandra.managed:
         add("cassandra.port", LOOPBACK, cfg.cassandra.port)
         add("cassandra.storage_port", LOOPBACK, cfg.cassandra.storage_port)
