@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def processes_under(root: Path, but: set[int]) -> dict[int, str]:
-    """The processes (other than ``but``) that name a path under ``root``: pid -> the start of its command line."""
+    """The processes (other than ``but``) that name a path under ``root``: pid -> its command line."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in but:
@@ -33,7 +33,7 @@ def processes_under(root: Path, but: set[int]) -> dict[int, str]:
         except OSError:
             continue
         if str(root) in cmdline:
-            found[int(entry.name)] = cmdline[:200]
+            found[int(entry.name)] = cmdline
     return found
 
 
@@ -104,9 +104,10 @@ def test_the_components_of_a_killed_launcher_keep_a_second_one_off_their_data(tm
     lock = cfg.data_dir / ".stack.lock"
 
     def nodes() -> list[int]:
-        """The Cassandra and RabbitMQ VMs of this test's stack."""
+        """The Cassandra and RabbitMQ VMs of this test's stack (not the short-lived ``erl`` the broker runs to
+        make sure epmd is up: spawned through erl_child_setup, which closes every inherited descriptor)."""
         found = processes_under(tmp_path, {first.pid})
-        return [pid for pid, cmdline in found.items() if "CassandraDaemon" in cmdline or "beam.smp" in cmdline]
+        return [pid for pid, cmdline in found.items() if "CassandraDaemon" in cmdline or "-s rabbit boot" in cmdline]
 
     try:
         wait_until(lambda: len(nodes()) == 2, "Cassandra and RabbitMQ started", 60)
