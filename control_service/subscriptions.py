@@ -417,7 +417,9 @@ class SubscriptionManager:
             raise _field_error("retry_policy", f"max_attempts must be between 1 and {policy.max_attempts}")
         if not draft.retry_schedule_s and not draft.max_attempts and not draft.timeout_ms:
             return None
-        return RetrySchedule(tuple(round(d * 1000) for d in policy.retry_delays), attempts, timeout)
+        # A timeout not asked for stays 0, the platform's default when each attempt is sent: stored as today's
+        # default, a policy that set only its attempts or delays never saw delivery.timeout_seconds change.
+        return RetrySchedule(tuple(round(d * 1000) for d in policy.retry_delays), attempts, draft.timeout_ms or 0)
 
 
 def check_public_key(value: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 from switchboard.config._table import Table, parse_secret_ref
 from switchboard.config.processor import MAX_PARTITIONS, MAX_PREFETCH
 from switchboard.delivery.inflight import MIN_HOST_LIMIT
-from switchboard.delivery.policy import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS
+from switchboard.delivery.policy import MAX_DELAY, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS
 from switchboard.delivery.signing import MAX_OVERLAP_SECONDS
 from switchboard.errors import ConfigError
 from switchboard.secrets import SecretBox, SecretRef
@@ -119,7 +119,10 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise ConfigError(f"delivery.allow_networks: {cidr!r} is not a CIDR") from None
-    cooldown, max_cooldown = t.pos_float("breaker_cooldown_seconds"), t.pos_float("breaker_max_cooldown_seconds")
+    # Delays wait in the deliveries stream's delay queues, the longest of which is 24 h: a longer one came back
+    # after 24 h, its recorded next attempt a lie.
+    cooldown = t.pos_float("breaker_cooldown_seconds", at_most=MAX_DELAY)
+    max_cooldown = t.pos_float("breaker_max_cooldown_seconds", at_most=MAX_DELAY)
     if cooldown > max_cooldown:
         raise ConfigError("delivery.breaker_cooldown_seconds is above delivery.breaker_max_cooldown_seconds")
     host_in_flight = t.pos_int("host_in_flight")
@@ -138,7 +141,7 @@ def parse_delivery(raw: Mapping[str, Any], base: Path) -> DeliveryConfig:
         # A subscription without a timeout of its own takes this one, and must be given one in range.
         timeout_seconds=t.float_between("timeout_seconds", MIN_TIMEOUT_MS / 1000, MAX_TIMEOUT_MS / 1000),
         rate_limit_per_second=t.pos_int("rate_limit_per_second"),
-        max_retry_after_seconds=t.pos_float("max_retry_after_seconds"),
+        max_retry_after_seconds=t.pos_float("max_retry_after_seconds", at_most=MAX_DELAY),
         breaker_failures=t.pos_int("breaker_failures"),
         breaker_cooldown_seconds=cooldown,
         breaker_max_cooldown_seconds=max_cooldown,

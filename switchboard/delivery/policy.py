@@ -178,7 +178,9 @@ class RetryPolicy:
         if attempt >= self.max_attempts:
             return None
         base = self.retry_delays[attempt - 1]
-        return round(base * 1000 * rng.uniform(1 - JITTER, 1 + JITTER))
+        # Within ±JITTER, but never past MAX_DELAY, the longest delay queue: a 24 h delay jittered to 26.4 h
+        # came back at 24 h (half of all draws), its recorded next attempt wrong.
+        return round(base * 1000 * rng.uniform(1 - JITTER, min(1 + JITTER, MAX_DELAY / base)))
 
 
 DEFAULT_POLICY: Final = RetryPolicy()

@@ -198,6 +198,17 @@ async def test_an_update_that_names_a_limit_or_the_retry_policy_without_a_value_
     assert (reset.rate_limit_per_second, reset.max_in_flight, reset.retry) == (0, 0, None)
 
 
+async def test_a_policy_without_a_timeout_keeps_following_the_platforms_default(manager: SubscriptionManager) -> None:
+    """Found in review: a policy that set only its attempts stored the default timeout of the day it was made,
+    so a later change of delivery.timeout_seconds never reached it. 0 is stored: the default when each attempt
+    is sent (the delivery worker's ``Defaults.timeout_ms``)."""
+    only_attempts = Draft(callback_url=URL, retry_set=True, max_attempts=3)
+    s = (await manager.create(ALICE, only_attempts)).subscription
+    assert s.retry is not None and (s.retry.max_attempts, s.retry.timeout_ms) == (3, 0)
+    own = (await manager.create(ALICE, Draft(callback_url=URL, retry_set=True, timeout_ms=5_000))).subscription
+    assert own.retry is not None and own.retry.timeout_ms == 5_000
+
+
 class SlowProber:
     """Says what a HEAD got; records whether the subscription was stored when it was asked."""
 

@@ -116,6 +116,8 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(delivery={"slot_wait_ms": 1001}), "slot_wait_ms"),
         (base(delivery={"slot_wait_ms": 500, "breaker_cooldown_seconds": 1}), "longer than twice"),
         (base(processor={"redelivery_delay_seconds": 0}), "between 2.5 and 60"),
+        (base(delivery={"max_retry_after_seconds": 86_401}), r"max_retry_after_seconds: .*86400"),
+        (base(delivery={"breaker_max_cooldown_seconds": 90_000}), r"breaker_max_cooldown_seconds: .*86400"),
         (base(processor={"operations": [{"name": "x", "call": "m:f", "sources": ["stirpe"]}]}), "no source named"),
         (base(processor={"operations": [{"name": "x", "call": "m:f", "event_types": []}]}), "runs for no event"),
         (base(rabbitmq={"host": "10.0.0.9"}), "runs its node on 127.0.0.1 only"),

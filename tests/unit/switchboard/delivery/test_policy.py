@@ -51,6 +51,18 @@ def test_default_schedule_is_svix_like() -> None:
     assert sum(d for d in delays if d is not None) == (27 * 3600 + 35 * 60 + 5) * 1000
 
 
+def test_jitter_never_goes_past_the_longest_delay_queue() -> None:
+    """A 24 h delay jittered up to 26.4 h came back after 24 h (the longest delay queue) for half the draws,
+    its recorded next attempt wrong: the jitter's top is cut at 24 h, the draws spread below it."""
+    day = RetryPolicy.custom([86_400, 60_000])
+    assert day.delay_ms(1, FixedRng(1.0)) == 86_400_000
+    assert day.delay_ms(1, FixedRng(0.0)) == 77_760_000
+    assert day.delay_ms(2, FixedRng(1.0)) == 66_000_000  # far enough below: ±10 % as ever
+    rng = random.Random(3)
+    draws = [day.delay_ms(1, rng) or 0 for _ in range(1000)]
+    assert max(draws) <= 86_400_000 and sum(d == 86_400_000 for d in draws) < 5
+
+
 def test_jitter_is_ten_percent_either_way() -> None:
     assert DEFAULT_POLICY.delay_ms(1, FixedRng(0.0)) == 4_500
     assert DEFAULT_POLICY.delay_ms(1, FixedRng(1.0)) == 5_500
