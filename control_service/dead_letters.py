@@ -70,6 +70,7 @@ class DeadLetterStore(Protocol):
         self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: tuple[str, int, int, str] | None
     ) -> tuple[list[DeadLetter], tuple[str, int, int, str] | None]: ...
     async def reset_delivery(self, delivery_id: str, now_us: int) -> bool: ...
+    async def fail_delivery(self, delivery_id: str, error: str, now_us: int) -> bool: ...
 
 
 class EventResetter(Protocol):
@@ -177,7 +178,16 @@ class DeadLetterRecorder:
         return None
 
     async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
-        return [Ack(await self.put_once(self.record(m), again=bool(m.headers.get(DEAD_AGAIN_HEADER)))) for m in batch]
+        verdicts: list[Verdict] = []
+        for m in batch:
+            d = self.record(m)
+            outcome = await self.put_once(d, again=bool(m.headers.get(DEAD_AGAIN_HEADER)))
+            if d.delivery_id and d.reason != "FAILED":
+                # Its worker did not record the end (the handler kept raising on the task, or the broker's
+                # delivery limit): the delivery said PENDING or RETRYING for good, with no attempt coming.
+                await self.store.fail_delivery(d.delivery_id, f"dead-lettered ({d.reason}): {d.last_error}", now_us())
+            verdicts.append(Ack(outcome))
+        return verdicts
 
     async def put_once(self, d: DeadLetter, *, again: bool = False) -> str:
         """Writes ``d`` unless its death is recorded already; the outcome: ``recorded``, or ``duplicate`` for a

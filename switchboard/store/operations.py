@@ -180,6 +180,16 @@ class OperationsStore:
         await self.store.execute(self.q.delivery_reset, (self.ttl, "pending", ts(now_us), delivery_id))
         return True
 
+    async def fail_delivery(self, delivery_id: str, error: str, now_us: int) -> bool:
+        """A delivery whose task was dead-lettered without its worker recording the end (the handler kept
+        raising on it, or the broker's delivery limit): FAILED with ``error``, unless it has no row or is over
+        already (delivered, failed, cancelled). Whether it was marked."""
+        rows = await self.store.execute(self.q.delivery_status, (delivery_id,))
+        if not rows or rows[0].status in ("delivered", "failed", "cancelled"):
+            return False
+        await self.store.execute(self.q.delivery_fail, (self.ttl, "failed", error[:1000], ts(now_us), delivery_id))
+        return True
+
 
 def _dead_letter(r: Any) -> DeadLetter:
     return DeadLetter(

@@ -165,6 +165,8 @@ def _operations_cql(ks: str) -> dict[str, str]:
         "delivery_reset": f"""UPDATE {ks}.deliveries USING TTL ? SET status = ?, attempts = 0, updated_at = ?
             WHERE id = ?""",
         "delivery_status": f"SELECT status FROM {ks}.deliveries WHERE id = ?",
+        "delivery_fail": f"""UPDATE {ks}.deliveries USING TTL ? SET status = ?, last_error = ?, updated_at = ?,
+            next_attempt_at = null WHERE id = ?""",
     }
 
 
@@ -258,6 +260,7 @@ class OperationStatements:
     replay_cancel_get: PreparedStatement
     delivery_reset: PreparedStatement
     delivery_status: PreparedStatement
+    delivery_fail: PreparedStatement
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import pytest
 from switchboard.config import PlatformConfig
 from switchboard.model.events import Commit, EventStatus, InboundEvent, OperationResult, Outcome, StoredEvent, now_us
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState
-from switchboard.store import EntityStore, EventStore, OperationsStore, StoreSession
+from switchboard.model.subscriptions import Delivery, DeliveryStatus
+from switchboard.store import DeliveryStore, EntityStore, EventStore, OperationsStore, StoreSession
 from switchboard.store.deliveries import day_of
 from switchboard.store.values import ts
 from switchboard_devstack.stack import Stack
@@ -154,6 +155,42 @@ def test_a_replay_cancel_asked_through_the_store_is_seen(stack: Stack, stack_con
             assert not await ops.replay_cancel_requested(replay_id)
             await ops.request_replay_cancel(replay_id, now_us())
             assert await ops.replay_cancel_requested(replay_id)
+        finally:
+            session.close()
+
+    asyncio.run(run())
+
+
+def test_a_delivery_dead_lettered_without_its_end_is_marked_failed_unless_over(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    """The recorder's mark for a task dead-lettered with its delivery still RETRYING (its handler kept raising):
+    FAILED with the reason, no next attempt; a delivered one, or one without a row, is left as it is."""
+
+    async def run() -> None:
+        session = StoreSession.connect(stack_config.cassandra)
+        try:
+            ops, deliveries = OperationsStore(session), DeliveryStore(session)
+            tag, now = secrets.token_hex(4), now_us()
+
+            def delivery(name: str, status: DeliveryStatus) -> Delivery:
+                return Delivery(f"dlv_{name}_{tag}", "sub_1", "shop", "evt_1", "invoice.paid", status, 2, 503, "",
+                                now, now, now + 60_000_000)  # fmt: skip
+
+            stuck, done = delivery("stuck", DeliveryStatus.RETRYING), delivery("done", DeliveryStatus.DELIVERED)
+            await deliveries.record(stuck)
+            await deliveries.record(done)
+            assert await ops.fail_delivery(stuck.id, "dead-lettered (CRASHED): boom", now_us())
+            marked = (await deliveries.get_many([stuck.id]))[stuck.id]
+            assert (marked.status, marked.last_error, marked.next_attempt_us) == (
+                DeliveryStatus.FAILED,
+                "dead-lettered (CRASHED): boom",
+                0,
+            )
+            assert not await ops.fail_delivery(stuck.id, "again", now_us())  # over already
+            assert not await ops.fail_delivery(done.id, "late", now_us())
+            assert (await deliveries.get_many([done.id]))[done.id].status is DeliveryStatus.DELIVERED
+            assert not await ops.fail_delivery(f"dlv_none_{tag}", "no row", now_us())
         finally:
             session.close()
 

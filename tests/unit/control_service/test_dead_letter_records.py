@@ -25,8 +25,9 @@ from control_service.dead_letters import (
 from switchboard.errors import BrokerUnavailable, StoreUnavailable
 from switchboard.model.events import InboundEvent, now_us
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState
+from switchboard.model.subscriptions import DeliveryTask
 from switchboard.queue import Ack, QueueMessage
-from switchboard.wire import encode_inbound
+from switchboard.wire import encode_inbound, encode_task
 from tests.unit.factories import event
 
 
@@ -381,3 +382,35 @@ async def test_a_purge_takes_neither_a_redriven_row_nor_a_claim_taken_over_since
     progress = await task
     assert progress[-1].redriven == 1 and len(events.published) == 1
     assert rows.rows[d.id].state is DeadLetterState.REDRIVEN  # not PURGED
+
+
+async def test_a_delivery_dead_lettered_without_its_end_recorded_is_marked_failed() -> None:
+    """Found in review: a task that kept making its handler raise (or hit the broker's delivery limit) was
+    dead-lettered while its delivery said PENDING or RETRYING for good, no attempt coming. The recorder marks it
+    FAILED, saying why; a task the pipeline failed itself (recorded FAILED already) is left alone."""
+
+    class Deliveries(Rows):
+        def __init__(self) -> None:
+            super().__init__()
+            self.failed: list[tuple[str, str]] = []
+
+        async def fail_delivery(self, delivery_id: str, error: str, now_us: int) -> bool:
+            self.failed.append((delivery_id, error))
+            return True
+
+    def task_copy(reason: str, delivery_id: str) -> QueueMessage:
+        task = DeliveryTask(delivery_id=delivery_id, subscription_id="sub_1", event=event(), created_us=1)
+        headers: dict[str, object] = {
+            "x-attempt": 2,
+            "x-last-error": "the handler failed: SwitchboardError: no signing secret",
+            "x-dead-reason": reason,
+            "x-dead-at": 1_700_000_000 * S,
+        }
+        return QueueMessage(encode_task(task), delivery_id, headers, redelivered=False, queue="q")
+
+    store = Deliveries()
+    recorder = DeadLetterRecorder(store, DeadLetterKind.DELIVERY)  # type: ignore[arg-type]
+    verdicts = await recorder.handle([task_copy("crashed", "dlv_crashed"), task_copy("failed", "dlv_failed")])
+    assert verdicts == [Ack("recorded"), Ack("recorded")]
+    assert [(i, e.split(":")[0]) for i, e in store.failed] == [("dlv_crashed", "dead-lettered (CRASHED)")]
+    assert "no signing secret" in store.failed[0][1]
