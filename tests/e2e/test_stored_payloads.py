@@ -238,9 +238,17 @@ def test_a_stored_payload_that_does_not_decode_is_an_internal_error_naming_it(
     session.session.set_keyspace(stack_config.cassandra.keyspace)
     try:
         session.session.execute(
-            "INSERT INTO events (source, event_id, event_type, body_encoded, status, received_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            ("shop", event_id, "invoice.paid", bytes((ZSTD,)) + b"not zstd", "processed", int(time.time() * 1000)),
+            "INSERT INTO events (source, event_id, event_type, body_encoded, status, received_at, receipt_id) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (
+                "shop",
+                event_id,
+                "invoice.paid",
+                bytes((ZSTD,)) + b"not zstd",
+                "processed",
+                int(time.time() * 1000),
+                "r1",
+            ),
         )
     finally:
         session.close()
@@ -273,9 +281,9 @@ def test_a_keyspace_from_before_gains_the_encoded_columns_and_keeps_its_rows(
         assert "body_encoded" not in admin.cluster.metadata.keyspaces[cfg.keyspace].tables["events"].columns
         cql.set_keyspace(cfg.keyspace)
         cql.execute(
-            "INSERT INTO events (source, event_id, event_type, body, status, received_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            ("shop", "evt_before_upgrade", "invoice.paid", old_body, "processed", int(time.time() * 1000)),
+            "INSERT INTO events (source, event_id, event_type, body, status, received_at, receipt_id) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            ("shop", "evt_before_upgrade", "invoice.paid", old_body, "processed", int(time.time() * 1000), "r1"),
         )
     finally:
         admin.close()
