@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from switchboard.addresses import host_port, redacted_url
-from switchboard.config._table import Table
+from switchboard.config._table import Table, parse_secret_ref
 from switchboard.errors import ConfigError
 
 AMQP_PORTS = {"amqp": 5672, "amqps": 5671}
@@ -51,9 +52,18 @@ class RabbitConfig:
         return parts.hostname or "", parts.port or AMQP_PORTS[parts.scheme]
 
 
-def parse_rabbitmq(raw: Mapping[str, Any]) -> RabbitConfig:
+def parse_rabbitmq(raw: Mapping[str, Any], base: Path = Path(".")) -> RabbitConfig:
+    """``url`` is a string, or, so that the broker's password is not written in the file, a secret reference
+    (``{ env = "VAR" }`` or ``{ file = "path" }`` holding the whole URL), read when the configuration is
+    loaded."""
     t = Table(raw, "rabbitmq", RabbitConfig)
-    url = t.optional_string("url")
+    ref = t.get("url")
+    if isinstance(ref, Mapping):
+        if "generate" in ref:
+            raise ConfigError("rabbitmq.url: a broker's URL cannot be generated; reference one with env or file")
+        url: str | None = parse_secret_ref(ref, "rabbitmq.url", base).resolve().reveal()
+    else:
+        url = t.optional_string("url")
     if url is not None:
         check_amqp_url(url)
     # An explicit url means an existing broker unless `managed` says otherwise.

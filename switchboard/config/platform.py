@@ -146,7 +146,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
         control=control,
         processor=parse_processor(table(raw, "processor"), base),
         delivery=parse_delivery(table(raw, "delivery"), base),
-        rabbitmq=parse_rabbitmq(table(raw, "rabbitmq")),
+        rabbitmq=parse_rabbitmq(table(raw, "rabbitmq"), base),
         cassandra=parse_cassandra(table(raw, "cassandra")),
         metrics=parse_metrics(table(raw, "metrics")),
         tracing=parse_tracing(table(raw, "tracing")),

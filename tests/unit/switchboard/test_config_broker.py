@@ -67,3 +67,25 @@ def test_the_endpoint_is_the_urls() -> None:
     assert parse_rabbitmq({"url": SECRET_URL}).endpoint() == ("broker.internal", 5672)
     assert parse_rabbitmq({"url": "amqps://svc:x@broker/"}).endpoint() == ("broker", 5671)
     assert parse_rabbitmq({"port": 5999}).endpoint() == ("127.0.0.1", 5999)
+
+
+def test_the_url_may_be_a_secret_reference_so_that_the_password_is_not_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README says secrets are referenced, never written inline; the broker's password could only be
+    written in the file, inside the URL."""
+    monkeypatch.setenv("SB_BROKER_URL", SECRET_URL)
+    by_env = parse_rabbitmq({"url": {"env": "SB_BROKER_URL"}})
+    assert (by_env.amqp_url, by_env.managed) == (SECRET_URL, False)
+    assert "s3cr3t" not in repr(by_env) and "s3cr3t" not in by_env.display_url
+    (tmp_path / "broker.url").write_text(SECRET_URL + "\n")
+    (tmp_path / "broker.url").chmod(0o600)
+    assert parse_rabbitmq({"url": {"file": "broker.url"}}, tmp_path).amqp_url == SECRET_URL
+    monkeypatch.setenv("SB_BROKER_URL", "amqps://svc:s3cr3t@broker/?no_verify_ssl=1")
+    with pytest.raises(ConfigError, match=r"rabbitmq\.url") as caught:  # checked as one written inline
+        parse_rabbitmq({"url": {"env": "SB_BROKER_URL"}})
+    assert "s3cr3t" not in str(caught.value)
+    with pytest.raises(ConfigError, match="cannot be generated"):
+        parse_rabbitmq({"url": {"file": "x", "generate": "hex"}}, tmp_path)
+    with pytest.raises(ConfigError, match="SB_UNSET_URL"):
+        parse_rabbitmq({"url": {"env": "SB_UNSET_URL"}})
