@@ -29,6 +29,10 @@ _BUILDERS: dict[str, Builder] = {
     standard_webhooks.SCHEME: standard_webhooks.build,
     generic_hmac.SCHEME: generic_hmac.build,
 }
+# The shortest inbound secret taken (characters, after a ``whsec_`` prefix). Providers' own secrets are longer
+# (Stripe's and Standard Webhooks' 32 bytes and more, Shopify's 32 hex digits); a sender's own choice (GitHub's,
+# a generic HMAC's) may not be.
+MIN_SECRET_CHARS = 16
 SCHEMES = tuple(_BUILDERS)  # the one list of schemes; the configuration validates against it
 
 
@@ -62,11 +66,19 @@ def build_verifier(source: SourceSpec) -> Verifier:
     secrets = []
     for index, ref in enumerate(source.secrets):
         try:
-            secrets.append(ref.resolve().reveal())
+            secret = ref.resolve().reveal()
         except ConfigError as exc:
             raise ConfigError(f"source {name!r}: {exc.message}", reason=exc.reason) from None
         except ValueError:  # e.g. a secret file that is not valid text; the error text may quote bytes
             raise ConfigError(f"source {name!r}: secret #{index + 1} ({ref.describe()}) is not valid text") from None
+        if len(secret.removeprefix("whsec_")) < MIN_SECRET_CHARS:
+            # One signed request captured, a short key is found offline and every webhook of the source forged.
+            raise ConfigError(
+                f"source {name!r}: secret #{index + 1} ({ref.describe()}) is shorter than {MIN_SECRET_CHARS} "
+                "characters (after any whsec_ prefix): too short to keep forged webhooks out; set a long random "
+                "secret at the provider and here"
+            )
+        secrets.append(secret)
     return builder(name, secrets, source.options)
 
 

@@ -135,7 +135,7 @@ class Published:
 
 
 def stripe_ingestor(tracer: Tracer, monkeypatch: pytest.MonkeyPatch) -> tuple[Ingestor, Published]:
-    monkeypatch.setenv("SB_TRACE_SECRET", "whsec_trace_unit")
+    monkeypatch.setenv("SB_TRACE_SECRET", "whsec_trace_unit_test_secret")
     cfg = SourceConfig(name="shop", scheme="stripe", secrets=(SecretRef(env="SB_TRACE_SECRET"),))
     out = Published()
     return Ingestor({"shop": Source(cfg, build_verifier(cfg))}, out, default_source="shop", tracer=tracer), out
@@ -143,7 +143,7 @@ def stripe_ingestor(tracer: Tracer, monkeypatch: pytest.MonkeyPatch) -> tuple[In
 
 def stripe_request(event_id: str) -> tuple[bytes, list[tuple[str, str]]]:
     body = json.dumps({"id": event_id, "type": "invoice.paid", "created": 1, "data": {"object": {}}}).encode()
-    return body, list(sign("stripe", "whsec_trace_unit", body, now=time.time()).items())
+    return body, list(sign("stripe", "whsec_trace_unit_test_secret", body, now=time.time()).items())
 
 
 async def test_ingest_traces_receive_verify_publish_and_hands_on_the_publish_span(

@@ -85,11 +85,14 @@ def test_each_scheme_names_the_headers_that_carry_its_signature(
 
 def test_secret_from_file(tmp_path: Path) -> None:
     path = tmp_path / "gh.secret"
-    path.write_text("file-secret\n")
+    path.write_text("file-secret-of-github-1\n")
     path.chmod(0o600)
     verifier = build_verifier(source("github", SecretRef(file=path)))
     body = b"{}"
-    assert verifier.verify(sign("github", "file-secret", body, now=NOW, event_id="d1"), body, NOW).event_id == "d1"
+    assert (
+        verifier.verify(sign("github", "file-secret-of-github-1", body, now=NOW, event_id="d1"), body, NOW).event_id
+        == "d1"
+    )
 
 
 def test_generated_secret_file(tmp_path: Path) -> None:
@@ -153,3 +156,17 @@ def test_duplicate_secrets_are_fine(env_secrets: tuple[SecretRef, SecretRef]) ->
 def test_sign_unknown_scheme() -> None:
     with pytest.raises(ConfigError):
         sign("paypal", "s", b"", now=NOW)
+
+
+@pytest.mark.parametrize("value", ["fifteen-chars!!", "whsec_0123456789abcde"])
+def test_a_secret_too_short_to_keep_forgeries_out_is_refused_without_showing_it(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only an empty secret was refused: "a" (or whsec_ with a 1-byte key) was taken, and one captured signed
+    request let its key be found offline and every webhook of the source forged (found in review)."""
+    monkeypatch.setenv("SB_SHORT_SECRET", value)
+    with pytest.raises(ConfigError, match=r"secret #1 \(env:SB_SHORT_SECRET\) is shorter than 16") as caught:
+        build_verifier(source("github", SecretRef(env="SB_SHORT_SECRET")))
+    assert value not in caught.value.message
+    monkeypatch.setenv("SB_SHORT_SECRET", value + "x")
+    build_verifier(source("github", SecretRef(env="SB_SHORT_SECRET")))  # 16: taken
