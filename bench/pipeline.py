@@ -628,9 +628,9 @@ class Bench:
         )
 
     async def _rows(self, stmt: Any, params: tuple[Any, ...]) -> list[Any]:
-        """Every row of every page: ``StoreSession.execute`` (the services' path) returns the driver's first page
-        only (fetch size 5000), which an ``IN`` over many event_records partitions can pass. The driver's
-        synchronous ``execute`` fetches the next pages as its result is iterated; on a thread."""
+        """Every row of every page, from the driver's synchronous ``execute`` (it fetches the next pages as its
+        result is iterated), on a thread. (``StoreSession.execute`` returned the first page only when this was
+        written; it pages through too since 49362d6.)"""
         assert self.store is not None
         session = self.store.session
 

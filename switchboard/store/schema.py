@@ -1,4 +1,4 @@
-"""The keyspace and its tables (every row carries the retention TTL, 30 days by default).
+"""The keyspace and its tables (every row carries the retention TTL, 30 days by default, except where said).
 
 * ``events`` — one row per (source, event_id): the raw event as first applied (its body in ``body_encoded``,
   compressed when that pays: ``switchboard.store.payloads``; rows from before that have it in ``body``), the
@@ -27,6 +27,8 @@
   control replica that does not run it (its runner polls for them).
 * ``delivery_attempts`` (by delivery) and ``attempts_by_subscription`` (by subscription and day, newest
   first) — every attempt: status, duration, selected response headers, the first 4 KB of the body, error.
+* ``settings`` (no TTL) — what the keyspace is laid out with: ``bucket_seconds``, the listing index's bucket
+  size, recorded by the first process to connect (``switchboard.store.session.check_layout``).
 
 Options are picked by server release: TimeWindowCompactionStrategy from 3.11, SizeTiered before (the local
 Cassandra 2.1).

@@ -114,7 +114,7 @@ class StoreSession:
             if create_schema:
                 ensure_schema(session, cfg)
             statements = _prepare(session, cfg, deadline, stop)
-            check_layout(session, statements, cfg)
+            check_layout(session, statements, cfg, deadline, stop)
         except BaseException:
             cluster.shutdown()
             raise
@@ -240,20 +240,37 @@ def _prepare(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def check_layout(session: Session, statements: Statements, cfg: CassandraConfig) -> None:
+def check_layout(
+    session: Session,
+    statements: Statements,
+    cfg: CassandraConfig,
+    deadline: float | None = None,
+    stop: threading.Event | None = None,
+) -> None:
     """The listing index's partitions are buckets of ``cassandra.bucket_seconds`` (``EventStore.bucket_of``),
     computed from the configuration on every read: after a change every event stored before it was out of
-    every listing and replay selection, with nothing said. The first process to connect records the size in
-    the keyspace (a lightweight transaction: of two first starts with different sizes, one is refused); a
-    process configured with another size refuses to start. Changing it needs a new keyspace."""
-    try:
-        claimed = session.execute(statements.events.layout_claim, ("bucket_seconds", str(cfg.bucket_seconds))).one()
-        if claimed[0]:
-            return
-        row = session.execute(statements.events.layout_get, ("bucket_seconds",)).one()
-    except (NoHostAvailable, DriverException, OSError) as exc:
-        raise _unavailable(exc) from None
-    stored = row[0] if row is not None else None
+    every listing and replay selection, with nothing said. The keyspace records the size (``settings``): read at
+    the configured consistency; the first process to find none records its own (a lightweight transaction: of
+    two first starts with different sizes, one is refused); a process configured with another size refuses to
+    start. Changing it needs a new keyspace. A keyspace from before the record took the size of the first
+    process of the release that added it. Waits out the store like ``_prepare`` (until ``deadline``, or
+    ``stop``)."""
+    for delay in PREPARE_BACKOFF.delays():
+        try:
+            row = session.execute(statements.events.layout_get, ("bucket_seconds",)).one()
+            if row is None:
+                claim = (statements.events.layout_claim, ("bucket_seconds", str(cfg.bucket_seconds)))
+                claimed = session.execute(*claim).one()
+                if claimed[0]:
+                    return
+                row = claimed  # not applied: the row another process recorded meanwhile, as the transaction read it
+            break
+        except (NoHostAvailable, DriverException, OSError) as exc:
+            if deadline is None or time.monotonic() > deadline:
+                raise _unavailable(exc) from None
+            log.warning("waiting to read the keyspace's layout", extra={"error": str(exc)[:200]})
+            _pause(delay, stop, "the keyspace's layout")
+    stored = getattr(row, "value", None)
     if stored != str(cfg.bucket_seconds):
         raise ConfigError(
             f"cassandra.bucket_seconds: {cfg.bucket_seconds}, but keyspace {cfg.keyspace!r} indexes events in "
