@@ -14,11 +14,6 @@ from switchboard.errors import ConfigError
 
 AMQP_PORTS = {"amqp": 5672, "amqps": 5671}
 MANAGED_HOST = "127.0.0.1"
-# Query parameters of the url the platform refuses: the broker client turns certificate checks off with
-# ``no_verify_ssl`` (a man in the middle reads every event and the broker's password), and the processors'
-# failover rests on the heartbeat the platform sets (``processor.heartbeat_seconds``): ``heartbeat=0`` turns it
-# off, and a cut-off processor's partitions were never handed over.
-REFUSED_QUERY = frozenset({"no_verify_ssl", "heartbeat"})
 
 
 @dataclass(frozen=True)
@@ -110,9 +105,12 @@ def check_amqp_url(url: str) -> None:
             f"rabbitmq.url: {shown} has a '#' or an '@' outside the userinfo: percent-encode them in the password "
             "(%23, %40) and the vhost"
         )
-    refused = sorted(REFUSED_QUERY & {k.lower() for k, _ in parse_qsl(parts.query, keep_blank_values=True)})
-    if refused:
+    if parts.query:
+        # The platform's two AMQP clients read different parameters and fail on the other's: pika (the
+        # consumers) raises at connect on any it does not know (``cafile``), aiormq (the publishers) turns
+        # certificate checks off with ``no_verify_ssl``, and the heartbeat is the platform's to set.
+        keys = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}) or ["?"]
         raise ConfigError(
-            f"rabbitmq.url: {shown} sets {', '.join(refused)}: the platform does not turn off certificate checks, "
-            "and sets the heartbeat itself (processor.heartbeat_seconds); refusing to start"
+            f"rabbitmq.url: {shown} has query parameters ({', '.join(k[:40] for k in keys[:5])}): the platform "
+            "takes none (its AMQP clients read different ones, and it sets the heartbeat itself); remove them"
         )

@@ -65,7 +65,7 @@ def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
     if protocol is not None and (not isinstance(protocol, int) or isinstance(protocol, bool) or protocol < 0):
         raise ConfigError(f"cassandra.protocol_version: must be a protocol number, got {protocol!r}")
     managed, hosts = t.boolean("managed"), t.strings("hosts")
-    if managed and hosts != (MANAGED_HOST,):
+    if managed and hosts not in ((MANAGED_HOST,), ("localhost",)):
         # The stack started a useless local node (on 127.0.0.1 only) and created the schema on the hosts given.
         raise ConfigError(
             f"cassandra.hosts: {list(hosts)}: the local stack runs its node on {MANAGED_HOST} only; "
