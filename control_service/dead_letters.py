@@ -70,7 +70,7 @@ class DeadLetterStore(Protocol):
         self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: tuple[str, int, int, str] | None
     ) -> tuple[list[DeadLetter], tuple[str, int, int, str] | None]: ...
     async def reset_delivery(self, delivery_id: str, now_us: int) -> bool: ...
-    async def fail_delivery(self, delivery_id: str, error: str, now_us: int) -> bool: ...
+    async def fail_delivery(self, delivery_id: str, error: str, dead_us: int) -> bool: ...
 
 
 class EventResetter(Protocol):
@@ -184,8 +184,10 @@ class DeadLetterRecorder:
             outcome = await self.put_once(d, again=bool(m.headers.get(DEAD_AGAIN_HEADER)))
             if d.delivery_id and d.reason != "FAILED":
                 # Its worker did not record the end (the handler kept raising on the task, or the broker's
-                # delivery limit): the delivery said PENDING or RETRYING for good, with no attempt coming.
-                await self.store.fail_delivery(d.delivery_id, f"dead-lettered ({d.reason}): {d.last_error}", now_us())
+                # delivery limit): the delivery said PENDING or RETRYING for good, with no attempt coming. The
+                # error the client sees names the dead letter, not the platform's own exception text.
+                error = f"dead-lettered ({d.reason}): the platform could not deliver it; dead letter {d.id}"
+                await self.store.fail_delivery(d.delivery_id, error, d.dead_us)
             verdicts.append(Ack(outcome))
         return verdicts
 

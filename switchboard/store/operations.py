@@ -180,14 +180,21 @@ class OperationsStore:
         await self.store.execute(self.q.delivery_reset, (self.ttl, "pending", ts(now_us), delivery_id))
         return True
 
-    async def fail_delivery(self, delivery_id: str, error: str, now_us: int) -> bool:
-        """A delivery whose task was dead-lettered without its worker recording the end (the handler kept
-        raising on it, or the broker's delivery limit): FAILED with ``error``, unless it has no row or is over
-        already (delivered, failed, cancelled). Whether it was marked."""
-        rows = await self.store.execute(self.q.delivery_status, (delivery_id,))
+    async def fail_delivery(self, delivery_id: str, error: str, dead_us: int) -> bool:
+        """A delivery whose task was dead-lettered at ``dead_us`` without its worker recording the end (the
+        handler kept raising on it, or the broker's delivery limit): FAILED with ``error``, unless it has no row
+        or is over already (delivered, failed, cancelled). Whether it was marked.
+
+        Written with the death's time as its cell timestamp, so that whatever was written after the death wins
+        over the mark, whenever the mark lands: a redrive's reset (a copy of the death recorded again later
+        marked a redriven delivery FAILED, and its task was then dead-lettered without a send), a worker's
+        record of a send that was still out. With the TTL the row has left, so the marked cells expire with it."""
+        rows = await self.store.execute(self.q.delivery_left, (delivery_id,))
         if not rows or rows[0].status in ("delivered", "failed", "cancelled"):
             return False
-        await self.store.execute(self.q.delivery_fail, (self.ttl, "failed", error[:1000], ts(now_us), delivery_id))
+        left = rows[0].ttl_left or self.ttl
+        params = (left, dead_us, "failed", error[:1000], ts(dead_us), delivery_id)
+        await self.store.execute(self.q.delivery_fail, params)
         return True
 
 

@@ -165,8 +165,9 @@ def _operations_cql(ks: str) -> dict[str, str]:
         "delivery_reset": f"""UPDATE {ks}.deliveries USING TTL ? SET status = ?, attempts = 0, updated_at = ?
             WHERE id = ?""",
         "delivery_status": f"SELECT status FROM {ks}.deliveries WHERE id = ?",
-        "delivery_fail": f"""UPDATE {ks}.deliveries USING TTL ? SET status = ?, last_error = ?, updated_at = ?,
-            next_attempt_at = null WHERE id = ?""",
+        "delivery_left": f"SELECT status, TTL(status) AS ttl_left FROM {ks}.deliveries WHERE id = ?",
+        "delivery_fail": f"""UPDATE {ks}.deliveries USING TTL ? AND TIMESTAMP ? SET status = ?, last_error = ?,
+            updated_at = ?, next_attempt_at = null WHERE id = ?""",
     }
 
 
@@ -260,6 +261,7 @@ class OperationStatements:
     replay_cancel_get: PreparedStatement
     delivery_reset: PreparedStatement
     delivery_status: PreparedStatement
+    delivery_left: PreparedStatement
     delivery_fail: PreparedStatement
 
 

@@ -165,7 +165,9 @@ def test_a_delivery_dead_lettered_without_its_end_is_marked_failed_unless_over(
     stack: Stack, stack_config: PlatformConfig
 ) -> None:
     """The recorder's mark for a task dead-lettered with its delivery still RETRYING (its handler kept raising):
-    FAILED with the reason, no next attempt; a delivered one, or one without a row, is left as it is."""
+    FAILED with the reason, no next attempt, the TTL the row had left; a delivered one, or one without a row, is
+    left as it is; and what was written after the death wins over a mark that lands later (a copy of an old
+    death recorded again after a redrive reset the delivery)."""
 
     async def run() -> None:
         session = StoreSession.connect(stack_config.cassandra)
@@ -178,8 +180,14 @@ def test_a_delivery_dead_lettered_without_its_end_is_marked_failed_unless_over(
                                 now, now, now + 60_000_000)  # fmt: skip
 
             stuck, done = delivery("stuck", DeliveryStatus.RETRYING), delivery("done", DeliveryStatus.DELIVERED)
-            await deliveries.record(stuck)
-            await deliveries.record(done)
+            redriven = delivery("redriven", DeliveryStatus.RETRYING)
+            for d in (stuck, done, redriven):
+                await deliveries.record(d)
+            ks = stack_config.cassandra.keyspace
+            session.session.execute(  # a row recorded long ago: 1,000 s of its retention left
+                f"UPDATE {ks}.deliveries USING TTL 1000 SET status = 'retrying', source = 'shop' WHERE id = %s",  # noqa: S608
+                (stuck.id,),
+            )
             assert await ops.fail_delivery(stuck.id, "dead-lettered (CRASHED): boom", now_us())
             marked = (await deliveries.get_many([stuck.id]))[stuck.id]
             assert (marked.status, marked.last_error, marked.next_attempt_us) == (
@@ -187,10 +195,21 @@ def test_a_delivery_dead_lettered_without_its_end_is_marked_failed_unless_over(
                 "dead-lettered (CRASHED): boom",
                 0,
             )
+            (ttl,) = session.session.execute(
+                f"SELECT TTL(status), TTL(source) FROM {ks}.deliveries WHERE id = %s",  # noqa: S608
+                (stuck.id,),
+            )
+            assert ttl[0] <= 1000 and abs(ttl[0] - ttl[1]) <= 5  # the marked cells expire with the row
             assert not await ops.fail_delivery(stuck.id, "again", now_us())  # over already
             assert not await ops.fail_delivery(done.id, "late", now_us())
             assert (await deliveries.get_many([done.id]))[done.id].status is DeliveryStatus.DELIVERED
             assert not await ops.fail_delivery(f"dlv_none_{tag}", "no row", now_us())
+
+            died = now_us()
+            await asyncio.sleep(0.01)
+            assert await ops.reset_delivery(redriven.id, now_us())  # redriven after it died
+            await ops.fail_delivery(redriven.id, "a copy of the old death", died)
+            assert (await deliveries.get_many([redriven.id]))[redriven.id].status is DeliveryStatus.PENDING
         finally:
             session.close()
 

@@ -394,8 +394,9 @@ async def test_a_delivery_dead_lettered_without_its_end_recorded_is_marked_faile
             super().__init__()
             self.failed: list[tuple[str, str]] = []
 
-        async def fail_delivery(self, delivery_id: str, error: str, now_us: int) -> bool:
+        async def fail_delivery(self, delivery_id: str, error: str, dead_us: int) -> bool:
             self.failed.append((delivery_id, error))
+            assert dead_us == 1_700_000_000 * S  # the death's time: what the mark's cell timestamp is
             return True
 
     def task_copy(reason: str, delivery_id: str) -> QueueMessage:
@@ -413,4 +414,6 @@ async def test_a_delivery_dead_lettered_without_its_end_recorded_is_marked_faile
     verdicts = await recorder.handle([task_copy("crashed", "dlv_crashed"), task_copy("failed", "dlv_failed")])
     assert verdicts == [Ack("recorded"), Ack("recorded")]
     assert [(i, e.split(":")[0]) for i, e in store.failed] == [("dlv_crashed", "dead-lettered (CRASHED)")]
-    assert "no signing secret" in store.failed[0][1]
+    (crashed_row,) = [d for d in store.rows.values() if d.delivery_id == "dlv_crashed"]
+    error = store.failed[0][1]
+    assert crashed_row.id in error and "no signing secret" not in error  # the client sees no internals
