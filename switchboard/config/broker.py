@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 from switchboard.addresses import host_port, redacted_url
 from switchboard.config._table import Table, parse_secret_ref
 from switchboard.errors import ConfigError
+from switchboard.secrets import SecretRef
 
 AMQP_PORTS = {"amqp": 5672, "amqps": 5671}
 MANAGED_HOST = "127.0.0.1"
@@ -28,11 +30,15 @@ class RabbitConfig:
     nodename: str = "switchboard"
     url: str | None = field(default=None, repr=False)
     queue_prefix: str = "switchboard"
+    # The url as a secret reference instead (``url = { env = "VAR" }``): read, and checked like a url written
+    # in the file, when first used, so that a process that never talks to the broker (the query service, the
+    # command's subscription commands) neither needs it nor sees it.
+    url_ref: SecretRef | None = field(default=None, repr=False)
 
     @property
     def amqp_url(self) -> str:
         """The URL the services connect with, credentials included: never log it (``display_url``)."""
-        return self.url or f"amqp://guest:guest@{host_port(self.host, self.port)}/"
+        return self._url or f"amqp://guest:guest@{host_port(self.host, self.port)}/"
 
     @property
     def display_url(self) -> str:
@@ -41,29 +47,44 @@ class RabbitConfig:
 
     def endpoint(self) -> tuple[str, int]:
         """The host and port the services connect to (the url's when one is given)."""
-        if self.url is None:
+        url = self._url
+        if url is None:
             return self.host, self.port
-        parts = urlsplit(self.url)
+        parts = urlsplit(url)
         return parts.hostname or "", parts.port or AMQP_PORTS[parts.scheme]
+
+    @functools.cached_property
+    def _url(self) -> str | None:
+        if self.url_ref is None:
+            return self.url
+        try:
+            url = self.url_ref.resolve().reveal()
+        except ConfigError as exc:
+            raise ConfigError(f"rabbitmq.url: {exc.message}") from None
+        check_amqp_url(url)
+        return url
 
 
 def parse_rabbitmq(raw: Mapping[str, Any], base: Path = Path(".")) -> RabbitConfig:
     """``url`` is a string, or, so that the broker's password is not written in the file, a secret reference
-    (``{ env = "VAR" }`` or ``{ file = "path" }`` holding the whole URL), read when the configuration is
-    loaded."""
+    (``{ env = "VAR" }`` or ``{ file = "path" }`` holding the whole URL), read when first used
+    (``RabbitConfig.url_ref``)."""
     t = Table(raw, "rabbitmq", RabbitConfig)
-    ref = t.get("url")
+    if "url_ref" in raw:  # a field, not a key: ``url`` takes the reference
+        raise ConfigError("rabbitmq: unknown key 'url_ref' (a referenced url is url = { env = ... })")
+    ref, url_ref = t.get("url"), None
     if isinstance(ref, Mapping):
         if "generate" in ref:
             raise ConfigError("rabbitmq.url: a broker's URL cannot be generated; reference one with env or file")
-        url: str | None = parse_secret_ref(ref, "rabbitmq.url", base).resolve().reveal()
+        url, url_ref = None, parse_secret_ref(ref, "rabbitmq.url", base)
     else:
         url = t.optional_string("url")
     if url is not None:
         check_amqp_url(url)
+    given = url is not None or url_ref is not None
     # An explicit url means an existing broker unless `managed` says otherwise.
-    managed = t.boolean("managed") if t.present("managed") else url is None
-    if managed and url is not None:
+    managed = t.boolean("managed") if t.present("managed") else not given
+    if managed and given:
         # The stack would start its own node on host:port and wait for it, while every service connected to
         # the url.
         raise ConfigError(
@@ -85,6 +106,7 @@ def parse_rabbitmq(raw: Mapping[str, Any], base: Path = Path(".")) -> RabbitConf
         nodename=t.string("nodename"),
         url=url,
         queue_prefix=t.string("queue_prefix"),
+        url_ref=url_ref,
     )
 
 

@@ -73,19 +73,26 @@ def test_the_url_may_be_a_secret_reference_so_that_the_password_is_not_in_the_fi
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The README says secrets are referenced, never written inline; the broker's password could only be
-    written in the file, inside the URL."""
+    written in the file, inside the URL. The reference is read when first used: a process that never talks to
+    the broker (the query service, ``switchboard subs``) loads the configuration without it."""
+    unset = parse_rabbitmq({"url": {"env": "SB_BROKER_URL"}})  # loads without the variable
+    assert not unset.managed
+    with pytest.raises(ConfigError, match=r"^rabbitmq\.url: .*SB_BROKER_URL"):
+        unset.endpoint()
     monkeypatch.setenv("SB_BROKER_URL", SECRET_URL)
     by_env = parse_rabbitmq({"url": {"env": "SB_BROKER_URL"}})
-    assert (by_env.amqp_url, by_env.managed) == (SECRET_URL, False)
+    assert (by_env.amqp_url, by_env.endpoint()) == (SECRET_URL, ("broker.internal", 5672))
     assert "s3cr3t" not in repr(by_env) and "s3cr3t" not in by_env.display_url
     (tmp_path / "broker.url").write_text(SECRET_URL + "\n")
     (tmp_path / "broker.url").chmod(0o600)
     assert parse_rabbitmq({"url": {"file": "broker.url"}}, tmp_path).amqp_url == SECRET_URL
     monkeypatch.setenv("SB_BROKER_URL", "amqps://svc:s3cr3t@broker/?no_verify_ssl=1")
     with pytest.raises(ConfigError, match=r"rabbitmq\.url") as caught:  # checked as one written inline
-        parse_rabbitmq({"url": {"env": "SB_BROKER_URL"}})
+        _ = parse_rabbitmq({"url": {"env": "SB_BROKER_URL"}}).amqp_url
     assert "s3cr3t" not in str(caught.value)
     with pytest.raises(ConfigError, match="cannot be generated"):
         parse_rabbitmq({"url": {"file": "x", "generate": "hex"}}, tmp_path)
-    with pytest.raises(ConfigError, match="SB_UNSET_URL"):
-        parse_rabbitmq({"url": {"env": "SB_UNSET_URL"}})
+    with pytest.raises(ConfigError, match="managed = true and a url"):
+        parse_rabbitmq({"managed": True, "url": {"env": "SB_BROKER_URL"}})
+    with pytest.raises(ConfigError, match="url_ref"):
+        parse_rabbitmq({"url_ref": "x"})
