@@ -40,6 +40,16 @@ class NoDeadLetters:
 F = Filter(start_us=1_000_000, end_us=2_000_000)
 
 
+class EventPublisher:
+    """Keeps the events a redrive publishes."""
+
+    def __init__(self) -> None:
+        self.events: list[InboundEvent] = []
+
+    async def publish_event(self, e: InboundEvent) -> None:
+        self.events.append(e)
+
+
 def token(k: object, c: object = None) -> str:
     return pagination.encode_token({"q": _query(F, F.start_us or 0, F.end_us or 0), "k": k, "c": c})
 
@@ -164,14 +174,7 @@ async def test_a_redrive_of_an_event_processed_since_publishes_nothing() -> None
         async def reset_attempts(self, e: object) -> bool:
             return False
 
-    class Publisher:
-        def __init__(self) -> None:
-            self.events: list[object] = []
-
-        async def publish_event(self, e: object) -> None:
-            self.events.append(e)
-
-    publisher = Publisher()
+    publisher = EventPublisher()
     manager = DeadLetterManager(OneEvent(), ProcessedSince(), publisher)  # type: ignore[arg-type]
     progress = [p async for p in manager.redrive(["dl_1"], Filter(), everything=False, dry_run=False)]
     assert (progress[-1].redriven, progress[-1].failed) == (0, 1) and publisher.events == []
@@ -201,14 +204,7 @@ async def test_a_selection_holds_no_bodies_and_a_redrive_reads_each_body_back_wh
         async def reset_attempts(self, e: object) -> bool:
             return True
 
-    class Publisher:
-        def __init__(self) -> None:
-            self.events: list[InboundEvent] = []
-
-        async def publish_event(self, e: InboundEvent) -> None:
-            self.events.append(e)
-
-    store, publisher = Listed(), Publisher()
+    store, publisher = Listed(), EventPublisher()
     manager = DeadLetterManager(store, Resettable(), publisher)  # type: ignore[arg-type]
     f = Filter(kind=DeadLetterKind.PROCESSING)
     selected = await manager.selection([], f, everything=False)
