@@ -166,6 +166,8 @@ def parse_secret_ref(ref: Any, where: str, base: Path) -> SecretRef:
         raise ConfigError(f"{where}: give exactly one of env or file (literal secrets are not accepted)")
     if t.get("generate") not in (None, *GENERATED_KINDS):
         raise ConfigError(f"{where}.generate: must be one of {', '.join(GENERATED_KINDS)}")
+    if ref.get("env") and t.get("generate") is not None:  # it was dropped without a word
+        raise ConfigError(f"{where}: generate creates a file; with env it would be ignored (use file)")
     if ref.get("env"):
         return SecretRef(env=str(ref["env"]))
     return SecretRef(file=resolve_path(base, ref["file"]), generate=t.get("generate"))

@@ -116,6 +116,10 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(delivery={"slot_wait_ms": 1001}), "slot_wait_ms"),
         (base(delivery={"slot_wait_ms": 500, "breaker_cooldown_seconds": 1}), "longer than twice"),
         (base(processor={"redelivery_delay_seconds": 0}), "between 2.5 and 60"),
+        (
+            base(sources=[{"name": "shop", "scheme": "stripe", "secrets": [{"env": "X", "generate": "whsec"}]}]),
+            "with env it would be ignored",
+        ),
         (base(delivery={"max_retry_after_seconds": 86_401}), r"max_retry_after_seconds: .*86400"),
         (base(delivery={"breaker_max_cooldown_seconds": 90_000}), r"breaker_max_cooldown_seconds: .*86400"),
         (base(processor={"operations": [{"name": "x", "call": "m:f", "sources": ["stirpe"]}]}), "no source named"),
