@@ -11,11 +11,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 from switchboard.addresses import host_port, redacted_url
 from switchboard.config._table import Table, parse_secret_ref
+from switchboard.config.ports import LOOPBACK
 from switchboard.errors import ConfigError
 from switchboard.secrets import SecretRef
 
 AMQP_PORTS = {"amqp": 5672, "amqps": 5671}
-MANAGED_HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,11 @@ def parse_rabbitmq(raw: Mapping[str, Any], base: Path = Path(".")) -> RabbitConf
             "services connect to the url; set managed = false to use that broker, or remove the url"
         )
     host = t.ip("host")
-    if managed and host != MANAGED_HOST:
+    if managed and host != LOOPBACK:
         # The node listens on 127.0.0.1 only: its readiness probe passed while every service dialled the
         # configured address and waited for RabbitMQ until the stack gave up.
         raise ConfigError(
-            f"rabbitmq.host: {host}: the local stack runs its node on {MANAGED_HOST} only; "
+            f"rabbitmq.host: {host}: the local stack runs its node on {LOOPBACK} only; "
             "for a broker elsewhere set managed = false and a url"
         )
     return RabbitConfig(

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from switchboard.config._table import Table
+from switchboard.config.ports import LOOPBACK
 from switchboard.errors import ConfigError
 
 CONSISTENCY_LEVELS = frozenset({"ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "ALL"})
 MIN_TTL_SECONDS = 24 * 3600
-MANAGED_HOST = "127.0.0.1"  # where the local stack's node listens
 # Cassandra refuses a TTL above 20 years: every write would fail.
 MAX_TTL_SECONDS = 630_720_000
 # The latest expiry Cassandra before 5.0 (and 5.0 in its default storage compatibility mode) can store,
@@ -65,10 +65,10 @@ def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
     if protocol is not None and (not isinstance(protocol, int) or isinstance(protocol, bool) or protocol < 0):
         raise ConfigError(f"cassandra.protocol_version: must be a protocol number, got {protocol!r}")
     managed, hosts = t.boolean("managed"), t.strings("hosts")
-    if managed and hosts not in ((MANAGED_HOST,), ("localhost",)):
+    if managed and hosts not in ((LOOPBACK,), ("localhost",)):
         # The stack started a useless local node (on 127.0.0.1 only) and created the schema on the hosts given.
         raise ConfigError(
-            f"cassandra.hosts: {list(hosts)}: the local stack runs its node on {MANAGED_HOST} only; "
+            f"cassandra.hosts: {list(hosts)}: the local stack runs its node on {LOOPBACK} only; "
             "for a cluster elsewhere set managed = false"
         )
     cass = CassandraConfig(
