@@ -65,45 +65,7 @@ class DeliveryStore:
         """Writes the delivery's state (and the attempt that led to it): five rows, one unit of the group
         commit, so that the records of a worker's concurrent deliveries share requests. Without ``state``, the
         attempt's rows only. Written again (a retried write), the same rows: the attempt's run id is its own."""
-        unit: list[BoundStatement] = (
-            []
-            if not state
-            else [
-                (
-                    self.q.put,
-                    (
-                        d.id,
-                        d.subscription_id,
-                        d.source,
-                        d.event_id,
-                        d.event_type,
-                        d.status.value,
-                        d.attempts,
-                        d.last_http_status,
-                        d.last_error,
-                        ts(d.created_us),
-                        ts(d.updated_us),
-                        ts(d.next_attempt_us) if d.next_attempt_us else None,
-                        self.ttl,
-                    ),
-                ),
-                (
-                    self.q.by_subscription_put,
-                    (
-                        d.subscription_id,
-                        day_of(d.created_us),
-                        ts(d.created_us),
-                        d.id,
-                        d.source,
-                        d.event_id,
-                        d.event_type,
-                        d.status.value,
-                        self.ttl,
-                    ),
-                ),
-                (self.q.by_event_put, (d.source, d.event_id, d.subscription_id, d.id, d.status.value, self.ttl)),
-            ]
-        )
+        unit: list[BoundStatement] = self._state_rows(d) if state else []
         if attempt is not None:
             run = attempt.run_id
             common = (
@@ -127,6 +89,44 @@ class DeliveryStore:
                 )
             )
         await self.group.write(unit)
+
+    def _state_rows(self, d: Delivery) -> list[BoundStatement]:
+        """The delivery's row and its two index rows."""
+        return [
+            (
+                self.q.put,
+                (
+                    d.id,
+                    d.subscription_id,
+                    d.source,
+                    d.event_id,
+                    d.event_type,
+                    d.status.value,
+                    d.attempts,
+                    d.last_http_status,
+                    d.last_error,
+                    ts(d.created_us),
+                    ts(d.updated_us),
+                    ts(d.next_attempt_us) if d.next_attempt_us else None,
+                    self.ttl,
+                ),
+            ),
+            (
+                self.q.by_subscription_put,
+                (
+                    d.subscription_id,
+                    day_of(d.created_us),
+                    ts(d.created_us),
+                    d.id,
+                    d.source,
+                    d.event_id,
+                    d.event_type,
+                    d.status.value,
+                    self.ttl,
+                ),
+            ),
+            (self.q.by_event_put, (d.source, d.event_id, d.subscription_id, d.id, d.status.value, self.ttl)),
+        ]
 
     async def by_event(self, source: str, event_id: str) -> list[Delivery]:
         """Every delivery of the event: the originals and each replay's, from ``deliveries_of_event`` and from

@@ -189,7 +189,7 @@ class OperationsStore:
         over the mark, whenever the mark lands: a redrive's reset (a copy of the death recorded again later
         marked a redriven delivery FAILED, and its task was then dead-lettered without a send), a worker's
         record of a send that was still out. With the TTL the row has left, so the marked cells expire with it."""
-        rows = await self.store.execute(self.q.delivery_left, (delivery_id,))
+        rows = await self.store.execute(self.q.delivery_status, (delivery_id,))
         if not rows or rows[0].status in ("delivered", "failed", "cancelled"):
             return False
         left = rows[0].ttl_left or self.ttl

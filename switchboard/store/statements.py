@@ -164,8 +164,7 @@ def _operations_cql(ks: str) -> dict[str, str]:
         "replay_cancel_get": f"SELECT id FROM {ks}.replay_cancels WHERE id = ?",
         "delivery_reset": f"""UPDATE {ks}.deliveries USING TTL ? SET status = ?, attempts = 0, updated_at = ?
             WHERE id = ?""",
-        "delivery_status": f"SELECT status FROM {ks}.deliveries WHERE id = ?",
-        "delivery_left": f"SELECT status, TTL(status) AS ttl_left FROM {ks}.deliveries WHERE id = ?",
+        "delivery_status": f"SELECT status, TTL(status) AS ttl_left FROM {ks}.deliveries WHERE id = ?",
         "delivery_fail": f"""UPDATE {ks}.deliveries USING TTL ? AND TIMESTAMP ? SET status = ?, last_error = ?,
             updated_at = ?, next_attempt_at = null WHERE id = ?""",
     }
@@ -261,7 +260,6 @@ class OperationStatements:
     replay_cancel_get: PreparedStatement
     delivery_reset: PreparedStatement
     delivery_status: PreparedStatement
-    delivery_left: PreparedStatement
     delivery_fail: PreparedStatement
 
 
