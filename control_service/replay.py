@@ -196,7 +196,7 @@ class ReplayManager:
         try:
             await self._enqueue(stored.event, replay_id, subscription_id)
         except SwitchboardError as exc:
-            job.state, job.message, job.failed, job.finished_us = ReplayState.FAILED, exc.message, 1, now_us()
+            job.state, job.message, job.failed, job.finished_us = ReplayState.FAILED, exc.public, 1, now_us()
             await self._put_final(job)
             raise
         job.queued = 1
@@ -317,7 +317,7 @@ class ReplayManager:
             if cancel.is_set() and isinstance(exc, Unavailable):  # cancelled while it waited out an outage
                 job.state = ReplayState.CANCELLED
             else:
-                job.state, job.message = ReplayState.FAILED, exc.message
+                job.state, job.message = ReplayState.FAILED, exc.public  # shown to callers: without the driver's detail
                 log.warning("replay failed", extra={"replay": job.id, "error": exc.message})
         except asyncio.CancelledError:  # the service is stopping
             _mark_interrupted(job)

@@ -4,7 +4,9 @@ Adapters (RabbitMQ, Cassandra, HTTP) translate driver exceptions into these at t
 interceptor maps them to status codes (``switchboard.rpc.errors``), and the command line and the local stack
 report them. Every error carries a stable ``reason`` (UPPER_SNAKE_CASE, sent to clients in
 ``google.rpc.ErrorInfo`` with ``domain = ERROR_DOMAIN``) and optional ``metadata`` that must never contain
-secrets.
+secrets. ``message`` is what the logs say; ``public`` is what a caller is told, the message itself unless the
+adapter gave a text without the driver's detail (a Cassandra timeout names the nodes' addresses: the log
+keeps them, the caller gets the error's kind).
 
 ::
 
@@ -38,9 +40,17 @@ class SwitchboardError(Exception):
 
     reason = "INTERNAL"
 
-    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        public: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
+        self.public = message if public is None else public
         if reason is not None:
             self.reason = reason
         self.metadata: dict[str, str] = dict(metadata or {})

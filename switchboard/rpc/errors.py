@@ -146,7 +146,7 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception)
         code = status_code_for(exc)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
             log.warning("rpc failed", extra={"method": method, "reason": exc.reason, "error": exc.message})
-        message = clip(exc.message, MAX_MESSAGE_BYTES)
+        message = clip(exc.public, MAX_MESSAGE_BYTES)
         metadata = {
             clip(k, MAX_METADATA_KEY_BYTES): clip(v, MAX_METADATA_VALUE_BYTES)
             for k, v in list(exc.metadata.items())[:MAX_METADATA_ENTRIES]

@@ -286,7 +286,10 @@ def _refused(exc: BaseException) -> InvalidRequest:
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"Cassandra: {type(exc).__name__}: {exc}"[:300])
+    """The driver's text (for a timeout or no host available: the nodes' addresses and what each answered) goes
+    to the logs; a caller is told the kind of failure only."""
+    kind = type(exc).__name__
+    return StoreUnavailable(f"Cassandra: {kind}: {exc}"[:300], public=f"the store is unavailable ({kind}); retry later")
 
 
 def _resolve(fut: asyncio.Future[list[Any]], value: list[Any] | None, exc: BaseException | None) -> None:

@@ -277,14 +277,15 @@ async def test_a_cancel_while_waiting_out_an_outage_ends_the_job_cancelled(monke
 
 async def test_a_real_failure_racing_a_cancel_is_still_a_failure() -> None:
     """Only an outage waited out when the cancel came ends CANCELLED; any other error is the job's failure
-    (found in review: every error during a cancel was recorded CANCELLED, without a log)."""
+    (found in review: every error during a cancel was recorded CANCELLED, without a log). The job's message,
+    shown to callers, is the error's public text, without the driver's detail."""
     events, jobs = Events(3), Jobs()
     replays = manager(events, jobs)
 
     async def refused(source: str, event_id: str) -> StoredEvent:
         for _, _, cancel in replays._running.values():
             cancel.set()  # the cancel arrives just as the store refuses the read
-        raise InvalidRequest("a value the store refuses", reason="STORE_REFUSED")
+        raise InvalidRequest("refused by 10.20.30.40", reason="STORE_REFUSED", public="a value the store refuses")
 
     events.get = refused  # type: ignore[method-assign]
     job = await replays.start(SEL)

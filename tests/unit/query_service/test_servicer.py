@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from cassandra import OperationTimedOut
 from google.rpc import error_details_pb2, status_pb2
 from webhooks.v1 import event_pb2, query_pb2, query_pb2_grpc
 
@@ -16,6 +17,7 @@ from query_service.servicer import QueryServicer
 from switchboard import errors
 from switchboard.model.events import EventStatus, StoredEvent
 from switchboard.rpc.errors import MAX_MESSAGE_BYTES, ErrorInterceptor
+from switchboard.store.session import _unavailable
 from tests.unit.factories import event
 from tests.unit.query_service.test_queries import MemoryEntities, MemoryReader
 from tests.unit.rpc_tree import EXPECTED, tree
@@ -137,3 +139,19 @@ async def test_a_request_that_is_not_its_message_is_invalid_argument(stub: Any, 
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(raised.value).reason == "REQUEST_UNDECODABLE"
     assert "GetEvent" in (raised.value.details() or "")
+
+
+async def test_a_store_outage_reaches_the_caller_without_the_drivers_detail(
+    stub: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The driver's text of a timeout names the Cassandra nodes' addresses: the log keeps it, the caller is told
+    the kind of failure (``SwitchboardError.public``)."""
+    READER.error = _unavailable(OperationTimedOut({"10.20.30.40:9042": "Client request timeout"}, "10.20.30.40:9042"))
+    with pytest.raises(grpc.aio.AioRpcError) as raised, caplog.at_level("WARNING", logger="switchboard.rpc.errors"):
+        await stub.GetEvent(query_pb2.GetEventRequest(source="shop", event_id="evt_1"))
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert raised.value.details() == "the store is unavailable (OperationTimedOut); retry later"
+    assert error_info(raised.value).reason == "STORE_UNAVAILABLE"
+    assert b"10.20.30.40" not in dict(raised.value.trailing_metadata() or ())["grpc-status-details-bin"]
+    logged = [r for r in caplog.records if r.getMessage() == "rpc failed"]
+    assert logged and "10.20.30.40:9042" in logged[0].__dict__["error"]
