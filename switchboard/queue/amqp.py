@@ -36,6 +36,8 @@ OnClosed = Callable[[AsyncioConnection, BaseException], None]
 # what the socket does not take, without a limit, and a broker that stops reading (a resource alarm, a dead
 # path not yet noticed) grew a publisher's memory by every request it answered 503 meanwhile.
 MAX_UNCONFIRMED_BYTES = 64 * 2**20
+# What a caller (a webhook sender) is told of a publish lost with its channel or connection.
+LOST_PUBLIC = "broker refused or lost the message; retry later"
 
 
 async def open_connection(
@@ -218,7 +220,7 @@ class Channel:
         waiting, self._waiting = self._waiting, set()
         for answer in waiting:
             if not answer.done():
-                answer.set_exception(BrokerUnavailable(f"channel closed: {reason!r}"))
+                answer.set_exception(BrokerUnavailable(f"channel closed: {reason!r}", public="channel closed"))
         if self.on_close is not None:
             self.on_close(reason)
 
@@ -300,7 +302,10 @@ class ConfirmingChannel:
         self._returned.clear()
         for confirm, _message_id, _size in waiting.values():
             if not confirm.done():
-                confirm.set_exception(BrokerUnavailable(f"broker refused or lost the message: {why}"))
+                # The broker's reason names its exchanges and queues: the log's, not the sender's
+                confirm.set_exception(
+                    BrokerUnavailable(f"broker refused or lost the message: {why}", public=LOST_PUBLIC)
+                )
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
