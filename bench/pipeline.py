@@ -212,6 +212,8 @@ class Phase:
     rate_result: float | None = None
     mid_rate: float | None = None  # drain: events/s from 10% to 90% of the backlog processed
     per_second: list[int] = field(default_factory=list)  # drain: events processed in each second from resume
+    # open phases: (second since the phase's start, by received_at; e2e before commit in ms) of each event
+    e2e_at: list[tuple[int, float]] = field(default_factory=list)
     # the services' own histograms over the phase's CPU window (bench/stages.py)
     stages: stages.Summary = field(default_factory=dict)
 
@@ -698,13 +700,15 @@ class Bench:
                 )
         for ph in self.phases:
             mine = set(ph.ok_ids) if ph.kind != "drain" else set(ph.backlog_ids)
-            e2e, done = [], []
+            e2e, done, at = [], [], []
             for i in mine:
                 rec, proc, status = events.get(i, (None, None, None))
                 if rec is not None and proc is not None:
                     if _status(status) in FINISHED:
                         e2e.append((proc - rec) * 1000)
+                        at.append((int(rec - ph.start_wall), e2e[-1]))
                     done.append(proc)
+            ph.e2e_at = at if ph.kind == "open" else []
             last = max(done, default=None)
             ph.e2e_before_commit_ms, ph.last_processed = e2e, last
             if ph.kind == "drain" and last is not None and last > ph.start_wall:
@@ -888,6 +892,7 @@ class Bench:
             d["e2e_committed_ms"] = ph.stages.get("e2e")
             b = ph.e2e_before_commit_ms
             # received_at → processed_at of the rows: the operations done, before the commit
+            d["e2e_by_second"] = by_second(ph.e2e_at)
             d["e2e_before_commit_ms"] = (
                 {
                     "p50": pct(b, 0.5),
@@ -920,6 +925,34 @@ def e2e_line(ph: Phase) -> str:
         f" its buckets) p50/p99 {ms(ph.e2e('p50_ms'))}/{ms(ph.e2e('p99_ms'))} ms (n={committed.get('count') or 0:.0f}"
         f"{within}); to operations done, before the commit (rows: received_at → processed_at) p50/p99"
         f" {ms(pct(b, 0.5))}/{ms(pct(b, 0.99))} ms (n={len(b)})"
+    )
+
+
+def by_second(at: list[tuple[int, float]]) -> list[dict[str, Any]]:
+    """The e2e (before commit) of the events received in each second of a phase: whether its tail is spread
+    over the run (every process waiting for a core) or gathered in a few seconds (a stall: a collector's
+    pause, a flush, a compaction starting)."""
+    seconds: dict[int, list[float]] = {}
+    for second, ms in at:
+        seconds.setdefault(second, []).append(ms)
+    return [
+        {"s": t, "n": len(v), "p50": pct(v, 0.5), "p99": pct(v, 0.99), "max": max(v)}
+        for t, v in sorted(seconds.items())
+    ]
+
+
+def tail_line(ph: Phase, limit_ms: float = 200.0) -> str | None:
+    """Where an open phase's e2e tail lies in time: how many of its seconds had events over ``limit_ms``,
+    and the seconds with the most of them."""
+    if not ph.e2e_at:
+        return None
+    over = Counter(second for second, ms in ph.e2e_at if ms > limit_ms)
+    total = sum(over.values())
+    seconds = len({second for second, _ms in ph.e2e_at})
+    return (
+        f"tail {ph.name}: {total} events ({total / len(ph.e2e_at):.1%}) over {limit_ms:g} ms e2e before commit,"
+        f" received in {len(over)} of {seconds} seconds; most in s "
+        + (", ".join(f"{t} ({n})" for t, n in over.most_common(5)) or "-")
     )
 
 
@@ -1182,6 +1215,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stages {ph.name} (p50/p99 from the services' histograms): {stages.line(ph.stages)}")
         if not ph.paused:
             print(e2e_line(ph))
+        tail = tail_line(ph)
+        if tail:
+            print(tail)
     print(f"edge protocols (Envoy access log tail): {protocols}")
     print(f"CPU reference before / after the run: {reference[0]:.0f} / {reference[-1]:.0f} ms (lower is faster)")
     result = {

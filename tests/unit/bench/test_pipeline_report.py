@@ -163,3 +163,37 @@ def test_a_p99_past_the_last_bucket_is_valid_json_and_printed_as_inf() -> None:
     ph = P.Phase("steady", "open 800/s", "open", 800, 60, 128, 3)
     ph.stages = summary
     assert "(300000, inf] ms" in P.e2e_line(ph)
+
+
+def test_the_tail_line_says_in_which_seconds_the_slow_events_arrived() -> None:
+    """An open phase's e2e, second by second of arrival: a stall gathers the tail in a few seconds, a saturated
+    box spreads it. The JSON keeps every second's figures (``e2e_by_second``)."""
+    ph = P.Phase("steady", "open 800/s", "open", 800, 60, 128, 6)
+    ph.start_wall = 100.0
+    ph.ok_ids = ["a", "b", "c", "d", "e", "f"]
+    stored = {
+        "a": (100.2, 100.21, "processed"),  # s 0: 10 ms
+        "b": (100.5, 100.9, "processed"),  # s 0: 400 ms
+        "c": (101.1, 101.13, "processed"),  # s 1: 30 ms
+        "d": (102.0, 102.25, "processed"),  # s 2: 250 ms
+        "e": (102.4, 102.7, "processed"),  # s 2: 300 ms
+        "f": (102.5, 102.9, "retrying"),  # not finished: no e2e
+    }
+    b = bench_with_phase(ph)
+    b._q_records = None
+
+    async def read_events(ids: list[str]) -> dict[str, Any]:
+        return {i: stored[i] for i in ids}
+
+    async def batched(stmt: Any, ids: list[str], batch: int = 100) -> list[Any]:
+        return []
+
+    b.read_events = read_events  # type: ignore[method-assign]
+    b._batched = batched  # type: ignore[method-assign]
+    asyncio.run(b.verify())
+    assert P.tail_line(ph) == (
+        "tail steady: 3 events (60.0%) over 200 ms e2e before commit, received in 2 of 3 seconds;"
+        " most in s 2 (2), 0 (1)"
+    )
+    by_second = b.phase_json(ph)["e2e_by_second"]
+    assert [(r["s"], r["n"], round(r["max"])) for r in by_second] == [(0, 2, 400), (1, 1, 30), (2, 2, 300)]
