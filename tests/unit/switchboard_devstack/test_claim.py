@@ -1,4 +1,5 @@
-"""A stack's claims before it starts anything: one stack per data directory, and no planned port in use."""
+"""A stack's claims before it starts anything: one stack per data directory, no planned port in use, no source
+secret ingest would refuse; and the data directory's lock, which every component inherits until it is stopped."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from pathlib import Path
 import pytest
 
 from switchboard.config import PlatformConfig, parse_config
-from switchboard.errors import StackError
+from switchboard.errors import ConfigError, StackError
 from switchboard_devstack.claim import check_free, lock_data_dir, ports_in_use, unlock
 from switchboard_devstack.ports import free_port
+from switchboard_devstack.process import ManagedProcess
+from switchboard_devstack.stack import Stack
+from tests.stack_fixture import write_test_config
 
 REPO = Path(__file__).parents[3]
 
@@ -109,3 +113,32 @@ def test_a_planned_port_something_listens_on_is_named_before_anything_starts(tmp
         with pytest.raises(StackError, match=rf"in use already: .*127.0.0.1:{port} \(query.port\)"):
             check_free(cfg)
     assert all(x.key != "query.port" for x in ports_in_use(cfg))  # closed: free again
+
+
+def test_a_source_secret_ingest_would_refuse_stops_the_stack_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``stack up`` checks every source's verifier as ingest does at start: a secret too short to keep forged
+    webhooks out was found only when ingest exited, after Cassandra and RabbitMQ had been started for it."""
+    cfg = write_test_config(tmp_path)
+    (tmp_path / "hmac.secret").write_text("short-secret\n")
+    started: list[str] = []
+    monkeypatch.setattr(Stack, "_start", lambda self, proc: started.append(proc.name))
+    with pytest.raises(ConfigError, match="too short"):
+        Stack(cfg).up(timeout=30)
+    assert started == []
+    unlock(lock_data_dir(cfg.data_dir))  # and the data directory is let go
+
+
+def test_a_stopped_component_forgets_the_lock_it_was_given(tmp_path: Path) -> None:
+    """``down`` closes the lock's descriptor: a component started again later (the same object) must not pass
+    that number on, which by then may be any file the launcher opened since."""
+    stack = Stack(config(tmp_path))
+    stack._lock = lock_data_dir(stack.data_dir)
+    stack.log_dir.mkdir(parents=True, exist_ok=True)
+    component = ManagedProcess("component", stack.log_dir, ["sleep", "300"])
+    stack._start(component)
+    assert component.pass_fds == (stack._lock,)
+    stack.down()
+    assert component.pass_fds == () and stack.started == [] and stack._lock is None
+    unlock(lock_data_dir(stack.data_dir))
