@@ -618,3 +618,39 @@ def test_concurrent_records_share_requests_and_all_land(stack: Stack, stack_conf
         [(1, 200, {"x-seen": d.id}, b"ok")] for d in deliveries
     ]
     assert sorted(d.id for d in listed) == sorted(d.id for d in deliveries)
+
+
+def test_an_attempt_written_again_is_one_row_of_its_history(stack: Stack, stack_config: PlatformConfig) -> None:
+    """A worker retries its record after a store timeout with the same attempt (its run id drawn once, with the
+    attempt): one row of history. Another worker's send of the same attempt number is a row of its own."""
+    session = StoreSession.connect(stack_config.cassandra)
+    store = DeliveryStore(session)
+    run, now = secrets.token_hex(4), now_us()
+    d = Delivery(
+        id=f"dlv_again_{run}",
+        subscription_id=f"sub_again_{run}",
+        source="stripe",
+        event_id=f"evt_again_{run}",
+        event_type="invoice.paid",
+        status=DeliveryStatus.RETRYING,
+        attempts=1,
+        last_http_status=503,
+        created_us=now,
+        updated_us=now,
+    )
+
+    def sent(status: int) -> Attempt:
+        return Attempt(d.id, d.subscription_id, d.source, d.event_id, 1, now, 900, status, outcome=d.status)
+
+    async def run_it() -> list[Attempt]:
+        first = sent(503)
+        await store.record(d, first)
+        await store.record(d, first)  # written again, as _record_retrying does after a timeout
+        await store.record(d, sent(502))  # the same attempt number sent by a second worker
+        return await store.attempts_of(d.id)
+
+    try:
+        history = asyncio.run(run_it())
+    finally:
+        session.close()
+    assert sorted(a.http_status for a in history) == [502, 503]
