@@ -210,11 +210,16 @@ class EventStore:
         once: a pass commits both in one batch, and two concurrent reads could straddle that write and return
         the new status with the runs from before it (a PROCESSED event without its OK run). A row without a
         receipt is no event yet: the mark a redrive leaves for an event dead-lettered before its first commit
-        (``reset_attempts``), which the processor takes for nothing stored too."""
+        (``reset_attempts``), which the processor takes for nothing stored too. Duplicates are counted by
+        Cassandra: a sender that retried an event 100,000 times had every one of its records read and shipped to
+        count them."""
         rows = await self.store.execute(self.q.get_event, (source, event_id))
         if not rows or not rows[0].receipt_id:
             return None
-        records = await self.store.execute(self.q.get_records, (source, event_id))
+        records, counted = await asyncio.gather(
+            self.store.execute(self.q.get_results, (source, event_id)),
+            self.store.execute(self.q.count_duplicates, (source, event_id)),
+        )
         r = rows[0]
         event = InboundEvent(
             source=r.source,
@@ -244,7 +249,6 @@ class EventStore:
                 run_id=x.rec.rsplit(":", 1)[-1],
             )
             for x in records
-            if x.rec.startswith("r:")
         ]
         results.sort(key=lambda x: (x.finished_us, x.operation))
         return StoredEvent(
@@ -254,7 +258,7 @@ class EventStore:
             processed_us=us_of(r.processed_at),
             attempts=r.attempts or 0,
             last_error=r.last_error or "",
-            duplicates=sum(1 for x in records if x.rec.startswith("d:")),
+            duplicates=counted[0][0] if counted else 0,
         )
 
     async def list(

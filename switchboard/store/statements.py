@@ -62,7 +62,10 @@ def _event_cql(ks: str) -> dict[str, str]:
             WHERE source = ? AND event_id = ? IF status = ? AND receipt_id = ?""",
         "reset_attempts_if_status": f"""UPDATE {ks}.events USING TTL ? SET status = ?, attempts = 0
             WHERE source = ? AND event_id = ? IF status = ?""",
-        "get_records": f"SELECT * FROM {ks}.event_records WHERE source = ? AND event_id = ?",
+        "get_results": f"""SELECT * FROM {ks}.event_records
+            WHERE source = ? AND event_id = ? AND rec >= 'r:' AND rec < 'r;'""",
+        "count_duplicates": f"""SELECT COUNT(*) FROM {ks}.event_records
+            WHERE source = ? AND event_id = ? AND rec >= 'd:' AND rec < 'd;'""",
         "list_range": f"""SELECT received_at, event_id, event_type, status, receipt_id
             FROM {ks}.events_by_source
             WHERE source = ? AND bucket = ? AND received_at >= ? AND received_at < ? LIMIT ?""",
@@ -202,7 +205,8 @@ class EventStatements:
     reset_attempts: PreparedStatement
     reset_attempts_if: PreparedStatement
     reset_attempts_if_status: PreparedStatement
-    get_records: PreparedStatement
+    get_results: PreparedStatement
+    count_duplicates: PreparedStatement
     list_range: PreparedStatement
     list_after: PreparedStatement
     layout_claim: PreparedStatement

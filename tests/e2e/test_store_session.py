@@ -21,8 +21,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_an_event_read_spans_every_page_of_its_records(stack: Stack, stack_config: PlatformConfig) -> None:
-    """GetEvent's read of an event's records has no limit: with pages of 10 rows (5,000 by default), an event
-    with 25 duplicate receipts and 3 runs came back with 10 duplicates and no run (duplicates sort first)."""
+    """GetEvent's read of an event's runs has no limit: with pages of 10 rows (5,000 by default), an event
+    with 25 duplicate receipts and 3 runs came back with 10 duplicates and no run (duplicates sort first). Its
+    duplicates are counted by Cassandra, and the count covers every page."""
 
     async def run() -> None:
         session = StoreSession.connect(stack_config.cassandra)
