@@ -45,17 +45,17 @@ def lost_to(value: str) -> Any:
 
 def test_the_first_process_records_its_size() -> None:
     session = Session(named_tuple_factory(["[applied]"], [(True,)])[0])
-    check_layout(session, STATEMENTS, CassandraConfig(bucket_seconds=600))  # type: ignore[arg-type]
+    check_layout(session, STATEMENTS, CassandraConfig(bucket_seconds=600))
     assert session.sent == [(GET, ("bucket_seconds",)), (CLAIM, ("bucket_seconds", "600"))]
 
 
 def test_a_claim_lost_to_a_process_with_the_same_size_starts() -> None:
     session = Session(lost_to("600"))
-    check_layout(session, STATEMENTS, CassandraConfig(bucket_seconds=600))  # type: ignore[arg-type]
+    check_layout(session, STATEMENTS, CassandraConfig(bucket_seconds=600))
     assert [s for s, _ in session.sent] == [GET, CLAIM]
 
 
 def test_a_claim_lost_to_a_process_with_another_size_refuses_to_start() -> None:
     session = Session(lost_to("3600"))
     with pytest.raises(ConfigError, match=r"^cassandra\.bucket_seconds: 600, but keyspace .* buckets of 3600 s"):
-        check_layout(session, STATEMENTS, CassandraConfig(bucket_seconds=600))  # type: ignore[arg-type]
+        check_layout(session, STATEMENTS, CassandraConfig(bucket_seconds=600))

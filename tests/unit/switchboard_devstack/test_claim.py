@@ -140,5 +140,5 @@ def test_a_stopped_component_forgets_the_lock_it_was_given(tmp_path: Path) -> No
     stack._start(component)
     assert component.pass_fds == (stack._lock,)
     stack.down()
-    assert component.pass_fds == () and stack.started == [] and stack._lock is None
+    assert not component.pass_fds and stack.started == [] and stack._lock is None
     unlock(lock_data_dir(stack.data_dir))
