@@ -232,9 +232,11 @@ class ConfirmingChannel:
     in batches (``multiple`` acks) instead of one round trip after another. Only a ``basic.ack`` returns; a
     call raises ``BrokerUnavailable`` if the broker refused the message (``basic.nack``), returned it
     (``mandatory``: nothing bound to take it), did not confirm it within the call's timeout, or the channel
-    closed while it waited (``lost``). A returned message is matched to its call by message id: the broker
-    sends ``basic.return`` before the ``basic.ack`` of the same message, so the oldest call still waiting
-    with that id is the one returned.
+    closed while it waited (``lost``). A returned message is matched to its calls by message id: the broker
+    sends ``basic.return`` before the ``basic.ack`` of the same message, so the returned one is among the calls
+    waiting with that id, and every one of them fails. Two receipts of one event share the id (the event's
+    key), and marking only the oldest answered 200 for the returned second receipt while its slow-confirmed,
+    queued first one failed; failing both costs the sender a retry, which is deduplicated.
     """
 
     def __init__(self, channel: Channel) -> None:
@@ -335,8 +337,7 @@ class ConfirmingChannel:
                 entry[0].set_exception(BrokerUnavailable("broker did not accept the message: Nack"))
 
     def _on_return(self, _channel: Any, _method: Any, properties: Any, _body: bytes) -> None:
-        for tag, (_confirm, message_id, _size) in self._waiting.items():
-            if message_id == properties.message_id and tag not in self._returned:
-                self._returned.add(tag)
-                return
-        log.warning("the broker returned a message no call waits for", extra={"message_id": properties.message_id})
+        matched = {tag for tag, (_, message_id, _) in self._waiting.items() if message_id == properties.message_id}
+        if not matched:
+            log.warning("the broker returned a message no call waits for", extra={"message_id": properties.message_id})
+        self._returned |= matched
