@@ -103,12 +103,25 @@ class Operation:
             outcome, error = Outcome.SKIPPED, str(exc)[:1000]
         except TimeoutError:
             outcome, error = Outcome.FAILED, f"timed out after {self.timeout_seconds:g} s"
+        except asyncio.CancelledError:
+            if _cancelled():  # the processor is stopping: not the operation's failure
+                raise
+            # Leaked from the operation (a future its own library cancelled): a failure like any other. Let
+            # through, it ended the worker's batch task with nothing acked and nothing logged.
+            outcome, error = Outcome.FAILED, "CancelledError: raised inside the operation"
+            log.warning("operation failed", extra={"operation": self.name, "event": event.key, "error": error})
         except Exception as exc:
             outcome, error = Outcome.FAILED, f"{type(exc).__name__}: {exc}"[:1000]
             log.warning("operation failed", extra={"operation": self.name, "event": event.key, "error": error})
         finished = now_us()
         effects = ctx.effects if outcome is Outcome.OK else []
         return OperationResult(self.name, outcome, attempt, finished - started, finished, error), effects
+
+
+def _cancelled() -> bool:
+    """Whether the running task is being cancelled (a CancelledError it raises is its own, not a leak)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def load_operation(cfg: OperationConfig, bound: Mapping[str, OperationFn] | None = None) -> Operation:

@@ -730,7 +730,7 @@ class QueueWorker:
         started = time.monotonic()
         for delay in STORE_BACKOFF.delays():
             try:
-                verdicts = await self.handler.handle(batch)
+                verdicts = await self._handle(batch)
                 break
             except Unavailable as exc:
                 # Never ack before the outcome is committed: keep the messages, back off, try again.
@@ -766,6 +766,18 @@ class QueueWorker:
         if copies:
             forwarded = await asyncio.gather(*(self._forward(m, v) for m, v in copies))
             self._settle([pair for pair, ok in zip(copies, forwarded, strict=True) if ok])  # None: held
+
+    async def _handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+        """The handler's verdicts. A ``CancelledError`` the handler raises while this task is not being
+        cancelled (leaked from code it calls) is its failure, handled as any exception: let through, it ended
+        the batch's task with its messages held unacked until the channel closed, and nothing logged."""
+        try:
+            return await self.handler.handle(batch)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise RuntimeError("the handler raised CancelledError without being cancelled") from exc
 
     def _settle(self, done: Sequence[tuple[QueueMessage, Verdict]]) -> None:
         """Acks messages whose outcome is committed and whose copy, if any, is confirmed; tells the hooks."""

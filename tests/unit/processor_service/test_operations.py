@@ -77,3 +77,30 @@ def test_an_operation_runs_when_stale_if_it_says_so_or_its_configuration_does() 
     log_event = OperationConfig("log", "processor_service.builtin:log_event")
     assert not load_operation(log_event).runs_when_stale
     assert load_operation(OperationConfig("log", log_event.call, run_when_stale=True)).runs_when_stale
+
+
+async def test_a_cancelled_error_leaked_by_an_operation_is_its_failure_but_a_cancel_of_the_processor_is_not() -> None:
+    """An operation awaiting a future its own library cancelled raises CancelledError while nothing cancels the
+    processor: let through, it ended the batch's task with nothing acked and nothing logged."""
+    import asyncio
+
+    async def leaks(e: InboundEvent) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+
+    failed, effects = await Operation("leaky", leaks).run(event(), attempt=1)
+    assert (failed.outcome, failed.error, effects) == (
+        Outcome.FAILED,
+        "CancelledError: raised inside the operation",
+        [],
+    )
+
+    async def waits(e: InboundEvent) -> None:
+        await asyncio.sleep(5)
+
+    running = asyncio.create_task(Operation("slow", waits).run(event(), attempt=1))
+    await asyncio.sleep(0.01)
+    running.cancel()  # the processor stopping
+    with pytest.raises(asyncio.CancelledError):
+        await running

@@ -4,6 +4,7 @@ the pika channel's two methods it calls."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -88,3 +89,35 @@ def test_a_retry_waits_the_level_of_its_backoff_attempt_and_keeps_its_attempt() 
         assert routing_key == level
         assert properties.headers["x-attempt"] == 3
         assert int(level) // 2 <= properties.headers["x-retry-delay-ms"] <= int(level)
+
+
+class LeaksCancel:
+    def key(self, message: QueueMessage) -> str:
+        return message.message_id
+
+    async def handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+        raise asyncio.CancelledError()  # leaked from something it awaited; nothing cancels the worker
+
+
+async def test_a_cancelled_error_the_handler_leaks_is_its_failure() -> None:
+    """Let through, a CancelledError from the handler ended the batch's task: its messages stayed unacked until
+    the channel closed, with nothing logged. It is handled as the handler's exception (here: returned later)."""
+    worker = QueueWorker(
+        "amqp://unused",
+        Topology("t", "events", (100,)),
+        LeaksCancel(),
+        WorkerSettings(crash_attempts=0),
+        purpose="unit",
+    )
+    returned: list[tuple[str, str]] = []
+    worker._return_later = lambda m, exc: returned.append((m.message_id, str(exc)))  # type: ignore[method-assign]
+    message = QueueMessage(
+        b"x",
+        "m1",
+        {},
+        False,
+        "a",
+        raw=worker_module._Delivery(OpenFlag(), Tracker(), 1, pika.BasicProperties()),  # type: ignore[arg-type]
+    )
+    await worker._process([message])
+    assert returned == [("m1", "the handler raised CancelledError without being cancelled")]
