@@ -18,8 +18,9 @@ receipts at a time (one read of what is stored, one write of every outcome):
   other too: the processor remembers the versions it committed (the latest ``DECIDED_VERSIONS`` entities)
   and those its batches in flight decided, and takes the highest of those and what it read, so a batch whose
   read came before another batch's commit still sees that batch's version. A batch that fails before its
-  commit takes back its own decisions and no other batch's, so the memory never holds a version that was
-  neither committed nor is being committed (its own receipts, retried, are not STALE against it).
+  commit takes back its own decisions and no other batch's, and a committed batch those of its receipts left
+  out of the commit (abandoned), so the memory never holds a version that was neither committed nor is being
+  committed (its own receipts, retried, are not STALE against it).
 * **Attempts.** A pass whose operation failed is RETRYING (the worker schedules it through a delay queue)
   until ``max_attempts``, then FAILED (the worker dead-letters it). The attempt count lives in the store, so
   it survives redeliveries and restarts.
@@ -229,10 +230,14 @@ class Processor:
         batch = next(self._batches)
         stale, decided = self._decide(batch, passes, versions)
         try:
-            answers, commit_ns = await self._apply(events, held, passes, stale, commits, out, duplicates, reindex)
+            answers, commit_ns, lost = await self._apply(events, held, passes, stale, commits, out, duplicates, reindex)
         except BaseException:
             self._settle(batch, decided, committed=False)
             raise
+        if lost:  # abandoned receipts committed nothing: their versions are taken back like a failed batch's
+            kept = _committed_versions(passes, stale, lost)
+            self._settle(batch, {k: v for k, v in decided.items() if k not in kept}, committed=False)
+            decided = {k: v for k, v in kept.items() if k in decided}
         self._settle(batch, decided, committed=True)
         if self.tracer.enabled:
             self._trace(events, answers, commits, (started_ns, read_ns, commit_ns, time.time_ns()))
@@ -248,9 +253,9 @@ class Processor:
         out: list[Handled | None],
         duplicates: list[InboundEvent],
         reindex: list[tuple[InboundEvent, EventStatus]],
-    ) -> tuple[list[Handled], int]:
-        """Runs the passes and commits the batch (``handle``'s second half); returns the answers and when the
-        commit started."""
+    ) -> tuple[list[Handled], int, set[int]]:
+        """Runs the passes and commits the batch (``handle``'s second half); returns the answers, when the
+        commit started, and the receipts left out of it (no longer held: abandoned)."""
         for i, reason in stale.items():
             # Guarded operations are skipped with the reason; those that run when stale (deliver) still run.
             p = passes[i]
@@ -270,6 +275,7 @@ class Processor:
         for i, (commit, handled) in zip(passes, ran, strict=True):
             commits[i] = commit
             out[i] = handled
+        lost: set[int] = set()
         if held is not None:
             lost = {i for i in range(len(events)) if not held(i)}
             if lost:
@@ -283,7 +289,7 @@ class Processor:
         await self.store.commit([commits[i] for i in sorted(commits)], duplicates=duplicates, reindex=reindex)
         answers = [h for h in out if h is not None]
         assert len(answers) == len(events)
-        return answers, commit_ns
+        return answers, commit_ns, lost
 
     def _trace(
         self,
@@ -437,6 +443,17 @@ def _guarded(event: InboundEvent) -> bool:
 
 async def _no_versions() -> dict[tuple[str, str], int]:
     return {}
+
+
+def _committed_versions(passes: dict[int, _Pass], stale: dict[int, str], lost: set[int]) -> dict[tuple[str, str], int]:
+    """The highest version per entity among the batch's committed passes that moved it (guarded, not stale, not
+    abandoned): what the batch decided once its abandoned receipts are taken out."""
+    versions: dict[tuple[str, str], int] = {}
+    for i, p in passes.items():
+        if p.guarded and i not in stale and i not in lost:
+            key = (p.event.source, p.event.entity_id)
+            versions[key] = max(versions.get(key, 0), p.event.entity_version)
+    return versions
 
 
 def _guard(passes: dict[int, _Pass], versions: dict[tuple[str, str], int]) -> dict[int, str]:

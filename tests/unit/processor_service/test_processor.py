@@ -241,6 +241,21 @@ async def test_a_receipt_no_longer_held_at_commit_time_is_left_out_of_the_commit
     assert (again.disposition, again.attempt) == (Disposition.PROCESSED, 1)
 
 
+async def test_an_abandoned_receipt_leaves_no_version_behind(store: MemoryEvents) -> None:
+    """A receipt abandoned at commit time (its channel closed) commits nothing, its entity's mark included: its
+    version, kept in the guard's memory, made an older event of the entity on a partition this processor still
+    holds STALE against a version nobody applied."""
+    entity = Counter()
+    p = processor(store, Operation("entity", entity, takes_context=True))
+    batch = [event(event_id="evt_v30", entity_version=30), event(event_id="evt_other", entity_id="in_2")]
+    handled = await p.handle(batch, held=lambda i: i == 1)
+    assert [h.disposition for h in handled] == [Disposition.ABANDONED, Disposition.PROCESSED]
+    assert ("shop", "in_1") not in store.marks
+    older = await one(p, event(event_id="evt_v20", entity_version=20))
+    assert older.disposition is Disposition.PROCESSED
+    assert store.marks[("shop", "in_1")] == 20 and store.marks[("shop", "in_2")] == 7
+
+
 class ReadBeforeCommit(MemoryEvents):
     """Entity versions as they were when the read was sent, answered a little later: a batch running at the
     same time commits in between."""
