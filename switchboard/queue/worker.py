@@ -64,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -188,6 +189,10 @@ class _Delivery:
         return self.channel.is_open
 
 
+# The longest a partition handed over that keeps coming back is kept before it is handed over again (seconds).
+HAND_OVER_HOLD = 300.0
+
+
 class _Subscription:
     """One work queue consumed on a channel of its own."""
 
@@ -198,6 +203,8 @@ class _Subscription:
         self.tracker: AckTracker | None = None  # the acks of the current channel
         self.leaving = False  # handing the queue over: take no new message from it
         self.delivered = 0  # messages received since the last rebalance check
+        self.handed_over = -math.inf  # when this consumer last handed the queue over (monotonic)
+        self.hand_overs = 0  # hand-overs since it was last quiet (``_rebalance``)
         self.running = 0  # its messages in batches the handler is working on
         self.idle = asyncio.Event()  # set while running == 0
         self.idle.set()
@@ -549,17 +556,31 @@ class QueueWorker:
 
     async def _rebalance(self) -> None:
         """Hands back one partition this consumer is active on but another member prefers (members counted on
-        the stream's members queue)."""
+        the stream's members queue). One that came back after a hand-over waits twice as long as before for
+        the next (from two rebalance intervals up to ``HAND_OVER_HOLD``; afresh once it has not been handed
+        over for twice that): being back means no member that prefers it was waiting, either not yet (it was
+        joining) or not at all (member indices with a gap, say 0 and 2 of three with 1 down, prefer the same
+        share). Handed over every few seconds, under load, a partition returned its prefetched messages each
+        time, and a return counts against the queue's delivery limit."""
         busy = [sub for sub in self._subs.values() if sub.delivered and sub.channel is not None]
         for sub in self._subs.values():
             sub.delivered = 0
         if not busy:
             return
         mine = self.preferred(await self._members())
+        now = time.monotonic()
         for sub in busy:
-            if sub.queue not in mine and not self.stopping.is_set():
-                await self._hand_over(sub)
-                return
+            if sub.queue in mine or self.stopping.is_set():
+                continue
+            if now - sub.handed_over > 2 * HAND_OVER_HOLD:
+                sub.hand_overs = 0
+            wait = min(HAND_OVER_HOLD, self.settings.rebalance_interval * 2**sub.hand_overs) if sub.hand_overs else 0
+            if now - sub.handed_over < wait:
+                continue
+            sub.hand_overs += 1
+            sub.handed_over = now
+            await self._hand_over(sub)
+            return
 
     async def _hand_over(self, sub: _Subscription) -> None:
         """Lets the next waiting consumer take ``sub``'s queue: finish what was started from it, ack, close the

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pika
+import pytest
 
 from switchboard.errors import Unavailable
 from switchboard.queue import Ack, QueueMessage, QueueWorker, Retry, Topology, Verdict, WorkerSettings
@@ -121,3 +123,37 @@ async def test_a_cancelled_error_the_handler_leaks_is_its_failure() -> None:
     )
     await worker._process([message])
     assert returned == [("m1", "the handler raised CancelledError without being cancelled")]
+
+
+async def test_a_partition_that_keeps_coming_back_is_handed_over_less_and_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Members 0 and 2 of three, 1 down: both prefer the even partitions, and the odd ones went from one to the
+    other at every rebalance check (5 s), each time returning their prefetched messages to the queue."""
+    topology = Topology("t", "events", (100,), partitions=4, single_active=True)
+    worker = QueueWorker("amqp://unused", topology, LeaksCancel(), WorkerSettings(member=0), purpose="unit")
+    handed: list[float] = []
+    clock = [1000.0]
+
+    async def members() -> int:
+        return 2
+
+    async def hand_over(sub: Any) -> None:
+        assert sub.queue == odd
+        handed.append(clock[0] - 1000.0)
+
+    monkeypatch.setattr(worker, "_members", members)
+    monkeypatch.setattr(worker, "_hand_over", hand_over)
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
+    odd = topology.work_queues[1]
+    for _ in range(125):  # over ten minutes of checks every 5 s, the partition back at each
+        for queue in (odd, topology.work_queues[0]):  # its own share (0) is never handed over
+            sub = worker._subs[queue]
+            sub.delivered, sub.channel = 10, object()  # type: ignore[assignment]
+        await worker._rebalance()
+        clock[0] += 5.0
+    assert handed == [0, 10, 30, 70, 150, 310, 610]  # waits of 10, 20, 40, 80, 160 s, then 300 at most
+    clock[0] += 2 * worker_module.HAND_OVER_HOLD  # quiet: a hand-over that comes back is tried again soon
+    worker._subs[odd].delivered = 10
+    await worker._rebalance()
+    assert handed[-1] == clock[0] - 1000.0 and worker._subs[odd].hand_overs == 1
