@@ -154,7 +154,26 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> PlatformConfig:
     )
     check_ports(cfg)  # every port in range, none shared (switchboard.config.ports)
     _check_operations(cfg)
+    _check_replay_windows(cfg)
     return cfg
+
+
+def _check_replay_windows(cfg: PlatformConfig) -> None:
+    """A signed request sent again is a duplicate only while its event's row is kept (``cassandra.ttl_seconds``);
+    its timestamp passes for ``tolerance_seconds`` either way of its arrival, so a copy can verify up to twice
+    that after the original arrived. A tolerance at or over half the retention let a request captured once
+    verify again after its row expired, and be applied again. (The option's own checks, at ingest's start,
+    are the scheme's: ``switchboard.signatures``.)"""
+    for s in cfg.sources:
+        tolerance = s.options.get("tolerance_seconds")
+        if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
+            continue  # the scheme's own check refuses it (or it is the default)
+        if 2 * tolerance >= cfg.cassandra.ttl_seconds:
+            raise ConfigError(
+                f"source {s.name!r}: options.tolerance_seconds {tolerance:g} is at least half of "
+                f"cassandra.ttl_seconds ({cfg.cassandra.ttl_seconds}): a request sent again after its event "
+                "expired would verify and be applied again; lower the tolerance (default 300 s)"
+            )
 
 
 def _check_operations(cfg: PlatformConfig) -> None:

@@ -129,11 +129,23 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(rabbitmq={"url": "amqps://u:p@broker.internal/?no_verify_ssl=1"}), r"\(no_verify_ssl\).*takes none"),
         (base(rabbitmq={"url": "amqp://u:p@127.0.0.1/?heartbeat=0"}), r"\(heartbeat\).*takes none"),
         (base(rabbitmq={"url": "amqps://u:p@broker.internal/?cafile=/ca.pem"}), r"\(cafile\).*takes none"),
+        (
+            base(
+                sources=[{**SHOP, "options": {"tolerance_seconds": 43_200}}],
+                cassandra={"ttl_seconds": 86_400},
+            ),
+            r"tolerance_seconds 43200 is at least half of cassandra.ttl_seconds \(86400\)",
+        ),
     ],
 )
 def test_unsafe_or_invalid_config_is_refused(raw: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(raw, Path("/tmp/switchboard.toml"))
+
+
+def test_a_tolerance_under_half_the_retention_is_taken() -> None:
+    raw = base(sources=[{**SHOP, "options": {"tolerance_seconds": 43_199}}], cassandra={"ttl_seconds": 86_400})
+    assert parse_config(raw, Path("/tmp/switchboard.toml")).sources[0].options["tolerance_seconds"] == 43_199
 
 
 def test_secret_refs_resolve_without_exposing_the_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
