@@ -6,8 +6,9 @@ Signed bytes are ``b"<id>.<timestamp>." + body``, HMAC-SHA256. The key is the ba
 after its ``whsec_`` prefix (a secret without the prefix is decoded whole; missing padding is tolerated).
 The timestamp must lie within ``tolerance_seconds`` (default 300) of the arrival time, either way.
 
-Extracted: event id = ``webhook-id``, type = the payload's ``type`` (the body must be a JSON object),
-provider time = the signed timestamp.
+Extracted: event id = ``webhook-id``, type = the payload's ``type`` ("" when the body is not a JSON object:
+the id is the header's, so an authentic body of any kind is taken; refused, it was sent again until the sender
+gave up, and lost), provider time = the signed timestamp.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from switchboard.signatures.base import (
     as_text,
     check_tolerance,
     decode_base64,
-    load_json_object,
     malformed,
     parse_unix_seconds,
     require,
+    try_json,
 )
 
 SCHEME = "standard_webhooks"
@@ -84,8 +85,9 @@ class StandardWebhooksVerifier(Verifier):
         self._macs.check(candidates, HEADER, prefix, body)
         check_tolerance(seconds, received_at, self._tolerance, TIMESTAMP_HEADER)
 
-        payload = load_json_object(body)
-        return Verified(msg_id, as_text(payload.get("type")), float(seconds))
+        payload = try_json(body)
+        event_type = as_text(payload.get("type")) if isinstance(payload, dict) else ""
+        return Verified(msg_id, event_type, float(seconds))
 
 
 def parse_signatures(value: str) -> list[bytes]:
