@@ -129,6 +129,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (base(rabbitmq={"url": "amqps://u:p@broker.internal/?no_verify_ssl=1"}), r"\(no_verify_ssl\).*takes none"),
         (base(rabbitmq={"url": "amqp://u:p@127.0.0.1/?heartbeat=0"}), r"\(heartbeat\).*takes none"),
         (base(rabbitmq={"url": "amqps://u:p@broker.internal/?cafile=/ca.pem"}), r"\(cafile\).*takes none"),
+        (base(ingest={"confirm_timeout_seconds": 30.5}), "confirm_timeout_seconds"),
         (
             base(
                 sources=[{**SHOP, "options": {"tolerance_seconds": 43_200}}],
