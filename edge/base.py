@@ -73,21 +73,6 @@ MAX_DOWNSTREAM_CONNECTIONS = 50_000
 MAX_HEAP_BYTES = 1024 * 1024 * 1024
 OTEL_MIN_FLUSH_SPANS = 512
 OTEL_FLUSH_INTERVAL_MS = 1000
-# Trace context a caller may send; removed at the edge (``strip_caller_trace_context``).
-CALLER_TRACE_HEADERS = (
-    "traceparent",
-    "tracestate",
-    "x-client-trace-id",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "x-ot-span-context",
-    "grpc-trace-bin",
-    "baggage",
-)
 
 # The REST API (webhooks.v1.Subscriptions through the transcoder), when render_envoy_config gets an ApiEdge.
 API_PREFIX = "/api/v1/"
@@ -99,9 +84,6 @@ API_PATH_BOUND_FIELDS = ("id", "subscription_id")
 JWT_PROVIDER = "switchboard"
 JWT_REQUIREMENT = "api"
 JWT_CLOCK_SKEW_SECONDS = 30
-# Headers only the edge sets: every request header with this prefix is removed on arrival (before jwt_authn
-# runs), then jwt_authn sets CLIENT_HEADER to the verified token's ``sub`` and the API route VIA_EDGE_HEADER.
-EDGE_HEADER_PREFIX = "x-switchboard-"
 CLIENT_HEADER = "x-switchboard-client"
 VIA_EDGE_HEADER = "x-switchboard-via-edge"
 

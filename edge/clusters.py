@@ -6,7 +6,6 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from edge.base import (
-    CALLER_TRACE_HEADERS,
     CONTROL_CLUSTER,
     INGEST_CLUSTER,
     JSON,
@@ -17,6 +16,7 @@ from edge.base import (
     socket_address,
 )
 from switchboard.config import PlatformConfig
+from switchboard.headers import CALLER_TRACE_HEADERS
 
 # --- clusters and tracing --------------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from edge.base import (
     BUFFER,
     CLIENT_HEADER,
-    EDGE_HEADER_PREFIX,
     GRPC_LOCAL_REPLY,
     HEADER_MUTATION,
     INGEST_SERVICE,
@@ -39,6 +38,7 @@ from edge.local_replies import (
     STRIPPED_RESPONSE_HEADER_PREFIXES,
 )
 from switchboard.config import PlatformConfig, RateLimit
+from switchboard.headers import EDGE_HEADER_PREFIX
 
 # --- listener pieces -------------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from switchboard.errors import ConfigError, InvalidRequest, SignatureError
+from switchboard.headers import edge_owned
 
 # Reasons carried by the errors raised here (``SwitchboardError.reason``).
 SIGNATURE_HEADER_MISSING = "SIGNATURE_HEADER_MISSING"
@@ -373,6 +374,10 @@ class Options:
             return None
         if re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}", value) is None:
             raise self.error(key, f"is not a valid HTTP header name (got {value[:40]!r})")
+        if edge_owned(value.lower()):
+            # x-request-id: Envoy's own id on every request, so every retry was a new event, applied again;
+            # traceparent, x-envoy-*...: removed, so every request was refused 401
+            raise self.error(key, f"names {value.lower()!r}, which the edge removes or replaces: ingest never sees it")
         return value.lower()
 
     def json_path(self, key: str) -> tuple[str, ...] | None:

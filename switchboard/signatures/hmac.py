@@ -15,7 +15,8 @@ the content hash ``sha256:<hex of the body>``; the type falls back to ``""``. An
 header is not signed: a signed body sent again with another ``id_header`` value (within the tolerance, if a
 timestamp is signed) is a new event. Take them from the body (``id_field``, ``type_field``) where the sender
 puts them there. The body is parsed only when a
-JSON field is configured, and a body that is not JSON just falls back.
+JSON field is configured, and a body that is not JSON just falls back. No header option may name a header the
+edge removes or replaces (``switchboard.headers``: ``x-request-id``, trace context, ``x-envoy-*``...).
 """
 
 from __future__ import annotations

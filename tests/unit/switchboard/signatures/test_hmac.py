@@ -170,6 +170,13 @@ def test_binary_body_is_fine() -> None:
         ({"type_field": ""}, "type_field"),
         ({"id_header": ["x"]}, "id_header"),
         ({"colour": "blue"}, "colour"),
+        # headers the edge removes or replaces: the sender's value never reaches ingest
+        ({"id_header": "X-Request-Id"}, "id_header"),  # Envoy's own id: every retry a new event
+        ({"header": "traceparent"}, "header"),
+        ({"timestamp_header": "x-envoy-original-path"}, "timestamp_header"),
+        ({"type_header": "x-switchboard-client"}, "type_header"),
+        ({"header": "content-type"}, "header"),
+        ({"id_header": "baggage"}, "id_header"),
     ],
 )
 def test_invalid_options_name_the_source_and_key(options: dict[str, Any], key: str) -> None:
