@@ -14,7 +14,7 @@ change state stay guarded, so nothing older is ever applied over newer state.
 
 Raise ``SkipOperation`` to record a skip; any other exception (or the timeout) records a failure, and the
 operation runs again on the event's next attempt. An operation that succeeded (or skipped) never runs again
-for that event.
+for that receipt of the event (a replay runs every operation again, on purpose).
 
 What "applied exactly once" covers: effects staged on ``ctx`` (``ctx.save_entity_state``) are written
 together with the operation's result, so they are applied once however often the message is delivered.
