@@ -271,8 +271,7 @@ class Processor:
                 del passes[i]
                 commits[i] = Commit(StoredEvent(p.event, EventStatus.STALE, p.skipped, finished, p.attempt, reason))
                 out[i] = Handled(Disposition.STALE, p.attempt, reason, first=p.first)
-        ran = await asyncio.gather(*(self._run(p) for p in passes.values()))
-        for i, (commit, handled) in zip(passes, ran, strict=True):
+        for i, (commit, handled) in await self._run_all(passes):
             commits[i] = commit
             out[i] = handled
         lost: set[int] = set()
@@ -406,6 +405,20 @@ class Processor:
     def _pass(self, event: InboundEvent, attempt: int, done: frozenset[str], first_attempt: int) -> _Pass:
         ops = [op for op in self.registry.matching(event) if op.name not in done]
         return _Pass(event, attempt, ops, _guarded(event), first_attempt + self.max_attempts - 1)
+
+    async def _run_all(self, passes: dict[int, _Pass]) -> list[tuple[int, tuple[Commit, Handled]]]:
+        """Runs the passes, those of one entity one after another in arrival order (the guard's version order:
+        an older one that arrived later is STALE), the others concurrently. Run all at once, versions 100 and
+        200 of one entity in one batch both passed the guard and an outside write of 100 could land after
+        200's: "nothing older is applied over newer state" held for the entity's row only."""
+        lanes: dict[tuple[str, str] | int, list[int]] = {}
+        for i, p in passes.items():
+            lanes.setdefault((p.event.source, p.event.entity_id) if p.event.entity_id else i, []).append(i)
+
+        async def lane(indices: list[int]) -> list[tuple[int, tuple[Commit, Handled]]]:
+            return [(i, await self._run(passes[i])) for i in sorted(indices)]
+
+        return [pair for done in await asyncio.gather(*(lane(x) for x in lanes.values())) for pair in done]
 
     async def _run(self, p: _Pass) -> tuple[Commit, Handled]:
         """Runs the pass's operations one after another and builds what to commit. A stale pass ends STALE

@@ -256,6 +256,29 @@ async def test_an_abandoned_receipt_leaves_no_version_behind(store: MemoryEvents
     assert store.marks[("shop", "in_1")] == 20 and store.marks[("shop", "in_2")] == 7
 
 
+async def test_passes_of_one_entity_in_a_batch_run_one_after_the_other_in_version_order(store: MemoryEvents) -> None:
+    """Versions 100 and 200 of one entity in one batch both pass the guard. Run at once, an outside write of 100
+    that took longer landed after 200's; other entities still run alongside."""
+    log: list[str] = []
+
+    async def crm_update(e: InboundEvent) -> None:
+        log.append(f"start {e.event_id}")
+        await asyncio.sleep(0.02 if e.entity_version == 100 else 0.0)
+        log.append(f"end {e.event_id}")
+
+    p = processor(store, Operation("crm", crm_update))
+    handled = await p.handle(
+        [
+            event(event_id="evt_100", entity_version=100),
+            event(event_id="evt_other", entity_id="in_2", entity_version=1),
+            event(event_id="evt_200", entity_version=200),
+        ]
+    )
+    assert [h.disposition for h in handled] == [Disposition.PROCESSED] * 3
+    assert log.index("end evt_100") < log.index("start evt_200")
+    assert log.index("start evt_other") < log.index("end evt_100")  # another entity did not wait
+
+
 class ReadBeforeCommit(MemoryEvents):
     """Entity versions as they were when the read was sent, answered a little later: a batch running at the
     same time commits in between."""
