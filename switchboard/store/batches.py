@@ -181,7 +181,7 @@ class GroupCommit:
         self.store = store
         self.level = level
         self.in_flight = in_flight
-        self._waiting: list[tuple[int, Unit, asyncio.Future[None]]] = []  # (bytes of values, bound, outcome)
+        self._waiting: list[tuple[int, Unit, asyncio.Future[None]]] = []  # (unit_bytes, bound, outcome)
         self._out: set[asyncio.Task[None]] = set()
         self.requests = 0  # requests sent, for tests and stats
         self.units = 0  # units written

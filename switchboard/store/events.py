@@ -22,7 +22,7 @@ from switchboard.model.events import (
     StoredEvent,
 )
 from switchboard.pagination import check_range
-from switchboard.store.batches import BoundStatement, write_all
+from switchboard.store.batches import BATCH_BYTES, BoundStatement, unit_bytes, write_all
 from switchboard.store.entities import EntityStore
 from switchboard.store.payloads import Encoder, decode_or
 from switchboard.store.session import StoreSession
@@ -94,7 +94,8 @@ class EventStore:
         rewrite the same values. Every write is idempotent, so a redelivered message may commit again.
 
         Each phase goes out as unlogged batches of whole units (an event's row and its results are never
-        split: one partition, one atomic mutation), all in flight at once (``switchboard.store.batches``)."""
+        split: one partition, one atomic mutation), all in flight at once (``switchboard.store.batches``); an
+        event larger than a batch may be goes without its index row, so that its batch is one partition."""
         first: list[list[BoundStatement]] = []
         second: list[list[BoundStatement]] = []
         encode = Encoder(compress=self.store.cfg.compress_payloads)  # a body kept as its entity's state: once
@@ -105,7 +106,14 @@ class EventStore:
                 first.append(effects)
             row = [(self.q.insert_event, self._event_params(c.stored, encode))]
             row.extend((self.q.insert_result, self._result_params(e, r)) for r in c.stored.results)
-            second.append([*row, self._index(e, c.stored.status)])
+            index = self._index(e, c.stored.status)
+            if unit_bytes(row) + unit_bytes([index]) > BATCH_BYTES:
+                # A batch of one partition is never measured against the cluster's batch_size_fail_threshold
+                # (only batches of several are): an event too large for it goes as its row and results, its
+                # index row apart (a lost index row is repaired by the redelivery, as after any crash).
+                second.extend([row, [index]])
+            else:
+                second.append([*row, index])
         for e in duplicates:
             params = (e.source, e.event_id, f"d:{e.receipt_id}", e.receipt_id, ts(e.received_us), self.ttl)
             second.append([(self.q.insert_duplicate, params)])
