@@ -204,7 +204,8 @@ class _Subscription:
         self.leaving = False  # handing the queue over: take no new message from it
         self.delivered = 0  # messages received since the last rebalance check
         self.handed_over = -math.inf  # when this consumer last handed the queue over (monotonic)
-        self.hand_overs = 0  # hand-overs since it was last quiet (``_rebalance``)
+        self.hand_overs = 0  # hand-overs since it was last quiet or the members changed (``_rebalance``)
+        self.hand_over_members = 0  # how many members the stream had at the last hand-over
         self.running = 0  # its messages in batches the handler is working on
         self.idle = asyncio.Event()  # set while running == 0
         self.idle.set()
@@ -558,27 +559,28 @@ class QueueWorker:
         """Hands back one partition this consumer is active on but another member prefers (members counted on
         the stream's members queue). One that came back after a hand-over waits twice as long as before for
         the next (from two rebalance intervals up to ``HAND_OVER_HOLD``; afresh once it has not been handed
-        over for twice that): being back means no member that prefers it was waiting, either not yet (it was
-        joining) or not at all (member indices with a gap, say 0 and 2 of three with 1 down, prefer the same
-        share). Handed over every few seconds, under load, a partition returned its prefetched messages each
-        time, and a return counts against the queue's delivery limit."""
+        over for twice that, or as soon as the number of members changed: a member joined or left): being
+        back means no member that prefers it was waiting (member indices with a gap, say 0 and 2 of three with
+        1 down, prefer the same share). Handed over every few seconds, under load, a partition returned its
+        prefetched messages each time, and a return counts against the queue's delivery limit."""
         busy = [sub for sub in self._subs.values() if sub.delivered and sub.channel is not None]
         for sub in self._subs.values():
             sub.delivered = 0
         if not busy:
             return
-        mine = self.preferred(await self._members())
+        members = await self._members()
+        mine = self.preferred(members)
         now = time.monotonic()
         for sub in busy:
             if sub.queue in mine or self.stopping.is_set():
                 continue
-            if now - sub.handed_over > 2 * HAND_OVER_HOLD:
+            if now - sub.handed_over > 2 * HAND_OVER_HOLD or members != sub.hand_over_members:
                 sub.hand_overs = 0
             wait = min(HAND_OVER_HOLD, self.settings.rebalance_interval * 2**sub.hand_overs) if sub.hand_overs else 0
             if now - sub.handed_over < wait:
                 continue
             sub.hand_overs += 1
-            sub.handed_over = now
+            sub.handed_over, sub.hand_over_members = now, members
             await self._hand_over(sub)
             return
 

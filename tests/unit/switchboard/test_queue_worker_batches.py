@@ -135,8 +135,10 @@ async def test_a_partition_that_keeps_coming_back_is_handed_over_less_and_less_o
     handed: list[float] = []
     clock = [1000.0]
 
+    count = [2]
+
     async def members() -> int:
-        return 2
+        return count[0]
 
     async def hand_over(sub: Any) -> None:
         assert sub.queue == odd
@@ -157,3 +159,13 @@ async def test_a_partition_that_keeps_coming_back_is_handed_over_less_and_less_o
     worker._subs[odd].delivered = 10
     await worker._rebalance()
     assert handed[-1] == clock[0] - 1000.0 and worker._subs[odd].hand_overs == 1
+    for _ in range(3):  # backing off again...
+        clock[0] += 5.0
+        worker._subs[odd].delivered = 10
+        await worker._rebalance()
+    assert handed[-1] == clock[0] - 1000.0 - 5.0  # (10 s after the last: the second wait)
+    count[0] = 3  # ...until a member joins (a rolling restart): its partitions go back at the next check
+    clock[0] += 5.0
+    worker._subs[odd].delivered = 10
+    await worker._rebalance()
+    assert handed[-1] == clock[0] - 1000.0
