@@ -23,9 +23,24 @@ CALLER_TRACE_HEADERS = (
 # runs), then jwt_authn sets CLIENT_HEADER to the verified token's ``sub`` and the API route VIA_EDGE_HEADER.
 EDGE_HEADER_PREFIX = "x-switchboard-"
 # Replaced by Envoy for a request from outside (``x-request-id``: its own id, ``x-forwarded-*``: what it saw,
-# ``x-envoy-*``: removed) or by the call to ingest (the gRPC framing's own content type, length and ``te``; the
-# webhook's content type travels in the request message, not as a header).
-EDGE_REPLACED_HEADERS = ("x-request-id", "x-forwarded-for", "x-forwarded-proto", "content-type", "content-length", "te")
+# ``x-forwarded-client-cert`` sanitized, ``x-envoy-*``: removed), by the call to ingest (the gRPC framing's own
+# content type, length and ``te``, ``host`` as ``:authority``; the webhook's content type travels in the request
+# message), or hop-by-hop headers HTTP/2 does not carry.
+EDGE_REPLACED_HEADERS = (
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-client-cert",
+    "content-type",
+    "content-length",
+    "te",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+)
 EDGE_REPLACED_PREFIXES = ("x-envoy-", "grpc-", EDGE_HEADER_PREFIX)
 
 

@@ -281,7 +281,8 @@ def check_layout(
 
 def _refused(exc: BaseException) -> InvalidRequest:
     """A request no retry will get through: the caller's values are at fault (400 on the APIs; a processor's
-    batch is not retried for ever as for an outage)."""
+    batch is not retried for ever as for an outage). Logged here: a 400 is not logged where it is answered."""
+    log.warning("the store refused a request", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
     return InvalidRequest(f"the store refused the request: {exc}"[:300], reason="STORE_REFUSED")
 
 
