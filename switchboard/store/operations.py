@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from switchboard.errors import StoreUnavailable
 from switchboard.model.events import now_us
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState, ReplayJob, ReplayState
 from switchboard.pagination import DAY_US
@@ -14,6 +15,8 @@ from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
 
 DeadCursor = tuple[str, int, int, str]  # (kind, day, dead_at in ms, id) of the last row returned
+# A delivery reset for a redrive whose status changed under it this many times in a row: an outage's answer.
+RESET_TRIES = 5
 
 
 class OperationsStore:
@@ -171,14 +174,23 @@ class OperationsStore:
         """A delivery redriven from the dead letters: PENDING with a fresh attempt budget. False, writing
         nothing, for one that was delivered (a task dead-lettered after its delivery was recorded: a redrive
         must not send it again). A delivery with no row (a task dead-lettered before its first record, or
-        expired) is left without one: writing would make a row of these cells only; its task records it."""
-        rows = await self.store.execute(self.q.delivery_status, (delivery_id,))
-        if not rows:
-            return True
-        if rows[0].status == "delivered":
-            return False
-        await self.store.execute(self.q.delivery_reset, (self.ttl, "pending", ts(now_us), delivery_id))
-        return True
+        expired) is left without one: writing would make a row of these cells only; its task records it.
+
+        The reset applies only if the status is still the one read (a lightweight transaction; redrives are
+        rare): a DELIVERED recorded between the read and an unconditional write was overwritten, and the task
+        sent again. The cells keep the row's remaining TTL (a fresh 30 days outlived the rest of the row)."""
+        for _ in range(RESET_TRIES):
+            rows = await self.store.execute(self.q.delivery_status, (delivery_id,))
+            if not rows:
+                return True
+            if rows[0].status == "delivered":
+                return False
+            left = rows[0].ttl_left or self.ttl
+            params = (left, "pending", ts(now_us), delivery_id, rows[0].status)
+            applied = await self.store.execute(self.q.delivery_reset, params)
+            if applied and applied[0][0]:
+                return True
+        raise StoreUnavailable(f"delivery {delivery_id} kept changing while it was reset for a redrive")
 
     async def fail_delivery(self, delivery_id: str, error: str, dead_us: int) -> bool:
         """A delivery whose task was dead-lettered at ``dead_us`` without its worker recording the end (the

@@ -166,7 +166,7 @@ def _operations_cql(ks: str) -> dict[str, str]:
         "replay_cancel_put": f"INSERT INTO {ks}.replay_cancels (id, requested_at) VALUES (?, ?) USING TTL ?",
         "replay_cancel_get": f"SELECT id FROM {ks}.replay_cancels WHERE id = ?",
         "delivery_reset": f"""UPDATE {ks}.deliveries USING TTL ? SET status = ?, attempts = 0, updated_at = ?
-            WHERE id = ?""",
+            WHERE id = ? IF status = ?""",
         "delivery_status": f"SELECT status, TTL(status) AS ttl_left FROM {ks}.deliveries WHERE id = ?",
         "delivery_fail": f"""UPDATE {ks}.deliveries USING TTL ? AND TIMESTAMP ? SET status = ?, last_error = ?,
             updated_at = ?, next_attempt_at = null WHERE id = ?""",

@@ -1,0 +1,61 @@
+"""``OperationsStore.reset_delivery`` (a delivery redriven from the dead letters) against a store that answers as
+Cassandra does a conditional update: the reset applies only to the status it read. The rows and the lightweight
+transaction themselves: tests/e2e/test_redrive_reset.py."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from switchboard.errors import StoreUnavailable
+from switchboard.store.operations import OperationsStore
+
+
+class Deliveries:
+    """One delivery row; ``delivered_after_read`` records its delivery between the reset's read and write."""
+
+    def __init__(self, status: str, ttl_left: int, delivered_after_read: int = 0) -> None:
+        self.status, self.ttl_left = status, ttl_left
+        self.delivered_after_read = delivered_after_read
+        self.resets: list[tuple[Any, ...]] = []
+        self.cfg = SimpleNamespace(ttl_seconds=30 * 86_400)
+        self.statements = SimpleNamespace(operations=SimpleNamespace(delivery_status="status", delivery_reset="reset"))
+
+    async def execute(self, statement: str, params: tuple[Any, ...]) -> list[Any]:
+        if statement == "status":
+            row = SimpleNamespace(status=self.status, ttl_left=self.ttl_left)
+            if self.delivered_after_read:  # changed after the read: delivered, or another attempt first
+                self.delivered_after_read -= 1
+                other = "retrying" if self.status != "retrying" else "failed"
+                self.status = "delivered" if self.delivered_after_read == 0 else other
+            return [row]
+        ttl, status, _at, _id, expected = params
+        if self.status != expected:
+            return [(False, self.status)]
+        self.status = status
+        self.resets.append((ttl, status))
+        return [(True,)]
+
+
+def reset(rows: Deliveries) -> bool:
+    return asyncio.run(OperationsStore(rows).reset_delivery("dlv_1", 1))  # type: ignore[arg-type]
+
+
+def test_a_failed_delivery_is_reset_with_the_ttl_its_row_has_left() -> None:
+    rows = Deliveries("failed", ttl_left=1000)
+    assert reset(rows) and rows.status == "pending" and rows.resets == [(1000, "pending")]
+
+
+def test_a_delivery_recorded_delivered_between_the_read_and_the_reset_is_not_sent_again() -> None:
+    """An unconditional write overwrote the DELIVERED and the redrive sent the delivery a second time."""
+    rows = Deliveries("failed", ttl_left=1000, delivered_after_read=1)
+    assert not reset(rows) and rows.status == "delivered" and rows.resets == []
+
+
+def test_a_delivery_that_keeps_changing_is_an_outage_not_a_reset() -> None:
+    rows = Deliveries("failed", ttl_left=1000, delivered_after_read=99)
+    with pytest.raises(StoreUnavailable, match="kept changing"):
+        reset(rows)
