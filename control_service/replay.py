@@ -52,6 +52,8 @@ PAGE = 500
 PROGRESS_EVERY = 1.0
 # The slowest pace a job may ask for (events per second): one event every ten seconds.
 MIN_RATE = 0.1
+# With ``force``, a job may enqueue this many times ``control.replay_max_events`` (never without a bound).
+FORCED_CAP_FACTOR = 10
 # How many of a job's enqueued events one read checks for being done, and the pause between two reads.
 WAIT_CHUNK = 256
 CHUNK_PAUSE = 0.05
@@ -386,7 +388,10 @@ class ReplayManager:
         The pace allows no burst: time spent listing events the selection skips is not saved up (it was: after
         scanning 20 s of other types at 100/s, ~2,000 events went out at once)."""
         assert sel.start_us is not None and sel.end_us is not None
-        limit = min(sel.max_events or self.limits.max_events, self.limits.max_events if not sel.force else 10**9)
+        # ``force`` lifts the cap tenfold, not away: every event enqueued stays listed until it is done (a few
+        # hundred bytes each), and a forced 61-day range of 1 M events a day held ~30 GB.
+        cap = self.limits.max_events * (FORCED_CAP_FACTOR if sel.force else 1)
+        limit = min(sel.max_events or cap, cap)
         rate = min(sel.rate_per_second or self.limits.rate_per_second, self.limits.rate_per_second)
         loop = asyncio.get_running_loop()
         t0 = loop.time()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import control_service.replay as replay_module
-from control_service.replay import WAIT_CHUNK, Limits, ReplayManager, Selection
+from control_service.replay import FORCED_CAP_FACTOR, WAIT_CHUNK, Limits, ReplayManager, Selection
 from switchboard.errors import BrokerUnavailable, InvalidRequest, StoreUnavailable
 from switchboard.model.events import EventStatus, EventSummary, InboundEvent, Prior, StoredEvent
 from switchboard.model.operations import ReplayJob, ReplayState
@@ -291,3 +291,16 @@ async def test_a_real_failure_racing_a_cancel_is_still_a_failure() -> None:
     job = await replays.start(SEL)
     await until(lambda: job.state is not ReplayState.RUNNING)
     assert (job.state, job.message) == (ReplayState.FAILED, "a value the store refuses")
+
+
+async def test_force_lifts_the_event_cap_tenfold_not_away() -> None:
+    """Every enqueued event stays listed until it is done: with the cap lifted to a billion, a forced range of
+    tens of millions of events held them all."""
+    events, jobs = Events(40), Jobs()
+    limits = Limits(rate_per_second=100_000.0, max_events=3)
+    forced = await manager(events, jobs, limits).start(dataclasses.replace(SEL, force=True))
+    await until(lambda: forced.state is ReplayState.DONE)
+    assert forced.queued == 3 * FORCED_CAP_FACTOR
+    plain = await manager(events, jobs, limits).start(SEL)
+    await until(lambda: plain.state is ReplayState.DONE)
+    assert plain.queued == 3
