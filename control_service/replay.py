@@ -165,6 +165,7 @@ class ReplayManager:
         self.publisher = publisher
         self.limits = limits
         self._running: dict[str, tuple[ReplayJob, asyncio.Task[None], asyncio.Event]] = {}
+        self._singles: set[asyncio.Future[None]] = set()  # single-event replays, shielded from their callers
 
     async def replay_event(self, source: str, event_id: str, subscription_id: str, reason: str) -> str:
         stored = await self.events.get(source, event_id) if source and event_id else None
@@ -195,21 +196,33 @@ class ReplayManager:
         # Recorded before the publish, and the end after it is never raised: the publish went first and a failed
         # write answered UNAVAILABLE for a replay that had gone out, which a client retry sent twice.
         await self._put(job)
+        # Shielded: a caller that goes away (its deadline, a disconnect) no longer cuts the publish and the
+        # record of its end apart; cut after the publish, the job read later as FAILED with nothing enqueued.
+        sending = asyncio.ensure_future(self._send_single(job, stored.event, subscription_id))
+        self._singles.add(sending)
+        sending.add_done_callback(self._singles.discard)
+        await asyncio.shield(sending)
+        log.info("event replayed", extra={"replay": replay_id, "event": stored.event.key, "reason": reason[:200]})
+        return replay_id
+
+    async def _send_single(self, job: ReplayJob, event: InboundEvent, subscription_id: str) -> None:
+        """``replay_event``'s publish and the record of its end (each end within ``SINGLE_END_SECONDS``)."""
         try:
-            await self._enqueue(stored.event, replay_id, subscription_id)
+            await self._enqueue(event, job.id, subscription_id)
         except SwitchboardError as exc:
             job.state, job.message, job.failed, job.finished_us = ReplayState.FAILED, exc.public, 1, now_us()
-            await self._put_final(job)
+            await self._put_single_end(job)
             raise
         job.queued = 1
         job.state, job.finished_us = ReplayState.DONE, now_us()
-        try:  # the replay went out: answered within the caller's deadline whatever the store does now
+        await self._put_single_end(job)  # the replay went out: answered whatever the store does now
+
+    async def _put_single_end(self, job: ReplayJob) -> None:
+        try:
             async with asyncio.timeout(SINGLE_END_SECONDS):
                 await self._put_final(job)
         except TimeoutError:
-            log.error("replay end not recorded: it will read as interrupted", extra={"replay": replay_id})
-        log.info("event replayed", extra={"replay": replay_id, "event": stored.event.key, "reason": reason[:200]})
-        return replay_id
+            log.error("replay end not recorded: it will read as interrupted", extra={"replay": job.id})
 
     async def start(self, sel: Selection) -> ReplayJob:
         """Validates the selection and starts the job; returns it (RUNNING, or DONE for a dry run)."""

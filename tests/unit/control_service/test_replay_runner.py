@@ -304,3 +304,28 @@ async def test_force_lifts_the_event_cap_tenfold_not_away() -> None:
     plain = await manager(events, jobs, limits).start(SEL)
     await until(lambda: plain.state is ReplayState.DONE)
     assert plain.queued == 3
+
+
+async def test_a_caller_that_goes_away_does_not_cut_a_single_replay_from_the_record_of_its_end() -> None:
+    """The caller's deadline passed (or it disconnected) while the publish waited for the broker's confirm:
+    gRPC cancels the handler. The publish went out, and the job used to stay RUNNING and read later as FAILED,
+    "0 of 1 matched events had been enqueued", so an operator sent it again."""
+    events, jobs = Events(1), Jobs()
+    confirmed = asyncio.Event()
+    publish = events.publish_event
+
+    async def slow_publish(e: InboundEvent) -> None:
+        await confirmed.wait()
+        await publish(e)
+
+    events.publish_event = slow_publish  # type: ignore[method-assign]
+    caller = asyncio.create_task(manager(events, jobs).replay_event("shop", "evt_0", "", "test"))
+    await until(lambda: len(jobs.rows) == 1)
+    caller.cancel()
+    await asyncio.sleep(0.05)
+    confirmed.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    (row,) = jobs.rows.values()
+    await until(lambda: jobs.rows[row.id].state is ReplayState.DONE)
+    assert jobs.rows[row.id].queued == 1 and events.published == {"shop/evt_0": events.published["shop/evt_0"]}
