@@ -790,7 +790,7 @@ class QueueWorker:
             forwarded = await asyncio.gather(*(self._forward(m, v) for m, v in copies))
             self._settle([pair for pair, ok in zip(copies, forwarded, strict=True) if ok])  # None: held
 
-    async def _handle(self, batch: Sequence[QueueMessage]) -> list[Verdict]:
+    async def _handle(self, batch: Sequence[QueueMessage]) -> Sequence[Verdict]:
         """The handler's verdicts. A ``CancelledError`` the handler raises while this task is not being
         cancelled (leaked from code it calls) is its failure, handled as any exception: let through, it ended
         the batch's task with its messages held unacked until the channel closed, and nothing logged."""
