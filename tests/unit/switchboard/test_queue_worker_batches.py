@@ -112,7 +112,7 @@ async def test_a_cancelled_error_the_handler_leaks_is_its_failure() -> None:
         purpose="unit",
     )
     returned: list[tuple[str, str]] = []
-    worker._return_later = lambda m, exc: returned.append((m.message_id, str(exc)))  # type: ignore[method-assign]
+    worker._return_later = lambda m, exc: returned.append((m.message_id, str(exc)))  # type: ignore[method-assign,assignment]
     message = QueueMessage(
         b"x",
         "m1",
@@ -146,7 +146,7 @@ async def test_a_partition_that_keeps_coming_back_is_handed_over_less_and_less_o
 
     monkeypatch.setattr(worker, "_members", members)
     monkeypatch.setattr(worker, "_hand_over", hand_over)
-    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])  # type: ignore[attr-defined]
     odd = topology.work_queues[1]
     for _ in range(125):  # over ten minutes of checks every 5 s, the partition back at each
         for queue in (odd, topology.work_queues[0]):  # its own share (0) is never handed over
