@@ -97,18 +97,29 @@ class OperationsStore:
         return bool(rows) and bool(rows[0][0])
 
     async def dead_letters(
-        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: DeadCursor | None
+        self,
+        kind: DeadLetterKind,
+        start_us: int,
+        end_us: int,
+        limit: int,
+        after: DeadCursor | None,
+        *,
+        messages: bool = True,
     ) -> tuple[list[DeadLetter], DeadCursor | None]:
-        """Dead letters of ``kind`` in [start, end), newest first; the cursor of the next page."""
+        """Dead letters of ``kind`` in [start, end), newest first; the cursor of the next page. Without
+        ``messages``, their bodies and headers are not read (they come back empty)."""
+        after_q, range_q = (
+            (self.q.dead_after, self.q.dead_range) if messages else (self.q.dead_after_light, self.q.dead_range_light)
+        )
         out: list[DeadLetter] = []
         day, first_day = days_to_read(start_us, end_us, after[1] if after else None, self.ttl)
         while day >= first_day and len(out) < limit:
             want = limit - len(out)
             if after is not None and after[1] == day:
                 params: tuple[Any, ...] = (kind.value, day, ts(after[2] * 1000), after[3], want)
-                rows = await self.store.execute(self.q.dead_after, params)
+                rows = await self.store.execute(after_q, params)
             else:
-                rows = await self.store.execute(self.q.dead_range, (kind.value, day, ts(start_us), ts(end_us), want))
+                rows = await self.store.execute(range_q, (kind.value, day, ts(start_us), ts(end_us), want))
             page = [_dead_letter(r) for r in rows if us_of(r.dead_at) >= ms_floor(start_us)]
             out += page
             if len(rows) < want or len(page) < len(rows):
@@ -224,8 +235,8 @@ def _dead_letter(r: Any) -> DeadLetter:
         attempts=int(r.attempts or 0),
         last_error=r.last_error or "",
         reason=r.reason or "",
-        headers=dict(r.headers or {}),
-        body=r.body or b"",
+        headers=dict(getattr(r, "headers", None) or {}),  # not read by a listing without the messages
+        body=getattr(r, "body", None) or b"",
         message_type=r.message_type or "",
         state=DeadLetterState(r.state) if r.state else DeadLetterState.DEAD,
         redriven_us=us_of(r.redriven_at),

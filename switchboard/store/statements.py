@@ -18,6 +18,11 @@ from cassandra.query import PreparedStatement
 from switchboard.config import CassandraConfig
 
 _S = TypeVar("_S")
+# Every column of dead_letters but the message itself (headers, body).
+DEAD_LIGHT = (
+    "kind, day, dead_at, id, source, event_id, event_type, subscription_id, delivery_id, message_id, attempts, "
+    "last_error, reason, message_type, state, redriven_at"
+)
 
 
 def _event_cql(ks: str) -> dict[str, str]:
@@ -154,6 +159,11 @@ def _operations_cql(ks: str) -> dict[str, str]:
             WHERE kind = ? AND day = ? AND dead_at >= ? AND dead_at < ? LIMIT ?""",
         "dead_after": f"""SELECT * FROM {ks}.dead_letters WHERE kind = ? AND day = ? AND (dead_at, id) < (?, ?)
             LIMIT ?""",
+        # The same without the message (body and headers): what a redrive's or a purge's selection reads.
+        "dead_range_light": f"""SELECT {DEAD_LIGHT} FROM {ks}.dead_letters
+            WHERE kind = ? AND day = ? AND dead_at >= ? AND dead_at < ? LIMIT ?""",
+        "dead_after_light": f"""SELECT {DEAD_LIGHT} FROM {ks}.dead_letters
+            WHERE kind = ? AND day = ? AND (dead_at, id) < (?, ?) LIMIT ?""",
         "dead_state": f"""UPDATE {ks}.dead_letters USING TTL ? SET state = ?, redriven_at = ?
             WHERE kind = ? AND day = ? AND dead_at = ? AND id = ?""",
         "dead_state_from": f"""UPDATE {ks}.dead_letters USING TTL ? SET state = ?, redriven_at = ?
@@ -255,6 +265,8 @@ class OperationStatements:
     dead_get: PreparedStatement
     dead_range: PreparedStatement
     dead_after: PreparedStatement
+    dead_range_light: PreparedStatement
+    dead_after_light: PreparedStatement
     dead_state: PreparedStatement
     dead_state_from: PreparedStatement
     dead_state_from_at: PreparedStatement

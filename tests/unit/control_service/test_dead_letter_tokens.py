@@ -31,7 +31,7 @@ class NoDeadLetters:
         return True
 
     async def dead_letters(
-        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any
+        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any, *, messages: bool = True
     ) -> tuple[list[DeadLetter], Any]:
         self.reads.append((kind, after))
         return [], None
@@ -87,7 +87,7 @@ class TwoPages(NoDeadLetters):
     """A full page of dead letters and a cursor, then the rest."""
 
     async def dead_letters(
-        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any
+        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any, *, messages: bool = True
     ) -> tuple[list[DeadLetter], Any]:
         self.reads.append((kind, (start_us, end_us, after)))
         if after:
@@ -182,17 +182,22 @@ async def test_a_redrive_of_an_event_processed_since_publishes_nothing() -> None
 
 async def test_a_selection_holds_no_bodies_and_a_redrive_reads_each_body_back_when_it_sends_it() -> None:
     """A redrive of a filter held every selected dead letter's body and headers until it ended (100,000 rows
-    of an outage: half a gigabyte). The selection keeps neither; each body is read back when it is sent, and a
-    row gone meanwhile (expired) is counted failed and given back."""
+    of an outage: half a gigabyte), and read them with every page. The selection neither reads nor keeps them;
+    each body is read back when it is sent, and a row gone meanwhile (expired) is counted failed and given
+    back."""
     bodies = {f"dl_{i}": encode_inbound(event(event_id=f"evt_{i}")) for i in range(3)}
     gone = {"dl_2"}  # listed, then expired before the redrive reached it
+    asked: list[bool] = []
 
     class Listed(NoDeadLetters):
         async def dead_letters(
-            self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any
+            self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any, *, messages: bool = True
         ) -> tuple[list[DeadLetter], Any]:
+            asked.append(messages)
             if kind is not DeadLetterKind.PROCESSING:
                 return [], None
+            if not messages:
+                return [DeadLetter(i, kind, end_us - 1) for i in bodies], None
             return [DeadLetter(i, kind, end_us - 1, body=b, headers={"x": "y"}) for i, b in bodies.items()], None
 
         async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
@@ -209,6 +214,7 @@ async def test_a_selection_holds_no_bodies_and_a_redrive_reads_each_body_back_wh
     f = Filter(kind=DeadLetterKind.PROCESSING)
     selected = await manager.selection([], f, everything=False)
     assert [(d.id, d.body, d.headers) for d in selected] == [(f"dl_{i}", b"", {}) for i in range(3)]
+    assert asked and not any(asked)  # the store was asked for the rows without their messages
     progress = [p async for p in manager.redrive([], f, everything=False, dry_run=False)]
     assert (progress[-1].matched, progress[-1].redriven, progress[-1].failed) == (3, 2, 1)
     assert [e.event_id for e in publisher.events] == ["evt_0", "evt_1"]
