@@ -378,6 +378,14 @@ class DeadLetterManager:
         claimed_at = await self._claim(d)
         try:
             await self._send_again(d)
+        except FailedPrecondition as exc:
+            if exc.reason != "NOTHING_TO_REDRIVE":
+                raise
+            # Settled without it (the event processed since, the delivery delivered, the row expired): marked
+            # REDRIVEN, counted failed by this redrive. Given back DEAD, such a row stayed in every listing and
+            # every later redrive of a filter counted it failed again, until it expired.
+            await self._mark_redriven(d, claimed_at)
+            raise
         except BaseException:
             try:
                 await self.store.set_dead_letter_state(

@@ -287,6 +287,25 @@ async def test_a_redrive_whose_publish_fails_gives_the_row_back() -> None:
     assert rows.rows[d.id].state is DeadLetterState.DEAD  # a later redrive can take it
 
 
+async def test_a_dead_letter_settled_since_is_counted_failed_once_and_no_redrive_takes_it_again() -> None:
+    """Its event was processed since (a replay): nothing to send. Given back DEAD, it stayed in every listing
+    and every later redrive of a filter counted it failed again, until it expired."""
+    rows = Claimable()
+    d = await recorded(rows)
+
+    class Processed(Events):
+        async def reset_attempts(self, e: InboundEvent) -> bool:
+            return False
+
+    events = Processed()
+    manager = DeadLetterManager(rows, events, events)  # type: ignore[arg-type]
+    (*_, last) = await redrive(manager, d)
+    assert (last.redriven, last.failed) == (0, 1) and events.published == []
+    assert rows.rows[d.id].state is DeadLetterState.REDRIVEN
+    (*_, again) = await redrive(manager, d)
+    assert (again.matched, again.failed) == (0, 0)  # not taken again
+
+
 def test_a_retried_message_the_broker_dead_lettered_is_a_delivery_limit_not_a_failure() -> None:
     """A retried copy carries x-last-error too; only the worker's dead-letter copy has x-dead-at. The recorder
     took the first for the second: FAILED with the stale retry error, missed by a DELIVERY_LIMIT filter."""

@@ -159,7 +159,7 @@ async def test_a_redrive_does_not_send_again_a_delivery_that_was_delivered() -> 
     manager = DeadLetterManager(store, None, publisher)  # type: ignore[arg-type]
     progress = [p async for p in manager.redrive(["dl_1"], Filter(), everything=False, dry_run=False)]
     assert (progress[-1].redriven, progress[-1].failed) == (0, 1)
-    assert publisher.tasks == [] and store.states == ["redriving", "dead"]  # claimed, then given back
+    assert publisher.tasks == [] and store.states == ["redriving", "redriven"]  # claimed, then settled
 
 
 async def test_a_redrive_of_an_event_processed_since_publishes_nothing() -> None:
@@ -183,8 +183,8 @@ async def test_a_redrive_of_an_event_processed_since_publishes_nothing() -> None
 async def test_a_selection_holds_no_bodies_and_a_redrive_reads_each_body_back_when_it_sends_it() -> None:
     """A redrive of a filter held every selected dead letter's body and headers until it ended (100,000 rows
     of an outage: half a gigabyte), and read them with every page. The selection neither reads nor keeps them;
-    each body is read back when it is sent, and a row gone meanwhile (expired) is counted failed and given
-    back."""
+    each body is read back when it is sent, and a row gone meanwhile (expired) is counted failed and left
+    REDRIVEN (nothing to do for it)."""
     bodies = {f"dl_{i}": encode_inbound(event(event_id=f"evt_{i}")) for i in range(3)}
     gone = {"dl_2"}  # listed, then expired before the redrive reached it
     asked: list[bool] = []
@@ -218,4 +218,4 @@ async def test_a_selection_holds_no_bodies_and_a_redrive_reads_each_body_back_wh
     progress = [p async for p in manager.redrive([], f, everything=False, dry_run=False)]
     assert (progress[-1].matched, progress[-1].redriven, progress[-1].failed) == (3, 2, 1)
     assert [e.event_id for e in publisher.events] == ["evt_0", "evt_1"]
-    assert store.states[-2:] == ["redriving", "dead"]  # the gone one claimed, then given back
+    assert store.states[-2:] == ["redriving", "redriven"]  # the gone one claimed, then settled
