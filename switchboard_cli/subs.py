@@ -66,6 +66,19 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     att.add_argument("--limit", type=whole(1, MAX_PAGE), default=20)
 
 
+def _every_subscription(s: Any) -> Any:
+    """Every page of ListSubscriptions in one reply (its first page only was printed: past 1,000
+    subscriptions, the rest were left out without a word)."""
+    reply = pb.ListSubscriptionsResponse()
+    token = ""
+    while True:
+        page = s.ListSubscriptions(pb.ListSubscriptionsRequest(page_size=1000, page_token=token), timeout=10)
+        reply.subscriptions.extend(page.subscriptions)
+        token = page.next_page_token
+        if not token:
+            return reply
+
+
 @contextmanager
 def stub(cfg: PlatformConfig) -> Iterator[Any]:
     channel = open_channel(cfg.control.host, cfg.control.port)
@@ -116,7 +129,7 @@ def _call(s: Any, args: argparse.Namespace) -> Any:
                 pb.CreateSubscriptionRequest(subscription=sub, check_reachable=args.check), timeout=20
             )
         case "list":
-            return s.ListSubscriptions(pb.ListSubscriptionsRequest(page_size=1000), timeout=10)
+            return _every_subscription(s)
         case "get":
             return s.GetSubscription(pb.GetSubscriptionRequest(id=args.id), timeout=10)
         case "delete":
