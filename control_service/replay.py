@@ -225,7 +225,7 @@ class ReplayManager:
             log.error("replay end not recorded: it will read as interrupted", extra={"replay": job.id})
 
     async def start(self, sel: Selection) -> ReplayJob:
-        """Validates the selection and starts the job; returns it (RUNNING, or DONE for a dry run)."""
+        """Validates the selection and starts the job; returns it RUNNING (a dry run too: it ends DONE once counted)."""
         if not sel.source:
             raise InvalidRequest("source is required", reason="FIELD_REQUIRED", metadata={"field": "source"})
         if not sel.start_us or not sel.end_us:

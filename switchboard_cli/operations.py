@@ -49,7 +49,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     dlq = sub.add_parser("dlq", help="dead letters: list, show, redrive, purge", parents=[common])
     d = dlq.add_subparsers(dest="action", required=True)
-    lst = d.add_parser("list", help="as a table, newest first")
+    lst = d.add_parser("list", help="as a table, newest first within each kind (processing, then delivery)")
     _filters(lst)
     lst.add_argument("--limit", type=whole(1, MAX_PAGE), default=50)
     d.add_parser("show").add_argument("id")
