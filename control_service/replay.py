@@ -166,6 +166,7 @@ class ReplayManager:
         self.limits = limits
         self._running: dict[str, tuple[ReplayJob, asyncio.Task[None], asyncio.Event]] = {}
         self._singles: set[asyncio.Future[None]] = set()  # single-event replays, shielded from their callers
+        self._next_slot = 0.0  # (loop time) when this replica's jobs may send their next event
 
     async def replay_event(self, source: str, event_id: str, subscription_id: str, reason: str) -> str:
         stored = await self.events.get(source, event_id) if source and event_id else None
@@ -426,7 +427,7 @@ class ReplayManager:
                 if sel.dry_run:
                     continue
                 t0 = max(t0, loop.time() - job.queued / rate)  # no credit from time spent not sending
-                due = t0 + job.queued / rate
+                due = self._shared_slot(t0 + job.queued / rate)
                 if due > loop.time() and await _cancelled_within(cancel, due - loop.time()):
                     break  # a cancel during the pause: nothing more is enqueued
                 stored = await _patiently("read", partial(self.events.get, summary.source, summary.event_id), cancel)
@@ -443,6 +444,15 @@ class ReplayManager:
             if cursor is None:
                 break
         return queued
+
+    def _shared_slot(self, due: float) -> float:
+        """When an event a job would send at ``due`` goes: the configured pace is the replica's, shared by its
+        jobs (each job may ask for a slower one). Paced each on its own, ten jobs put ten times the pace into
+        the processors beside live traffic. Several control replicas each have their own."""
+        now = asyncio.get_running_loop().time()
+        slot = max(due, self._next_slot)
+        self._next_slot = max(slot, now) + 1 / self.limits.rate_per_second
+        return slot
 
     async def _enqueue(
         self, original: InboundEvent, replay_id: str, subscription_id: str, cancel: asyncio.Event | None = None

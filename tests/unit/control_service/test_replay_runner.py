@@ -329,3 +329,13 @@ async def test_a_caller_that_goes_away_does_not_cut_a_single_replay_from_the_rec
     (row,) = jobs.rows.values()
     await until(lambda: jobs.rows[row.id].state is ReplayState.DONE)
     assert jobs.rows[row.id].queued == 1 and events.published == {"shop/evt_0": events.published["shop/evt_0"]}
+
+
+async def test_the_pace_is_the_replicas_shared_by_its_jobs() -> None:
+    """Paced each on its own, ten jobs put ten times the configured pace into the processors."""
+    events, jobs = Events(20), Jobs()
+    replicas = manager(events, jobs, Limits(rate_per_second=50.0))
+    started = asyncio.get_running_loop().time()
+    both = [await replicas.start(SEL), await replicas.start(SEL)]
+    await until(lambda: all(j.queued == 20 for j in both), seconds=10)
+    assert asyncio.get_running_loop().time() - started >= 39 / 50  # 40 events at 50/s, not 20 at 50/s each
