@@ -427,9 +427,12 @@ class ReplayManager:
                 if sel.dry_run:
                     continue
                 t0 = max(t0, loop.time() - job.queued / rate)  # no credit from time spent not sending
-                due = self._shared_slot(t0 + job.queued / rate)
+                due = t0 + job.queued / rate
                 if due > loop.time() and await _cancelled_within(cancel, due - loop.time()):
                     break  # a cancel during the pause: nothing more is enqueued
+                slot = self._shared_slot()  # then the replica's pace, once the job's own is kept
+                if slot > loop.time() and await _cancelled_within(cancel, slot - loop.time()):
+                    break
                 stored = await _patiently("read", partial(self.events.get, summary.source, summary.event_id), cancel)
                 if stored is None:
                     job.failed += 1
@@ -445,13 +448,13 @@ class ReplayManager:
                 break
         return queued
 
-    def _shared_slot(self, due: float) -> float:
-        """When an event a job would send at ``due`` goes: the configured pace is the replica's, shared by its
-        jobs (each job may ask for a slower one). Paced each on its own, ten jobs put ten times the pace into
-        the processors beside live traffic. Several control replicas each have their own."""
-        now = asyncio.get_running_loop().time()
-        slot = max(due, self._next_slot)
-        self._next_slot = max(slot, now) + 1 / self.limits.rate_per_second
+    def _shared_slot(self) -> float:
+        """When the next event of this replica's jobs may go (taken by the caller): the configured pace is the
+        replica's, shared by its jobs, each of which keeps its own (slower) pace first. Paced each on its own,
+        ten jobs put ten times the pace into the processors beside live traffic. Several control replicas each
+        have their own."""
+        slot = max(asyncio.get_running_loop().time(), self._next_slot)
+        self._next_slot = slot + 1 / self.limits.rate_per_second
         return slot
 
     async def _enqueue(

@@ -339,3 +339,13 @@ async def test_the_pace_is_the_replicas_shared_by_its_jobs() -> None:
     both = [await replicas.start(SEL), await replicas.start(SEL)]
     await until(lambda: all(j.queued == 20 for j in both), seconds=10)
     assert asyncio.get_running_loop().time() - started >= 39 / 50  # 40 events at 50/s, not 20 at 50/s each
+
+
+async def test_a_slow_job_does_not_hold_back_the_others() -> None:
+    events, jobs = Events(20), Jobs()
+    replicas = manager(events, jobs, Limits(rate_per_second=100.0))
+    slow = await replicas.start(Selection(**{**SEL.__dict__, "rate_per_second": 0.1}))  # one per 10 s
+    fast = await replicas.start(SEL)
+    await until(lambda: fast.queued == 20, seconds=3)  # 0.2 s at 100/s, not 10 s behind each slow slot
+    assert slow.queued <= 1
+    await replicas.cancel(slow.id)
