@@ -89,6 +89,7 @@ class Subscriptions(Protocol):
 class Jobs(Protocol):
     async def put_replay(self, job: ReplayJob) -> None: ...
     async def get_replay(self, replay_id: str) -> ReplayJob | None: ...
+    async def mark_replay_interrupted(self, job: ReplayJob, read_updated_us: int) -> bool: ...
     async def request_replay_cancel(self, replay_id: str, at_us: int) -> None: ...
     async def replay_cancel_requested(self, replay_id: str) -> bool: ...
 
@@ -289,9 +290,16 @@ class ReplayManager:
             raise NotFound(f"no replay {replay_id!r}", reason="REPLAY_NOT_FOUND")
         now = now_us()
         if interrupted(job, now, self.limits.stale_after_us):
+            read_at = job.updated_us
             _mark_interrupted(job, f" (nothing recorded for {silent_us(job, now) / 1e6:.0f} s)")
-            job.finished_us = now
-            await self._put(job)
+            job.finished_us = job.updated_us = now
+            # Only if nothing wrote the row since it was read: a runner silent for a while (store trouble) that
+            # wrote DONE or CANCELLED in between was overwritten FAILED for good.
+            if read_at and not await self.jobs.mark_replay_interrupted(job, read_at):
+                again = await self.jobs.get_replay(replay_id)
+                return job if again is None else again
+            if not read_at:  # a row without the time (never heartbeated): nothing to condition on
+                await self.jobs.put_replay(job)
             log.warning("replay interrupted", extra={"replay": job.id, "queued": job.queued, "matched": job.matched})
         return job
 

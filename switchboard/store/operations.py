@@ -154,6 +154,21 @@ class OperationsStore:
         )
         await self.store.execute(self.q.replay_put, params)
 
+    async def mark_replay_interrupted(self, job: ReplayJob, read_updated_us: int) -> bool:
+        """Writes ``job``'s end (state, message, finish) only if its row was not written since it was read at
+        ``read_updated_us`` (a lightweight transaction: rare, a job whose runner went silent). Whether it was."""
+        params = (
+            self.ttl,
+            job.state.value,
+            job.message,
+            ts(job.finished_us) if job.finished_us else None,
+            ts(job.updated_us),
+            job.id,
+            ts(read_updated_us),
+        )
+        rows = await self.store.execute(self.q.replay_interrupted, params)
+        return bool(rows) and bool(rows[0][0])
+
     async def get_replay(self, replay_id: str) -> ReplayJob | None:
         rows = await self.store.execute(self.q.replay_get, (replay_id,))
         if not rows:

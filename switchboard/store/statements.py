@@ -173,6 +173,8 @@ def _operations_cql(ks: str) -> dict[str, str]:
         "replay_put": f"""INSERT INTO {ks}.replays (id, request, state, matched, queued, done, failed, started_at,
             finished_at, message, dry_run, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
         "replay_get": f"SELECT * FROM {ks}.replays WHERE id = ?",
+        "replay_interrupted": f"""UPDATE {ks}.replays USING TTL ? SET state = ?, message = ?, finished_at = ?,
+            updated_at = ? WHERE id = ? IF updated_at = ?""",
         "replay_cancel_put": f"INSERT INTO {ks}.replay_cancels (id, requested_at) VALUES (?, ?) USING TTL ?",
         "replay_cancel_get": f"SELECT id FROM {ks}.replay_cancels WHERE id = ?",
         "delivery_reset": f"""UPDATE {ks}.deliveries USING TTL ? SET status = ?, attempts = 0, updated_at = ?
@@ -271,6 +273,7 @@ class OperationStatements:
     dead_state_from: PreparedStatement
     dead_state_from_at: PreparedStatement
     replay_put: PreparedStatement
+    replay_interrupted: PreparedStatement
     replay_get: PreparedStatement
     replay_cancel_put: PreparedStatement
     replay_cancel_get: PreparedStatement

@@ -15,7 +15,7 @@ import pytest
 
 from switchboard.config import PlatformConfig
 from switchboard.model.events import Commit, EventStatus, InboundEvent, OperationResult, Outcome, StoredEvent, now_us
-from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState
+from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState, ReplayJob, ReplayState
 from switchboard.model.subscriptions import Delivery, DeliveryStatus
 from switchboard.store import DeliveryStore, EntityStore, EventStore, OperationsStore, StoreSession
 from switchboard.store.deliveries import day_of
@@ -155,6 +155,35 @@ def test_a_replay_cancel_asked_through_the_store_is_seen(stack: Stack, stack_con
             assert not await ops.replay_cancel_requested(replay_id)
             await ops.request_replay_cancel(replay_id, now_us())
             assert await ops.replay_cancel_requested(replay_id)
+        finally:
+            session.close()
+
+    asyncio.run(run())
+
+
+def test_a_replay_is_marked_interrupted_only_if_nothing_wrote_it_since_it_was_read(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    """The reader that finds a job silent past the limit marks it FAILED on the condition that its row is still
+    as read: a runner that wrote DONE in between keeps it (on Cassandra's lightweight transaction)."""
+
+    async def run() -> None:
+        session = StoreSession.connect(stack_config.cassandra)
+        try:
+            ops = OperationsStore(session)
+            job = ReplayJob("rp_" + secrets.token_hex(8), "{}", started_us=now_us() - 600_000_000)
+            job.updated_us = now_us() - 300_000_000
+            await ops.put_replay(job)
+            read_at = job.updated_us
+            done = dataclasses.replace(job, state=ReplayState.DONE, updated_us=now_us())
+            await ops.put_replay(done)  # the runner, after the reader's read
+            failed = dataclasses.replace(job, state=ReplayState.FAILED, message="interrupted", updated_us=now_us())
+            assert not await ops.mark_replay_interrupted(failed, read_at)
+            stored = await ops.get_replay(job.id)
+            assert stored is not None and stored.state is ReplayState.DONE
+            assert await ops.mark_replay_interrupted(failed, done.updated_us)  # nothing wrote it since: marked
+            stored = await ops.get_replay(job.id)
+            assert stored is not None and (stored.state, stored.message) == (ReplayState.FAILED, "interrupted")
         finally:
             session.close()
 

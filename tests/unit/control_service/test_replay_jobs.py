@@ -29,6 +29,9 @@ class Jobs:
     async def get_replay(self, replay_id: str) -> ReplayJob | None:
         return None
 
+    async def mark_replay_interrupted(self, job: ReplayJob, read_updated_us: int) -> bool:
+        return False
+
 
 async def test_a_replay_that_fails_on_an_internal_error_is_recorded_failed_not_left_running() -> None:
     jobs = Jobs()

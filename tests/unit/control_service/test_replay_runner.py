@@ -71,6 +71,13 @@ class Jobs:
         row = self.rows.get(replay_id)
         return dataclasses.replace(row) if row else None
 
+    async def mark_replay_interrupted(self, job: ReplayJob, read_updated_us: int) -> bool:
+        row = self.rows.get(job.id)
+        if row is None or row.updated_us != read_updated_us:
+            return False  # written since it was read (the lightweight transaction's condition)
+        self.rows[job.id] = dataclasses.replace(job)
+        return True
+
     async def request_replay_cancel(self, replay_id: str, at_us: int) -> None:
         self.cancels.add(replay_id)
 
@@ -349,3 +356,29 @@ async def test_a_slow_job_does_not_hold_back_the_others() -> None:
     await until(lambda: fast.queued == 20, seconds=3)  # 0.2 s at 100/s, not 10 s behind each slow slot
     assert slow.queued <= 1
     await replicas.cancel(slow.id)
+
+
+async def test_a_job_that_ends_while_it_is_marked_interrupted_keeps_its_end() -> None:
+    """Its runner was silent past the limit (store trouble), then wrote DONE right after a reader found the row
+    stale: the reader's unconditional FAILED overwrote it for good."""
+    jobs = Jobs()
+    stale = ReplayJob("rp_1", "{}", state=ReplayState.RUNNING, started_us=1, updated_us=2, queued=3, matched=3)
+    jobs.rows["rp_1"] = stale
+    read = jobs.get_replay
+
+    async def read_then_done(replay_id: str) -> ReplayJob | None:
+        found = await read(replay_id)
+        jobs.rows["rp_1"] = dataclasses.replace(stale, state=ReplayState.DONE, updated_us=3)  # the runner, just after
+        return found
+
+    jobs.get_replay = read_then_done  # type: ignore[method-assign]
+    job = await manager(Events(0), jobs).get("rp_1")
+    assert job.state is ReplayState.DONE and jobs.rows["rp_1"].state is ReplayState.DONE
+
+
+async def test_a_silent_job_is_marked_interrupted() -> None:
+    jobs = Jobs()
+    jobs.rows["rp_1"] = ReplayJob("rp_1", "{}", state=ReplayState.RUNNING, started_us=1, updated_us=2)
+    job = await manager(Events(0), jobs).get("rp_1")
+    assert job.state is ReplayState.FAILED and jobs.rows["rp_1"].state is ReplayState.FAILED
+    assert "interrupted" in jobs.rows["rp_1"].message
