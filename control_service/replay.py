@@ -25,6 +25,7 @@ and its next write (a heartbeat or the end) replaces that with what it really di
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import fnmatch
 import json
 import logging
@@ -128,9 +129,20 @@ def interrupted(job: ReplayJob, now: int, stale_after_us: int) -> bool:
 def _mark_interrupted(job: ReplayJob, detail: str = "") -> None:
     """``job`` FAILED, its message saying how much it had enqueued (``detail`` follows "stopped")."""
     job.state = ReplayState.FAILED
-    job.message = (
-        f"interrupted: its control service stopped{detail}; {job.queued} of {job.matched} matched events had"
-        " been enqueued; start a new replay for the rest"
+    job.message = f"interrupted: its control service stopped{detail}; {the_rest(job)}"
+
+
+def the_rest(job: ReplayJob) -> str:
+    """What a job that stopped before the end of its selection had enqueued, and where a new replay of the rest
+    starts: the received time of the last event it enqueued (a selection is listed oldest first). Only "start a
+    new replay for the rest" before, and the whole range was replayed again, every event sent twice."""
+    done = f"{job.queued} of {job.matched} matched events had been enqueued"
+    if not job.resume_from_us:
+        return f"{done}; start a new replay for the rest"
+    at = dt.datetime.fromtimestamp(job.resume_from_us / 1e6, dt.UTC).isoformat(timespec="milliseconds")
+    return (
+        f"{done}; for the rest, start a new replay with start_time {at.replace('+00:00', 'Z')} (the events received"
+        " in that millisecond are sent again)"
     )
 
 
@@ -332,8 +344,10 @@ class ReplayManager:
     # -- the job ------------------------------------------------------------------------------------------
     async def _run(self, job: ReplayJob, sel: Selection, cancel: asyncio.Event, target: Filter | None) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(job, cancel))
+        listed = False  # the whole selection enqueued: a failure after that leaves nothing to start again
         try:
             queued = await self._select_and_enqueue(job, sel, cancel, target)
+            listed = True
             if not cancel.is_set() and not sel.dry_run:
                 await self._wait_done(job, sel, queued, cancel)
             job.state = ReplayState.CANCELLED if cancel.is_set() else ReplayState.DONE
@@ -342,6 +356,8 @@ class ReplayManager:
                 job.state = ReplayState.CANCELLED
             else:
                 job.state, job.message = ReplayState.FAILED, exc.public  # shown to callers: without the driver's detail
+                if not listed and not sel.dry_run:
+                    job.message += f"; {the_rest(job)}"
                 log.warning("replay failed", extra={"replay": job.id, "error": exc.message})
         except asyncio.CancelledError:  # the service is stopping
             _mark_interrupted(job)
@@ -452,6 +468,7 @@ class ReplayManager:
                 enqueued = await self._enqueue(stored.event, job.id, sel.subscription_id, cancel)
                 queued.append(replace(enqueued, body=b"", headers={}))  # what _wait_done reads: ids, not bodies
                 job.queued += 1
+                job.resume_from_us = e.received_us
             if cursor is None:
                 break
         return queued

@@ -60,3 +60,6 @@ class ReplayJob:
     message: str = ""
     dry_run: bool = False
     updated_us: int = 0  # the last write of the job: its runner's heartbeat while RUNNING
+    # The received time of the last event it enqueued (a listing is oldest first): where a new replay of the
+    # rest starts, should this one stop before the end.
+    resume_from_us: int = 0

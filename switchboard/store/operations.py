@@ -150,6 +150,7 @@ class OperationsStore:
             job.message,
             job.dry_run,
             ts(job.updated_us) if job.updated_us else None,
+            ts(job.resume_from_us) if job.resume_from_us else None,
             self.ttl,
         )
         await self.store.execute(self.q.replay_put, params)
@@ -187,6 +188,7 @@ class OperationsStore:
             message=r.message or "",
             dry_run=bool(r.dry_run),
             updated_us=us_of(r.updated_at),
+            resume_from_us=us_of(getattr(r, "resume_from", None)),
         )
 
     async def request_replay_cancel(self, replay_id: str, at_us: int) -> None:

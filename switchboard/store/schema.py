@@ -133,7 +133,7 @@ def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {ks}.replays (
             id text PRIMARY KEY, request text, state text, matched bigint, queued bigint, done bigint,
             failed bigint, started_at timestamp, finished_at timestamp, message text, dry_run boolean,
-            updated_at timestamp
+            updated_at timestamp, resume_from timestamp
         ) WITH {opts}""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.replay_cancels (
             id text PRIMARY KEY, requested_at timestamp
@@ -156,6 +156,7 @@ def migrations(cfg: CassandraConfig) -> list[str]:
         f"ALTER TABLE {cfg.keyspace}.events ADD body_encoded blob",
         f"ALTER TABLE {cfg.keyspace}.entities ADD state_encoded blob",
         f"ALTER TABLE {cfg.keyspace}.subscriptions ADD max_in_flight int",
+        f"ALTER TABLE {cfg.keyspace}.replays ADD resume_from timestamp",
     ]
 
 

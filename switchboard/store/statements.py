@@ -171,7 +171,8 @@ def _operations_cql(ks: str) -> dict[str, str]:
         "dead_state_from_at": f"""UPDATE {ks}.dead_letters USING TTL ? SET state = ?, redriven_at = ?
             WHERE kind = ? AND day = ? AND dead_at = ? AND id = ? IF state = ? AND redriven_at = ?""",
         "replay_put": f"""INSERT INTO {ks}.replays (id, request, state, matched, queued, done, failed, started_at,
-            finished_at, message, dry_run, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?""",
+            finished_at, message, dry_run, updated_at, resume_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            USING TTL ?""",
         "replay_get": f"SELECT * FROM {ks}.replays WHERE id = ?",
         "replay_interrupted": f"""UPDATE {ks}.replays USING TTL ? SET state = ?, message = ?, finished_at = ?,
             updated_at = ? WHERE id = ? IF updated_at = ?""",

@@ -173,6 +173,7 @@ def test_a_replay_is_marked_interrupted_only_if_nothing_wrote_it_since_it_was_re
             ops = OperationsStore(session)
             job = ReplayJob("rp_" + secrets.token_hex(8), "{}", started_us=now_us() - 600_000_000)
             job.updated_us = now_us() - 300_000_000
+            job.resume_from_us = 1_700_000_000_123_000  # where a replay of the rest would start
             await ops.put_replay(job)
             read_at = job.updated_us
             done = dataclasses.replace(job, state=ReplayState.DONE, updated_us=now_us())
@@ -181,6 +182,7 @@ def test_a_replay_is_marked_interrupted_only_if_nothing_wrote_it_since_it_was_re
             assert not await ops.mark_replay_interrupted(failed, read_at)
             stored = await ops.get_replay(job.id)
             assert stored is not None and stored.state is ReplayState.DONE
+            assert stored.resume_from_us == 1_700_000_000_123_000
             assert await ops.mark_replay_interrupted(failed, done.updated_us)  # nothing wrote it since: marked
             stored = await ops.get_replay(job.id)
             assert stored is not None and (stored.state, stored.message) == (ReplayState.FAILED, "interrupted")

@@ -297,7 +297,10 @@ async def test_a_real_failure_racing_a_cancel_is_still_a_failure() -> None:
     events.get = refused  # type: ignore[method-assign]
     job = await replays.start(SEL)
     await until(lambda: job.state is not ReplayState.RUNNING)
-    assert (job.state, job.message) == (ReplayState.FAILED, "a value the store refuses")
+    assert (job.state, job.message) == (
+        ReplayState.FAILED,
+        "a value the store refuses; 0 of 1 matched events had been enqueued; start a new replay for the rest",
+    )
 
 
 async def test_force_lifts_the_event_cap_tenfold_not_away() -> None:
@@ -382,3 +385,45 @@ async def test_a_silent_job_is_marked_interrupted() -> None:
     job = await manager(Events(0), jobs).get("rp_1")
     assert job.state is ReplayState.FAILED and jobs.rows["rp_1"].state is ReplayState.FAILED
     assert "interrupted" in jobs.rows["rp_1"].message
+
+
+async def test_a_job_that_stops_before_the_end_says_where_a_replay_of_the_rest_starts() -> None:
+    """It said "start a new replay for the rest" and nothing recorded where it had stopped, so the rest was the
+    whole range again: every event sent twice. The received time of the last event enqueued is kept with the
+    job (a selection is listed oldest first) and named in its message."""
+    events, jobs = Events(5), Jobs()
+    got = events.get
+    calls = [0]
+
+    async def refuses_the_fourth(source: str, event_id: str) -> StoredEvent:
+        calls[0] += 1
+        if calls[0] == 4:
+            raise InvalidRequest("a value the store refuses", reason="STORE_REFUSED")
+        stored = await got(source, event_id)
+        return dataclasses.replace(
+            stored, event=dataclasses.replace(stored.event, received_us=1_700_000_000_123_000 + calls[0])
+        )
+
+    events.get = refuses_the_fourth  # type: ignore[method-assign]
+    job = await manager(events, jobs, Limits(rate_per_second=100_000.0)).start(SEL)
+    await until(lambda: job.state is not ReplayState.RUNNING)
+    assert job.state is ReplayState.FAILED and job.resume_from_us == 1_700_000_000_123_003
+    assert job.message == (
+        "a value the store refuses; 3 of 4 matched events had been enqueued; for the rest, start a new replay with"
+        " start_time 2023-11-14T22:13:20.123Z (the events received in that millisecond are sent again)"
+    )
+    assert jobs.rows[job.id].resume_from_us == 1_700_000_000_123_003  # kept with the job for any replica
+
+
+async def test_an_interrupted_job_read_from_the_store_says_where_the_rest_starts() -> None:
+    jobs = Jobs()
+    jobs.rows["rp_1"] = ReplayJob(
+        "rp_1", "{}", state=ReplayState.RUNNING, started_us=1, updated_us=2, queued=2, matched=9,
+        resume_from_us=1_700_000_000_123_000,
+    )  # fmt: skip
+    job = await manager(Events(0), jobs).get("rp_1")
+    assert job.state is ReplayState.FAILED
+    assert job.message.endswith(
+        "2 of 9 matched events had been enqueued; for the rest, start a new replay with start_time"
+        " 2023-11-14T22:13:20.123Z (the events received in that millisecond are sent again)"
+    )
