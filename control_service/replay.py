@@ -66,6 +66,8 @@ FINAL_WRITE_PAUSES = (0.2, 0.5, 1.0, 2.0, 4.0)
 # How long ReplayEvent tries to record the end of a replay that went out before it answers anyway (the CLI
 # waits 30 s; the full retries could take a minute, and a caller timing out would send the replay again).
 SINGLE_END_SECONDS = 8.0
+# How long a stopping service waits for single-event replays in flight: a publish's confirm, then their end.
+SINGLE_CLOSE_SECONDS = 15.0
 # A job's reads and publishes are tried again after these pauses while the store or the broker is unavailable
 # (about a minute in all; the heartbeat goes on meanwhile).
 OUTAGE_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
@@ -258,8 +260,10 @@ class ReplayManager:
                 metadata={"field": "end_time"},
             )
         check_range(sel.start_us, sel.end_us, self.limits.store_ttl_seconds)  # force or not: the store refuses more
-        if sel.max_events > self.limits.max_events and not sel.force:
-            raise InvalidRequest(f"max_events is above {self.limits.max_events}", reason="TOO_MANY_EVENTS")
+        cap = self.limits.max_events * (FORCED_CAP_FACTOR if sel.force else 1)
+        if sel.max_events > cap:
+            more = f" (with force: {FORCED_CAP_FACTOR} times control.replay_max_events)" if sel.force else ""
+            raise InvalidRequest(f"max_events is above {cap}{more}", reason="TOO_MANY_EVENTS")
         if not (sel.rate_per_second == 0 or MIN_RATE <= sel.rate_per_second <= self.limits.rate_per_second):
             raise InvalidRequest(
                 f"rate_per_second must be 0 (the configured pace) or between {MIN_RATE:g} and the configured "
@@ -316,7 +320,11 @@ class ReplayManager:
         return job
 
     async def close(self) -> None:
-        """Stops the jobs this service runs; each records itself FAILED (interrupted) before the store closes."""
+        """Stops the jobs this service runs; each records itself FAILED (interrupted) before the store closes.
+        Single-event replays in flight (their callers gone) are waited for first, up to ``SINGLE_CLOSE_SECONDS``:
+        abandoned, one whose publish went out read later as FAILED with nothing enqueued."""
+        if self._singles:
+            await asyncio.wait(set(self._singles), timeout=SINGLE_CLOSE_SECONDS)
         tasks = [task for _, task, _ in self._running.values()]
         for task in tasks:
             task.cancel()
@@ -426,10 +434,10 @@ class ReplayManager:
         The pace allows no burst: time spent listing events the selection skips is not saved up (it was: after
         scanning 20 s of other types at 100/s, ~2,000 events went out at once)."""
         assert sel.start_us is not None and sel.end_us is not None
-        # ``force`` lifts the cap tenfold, not away: every event enqueued stays listed until it is done (a few
-        # hundred bytes each), and a forced 61-day range of 1 M events a day held ~30 GB.
-        cap = self.limits.max_events * (FORCED_CAP_FACTOR if sel.force else 1)
-        limit = min(sel.max_events or cap, cap)
+        # The configured cap unless the job asked for another (``start`` refused more than the cap, or with
+        # ``force`` ten times it, not without a bound: every event enqueued stays listed until it is done, a few
+        # hundred bytes each, and a forced 61-day range of 1 M events a day would have held ~30 GB).
+        limit = sel.max_events or self.limits.max_events
         rate = min(sel.rate_per_second or self.limits.rate_per_second, self.limits.rate_per_second)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -454,9 +462,6 @@ class ReplayManager:
                 due = t0 + job.queued / rate
                 if due > loop.time() and await _cancelled_within(cancel, due - loop.time()):
                     break  # a cancel during the pause: nothing more is enqueued
-                slot = self._shared_slot()  # then the replica's pace, once the job's own is kept
-                if slot > loop.time() and await _cancelled_within(cancel, slot - loop.time()):
-                    break
                 stored = await _patiently("read", partial(self.events.get, summary.source, summary.event_id), cancel)
                 if stored is None:
                     job.failed += 1
@@ -465,10 +470,15 @@ class ReplayManager:
                 if target is not None and not target.matches_body(e.source, e.event_type, e.body):
                     job.matched -= 1  # its condition does not take it
                     continue
+                # Then the replica's pace, once the job's own is kept, for events sent only: taken before the
+                # read, a subscription's condition that took 1 event in 10 made the replay 10 times slower.
+                slot = self._shared_slot()
+                if slot > loop.time() and await _cancelled_within(cancel, slot - loop.time()):
+                    break
                 enqueued = await self._enqueue(stored.event, job.id, sel.subscription_id, cancel)
                 queued.append(replace(enqueued, body=b"", headers={}))  # what _wait_done reads: ids, not bodies
                 job.queued += 1
-                job.resume_from_us = e.received_us
+                job.resume_from_us = summary.received_us  # the listing's position (the row's may be a later one)
             if cursor is None:
                 break
         return queued

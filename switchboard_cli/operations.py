@@ -42,7 +42,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     many.add_argument("--rate", type=number(0, 1e6), default=0.0, help="events per second at most")
     many.add_argument("--max", type=whole(0, INT32_MAX), default=0, help="at most this many events")
     many.add_argument("--dry-run", action="store_true")
-    many.add_argument("--force", action="store_true", help="allow a range over the configured cap")
+    many.add_argument(
+        "--force",
+        action="store_true",
+        help="allow a range over the configured cap, and --max up to ten times control.replay_max_events",
+    )
     many.add_argument("--reason", default="")
     for name in ("get", "cancel"):
         r.add_parser(name).add_argument("replay_id")

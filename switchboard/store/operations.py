@@ -157,9 +157,12 @@ class OperationsStore:
 
     async def mark_replay_interrupted(self, job: ReplayJob, read_updated_us: int) -> bool:
         """Writes ``job``'s end (state, message, finish) only if its row was not written since it was read at
-        ``read_updated_us`` (a lightweight transaction: rare, a job whose runner went silent). Whether it was."""
+        ``read_updated_us`` (a lightweight transaction: rare, a job whose runner went silent). Whether it was.
+        With the TTL the rest of the row has left (written last at ``read_updated_us``): a fresh one kept these
+        cells after the others expired, a job with no request, no counts and a start at the epoch."""
+        left = max(1, self.ttl - (job.updated_us - read_updated_us) // 1_000_000)
         params = (
-            self.ttl,
+            left,
             job.state.value,
             job.message,
             ts(job.finished_us) if job.finished_us else None,

@@ -304,16 +304,20 @@ async def test_a_real_failure_racing_a_cancel_is_still_a_failure() -> None:
 
 
 async def test_force_lifts_the_event_cap_tenfold_not_away() -> None:
-    """Every enqueued event stays listed until it is done: with the cap lifted to a billion, a forced range of
-    tens of millions of events held them all."""
+    """Every enqueued event stays listed until it is done: with force, any max_events was taken (the cap lifted
+    to a billion), and a forced range of tens of millions of events held them all."""
     events, jobs = Events(40), Jobs()
     limits = Limits(rate_per_second=100_000.0, max_events=3)
-    forced = await manager(events, jobs, limits).start(dataclasses.replace(SEL, force=True))
+    forced = await manager(events, jobs, limits).start(dataclasses.replace(SEL, force=True, max_events=30))
     await until(lambda: forced.state is ReplayState.DONE)
     assert forced.queued == 3 * FORCED_CAP_FACTOR
-    plain = await manager(events, jobs, limits).start(SEL)
-    await until(lambda: plain.state is ReplayState.DONE)
-    assert plain.queued == 3
+    for force, asked in ((True, 31), (False, 4)):
+        with pytest.raises(InvalidRequest, match="max_events is above") as refused:
+            await manager(events, jobs, limits).start(dataclasses.replace(SEL, force=force, max_events=asked))
+        assert refused.value.reason == "TOO_MANY_EVENTS"
+    default = await manager(events, jobs, limits).start(dataclasses.replace(SEL, force=True))
+    await until(lambda: default.state is ReplayState.DONE)
+    assert default.queued == 3  # force without max_events: the configured cap
 
 
 async def test_a_caller_that_goes_away_does_not_cut_a_single_replay_from_the_record_of_its_end() -> None:
@@ -392,6 +396,9 @@ async def test_a_job_that_stops_before_the_end_says_where_a_replay_of_the_rest_s
     whole range again: every event sent twice. The received time of the last event enqueued is kept with the
     job (a selection is listed oldest first) and named in its message."""
     events, jobs = Events(5), Jobs()
+    events.summaries = [
+        dataclasses.replace(x, received_us=1_700_000_000_123_000 + i) for i, x in enumerate(events.summaries)
+    ]
     got = events.get
     calls = [0]
 
@@ -399,20 +406,17 @@ async def test_a_job_that_stops_before_the_end_says_where_a_replay_of_the_rest_s
         calls[0] += 1
         if calls[0] == 4:
             raise InvalidRequest("a value the store refuses", reason="STORE_REFUSED")
-        stored = await got(source, event_id)
-        return dataclasses.replace(
-            stored, event=dataclasses.replace(stored.event, received_us=1_700_000_000_123_000 + calls[0])
-        )
+        return await got(source, event_id)
 
     events.get = refuses_the_fourth  # type: ignore[method-assign]
     job = await manager(events, jobs, Limits(rate_per_second=100_000.0)).start(SEL)
     await until(lambda: job.state is not ReplayState.RUNNING)
-    assert job.state is ReplayState.FAILED and job.resume_from_us == 1_700_000_000_123_003
+    assert job.state is ReplayState.FAILED and job.resume_from_us == 1_700_000_000_123_002  # the third's
     assert job.message == (
         "a value the store refuses; 3 of 4 matched events had been enqueued; for the rest, start a new replay with"
         " start_time 2023-11-14T22:13:20.123Z (the events received in that millisecond are sent again)"
     )
-    assert jobs.rows[job.id].resume_from_us == 1_700_000_000_123_003  # kept with the job for any replica
+    assert jobs.rows[job.id].resume_from_us == 1_700_000_000_123_002  # kept with the job for any replica
 
 
 async def test_an_interrupted_job_read_from_the_store_says_where_the_rest_starts() -> None:
@@ -427,3 +431,50 @@ async def test_an_interrupted_job_read_from_the_store_says_where_the_rest_starts
         "2 of 9 matched events had been enqueued; for the rest, start a new replay with start_time"
         " 2023-11-14T22:13:20.123Z (the events received in that millisecond are sent again)"
     )
+
+
+async def test_the_replicas_pace_is_spent_on_events_sent_not_on_those_a_condition_leaves_out() -> None:
+    """Taken before the read, a subscription's condition that took 1 event in 10 made the replay 10 times
+    slower than its pace."""
+    events, jobs = Events(40), Jobs()
+    replicas = manager(events, jobs, Limits(rate_per_second=20.0))
+    sent: list[str] = []
+
+    async def enqueue(e: InboundEvent, replay_id: str, subscription_id: str, cancel: Any = None) -> InboundEvent:
+        sent.append(e.event_id)
+        return e
+
+    class OneInTen:
+        def matches_meta(self, source: str, event_type: str) -> bool:
+            return True
+
+    condition = OneInTen()
+    taken = iter([True, *[False] * 9] * 4)
+    condition.matches_body = lambda source, event_type, body: next(taken)  # type: ignore[attr-defined]
+    replicas._enqueue = enqueue  # type: ignore[method-assign]
+    started = asyncio.get_running_loop().time()
+    await replicas._select_and_enqueue(ReplayJob("rp_x", "{}"), SEL, asyncio.Event(), condition)  # type: ignore[arg-type]
+    assert len(sent) == 4
+    assert asyncio.get_running_loop().time() - started < 1.0  # 4 events at 20/s, not 40 reads at 20/s (2 s)
+
+
+async def test_a_stopping_service_waits_for_a_single_replay_in_flight() -> None:
+    """Its caller gone, the shielded publish went on, but close() returned at once and the publisher and the
+    store were closed under it: the job read later as FAILED with nothing enqueued."""
+    events, jobs = Events(1), Jobs()
+    confirmed = asyncio.Event()
+    publish = events.publish_event
+
+    async def slow_publish(e: InboundEvent) -> None:
+        await confirmed.wait()
+        await publish(e)
+
+    events.publish_event = slow_publish  # type: ignore[method-assign]
+    replicas = manager(events, jobs)
+    caller = asyncio.create_task(replicas.replay_event("shop", "evt_0", "", "test"))
+    await until(lambda: len(jobs.rows) == 1)
+    caller.cancel()
+    asyncio.get_running_loop().call_later(0.2, confirmed.set)
+    await replicas.close()
+    (row,) = jobs.rows.values()
+    assert row.state is ReplayState.DONE and len(events.published) == 1
