@@ -18,7 +18,9 @@ purged (marked, never deleted).
   published to the events stream again; the processor resumes it like a retry (operations already OK are not
   run again). A delivery: its state goes back to PENDING with 0 attempts and its task is published to the
   deliveries stream. The row is claimed first (DEAD → REDRIVING, a lightweight transaction), marked REDRIVEN
-  once sent (tried again, never raised: the message is out) and given back (DEAD) if sending fails, so
+  once sent (tried again, never raised: the message is out) or once found with nothing left to send (its event
+  settled since, its delivery delivered: counted failed by that redrive), and given back (DEAD) if sending
+  fails, so
   concurrent redrives send a row once; a claim left by a control service that stopped is taken over after
   five minutes. A message that could not be decoded cannot be redriven. A purge leaves a row a redrive is
   sending.
@@ -149,7 +151,8 @@ MAX_GENERATIONS = 20
 def _earlier_death(row: DeadLetter, d: DeadLetter, again: bool) -> bool:
     """Whether ``row`` (same message, same attempts) records a death before ``d``'s, so that ``d`` is a new
     death further along the chain. A DEAD row is ``d``'s own death. A row marked (claimed, redriven, purged:
-    ``redriven_us``) before ``d`` died was an earlier death: the message was sent again and died again. A
+    ``redriven_us``) before ``d`` died was an earlier death: the message was sent again and died again (or
+    its redrive found nothing to send, and a message still dying after that is a new death all the same). A
     copy dated later than its death (``again``: dead-lettered a second time) is the newest death's, so only
     a row REDRIVEN (claimed) before the copy was dead-lettered lies before it."""
     if again:  # a copy of death N+1 is always dead-lettered after the claim of death N

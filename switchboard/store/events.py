@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from switchboard.errors import StoreUnavailable
 from switchboard.model.events import (
     Commit,
     EventStatus,
@@ -27,6 +28,9 @@ from switchboard.store.entities import EntityStore
 from switchboard.store.payloads import Encoder, decode_or
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
+
+# A row reset for a redrive that changed under it this many times in a row: an outage's answer.
+RESET_TRIES = 5
 
 Cursor = tuple[int, int, str]  # (bucket, received_at in ms, event_id) of the last row returned
 # The most buckets ``EventStore.list`` reads at once while they come back empty (and the most listing reads out
@@ -183,7 +187,16 @@ class EventStore:
         replay, or that is a replay that ran and that another replay took over since: the redriven receipt
         would be a duplicate there, acked with nothing run, and the row would have said RETRYING for good. An
         event with no row (dead-lettered before its first commit) gets one with no receipt, which the
-        processor takes for nothing stored."""
+        processor takes for nothing stored. A row that changed between the read and the write is read again
+        and decided anew, so that False always means settled (the redrive marks such a dead letter REDRIVEN)."""
+        for _ in range(RESET_TRIES):
+            reset = await self._reset_once(event)
+            if reset is not None:
+                return reset
+        raise StoreUnavailable(f"event {event.key} kept changing while it was reset for a redrive")
+
+    async def _reset_once(self, event: InboundEvent) -> bool | None:
+        """``reset_attempts`` against one read of the row; None if the row changed before the write."""
         source, event_id = event.source, event.event_id
         rows = await self.store.execute(self.q.get_event, (source, event_id))
         if rows and rows[0].status in (EventStatus.PROCESSED.value, EventStatus.STALE.value):
@@ -210,7 +223,7 @@ class EventStore:
             done = await self.store.execute(self.q.reset_attempts_if, (*head, row.status, row.receipt_id))
         else:
             done = await self.store.execute(self.q.reset_attempts_if_status, (*head, row.status))
-        return bool(done) and bool(done[0][0])
+        return True if done and done[0][0] else None
 
     # -- reads ------------------------------------------------------------------------------------------
     async def get(self, source: str, event_id: str) -> StoredEvent | None:

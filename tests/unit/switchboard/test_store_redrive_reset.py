@@ -59,3 +59,46 @@ def test_a_delivery_that_keeps_changing_is_an_outage_not_a_reset() -> None:
     rows = Deliveries("failed", ttl_left=1000, delivered_after_read=99)
     with pytest.raises(StoreUnavailable, match="kept changing"):
         reset(rows)
+
+
+class EventRows:
+    """One event row read as ``reads`` says, one read after the other; the conditional reset applies only to
+    the row as last read (``applies``)."""
+
+    def __init__(self, reads: list[tuple[str, str]], applies: list[bool]) -> None:
+        self.reads, self.applies = reads, applies
+        self.cfg = SimpleNamespace(ttl_seconds=30 * 86_400, bucket_seconds=3600)
+        q = SimpleNamespace(
+            get_event="get",
+            reset_attempts_if="if",
+            reset_attempts_if_status="if_status",
+            insert_event=SimpleNamespace(consistency_level=1),
+        )
+        self.statements = SimpleNamespace(events=q)
+
+    async def execute(self, statement: str, params: tuple[Any, ...]) -> list[Any]:
+        if statement == "get":
+            status, receipt = self.reads.pop(0)
+            return [SimpleNamespace(status=status, receipt_id=receipt)]
+        return [(self.applies.pop(0),)]
+
+
+def redrive_event(rows: EventRows) -> bool:
+    from switchboard.store.events import EventStore
+    from tests.unit.factories import event
+
+    store = EventStore(rows, SimpleNamespace())  # type: ignore[arg-type]
+    return asyncio.run(store.reset_attempts(event(receipt_id="r1")))
+
+
+def test_an_event_processed_between_the_read_and_the_reset_is_settled_not_given_back() -> None:
+    """The conditional reset did not apply (a replay's PROCESSED landed in between): read again, the event is
+    settled, so the redrive may mark its dead letter REDRIVEN. A reset that did not apply answered False as if
+    settled, and the dead letter could be marked REDRIVEN though its event was still FAILED."""
+    assert not redrive_event(EventRows([("failed", "r1"), ("processed", "r1")], applies=[False]))
+
+
+def test_an_event_that_changed_but_still_needs_the_redrive_is_reset_on_the_next_read() -> None:
+    assert redrive_event(EventRows([("failed", "r1"), ("retrying", "r1")], applies=[False, True]))
+    with pytest.raises(StoreUnavailable, match="kept changing"):
+        redrive_event(EventRows([("failed", "r1")] * 5, applies=[False] * 5))
