@@ -440,9 +440,11 @@ async def test_the_replicas_pace_is_spent_on_events_sent_not_on_those_a_conditio
     replicas = manager(events, jobs, Limits(rate_per_second=20.0))
     sent: list[str] = []
 
-    async def enqueue(e: InboundEvent, replay_id: str, subscription_id: str, cancel: Any = None) -> InboundEvent:
-        sent.append(e.event_id)
-        return e
+    async def enqueue(
+        original: InboundEvent, replay_id: str, subscription_id: str, cancel: asyncio.Event | None = None
+    ) -> InboundEvent:
+        sent.append(original.event_id)
+        return original
 
     class OneInTen:
         def matches_meta(self, source: str, event_type: str) -> bool:
