@@ -320,19 +320,25 @@ async def test_force_lifts_the_event_cap_tenfold_not_away() -> None:
     assert default.queued == 3  # force without max_events: the configured cap
 
 
+def slow_publish(events: Events) -> asyncio.Event:
+    """Makes ``events``' publishes wait for the event returned (the broker's confirm)."""
+    confirmed = asyncio.Event()
+    publish = events.publish_event
+
+    async def waiting(e: InboundEvent) -> None:
+        await confirmed.wait()
+        await publish(e)
+
+    events.publish_event = waiting  # type: ignore[method-assign]
+    return confirmed
+
+
 async def test_a_caller_that_goes_away_does_not_cut_a_single_replay_from_the_record_of_its_end() -> None:
     """The caller's deadline passed (or it disconnected) while the publish waited for the broker's confirm:
     gRPC cancels the handler. The publish went out, and the job used to stay RUNNING and read later as FAILED,
     "0 of 1 matched events had been enqueued", so an operator sent it again."""
     events, jobs = Events(1), Jobs()
-    confirmed = asyncio.Event()
-    publish = events.publish_event
-
-    async def slow_publish(e: InboundEvent) -> None:
-        await confirmed.wait()
-        await publish(e)
-
-    events.publish_event = slow_publish  # type: ignore[method-assign]
+    confirmed = slow_publish(events)
     caller = asyncio.create_task(manager(events, jobs).replay_event("shop", "evt_0", "", "test"))
     await until(lambda: len(jobs.rows) == 1)
     caller.cancel()
@@ -464,14 +470,7 @@ async def test_a_stopping_service_waits_for_a_single_replay_in_flight() -> None:
     """Its caller gone, the shielded publish went on, but close() returned at once and the publisher and the
     store were closed under it: the job read later as FAILED with nothing enqueued."""
     events, jobs = Events(1), Jobs()
-    confirmed = asyncio.Event()
-    publish = events.publish_event
-
-    async def slow_publish(e: InboundEvent) -> None:
-        await confirmed.wait()
-        await publish(e)
-
-    events.publish_event = slow_publish  # type: ignore[method-assign]
+    confirmed = slow_publish(events)
     replicas = manager(events, jobs)
     caller = asyncio.create_task(replicas.replay_event("shop", "evt_0", "", "test"))
     await until(lambda: len(jobs.rows) == 1)

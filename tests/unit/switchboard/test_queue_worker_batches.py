@@ -73,19 +73,18 @@ async def test_a_channel_closed_during_a_store_outage_leaves_out_its_messages_on
     assert tracker_a.settled == [1, 2] and tracker_b.settled == []
 
 
+def held(message_id: str, queue: str) -> QueueMessage:
+    """A message its (stand-in) channel still holds."""
+    delivery = worker_module._Delivery(OpenFlag(), Tracker(), 1, pika.BasicProperties())  # type: ignore[arg-type]
+    return QueueMessage(b"x", message_id, {}, False, queue, raw=delivery)
+
+
 def test_a_retry_waits_the_level_of_its_backoff_attempt_and_keeps_its_attempt() -> None:
     """A replay's first failure is the event's attempt 3 but its own first: it waits level 1, not level 3
     (it used to wait the event's level, the longest for an event that had used up the ladder)."""
     topology = Topology("t", "events", (1000, 2000, 4000))
     worker = QueueWorker("amqp://unused", topology, OutageThenAck(OpenFlag()), WorkerSettings(), purpose="unit")
-    message = QueueMessage(
-        b"x",
-        "m1",
-        {},
-        False,
-        "q",
-        raw=worker_module._Delivery(OpenFlag(), Tracker(), 1, pika.BasicProperties()),  # type: ignore[arg-type]
-    )
+    message = held("m1", "q")
     for verdict, level in ((Retry(3, "e", backoff_attempt=1), "1000"), (Retry(3, "e"), "4000")):
         _, routing_key, (_, properties) = worker._copy_for(message, verdict)
         assert routing_key == level
@@ -113,14 +112,7 @@ async def test_a_cancelled_error_the_handler_leaks_is_its_failure() -> None:
     )
     returned: list[tuple[str, str]] = []
     worker._return_later = lambda m, exc: returned.append((m.message_id, str(exc)))  # type: ignore[method-assign,assignment]
-    message = QueueMessage(
-        b"x",
-        "m1",
-        {},
-        False,
-        "a",
-        raw=worker_module._Delivery(OpenFlag(), Tracker(), 1, pika.BasicProperties()),  # type: ignore[arg-type]
-    )
+    message = held("m1", "a")
     await worker._process([message])
     assert returned == [("m1", "the handler raised CancelledError without being cancelled")]
 
