@@ -339,11 +339,23 @@ class DeadLetterManager:
         self, ids: Sequence[str], f: Filter, *, everything: bool, dry_run: bool
     ) -> AsyncIterator[RedriveProgress]:
         now = now_us()
-        chosen = [d for d in await self.selection(ids, f, everything) if _takeable(d, now)]
-        redriven = failed = 0
-        yield RedriveProgress(len(chosen), 0, 0, False, "dry run" if dry_run else "")
+        selected = await self.selection(ids, f, everything)
+        chosen = [d for d in selected if _takeable(d, now)]
+        # Named by id but not DEAD (redriven, purged, or being redriven): counted failed, said why. A filter
+        # passes over them; named, they were dropped without a word (matched 0, exit 0).
+        refused = [d for d in selected if ids and not _takeable(d, now)]
+        matched, redriven, failed = len(chosen) + len(refused), 0, len(refused)
+        why = (
+            f"{len(refused)} named dead letter(s) not DEAD (redriven, purged or being redriven): "
+            + ", ".join(f"{d.id} ({d.state.value})" for d in refused[:5])
+            if refused
+            else ""
+        )
+        yield RedriveProgress(matched, 0, 0, False, "dry run" if dry_run else why)
         if dry_run:
-            yield RedriveProgress(len(chosen), 0, 0, True, "dry run: nothing redriven")
+            yield RedriveProgress(
+                matched, 0, failed, True, f"dry run: nothing redriven; {why}" if why else "dry run: nothing redriven"
+            )
             return
         for n, d in enumerate(chosen, start=1):
             try:
@@ -353,8 +365,8 @@ class DeadLetterManager:
                 failed += 1
                 log.warning("dead letter not redriven", extra={"dead_letter": d.id, "error": exc.message})
             if n % 50 == 0:
-                yield RedriveProgress(len(chosen), redriven, failed, False)
-        yield RedriveProgress(len(chosen), redriven, failed, True)
+                yield RedriveProgress(matched, redriven, failed, False)
+        yield RedriveProgress(matched, redriven, failed, True, why)
 
     async def _redrive_one(self, d: DeadLetter) -> None:
         """Shielded: a client that stops reading the progress (Ctrl-C) does not cut one row's redrive between

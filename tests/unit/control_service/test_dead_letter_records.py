@@ -257,7 +257,8 @@ async def test_a_claim_left_by_a_stopped_control_service_is_taken_over_once_stal
     row = rows.rows[d.id]
     row.state, row.redriven_us = DeadLetterState.REDRIVING, now_us() - 60_000_000  # claimed a minute ago
     progress = await redrive(manager, d)
-    assert (progress[-1].matched, progress[-1].redriven) == (0, 0) and events.published == []  # not stale yet
+    assert (progress[-1].matched, progress[-1].redriven, progress[-1].failed) == (1, 0, 1)  # not stale yet
+    assert events.published == [] and f"{d.id} (redriving)" in progress[-1].message
     row.redriven_us = now_us() - STALE_CLAIM_US - 1
     progress = await redrive(manager, d)
     assert (progress[-1].redriven, progress[-1].failed) == (1, 0) and len(events.published) == 1
@@ -303,7 +304,8 @@ async def test_a_dead_letter_settled_since_is_counted_failed_once_and_no_redrive
     assert (last.redriven, last.failed) == (0, 1) and events.published == []
     assert rows.rows[d.id].state is DeadLetterState.REDRIVEN
     (*_, again) = await redrive(manager, d)
-    assert (again.matched, again.failed) == (0, 0)  # not taken again
+    assert (again.matched, again.redriven, again.failed) == (1, 0, 1) and events.published == []  # not taken again
+    assert again.message == f"1 named dead letter(s) not DEAD (redriven, purged or being redriven): {d.id} (redriven)"
 
 
 def test_a_retried_message_the_broker_dead_lettered_is_a_delivery_limit_not_a_failure() -> None:
