@@ -184,7 +184,10 @@ class ReplayManager:
         self._next_slot = 0.0  # (loop time) when this replica's jobs may send their next event
 
     async def replay_event(self, source: str, event_id: str, subscription_id: str, reason: str) -> str:
-        stored = await self.events.get(source, event_id) if source and event_id else None
+        for field, value in (("source", source), ("event_id", event_id)):
+            if not value:  # it was answered NOT_FOUND, as if an event could have no source or id
+                raise InvalidRequest(f"{field} is required", reason="FIELD_REQUIRED", metadata={"field": field})
+        stored = await self.events.get(source, event_id)
         if stored is None:
             raise NotFound(
                 f"no event {event_id!r} from source {source!r}",
@@ -272,6 +275,14 @@ class ReplayManager:
                 metadata={"field": "rate_per_second"},
             )
         target = await self._target(sel.subscription_id) if sel.subscription_id else None
+        if target is not None and target.sources and sel.source not in target.sources:
+            # As the single-event path refuses it; it used to run, match nothing, and end DONE with 0.
+            raise FailedPrecondition(
+                f"subscription {sel.subscription_id!r} takes no event of source {sel.source!r}: a replay to it "
+                "sends only what it would have been sent",
+                reason="SUBSCRIPTION_NOT_MATCHING",
+                metadata={"subscription_id": sel.subscription_id[:64], "source": sel.source[:64]},
+            )
         request = json.dumps({k: v.value if isinstance(v, EventStatus) else v for k, v in sel.__dict__.items()})
         job = ReplayJob(_new_id(), request, started_us=now_us(), dry_run=sel.dry_run)
         await self._put(job)

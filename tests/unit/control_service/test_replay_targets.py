@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from control_service.replay import Limits, ReplayManager, Selection
-from switchboard.errors import FailedPrecondition
+from switchboard.errors import FailedPrecondition, InvalidRequest
 from switchboard.model.events import EventStatus, EventSummary, StoredEvent
 from switchboard.model.operations import ReplayState
 from switchboard.model.subscriptions import Delivery, DeliveryStatus, DeliveryTask, Subscription, SubscriptionStatus
@@ -140,3 +140,20 @@ async def test_time_spent_listing_skipped_events_is_not_spent_in_a_burst() -> No
     assert len(out.tasks) == 6
     gaps = [b - a for a, b in zip(out.at, out.at[1:], strict=False)]
     assert min(gaps) > 0.04, gaps  # 1/20 s apart, give or take the loop's timer
+
+
+async def test_a_range_replay_to_a_subscription_that_takes_no_event_of_the_source_is_refused() -> None:
+    """As the single-event path refuses it: it ran, matched nothing, and ended DONE with 0."""
+    replays = manager(Store([("invoice.paid", 500)]), Outbound(), subscription(sources=("github",)))
+    with pytest.raises(FailedPrecondition) as refused:
+        await replays.start(SEL)
+    assert refused.value.reason == "SUBSCRIPTION_NOT_MATCHING" and refused.value.metadata["source"] == "shop"
+
+
+async def test_a_single_replay_without_a_source_or_an_id_is_an_invalid_request() -> None:
+    """It was answered NOT_FOUND, as if an event could have no source or id."""
+    replays = manager(Store([("invoice.paid", 500)]), Outbound(), subscription())
+    for source, event_id, field in (("", "evt_0", "source"), ("shop", "", "event_id")):
+        with pytest.raises(InvalidRequest) as refused:
+            await replays.replay_event(source, event_id, "", "test")
+        assert (refused.value.reason, refused.value.metadata) == ("FIELD_REQUIRED", {"field": field})
