@@ -268,10 +268,21 @@ class DeadLetterRecorder:
 
 
 class DeadLetterManager:
-    def __init__(self, store: DeadLetterStore, events: EventResetter, publisher: Republisher) -> None:
+    def __init__(
+        self,
+        store: DeadLetterStore,
+        events: EventResetter,
+        publisher: Republisher,
+        *,
+        retention_us: int = DEFAULT_RANGE_US,
+    ) -> None:
+        """``retention_us``: how long dead letters are kept (``cassandra.ttl_seconds``), the range a listing,
+        a redrive or a purge covers when it names no time (at least ``DEFAULT_RANGE_US``): with a longer
+        retention, ``dlq redrive --all`` skipped every dead letter older than 30 days."""
         self.store = store
         self.events = events
         self.publisher = publisher
+        self.default_range_us = max(DEFAULT_RANGE_US, retention_us)
         self._redrives: set[asyncio.Task[None]] = set()
 
     async def get(self, dead_letter_id: str) -> DeadLetter:
@@ -288,7 +299,7 @@ class DeadLetterManager:
         if not 0 <= page_size <= MAX_PAGE:
             raise InvalidRequest(f"page_size must be between 0 and {MAX_PAGE}", reason="PAGE_SIZE_INVALID")
         limit = page_size or DEFAULT_PAGE
-        start, end = pagination.listing_range(f.start_us, f.end_us, DEFAULT_RANGE_US)
+        start, end = pagination.listing_range(f.start_us, f.end_us, self.default_range_us)
         kinds = [f.kind] if f.kind else [DeadLetterKind.PROCESSING, DeadLetterKind.DELIVERY]
         query = _query(f, start, end)
         index, cursor = 0, None

@@ -126,7 +126,8 @@ async def run(cfg: PlatformConfig, _args: argparse.Namespace) -> None:
         )
         replays = ReplayManager(events, deliveries, subscriptions, operations, publisher, limits)
         life.on_close(replays.close)  # before the publisher and the store close: jobs record their interruption
-        dead_letters = DeadLetterManager(operations, events, publisher)
+        retention_us = cfg.cassandra.ttl_seconds * 1_000_000
+        dead_letters = DeadLetterManager(operations, events, publisher, retention_us=retention_us)
         life.on_close(dead_letters.close)  # before the publisher and the store close: redrives under way end
         services = [
             Service(

@@ -219,3 +219,14 @@ async def test_a_selection_holds_no_bodies_and_a_redrive_reads_each_body_back_wh
     assert (progress[-1].matched, progress[-1].redriven, progress[-1].failed) == (3, 2, 1)
     assert [e.event_id for e in publisher.events] == ["evt_0", "evt_1"]
     assert store.states[-2:] == ["redriving", "redriven"]  # the gone one claimed, then settled
+
+
+async def test_a_listing_without_a_start_time_covers_the_retention() -> None:
+    """The default range was a fixed 30 days: with a longer cassandra.ttl_seconds, dlq redrive --all skipped
+    every dead letter older than that."""
+    for retention_days, expected_days in ((90, 90), (7, 30)):
+        store = TwoPages()
+        manager = DeadLetterManager(store, None, None, retention_us=retention_days * 86_400_000_000)  # type: ignore[arg-type]
+        await manager.list_dead_letters(Filter(kind=DeadLetterKind.PROCESSING), 10, "")
+        ((_, (start, end, _)),) = store.reads[:1]
+        assert end - start == expected_days * 86_400_000_000
