@@ -247,7 +247,7 @@ class ReplayManager:
         """Validates the selection and starts the job; returns it RUNNING (a dry run too: it ends DONE once counted)."""
         if not sel.source:
             raise InvalidRequest("source is required", reason="FIELD_REQUIRED", metadata={"field": "source"})
-        if not sel.start_us or not sel.end_us:
+        if sel.start_us is None or sel.end_us is None:  # the epoch is a time, not "unset"
             raise InvalidRequest(
                 "a replay needs start_time and end_time (a closed range)",
                 reason="TIME_RANGE_INVALID",

@@ -479,3 +479,13 @@ async def test_a_stopping_service_waits_for_a_single_replay_in_flight() -> None:
     await replicas.close()
     (row,) = jobs.rows.values()
     assert row.state is ReplayState.DONE and len(events.published) == 1
+
+
+async def test_a_replay_may_start_at_the_epoch() -> None:
+    """A start_time of 1970-01-01T00:00:00Z read as missing (the epoch is a time, not "unset")."""
+    events, jobs = Events(2), Jobs()
+    job = await manager(events, jobs, Limits(rate_per_second=100_000.0)).start(dataclasses.replace(SEL, start_us=0))
+    await until(lambda: job.state is ReplayState.DONE)
+    assert job.queued == 2
+    with pytest.raises(InvalidRequest, match="needs start_time and end_time"):
+        await manager(events, jobs).start(dataclasses.replace(SEL, start_us=None))
