@@ -230,3 +230,47 @@ async def test_a_listing_without_a_start_time_covers_the_retention() -> None:
         await manager.list_dead_letters(Filter(kind=DeadLetterKind.PROCESSING), 10, "")
         ((_, (start, end, _)),) = store.reads[:1]
         assert end - start == expected_days * 86_400_000_000
+
+
+class Many(NoDeadLetters):
+    """``n`` processing dead letters, newest first, a millisecond apart, every ``every``-th from source "shop";
+    pages and cursors as the store gives them."""
+
+    def __init__(self, n: int, every: int) -> None:
+        super().__init__()
+        now = 1_700_000_000_000_000
+        self.rows = [
+            DeadLetter(
+                f"dl_{i:04}", DeadLetterKind.PROCESSING, now - i * 1000, source="shop" if i % every == 0 else "x"
+            )
+            for i in range(n)
+        ]
+        self.asked: list[int] = []
+
+    async def dead_letters(
+        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any, *, messages: bool = True
+    ) -> tuple[list[DeadLetter], Any]:
+        self.asked.append(limit)
+        if kind is not DeadLetterKind.PROCESSING:
+            return [], None
+        rows = [d for d in self.rows if after is None or (d.dead_us // 1000, d.id) < (after[2], after[3])]
+        page = rows[:limit]
+        last = page[-1] if len(page) == limit else None
+        return page, (last and (kind.value, last.dead_us // 86_400_000_000, last.dead_us // 1000, last.id))
+
+
+async def test_a_sparse_filter_reads_whole_pages_and_its_pages_neither_skip_nor_repeat() -> None:
+    """Asking the store for the matches still missing, a filter that took 1 row in 20 read one row a round trip
+    once a page was nearly full. Rows read past the page's last match are read again by the next page."""
+    store = Many(400, every=20)
+    manager = DeadLetterManager(store, None, None)  # type: ignore[arg-type]
+    f = Filter(kind=DeadLetterKind.PROCESSING, source="shop", start_us=0, end_us=2_000_000_000_000_000)
+    seen: list[str] = []
+    token = ""
+    while True:
+        page, token = await manager.list_dead_letters(f, 3, token)
+        seen += [d.id for d in page]
+        if not token:
+            break
+    assert seen == [f"dl_{i:04}" for i in range(0, 400, 20)]
+    assert min(store.asked) >= 100
