@@ -12,7 +12,7 @@ import pytest
 
 from control_service.subscriptions import Caller, Draft, Rules, SubscriptionManager
 from switchboard import errors
-from switchboard.model.subscriptions import Attempt, Delivery, Subscription, SubscriptionStatus
+from switchboard.model.subscriptions import Attempt, Delivery, DeliveryStatus, Subscription, SubscriptionStatus
 
 RULES = Rules(
     sources=["shop", "gh"],
@@ -372,3 +372,50 @@ async def test_a_change_that_meets_a_delete_does_not_bring_the_subscription_back
     )
     assert isinstance(changed, errors.NotFound) and deleted is None
     assert s.id not in memory.subs
+
+
+class ManyDeliveries(NoDeliveries):
+    """400 deliveries newest first, a millisecond apart, every 20th FAILED; pages and cursors as the store
+    gives them."""
+
+    def __init__(self) -> None:
+        now = 1_700_000_000_000_000
+        self.rows = [
+            Delivery(
+                f"dlv_{i:04}", "sub", "shop", f"evt_{i}", "invoice.paid",
+                DeliveryStatus.FAILED if i % 20 == 0 else DeliveryStatus.DELIVERED, created_us=now - i * 1000,
+            )
+            for i in range(400)
+        ]  # fmt: skip
+        self.asked: list[int] = []
+
+    async def page(self, *args: object) -> tuple[list[Delivery], Any]:
+        _, _, _, limit, after = args
+        assert isinstance(limit, int)
+        self.asked.append(limit)
+        rows = [d for d in self.rows if after is None or (d.created_us // 1000, d.id) < (after[1], after[2])]  # type: ignore[index]
+        page = rows[:limit]
+        last = page[-1] if len(page) == limit else None
+        return page, (last and (last.created_us // 86_400_000_000, last.created_us // 1000, last.id))
+
+
+async def test_a_status_filter_reads_whole_pages_and_its_pages_neither_skip_nor_repeat(memory: Memory) -> None:
+    """Asking for the matches still missing, a status that took 1 delivery in 20 read one row (two round
+    trips) a call once a page was nearly full."""
+    store = ManyDeliveries()
+    manager = SubscriptionManager(RULES, memory, store, Notices(memory))
+    s = (
+        await manager.create(ALICE, Draft(callback_url=URL, event_types=("invoice.*",), sources=("shop",)))
+    ).subscription
+    common: dict[str, Any] = {"start_us": 0, "end_us": 2_000_000_000_000_000, "page_size": 3}
+    seen: list[str] = []
+    token = ""
+    while True:
+        page, token = await manager.list_deliveries(
+            ALICE, s.id, status=DeliveryStatus.FAILED, source="", event_id="", page_token=token, **common
+        )
+        seen += [d.id for d in page]
+        if not token:
+            break
+    assert seen == [f"dlv_{i:04}" for i in range(0, 400, 20)]
+    assert min(store.asked) >= 100
