@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_SCAN = 5000
-SCAN_PAGE = 100
 DEFAULT_RANGE_US = 30 * 86_400 * 1_000_000
 
 
@@ -317,18 +316,12 @@ class DeadLetterManager:
         out: list[DeadLetter] = []
         scanned = 0
         while index < len(kinds) and len(out) < limit and scanned < MAX_SCAN:
-            # At least SCAN_PAGE rows a read: asking for the matches still missing, a filter that took few rows
-            # read one row a round trip once a page was nearly full (up to MAX_SCAN of them).
-            want = max(limit - len(out), SCAN_PAGE)
+            want = max(limit - len(out), pagination.SCAN_PAGE)
             batch, cursor = await self.store.dead_letters(kinds[index], start, end, want, cursor, messages=messages)
             scanned += len(batch)
-            for i, d in enumerate(batch):
-                if f.matches(d):
-                    out.append(d)
-                    if len(out) >= limit:
-                        if i < len(batch) - 1:  # rows read and not looked at: the next page starts after ``d``
-                            cursor = (kinds[index].value, d.dead_us // pagination.DAY_US, d.dead_us // 1000, d.id)
-                        break
+            stop = pagination.take_matches(out, batch, f.matches, limit)
+            if stop is not None:
+                cursor = (kinds[index].value, stop.dead_us // pagination.DAY_US, stop.dead_us // 1000, stop.id)
             if cursor is None:
                 index += 1
         more = index < len(kinds)

@@ -34,7 +34,6 @@ from switchboard.model.subscriptions import (
     SubscriptionStatus,
     Tier,
 )
-from switchboard.pagination import DAY_US
 
 MAX_PAGE = 1000
 # The owner of subscriptions created by internal tools (the CLI, ``listen``) without a client: no client
@@ -43,8 +42,6 @@ INTERNAL_OWNER = "internal"
 # Reads and conditional writes a change makes before it gives up on a subscription that keeps changing.
 CHANGE_TRIES = 5
 DEFAULT_PAGE = 100
-# The fewest rows a filtered listing reads a call.
-SCAN_PAGE = 100
 MAX_METADATA = 32
 MAX_DESCRIPTION = 1024
 MAX_RATE = 100_000
@@ -290,18 +287,12 @@ class SubscriptionManager:
         out: list[Delivery] = []
         scanned = 0
         while True:  # a status filter scans on until the page is full (at most 5,000 rows per call)
-            # At least SCAN_PAGE rows a read: asking for the matches still missing, a status that took few rows
-            # read one row (two round trips) a call once a page was nearly full.
-            want = max(limit - len(out), SCAN_PAGE) if status is not None else limit - len(out)
+            want = max(limit - len(out), pagination.SCAN_PAGE) if status is not None else limit - len(out)
             batch, cursor = await self.deliveries.page(s.id, start, end, want, cursor)
             scanned += len(batch)
-            for i, d in enumerate(batch):
-                if status is None or d.status is status:
-                    out.append(d)
-                    if len(out) >= limit:
-                        if i < len(batch) - 1:  # rows read and not looked at: the next page starts after ``d``
-                            cursor = (d.created_us // DAY_US, d.created_us // 1000, d.id)
-                        break
+            stop = pagination.take_matches(out, batch, lambda d: status is None or d.status is status, limit)
+            if stop is not None:
+                cursor = (stop.created_us // pagination.DAY_US, stop.created_us // 1000, stop.id)
             if cursor is None or len(out) >= limit or scanned >= 5000:
                 break
         token = pagination.encode_token({**query, "c": list(cursor)}) if cursor else ""

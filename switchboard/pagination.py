@@ -8,8 +8,8 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from switchboard.errors import InvalidRequest
 
@@ -21,6 +21,23 @@ MAX_EPOCH_MS = 253_402_300_799_999
 MAX_EPOCH_US = MAX_EPOCH_MS * 1000 + 999
 MAX_TEXT = 1024
 DAY_US = 86_400 * 1_000_000
+# The fewest rows a filtered listing reads a call (``take_matches``).
+SCAN_PAGE = 100
+
+T = TypeVar("T")
+
+
+def take_matches(out: list[T], rows: Sequence[T], matches: Callable[[T], bool], limit: int) -> T | None:
+    """Appends the ``rows`` that ``matches`` takes to ``out`` until it holds ``limit``; returns the row it
+    stopped at when rows after it were read and not looked at (the next page starts after that row), else None.
+    A filtered listing reads at least ``SCAN_PAGE`` rows a call: asking the store for the matches still missing,
+    a filter that took few rows read one row a round trip once a page was nearly full."""
+    for i, row in enumerate(rows):
+        if matches(row):
+            out.append(row)
+            if len(out) >= limit:
+                return row if i < len(rows) - 1 else None
+    return None
 
 
 def encode_token(fields: Mapping[str, Any]) -> str:
