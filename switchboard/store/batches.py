@@ -59,15 +59,22 @@ def unit_bytes(unit: Unit) -> int:
 
 
 def _value_bytes(v: Any) -> int:
-    if isinstance(v, str):
-        return CELL_OVERHEAD + len(v.encode())
-    if isinstance(v, bytes):
-        return CELL_OVERHEAD + len(v)
+    """The cells of one bound value: one, or one per entry of a map or element of a collection."""
     if isinstance(v, Mapping):
-        return sum(CELL_OVERHEAD + _value_bytes(k) + _value_bytes(x) - 2 * CELL_OVERHEAD for k, x in v.items())
+        return sum(CELL_OVERHEAD + _raw_bytes(k) + _raw_bytes(x) for k, x in v.items())
     if isinstance(v, list | tuple | set | frozenset):
         return sum(_value_bytes(x) for x in v)
-    return CELL_OVERHEAD + FIXED_VALUE_BYTES  # numbers, booleans, times, None (a null is a tombstone cell)
+    return CELL_OVERHEAD + _raw_bytes(v)
+
+
+def _raw_bytes(v: Any) -> int:
+    """A value's own bytes: text and bytes their length; numbers, booleans, times, None (a null is a tombstone
+    cell) ``FIXED_VALUE_BYTES``."""
+    if isinstance(v, str):
+        return len(v.encode())
+    if isinstance(v, bytes):
+        return len(v)
+    return FIXED_VALUE_BYTES
 
 
 def group_lengths(sizes: Sequence[int], limit: int = BATCH_BYTES, max_items: int | None = None) -> list[int]:
