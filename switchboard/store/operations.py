@@ -11,12 +11,11 @@ from switchboard.model.events import now_us
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState, ReplayJob, ReplayState
 from switchboard.pagination import DAY_US
 from switchboard.store.deliveries import day_of, days_to_read, ms_floor
+from switchboard.store.events import RESET_TRIES
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
 
 DeadCursor = tuple[str, int, int, str]  # (kind, day, dead_at in ms, id) of the last row returned
-# A delivery reset for a redrive whose status changed under it this many times in a row: an outage's answer.
-RESET_TRIES = 5
 
 
 class OperationsStore:
