@@ -53,12 +53,19 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_SCAN = 5000
+# A listing page ends once its messages add up to this (with at least one dead letter a page), so that it stays
+# under the 4 MiB a gRPC client takes by default (grpcurl's, grpc's own): a page of 1,000 dead letters of 5 KB
+# bodies was ~5 MB, refused by the client, and of bodies up to the edge's limit, gigabytes read into the
+# service. Messages are read MESSAGE_READS at a time.
+PAGE_BYTES = 3 * 1024 * 1024
+MESSAGE_READS = 8
 DEFAULT_RANGE_US = 30 * 86_400 * 1_000_000
 
 
 class DeadLetterStore(Protocol):
     async def put_dead_letter(self, d: DeadLetter) -> None: ...
     async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None: ...
+    async def dead_letter_message(self, d: DeadLetter) -> DeadLetter | None: ...
     async def set_dead_letter_state(
         self,
         d: DeadLetter,
@@ -75,8 +82,6 @@ class DeadLetterStore(Protocol):
         end_us: int,
         limit: int,
         after: tuple[str, int, int, str] | None,
-        *,
-        messages: bool = True,
     ) -> tuple[list[DeadLetter], tuple[str, int, int, str] | None]: ...
     async def reset_delivery(self, delivery_id: str, now_us: int) -> bool: ...
     async def fail_delivery(self, delivery_id: str, error: str, dead_us: int) -> bool: ...
@@ -295,7 +300,8 @@ class DeadLetterManager:
         self, f: Filter, page_size: int, page_token: str, *, messages: bool = True
     ) -> tuple[list[DeadLetter], str]:
         """A page of the dead letters ``f`` takes; without ``messages``, with empty bodies and headers, which
-        are then not read from the store at all."""
+        are then not read from the store at all. With them, the page ends early, after the dead letter whose
+        message reached ``PAGE_BYTES`` (its token goes on from there)."""
         if not 0 <= page_size <= MAX_PAGE:
             raise InvalidRequest(f"page_size must be between 0 and {MAX_PAGE}", reason="PAGE_SIZE_INVALID")
         limit = page_size or DEFAULT_PAGE
@@ -317,16 +323,36 @@ class DeadLetterManager:
         scanned = 0
         while index < len(kinds) and len(out) < limit and scanned < MAX_SCAN:
             want = max(limit - len(out), pagination.SCAN_PAGE)
-            batch, cursor = await self.store.dead_letters(kinds[index], start, end, want, cursor, messages=messages)
+            batch, cursor = await self.store.dead_letters(kinds[index], start, end, want, cursor)
             scanned += len(batch)
             stop = pagination.take_matches(out, batch, f.matches, limit)
             if stop is not None:
-                cursor = (kinds[index].value, stop.dead_us // pagination.DAY_US, stop.dead_us // 1000, stop.id)
+                cursor = _after(stop)
             if cursor is None:
                 index += 1
+        if messages:
+            out, cut = await self._with_messages(out)
+            if cut:  # the next page starts after the last dead letter this one carries
+                index, cursor = kinds.index(out[-1].kind), _after(out[-1])
         more = index < len(kinds)
         token = pagination.encode_token({"q": query, "k": index, "c": list(cursor) if cursor else None}) if more else ""
         return out, token
+
+    async def _with_messages(self, rows: list[DeadLetter]) -> tuple[list[DeadLetter], bool]:
+        """``rows`` read whole, in order, up to ``PAGE_BYTES`` of messages (at least one row); whether that cut
+        the page short. A row that expired since the listing read it is left out."""
+        out: list[DeadLetter] = []
+        size = 0
+        for i in range(0, len(rows), MESSAGE_READS):
+            chunk = rows[i : i + MESSAGE_READS]
+            for d in await asyncio.gather(*(self.store.dead_letter_message(d) for d in chunk)):
+                if d is None:
+                    continue
+                size += _message_bytes(d)
+                if out and size > PAGE_BYTES:
+                    return out, True
+                out.append(d)
+        return out, False
 
     async def selection(self, ids: Sequence[str], f: Filter, everything: bool) -> list[DeadLetter]:
         """The dead letters a redrive or a purge takes, without their bodies and headers, which are not even
@@ -472,7 +498,7 @@ class DeadLetterManager:
 
     async def _send_again(self, d: DeadLetter) -> None:
         if not d.body:  # selected without it (``selection``); every redrivable message has one
-            stored = await self.store.get_dead_letter(d.id)
+            stored = await self.store.dead_letter_message(d)
             if stored is None or not stored.body:
                 raise FailedPrecondition(f"dead letter {d.id} is gone (expired)", reason="NOTHING_TO_REDRIVE")
             d = stored
@@ -510,6 +536,16 @@ class DeadLetterManager:
 
 def _light(d: DeadLetter) -> DeadLetter:
     return replace(d, body=b"", headers={})
+
+
+def _after(d: DeadLetter) -> tuple[str, int, int, str]:
+    """The store's cursor of the row after ``d``."""
+    return (d.kind.value, d.dead_us // pagination.DAY_US, d.dead_us // 1000, d.id)
+
+
+def _message_bytes(d: DeadLetter) -> int:
+    """About what ``d`` weighs in a listing's answer: its message and error, and ~200 bytes for the rest."""
+    return len(d.body) + sum(len(k) + len(v) for k, v in d.headers.items()) + len(d.last_error) + 200
 
 
 def _takeable(d: DeadLetter, now: int) -> bool:

@@ -13,6 +13,9 @@ MAX_SECONDS = 10 * 365 * 86_400.0
 MAX_MINUTES = 10 * 365 * 1440
 # The services' largest page.
 MAX_PAGE = 1000
+# A listing (`events list`, `dlq list`) follows at most this many pages per run (each scans at most 5,000 rows
+# with a filter; a page of dead letters ends early once its messages reach ~3 MiB).
+LIST_CALLS = 10
 
 
 def whole(low: int, high: int) -> Callable[[str], int]:

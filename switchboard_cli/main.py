@@ -37,14 +37,11 @@ from switchboard.config.platform import CONFIG_ENV
 from switchboard.errors import ConfigError, StackError, SwitchboardError
 from switchboard.runtime.logs import setup_logging
 from switchboard_cli import listen, operations, status, subs, trace
-from switchboard_cli.args import MAX_MINUTES, MAX_PAGE, whole
+from switchboard_cli.args import LIST_CALLS, MAX_MINUTES, MAX_PAGE, whole
 from switchboard_cli.channels import open_channel
 from switchboard_devstack.paths import DevPaths
 
 log = logging.getLogger(__name__)
-
-# `events list` follows at most this many pages per run (each scans at most 5,000 rows with a status filter).
-LIST_CALLS = 10
 
 
 def build_parser() -> argparse.ArgumentParser:

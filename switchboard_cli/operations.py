@@ -17,7 +17,7 @@ from webhooks.v1 import dead_letters_pb2 as dl
 from webhooks.v1 import dead_letters_pb2_grpc, event_pb2, replay_pb2, replay_pb2_grpc
 
 from switchboard.config import PlatformConfig
-from switchboard_cli.args import INT32_MAX, MAX_MINUTES, MAX_PAGE, number, whole
+from switchboard_cli.args import INT32_MAX, LIST_CALLS, MAX_MINUTES, MAX_PAGE, number, whole
 from switchboard_cli.channels import open_channel
 
 BAR = 30
@@ -157,16 +157,16 @@ def _dlq(stub: Any, args: argparse.Namespace) -> int:
         reason=args.reason,
     )
     if args.action == "list":
-        reply = stub.ListDeadLetters(dl.ListDeadLettersRequest(filter=f, page_size=args.limit), timeout=30)
+        found, token = _dead_letters(stub, f, args.limit)
         print(f"{'id':28} {'kind':10} {'state':9} {'source':10} {'event':32} {'type':24} {'tries':>5}  last error")
-        for d in reply.dead_letters:
+        for d in found:
             kind = dl.DeadLetterKind.Name(d.kind).removeprefix("DEAD_LETTER_KIND_").lower()
             state = dl.DeadLetterState.Name(d.state).removeprefix("DEAD_LETTER_STATE_").lower()
             print(
                 f"{d.id:28} {kind:10} {state:9} {d.source[:10]:10} {d.event_id[:32]:32} {d.event_type[:24]:24} "
                 f"{d.attempts:5d}  {d.last_error[:60]}"
             )
-        if reply.next_page_token:
+        if token:
             print("(more: narrow the filter or raise --limit)")
         return 0
     if args.action == "purge":
@@ -180,6 +180,21 @@ def _dlq(stub: Any, args: argparse.Namespace) -> int:
         failed = p.failed
     print()
     return 1 if failed else 0  # scripts can tell a redrive that left some behind
+
+
+def _dead_letters(stub: Any, f: Any, limit: int) -> tuple[list[Any], str]:
+    """Up to ``limit`` dead letters, following the service's pages (a page ends early once its messages reach
+    ~3 MiB, and a filtered one can come back short with a token); the token of what is left."""
+    found: list[Any] = []
+    token = ""
+    for _ in range(LIST_CALLS):
+        request = dl.ListDeadLettersRequest(filter=f, page_size=limit - len(found), page_token=token)
+        page = stub.ListDeadLetters(request, timeout=30)
+        found += page.dead_letters
+        token = page.next_page_token
+        if not token or len(found) >= limit:
+            break
+    return found, token
 
 
 def _bar(label: str, done: int, total: int, detail: str) -> None:

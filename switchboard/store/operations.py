@@ -68,6 +68,11 @@ class OperationsStore:
         found = await self.store.execute(self.q.dead_get, (r.kind, r.day, r.dead_at, dead_letter_id))
         return _dead_letter(found[0]) if found else None
 
+    async def dead_letter_message(self, d: DeadLetter) -> DeadLetter | None:
+        """``d`` (a row a listing read, without its message) read whole, or None once it expired: one read."""
+        found = await self.store.execute(self.q.dead_get, (d.kind.value, day_of(d.dead_us), ts(d.dead_us), d.id))
+        return _dead_letter(found[0]) if found else None
+
     async def set_dead_letter_state(
         self,
         d: DeadLetter,
@@ -102,14 +107,10 @@ class OperationsStore:
         end_us: int,
         limit: int,
         after: DeadCursor | None,
-        *,
-        messages: bool = True,
     ) -> tuple[list[DeadLetter], DeadCursor | None]:
-        """Dead letters of ``kind`` in [start, end), newest first; the cursor of the next page. Without
-        ``messages``, their bodies and headers are not read (they come back empty)."""
-        after_q, range_q = (
-            (self.q.dead_after, self.q.dead_range) if messages else (self.q.dead_after_light, self.q.dead_range_light)
-        )
+        """Dead letters of ``kind`` in [start, end), newest first, without their messages (bodies and headers
+        come back empty: ``dead_letter_message`` reads them); the cursor of the next page."""
+        after_q, range_q = self.q.dead_after, self.q.dead_range
         out: list[DeadLetter] = []
         day, first_day = days_to_read(start_us, end_us, after[1] if after else None, self.ttl)
         while day >= first_day and len(out) < limit:
@@ -254,7 +255,7 @@ def _dead_letter(r: Any) -> DeadLetter:
         attempts=int(r.attempts or 0),
         last_error=r.last_error or "",
         reason=r.reason or "",
-        headers=dict(getattr(r, "headers", None) or {}),  # not read by a listing without the messages
+        headers=dict(getattr(r, "headers", None) or {}),  # not read by a listing
         body=getattr(r, "body", None) or b"",
         message_type=r.message_type or "",
         state=DeadLetterState(r.state) if r.state else DeadLetterState.DEAD,

@@ -155,14 +155,10 @@ def _operations_cql(ks: str) -> dict[str, str]:
             USING TTL ?""",
         "dead_by_id": f"SELECT kind, day, dead_at FROM {ks}.dead_letters_by_id WHERE id = ?",
         "dead_get": f"SELECT * FROM {ks}.dead_letters WHERE kind = ? AND day = ? AND dead_at = ? AND id = ?",
-        "dead_range": f"""SELECT * FROM {ks}.dead_letters
+        # A range is read without the messages (body and headers), which ``dead_get`` reads one row at a time.
+        "dead_range": f"""SELECT {DEAD_LIGHT} FROM {ks}.dead_letters
             WHERE kind = ? AND day = ? AND dead_at >= ? AND dead_at < ? LIMIT ?""",
-        "dead_after": f"""SELECT * FROM {ks}.dead_letters WHERE kind = ? AND day = ? AND (dead_at, id) < (?, ?)
-            LIMIT ?""",
-        # The same without the message (body and headers): what a redrive's or a purge's selection reads.
-        "dead_range_light": f"""SELECT {DEAD_LIGHT} FROM {ks}.dead_letters
-            WHERE kind = ? AND day = ? AND dead_at >= ? AND dead_at < ? LIMIT ?""",
-        "dead_after_light": f"""SELECT {DEAD_LIGHT} FROM {ks}.dead_letters
+        "dead_after": f"""SELECT {DEAD_LIGHT} FROM {ks}.dead_letters
             WHERE kind = ? AND day = ? AND (dead_at, id) < (?, ?) LIMIT ?""",
         "dead_state": f"""UPDATE {ks}.dead_letters USING TTL ? SET state = ?, redriven_at = ?
             WHERE kind = ? AND day = ? AND dead_at = ? AND id = ?""",
@@ -268,8 +264,6 @@ class OperationStatements:
     dead_get: PreparedStatement
     dead_range: PreparedStatement
     dead_after: PreparedStatement
-    dead_range_light: PreparedStatement
-    dead_after_light: PreparedStatement
     dead_state: PreparedStatement
     dead_state_from: PreparedStatement
     dead_state_from_at: PreparedStatement

@@ -91,19 +91,29 @@ def wait_for_dead_letters(
     """
     channel = grpc.insecure_channel(f"127.0.0.1:{cfg.control.port}")
     stub = dead_letters_pb2_grpc.DeadLettersStub(channel)
-    request = dead_letters_pb2.ListDeadLettersRequest(
-        filter=dead_letters_pb2.DeadLetterFilter(kind=kind, all_states=True), page_size=1000
-    )
+    f = dead_letters_pb2.DeadLetterFilter(kind=kind, all_states=True)
     deadline = time.monotonic() + timeout
     try:
         while True:
-            records = stub.ListDeadLetters(request, timeout=10).dead_letters
+            records = list_dead_letters(stub, f)
             mine = [d for d in records if all(getattr(d, k) == v for k, v in match.items())]
             if len(mine) >= count or time.monotonic() > deadline:
                 return mine
             time.sleep(0.2)
     finally:
         channel.close()
+
+
+def list_dead_letters(stub: Any, f: Any) -> list[Any]:
+    """Every dead letter ``f`` takes, page after page (a page ends early once its messages reach ~3 MiB)."""
+    out: list[Any] = []
+    token = ""
+    while True:
+        request = dead_letters_pb2.ListDeadLettersRequest(filter=f, page_size=1000, page_token=token)
+        reply = stub.ListDeadLetters(request, timeout=10)
+        out += reply.dead_letters
+        if not (token := reply.next_page_token):
+            return out
 
 
 def log_lines(log: Path, since: int = 0) -> list[dict[str, Any]]:

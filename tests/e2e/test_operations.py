@@ -22,9 +22,12 @@ from webhooks.v1 import dead_letters_pb2_grpc, event_pb2, replay_pb2, replay_pb2
 from webhooks.v1 import subscriptions_pb2 as sub_pb
 
 from switchboard.config import PlatformConfig
+from switchboard.model.events import now_us
+from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState
+from switchboard.store import OperationsStore, StoreSession
 from switchboard.streams import events_topology
 from switchboard_devstack.stack import Stack
-from tests.e2e.helpers import edge_client, get_entity, stripe_headers, wait_for_event
+from tests.e2e.helpers import edge_client, get_entity, list_dead_letters, stripe_headers, wait_for_event
 from tests.e2e.receivers import Receiver
 from tests.e2e.test_delivery import control, subscribe
 from tests.stack_fixture import MAX_ATTEMPTS, STRIPE_SECRET
@@ -76,8 +79,7 @@ def wait_status(cfg: PlatformConfig, event_id: str, status: int, timeout: float 
 def dead_letters_of(cfg: PlatformConfig, event_id: str, *, all_states: bool = False) -> list[Any]:
     with stubs(cfg) as (dead, _):
         f = dl.DeadLetterFilter(kind=dl.DEAD_LETTER_KIND_PROCESSING, source="shop", all_states=all_states)
-        reply = dead.ListDeadLetters(dl.ListDeadLettersRequest(filter=f, page_size=1000), timeout=10)
-    return [d for d in reply.dead_letters if d.event_id == event_id]
+        return [d for d in list_dead_letters(dead, f) if d.event_id == event_id]
 
 
 def wait_dead_letter(cfg: PlatformConfig, event_id: str, count: int = 1) -> list[Any]:
@@ -182,19 +184,69 @@ def test_copies_of_one_dead_letter_are_recorded_once(stack: Stack, stack_config:
         ],
     )
     # One recorder takes the queue in order, one message at a time: once the marker is recorded, so are the rest.
-    listing = dl.ListDeadLettersRequest(
-        filter=dl.DeadLetterFilter(kind=dl.DEAD_LETTER_KIND_PROCESSING, all_states=True), page_size=1000
-    )
+    listing = dl.DeadLetterFilter(kind=dl.DEAD_LETTER_KIND_PROCESSING, all_states=True)
     deadline = time.monotonic() + 30
     with stubs(cfg) as (dead_letters, _):
-        while str(later + 3) not in [
-            d.headers.get("x-dead-at") for d in dead_letters.ListDeadLetters(listing, timeout=10).dead_letters
-        ]:
+        while str(later + 3) not in [d.headers.get("x-dead-at") for d in list_dead_letters(dead_letters, listing)]:
             assert time.monotonic() < deadline, "the marker copy was not recorded"
             time.sleep(0.2)
     found = sorted(dead_letters_of(cfg, event_id, all_states=True), key=lambda d: d.attempts)
     assert [(d.id, d.attempts) for d in found][:1] == [(dead.id, dead.attempts)]  # the first row, kept as it was
     assert [d.attempts for d in found] == [dead.attempts, dead.attempts + 1]
+
+
+def test_large_dead_letters_are_listed_in_pages_a_default_client_takes(
+    stack: Stack, stack_config: PlatformConfig
+) -> None:
+    """A page of the listing carried every dead letter's message: 1,000 of 5 KB bodies (~5 MB) were refused by
+    a client that takes gRPC's default 4 MiB (grpcurl, or this test's channel), and bodies up to the edge's
+    limit were read into the control service by the thousand. A page now ends once its messages reach ~3 MiB,
+    and its token goes on after its last dead letter."""
+    cfg = stack_config
+    source = "bigdl_" + secrets.token_hex(4)
+    mib = 1024 * 1024
+    # Ten days old and already purged: newest-first listings of the other tests reach them last, and no
+    # redrive or purge takes them.
+    dead_us = now_us() - 10 * 86_400_000_000
+    rows = [
+        DeadLetter(
+            f"dl_{source}_{i}",
+            DeadLetterKind.PROCESSING,
+            dead_us - i * 1000,
+            source=source,
+            event_id=f"evt_{i}",
+            reason="FAILED",
+            headers={"x-attempt": "3"},
+            body=bytes([i]) * mib,
+            state=DeadLetterState.PURGED,
+        )
+        for i in range(7)
+    ]
+
+    async def put() -> None:
+        session = StoreSession.connect(cfg.cassandra)
+        try:
+            ops = OperationsStore(session)
+            for d in rows:
+                await ops.put_dead_letter(d)
+        finally:
+            session.close()
+
+    asyncio.run(put())
+    f = dl.DeadLetterFilter(kind=dl.DEAD_LETTER_KIND_PROCESSING, source=source, all_states=True)
+    pages: list[list[Any]] = []
+    token = ""
+    with stubs(cfg) as (dead_letters, _):
+        while True:
+            request = dl.ListDeadLettersRequest(filter=f, page_size=1000, page_token=token)
+            reply = dead_letters.ListDeadLetters(request, timeout=30)
+            pages.append(list(reply.dead_letters))
+            if not (token := reply.next_page_token):
+                break
+    assert [len(p) for p in pages] == [2, 2, 2, 1]
+    listed = [d for p in pages for d in p]
+    assert [d.id for d in listed] == [d.id for d in rows]
+    assert all(d.body == r.body and dict(d.headers) == r.headers for d, r in zip(listed, rows, strict=True))
 
 
 def test_replay_one_event_applies_it_again_as_a_replay(stack: Stack, stack_config: PlatformConfig) -> None:

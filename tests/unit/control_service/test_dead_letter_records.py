@@ -43,6 +43,9 @@ class Rows:
     async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
         return self.rows.get(dead_letter_id)
 
+    async def dead_letter_message(self, d: DeadLetter) -> DeadLetter | None:
+        return self.rows.get(d.id)
+
 
 S = 1_000_000  # a second, in microseconds
 

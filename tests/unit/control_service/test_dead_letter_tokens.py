@@ -4,11 +4,20 @@ recorder's reason for a message that made its handler raise."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from control_service.dead_letters import DeadLetterManager, DeadLetterRecorder, Filter, _query
+from control_service.dead_letters import (
+    MAX_PAGE,
+    MESSAGE_READS,
+    PAGE_BYTES,
+    DeadLetterManager,
+    DeadLetterRecorder,
+    Filter,
+    _query,
+)
 from switchboard import pagination
 from switchboard.errors import InvalidRequest
 from switchboard.model.events import InboundEvent
@@ -31,10 +40,13 @@ class NoDeadLetters:
         return True
 
     async def dead_letters(
-        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any, *, messages: bool = True
+        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any
     ) -> tuple[list[DeadLetter], Any]:
         self.reads.append((kind, after))
         return [], None
+
+    async def dead_letter_message(self, d: DeadLetter) -> DeadLetter | None:
+        return d
 
 
 F = Filter(start_us=1_000_000, end_us=2_000_000)
@@ -87,7 +99,7 @@ class TwoPages(NoDeadLetters):
     """A full page of dead letters and a cursor, then the rest."""
 
     async def dead_letters(
-        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any, *, messages: bool = True
+        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any
     ) -> tuple[list[DeadLetter], Any]:
         self.reads.append((kind, (start_us, end_us, after)))
         if after:
@@ -187,23 +199,21 @@ async def test_a_selection_holds_no_bodies_and_a_redrive_reads_each_body_back_wh
     REDRIVEN (nothing to do for it)."""
     bodies = {f"dl_{i}": encode_inbound(event(event_id=f"evt_{i}")) for i in range(3)}
     gone = {"dl_2"}  # listed, then expired before the redrive reached it
-    asked: list[bool] = []
+    asked: list[str] = []
 
     class Listed(NoDeadLetters):
         async def dead_letters(
-            self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any, *, messages: bool = True
+            self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any
         ) -> tuple[list[DeadLetter], Any]:
-            asked.append(messages)
             if kind is not DeadLetterKind.PROCESSING:
                 return [], None
-            if not messages:
-                return [DeadLetter(i, kind, end_us - 1) for i in bodies], None
-            return [DeadLetter(i, kind, end_us - 1, body=b, headers={"x": "y"}) for i, b in bodies.items()], None
+            return [DeadLetter(i, kind, end_us - 1) for i in bodies], None
 
-        async def get_dead_letter(self, dead_letter_id: str) -> DeadLetter | None:
-            if dead_letter_id in gone:
+        async def dead_letter_message(self, d: DeadLetter) -> DeadLetter | None:
+            asked.append(d.id)
+            if d.id in gone:
                 return None
-            return DeadLetter(dead_letter_id, DeadLetterKind.PROCESSING, 1, body=bodies[dead_letter_id])
+            return replace(d, body=bodies[d.id], headers={"x": "y"})
 
     class Resettable:
         async def reset_attempts(self, e: object) -> bool:
@@ -214,10 +224,11 @@ async def test_a_selection_holds_no_bodies_and_a_redrive_reads_each_body_back_wh
     f = Filter(kind=DeadLetterKind.PROCESSING)
     selected = await manager.selection([], f, everything=False)
     assert [(d.id, d.body, d.headers) for d in selected] == [(f"dl_{i}", b"", {}) for i in range(3)]
-    assert asked and not any(asked)  # the store was asked for the rows without their messages
+    assert asked == []  # no message read
     progress = [p async for p in manager.redrive([], f, everything=False, dry_run=False)]
     assert (progress[-1].matched, progress[-1].redriven, progress[-1].failed) == (3, 2, 1)
     assert [e.event_id for e in publisher.events] == ["evt_0", "evt_1"]
+    assert asked == ["dl_0", "dl_1", "dl_2"]  # each message read back once, when it was sent
     assert store.states[-2:] == ["redriving", "redriven"]  # the gone one claimed, then settled
 
 
@@ -248,7 +259,7 @@ class Many(NoDeadLetters):
         self.asked: list[int] = []
 
     async def dead_letters(
-        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any, *, messages: bool = True
+        self, kind: DeadLetterKind, start_us: int, end_us: int, limit: int, after: Any
     ) -> tuple[list[DeadLetter], Any]:
         self.asked.append(limit)
         if kind is not DeadLetterKind.PROCESSING:
@@ -274,3 +285,57 @@ async def test_a_sparse_filter_reads_whole_pages_and_its_pages_neither_skip_nor_
             break
     assert seen == [f"dl_{i:04}" for i in range(0, 400, 20)]
     assert min(store.asked) >= 100
+
+
+class Heavy(Many):
+    """``Many``'s rows, each with a message of ``size`` bytes (the first one ``first`` bytes) read back whole."""
+
+    def __init__(self, n: int, size: int, first: int) -> None:
+        super().__init__(n, every=1)
+        self.sizes = {d.id: size for d in self.rows} | {self.rows[0].id: first}
+        self.read: list[str] = []
+
+    async def dead_letter_message(self, d: DeadLetter) -> DeadLetter | None:
+        self.read.append(d.id)
+        return replace(d, body=b"x" * self.sizes[d.id], headers={"x-attempt": "3"})
+
+
+async def test_a_page_of_large_messages_ends_at_the_byte_budget_and_the_next_goes_on_after_it() -> None:
+    """A page of 1,000 dead letters carried every message: ~5 MB of 5 KB bodies, refused by a client that takes
+    gRPC's default 4 MiB, and bodies up to the edge's limit were read into the service by the thousand. A page
+    now ends once its messages reach PAGE_BYTES (one oversized message still has a page of its own), and the
+    pages together carry every dead letter once, in order, with its message."""
+    mib = 1024 * 1024
+    store = Heavy(12, size=mib, first=5 * mib)
+    manager = DeadLetterManager(store, None, None)  # type: ignore[arg-type]
+    f = Filter(kind=DeadLetterKind.PROCESSING, start_us=0, end_us=2_000_000_000_000_000)
+    pages: list[list[DeadLetter]] = []
+    token = ""
+    while True:
+        page, token = await manager.list_dead_letters(f, MAX_PAGE, token)
+        pages.append(page)
+        if not token:
+            break
+    assert [len(p) for p in pages] == [1, 2, 2, 2, 2, 2, 1]
+    assert [d.id for p in pages for d in p] == [d.id for d in store.rows]
+    assert all(len(d.body) == store.sizes[d.id] and d.headers == {"x-attempt": "3"} for p in pages for d in p)
+    assert all(sum(len(d.body) for d in p) <= PAGE_BYTES for p in pages[1:])
+    # Messages are read a few at a time: a page reads at most MESSAGE_READS past the budget.
+    assert len(store.read) <= len(store.rows) + len(pages) * MESSAGE_READS
+
+
+async def test_small_messages_fill_the_page_and_a_row_that_expired_since_the_listing_is_left_out() -> None:
+    store = Heavy(30, size=5000, first=5000)
+    gone = store.rows[4].id
+    read = store.dead_letter_message
+
+    async def expiring(d: DeadLetter) -> DeadLetter | None:
+        return None if d.id == gone else await read(d)
+
+    store.dead_letter_message = expiring  # type: ignore[method-assign]
+    manager = DeadLetterManager(store, None, None)  # type: ignore[arg-type]
+    f = Filter(kind=DeadLetterKind.PROCESSING, start_us=0, end_us=2_000_000_000_000_000)
+    page, token = await manager.list_dead_letters(f, 10, "")
+    assert [d.id for d in page] == [d.id for d in store.rows[:10] if d.id != gone]
+    rest, _ = await manager.list_dead_letters(f, 10, token)
+    assert rest[0].id == store.rows[10].id  # after the page's last row read, not its last one kept
