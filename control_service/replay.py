@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import fnmatch
 import json
 import logging
 import secrets
@@ -35,10 +34,20 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Protocol, TypeVar
 
-from switchboard.delivery.filters import Filter
+from switchboard.delivery.filters import EventTypes, Filter
 from switchboard.delivery.ids import delivery_id
 from switchboard.errors import FailedPrecondition, InvalidRequest, NotFound, SwitchboardError, Unavailable
-from switchboard.model.events import EventStatus, EventSummary, InboundEvent, Prior, StoredEvent, new_receipt_id, now_us
+from switchboard.model.events import (
+    MAX_KEY_BYTES,
+    EventStatus,
+    EventSummary,
+    InboundEvent,
+    Prior,
+    StoredEvent,
+    key_bytes,
+    new_receipt_id,
+    now_us,
+)
 from switchboard.model.operations import ReplayJob, ReplayState
 from switchboard.model.subscriptions import FINAL_DELIVERY, Delivery, DeliveryTask, Subscription
 from switchboard.pagination import check_range
@@ -55,6 +64,8 @@ PROGRESS_EVERY = 1.0
 MIN_RATE = 0.1
 # With ``force``, a job may enqueue this many times ``control.replay_max_events`` (never without a bound).
 FORCED_CAP_FACTOR = 10
+# The longest reason a replay may give (characters): it is kept in the job's row, written again every second.
+MAX_REASON = 1024
 # How many of a job's enqueued events one read checks for being done, and the pause between two reads.
 WAIT_CHUNK = 256
 CHUNK_PAUSE = 0.05
@@ -187,6 +198,13 @@ class ReplayManager:
         for field, value in (("source", source), ("event_id", event_id)):
             if not value:  # it was answered NOT_FOUND, as if an event could have no source or id
                 raise InvalidRequest(f"{field} is required", reason="FIELD_REQUIRED", metadata={"field": field})
+        if key_bytes(source, event_id) > MAX_KEY_BYTES:
+            raise InvalidRequest(
+                f"source and event_id are longer than any stored event's ({MAX_KEY_BYTES} bytes together)",
+                reason="EVENT_ID_INVALID",
+                metadata={"field": "event_id"},
+            )
+        _check_reason(reason)
         stored = await self.events.get(source, event_id)
         if stored is None:
             raise NotFound(
@@ -247,6 +265,17 @@ class ReplayManager:
         """Validates the selection and starts the job; returns it RUNNING (a dry run too: it ends DONE once counted)."""
         if not sel.source:
             raise InvalidRequest("source is required", reason="FIELD_REQUIRED", metadata={"field": "source"})
+        if len(sel.source.encode()) > MAX_KEY_BYTES:
+            raise InvalidRequest(
+                f"source is longer than any stored event's ({MAX_KEY_BYTES} bytes)",
+                reason="SOURCE_INVALID",
+                metadata={"field": "source"},
+            )
+        # The subscriptions' rules (at most 64 globs of visible ASCII, '*' and '?' the only wildcards): they were
+        # not checked, and 40,000 globs (or '[' classes) held the control service's one event loop for seconds
+        # per event listed.
+        EventTypes(sel.event_types)
+        _check_reason(sel.reason)
         if sel.start_us is None or sel.end_us is None:  # the epoch is a time, not "unset"
             raise InvalidRequest(
                 "a replay needs start_time and end_time (a closed range)",
@@ -450,6 +479,7 @@ class ReplayManager:
         # hundred bytes each, and a forced 61-day range of 1 M events a day would have held ~30 GB).
         limit = sel.max_events or self.limits.max_events
         rate = min(sel.rate_per_second or self.limits.rate_per_second, self.limits.rate_per_second)
+        types = EventTypes(sel.event_types) if sel.event_types else None  # checked by ``start``
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         queued: list[InboundEvent] = []
@@ -460,7 +490,7 @@ class ReplayManager:
             for summary in page:
                 if job.matched >= limit or cancel.is_set():
                     break
-                if sel.event_types and not any(fnmatch.fnmatchcase(summary.event_type, g) for g in sel.event_types):
+                if types is not None and not types.matches(summary.event_type):
                     continue
                 if sel.status is not None and summary.status is not sel.status:
                     continue
@@ -631,3 +661,10 @@ async def _cancelled_within(cancel: asyncio.Event, seconds: float) -> bool:
 
 def _new_id() -> str:
     return "rp_" + secrets.token_hex(10)
+
+
+def _check_reason(reason: str) -> None:
+    if len(reason) > MAX_REASON:
+        raise InvalidRequest(
+            f"reason is longer than {MAX_REASON} characters", reason="FIELD_INVALID", metadata={"field": "reason"}
+        )
