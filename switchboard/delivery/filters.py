@@ -84,6 +84,7 @@ __all__ = [
     "EventTypes",
     "Filter",
     "check_event_types",
+    "check_sources",
     "compile_condition",
 ]
 
@@ -507,7 +508,8 @@ def compile_condition(expression: str, *, strict: bool = True) -> Condition:
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_sources(sources: Iterable[str]) -> frozenset[str]:
+def check_sources(sources: Iterable[str]) -> frozenset[str]:
+    """The validated source names (a subscription's list: empty means every source)."""
     if isinstance(sources, str):
         raise InvalidRequest("sources: must be a list", reason="SOURCES_INVALID", metadata={"field": "sources"})
     result = frozenset(sources)
@@ -542,7 +544,7 @@ class Filter:
         :class:`~switchboard.errors.InvalidRequest` for any bad part."""
         types = event_types if isinstance(event_types, EventTypes) else EventTypes(event_types, catalogue=catalogue)
         compiled = compile_condition(condition, strict=strict) if isinstance(condition, str) else condition
-        object.__setattr__(self, "sources", _check_sources(sources))
+        object.__setattr__(self, "sources", check_sources(sources))
         object.__setattr__(self, "event_types", types)
         object.__setattr__(self, "condition", compiled)
 

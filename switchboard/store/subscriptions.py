@@ -23,11 +23,12 @@ class SubscriptionStore:
         self.q = store.statements.subscriptions
 
     async def put(self, s: Subscription) -> None:
-        """Writes a new subscription and its client index row."""
-        await asyncio.gather(
-            self.store.execute(self.q.put, (s.id, *self._values(s))),
-            self.store.execute(self.q.index_put, (s.client_id, s.id)),
-        )
+        """Writes a new subscription's client index row, then the subscription. In that order: an index row
+        without its subscription (the second write failed) is passed over by ``page``, while a subscription
+        written without its index row (the two went together, and the index's failed) went live, signing with a
+        secret its caller never got (the create answered an error), and no listing of its client showed it."""
+        await self.store.execute(self.q.index_put, (s.client_id, s.id))
+        await self.store.execute(self.q.put, (s.id, *self._values(s)))
 
     async def replace(self, s: Subscription, read_updated_us: int) -> bool:
         """Writes the whole changed subscription if it is still as it was read (its ``updated_at`` is still
@@ -74,10 +75,10 @@ class SubscriptionStore:
         return [self._from_row(r) for r in await self.store.execute(self.q.all)]
 
     async def delete(self, s: Subscription) -> None:
-        await asyncio.gather(
-            self.store.execute(self.q.delete, (s.id,)),
-            self.store.execute(self.q.index_delete, (s.client_id, s.id)),
-        )
+        """The subscription, then its index row (``put``'s order the other way round: a failure between the
+        two leaves an index row ``page`` passes over, never a live subscription its client cannot list)."""
+        await self.store.execute(self.q.delete, (s.id,))
+        await self.store.execute(self.q.index_delete, (s.client_id, s.id))
 
     async def set_status(self, subscription_id: str, status: SubscriptionStatus, reason: str, now_us: int) -> None:
         """Only if the subscription still exists (an unconditional update of a deleted one made a row of just

@@ -419,3 +419,45 @@ async def test_a_status_filter_reads_whole_pages_and_its_pages_neither_skip_nor_
             break
     assert seen == [f"dlv_{i:04}" for i in range(0, 400, 20)]
     assert min(store.asked) >= 100
+
+
+async def test_a_client_id_longer_than_its_index_key_takes_is_refused_before_anything_is_written(
+    manager: SubscriptionManager, memory: Memory
+) -> None:
+    """An internal tool's client_id of 70,000 characters passed the subscription's row and was refused by the
+    client index's (its partition key), after the row was written: a subscription nobody could list."""
+    with pytest.raises(errors.InvalidRequest) as refused:
+        await manager.create(INTERNAL, Draft(callback_url=URL, client_id="c" * 256))
+    assert refused.value.reason == "CLIENT_INVALID" and memory.subs == {}
+    with pytest.raises(errors.InvalidRequest):
+        await manager.create(Caller("é" * 128, via_edge=True), Draft(callback_url=URL))  # 256 bytes
+    made = await manager.create(INTERNAL, Draft(callback_url=URL, client_id="c" * 255))
+    assert made.subscription.client_id == "c" * 255
+
+
+async def test_an_update_naming_the_callback_url_or_the_status_without_a_value_is_refused(
+    manager: SubscriptionManager, memory: Memory
+) -> None:
+    """Every other field named and left empty goes back to its default; these two have none, and the update
+    answered OK with nothing changed."""
+    s = (await manager.create(ALICE, Draft(callback_url=URL))).subscription
+    for field_name in ("callback_url", "status"):
+        with pytest.raises(errors.InvalidRequest) as refused:
+            await manager.update(ALICE, s.id, Draft(), [field_name])
+        assert (refused.value.reason, refused.value.metadata["field"]) == ("FIELD_INVALID", field_name)
+    disabled = await manager.update(ALICE, s.id, Draft(status=SubscriptionStatus.DISABLED), ["status"])
+    assert disabled.status is SubscriptionStatus.DISABLED
+
+
+async def test_a_subscription_naming_more_sources_than_its_filter_takes_is_refused() -> None:
+    """With 70 sources configured, naming them all was accepted; the delivery cache's filter refused the list
+    (at most 64) and the subscription matched nothing, without a word."""
+    names = [f"src{i}" for i in range(70)]
+    rules = Rules(sources=names, event_types={}, allow_networks=("127.0.0.0/8",), allow_http_hosts=("127.0.0.1",))
+    memory = Memory()
+    manager = SubscriptionManager(rules, memory, NoDeliveries(), Notices(memory))
+    with pytest.raises(errors.InvalidRequest) as refused:
+        await manager.create(ALICE, Draft(callback_url=URL, sources=tuple(names)))
+    assert refused.value.reason == "SOURCES_INVALID" and memory.subs == {}
+    made = await manager.create(ALICE, Draft(callback_url=URL, sources=tuple(names[:64])))
+    assert len(made.subscription.sources) == 64
