@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 
 from switchboard.backoff import Backoff
 from switchboard.delivery import policy
-from switchboard.delivery.breaker import PROBE_WAIT_SECONDS, Breakers, State
+from switchboard.delivery.breaker import Breakers, State
 from switchboard.delivery.inflight import InFlight
 from switchboard.delivery.pacing import Pacer
 from switchboard.delivery.sender import Response
@@ -239,6 +239,11 @@ class DeliveryPipeline:
     def _limit(self, sub: Subscription) -> int:
         return sub.max_in_flight or self.defaults.subscription_in_flight
 
+    def _timeout_ms(self, sub: Subscription) -> int:
+        """Its send's timeout: the subscription's retry policy's, else the platform's."""
+        retry = sub.retry
+        return retry.timeout_ms if retry and retry.timeout_ms else self.defaults.timeout_ms
+
     async def _take_slot(self, sub: Subscription, host: str) -> tuple[str | None, bool]:
         """Takes one of the subscription's in-flight slots, if need be after waiting in the worker for one of
         its requests to end (``SlotQueue``: when its pace says one frees soon). Returns (None, whether it
@@ -341,7 +346,9 @@ class DeliveryPipeline:
             await self._record(delivery, None, trace)
             return Ack("cancelled")
 
-        admission = self.breakers.admit(sub.id, time.monotonic())
+        # Should it be the probe, its answer is due within its timeout (plus what it may wait for a slot or a
+        # rate token): the other tasks wait that long.
+        admission = self.breakers.admit(sub.id, time.monotonic(), self._timeout_ms(sub) / 1000 + 1.0)
         if admission.hold > 0:
             return await self._defer(delivery, state is None, admission.hold, circuit_open(admission.hold), trace)
         probe = admission.probe  # non-zero: this task is its half-open circuit's one probe
@@ -353,6 +360,8 @@ class DeliveryPipeline:
             raise
         if refused is not None:
             self.breakers.release(sub.id, probe)
+            if not held():  # lost while it waited: the partition's next worker has it (it records, not this one)
+                return Ack("abandoned")
             reason = f"{SATURATED} {refused}"
             return await self._defer(delivery, state is None, self._saturated_hold(sub.id, waited), reason, trace)
         taken = time.monotonic()
@@ -376,9 +385,13 @@ class DeliveryPipeline:
             sub = current or sub  # a new path, secret or retry policy on the same host: this send uses it
             hold = self.breakers.held(sub.id, time.monotonic())  # it may have opened meanwhile
             if not hold and not probe and self.breakers.state(sub.id) is not State.CLOSED:
-                hold = PROBE_WAIT_SECONDS  # its cool-down is over or its probe is out: the probe decides first
+                # Its cool-down is over or its probe is out: the probe decides first.
+                hold = self.breakers.probe_hold(sub.id, time.monotonic())
             if hold > 0:
                 self._release(sub.id, host)
+                self.breakers.release(sub.id, probe)
+                if not held():  # its deferral would write PENDING over what the next worker records
+                    return Ack("abandoned")
                 return await self._defer(delivery, state is None, hold, circuit_open(hold), trace)
         if not held():
             self._release(sub.id, host)
@@ -392,7 +405,7 @@ class DeliveryPipeline:
             )
             if retry is not None and retry.max_attempts < schedule.max_attempts:
                 schedule = policy.RetryPolicy(schedule.retry_delays[: retry.max_attempts - 1])
-            timeout_ms = retry.timeout_ms if retry and retry.timeout_ms else self.defaults.timeout_ms
+            timeout_ms = self._timeout_ms(sub)
             started = now_us()
             headers = delivery_headers(task.delivery_id, task.event.body, sub.signing_secrets(started), started / 1e6)
             headers["content-type"] = task.event.content_type or "application/json"

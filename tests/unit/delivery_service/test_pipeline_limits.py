@@ -11,6 +11,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -755,3 +756,38 @@ async def test_a_success_of_a_task_lost_while_its_post_was_out_is_recorded() -> 
     b.deliveries = store
     (taken,) = await b.handle([copy("dlv_a")])
     assert isinstance(taken, Ack) and b_sender.posts == 0
+
+
+async def test_while_a_probe_is_out_the_other_tasks_are_deferred_until_its_answer_is_due() -> None:
+    """A second at a time, a backlog went round the delay queue once a second for as long as the probe was out
+    (up to its timeout): a state read and a confirmed publish per task and second. Found in review."""
+    limiter = Turnstile()
+    pipeline, _store, sender = build(slot_wait_ms=250, max_in_flight=4, limiter=limiter)
+    open_circuit(pipeline, cooled=True)
+    probe = asyncio.create_task(pipeline.handle([copy("dlv_probe")]))
+    await soon(lambda: len(limiter.gates) == 1)
+    (deferred,) = await pipeline.handle([copy("dlv_b")])
+    assert isinstance(deferred, Retry) and deferred.outcome == "deferred"
+    timeout_ms = pipeline.defaults.timeout_ms
+    assert timeout_ms <= (deferred.delay_ms or 0) <= timeout_ms + 1000  # the probe's timeout and a margin
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    assert sender.posts == 0
+
+
+async def test_a_task_lost_while_it_waited_for_its_token_is_not_deferred_over_the_next_workers_record() -> None:
+    """Its channel closed while it waited (the partition's next worker has the task and may have recorded its
+    send), and its circuit opened meanwhile: its deferral wrote PENDING over that record. It is abandoned."""
+    limiter = GatedLimiter()
+    pipeline, store, sender = build(slot_wait_ms=250, max_in_flight=4, limiter=limiter)
+    raw = SimpleNamespace(held=True)
+    message = dataclasses.replace(copy("dlv_a"), raw=raw)
+    task = asyncio.create_task(pipeline.handle([message]))
+    await soon(lambda: limiter.waiting == 1)
+    raw.held = False  # the channel closed
+    open_circuit(pipeline, cooled=False)
+    limiter.open.set()
+    (verdict,) = await task
+    assert isinstance(verdict, Ack) and verdict.outcome == "abandoned"
+    assert "dlv_a" not in store.rows and sender.posts == 0 and pipeline.in_flight.total() == 0
