@@ -47,8 +47,17 @@ class AutoDisable:
         self.cache = cache
         self.notices = notices
 
-    async def disable(self, subscription_id: str, reason: str) -> None:
-        await self.subscriptions.set_status(subscription_id, SubscriptionStatus.AUTO_DISABLED, reason, now_us())
+    async def disable(self, subscription_id: str, reason: str, callback_url: str) -> None:
+        """Only while the subscription still sends to ``callback_url``, the URL that answered: a late 410 of
+        the old URL disabled a subscription its client had just moved to a new one."""
+        disabled = await self.subscriptions.set_status(
+            subscription_id, SubscriptionStatus.AUTO_DISABLED, reason, now_us(), only_url=callback_url
+        )
+        if not disabled:
+            log.info(
+                "a 410 of an endpoint the subscription no longer sends to", extra={"subscription": subscription_id}
+            )
+            return
         await self.cache.refresh(subscription_id)
         await self.notices.changed(subscription_id)
         log.warning("subscription disabled by its endpoint", extra={"subscription": subscription_id, "reason": reason})

@@ -105,7 +105,7 @@ class Subscriptions(Protocol):
 
 
 class Disabler(Protocol):
-    async def disable(self, subscription_id: str, reason: str) -> None: ...
+    async def disable(self, subscription_id: str, reason: str, callback_url: str) -> None: ...
 
 
 class Sender(Protocol):
@@ -483,7 +483,9 @@ class DeliveryPipeline:
             # Before the attempt is recorded: a worker killed between the two leaves a FAILED delivery that its
             # redelivery acks without a send, so disabling after the record could be lost. This way round, the
             # redelivery finds the subscription disabled and records the task CANCELLED.
-            await self.disabler.disable(sub.id, f"the endpoint answered {response.status} ({decision.detail})")
+            await self.disabler.disable(
+                sub.id, f"the endpoint answered {response.status} ({decision.detail})", sub.callback_url
+            )
         if outcome is not DeliveryStatus.DELIVERED and not held():
             # The task was lost while its POST was out (the channel closed): the broker gave it to the
             # partition's next worker, which may have recorded its own send already. This failure is history (the

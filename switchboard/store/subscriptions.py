@@ -80,20 +80,32 @@ class SubscriptionStore:
         await self.store.execute(self.q.delete, (s.id,))
         await self.store.execute(self.q.index_delete, (s.client_id, s.id))
 
-    async def set_status(self, subscription_id: str, status: SubscriptionStatus, reason: str, now_us: int) -> None:
+    async def set_status(
+        self,
+        subscription_id: str,
+        status: SubscriptionStatus,
+        reason: str,
+        now_us: int,
+        *,
+        only_url: str | None = None,
+    ) -> bool:
         """Only if the subscription still exists (an unconditional update of a deleted one made a row of just
-        these cells), over the row as it is read, moving ``updated_at``: a change read before it is refused
-        (``replace``) and made again over it. Gives up after ``SET_STATUS_TRIES`` rows changed under it."""
+        these cells) and, with ``only_url``, still sends to that URL, over the row as it is read, moving
+        ``updated_at``: a change read before it is refused (``replace``) and made again over it. Whether the
+        status is ``status`` now (set here or before). Gives up after ``SET_STATUS_TRIES`` rows changed under
+        it."""
         for _ in range(SET_STATUS_TRIES):
             rows = await self.store.execute(self.q.get, (subscription_id,))
-            if not rows or rows[0].status == status.value:  # gone, or set already (by another 410 meanwhile)
-                return
+            if not rows or (only_url is not None and rows[0].callback_url != only_url):
+                return False  # gone, or moved to another URL since
+            if rows[0].status == status.value:  # set already (by another 410 meanwhile)
+                return True
             read = us_of(rows[0].updated_at)
             stamp = ts(max(now_us, read + 1000))  # the store keeps milliseconds
             if _applied(
                 await self.store.execute(self.q.set_status, (status.value, reason, stamp, subscription_id, ts(read)))
             ):
-                return
+                return True
         raise StoreUnavailable(f"subscription {subscription_id} kept changing while its status was set")
 
     async def page(self, client_id: str | None, after: str, limit: int) -> tuple[list[Subscription], str]:

@@ -44,7 +44,15 @@ def test_a_change_is_written_only_over_the_row_it_read(stack: Stack, stack_confi
             stored = await store.get(s.id)
             assert stored is not None and stored.description == "first" and stored.secret == s.secret
 
-            await store.set_status(s.id, SubscriptionStatus.AUTO_DISABLED, "410 Gone", now + 3000)
+            # A 410 of a URL the subscription no longer sends to (a late answer after its client moved it)
+            # changes nothing; of its URL, it disables it.
+            moved = "https://hooks.example.com/old"
+            assert not await store.set_status(s.id, SubscriptionStatus.AUTO_DISABLED, "410", now + 2500, only_url=moved)
+            kept = await store.get(s.id)
+            assert kept is not None and kept.status is SubscriptionStatus.ENABLED and kept.updated_us == now + 1000
+            assert await store.set_status(
+                s.id, SubscriptionStatus.AUTO_DISABLED, "410 Gone", now + 3000, only_url=s.callback_url
+            )
             stale = dataclasses.replace(stored, description="undoes the disable", updated_us=now + 4000)
             assert not await store.replace(stale, stored.updated_us)
             disabled = await store.get(s.id)
@@ -52,7 +60,7 @@ def test_a_change_is_written_only_over_the_row_it_read(stack: Stack, stack_confi
 
             await store.delete(disabled)
             assert not await store.replace(dataclasses.replace(disabled, updated_us=now + 5000), disabled.updated_us)
-            await store.set_status(s.id, SubscriptionStatus.AUTO_DISABLED, "410 Gone", now + 6000)
+            assert not await store.set_status(s.id, SubscriptionStatus.AUTO_DISABLED, "410 Gone", now + 6000)
             assert await store.get(s.id) is None  # neither made a row of its cells
             with pytest.raises(ValueError, match="millisecond"):
                 await store.replace(dataclasses.replace(read, updated_us=now + 999), now)

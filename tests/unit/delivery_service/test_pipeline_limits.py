@@ -65,7 +65,7 @@ class Subscriptions:
 
 
 class NoDisable:
-    async def disable(self, subscription_id: str, reason: str) -> None:
+    async def disable(self, subscription_id: str, reason: str, callback_url: str) -> None:
         raise AssertionError("nothing here disables a subscription")
 
 
