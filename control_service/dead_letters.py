@@ -53,11 +53,10 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_SCAN = 5000
-# A listing page ends once its messages add up to this (with at least one dead letter a page), so that it stays
-# under the 4 MiB a gRPC client takes by default (grpcurl's, grpc's own): a page of 1,000 dead letters of 5 KB
-# bodies was ~5 MB, refused by the client, and of bodies up to the edge's limit, gigabytes read into the
-# service. Messages are read MESSAGE_READS at a time.
-PAGE_BYTES = 3 * 1024 * 1024
+# A listing page ends once its messages add up to ``pagination.PAGE_BYTES`` (with at least one dead letter a
+# page): a page of 1,000 dead letters of 5 KB bodies was ~5 MB, refused by a client that takes gRPC's default
+# 4 MiB, and of bodies up to the edge's limit, gigabytes read into the service. Messages are read
+# MESSAGE_READS at a time.
 MESSAGE_READS = 8
 DEFAULT_RANGE_US = 30 * 86_400 * 1_000_000
 
@@ -301,7 +300,7 @@ class DeadLetterManager:
     ) -> tuple[list[DeadLetter], str]:
         """A page of the dead letters ``f`` takes; without ``messages``, with empty bodies and headers, which
         are then not read from the store at all. With them, the page ends early, after the dead letter whose
-        message reached ``PAGE_BYTES`` (its token goes on from there)."""
+        message reached ``pagination.PAGE_BYTES`` (its token goes on from there)."""
         if not 0 <= page_size <= MAX_PAGE:
             raise InvalidRequest(f"page_size must be between 0 and {MAX_PAGE}", reason="PAGE_SIZE_INVALID")
         limit = page_size or DEFAULT_PAGE
@@ -339,19 +338,15 @@ class DeadLetterManager:
         return out, token
 
     async def _with_messages(self, rows: list[DeadLetter]) -> tuple[list[DeadLetter], bool]:
-        """``rows`` read whole, in order, up to ``PAGE_BYTES`` of messages (at least one row); whether that cut
-        the page short. A row that expired since the listing read it is left out."""
+        """``rows`` read whole, in order, up to ``pagination.PAGE_BYTES`` of messages (at least one row); whether
+        that cut the page short. A row that expired since the listing read it is left out."""
         out: list[DeadLetter] = []
-        size = 0
         for i in range(0, len(rows), MESSAGE_READS):
             chunk = rows[i : i + MESSAGE_READS]
-            for d in await asyncio.gather(*(self.store.dead_letter_message(d) for d in chunk)):
-                if d is None:
-                    continue
-                size += _message_bytes(d)
-                if out and size > PAGE_BYTES:
-                    return out, True
-                out.append(d)
+            out += [d for d in await asyncio.gather(*(self.store.dead_letter_message(d) for d in chunk)) if d]
+            kept = pagination.fits(out, _message_bytes)
+            if kept < len(out):
+                return out[:kept], True
         return out, False
 
     async def selection(self, ids: Sequence[str], f: Filter, everything: bool) -> list[DeadLetter]:

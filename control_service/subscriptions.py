@@ -204,6 +204,9 @@ class SubscriptionManager:
                 raise pagination.mismatched_token()
             after = str(raw.get("a", ""))
         subs, cursor = await self.subscriptions.page(caller.client_id, after, limit)
+        kept = pagination.fits(subs, _subscription_bytes)  # up to ~3 MiB a page: public keys, conditions, metadata
+        if kept < len(subs):
+            subs, cursor = subs[:kept], subs[kept - 1].id
         token = pagination.encode_token({"c": caller.client_id or "", "a": cursor}) if cursor else ""
         return subs, token
 
@@ -332,6 +335,17 @@ class SubscriptionManager:
             query.update(a=start, b=end)
             cursor = _cursor5(raw.get("c"))
         attempts, cursor = await self.deliveries.attempts_page(s.id, start, end, limit, cursor)
+        kept = pagination.fits(attempts, _attempt_bytes)  # up to ~3 MiB a page: 1,000 attempts were up to ~8 MB
+        if kept < len(attempts):
+            attempts = attempts[:kept]
+            last = attempts[-1]
+            cursor = (
+                last.started_us // pagination.DAY_US,
+                last.started_us // 1000,
+                last.delivery_id,
+                last.attempt,
+                last.run_id,
+            )
         token = pagination.encode_token({**query, "c": list(cursor)}) if cursor else ""
         return attempts, token
 
@@ -497,6 +511,19 @@ def _set_fields(draft: Draft) -> set[str]:
     if draft.retry_set:
         fields.add("retry_policy")
     return fields
+
+
+def _subscription_bytes(s: Subscription) -> int:
+    """About what ``s`` weighs in a listing's answer (its texts, and ~300 bytes for the rest)."""
+    texts = (s.callback_url, s.description, s.trigger_conditions, s.public_key, s.status_reason, s.secret)
+    listed = (*s.sources, *s.event_types, *s.metadata.keys(), *s.metadata.values())
+    return sum(len(t.encode()) for t in (*texts, *listed)) + 300
+
+
+def _attempt_bytes(a: Attempt) -> int:
+    """About what ``a`` weighs in a listing's answer (its response excerpt, headers and error, ~200 bytes more)."""
+    headers = sum(len(k) + len(v.encode()) for k, v in a.response_headers.items())
+    return len(a.response_body) + headers + len(a.error.encode()) + 200
 
 
 def _field_error(field: str, problem: str) -> InvalidRequest:

@@ -23,6 +23,9 @@ MAX_TEXT = 1024
 DAY_US = 86_400 * 1_000_000
 # The fewest rows a filtered listing reads a call (``take_matches``).
 SCAN_PAGE = 100
+# What a page of a listing whose items can be large carries at most (``fits``): under the 4 MiB a gRPC client
+# takes by default (grpcurl's, grpc's own), with room for the rest of the answer.
+PAGE_BYTES = 3 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -38,6 +41,18 @@ def take_matches(out: list[T], rows: Sequence[T], matches: Callable[[T], bool], 
             if len(out) >= limit:
                 return row if i < len(rows) - 1 else None
     return None
+
+
+def fits(items: Sequence[T], size: Callable[[T], int], budget: int = PAGE_BYTES) -> int:
+    """How many of ``items``, from the first, a page carries: as many as add up to ``budget`` bytes by
+    ``size``, at least one (a larger item has a page of its own). The caller's next page starts after the last
+    one it carries."""
+    total = 0
+    for n, item in enumerate(items):
+        total += size(item)
+        if n and total > budget:
+            return n
+    return len(items)
 
 
 def encode_token(fields: Mapping[str, Any]) -> str:

@@ -30,8 +30,11 @@ BODY_EXCERPT_BYTES = 4096
 # How long the rest of an excerpt that arrives in pieces is waited for, once the status is in (never past the
 # request's own deadline: a slow body does not turn an answer into a timeout).
 EXCERPT_WAIT_SECONDS = 0.5
-# Response headers kept with an attempt (the rest can be large and says little).
+# Response headers kept with an attempt (the rest can be large and says little), each value cut to
+# KEPT_HEADER_CHARS: a receiver's 8 KB headers made an attempt's record larger than a Cassandra 3+ batch takes
+# (50 KB), and the delivery, answered 200, was sent again until it was dead-lettered.
 KEPT_HEADERS = ("content-type", "content-length", "retry-after", "location", "server", "date", "x-request-id")
+KEPT_HEADER_CHARS = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +158,7 @@ class Sender:
                 method, target.url, data=body or None, headers=headers, allow_redirects=False, timeout=limits
             ) as resp:
                 excerpt = await _excerpt(resp, min(EXCERPT_WAIT_SECONDS, started + within - time.monotonic() - 0.05))
-                kept = {k: resp.headers[k] for k in KEPT_HEADERS if k in resp.headers}
+                kept = {k: resp.headers[k][:KEPT_HEADER_CHARS] for k in KEPT_HEADERS if k in resp.headers}
                 return done(status=resp.status, headers=kept, body=excerpt)
         except ForbiddenDestination as exc:
             return done(status=None, error_class=policy.ERROR_FORBIDDEN_DESTINATION, error=exc.message)

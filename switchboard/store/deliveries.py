@@ -241,4 +241,5 @@ def _attempt(r: Any) -> Attempt:
         error_class=r.error_class or "",
         error=r.error or "",
         outcome=DeliveryStatus(r.outcome),
+        run_id=r.run or "",  # its key in the history (and a listing's cursor): not a new one drawn
     )

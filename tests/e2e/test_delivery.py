@@ -642,11 +642,12 @@ def test_an_attempt_written_again_is_one_row_of_its_history(stack: Stack, stack_
     def sent(status: int) -> Attempt:
         return Attempt(d.id, d.subscription_id, d.source, d.event_id, 1, now, 900, status, outcome=d.status)
 
+    first, second = sent(503), sent(502)
+
     async def run_it() -> list[Attempt]:
-        first = sent(503)
         await store.record(d, first)
         await store.record(d, first)  # written again, as _record_retrying does after a timeout
-        await store.record(d, sent(502))  # the same attempt number sent by a second worker
+        await store.record(d, second)  # the same attempt number sent by a second worker
         return await store.attempts_of(d.id)
 
     try:
@@ -654,3 +655,57 @@ def test_an_attempt_written_again_is_one_row_of_its_history(stack: Stack, stack_
     finally:
         session.close()
     assert sorted(a.http_status for a in history) == [502, 503]
+    # Each row's own run id, read back (a listing's cursor holds it): a new one was drawn for every row read.
+    assert {a.run_id for a in history} == {first.run_id, second.run_id}
+
+
+def test_large_attempts_are_listed_in_pages_a_default_client_takes(stack: Stack, stack_config: PlatformConfig) -> None:
+    """A page of attempts carried every response excerpt and the headers a receiver chose: past the 4 MiB a gRPC
+    client takes by default (this test's channel, grpcurl), RESOURCE_EXHAUSTED. A page now ends at ~3 MiB and
+    its token goes on after its last attempt (its cursor holds the attempt's run id as stored)."""
+    cfg = stack_config
+    with Receiver(cfg.tls_dir) as rx:
+        sub, _ = subscribe(cfg, rx.url("/big"), event_types=["invoice.*"], status=pb.SUBSCRIPTION_STATUS_DISABLED)
+    session = StoreSession.connect(cfg.cassandra)
+    store = DeliveryStore(session)
+    now = now_us()
+    attempts = [
+        Attempt(
+            f"dlv_big_{sub.id}_{i}",
+            sub.id,
+            "shop",
+            f"evt_big_{i}",
+            1,
+            now - i * 1000,
+            900,
+            200,
+            {"server": f"{i}" * 1_100_000},  # over a megabyte, as the store could hold from before (now cut)
+            b"b" * 4096,
+            outcome=DeliveryStatus.DELIVERED,
+        )
+        for i in range(7)
+    ]
+
+    async def record_all() -> None:
+        for a in attempts:
+            d = Delivery(a.delivery_id, sub.id, "shop", a.event_id, "invoice.paid", DeliveryStatus.DELIVERED, 1)
+            d.created_us = d.updated_us = a.started_us
+            await store.record(d, a)
+
+    try:
+        asyncio.run(record_all())
+    finally:
+        session.close()
+    pages: list[list[Any]] = []
+    token = ""
+    with control(cfg) as stub:
+        while True:
+            request = pb.ListDeliveryAttemptsRequest(subscription_id=sub.id, page_size=1000, page_token=token)
+            reply = stub.ListDeliveryAttempts(request, timeout=30)
+            pages.append(list(reply.attempts))
+            if not (token := reply.next_page_token):
+                break
+    assert [len(p) for p in pages] == [2, 2, 2, 1]
+    listed = [a for p in pages for a in p]
+    assert [a.delivery_id for a in listed] == [a.delivery_id for a in attempts]
+    assert all(dict(a.response_headers)["server"] == f"{i}" * 1_100_000 for i, a in enumerate(listed))

@@ -12,7 +12,6 @@ import pytest
 from control_service.dead_letters import (
     MAX_PAGE,
     MESSAGE_READS,
-    PAGE_BYTES,
     DeadLetterManager,
     DeadLetterRecorder,
     Filter,
@@ -23,6 +22,7 @@ from switchboard.errors import InvalidRequest
 from switchboard.model.events import InboundEvent
 from switchboard.model.operations import DeadLetter, DeadLetterKind
 from switchboard.model.subscriptions import DeliveryTask
+from switchboard.pagination import PAGE_BYTES
 from switchboard.queue import QueueMessage
 from switchboard.wire import encode_inbound, encode_task
 from tests.unit.factories import event

@@ -461,3 +461,68 @@ async def test_a_subscription_naming_more_sources_than_its_filter_takes_is_refus
     assert refused.value.reason == "SOURCES_INVALID" and memory.subs == {}
     made = await manager.create(ALICE, Draft(callback_url=URL, sources=tuple(names[:64])))
     assert len(made.subscription.sources) == 64
+
+
+class LargeAttempts(NoDeliveries):
+    """Twelve attempts of ~1 MiB (a response excerpt and headers), newest first, in pages as the store gives."""
+
+    def __init__(self) -> None:
+        self.rows = [
+            Attempt(
+                f"dlv_{i:02}",
+                "sub",
+                "shop",
+                f"evt_{i}",
+                1,
+                2_000_000_000_000_000 - i * 1000,
+                5,
+                response_body=b"b" * 4096,
+                response_headers={"server": "s" * (1024 * 1024)},
+                run_id=f"run{i}",
+            )
+            for i in range(12)
+        ]
+
+    async def attempts_page(self, *args: Any) -> tuple[list[Attempt], Any]:
+        _, _, _, limit, after = args
+        rows = [a for a in self.rows if after is None or (a.started_us // 1000, a.delivery_id) < (after[1], after[2])]
+        page = rows[:limit]
+        last = page[-1] if len(page) == limit else None
+        cursor = last and (last.started_us // 86_400_000_000, last.started_us // 1000, last.delivery_id, 1, last.run_id)
+        return page, cursor
+
+
+async def test_large_attempts_and_subscriptions_are_listed_in_pages_a_default_client_takes(memory: Memory) -> None:
+    """A page of 1,000 attempts (4 KB excerpts, headers a receiver chose) or of subscriptions (public keys,
+    conditions, metadata) could pass the 4 MiB a gRPC client takes by default; a page now ends at ~3 MiB and
+    its token goes on after its last item, so that every item is listed once."""
+    store = LargeAttempts()
+    manager = SubscriptionManager(RULES, memory, store, Notices(memory))
+    s = (await manager.create(ALICE, Draft(callback_url=URL))).subscription
+    seen: list[str] = []
+    sizes: list[int] = []
+    token = ""
+    while True:
+        page, token = await manager.list_attempts(
+            ALICE, s.id, delivery_id="", start_us=0, end_us=2_100_000_000_000_000, page_size=1000, page_token=token
+        )
+        seen += [a.delivery_id for a in page]
+        sizes.append(len(page))
+        if not token:
+            break
+    assert seen == [a.delivery_id for a in store.rows] and sizes == [2, 2, 2, 2, 2, 2]
+    for i in range(7):
+        await manager.create(ALICE, Draft(callback_url=URL, description=f"{i}"))
+    for sub in memory.subs.values():  # ~1 MiB each, as a subscription read back could be
+        sub.public_key = "p" * (1024 * 1024)
+    listed: list[str] = []
+    pages = 0
+    token = ""
+    while True:
+        subs, token = await manager.list_subscriptions(ALICE, 1000, token)
+        listed += [x.id for x in subs]
+        pages += 1
+        assert len(subs) <= 2
+        if not token:
+            break
+    assert sorted(listed) == sorted(memory.subs) and len(listed) == 8 and pages == 4

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from switchboard.delivery.sender import Sender
+from switchboard.delivery.sender import KEPT_HEADER_CHARS, Sender
 from switchboard.delivery.signing import delivery_headers, new_secret
 from switchboard.delivery.urls import ForbiddenDestination
 from switchboard.errors import ConfigError
@@ -145,3 +145,33 @@ async def test_a_2xx_whose_body_is_cut_short_stands_and_the_configured_user_agen
         server.close()
     assert (response.status, response.error_class, response.body) == (200, "", b"short")
     assert seen == ["Acme-Hooks/2"]
+
+
+async def test_a_kept_response_header_is_cut_to_its_limit() -> None:
+    """A receiver's 8 KB headers were kept whole: with the 4 KB excerpt, in the attempt's two rows, a record
+    larger than a Cassandra 3+ batch takes (50 KB), refused; the delivery, answered 200, was sent again until
+    it was dead-lettered (found in review)."""
+    long = b"x" * 8000
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        await reader.readexactly(2)
+        head = b"HTTP/1.1 200 OK\r\nServer: " + long + b"\r\nX-Request-Id: r1\r\nContent-Length: 2\r\n"
+        writer.write(head + b"\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = Sender(allow_http_hosts=("127.0.0.1",), allow_networks=("127.0.0.0/8",))
+    await sender.start()
+    try:
+        got = await sender.post(f"http://127.0.0.1:{port}/hook", b"{}", {}, within=5.0)
+    finally:
+        await sender.close()
+        server.close()
+        await server.wait_closed()
+    assert (
+        got.status == 200 and got.headers["server"] == "x" * KEPT_HEADER_CHARS and got.headers["x-request-id"] == "r1"
+    )
