@@ -350,6 +350,8 @@ class DeliveryPipeline:
         # rate token): the other tasks wait that long.
         admission = self.breakers.admit(sub.id, time.monotonic(), self._timeout_ms(sub) / 1000 + 1.0)
         if admission.hold > 0:
+            if self._past_schedule(delivery, state, task, sub):
+                return await self._give_up(delivery, trace)
             return await self._defer(delivery, state is None, admission.hold, circuit_open(admission.hold), trace)
         probe = admission.probe  # non-zero: this task is its half-open circuit's one probe
         host = host_of(sub.callback_url)
@@ -399,12 +401,7 @@ class DeliveryPipeline:
             return Ack("abandoned")
         try:  # from here the slot is released whatever happens
             attempt_no = delivery.attempts + 1
-            retry = sub.retry
-            schedule = (
-                policy.RetryPolicy(tuple(ms / 1000 for ms in retry.delays_ms)) if retry else policy.DEFAULT_POLICY
-            )
-            if retry is not None and retry.max_attempts < schedule.max_attempts:
-                schedule = policy.RetryPolicy(schedule.retry_delays[: retry.max_attempts - 1])
+            schedule = _schedule(sub)
             timeout_ms = self._timeout_ms(sub)
             started = now_us()
             headers = delivery_headers(task.delivery_id, task.event.body, sub.signing_secrets(started), started / 1e6)
@@ -509,6 +506,29 @@ class DeliveryPipeline:
         )
         return DeadLetter(attempt_no, error, outcome="disabled" if decision.disable_subscription else "failed")
 
+    def _past_schedule(self, delivery: Delivery, state: Delivery | None, task: DeliveryTask, sub: Subscription) -> bool:
+        """Whether the delivery's circuit has held it back for longer than the rest of its retry schedule would
+        have taken (with the schedule's jitter, and a longest cool-down more for a last probe). Counted from its
+        last attempt, else from its first deferral or its redrive (when its row was written with no attempt),
+        else from its task's creation. Deferred for as long as its endpoint stayed down, it was never
+        dead-lettered, and a backlog of tasks carrying whole events grew for as long."""
+        origin = state.updated_us if state is not None and state.updated_us else task.created_us
+        rest = _schedule(sub).retry_delays[max(delivery.attempts - 1, 0) :]
+        allowed_s = sum(rest) * (1 + policy.JITTER) + self.breakers.settings.max_cooldown_seconds
+        return now_us() - origin > allowed_s * 1_000_000
+
+    async def _give_up(self, delivery: Delivery, trace: str) -> Verdict:
+        """FAILED without a send (``_past_schedule``), and dead-lettered: a redrive sends it again."""
+        error = (
+            "CIRCUIT_OPEN: the endpoint's circuit stayed open past the retry schedule "
+            f"({delivery.attempts} attempt(s) made)"
+        )
+        delivery.status, delivery.last_error, delivery.updated_us = DeliveryStatus.FAILED, error, now_us()
+        delivery.next_attempt_us = 0
+        await self._record(delivery, None, trace)
+        log.info("delivery given up: its circuit stayed open", extra={"delivery": delivery.id, "error": error})
+        return DeadLetter(delivery.attempts, error, outcome="failed")
+
     async def _defer(self, delivery: Delivery, new: bool, hold: float, reason: str, trace: str) -> Verdict:
         """Parks a task for ``hold`` seconds (its subscription's circuit is open, or it has as many requests in
         flight as it may): no send, no attempt. A delivery never tried yet is recorded PENDING with the reason
@@ -582,6 +602,15 @@ def _ahead_of_schedule(state: Delivery | None, message: QueueMessage) -> Verdict
     if hold <= 0:
         return None
     return _deferral(state.attempts, "deferred: its next attempt is scheduled later", hold)
+
+
+def _schedule(sub: Subscription) -> policy.RetryPolicy:
+    """The subscription's retry schedule: its own delays (cut to its attempts), else the platform's."""
+    retry = sub.retry
+    schedule = policy.RetryPolicy(tuple(ms / 1000 for ms in retry.delays_ms)) if retry else policy.DEFAULT_POLICY
+    if retry is not None and retry.max_attempts < schedule.max_attempts:
+        schedule = policy.RetryPolicy(schedule.retry_delays[: retry.max_attempts - 1])
+    return schedule
 
 
 def _deferral(attempts: int, reason: str, hold: float) -> Retry:

@@ -99,7 +99,7 @@ class HeldSender:
 
 
 def copy(delivery_id: str, headers: dict[str, object] | None = None) -> QueueMessage:
-    task = DeliveryTask(delivery_id=delivery_id, subscription_id="sub_1", event=event(), created_us=1)
+    task = DeliveryTask(delivery_id=delivery_id, subscription_id="sub_1", event=event(), created_us=now_us())
     return QueueMessage(
         body=encode_task(task), message_id=delivery_id, headers=headers or {}, redelivered=False, queue="q"
     )
@@ -791,3 +791,36 @@ async def test_a_task_lost_while_it_waited_for_its_token_is_not_deferred_over_th
     (verdict,) = await task
     assert isinstance(verdict, Ack) and verdict.outcome == "abandoned"
     assert "dlv_a" not in store.rows and sender.posts == 0 and pipeline.in_flight.total() == 0
+
+
+async def test_a_delivery_held_back_longer_than_the_rest_of_its_schedule_is_failed_and_dead_lettered() -> None:
+    """While its circuit was open a task was deferred without an attempt, for as long as the endpoint stayed
+    down: never dead-lettered, and the delay queues grew by a whole event per task (found in review). Past the
+    rest of its schedule (from its last attempt, its first deferral or its redrive; with the jitter and a
+    longest cool-down more) it is FAILED and dead-lettered, which a redrive sends again."""
+    pipeline, store, sender = build(slot_wait_ms=250, max_in_flight=4)
+    open_circuit(pipeline, cooled=False)
+    hour = 3_600_000_000
+    now = now_us()
+    # Attempt 3 made: the rest of the default schedule is 30 min + 2 h + 5 h + 10 h + 10 h (27.5 h; 30.4 h
+    # with the jitter and a 10-minute cool-down).
+    rows = {
+        "dlv_old": Delivery(
+            "dlv_old", "sub_1", "shop", "e", "t", DeliveryStatus.RETRYING, 3, updated_us=now - 31 * hour
+        ),
+        "dlv_young": Delivery(
+            "dlv_young", "sub_1", "shop", "e", "t", DeliveryStatus.RETRYING, 3, updated_us=now - 29 * hour
+        ),
+        # Redriven an hour ago (no attempt since): a fresh schedule.
+        "dlv_redriven": Delivery(
+            "dlv_redriven", "sub_1", "shop", "e", "t", DeliveryStatus.PENDING, 0, updated_us=now - hour
+        ),
+    }
+    store.rows.update({k: dataclasses.replace(v, created_us=now - 40 * hour) for k, v in rows.items()})
+    old, young, redriven, fresh = await pipeline.handle(
+        [copy("dlv_old"), copy("dlv_young"), copy("dlv_redriven"), copy("dlv_fresh")]
+    )
+    assert isinstance(old, DeadLetter) and old.error.startswith("CIRCUIT_OPEN: the endpoint's circuit stayed open")
+    assert store.rows["dlv_old"].status is DeliveryStatus.FAILED and store.rows["dlv_old"].attempts == 3
+    assert [v.outcome for v in (young, redriven, fresh)] == ["deferred"] * 3
+    assert store.rows["dlv_young"].status is DeliveryStatus.RETRYING and sender.posts == 0
