@@ -85,6 +85,9 @@ async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:
             ca_file=d.ca_file,
             user_agent=d.user_agent or USER_AGENT,
             max_per_host=d.host_in_flight,  # the pipeline takes no more per host: none waits for a connection
+            # Nor for the pool's total: the worker sends at most concurrency times batch at once (a fixed 512 made
+            # sends past it wait for a connection, against their connect timeout, and time out).
+            max_connections=max(512, d.concurrency * d.batch),
         )
         await sender.start()
         life.on_close(sender.close)
