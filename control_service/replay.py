@@ -37,6 +37,7 @@ from typing import Protocol, TypeVar
 from switchboard.delivery.filters import EventTypes, Filter
 from switchboard.delivery.ids import delivery_id
 from switchboard.errors import FailedPrecondition, InvalidRequest, NotFound, SwitchboardError, Unavailable
+from switchboard.headers import never_stored
 from switchboard.model.events import (
     MAX_KEY_BYTES,
     EventStatus,
@@ -538,9 +539,16 @@ class ReplayManager:
     ) -> InboundEvent:
         """Publishes the replay of ``original``; with ``cancel`` (a job), again after pauses while the broker is
         unavailable. The copy is built once: a publish tried again carries the same receipt (or delivery id),
-        so one that reached the broker after all is a redelivery to the processor, not a second replay."""
+        so one that reached the broker after all is a redelivery to the processor, not a second replay. It
+        carries none of the headers ingest no longer stores (``never_stored``): an event stored before a
+        credential's name was covered kept the credential, which a replay stored again with a fresh retention."""
         event = replace(
-            original, receipt_id=new_receipt_id(), replay=True, replay_id=replay_id, received_us=original.received_us
+            original,
+            receipt_id=new_receipt_id(),
+            replay=True,
+            replay_id=replay_id,
+            received_us=original.received_us,
+            headers={k: v for k, v in original.headers.items() if not never_stored(k)},
         )
         if subscription_id:
             task = DeliveryTask(

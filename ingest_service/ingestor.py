@@ -6,15 +6,14 @@ with ``async publish(event)`` that returns only once the event is durably queued
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from switchboard.config import SourceConfig
 from switchboard.errors import InvalidRequest, PayloadTooLarge, UnknownSource
+from switchboard.headers import never_stored
 from switchboard.model.events import (
     MAX_ENTITY_ID_BYTES,
     MAX_KEY_BYTES,
@@ -29,51 +28,6 @@ from switchboard.observability.tracing import NO_TRACER, Attributes, Tracer
 from switchboard.signatures import Verifier
 
 log = logging.getLogger(__name__)
-
-# Request headers never stored with an event: transport internals and credentials (and, per source, the
-# signature: select_headers' ``drop``).
-_DROP_PREFIXES = ("grpc-", "x-envoy-", ":")
-_DROP = frozenset(
-    {
-        "te",
-        "content-type",
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "content-length",
-        "accept-encoding",
-        "user-agent-grpc",
-        "traceparent",
-        "tracestate",
-    }
-)
-# Nor any header whose name says it carries a credential (senders add their own: ``x-api-key``,
-# ``x-webhook-token``, ``x-functions-key``, ``X-ClientSecret``, ...): headers are stored for the retention and
-# returned by GetEvent. Long stems count anywhere in the name (names run words together: ``x-webhooksecret``);
-# short ones only as a word (split at ``-``, ``_``, ``.``) or a word's start, so ``x-author`` is kept; a word
-# ending in ``key`` counts, except the few known not to be secrets (Bitbucket's ``X-Event-Key``).
-_CREDENTIAL_STEMS = ("secret", "password", "passwd", "passphrase", "signature", "session", "cookie",
-                     "credential", "token", "hmac", "apikey", "bearer", "private", "jwt")  # fmt: skip
-_CREDENTIAL_WORDS = frozenset({"auth", "authorization", "authentication", "oauth", "pass", "sig", "otp"})
-_NOT_CREDENTIALS = frozenset({"x-event-key", "x-idempotency-key", "idempotency-key"})
-_WORD_SPLIT = re.compile(r"[-_.]")
-
-
-@functools.lru_cache(maxsize=4096)  # every request asks for the same few names: decided once per name
-def _credential(name: str) -> bool:
-    if name in _NOT_CREDENTIALS:
-        return False
-    if any(stem in name for stem in _CREDENTIAL_STEMS):
-        return True
-    for word in _WORD_SPLIT.split(name):
-        if (
-            word in _CREDENTIAL_WORDS
-            or word.endswith("key")
-            or (word.startswith("auth") and not word.startswith("author"))
-        ):
-            return True
-    return False
-
 
 MAX_HEADER_VALUE = 4096
 MAX_CONTENT_TYPE = 255
@@ -101,11 +55,7 @@ def select_headers(metadata: Iterable[tuple[str, str | bytes]], drop: frozenset[
     out: dict[str, str] = {}
     for key, value in metadata:
         k = key.lower()
-        if k in _DROP or k.startswith(_DROP_PREFIXES) or k.endswith("-bin") or not isinstance(value, str):
-            continue
-        if _credential(k):
-            continue
-        if k in drop:
+        if not isinstance(value, str) or never_stored(k) or k in drop:
             continue
         value = value[:MAX_HEADER_VALUE]
         out[k] = f"{out[k]}, {value}" if k in out else value

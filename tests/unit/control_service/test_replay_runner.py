@@ -489,3 +489,30 @@ async def test_a_replay_may_start_at_the_epoch() -> None:
     assert job.queued == 2
     with pytest.raises(InvalidRequest, match="needs start_time and end_time"):
         await manager(events, jobs).start(dataclasses.replace(SEL, start_us=None))
+
+
+async def test_a_replay_carries_none_of_the_headers_ingest_no_longer_stores() -> None:
+    """An event stored before a credential's name was covered by ingest's rule kept the credential (and a
+    signature header); its replay published it again and the processor stored it with a fresh retention,
+    though the README says such headers expire with the old rows (found in review)."""
+    stored = {
+        "stripe-signature": "t=1,v1=ab",
+        "x-api-key": "k-123",
+        "x-webhook-token": "t-456",
+        "user-agent": "Stripe/1.0",
+        "x-request-id": "r1",
+    }
+    published: list[InboundEvent] = []
+
+    class Old(Events):
+        async def get(self, source: str, event_id: str) -> StoredEvent:
+            return StoredEvent(event(event_id=event_id, headers=stored), EventStatus.PROCESSED)
+
+        async def publish_event(self, e: InboundEvent) -> None:
+            published.append(e)
+            await super().publish_event(e)
+
+    events, jobs = Old(1), Jobs()
+    await manager(events, jobs).replay_event("shop", "evt_0", "", "test")
+    (replayed,) = published
+    assert replayed.headers == {"user-agent": "Stripe/1.0", "x-request-id": "r1"}
