@@ -47,9 +47,11 @@ record the attempt, and answer the worker with what follows (``switchboard.deliv
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -92,6 +94,8 @@ SATURATED_MAX_DEFER_S = 30.0
 # How often the worker drops what it keeps for subscriptions deleted or disabled meanwhile (``forget_gone``).
 FORGET_EVERY_S = 60.0
 SATURATED = "deferred: the endpoint has"  # how the reason of such a deferral starts
+CIRCUIT_OPEN = "deferred: the endpoint's circuit is open"  # how the reason of a circuit's deferral starts
+_HELD_SINCE = re.compile(r"held back since (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")
 
 
 class Deliveries(Protocol):
@@ -208,7 +212,9 @@ class DeliveryPipeline:
             else:
                 state = known.get(t.delivery_id)
                 ahead = _ahead_of_schedule(state, m)
-                jobs.append(_ready(ahead) if ahead else self._one(t, state, saturated_wait(m), _held(m)))
+                jobs.append(
+                    _ready(ahead) if ahead else self._one(t, state, saturated_wait(m), _held(m), circuit_since(m))
+                )
         # A failure is raised only once every task of the batch is over, their outcomes recorded: the worker
         # runs the batch again, and a task still sending then would be sent a second time at once.
         return await gather_settled(*jobs)
@@ -292,17 +298,23 @@ class DeliveryPipeline:
         self.slots.handover(subscription_id, time.monotonic())
 
     async def _one(
-        self, task: DeliveryTask, state: Delivery | None, waited: float, held: Callable[[], bool] = lambda: True
+        self,
+        task: DeliveryTask,
+        state: Delivery | None,
+        waited: float,
+        held: Callable[[], bool] = lambda: True,
+        held_since: int = 0,
     ) -> Verdict:
         """``waited``: seconds this copy was deferred for an in-flight limit (0 if it was not); ``held()``: the
-        copy is still this worker's (its channel is open)."""
+        copy is still this worker's (its channel is open); ``held_since``: when its circuit began holding it
+        back, if it did (``circuit_since``)."""
         attributes = {
             "switchboard.delivery_id": task.delivery_id,
             "switchboard.subscription_id": task.subscription_id,
             "switchboard.event_id": task.event.event_id,
         }
         with self.tracer.span("deliver", task.event.traceparent, kind="consumer", attributes=attributes) as span:
-            verdict = await self._deliver(task, state, waited, span.traceparent if span else "", held)
+            verdict = await self._deliver(task, state, waited, span.traceparent if span else "", held, held_since)
             if span is not None:
                 span.set("switchboard.verdict", type(verdict).__name__.lower())
                 span.set("switchboard.outcome", getattr(verdict, "outcome", "") or "")
@@ -315,6 +327,7 @@ class DeliveryPipeline:
         waited: float,
         trace: str,
         held: Callable[[], bool] = lambda: True,
+        held_since: int = 0,
     ) -> Verdict:
         """One task; ``trace`` is the parent of its spans ("" when its event is not traced). A copy whose channel
         closed while it waited for a slot or a rate token (this worker missed its heartbeats, or lost its
@@ -350,9 +363,11 @@ class DeliveryPipeline:
         # rate token): the other tasks wait that long.
         admission = self.breakers.admit(sub.id, time.monotonic(), self._timeout_ms(sub) / 1000 + 1.0)
         if admission.hold > 0:
-            if self._past_schedule(delivery, state, task, sub):
+            since = held_since or now_us()
+            if self._past_schedule(delivery, since, sub):
                 return await self._give_up(delivery, trace)
-            return await self._defer(delivery, state is None, admission.hold, circuit_open(admission.hold), trace)
+            reason = circuit_open(admission.hold, since)
+            return await self._defer(delivery, state is None, admission.hold, reason, trace)
         probe = admission.probe  # non-zero: this task is its half-open circuit's one probe
         host = host_of(sub.callback_url)
         try:
@@ -383,7 +398,7 @@ class DeliveryPipeline:
             ):  # disabled, deleted or moved: this task starts over (cancelled, or in line for its new host)
                 self._release(sub.id, host)
                 self.breakers.release(sub.id, probe)
-                return await self._deliver(task, state, waited, trace, held)
+                return await self._deliver(task, state, waited, trace, held, held_since)
             sub = current or sub  # a new path, secret or retry policy on the same host: this send uses it
             hold = self.breakers.held(sub.id, time.monotonic())  # it may have opened meanwhile
             if not hold and not probe and self.breakers.state(sub.id) is not State.CLOSED:
@@ -394,7 +409,9 @@ class DeliveryPipeline:
                 self.breakers.release(sub.id, probe)
                 if not held():  # its deferral would write PENDING over what the next worker records
                     return Ack("abandoned")
-                return await self._defer(delivery, state is None, hold, circuit_open(hold), trace)
+                return await self._defer(
+                    delivery, state is None, hold, circuit_open(hold, held_since or now_us()), trace
+                )
         if not held():
             self._release(sub.id, host)
             self.breakers.release(sub.id, probe)
@@ -506,16 +523,16 @@ class DeliveryPipeline:
         )
         return DeadLetter(attempt_no, error, outcome="disabled" if decision.disable_subscription else "failed")
 
-    def _past_schedule(self, delivery: Delivery, state: Delivery | None, task: DeliveryTask, sub: Subscription) -> bool:
-        """Whether the delivery's circuit has held it back for longer than the rest of its retry schedule would
-        have taken (with the schedule's jitter, and a longest cool-down more for a last probe). Counted from its
-        last attempt, else from its first deferral or its redrive (when its row was written with no attempt),
-        else from its task's creation. Deferred for as long as its endpoint stayed down, it was never
-        dead-lettered, and a backlog of tasks carrying whole events grew for as long."""
-        origin = state.updated_us if state is not None and state.updated_us else task.created_us
+    def _past_schedule(self, delivery: Delivery, since_us: int, sub: Subscription) -> bool:
+        """Whether the delivery's circuit has held it back (since ``since_us``: its copies' first circuit
+        deferral in a row) for longer than the rest of its retry schedule would have taken, with the schedule's
+        jitter and a longest cool-down more for a last probe. Deferred for as long as its endpoint stayed down,
+        it was never dead-lettered, and a backlog of tasks carrying whole events grew for as long. (Counted from
+        the row's last write or the task's creation, a task held back for other reasons before the circuit
+        opened, or waiting for a long Retry-After, was given up at the circuit's first deferral.)"""
         rest = _schedule(sub).retry_delays[max(delivery.attempts - 1, 0) :]
         allowed_s = sum(rest) * (1 + policy.JITTER) + self.breakers.settings.max_cooldown_seconds
-        return now_us() - origin > allowed_s * 1_000_000
+        return now_us() - since_us > allowed_s * 1_000_000
 
     async def _give_up(self, delivery: Delivery, trace: str) -> Verdict:
         """FAILED without a send (``_past_schedule``), and dead-lettered: a redrive sends it again."""
@@ -539,7 +556,8 @@ class DeliveryPipeline:
             delivery.next_attempt_us = delivery.updated_us + round(hold * 1_000_000)
             await self._record(delivery, None, trace)
         # No jitter: the task waits in the shortest delay queue that holds ``hold`` (a cool-down of 30 s in the
-        # 30 s one), and when they all come back the half-open circuit lets one through and defers the rest 1 s.
+        # 30 s one), and when they all come back the half-open circuit lets one through and defers the rest until
+        # its answer is due (``Breakers.probe_hold``).
         return _deferral(delivery.attempts, reason, hold)
 
     async def _record(self, delivery: Delivery, attempt: Attempt | None, trace: str, *, state: bool = True) -> None:
@@ -570,9 +588,22 @@ def host_of(url: str) -> str:
     return f"{parts.hostname or ''}:{port or (443 if parts.scheme == 'https' else 80)}"
 
 
-def circuit_open(hold: float) -> str:
-    """The reason of a task deferred for its subscription's open circuit, ``hold`` seconds before it sends."""
-    return f"deferred: the endpoint's circuit is open (sending again in {hold:.1f} s)"
+def circuit_open(hold: float, since_us: int) -> str:
+    """The reason of a task deferred for its subscription's open circuit, ``hold`` seconds before it sends, held
+    back since ``since_us`` (its copy carries the reason: ``circuit_since`` reads it back)."""
+    since = dt.datetime.fromtimestamp(since_us // 1_000_000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{CIRCUIT_OPEN} (held back since {since}; sending again in {hold:.1f} s)"
+
+
+def circuit_since(message: QueueMessage) -> int:
+    """When the copy's circuit began holding it back (µs), if its last deferral was its circuit's, else 0."""
+    if not message.last_error.startswith(CIRCUIT_OPEN):
+        return 0
+    found = _HELD_SINCE.search(message.last_error)
+    if found is None:
+        return 0
+    at = dt.datetime.strptime(found.group(1), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    return int(at.timestamp()) * 1_000_000
 
 
 def saturated_hold(waited: float, rng: random.Random) -> float:

@@ -11,9 +11,10 @@ known to be down. With one:
   ``max_cooldown_seconds``): nothing is sent. A task that comes meanwhile is deferred to the end of the
   cool-down, without an attempt (its retry schedule does not move): the caller parks it in a delay queue.
 * **Half-open** after the cool-down: one send goes out as a probe, the others are deferred until its answer
-  is due (its send's timeout after it was admitted, at least ``PROBE_WAIT_SECONDS``): deferred a second at a
-  time, a backlog of 20,000 tasks went round the delay queue ten times (a state read and a confirmed publish
-  each) for every probe of an endpoint that timed out after 10 s. The
+  is due (its send's timeout after it was admitted, at least ``PROBE_WAIT_SECONDS``, at most
+  ``PROBE_HOLD_MAX_SECONDS``): deferred a second at a time, a backlog of 20,000 tasks went round the delay
+  queue ten times (a state read and a confirmed publish each) for every probe of an endpoint that timed out
+  after 10 s. A probe answered at once does not call back the ones deferred (they wait out their hold). The
   probe's success closes the circuit; its failure opens it again, for twice as long. The probe is the send
   whose admission carries the probe token: a late answer of a send from before the circuit opened, or of a
   probe that timed out and was replaced, is never taken for it.
@@ -30,8 +31,10 @@ import enum
 import itertools
 from dataclasses import dataclass, field
 
-# The shortest wait of tasks deferred while another one is the half-open probe.
+# The shortest and the longest wait of tasks deferred while another one is the half-open probe (the longest: a
+# probe with a 60 s timeout that is answered at once would keep the others a minute).
 PROBE_WAIT_SECONDS = 1.0
+PROBE_HOLD_MAX_SECONDS = 10.0
 # A probe not recorded within this long (its worker lost it: cancelled, crashed) lets another one go.
 PROBE_TIMEOUT_SECONDS = 120.0
 
@@ -135,7 +138,7 @@ class Breakers:
 
     @staticmethod
     def _probe_wait(circuit: _Circuit, now: float) -> float:
-        return max(PROBE_WAIT_SECONDS, circuit.probe_due - now)
+        return max(PROBE_WAIT_SECONDS, min(circuit.probe_due - now, PROBE_HOLD_MAX_SECONDS))
 
     def release(self, key: str, probe: int) -> None:
         """A send ``admit`` allowed is not made. If it held the probe, the next send may probe; any other

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from delivery_service.limiter import Limiter
-from delivery_service.pipeline import SATURATED, Defaults, DeliveryPipeline, host_of
+from delivery_service.pipeline import SATURATED, Defaults, DeliveryPipeline, circuit_open, circuit_since, host_of
 from switchboard.delivery.sender import Response
 from switchboard.delivery.signing import delivery_headers
 from switchboard.model.events import now_us
@@ -793,34 +793,45 @@ async def test_a_task_lost_while_it_waited_for_its_token_is_not_deferred_over_th
     assert "dlv_a" not in store.rows and sender.posts == 0 and pipeline.in_flight.total() == 0
 
 
-async def test_a_delivery_held_back_longer_than_the_rest_of_its_schedule_is_failed_and_dead_lettered() -> None:
+async def test_a_delivery_its_circuit_held_back_longer_than_the_rest_of_its_schedule_is_dead_lettered() -> None:
     """While its circuit was open a task was deferred without an attempt, for as long as the endpoint stayed
-    down: never dead-lettered, and the delay queues grew by a whole event per task (found in review). Past the
-    rest of its schedule (from its last attempt, its first deferral or its redrive; with the jitter and a
-    longest cool-down more) it is FAILED and dead-lettered, which a redrive sends again."""
+    down: never dead-lettered, and the delay queues grew by a whole event per task (found in review). Held back
+    by its circuit (since its copies' first circuit deferral in a row) past the rest of its schedule, with the
+    jitter and a longest cool-down more, it is FAILED and dead-lettered, which a redrive sends again. A task
+    held back before for another reason, or that waited long for a Retry-After, starts its count at its first
+    circuit deferral (counted from the row's last write, such a task was given up at once: found in review)."""
     pipeline, store, sender = build(slot_wait_ms=250, max_in_flight=4)
     open_circuit(pipeline, cooled=False)
     hour = 3_600_000_000
     now = now_us()
-    # Attempt 3 made: the rest of the default schedule is 30 min + 2 h + 5 h + 10 h + 10 h (27.5 h; 30.4 h
-    # with the jitter and a 10-minute cool-down).
-    rows = {
-        "dlv_old": Delivery(
-            "dlv_old", "sub_1", "shop", "e", "t", DeliveryStatus.RETRYING, 3, updated_us=now - 31 * hour
-        ),
-        "dlv_young": Delivery(
-            "dlv_young", "sub_1", "shop", "e", "t", DeliveryStatus.RETRYING, 3, updated_us=now - 29 * hour
-        ),
-        # Redriven an hour ago (no attempt since): a fresh schedule.
-        "dlv_redriven": Delivery(
-            "dlv_redriven", "sub_1", "shop", "e", "t", DeliveryStatus.PENDING, 0, updated_us=now - hour
-        ),
-    }
-    store.rows.update({k: dataclasses.replace(v, created_us=now - 40 * hour) for k, v in rows.items()})
-    old, young, redriven, fresh = await pipeline.handle(
-        [copy("dlv_old"), copy("dlv_young"), copy("dlv_redriven"), copy("dlv_fresh")]
+
+    def retrying(delivery_id: str) -> Delivery:  # attempt 3 made 40 hours ago
+        return Delivery(delivery_id, "sub_1", "shop", "e", "t", DeliveryStatus.RETRYING, 3, updated_us=now - 40 * hour)
+
+    for name in ("dlv_old", "dlv_young", "dlv_first", "dlv_saturated"):
+        store.rows[name] = retrying(name)
+
+    def held_since(delivery_id: str, since_us: int) -> QueueMessage:
+        return copy(delivery_id, {"x-attempt": 3, "x-last-error": circuit_open(30.0, since_us)})
+
+    # The rest of the default schedule after attempt 3 is 30 min + 2 h + 5 h + 10 h + 10 h (27.5 h; 30.4 h with
+    # the jitter and a 10-minute cool-down).
+    verdicts = await pipeline.handle(
+        [
+            held_since("dlv_old", now - 31 * hour),
+            held_since("dlv_young", now - 29 * hour),
+            copy("dlv_first", {"x-attempt": 3, "x-last-error": "THROTTLED: 429, Retry-After honoured (3600 s)"}),
+            copy("dlv_saturated", {"x-attempt": 3, "x-last-error": f"{SATURATED} 4 requests in flight"}),
+            copy("dlv_fresh"),
+        ]
     )
+    old, young, first, saturated, fresh = verdicts
     assert isinstance(old, DeadLetter) and old.error.startswith("CIRCUIT_OPEN: the endpoint's circuit stayed open")
     assert store.rows["dlv_old"].status is DeliveryStatus.FAILED and store.rows["dlv_old"].attempts == 3
-    assert [v.outcome for v in (young, redriven, fresh)] == ["deferred"] * 3
+    assert [v.outcome for v in (young, first, saturated, fresh)] == ["deferred"] * 4
     assert store.rows["dlv_young"].status is DeliveryStatus.RETRYING and sender.posts == 0
+    # Each deferral's copy says since when its circuit holds it back: the first ones from now on.
+    assert all(isinstance(v, Retry) for v in (young, first, fresh))
+    since = [circuit_since(copy("x", {"x-last-error": v.error})) for v in (young, first, fresh)]  # type: ignore[union-attr]
+    assert abs(since[0] - (now - 29 * hour)) < 1_000_000
+    assert all(abs(s - now) < 5_000_000 for s in since[1:])

@@ -4,6 +4,7 @@ import pytest
 
 from switchboard.delivery import policy
 from switchboard.delivery.breaker import (
+    PROBE_HOLD_MAX_SECONDS,
     PROBE_TIMEOUT_SECONDS,
     PROBE_WAIT_SECONDS,
     Admission,
@@ -179,12 +180,13 @@ def test_settings_are_checked() -> None:
 def test_while_the_probe_is_out_the_others_wait_until_its_answer_is_due() -> None:
     """They were deferred a second at a time: with a 10 s timeout, a backlog went round the delay queue ten
     times per probe (a state read and a confirmed publish each), found in review. They now wait until the
-    probe's answer is due, at least a second; a probe that stays out past PROBE_TIMEOUT_SECONDS is replaced."""
+    probe's answer is due, at least a second and at most PROBE_HOLD_MAX_SECONDS; a probe that stays out past
+    PROBE_TIMEOUT_SECONDS is replaced."""
     b = Breakers(SETTINGS)
     fail(b, 3, now=0.0)
     probe = b.admit("sub", 10.0, answer_within=11.0)
     assert (probe.hold, bool(probe.probe)) == (0.0, True)
-    assert b.admit("sub", 10.5, answer_within=11.0).hold == pytest.approx(10.5)  # until 21.0
+    assert b.admit("sub", 10.5, answer_within=11.0).hold == pytest.approx(PROBE_HOLD_MAX_SECONDS)  # 10.5 s to 21.0
     assert b.probe_hold("sub", 12.0) == pytest.approx(9.0)
     assert b.admit("sub", 20.8).hold == PROBE_WAIT_SECONDS  # at least a second
     assert b.admit("other", 12.0).hold == 0.0 and b.probe_hold("other", 12.0) == PROBE_WAIT_SECONDS
