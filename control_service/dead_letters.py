@@ -57,7 +57,7 @@ MAX_SCAN = 5000
 # page): a page of 1,000 dead letters of 5 KB bodies was ~5 MB, refused by a client that takes gRPC's default
 # 4 MiB, and of bodies up to the edge's limit, gigabytes read into the service. Messages are read
 # MESSAGE_READS at a time.
-MESSAGE_READS = 8
+MESSAGE_READS = 32
 DEFAULT_RANGE_US = 30 * 86_400 * 1_000_000
 
 
@@ -341,12 +341,16 @@ class DeadLetterManager:
         """``rows`` read whole, in order, up to ``pagination.PAGE_BYTES`` of messages (at least one row); whether
         that cut the page short. A row that expired since the listing read it is left out."""
         out: list[DeadLetter] = []
+        size = 0
         for i in range(0, len(rows), MESSAGE_READS):
             chunk = rows[i : i + MESSAGE_READS]
-            out += [d for d in await asyncio.gather(*(self.store.dead_letter_message(d) for d in chunk)) if d]
-            kept = pagination.fits(out, _message_bytes)
-            if kept < len(out):
-                return out[:kept], True
+            for d in await asyncio.gather(*(self.store.dead_letter_message(d) for d in chunk)):
+                if d is None:
+                    continue
+                size += _message_bytes(d)
+                if out and size > pagination.PAGE_BYTES:
+                    return out, True
+                out.append(d)
         return out, False
 
     async def selection(self, ids: Sequence[str], f: Filter, everything: bool) -> list[DeadLetter]:
@@ -539,8 +543,10 @@ def _after(d: DeadLetter) -> tuple[str, int, int, str]:
 
 
 def _message_bytes(d: DeadLetter) -> int:
-    """About what ``d`` weighs in a listing's answer: its message and error, and ~200 bytes for the rest."""
-    return len(d.body) + sum(len(k) + len(v) for k, v in d.headers.items()) + len(d.last_error) + 200
+    """About what ``d`` weighs in a listing's answer (UTF-8): its message and error, its names, ~100 bytes more."""
+    texts = (d.last_error, d.source, d.event_id, d.event_type, d.subscription_id, d.delivery_id, d.reason, d.id)
+    headers = sum(len(k.encode()) + len(v.encode()) for k, v in d.headers.items())
+    return len(d.body) + headers + sum(len(t.encode()) for t in texts) + 100
 
 
 def _takeable(d: DeadLetter, now: int) -> bool:

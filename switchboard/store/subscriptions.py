@@ -24,9 +24,11 @@ class SubscriptionStore:
 
     async def put(self, s: Subscription) -> None:
         """Writes a new subscription's client index row, then the subscription. In that order: an index row
-        without its subscription (the second write failed) is passed over by ``page``, while a subscription
+        without its subscription (the second write refused) is passed over by ``page``, while a subscription
         written without its index row (the two went together, and the index's failed) went live, signing with a
-        secret its caller never got (the create answered an error), and no listing of its client showed it."""
+        secret its caller never got (the create answered an error), and no listing of its client showed it. A
+        write that timed out may have been applied all the same: then the create answers an error while the
+        subscription exists, listed, its secret unknown to its caller (who can rotate it, or delete it)."""
         await self.store.execute(self.q.index_put, (s.client_id, s.id))
         await self.store.execute(self.q.put, (s.id, *self._values(s)))
 

@@ -339,3 +339,22 @@ async def test_small_messages_fill_the_page_and_a_row_that_expired_since_the_lis
     assert [d.id for d in page] == [d.id for d in store.rows[:10] if d.id != gone]
     rest, _ = await manager.list_dead_letters(f, 10, token)
     assert rest[0].id == store.rows[10].id  # after the page's last row read, not its last one kept
+
+
+async def test_a_page_is_measured_in_bytes_not_characters() -> None:
+    """Errors and headers were counted in characters: 1,000 dead letters of 1 KB bodies with a 1,000-character
+    Japanese error (3 bytes a character) made a page of ~4.3 MB, past a default client's 4 MiB (found in
+    review)."""
+    store = Heavy(1000, size=1024, first=1024)
+    read = store.dead_letter_message
+
+    async def japanese(d: DeadLetter) -> DeadLetter | None:
+        got = await read(d)
+        return replace(got, last_error="失" * 1000, headers={"x-last-error": "敗" * 300}) if got else None
+
+    store.dead_letter_message = japanese  # type: ignore[method-assign]
+    manager = DeadLetterManager(store, None, None)  # type: ignore[arg-type]
+    f = Filter(kind=DeadLetterKind.PROCESSING, start_us=0, end_us=2_000_000_000_000_000)
+    page, token = await manager.list_dead_letters(f, MAX_PAGE, "")
+    weight = sum(len(d.body) + len(d.last_error.encode()) + len(d.headers["x-last-error"].encode()) for d in page)
+    assert token and 500 < len(page) < 1000 and weight <= PAGE_BYTES
