@@ -18,9 +18,10 @@ class ExitAfterDisable:
     def __init__(self, inner: Disabler) -> None:
         self.inner = inner
 
-    async def disable(self, subscription_id: str, reason: str, callback_url: str) -> None:
-        await self.inner.disable(subscription_id, reason, callback_url)
+    async def disable(self, subscription_id: str, reason: str, callback_url: str) -> bool:
+        disabled = await self.inner.disable(subscription_id, reason, callback_url)
         crash("exit_after_disable", subscription=subscription_id)
+        return disabled
 
 
 def armed(disabler: Disabler) -> Disabler:

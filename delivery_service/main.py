@@ -47,20 +47,21 @@ class AutoDisable:
         self.cache = cache
         self.notices = notices
 
-    async def disable(self, subscription_id: str, reason: str, callback_url: str) -> None:
+    async def disable(self, subscription_id: str, reason: str, callback_url: str) -> bool:
         """Only while the subscription still sends to ``callback_url``, the URL that answered: a late 410 of
-        the old URL disabled a subscription its client had just moved to a new one."""
+        the old URL disabled a subscription its client had just moved to a new one. Whether it is disabled."""
         disabled = await self.subscriptions.set_status(
             subscription_id, SubscriptionStatus.AUTO_DISABLED, reason, now_us(), only_url=callback_url
         )
+        await self.cache.refresh(subscription_id)  # disabled, or moved: the delivery's next try sends there
         if not disabled:
             log.info(
                 "a 410 of an endpoint the subscription no longer sends to", extra={"subscription": subscription_id}
             )
-            return
-        await self.cache.refresh(subscription_id)
+            return False
         await self.notices.changed(subscription_id)
         log.warning("subscription disabled by its endpoint", extra={"subscription": subscription_id, "reason": reason})
+        return True
 
 
 async def run(cfg: PlatformConfig, args: argparse.Namespace) -> None:

@@ -95,6 +95,8 @@ SATURATED_MAX_DEFER_S = 30.0
 FORGET_EVERY_S = 60.0
 SATURATED = "deferred: the endpoint has"  # how the reason of such a deferral starts
 CIRCUIT_OPEN = "deferred: the endpoint's circuit is open"  # how the reason of a circuit's deferral starts
+# The wait before a delivery answered 410 by a URL its subscription moved from is sent to its new one.
+MOVED_RETRY_MS = 1000
 _HELD_SINCE = re.compile(r"held back since (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")
 
 
@@ -109,7 +111,8 @@ class Subscriptions(Protocol):
 
 
 class Disabler(Protocol):
-    async def disable(self, subscription_id: str, reason: str, callback_url: str) -> None: ...
+    async def disable(self, subscription_id: str, reason: str, callback_url: str) -> bool:
+        """Disables the subscription if it still sends to ``callback_url``; whether it is disabled."""
 
 
 class Sender(Protocol):
@@ -492,14 +495,23 @@ class DeliveryPipeline:
             )
         elif change is not None:
             log.info("circuit closed: the endpoint answered", extra={"subscription": sub.id})
+        delay_ms = decision.delay_ms
+        disabled = False
         if decision.disable_subscription:
             self._forget(sub.id)
             # Before the attempt is recorded: a worker killed between the two leaves a FAILED delivery that its
             # redelivery acks without a send, so disabling after the record could be lost. This way round, the
             # redelivery finds the subscription disabled and records the task CANCELLED.
-            await self.disabler.disable(
+            disabled = await self.disabler.disable(
                 sub.id, f"the endpoint answered {response.status} ({decision.detail})", sub.callback_url
             )
+            if not disabled and attempt_no < schedule.max_attempts:
+                # A 410 of a URL the subscription no longer sends to (its client moved it while this POST was
+                # out): nothing was disabled, and the delivery goes to its new URL (it was failed for good).
+                outcome = attempt.outcome = delivery.status = DeliveryStatus.RETRYING
+                error = delivery.last_error = f"{error} (from a URL the subscription no longer sends to)"[:1000]
+                delay_ms = MOVED_RETRY_MS
+                delivery.next_attempt_us = finished + delay_ms * 1000
         if outcome is not DeliveryStatus.DELIVERED and not held():
             # The task was lost while its POST was out (the channel closed): the broker gave it to the
             # partition's next worker, which may have recorded its own send already. This failure is history (the
@@ -515,13 +527,13 @@ class DeliveryPipeline:
             fresh = state is None and not task.replay_id
             return Ack("delivered", (finished - task.event.received_us) / 1000 if fresh else None)
         if outcome is DeliveryStatus.RETRYING:
-            assert decision.delay_ms is not None
-            return Retry(attempt_no, error, delay_ms=decision.delay_ms)
+            assert delay_ms is not None
+            return Retry(attempt_no, error, delay_ms=delay_ms)
         log.info(
             "delivery failed",
             extra={"delivery": task.delivery_id, "subscription": sub.id, "attempts": attempt_no, "error": error[:300]},
         )
-        return DeadLetter(attempt_no, error, outcome="disabled" if decision.disable_subscription else "failed")
+        return DeadLetter(attempt_no, error, outcome="disabled" if disabled else "failed")
 
     def _past_schedule(self, delivery: Delivery, since_us: int, sub: Subscription) -> bool:
         """Whether the delivery's circuit has held it back (since ``since_us``: its copies' first circuit

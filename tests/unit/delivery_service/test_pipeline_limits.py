@@ -65,7 +65,7 @@ class Subscriptions:
 
 
 class NoDisable:
-    async def disable(self, subscription_id: str, reason: str, callback_url: str) -> None:
+    async def disable(self, subscription_id: str, reason: str, callback_url: str) -> bool:
         raise AssertionError("nothing here disables a subscription")
 
 
@@ -835,3 +835,37 @@ async def test_a_delivery_its_circuit_held_back_longer_than_the_rest_of_its_sche
     since = [circuit_since(copy("x", {"x-last-error": v.error})) for v in (young, first, fresh)]  # type: ignore[union-attr]
     assert abs(since[0] - (now - 29 * hour)) < 1_000_000
     assert all(abs(s - now) < 5_000_000 for s in since[1:])
+
+
+class Disables:
+    """Disables the subscription unless its client moved it to another URL meanwhile (``moved``)."""
+
+    def __init__(self, moved: bool) -> None:
+        self.moved = moved
+        self.asked: list[str] = []
+
+    async def disable(self, subscription_id: str, reason: str, callback_url: str) -> bool:
+        self.asked.append(callback_url)
+        return not self.moved
+
+
+@pytest.mark.parametrize("moved", [False, True])
+async def test_a_410_of_a_url_the_subscription_moved_from_sends_the_delivery_again(moved: bool) -> None:
+    """A 410 from the URL the POST went to while the client moved the subscription to a new one: nothing is
+    disabled (the store's condition on the URL), and the delivery, failed and dead-lettered as "disabled",
+    never reached the new URL (found in review). It is tried again a second later, at its subscription's URL."""
+    pipeline, store, sender = build(slot_wait_ms=250, max_in_flight=4)
+    disabler = Disables(moved)
+    pipeline.disabler = disabler
+    sender.status = 410
+    sender.release.set()
+    (verdict,) = await pipeline.handle([copy("dlv_a")])
+    assert disabler.asked == [URL]
+    row = store.rows["dlv_a"]
+    if moved:
+        assert isinstance(verdict, Retry) and verdict.delay_ms == 1000 and verdict.attempt == 1
+        assert row.status is DeliveryStatus.RETRYING and "no longer sends to" in row.last_error
+        assert store.attempts[-1].outcome is DeliveryStatus.RETRYING
+    else:
+        assert isinstance(verdict, DeadLetter) and verdict.outcome == "disabled"
+        assert row.status is DeliveryStatus.FAILED
