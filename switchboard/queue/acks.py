@@ -30,10 +30,14 @@ class AckTracker:
     def delivered(self, tag: int) -> None:
         self._outstanding[tag] = None
 
-    def forget(self, tag: int) -> None:
-        """A delivery nacked or rejected elsewhere (it no longer blocks the prefix)."""
+    def returned(self, tag: int) -> None:
+        """A delivery the caller has just nacked or rejected: it no longer blocks the prefix, and the settled ones
+        that waited behind it are acked now (they waited for the next settle of the channel, which on a quiet
+        partition could be its next hand-over: a crash meanwhile redelivered committed work). Called after the
+        nack: a ``multiple`` ack sent before it would cover the nacked delivery."""
         self._outstanding.pop(tag, None)
         self._settled.discard(tag)
+        self.settle(())
 
     def settle(self, tags: Iterable[int]) -> None:
         """Marks ``tags`` as ready to ack and acks what can be acked. Raises what the driver raises (the channel

@@ -840,10 +840,10 @@ class QueueWorker:
         delivery: _Delivery = message.raw
         if not delivery.held:
             return
-        delivery.tracker.forget(delivery.tag)
         try:
             delivery.channel.channel.basic_nack(delivery.tag, requeue=True)
-        except PIKA_ERRORS as exc:
+            delivery.tracker.returned(delivery.tag)
+        except PIKA_ERRORS as exc:  # the channel closed: the broker has every unacked delivery of it back
             log.info("nack failed", extra={"message_id": message.message_id, "error": repr(exc)})
 
     def _crashed(self, message: QueueMessage, exc: Exception) -> Verdict:
