@@ -27,6 +27,9 @@ GRPC_MAX_METADATA_BYTES = 32 * 1024
 # Envoy's token bucket holds at most this many tokens (max_tokens is a uint32): a larger rate limit makes
 # Envoy refuse its configuration.
 MAX_RATE_LIMIT_REQUESTS = 2**32 - 1
+# The longest window a rate limit counts over: a week. Its bucket's fill interval is ``per_seconds`` for a limit
+# of one request, and Envoy refuses a duration past ~3.2e11 s (10**12 was taken and Envoy would not start).
+MAX_RATE_LIMIT_SECONDS = 7 * 86_400
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ def parse_rate_limit(v: Any, where: str) -> RateLimit | None:
         raise ConfigError(f"{where}.requests is required")
     t = Table(v, where, RateLimit)
     return RateLimit(
-        requests=t.int_between("requests", 1, MAX_RATE_LIMIT_REQUESTS), per_seconds=t.pos_int("per_seconds")
+        requests=t.int_between("requests", 1, MAX_RATE_LIMIT_REQUESTS),
+        per_seconds=t.int_between("per_seconds", 1, MAX_RATE_LIMIT_SECONDS),
     )
 
 

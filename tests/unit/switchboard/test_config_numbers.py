@@ -86,6 +86,11 @@ def test_finite_values_still_parse() -> None:
             "[edge]\nper_ip_rate_limit = { requests = 4294967296 }\n",
             r"edge\.per_ip_rate_limit\.requests: .*between 1 and 4294967295",
         ),
+        # Its bucket's fill interval (per_seconds for one request): Envoy refused 10**12 s and did not start.
+        (
+            "[edge]\nper_ip_rate_limit = { requests = 1, per_seconds = 1000000000000 }\n",
+            r"edge\.per_ip_rate_limit\.per_seconds: .*between 1 and 604800",
+        ),
     ],
 )
 def test_a_number_beyond_what_its_component_takes_is_refused(toml: str, message: str) -> None:
