@@ -17,7 +17,7 @@ from switchboard.observability.hooks import IngestMetrics, metrics_endpoint
 from switchboard.observability.tracing import setup_tracing
 from switchboard.rpc.server import GrpcServer, Service
 from switchboard.runtime.service import serve, service_main
-from switchboard.signatures import build_verifier
+from switchboard.signatures import build_verifier, check_distinct_secrets
 from switchboard.streams import EventPublisher
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,9 @@ def build_sources(cfg: PlatformConfig) -> dict[str, Source]:
     """Every configured source with its verifier; raises ConfigError (naming the source) if any is unsafe."""
     if not cfg.sources:
         raise ConfigError("no sources configured: ingest would reject every request")
-    return {s.name: Source(s, build_verifier(s)) for s in cfg.sources}
+    sources = {s.name: Source(s, build_verifier(s)) for s in cfg.sources}
+    check_distinct_secrets(cfg.sources)
+    return sources
 
 
 class MeteredIngestor(Ingestor):

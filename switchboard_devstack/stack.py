@@ -27,7 +27,7 @@ from switchboard.config.ports import check_ports, platform_ports
 from switchboard.errors import StackError
 from switchboard.observability.hooks import PORT_ENV
 from switchboard.queue import Topology
-from switchboard.signatures import build_verifier
+from switchboard.signatures import build_verifier, check_distinct_secrets
 from switchboard.store import StoreSession
 from switchboard.streams import deliveries_topology, events_topology
 from switchboard_devstack.cassandra import CassandraNode
@@ -166,6 +166,7 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for source in cfg.sources:  # create generated secrets, and refuse early what ingest would refuse at start
             build_verifier(source)  # (a missing or too short secret, an unknown option): before anything runs
+        check_distinct_secrets(cfg.sources)
         if cfg.delivery.secrets_key is not None:
             cfg.delivery.secrets_key.resolve()
         if cfg.edge.tls_cert and cfg.edge.tls_key:

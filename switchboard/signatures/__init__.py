@@ -11,6 +11,7 @@ benchmark sign like providers, and delivery signs with ``standard_webhooks.sign`
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ from switchboard.signatures import github, shopify, standard_webhooks, stripe
 from switchboard.signatures import hmac as generic_hmac
 from switchboard.signatures.base import Builder, Verified, Verifier
 
-__all__ = ["SCHEMES", "SourceSpec", "Verified", "Verifier", "build_verifier", "sign"]
+__all__ = ["SCHEMES", "SourceSpec", "Verified", "Verifier", "build_verifier", "check_distinct_secrets", "sign"]
 
 _BUILDERS: dict[str, Builder] = {
     stripe.SCHEME: stripe.build,
@@ -108,3 +109,20 @@ def sign(
     if scheme == generic_hmac.SCHEME:
         return generic_hmac.sign(secret, body, now=now, event_id=event_id, event_type=event_type, **dict(options or {}))
     raise ConfigError(f"scheme {scheme[:40]!r} is unknown (one of {', '.join(SCHEMES)})")
+
+
+def check_distinct_secrets(sources: Sequence[SourceSpec]) -> None:
+    """No signing secret serves two sources: no scheme signs the source's name, so a request signed for one
+    would verify at the other and, keyed by that source, be taken as a new event (applied and delivered
+    again). Compared by digest, never shown."""
+    owners: dict[bytes, tuple[str, int]] = {}
+    for source in sources:
+        for index, ref in enumerate(source.secrets, start=1):
+            digest = hashlib.sha256(ref.resolve().reveal().encode()).digest()
+            other, other_index = owners.setdefault(digest, (source.name, index))
+            if other != source.name:
+                raise ConfigError(
+                    f"sources {other!r} (secret #{other_index}) and {source.name!r} (secret #{index}) share a "
+                    "signing secret: a request signed for one would be taken by the other as a new event; give "
+                    "each source a secret of its own; refusing to start"
+                )

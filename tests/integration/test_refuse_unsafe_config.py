@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,26 @@ def test_missing_secret_refuses_ingest_naming_the_source(tmp_path: Path) -> None
     )
     assert out.returncode == 2
     assert "shop" in out.stderr and "SB_SURELY_UNSET_SECRET" in out.stderr
+
+
+def test_two_sources_sharing_a_secret_refuse_ingest_without_showing_it(tmp_path: Path) -> None:
+    """No scheme signs the source's name: a request signed for one source verified at the other and, keyed by
+    that source, was a new event there (applied and delivered again). Found in review."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(
+        '[[sources]]\nname = "orders"\nscheme = "github"\nsecrets = [{ env = "SB_TEST_SHARED" }]\n'
+        '[[sources]]\nname = "products"\nscheme = "github"\n'
+        'secrets = [{ env = "SB_TEST_OWN" }, { env = "SB_TEST_SHARED" }]\n'
+    )
+    shared, own = "s" * 40 + "shared-secret-value", "o" * 40 + "own-secret-value"
+    env = {**os.environ, "SB_TEST_SHARED": shared, "SB_TEST_OWN": own}
+    out = subprocess.run(
+        [sys.executable, "-m", "ingest_service", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert out.returncode == 2
+    assert "'orders' (secret #1) and 'products' (secret #2) share a signing secret" in out.stderr
+    assert "refusing to start" in out.stderr and shared not in out.stderr + out.stdout
