@@ -45,30 +45,32 @@ class SecretRef:
     generate: str | None = None
 
     def describe(self) -> str:
-        return f"env:{self.env}" if self.env else f"file:{self.file}"
+        return f"env:{shown(self.env)}" if self.env else f"file:{shown(str(self.file))}"
 
     def resolve(self) -> Secret:
         if self.env:
             value = os.environ.get(self.env, "").strip()
+            where = f"secret environment variable {shown(self.env)}"
             if not value:
-                raise ConfigError(f"secret environment variable {self.env} is not set or empty")
-            _one_line(value, f"secret environment variable {self.env}")
-            return Secret(value, f"env:{self.env}")
+                raise ConfigError(f"{where} is not set or empty")
+            _one_line(value, where)
+            return Secret(value, f"env:{shown(self.env)}")
         assert self.file is not None
         if not self.file.exists() and self.generate:
             generate_secret_file(self.file, self.generate)
+        path = shown(str(self.file))
         try:
             mode = stat.S_IMODE(self.file.stat().st_mode)
             if mode & 0o004:
-                log.warning("secret file readable by every user", extra={"file": str(self.file), "mode": f"{mode:04o}"})
+                log.warning("secret file readable by every user", extra={"file": path, "mode": f"{mode:04o}"})
             if mode & 0o022:
                 raise ConfigError(
-                    f"secret file {self.file} is writable by its group or others (mode {mode:04o}): run "
-                    f"chmod 600 {self.file} (and consider rotating the secret)"
+                    f"secret file {path} is writable by its group or others (mode {mode:04o}): run "
+                    f"chmod 600 {path} (and consider rotating the secret)"
                 )
             value = self.file.read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"cannot read secret file {self.file}: {exc.strerror}") from None
+            raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
         if not value:
             hint = (
                 " (an interrupted first start before it was written atomically? remove it to have a new one "
@@ -76,9 +78,24 @@ class SecretRef:
                 if self.generate
                 else ""
             )
-            raise ConfigError(f"secret file {self.file} is empty{hint}")
-        _one_line(value, f"secret file {self.file}")
-        return Secret(value, f"file:{self.file}")
+            raise ConfigError(f"secret file {path} is empty{hint}")
+        _one_line(value, f"secret file {path}")
+        return Secret(value, f"file:{path}")
+
+
+_SECRET_PREFIXES = ("whsec_", "sk_", "rk_", "shpss_", "ghp_", "github_pat_")
+
+
+def shown(name: str) -> str:
+    """``name`` (a variable's name or a file's path) as messages and logs show it, unless it looks like a
+    secret pasted where the name belongs (a provider's prefix, or 32 characters and more with digits and
+    lowercase letters, no path separator or extension): then its first characters only. ``{ env = "whsec_..." }``
+    put the secret itself in the refusal to start, on stderr and in the JSON log."""
+    base = name.rsplit("/", 1)[-1]
+    pasted = name.startswith(_SECRET_PREFIXES) or (
+        len(name) >= 32 and base == name and "." not in name and any(c.isdigit() for c in name) and not name.isupper()
+    )
+    return f"{name[:4]}... ({len(name)} characters: a secret where a name belongs?)" if pasted else name
 
 
 def _one_line(value: str, where: str) -> None:

@@ -104,3 +104,28 @@ def test_an_empty_generated_file_says_how_it_came_about(tmp_path: Path) -> None:
     path.touch(mode=0o600)
     with pytest.raises(ConfigError, match=r"is empty .*interrupted first start"):
         SecretRef(file=path, generate="fernet").resolve()
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        SecretRef(env="whsec_MfKQ9r8GKYqrTNm5Y8NfpZh8xQ2vA7b1"),
+        SecretRef(env="3f9a1c07be45d2e8a6b0c9f1d4e7a2b5c8d0e3f6"),
+        SecretRef(file=Path("whsec_MfKQ9r8GKYqrTNm5Y8NfpZh8xQ2vA7b1")),
+    ],
+)
+def test_a_secret_pasted_where_its_name_belongs_is_not_shown_in_the_refusal(ref: SecretRef) -> None:
+    """``{ env = "whsec_..." }``: the refusal to start said "secret environment variable whsec_... is not set",
+    on stderr and in the JSON log's error field (found in review)."""
+    pasted = ref.env or str(ref.file)
+    with pytest.raises(ConfigError) as refused:
+        ref.resolve()
+    assert pasted not in refused.value.message and pasted[:4] in refused.value.message
+    assert pasted not in ref.describe() and "a secret where a name belongs?" in refused.value.message
+
+
+def test_ordinary_names_and_paths_are_shown_whole() -> None:
+    for ref in (SecretRef(env="STRIPE_WEBHOOK_SECRET_FOR_THE_SHOP_ACCOUNT_2"), SecretRef(file=Path("/etc/sb/x.whsec"))):
+        with pytest.raises(ConfigError) as refused:
+            ref.resolve()
+        assert (ref.env or str(ref.file)) in refused.value.message
