@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import secrets as _secrets
 import stat
 from dataclasses import dataclass, field
@@ -45,16 +46,16 @@ class SecretRef:
     generate: str | None = None
 
     def describe(self) -> str:
-        return f"env:{shown(self.env)}" if self.env else f"file:{shown(str(self.file))}"
+        return f"env:{shown(self.env, env=True)}" if self.env else f"file:{shown(str(self.file))}"
 
     def resolve(self) -> Secret:
         if self.env:
             value = os.environ.get(self.env, "").strip()
-            where = f"secret environment variable {shown(self.env)}"
+            where = f"secret environment variable {shown(self.env, env=True)}"
             if not value:
                 raise ConfigError(f"{where} is not set or empty")
             _one_line(value, where)
-            return Secret(value, f"env:{shown(self.env)}")
+            return Secret(value, f"env:{shown(self.env, env=True)}")
         assert self.file is not None
         if not self.file.exists() and self.generate:
             generate_secret_file(self.file, self.generate)
@@ -83,19 +84,40 @@ class SecretRef:
         return Secret(value, f"file:{path}")
 
 
-_SECRET_PREFIXES = ("whsec_", "sk_", "rk_", "shpss_", "ghp_", "github_pat_")
+_SECRET_PREFIXES = (
+    "whsec_", "sk_live_", "sk_test_", "rk_live_", "rk_test_", "shpss_", "shpat_", "ghp_", "gho_", "ghs_", "github_pat_",
+    "xoxb-",
+)  # fmt: skip
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEX = re.compile(r"[0-9a-fA-F]+")
 
 
-def shown(name: str) -> str:
-    """``name`` (a variable's name or a file's path) as messages and logs show it, unless it looks like a
-    secret pasted where the name belongs (a provider's prefix, or 32 characters and more with digits and
-    lowercase letters, no path separator or extension): then its first characters only. ``{ env = "whsec_..." }``
-    put the secret itself in the refusal to start, on stderr and in the JSON log."""
-    base = name.rsplit("/", 1)[-1]
-    pasted = name.startswith(_SECRET_PREFIXES) or (
-        len(name) >= 32 and base == name and "." not in name and any(c.isdigit() for c in name) and not name.isupper()
-    )
-    return f"{name[:4]}... ({len(name)} characters: a secret where a name belongs?)" if pasted else name
+def _random_looking(text: str) -> bool:
+    """16 characters or more with digits, all hex or of both cases: how generated secrets look, and names
+    (``STRIPE_WEBHOOK_SECRET_2``, ``my_shop_secret_2024``) do not."""
+    if len(text) < 16 or not any(c.isdigit() for c in text):
+        return False
+    return bool(_HEX.fullmatch(text)) or (any(c.islower() for c in text) and any(c.isupper() for c in text))
+
+
+def shown(name: str, *, env: bool = False) -> str:
+    """``name`` (a variable's name, ``env``, or a file's path) as messages and logs show it, unless it looks like
+    a secret pasted where the name belongs: a provider's prefix, a variable name no shell takes (base64's
+    ``+/=``), or random-looking (``_random_looking``; for a path, its last part, without an extension); then its
+    first characters only. ``{ env = "whsec_..." }`` put the secret itself in the refusal to start, on stderr
+    and in the JSON log."""
+    if env:
+        if name.startswith(_SECRET_PREFIXES) or not _ENV_NAME.fullmatch(name) or _random_looking(name):
+            return _redacted(name)
+        return name
+    path = Path(name)
+    if path.name.startswith(_SECRET_PREFIXES) or ("." not in path.name and _random_looking(path.name)):
+        return str(path.parent / _redacted(path.name)) if path.parent != Path() else _redacted(path.name)
+    return name
+
+
+def _redacted(text: str) -> str:
+    return f"{text[:4]}... ({len(text)} characters: a secret where a name belongs?)"
 
 
 def _one_line(value: str, where: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from switchboard.config._table import parse_secret_ref
 from switchboard.errors import ConfigError
 from switchboard.secrets import SecretRef, generate_secret_file
 
@@ -107,25 +108,42 @@ def test_an_empty_generated_file_says_how_it_came_about(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "ref",
+    "raw",
     [
-        SecretRef(env="whsec_MfKQ9r8GKYqrTNm5Y8NfpZh8xQ2vA7b1"),
-        SecretRef(env="3f9a1c07be45d2e8a6b0c9f1d4e7a2b5c8d0e3f6"),
-        SecretRef(file=Path("whsec_MfKQ9r8GKYqrTNm5Y8NfpZh8xQ2vA7b1")),
+        {"env": "whsec_MfKQ9r8GKYqrTNm5Y8NfpZh8xQ2vA7b1"},
+        {"env": "3f9a1c07be45d2e8a6b0c9f1d4e7a2b5"},  # 32 hex digits
+        {"env": "3F9A1C07BE45D2E8"},  # 16, upper case
+        {"env": "Kx9/3mQ+vT7aZ2pL8nR4wY6bH1cD5fG0="},  # base64, '/' and '+': no variable's name
+        {"file": "whsec_MfKQ9r8GKYqrTNm5Y8NfpZh8xQ2vA7b1"},  # made absolute by the loader
+        {"file": "Kx9mQvT7aZ2pL8nR4wY6bH1cD5fG0"},
     ],
 )
-def test_a_secret_pasted_where_its_name_belongs_is_not_shown_in_the_refusal(ref: SecretRef) -> None:
+def test_a_secret_pasted_where_its_name_belongs_is_not_shown_in_the_refusal(
+    raw: dict[str, str], tmp_path: Path
+) -> None:
     """``{ env = "whsec_..." }``: the refusal to start said "secret environment variable whsec_... is not set",
-    on stderr and in the JSON log's error field (found in review)."""
-    pasted = ref.env or str(ref.file)
+    on stderr and in the JSON log's error field (found in review). Read through the configuration's own parser,
+    which makes a file's path absolute (a first fix judged the whole path, and never redacted one)."""
+    ref = parse_secret_ref(raw, "sources[0].secrets[0]", tmp_path)
+    pasted = raw.get("env") or raw["file"]
     with pytest.raises(ConfigError) as refused:
         ref.resolve()
     assert pasted not in refused.value.message and pasted[:4] in refused.value.message
     assert pasted not in ref.describe() and "a secret where a name belongs?" in refused.value.message
 
 
-def test_ordinary_names_and_paths_are_shown_whole() -> None:
-    for ref in (SecretRef(env="STRIPE_WEBHOOK_SECRET_FOR_THE_SHOP_ACCOUNT_2"), SecretRef(file=Path("/etc/sb/x.whsec"))):
-        with pytest.raises(ConfigError) as refused:
-            ref.resolve()
-        assert (ref.env or str(ref.file)) in refused.value.message
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"env": "STRIPE_WEBHOOK_SECRET_FOR_THE_SHOP_ACCOUNT_2"},
+        {"env": "my_webhook_secret_for_shop_2024_prod"},
+        {"env": "sk_signing_key"},
+        {"file": "/etc/sb/stripe-2024.whsec"},
+        {"file": "/run/secrets/stripe-webhook-secret-2024"},
+    ],
+)
+def test_ordinary_names_and_paths_are_shown_whole(raw: dict[str, str], tmp_path: Path) -> None:
+    ref = parse_secret_ref(raw, "sources[0].secrets[0]", tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        ref.resolve()
+    assert (raw.get("env") or raw["file"]) in refused.value.message
