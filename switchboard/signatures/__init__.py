@@ -118,7 +118,8 @@ def check_distinct_secrets(sources: Sequence[SourceSpec]) -> None:
     owners: dict[bytes, tuple[str, int]] = {}
     for source in sources:
         for index, ref in enumerate(source.secrets, start=1):
-            digest = hashlib.sha256(ref.resolve().reveal().encode()).digest()
+            # ``whsec_`` labels a Standard Webhooks key (its base64 follows, padding optional): not part of it.
+            digest = hashlib.sha256(ref.resolve().reveal().removeprefix("whsec_").rstrip("=").encode()).digest()
             other, other_index = owners.setdefault(digest, (source.name, index))
             if other != source.name:
                 raise ConfigError(
