@@ -55,8 +55,10 @@ MAX_PAGE = 1000
 MAX_SCAN = 5000
 # A listing page ends once its messages add up to ``pagination.PAGE_BYTES`` (with at least one dead letter a
 # page): a page of 1,000 dead letters of 5 KB bodies was ~5 MB, refused by a client that takes gRPC's default
-# 4 MiB, and of bodies up to the edge's limit, gigabytes read into the service. Messages are read
-# MESSAGE_READS at a time.
+# 4 MiB, and of bodies up to the edge's limit, gigabytes read into the service. Messages are read a few at a
+# time (``_with_messages``): FIRST_READS, then as many as the room left takes at the largest seen so far, at
+# most MESSAGE_READS.
+FIRST_READS = 4
 MESSAGE_READS = 32
 DEFAULT_RANGE_US = 30 * 86_400 * 1_000_000
 
@@ -341,13 +343,18 @@ class DeadLetterManager:
         """``rows`` read whole, in order, up to ``pagination.PAGE_BYTES`` of messages (at least one row); whether
         that cut the page short. A row that expired since the listing read it is left out."""
         out: list[DeadLetter] = []
-        size = 0
-        for i in range(0, len(rows), MESSAGE_READS):
-            chunk = rows[i : i + MESSAGE_READS]
+        size = largest = 0
+        i = 0
+        while i < len(rows):
+            # Sized to what the page can still carry: 32 reads of 15 MiB bodies held ~480 MiB for a page of one.
+            n = FIRST_READS if not largest else max(1, min(MESSAGE_READS, (pagination.PAGE_BYTES - size) // largest))
+            chunk, i = rows[i : i + n], i + n
             for d in await asyncio.gather(*(self.store.dead_letter_message(d) for d in chunk)):
                 if d is None:
                     continue
-                size += _message_bytes(d)
+                weight = _message_bytes(d)
+                largest = max(largest, weight)
+                size += weight
                 if out and size > pagination.PAGE_BYTES:
                     return out, True
                 out.append(d)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from control_service.dead_letters import (
+    FIRST_READS,
     MAX_PAGE,
     MESSAGE_READS,
     DeadLetterManager,
@@ -358,3 +359,18 @@ async def test_a_page_is_measured_in_bytes_not_characters() -> None:
     page, token = await manager.list_dead_letters(f, MAX_PAGE, "")
     weight = sum(len(d.body) + len(d.last_error.encode()) + len(d.headers["x-last-error"].encode()) for d in page)
     assert token and 500 < len(page) < 1000 and weight <= PAGE_BYTES
+
+
+async def test_messages_are_read_a_few_at_a_time_as_the_room_left_allows() -> None:
+    """32 messages were read together before the page's budget was looked at: 100 dead letters of 15 MiB
+    bodies held ~480 MiB for a page of one, and each next page read its 31 followers again (found in review)."""
+    mib = 1024 * 1024
+    store = Heavy(100, size=15 * mib, first=15 * mib)
+    manager = DeadLetterManager(store, None, None)  # type: ignore[arg-type]
+    f = Filter(kind=DeadLetterKind.PROCESSING, start_us=0, end_us=2_000_000_000_000_000)
+    page, token = await manager.list_dead_letters(f, MAX_PAGE, "")
+    assert len(page) == 1 and token and len(store.read) <= FIRST_READS
+    small = Heavy(300, size=5000, first=5000)
+    manager = DeadLetterManager(small, None, None)  # type: ignore[arg-type]
+    page, _ = await manager.list_dead_letters(f, 300, "")
+    assert len(page) == 300 and len(small.read) == 300  # small ones: every row read once
