@@ -14,7 +14,7 @@ from switchboard.config.ports import platform_ports
 from switchboard.delivery.breaker import Breakers, BreakerSettings
 from switchboard.delivery.sender import Sender
 from switchboard.delivery.signing import USER_AGENT
-from switchboard.errors import BrokerUnavailable
+from switchboard.errors import BrokerUnavailable, SwitchboardError
 from switchboard.model.events import now_us
 from switchboard.model.subscriptions import SubscriptionStatus
 from switchboard.observability import hooks as metrics
@@ -53,7 +53,12 @@ class AutoDisable:
         disabled = await self.subscriptions.set_status(
             subscription_id, SubscriptionStatus.AUTO_DISABLED, reason, now_us(), only_url=callback_url
         )
-        await self.cache.refresh(subscription_id)  # disabled, or moved: the delivery's next try sends there
+        try:  # disabled, or moved: the delivery's next try sends there
+            await self.cache.refresh(subscription_id)
+        except SwitchboardError as exc:  # the cache's reload catches up; the send is over, and must be recorded
+            log.warning(
+                "subscription not refreshed after a 410", extra={"subscription": subscription_id, "error": exc.message}
+            )
         if not disabled:
             log.info(
                 "a 410 of an endpoint the subscription no longer sends to", extra={"subscription": subscription_id}

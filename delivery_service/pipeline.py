@@ -505,11 +505,13 @@ class DeliveryPipeline:
             disabled = await self.disabler.disable(
                 sub.id, f"the endpoint answered {response.status} ({decision.detail})", sub.callback_url
             )
-            if not disabled and attempt_no < schedule.max_attempts:
+            if not disabled:
                 # A 410 of a URL the subscription no longer sends to (its client moved it while this POST was
-                # out): nothing was disabled, and the delivery goes to its new URL (it was failed for good).
-                outcome = attempt.outcome = delivery.status = DeliveryStatus.RETRYING
+                # out): nothing was disabled, and the delivery goes to its new URL if it has an attempt left (it
+                # was failed for good).
                 error = delivery.last_error = f"{error} (from a URL the subscription no longer sends to)"[:1000]
+            if not disabled and attempt_no < schedule.max_attempts:
+                outcome = attempt.outcome = delivery.status = DeliveryStatus.RETRYING
                 delay_ms = MOVED_RETRY_MS
                 delivery.next_attempt_us = finished + delay_ms * 1000
         if outcome is not DeliveryStatus.DELIVERED and not held():

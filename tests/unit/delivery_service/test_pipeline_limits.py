@@ -18,6 +18,7 @@ import pytest
 
 from delivery_service.limiter import Limiter
 from delivery_service.pipeline import SATURATED, Defaults, DeliveryPipeline, circuit_open, circuit_since, host_of
+from switchboard.delivery import policy
 from switchboard.delivery.sender import Response
 from switchboard.delivery.signing import delivery_headers
 from switchboard.model.events import now_us
@@ -869,3 +870,17 @@ async def test_a_410_of_a_url_the_subscription_moved_from_sends_the_delivery_aga
     else:
         assert isinstance(verdict, DeadLetter) and verdict.outcome == "disabled"
         assert row.status is DeliveryStatus.FAILED
+
+
+async def test_a_410_of_a_url_moved_from_on_the_last_attempt_says_so() -> None:
+    """Out of attempts, the delivery fails; its error says the 410 came from a URL the subscription no longer
+    sends to (it never reached the new one), not the bare 410 (found in review)."""
+    pipeline, store, sender = build(slot_wait_ms=250, max_in_flight=4)
+    pipeline.disabler = Disables(moved=True)
+    sender.status = 410
+    sender.release.set()
+    last = policy.DEFAULT_POLICY.max_attempts
+    store.rows["dlv_a"] = Delivery("dlv_a", "sub_1", "shop", "e", "t", DeliveryStatus.RETRYING, last - 1)
+    (verdict,) = await pipeline.handle([copy("dlv_a", {"x-attempt": last - 1})])
+    assert isinstance(verdict, DeadLetter) and verdict.outcome == "failed"
+    assert "no longer sends to" in verdict.error and store.rows["dlv_a"].status is DeliveryStatus.FAILED
