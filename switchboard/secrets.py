@@ -61,14 +61,7 @@ class SecretRef:
             generate_secret_file(self.file, self.generate)
         path = shown(str(self.file))
         try:
-            mode = stat.S_IMODE(self.file.stat().st_mode)
-            if mode & 0o004:
-                log.warning("secret file readable by every user", extra={"file": path, "mode": f"{mode:04o}"})
-            if mode & 0o022:
-                raise ConfigError(
-                    f"secret file {path} is writable by its group or others (mode {mode:04o}): run "
-                    f"chmod 600 {path} (and consider rotating the secret)"
-                )
+            check_private_file(self.file, "secret file", path)
             value = self.file.read_text().strip()
         except OSError as exc:
             raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
@@ -82,6 +75,21 @@ class SecretRef:
             raise ConfigError(f"secret file {path} is empty{hint}")
         _one_line(value, f"secret file {path}")
         return Secret(value, f"file:{path}")
+
+
+def check_private_file(file: Path, kind: str, name: str) -> None:
+    """A file holding a secret (``kind``: a webhook secret, the sealing key, the edge's TLS key; ``name``: its
+    path as messages show it): refused (``ConfigError``) if its group or others may write it (no one else's to
+    replace); taken with a warning if every user may read it (orchestrators mount secrets 0644 or 0444 into
+    containers of their own). Raises ``OSError`` if it cannot be looked at."""
+    mode = stat.S_IMODE(file.stat().st_mode)
+    if mode & 0o004:
+        log.warning(f"{kind} readable by every user", extra={"file": name, "mode": f"{mode:04o}"})
+    if mode & 0o022:
+        raise ConfigError(
+            f"{kind} {name} is writable by its group or others (mode {mode:04o}): run chmod 600 {name} (and "
+            "consider rotating the secret)"
+        )
 
 
 _SECRET_PREFIXES = (

@@ -24,9 +24,10 @@ from edge.envoy_config import write_envoy_config
 from switchboard.addresses import host_port
 from switchboard.config import PlatformConfig
 from switchboard.config.ports import check_ports, platform_ports
-from switchboard.errors import StackError
+from switchboard.errors import ConfigError, StackError
 from switchboard.observability.hooks import PORT_ENV
 from switchboard.queue import Topology
+from switchboard.secrets import check_private_file
 from switchboard.signatures import build_verifier, check_distinct_secrets
 from switchboard.store import StoreSession
 from switchboard.streams import deliveries_topology, events_topology
@@ -171,6 +172,10 @@ class Stack:
             cfg.delivery.secrets_key.resolve()
         if cfg.edge.tls_cert and cfg.edge.tls_key:
             cert, key = cfg.edge.tls_cert, cfg.edge.tls_key
+            try:  # as a secret file: a group- or world-writable edge key was taken without a word
+                check_private_file(key, "edge TLS key", str(key))
+            except OSError as exc:
+                raise ConfigError(f"edge.tls_key: cannot read {key}: {exc.strerror}") from None
         else:
             self.ca_cert, cert, key = ensure_local_tls(cfg.tls_dir)
 

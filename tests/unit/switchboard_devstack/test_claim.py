@@ -130,6 +130,29 @@ def test_a_source_secret_ingest_would_refuse_stops_the_stack_before_anything_sta
     unlock(lock_data_dir(cfg.data_dir))  # and the data directory is let go
 
 
+def test_an_edge_key_others_may_write_or_a_secret_two_sources_share_stops_the_stack_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The edge's TLS key was taken whatever its mode (a webhook secret with the same mode is refused); and a
+    secret two sources share, which ingest refuses at start, was found only once ingest exited."""
+    started: list[str] = []
+    monkeypatch.setattr(Stack, "_start", lambda self, proc: started.append(proc.name))
+    cert, key = tmp_path / "edge.crt", tmp_path / "edge.key"
+    cert.write_text("cert")
+    key.write_text("key")
+    os.chmod(key, 0o664)
+    cfg = write_test_config(tmp_path / "a", overrides=[f'edge.tls_cert="{cert}"', f'edge.tls_key="{key}"'])
+    with pytest.raises(ConfigError, match=r"edge TLS key .*edge\.key is writable by its group or others"):
+        Stack(cfg).up(timeout=30)
+    unlock(lock_data_dir(cfg.data_dir))
+    cfg = write_test_config(tmp_path / "b")
+    (tmp_path / "b" / "hmac.secret").write_text((tmp_path / "b" / "gh.secret").read_text())
+    with pytest.raises(ConfigError, match=r"'generic' .* and 'gh' .* share a signing secret"):
+        Stack(cfg).up(timeout=30)
+    assert started == []
+    unlock(lock_data_dir(cfg.data_dir))
+
+
 def test_a_stopped_component_forgets_the_lock_it_was_given(tmp_path: Path) -> None:
     """``down`` closes the lock's descriptor: a component started again later (the same object) must not pass
     that number on, which by then may be any file the launcher opened since."""
