@@ -89,6 +89,13 @@ async def _listen(cfg: PlatformConfig, args: argparse.Namespace) -> int:
         await runner.cleanup()
         print(f"switchboard: cannot listen on {url}: {exc}", file=sys.stderr)
         return 1
+    # Before the subscription exists: a terminal closed (SIGHUP) or a SIGTERM left it behind, pointing at a port
+    # nobody listens on (every matching event a failing delivery for a day, then a dead letter). A signal that
+    # comes while the subscription is being made is handled once it is: the cleanup below deletes it.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
     try:
         secret = args.secret
         if args.subscribe:
@@ -104,10 +111,6 @@ async def _listen(cfg: PlatformConfig, args: argparse.Namespace) -> int:
             print(f"switchboard: {exc}", file=sys.stderr)
             return 2
         print(f"listening on {url} (Ctrl-C stops)", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         return 0
     finally:

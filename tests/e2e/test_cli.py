@@ -7,11 +7,14 @@ import asyncio
 import base64
 import json
 import secrets
+import signal
 import subprocess
 import sys
 import time
 
+import grpc
 import pytest
+from webhooks.v1 import subscriptions_pb2 as sub_pb
 
 from switchboard.config import PlatformConfig
 from switchboard.model.events import Commit, EventStatus, StoredEvent, now_us
@@ -19,6 +22,7 @@ from switchboard.store import EntityStore, EventStore, StoreSession
 from switchboard_cli.main import main
 from switchboard_devstack.ports import free_port
 from switchboard_devstack.stack import Stack
+from tests.e2e.test_delivery import control
 from tests.e2e.test_operations import post
 from tests.unit.factories import event
 
@@ -52,10 +56,8 @@ def test_subscriptions_deliveries_dead_letters_and_replays_from_the_command_line
     cli(cfg, capsys, "subs", "delete", sub_id)
 
 
-def test_listen_receives_a_delivery_and_verifies_its_signature(stack: Stack, stack_config: PlatformConfig) -> None:
-    cfg = stack_config
-    port = free_port()
-    listener = subprocess.Popen(
+def listen_with_subscription(cfg: PlatformConfig, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -73,6 +75,31 @@ def test_listen_receives_a_delivery_and_verifies_its_signature(stack: Stack, sta
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def test_a_listener_whose_terminal_closes_deletes_its_subscription(stack: Stack, stack_config: PlatformConfig) -> None:
+    """SIGHUP (its terminal closed) was not handled: the listener died without its cleanup, and its subscription
+    kept pointing at a port nobody listened on (every matching event a failing delivery, then a dead letter)."""
+    listener = listen_with_subscription(stack_config, free_port())
+    assert listener.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    while not any("listening on" in line for line in lines):
+        assert time.monotonic() < deadline and listener.poll() is None, lines
+        lines.append(listener.stdout.readline())
+    subscription_id = next(line.split()[1] for line in lines if line.startswith("subscription "))
+    listener.send_signal(signal.SIGHUP)
+    out, _ = listener.communicate(timeout=30)
+    assert f"subscription {subscription_id} deleted" in out and listener.returncode == 0
+    with control(stack_config) as stub, pytest.raises(grpc.RpcError) as gone:
+        stub.GetSubscription(sub_pb.GetSubscriptionRequest(id=subscription_id), timeout=10)
+    assert gone.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_listen_receives_a_delivery_and_verifies_its_signature(stack: Stack, stack_config: PlatformConfig) -> None:
+    cfg = stack_config
+    port = free_port()
+    listener = listen_with_subscription(cfg, port)
     try:
         assert listener.stdout is not None
         lines: list[str] = []
