@@ -22,6 +22,7 @@ from cassandra import DriverException
 from cassandra import InvalidRequest as CassandraInvalidRequest
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, ResponseFuture, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
+from cassandra.protocol import ErrorMessage
 from cassandra.query import named_tuple_factory
 
 from switchboard.backoff import Backoff
@@ -159,6 +160,8 @@ class StoreSession:
             raise _refused(exc) from None
         except _DRIVER_ERRORS as exc:
             raise _unavailable(exc) from None
+        except ErrorMessage as exc:  # a server error the driver raises as its message (not a DriverException)
+            raise (_refused if _permanent(exc) else _unavailable)(exc) from None
         finally:
             statement_timer(statement).observe(time.perf_counter() - started)
 
@@ -284,6 +287,17 @@ def _refused(exc: BaseException) -> InvalidRequest:
     batch is not retried for ever as for an outage). Logged here: a 400 is not logged where it is answered."""
     log.warning("the store refused a request", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
     return InvalidRequest(f"the store refused the request: {exc}"[:300], reason="STORE_REFUSED")
+
+
+def _permanent(exc: ErrorMessage) -> bool:
+    """A server error no retry gets through: the request's own (syntax, authorization, configuration: codes
+    0x2xxx), a protocol error (a message over ``native_transport_max_message_size``) or bad credentials. The
+    others (overloaded, bootstrapping, a server error, a CDC or client write failure, and codes the driver does
+    not know, such as Cassandra 4's CAS_WRITE_UNKNOWN, 0x1700) are outages. They escaped untranslated: a
+    lightweight transaction of unknown outcome crashed a delivery worker's batch, and the APIs answered
+    INTERNAL."""
+    code = getattr(exc, "code", None)
+    return isinstance(code, int) and (0x2000 <= code < 0x3000 or code in (0x000A, 0x0100))
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:
