@@ -210,7 +210,13 @@ class EventStore:
             if (await self.runs_of(source, event_id, event.receipt_id)).attempts:
                 return False
         head = (self.ttl, EventStatus.RETRYING.value, source, event_id)
-        if not rows or rows[0].status is None:
+        if not rows:
+            # Only while there is still none (``IF NOT EXISTS``): a first commit between the read and the write
+            # (the redriven receipt's, or another one's) was turned back into RETRYING, which nothing would ever
+            # process. (Cassandra 2.1 does not take ``IF status = null`` for a row that does not exist.)
+            done = await self.store.execute(self.q.reset_attempts_new, (source, event_id, *head[1:2], self.ttl))
+            return True if done and done[0][0] else None
+        if rows[0].status is None:  # a row without a status (its cells expired apart): nothing to lose
             await self.store.execute(self.q.reset_attempts, head)
             return True
         # Only the row as read: a pass committed since the read (a replay's PROCESSED, say) is not turned back

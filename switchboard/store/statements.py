@@ -63,6 +63,8 @@ def _event_cql(ks: str) -> dict[str, str]:
         "event_type": f"SELECT event_type FROM {ks}.events WHERE source = ? AND event_id = ?",
         "reset_attempts": f"""UPDATE {ks}.events USING TTL ? SET status = ?, attempts = 0
             WHERE source = ? AND event_id = ?""",
+        "reset_attempts_new": f"""INSERT INTO {ks}.events (source, event_id, status, attempts) VALUES (?, ?, ?, 0)
+            IF NOT EXISTS USING TTL ?""",
         "reset_attempts_if": f"""UPDATE {ks}.events USING TTL ? SET status = ?, attempts = 0
             WHERE source = ? AND event_id = ? IF status = ? AND receipt_id = ?""",
         "reset_attempts_if_status": f"""UPDATE {ks}.events USING TTL ? SET status = ?, attempts = 0
@@ -212,6 +214,7 @@ class EventStatements:
     event_body: PreparedStatement
     event_type: PreparedStatement
     reset_attempts: PreparedStatement
+    reset_attempts_new: PreparedStatement
     reset_attempts_if: PreparedStatement
     reset_attempts_if_status: PreparedStatement
     get_results: PreparedStatement

@@ -71,6 +71,19 @@ def test_a_redrive_resets_only_its_own_failed_receipt(stack: Stack, stack_config
             assert (prior.receipt_id, prior.status) == ("", EventStatus.RETRYING)
             # Nor is it an event to GetEvent (it answered one of type "", received in 1970, with no body).
             assert await events.get(never.source, never.event_id) is None
+            # The reset of an event with no row writes only while there is still none: a first commit between
+            # its read and its write was turned back into RETRYING for good (found in review). Its write on the
+            # real Cassandra, after such a commit: not applied, the row stays PROCESSED.
+            late = receipt("evt_late", "r1")
+            q = session.statements.events
+            ttl = stack_config.cassandra.ttl_seconds
+            await events.commit([Commit(StoredEvent(late, EventStatus.PROCESSED, attempts=1))])
+            (applied, *_) = await session.execute(
+                q.reset_attempts_new, (late.source, late.event_id, EventStatus.RETRYING.value, ttl)
+            )
+            assert not applied[0]
+            kept = await events.get(late.source, late.event_id)
+            assert kept is not None and kept.status is EventStatus.PROCESSED
 
             # A replay processed the event between the reset's read and its write (found in review): the
             # reset was unconditional, and the row said RETRYING for good. It is a compare-and-set now.

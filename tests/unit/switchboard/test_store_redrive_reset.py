@@ -72,6 +72,7 @@ class EventRows:
             get_event="get",
             reset_attempts_if="if",
             reset_attempts_if_status="if_status",
+            reset_attempts_new="new",
             insert_event=SimpleNamespace(consistency_level=1),
         )
         self.statements = SimpleNamespace(events=q)
@@ -79,7 +80,7 @@ class EventRows:
     async def execute(self, statement: str, params: tuple[Any, ...]) -> list[Any]:
         if statement == "get":
             status, receipt = self.reads.pop(0)
-            return [SimpleNamespace(status=status, receipt_id=receipt)]
+            return [SimpleNamespace(status=status, receipt_id=receipt)] if status else []
         return [(self.applies.pop(0),)]
 
 
@@ -102,3 +103,11 @@ def test_an_event_that_changed_but_still_needs_the_redrive_is_reset_on_the_next_
     assert redrive_event(EventRows([("failed", "r1"), ("retrying", "r1")], applies=[False, True]))
     with pytest.raises(StoreUnavailable, match="kept changing"):
         redrive_event(EventRows([("failed", "r1")] * 5, applies=[False] * 5))
+
+
+def test_an_event_first_committed_between_the_read_of_no_row_and_the_reset_is_settled_not_given_back() -> None:
+    """The reset of an event with no row was unconditional: a first commit landing between the read and the
+    write (its PROCESSED) was turned back into RETRYING, which nothing would ever process (found in review). It
+    writes only if there is still no row, and reads again when there is one."""
+    assert not redrive_event(EventRows([("", ""), ("processed", "r1")], applies=[False]))
+    assert redrive_event(EventRows([("", "")], applies=[True]))
