@@ -35,6 +35,10 @@ class CassandraConfig:
     storage_port: int = 7100
     keyspace: str = "switchboard"
     replication_factor: int = 1
+    # Replicas per datacentre (NetworkTopologyStrategy, which places them on distinct racks), e.g.
+    # { dc1 = 3 }; empty: SimpleStrategy with replication_factor, which ignores racks and datacentres (the local
+    # node). Used when the keyspace is created, never changed after.
+    datacenters: tuple[tuple[str, int], ...] = ()
     heap: str = "1g"
     # None: let the driver negotiate; the bundled Cassandra 2.1 needs 3.
     protocol_version: int | None = 3
@@ -56,6 +60,25 @@ class CassandraConfig:
     timer_slack_us: int = 1000
 
 
+def cass_local(consistency: str) -> bool:
+    return consistency.upper().startswith("LOCAL_")
+
+
+def _datacenters(raw: Any) -> tuple[tuple[str, int], ...]:
+    if raw is None or raw == ():
+        return ()
+    if not isinstance(raw, Mapping):
+        raise ConfigError("cassandra.datacenters: must be a table of datacentre = replicas, e.g. { dc1 = 3 }")
+    out: dict[str, int] = {}
+    for name, replicas in raw.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            raise ConfigError(f"cassandra.datacenters: {str(name)[:40]!r} is not a datacentre name")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= 10:
+            raise ConfigError(f"cassandra.datacenters.{name}: replicas must be a whole number from 1 to 10")
+        out[name] = replicas
+    return tuple(sorted(out.items()))
+
+
 def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
     t = Table(raw, "cassandra", CassandraConfig)
     keyspace = t.string("keyspace")
@@ -71,6 +94,15 @@ def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
             f"cassandra.hosts: {list(hosts)}: the local stack runs its node on {LOOPBACK} only; "
             "for a cluster elsewhere set managed = false"
         )
+    datacenters = _datacenters(t.get("datacenters"))
+    if cass_local(t.string("consistency")) and not datacenters and not managed:
+        # LOCAL_QUORUM on SimpleStrategy: replicas by ring order, racks ignored (two of three in one rack, a
+        # commit acknowledged there lost with it), and over two datacentres three replicas in all, not each.
+        raise ConfigError(
+            "cassandra.consistency: a LOCAL_ level on a cluster needs cassandra.datacenters (replicas per "
+            "datacentre, e.g. { dc1 = 3 }): without it the keyspace is created with SimpleStrategy, which ignores "
+            "racks and datacentres; refusing to start"
+        )
     cass = CassandraConfig(
         managed=managed,
         hosts=hosts,
@@ -78,6 +110,7 @@ def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
         storage_port=t.port("storage_port"),
         keyspace=keyspace,
         replication_factor=t.pos_int("replication_factor"),
+        datacenters=datacenters,
         heap=check_heap(t.string("heap")),
         protocol_version=protocol or None,
         consistency=t.string("consistency", choices=CONSISTENCY_LEVELS, upper=True),

@@ -55,14 +55,22 @@ def compaction(release: str) -> str:
     return "{'class': 'SizeTieredCompactionStrategy'}"
 
 
+def replication(cfg: CassandraConfig) -> str:
+    """The keyspace's replication: per datacentre (racks apart) when ``cassandra.datacenters`` names them, else
+    SimpleStrategy (the local node). Names and numbers were checked by the configuration."""
+    if cfg.datacenters:
+        dcs = ", ".join(f"'{name}': {replicas}" for name, replicas in cfg.datacenters)
+        return f"{{'class': 'NetworkTopologyStrategy', {dcs}}}"
+    return f"{{'class': 'SimpleStrategy', 'replication_factor': {cfg.replication_factor}}}"
+
+
 def schema_statements(cfg: CassandraConfig, release: str) -> list[str]:
     ks = cfg.keyspace
     opts = (
         f"default_time_to_live = {cfg.ttl_seconds} AND gc_grace_seconds = 86400 AND compaction = {compaction(release)}"
     )
     return [
-        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
-        f"{{'class': 'SimpleStrategy', 'replication_factor': {cfg.replication_factor}}}",
+        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication(cfg)}",
         f"""CREATE TABLE IF NOT EXISTS {ks}.events (
             source text, event_id text, event_type text, provider text,
             received_at timestamp, provider_time timestamp, content_type text, body blob, body_encoded blob,

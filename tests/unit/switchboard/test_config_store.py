@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from switchboard.config import parse_config
-from switchboard.config.store import MAX_EXPIRY_UNIX, MAX_TTL_SECONDS, check_heap, check_ttl
+from switchboard.config.store import MAX_EXPIRY_UNIX, MAX_TTL_SECONDS, check_heap, check_ttl, parse_cassandra
 from switchboard.errors import ConfigError
+from switchboard.store.schema import replication
 from switchboard_devstack import CassandraNode
 
 SOURCES = [{"name": "shop", "scheme": "stripe", "secrets": [{"env": "SHOP_SECRET"}]}]
@@ -58,3 +59,19 @@ def test_heaps_the_jvm_takes_parse(heap: str) -> None:
 def test_the_local_node_checks_its_heap_the_same_way(tmp_path: Path, heap: str) -> None:
     with pytest.raises(ConfigError, match=r"cassandra\.heap"):
         CassandraNode(tmp_path, 9042, 7000, java="java", heap=heap)
+
+
+def test_a_cluster_keyspace_is_created_per_datacentre_and_local_consistency_needs_it() -> None:
+    """The keyspace was always SimpleStrategy (replicas by ring order, racks ignored; over two datacentres,
+    replication_factor replicas in all): a LOCAL_QUORUM commit acknowledged by two replicas in one rack was lost
+    with that rack (found in review). cassandra.datacenters creates it per datacentre; a LOCAL_ consistency on a
+    cluster without it is refused."""
+    cluster = {"managed": False, "hosts": ["10.0.0.1"], "consistency": "LOCAL_QUORUM"}
+    with pytest.raises(ConfigError, match=r"a LOCAL_ level on a cluster needs cassandra\.datacenters"):
+        parse_cassandra(cluster)
+    cfg = parse_cassandra({**cluster, "datacenters": {"eu-west": 3, "us_east": 3}})
+    assert replication(cfg) == "{'class': 'NetworkTopologyStrategy', 'eu-west': 3, 'us_east': 3}"
+    assert replication(parse_cassandra({})) == "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    for bad in ({"dc'1": 3}, {"dc1": 0}, {"dc1": True}, ["dc1"]):
+        with pytest.raises(ConfigError, match=r"cassandra\.datacenters"):
+            parse_cassandra({"datacenters": bad})
