@@ -95,6 +95,9 @@ def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
             "for a cluster elsewhere set managed = false"
         )
     datacenters = _datacenters(t.get("datacenters"))
+    if datacenters and managed:
+        # The managed node's datacentre is "datacenter1": a keyspace for other names has no replica at all.
+        raise ConfigError("cassandra.datacenters: for a cluster (managed = false); the local node needs none")
     if cass_local(t.string("consistency")) and not datacenters and not managed:
         # LOCAL_QUORUM on SimpleStrategy: replicas by ring order, racks ignored (two of three in one rack, a
         # commit acknowledged there lost with it), and over two datacentres three replicas in all, not each.

@@ -29,7 +29,7 @@ from switchboard.backoff import Backoff
 from switchboard.config import CassandraConfig
 from switchboard.errors import ConfigError, InvalidRequest, StoreUnavailable
 from switchboard.observability.metrics import name_statements, statement_timer
-from switchboard.store.schema import ensure_schema
+from switchboard.store.schema import ensure_schema, replication
 from switchboard.store.statements import Statements
 
 try:  # libev is 1.4-2.4x faster than the asyncio reactor; the wheel ships it
@@ -116,6 +116,7 @@ class StoreSession:
                 ensure_schema(session, cfg)
             statements = _prepare(session, cfg, deadline, stop)
             check_layout(session, statements, cfg, deadline, stop)
+            check_replication(session, cfg)
         except BaseException:
             cluster.shutdown()
             raise
@@ -279,6 +280,29 @@ def check_layout(
             f"cassandra.bucket_seconds: {cfg.bucket_seconds}, but keyspace {cfg.keyspace!r} indexes events in "
             f"buckets of {stored} s: with another size every event stored so far would drop out of every listing "
             "and replay; keep the keyspace's size, or use a new keyspace"
+        )
+
+
+def check_replication(session: Session, cfg: CassandraConfig) -> None:
+    """The keyspace replicates as ``cassandra.datacenters`` says (or SimpleStrategy without it): the keyspace is
+    created once (``IF NOT EXISTS``), so a setting added to an existing deployment changed nothing, and the
+    cluster went on placing replicas rack-blind. Refuses to start on a difference, naming the ALTER to run."""
+    keyspace = session.cluster.metadata.keyspaces.get(cfg.keyspace)
+    strategy = getattr(keyspace, "replication_strategy", None)
+    if strategy is None:
+        return
+    wanted = dict(cfg.datacenters)
+    actual = {k: int(v) for k, v in (getattr(strategy, "dc_replication_factors", None) or {}).items()}
+    if wanted and actual != wanted:
+        raise ConfigError(
+            f"cassandra.datacenters: {wanted}, but keyspace {cfg.keyspace!r} replicates as "
+            f"{strategy.export_for_schema()}: run ALTER KEYSPACE {cfg.keyspace} WITH replication = "
+            f"{replication(cfg)}, then a full repair (nodetool repair -full) on every node; refusing to start"
+        )
+    if not wanted and actual:
+        raise ConfigError(
+            f"keyspace {cfg.keyspace!r} replicates per datacentre ({actual}): set cassandra.datacenters to match; "
+            "refusing to start"
         )
 
 

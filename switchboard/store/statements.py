@@ -188,10 +188,15 @@ def _prepare(session: Session, cfg: CassandraConfig, cls: type[_S], texts: dict[
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     assert set(texts) == names, f"one CQL text per statement of {cls}"
     level = getattr(ConsistencyLevel, cfg.consistency)
+    # A lightweight transaction's read (its Paxos phase) at LOCAL_SERIAL with a LOCAL_ level: SERIAL reads a
+    # quorum of every datacentre, which may miss a commit written at LOCAL_QUORUM in one (and fails with a
+    # datacentre down).
+    serial = ConsistencyLevel.LOCAL_SERIAL if cfg.consistency.startswith("LOCAL_") else ConsistencyLevel.SERIAL
     prepared: dict[str, PreparedStatement] = {}
     for name, text in texts.items():
         stmt = session.prepare(text)
         stmt.consistency_level = level
+        stmt.serial_consistency_level = serial
         prepared[name] = stmt
     return cls(**prepared)
 

@@ -75,3 +75,10 @@ def test_a_cluster_keyspace_is_created_per_datacentre_and_local_consistency_need
     for bad in ({"dc'1": 3}, {"dc1": 0}, {"dc1": True}, ["dc1"]):
         with pytest.raises(ConfigError, match=r"cassandra\.datacenters"):
             parse_cassandra({"datacenters": bad})
+
+
+def test_datacenters_are_for_a_cluster_not_the_managed_node() -> None:
+    """The managed node's datacentre is "datacenter1": a keyspace created for { dc1 = 3 } there had no replica at
+    all, every statement unavailable (found in review)."""
+    with pytest.raises(ConfigError, match=r"cassandra\.datacenters: for a cluster"):
+        parse_cassandra({"datacenters": {"dc1": 3}})
