@@ -95,6 +95,8 @@ async def _listen(cfg: PlatformConfig, args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+            continue  # started under nohup: it outlives its terminal, as asked
         loop.add_signal_handler(sig, stop.set)
     try:
         secret = args.secret

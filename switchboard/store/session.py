@@ -314,12 +314,13 @@ def _refused(exc: BaseException) -> InvalidRequest:
 
 
 def _permanent(exc: ErrorMessage) -> bool:
-    """A server error no retry gets through: the request's own (syntax, authorization, configuration: codes
-    0x2xxx), a protocol error (a message over ``native_transport_max_message_size``) or bad credentials. The
-    others (overloaded, bootstrapping, a server error, a CDC or client write failure, and codes the driver does
-    not know, such as Cassandra 4's CAS_WRITE_UNKNOWN, 0x1700) are outages. They escaped untranslated: a
-    lightweight transaction of unknown outcome crashed a delivery worker's batch, and the APIs answered
-    INTERNAL."""
+    """A server error the driver raises as its message (the codes it turns into ``DriverException``s, timeouts,
+    unavailable, invalid and unauthorized among them, are caught before) that no retry gets through: the
+    request's own (syntax, configuration: codes 0x2xxx), a protocol error (a message over
+    ``native_transport_max_message_size``) or bad credentials. The others (a CDC or client write failure, and
+    codes the driver does not know, such as Cassandra 4's CAS_WRITE_UNKNOWN on protocol v5, 0x1700) are
+    outages. They escaped untranslated: a lightweight transaction of unknown outcome crashed a delivery
+    worker's batch, and the APIs answered INTERNAL."""
     code = getattr(exc, "code", None)
     return isinstance(code, int) and (0x2000 <= code < 0x3000 or code in (0x000A, 0x0100))
 

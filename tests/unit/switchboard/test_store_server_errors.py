@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from cassandra.protocol import (
+    CDCWriteException,
+    ConfigurationException,
     ErrorMessage,
     IsBootstrappingErrorMessage,
     OverloadedErrorMessage,
@@ -42,31 +44,40 @@ def session(error: BaseException) -> StoreSession:
     return store
 
 
+def delivered(error: ErrorMessage) -> BaseException:
+    """What the driver hands a callback for a server error: its ``to_exception()`` (a DriverException for the
+    codes it knows, the message itself for the others)."""
+    exc: BaseException = error.to_exception()
+    return exc
+
+
 @pytest.mark.parametrize(
     "error",
     [
-        ErrorMessage(0x1700, "CAS operation result is unknown", None),  # Cassandra 4's CAS_WRITE_UNKNOWN
+        ErrorMessage(0x1700, "CAS operation result is unknown", None),  # Cassandra 4's CAS_WRITE_UNKNOWN (v5)
+        CDCWriteException(0x1600, "CDC space full", None),
         OverloadedErrorMessage(0x1001, "overloaded", None),
         IsBootstrappingErrorMessage(0x1002, "bootstrapping", None),
         ServerError(0x0000, "server error", None),
+        UnauthorizedErrorMessage(0x2100, "no permission", None),  # the driver's Unauthorized: a DriverException
     ],
 )
 async def test_an_outage_the_driver_raises_as_a_message_is_store_unavailable(error: ErrorMessage) -> None:
     """They escaped untranslated: a lightweight transaction of unknown outcome crashed a delivery worker's batch
     (sent again, counted as a crash) and the APIs answered INTERNAL (found in review)."""
     with pytest.raises(StoreUnavailable):
-        await session(error).execute("SELECT 1")
+        await session(delivered(error)).execute("SELECT 1")
 
 
 @pytest.mark.parametrize(
     "error",
     [
         SyntaxException(0x2000, "line 1: no viable alternative", None),
-        UnauthorizedErrorMessage(0x2100, "no permission", None),
+        ConfigurationException(0x2300, "no keyspace", None),
         ProtocolException(0x000A, "message over native_transport_max_message_size", None),
     ],
 )
 async def test_a_request_no_retry_gets_through_is_refused(error: ErrorMessage) -> None:
     with pytest.raises(InvalidRequest) as refused:
-        await session(error).execute("SELECT 1")
+        await session(delivered(error)).execute("SELECT 1")
     assert refused.value.reason == "STORE_REFUSED"
