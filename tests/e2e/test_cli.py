@@ -77,16 +77,22 @@ def listen_with_subscription(cfg: PlatformConfig, port: int) -> subprocess.Popen
     )
 
 
-def test_a_listener_whose_terminal_closes_deletes_its_subscription(stack: Stack, stack_config: PlatformConfig) -> None:
-    """SIGHUP (its terminal closed) was not handled: the listener died without its cleanup, and its subscription
-    kept pointing at a port nobody listened on (every matching event a failing delivery, then a dead letter)."""
-    listener = listen_with_subscription(stack_config, free_port())
+def until_listening(listener: subprocess.Popen[str]) -> list[str]:
+    """The listener's lines up to "listening on" (within 30 s)."""
     assert listener.stdout is not None
     lines: list[str] = []
     deadline = time.monotonic() + 30
     while not any("listening on" in line for line in lines):
         assert time.monotonic() < deadline and listener.poll() is None, lines
         lines.append(listener.stdout.readline())
+    return lines
+
+
+def test_a_listener_whose_terminal_closes_deletes_its_subscription(stack: Stack, stack_config: PlatformConfig) -> None:
+    """SIGHUP (its terminal closed) was not handled: the listener died without its cleanup, and its subscription
+    kept pointing at a port nobody listened on (every matching event a failing delivery, then a dead letter)."""
+    listener = listen_with_subscription(stack_config, free_port())
+    lines = until_listening(listener)
     subscription_id = next(line.split()[1] for line in lines if line.startswith("subscription "))
     listener.send_signal(signal.SIGHUP)
     out, _ = listener.communicate(timeout=30)
@@ -102,11 +108,8 @@ def test_listen_receives_a_delivery_and_verifies_its_signature(stack: Stack, sta
     listener = listen_with_subscription(cfg, port)
     try:
         assert listener.stdout is not None
-        lines: list[str] = []
+        lines = until_listening(listener)
         deadline = time.monotonic() + 30
-        while not any("listening on" in line for line in lines):
-            assert time.monotonic() < deadline and listener.poll() is None, lines
-            lines.append(listener.stdout.readline())
         time.sleep(0.5)  # the new subscription reaches the processors' caches
         event_id = "evt_listen_" + secrets.token_hex(6)
         post(cfg, event_id, "invoice.paid", amount_due=1)
