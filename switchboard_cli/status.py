@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,27 @@ class Samples:
         for labels, v in self.select(f"{name}_bucket", **match):
             out[float(labels["le"])] += v
         return dict(out)
+
+
+def increase(
+    first: Samples, second: Samples, both: Collection[str], name: str, label: str, **match: str
+) -> dict[str, float]:
+    """Per value of ``label``: how much a counter grew between the two reads, process by process, over the
+    processes read both times (``both``); a series lower the second time (its process restarted) counts from
+    zero. Totals summed over processes first and differenced after gave a process missing one read, or
+    restarted, as millions per second or as a negative rate made zero (found in review)."""
+    before = {
+        (labels["process"], tuple(sorted(labels.items()))): v
+        for labels, v in first.select(name, **match)
+        if labels["process"] in both
+    }
+    out: dict[str, float] = defaultdict(float)
+    for labels, v in second.select(name, **match):
+        if labels["process"] not in both:
+            continue
+        then = before.get((labels["process"], tuple(sorted(labels.items()))), 0.0)
+        out[labels.get(label, "")] += v - then if v >= then else v
+    return dict(out)
 
 
 def quantile(q: float, buckets: Mapping[float, float]) -> float | None:
@@ -197,15 +218,13 @@ def collect(cfg: PlatformConfig, *, window: float = 2.0, prometheus: str | None 
         if text is not None:
             second.add(text, name)
     elapsed = max(time.monotonic() - started, 1e-3)
+    both = {name for name, ok in seen.items() if ok}
 
     def rate(name: str, **match: str) -> float:
-        return max(0.0, second.total(name, **match) - first.total(name, **match)) / elapsed
+        return sum(increase(first, second, both, name, "", **match).values()) / elapsed
 
     def rates_by(name: str, label: str, **match: str) -> dict[str, float]:
-        before = first.by(name, label, **match)
-        return {
-            k: round(max(0.0, v - before.get(k, 0.0)) / elapsed, 2) for k, v in second.by(name, label, **match).items()
-        }
+        return {k: round(v / elapsed, 2) for k, v in increase(first, second, both, name, label, **match).items()}
 
     def counts_by(name: str, label: str) -> dict[str, dict[str, float]]:
         """Per value of ``label``: the rate over the window and the total since the processes started."""
@@ -213,8 +232,8 @@ def collect(cfg: PlatformConfig, *, window: float = 2.0, prometheus: str | None 
         return {k: {"per_second": rates.get(k, 0.0), "total": v} for k, v in second.by(name, label).items()}
 
     def p99(name: str, **match: str) -> dict[str, Any]:
-        now, then = second.buckets(name, **match), first.buckets(name, **match)
-        delta = {le: now[le] - then.get(le, 0.0) for le in now}
+        now = second.buckets(name, **match)
+        delta = {float(le): v for le, v in increase(first, second, both, f"{name}_bucket", "le", **match).items()}
         q = quantile(0.99, delta)
         if q is not None:
             return {"seconds": q, "since_start": False}
