@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,6 +23,9 @@ from switchboard import errors
 from switchboard.errors import ERROR_DOMAIN
 
 log = logging.getLogger(__name__)
+
+# At most one "rpc failed" line per method and reason this often (seconds; ``FailureLog``).
+FAILURE_LOG_EVERY = 10.0
 
 # An error's text and metadata travel in trailers (the message twice: percent-encoded in grpc-message and in the
 # base64 details), and gRPC refuses a call whose metadata passes 8 KB at random and 16 KB always: a message that
@@ -66,9 +71,32 @@ def status_details(code: grpc.StatusCode, message: str, reason: str, metadata: d
     return bytes(status.SerializeToString())
 
 
+class FailureLog:
+    """The "rpc failed" line of an outage (UNAVAILABLE, INTERNAL), at most one per method and reason every
+    ``every`` seconds, the next one saying how many it left out: during a broker outage every webhook failed and
+    logged a line (~1,500 a second on a box already degraded); the metrics count each failure."""
+
+    def __init__(self, every: float = FAILURE_LOG_EVERY) -> None:
+        self.every = every
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # -> (logged at, left out since)
+
+    def failed(self, method: str, exc: errors.SwitchboardError) -> None:
+        key, now = (method, exc.reason), time.monotonic()
+        logged_at, left_out = self._last.get(key, (-math.inf, 0))
+        if now - logged_at < self.every:
+            self._last[key] = (logged_at, left_out + 1)
+            return
+        self._last[key] = (now, 0)
+        extra = {"method": method, "reason": exc.reason, "error": exc.message, "left_out": left_out}
+        log.warning("rpc failed", extra=extra)
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps ``SwitchboardError`` to a gRPC status with details; anything else becomes INTERNAL, logged. Unary
     calls and server streams alike (a stream's error ends it with the status)."""
+
+    def __init__(self) -> None:
+        self.failures = FailureLog()
 
     async def intercept_service(
         self,
@@ -89,7 +117,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                         raise _undecodable(method)
                     return await unary(request, context)
                 except Exception as exc:
-                    await _abort(context, method, exc)
+                    await _abort(context, method, exc, self.failures)
 
             return grpc.unary_unary_rpc_method_handler(
                 guarded, request_deserializer=deserializer, response_serializer=handler.response_serializer
@@ -104,7 +132,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     async for item in stream(request, context):
                         yield item
                 except Exception as exc:
-                    await _abort(context, method, exc)
+                    await _abort(context, method, exc, self.failures)
 
             return grpc.unary_stream_rpc_method_handler(
                 guarded_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
@@ -139,13 +167,13 @@ def _undecodable(method: str) -> errors.InvalidRequest:
     )
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception, failures: FailureLog) -> None:
     if isinstance(exc, asyncio.CancelledError | grpc.aio.AbortError):
         raise exc
     if isinstance(exc, errors.SwitchboardError):
         code = status_code_for(exc)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
-            log.warning("rpc failed", extra={"method": method, "reason": exc.reason, "error": exc.message})
+            failures.failed(method, exc)
         message = clip(exc.public, MAX_MESSAGE_BYTES)
         metadata = {
             clip(k, MAX_METADATA_KEY_BYTES): clip(v, MAX_METADATA_VALUE_BYTES)
