@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from switchboard.errors import StoreUnavailable
+from switchboard.headers import never_stored
 from switchboard.model.events import (
     Commit,
     EventStatus,
@@ -137,7 +138,7 @@ class EventStore:
             ts(e.provider_time_us) if e.provider_time_us else None,
             e.content_type,
             encode(e.body),
-            e.headers,
+            _stored_headers(e.headers),
             e.receipt_id,
             e.entity_id,
             e.entity_version,
@@ -343,3 +344,12 @@ class EventStore:
     async def _list_read(self, statement: Any, params: tuple[Any, ...]) -> Sequence[Any]:
         async with self._list_reads:
             return await self.store.execute(statement, params)
+
+
+def _stored_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The event's headers as stored: none that ingest does not store (``never_stored``). Ingest filters
+    what it takes; a copy from before a credential's name was covered (a retry in a delay queue, a dead letter
+    redriven) stored the credential again with a fresh retention. The same dict when nothing is left out."""
+    if not any(never_stored(k) for k in headers):
+        return headers
+    return {k: v for k, v in headers.items() if not never_stored(k)}

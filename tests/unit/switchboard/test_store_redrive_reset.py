@@ -111,3 +111,18 @@ def test_an_event_first_committed_between_the_read_of_no_row_and_the_reset_is_se
     writes only if there is still no row, and reads again when there is one."""
     assert not redrive_event(EventRows([("", ""), ("processed", "r1")], applies=[False]))
     assert redrive_event(EventRows([("", "")], applies=[True]))
+
+
+def test_an_event_stored_again_keeps_none_of_the_headers_ingest_does_not_store() -> None:
+    """A copy from before a credential's name was covered (a retry in a delay queue, a redriven dead letter)
+    stored the credential again with a fresh retention (found in review): the store leaves such headers out."""
+    from switchboard.model.events import EventStatus, StoredEvent
+    from switchboard.store.events import EventStore
+    from switchboard.store.payloads import Encoder
+    from tests.unit.factories import event
+
+    rows = EventRows([], applies=[])
+    store = EventStore(rows, SimpleNamespace())  # type: ignore[arg-type]
+    old = event(headers={"x-api-key": "k-1", "stripe-signature": "t=1,v1=ab", "user-agent": "Stripe/1.0"})
+    params = store._event_params(StoredEvent(old, EventStatus.PROCESSED), Encoder(compress=False))
+    assert {"user-agent": "Stripe/1.0"} in params and not any(isinstance(p, dict) and "x-api-key" in p for p in params)
