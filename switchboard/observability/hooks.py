@@ -117,14 +117,16 @@ class WorkerMetrics(WorkerHooks):
 
 class DeadLetterMetrics(WorkerHooks):
     """On a dead-letter queue's recorder: counts each recorded dead letter by stream and reason (a copy of one
-    already recorded, acked as ``duplicate``, is not counted)."""
+    already recorded, acked as ``duplicate``, is not counted; nor is a message its recorder no longer holds,
+    whose ack is not sent: the broker hands it out again, and it is counted then; counted both times, one death
+    was two)."""
 
     def __init__(self, stream: str) -> None:
         self.stream = stream
         self._reasons = {r: m.DEAD_LETTERS.labels(stream, r) for r in (*DEAD_REASONS, "delivery_limit", "other")}
 
     def settled(self, message: QueueMessage, verdict: Verdict) -> None:
-        if verdict.outcome != "duplicate":
+        if verdict.outcome != "duplicate" and message.held:
             self._reasons[dead_reason(message.headers)].inc()
 
 

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -139,6 +140,10 @@ def test_dead_letter_hook_counts_by_stream_and_reason() -> None:
     before = value("switchboard_dead_letters_total", stream="events", reason="undecodable")
     hook.settled(_message(**{"x-dead-reason": "undecodable"}), Ack("recorded"))
     hook.settled(_message(**{"x-dead-reason": "undecodable"}), Ack("duplicate"))  # a copy of one recorded
+    # Its channel closed before the ack (not held): the broker hands it out again, and it is counted then (it
+    # was counted both times, found in review).
+    lost = dataclasses.replace(_message(**{"x-dead-reason": "undecodable"}), raw=SimpleNamespace(held=False))
+    hook.settled(lost, Ack("recorded"))
     assert value("switchboard_dead_letters_total", stream="events", reason="undecodable") == before + 1
 
 
