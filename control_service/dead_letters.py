@@ -328,13 +328,13 @@ class DeadLetterManager:
             scanned += len(batch)
             stop = pagination.take_matches(out, batch, f.matches, limit)
             if stop is not None:
-                cursor = _after(stop)
+                cursor = pagination.dead_cursor(stop)
             if cursor is None:
                 index += 1
         if messages:
             out, cut = await self._with_messages(out)
             if cut:  # the next page starts after the last dead letter this one carries
-                index, cursor = kinds.index(out[-1].kind), _after(out[-1])
+                index, cursor = kinds.index(out[-1].kind), pagination.dead_cursor(out[-1])
         more = index < len(kinds)
         token = pagination.encode_token({"q": query, "k": index, "c": list(cursor) if cursor else None}) if more else ""
         return out, token
@@ -542,11 +542,6 @@ class DeadLetterManager:
 
 def _light(d: DeadLetter) -> DeadLetter:
     return replace(d, body=b"", headers={})
-
-
-def _after(d: DeadLetter) -> tuple[str, int, int, str]:
-    """The store's cursor of the row after ``d``."""
-    return (d.kind.value, d.dead_us // pagination.DAY_US, d.dead_us // 1000, d.id)
 
 
 def _message_bytes(d: DeadLetter) -> int:

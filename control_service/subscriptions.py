@@ -303,7 +303,7 @@ class SubscriptionManager:
             scanned += len(batch)
             stop = pagination.take_matches(out, batch, lambda d: status is None or d.status is status, limit)
             if stop is not None:
-                cursor = (stop.created_us // pagination.DAY_US, stop.created_us // 1000, stop.id)
+                cursor = pagination.delivery_cursor(stop.created_us, stop.id)
             if cursor is None or len(out) >= limit or scanned >= 5000:
                 break
         token = pagination.encode_token({**query, "c": list(cursor)}) if cursor else ""
@@ -338,14 +338,7 @@ class SubscriptionManager:
         kept = pagination.fits(attempts, _attempt_bytes)  # up to ~3 MiB a page: 1,000 attempts were up to ~8 MB
         if kept < len(attempts):
             attempts = attempts[:kept]
-            last = attempts[-1]
-            cursor = (
-                last.started_us // pagination.DAY_US,
-                last.started_us // 1000,
-                last.delivery_id,
-                last.attempt,
-                last.run_id,
-            )
+            cursor = pagination.attempt_cursor(attempts[-1])
         token = pagination.encode_token({**query, "c": list(cursor)}) if cursor else ""
         return attempts, token
 

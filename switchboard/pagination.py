@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from switchboard.errors import InvalidRequest
+from switchboard.model.operations import DeadLetter
+from switchboard.model.subscriptions import Attempt
 
 # Tokens this module issues are a few hundred characters.
 MAX_TOKEN_CHARS = 4096
@@ -28,6 +30,25 @@ SCAN_PAGE = 100
 PAGE_BYTES = 3 * 1024 * 1024
 
 T = TypeVar("T")
+
+# The stores' listing cursors, the position after the last row returned (what domain code that cuts a page
+# short gives back, without importing a store): dead letters (kind, day, dead_at in ms, id); a subscription's
+# deliveries (day, created_at in ms, id); its attempts (day, started_at in ms, delivery id, attempt, run).
+DeadCursor = tuple[str, int, int, str]
+DeliveryCursor = tuple[int, int, str]
+AttemptCursor = tuple[int, int, str, int, str]
+
+
+def dead_cursor(d: DeadLetter) -> DeadCursor:
+    return (d.kind.value, d.dead_us // DAY_US, d.dead_us // 1000, d.id)
+
+
+def delivery_cursor(created_us: int, delivery_id: str) -> DeliveryCursor:
+    return (created_us // DAY_US, created_us // 1000, delivery_id)
+
+
+def attempt_cursor(a: Attempt) -> AttemptCursor:
+    return (a.started_us // DAY_US, a.started_us // 1000, a.delivery_id, a.attempt, a.run_id)
 
 
 def take_matches(out: list[T], rows: Sequence[T], matches: Callable[[T], bool], limit: int) -> T | None:

@@ -14,15 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from switchboard.model.subscriptions import Attempt, Delivery, DeliveryStatus
-from switchboard.pagination import DAY_US, check_range
+from switchboard.pagination import DAY_US, AttemptCursor, DeliveryCursor, attempt_cursor, check_range, delivery_cursor
 from switchboard.store.batches import BoundStatement, GroupCommit
 from switchboard.store.lookups import GroupRead
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
-
-# (day, created_at or started_at in ms, id) of the last row returned; attempts add (attempt, run).
-DeliveryCursor = tuple[int, int, str]
-AttemptCursor = tuple[int, int, str, int, str]
 
 
 def ms_floor(us: int) -> int:
@@ -153,7 +149,9 @@ class DeliveryStore:
             else:
                 params = (subscription_id, day, ts(start_us), ts(end_us), want)
                 rows = await self.store.execute(self.q.by_subscription_range, params)
-            page = [(day, us_of(r.created_at) // 1000, r.id) for r in rows if us_of(r.created_at) >= ms_floor(start_us)]
+            page = [
+                delivery_cursor(us_of(r.created_at), r.id) for r in rows if us_of(r.created_at) >= ms_floor(start_us)
+            ]
             ids += page
             if len(rows) < want or len(page) < len(rows):
                 day -= 1
@@ -193,11 +191,7 @@ class DeliveryStore:
                 rows = await self.store.execute(
                     self.q.attempts_range, (subscription_id, day, ts(start_us), ts(end_us), want)
                 )
-            page = [
-                ((day, us_of(r.started_at) // 1000, r.delivery_id, r.attempt, r.run), _attempt(r))
-                for r in rows
-                if us_of(r.started_at) >= ms_floor(start_us)
-            ]
+            page = [(attempt_cursor(a), a) for a in map(_attempt, rows) if a.started_us >= ms_floor(start_us)]
             out += page
             if len(rows) < want or len(page) < len(rows):
                 day -= 1

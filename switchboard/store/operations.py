@@ -9,13 +9,11 @@ from typing import Any
 from switchboard.errors import StoreUnavailable
 from switchboard.model.events import now_us
 from switchboard.model.operations import DeadLetter, DeadLetterKind, DeadLetterState, ReplayJob, ReplayState
-from switchboard.pagination import DAY_US
+from switchboard.pagination import DAY_US, DeadCursor, dead_cursor
 from switchboard.store.deliveries import day_of, days_to_read, ms_floor
 from switchboard.store.events import RESET_TRIES
 from switchboard.store.session import StoreSession
 from switchboard.store.values import ts, us_of
-
-DeadCursor = tuple[str, int, int, str]  # (kind, day, dead_at in ms, id) of the last row returned
 
 
 class OperationsStore:
@@ -128,12 +126,8 @@ class OperationsStore:
                 if len(page) < len(rows):
                     break
             else:
-                last = out[-1]
-                after = (kind.value, day, last.dead_us // 1000, last.id)
-        if len(out) >= limit:
-            last = out[-1]
-            return out, (kind.value, day_of(last.dead_us), last.dead_us // 1000, last.id)
-        return out, None
+                after = dead_cursor(out[-1])
+        return out, (dead_cursor(out[-1]) if len(out) >= limit else None)
 
     # -- replays ------------------------------------------------------------------------------------------
     async def put_replay(self, job: ReplayJob) -> None:
