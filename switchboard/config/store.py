@@ -59,9 +59,10 @@ class CassandraConfig:
     # second (switchboard_devstack.cassandra).
     timer_slack_us: int = 1000
 
-
-def cass_local(consistency: str) -> bool:
-    return consistency.upper().startswith("LOCAL_")
+    @property
+    def local_consistency(self) -> bool:
+        """A LOCAL_ level: quorums of the local datacentre (its lightweight transactions read at LOCAL_SERIAL)."""
+        return self.consistency.startswith("LOCAL_")
 
 
 def _datacenters(raw: Any) -> tuple[tuple[str, int], ...]:
@@ -98,14 +99,6 @@ def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
     if datacenters and managed:
         # The managed node's datacentre is "datacenter1": a keyspace for other names has no replica at all.
         raise ConfigError("cassandra.datacenters: for a cluster (managed = false); the local node needs none")
-    if cass_local(t.string("consistency")) and not datacenters and not managed:
-        # LOCAL_QUORUM on SimpleStrategy: replicas by ring order, racks ignored (two of three in one rack, a
-        # commit acknowledged there lost with it), and over two datacentres three replicas in all, not each.
-        raise ConfigError(
-            "cassandra.consistency: a LOCAL_ level on a cluster needs cassandra.datacenters (replicas per "
-            "datacentre, e.g. { dc1 = 3 }): without it the keyspace is created with SimpleStrategy, which ignores "
-            "racks and datacentres; refusing to start"
-        )
     cass = CassandraConfig(
         managed=managed,
         hosts=hosts,
@@ -123,6 +116,14 @@ def parse_cassandra(raw: Mapping[str, Any]) -> CassandraConfig:
         batch_units=t.pos_int("batch_units"),
         timer_slack_us=t.pos_int("timer_slack_us"),
     )
+    if cass.local_consistency and not datacenters and not managed:
+        # LOCAL_QUORUM on SimpleStrategy: replicas by ring order, racks ignored (two of three in one rack, a
+        # commit acknowledged there lost with it), and over two datacentres three replicas in all, not each.
+        raise ConfigError(
+            "cassandra.consistency: a LOCAL_ level on a cluster needs cassandra.datacenters (replicas per "
+            "datacentre, e.g. { dc1 = 3 }): without it the keyspace is created with SimpleStrategy, which ignores "
+            "racks and datacentres; refusing to start"
+        )
     if cass.timer_slack_us > MAX_TIMER_SLACK_US:
         raise ConfigError(
             f"cassandra.timer_slack_us: at most {MAX_TIMER_SLACK_US} (10 ms), got {cass.timer_slack_us}: "

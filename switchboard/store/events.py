@@ -215,7 +215,8 @@ class EventStore:
             # Only while there is still none (``IF NOT EXISTS``): a first commit between the read and the write
             # (the redriven receipt's, or another one's) was turned back into RETRYING, which nothing would ever
             # process. (Cassandra 2.1 does not take ``IF status = null`` for a row that does not exist.)
-            done = await self.store.execute(self.q.reset_attempts_new, (source, event_id, *head[1:2], self.ttl))
+            params = (source, event_id, EventStatus.RETRYING.value, self.ttl)
+            done = await self.store.execute(self.q.reset_attempts_new, params)
             return True if done and done[0][0] else None
         if rows[0].status is None:  # a row without a status (its cells expired apart): nothing to lose
             await self.store.execute(self.q.reset_attempts, head)

@@ -191,7 +191,7 @@ def _prepare(session: Session, cfg: CassandraConfig, cls: type[_S], texts: dict[
     # A lightweight transaction's read (its Paxos phase) at LOCAL_SERIAL with a LOCAL_ level: SERIAL reads a
     # quorum of every datacentre, which may miss a commit written at LOCAL_QUORUM in one (and fails with a
     # datacentre down).
-    serial = ConsistencyLevel.LOCAL_SERIAL if cfg.consistency.startswith("LOCAL_") else ConsistencyLevel.SERIAL
+    serial = ConsistencyLevel.LOCAL_SERIAL if cfg.local_consistency else ConsistencyLevel.SERIAL
     prepared: dict[str, PreparedStatement] = {}
     for name, text in texts.items():
         stmt = session.prepare(text)
